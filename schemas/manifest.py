@@ -1,0 +1,194 @@
+"""`manifest.json`: the dataset's commit marker and its identity card.
+
+Written last by the pipeline; a dataset without it (or without its root `index.json`) is
+incomplete and the trainer refuses it. Everything needed to refuse a wrong pairing is here.
+Loading validates every field and names the one at fault.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from schemas.errors import IncompatibleDataset, ManifestError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+INDEX_NAME = "index.json"
+PARTS_DIR = "parts"
+DEAD_LETTER_DIR = "dead_letter"
+
+
+@dataclass(frozen=True)
+class Teacher:
+    id: str  # URI or name the teacher was loaded from
+    revision: str  # fingerprint of the weights/config (sha256) or a VCS revision
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    fingerprint: str
+    separator_id: int  # token placed between documents
+    add_bos: bool  # whether each document starts with the tokenizer's BOS
+
+
+@dataclass(frozen=True)
+class Truncation:
+    method: str  # "top_p_k" | "sample"
+    top_p: float
+    top_k: int  # max kept entries per position (for "sample": the number of draws)
+    temperature: float = 1.0  # always 1: temperature is a training-time choice
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    params: dict
+
+
+@dataclass(frozen=True)
+class Source:
+    uri: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Counts:
+    documents: int  # documents read from the sources
+    packed_documents: int  # documents that went into sequences
+    dead_letters: int  # documents (or files) sent to dead_letter/ with a reason
+    sequences: int
+    tokens: int  # real (non-padding) tokens in sequences
+    units: int
+
+    def reconciles(self) -> bool:
+        return self.documents == self.packed_documents + self.dead_letters
+
+
+@dataclass(frozen=True)
+class Manifest:
+    teacher: Teacher
+    tokenizer: Tokenizer
+    vocab_size: int
+    seq_len: int
+    truncation: Truncation
+    codec: Codec
+    sources: list[Source]
+    source_fingerprint: str
+    settings_fingerprint: str  # hash of every setting that shapes the output
+    counts: Counts
+    schema_version: int = SCHEMA_VERSION
+    created_by: str = "pdistill"
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "manifest.json") -> "Manifest":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{where}: not valid JSON ({e})") from None
+        return parse_manifest(raw, where)
+
+
+_SPEC = {
+    "schema_version": int,
+    "created_by": str,
+    "teacher": {"id": str, "revision": str},
+    "tokenizer": {"fingerprint": str, "separator_id": int, "add_bos": bool},
+    "vocab_size": int,
+    "seq_len": int,
+    "truncation": {"method": str, "top_p": float, "top_k": int, "temperature": float},
+    "codec": {"name": str, "params": dict},
+    "sources": [{"uri": str, "fingerprint": str}],
+    "source_fingerprint": str,
+    "settings_fingerprint": str,
+    "counts": {k: int for k in ("documents", "packed_documents", "dead_letters", "sequences", "tokens", "units")},
+    "extra": dict,
+}
+
+
+def _check(value, spec, path: str, where: str):
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise ManifestError(f"{where}: field '{path}' must be an object, got {type(value).__name__}")
+        for key, sub in spec.items():
+            if key not in value:
+                raise ManifestError(f"{where}: missing field '{path + '.' if path else ''}{key}'")
+            _check(value[key], sub, f"{path + '.' if path else ''}{key}", where)
+        unknown = sorted(set(value) - set(spec))
+        if unknown:
+            raise ManifestError(f"{where}: unknown field '{path + '.' if path else ''}{unknown[0]}'")
+    elif isinstance(spec, list):
+        if not isinstance(value, list):
+            raise ManifestError(f"{where}: field '{path}' must be a list, got {type(value).__name__}")
+        for i, item in enumerate(value):
+            _check(item, spec[0], f"{path}[{i}]", where)
+    else:
+        ok = isinstance(value, spec) and not (spec is int and isinstance(value, bool))
+        if spec is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise ManifestError(
+                f"{where}: field '{path}' must be {spec.__name__}, got {type(value).__name__} ({value!r})"
+            )
+
+
+def parse_manifest(raw: dict, where: str = "manifest.json") -> Manifest:
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: top level must be an object")
+    version = raw.get("schema_version")
+    if version is None:
+        raise ManifestError(f"{where}: missing field 'schema_version'")
+    if version != SCHEMA_VERSION:
+        raise ManifestError(
+            f"{where}: field 'schema_version' is {version!r}; this pdistill reads version {SCHEMA_VERSION} only"
+        )
+    _check(raw, _SPEC, "", where)
+    tr = raw["truncation"]
+    if tr["method"] not in ("top_p_k", "sample"):
+        raise ManifestError(f"{where}: field 'truncation.method' must be 'top_p_k' or 'sample', got {tr['method']!r}")
+    if not 0.0 < tr["top_p"] <= 1.0:
+        raise ManifestError(f"{where}: field 'truncation.top_p' must be in (0, 1], got {tr['top_p']}")
+    for name in ("vocab_size", "seq_len"):
+        if raw[name] < 1:
+            raise ManifestError(f"{where}: field '{name}' must be positive, got {raw[name]}")
+    return Manifest(
+        teacher=Teacher(**raw["teacher"]),
+        tokenizer=Tokenizer(**raw["tokenizer"]),
+        vocab_size=raw["vocab_size"],
+        seq_len=raw["seq_len"],
+        truncation=Truncation(**{**tr, "top_p": float(tr["top_p"]), "temperature": float(tr["temperature"])}),
+        codec=Codec(**raw["codec"]),
+        sources=[Source(**s) for s in raw["sources"]],
+        source_fingerprint=raw["source_fingerprint"],
+        settings_fingerprint=raw["settings_fingerprint"],
+        counts=Counts(**raw["counts"]),
+        schema_version=version,
+        created_by=raw["created_by"],
+        extra=raw["extra"],
+    )
+
+
+def check_compatible(
+    manifest: Manifest,
+    *,
+    vocab_size: int | None = None,
+    tokenizer_fingerprint: str | None = None,
+    seq_len: int | None = None,
+    where: str = "dataset",
+) -> None:
+    """Refuse a dataset that does not fit the student (vocab, tokenizer, sequence length)."""
+    if vocab_size is not None and vocab_size < manifest.vocab_size:
+        raise IncompatibleDataset(
+            f"{where}: teacher vocab_size is {manifest.vocab_size} but the student's is {vocab_size}; "
+            "the student must cover every teacher id"
+        )
+    if tokenizer_fingerprint is not None and tokenizer_fingerprint != manifest.tokenizer.fingerprint:
+        raise IncompatibleDataset(
+            f"{where}: tokenizer fingerprint {manifest.tokenizer.fingerprint} does not match the student's "
+            f"tokenizer ({tokenizer_fingerprint}); distillation needs the teacher's tokenizer"
+        )
+    if seq_len is not None and seq_len != manifest.seq_len:
+        raise IncompatibleDataset(f"{where}: seq_len is {manifest.seq_len}, the run asks for {seq_len}")

@@ -1,0 +1,121 @@
+"""The MDS sample: one packed sequence of `seq_len` tokens with its teacher signal.
+
+Columns (MDS encodings; the token and count dtypes follow the vocab size and top_k):
+  sample_id       uint64          stable hash of (source fingerprint, unit, index in unit)
+  tokens          ndarray:<tok>   [seq_len] token ids, padded with `pad_id` after n_tokens
+  n_tokens        uint32          number of real tokens (the rest is padding, masked everywhere)
+  doc_starts      ndarray:uint32  offsets where a document begins inside this sequence
+  teacher_counts  ndarray:<cnt>   [seq_len] kept entries per position (0 on padding)
+  teacher_ids     bytes           codec payload (see schemas.codec)
+  teacher_values  bytes           codec payload
+  teacher_tail    bytes           codec payload
+  unit            str             the work unit that produced the sample (provenance)
+
+Position t carries the teacher's distribution of the token at t + 1 given tokens[: t + 1].
+Decoding to dense arrays is `decode_dense`: numpy only, usable from the trainer's collator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas.codec import Decoded
+from schemas.errors import SchemaError
+from schemas.truncation import Truncated
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    if vocab_size <= 1 << 16:
+        return np.dtype(np.uint16)
+    if vocab_size <= 1 << 32:
+        return np.dtype(np.uint32)
+    raise SchemaError(f"vocab_size {vocab_size} exceeds 2**32")
+
+
+def count_dtype(top_k: int) -> np.dtype:
+    return np.dtype(np.uint8) if top_k <= 255 else np.dtype(np.uint16) if top_k <= 65535 else np.dtype(np.uint32)
+
+
+def mds_columns(vocab_size: int, top_k: int) -> dict[str, str]:
+    """The MDS `columns` mapping for a dataset with this vocabulary and top_k."""
+    return {
+        "sample_id": "uint64",
+        "tokens": f"ndarray:{token_dtype(vocab_size).name}",
+        "n_tokens": "uint32",
+        "doc_starts": "ndarray:uint32",
+        "teacher_counts": f"ndarray:{count_dtype(top_k).name}",
+        "teacher_ids": "bytes",
+        "teacher_values": "bytes",
+        "teacher_tail": "bytes",
+        "unit": "str",
+    }
+
+
+def build_sample(
+    *,
+    sample_id: int,
+    tokens: np.ndarray,
+    n_tokens: int,
+    doc_starts: np.ndarray,
+    truncated: Truncated,
+    codec,
+    vocab_size: int,
+    top_k: int,
+    unit: str,
+) -> dict:
+    """Assemble one MDS sample dict; positions past n_tokens carry no teacher signal."""
+    seq_len = int(tokens.shape[0])
+    if truncated.num_positions != seq_len:
+        raise SchemaError(f"sample {sample_id}: teacher signal has {truncated.num_positions} positions, tokens {seq_len}")
+    if (truncated.counts[n_tokens:] != 0).any():
+        raise SchemaError(f"sample {sample_id}: teacher signal on padding positions")
+    return {
+        "sample_id": np.uint64(sample_id),
+        "tokens": np.asarray(tokens, dtype=token_dtype(vocab_size)),
+        "n_tokens": np.uint32(n_tokens),
+        "doc_starts": np.asarray(doc_starts, dtype=np.uint32),
+        "teacher_counts": np.asarray(truncated.counts, dtype=count_dtype(top_k)),
+        **codec.encode(truncated),
+        "unit": unit,
+    }
+
+
+def decode_sample(sample: dict, codec) -> Decoded:
+    counts = np.asarray(sample["teacher_counts"], dtype=np.int64)
+    return codec.decode(counts, {k: sample[k] for k in ("teacher_ids", "teacher_values", "teacher_tail")})
+
+
+@dataclass(frozen=True)
+class DenseTeacher:
+    """Dense per-position teacher signal for the trainer.
+
+    ids [T, K] int64 (0 where masked), logp [T, K] float32 (renormalised over the kept set,
+    -inf where masked), mask [T, K] bool, log_tail [T] float32.
+    """
+
+    ids: np.ndarray
+    logp: np.ndarray
+    mask: np.ndarray
+    log_tail: np.ndarray
+
+
+def to_dense(decoded: Decoded, k: int) -> DenseTeacher:
+    counts = decoded.counts
+    t = counts.shape[0]
+    if counts.size and counts.max() > k:
+        raise SchemaError(f"a position keeps {int(counts.max())} entries, more than K={k}")
+    col = np.arange(decoded.ids.shape[0]) - np.repeat(np.cumsum(counts) - counts, counts)
+    row = np.repeat(np.arange(t), counts)
+    ids = np.zeros((t, k), dtype=np.int64)
+    logp = np.full((t, k), -np.inf, dtype=np.float32)
+    mask = np.zeros((t, k), dtype=bool)
+    ids[row, col] = decoded.ids
+    logp[row, col] = decoded.logp
+    mask[row, col] = True
+    return DenseTeacher(ids, logp, mask, decoded.log_tail.astype(np.float32))
+
+
+def decode_dense(sample: dict, codec, k: int) -> DenseTeacher:
+    """One MDS sample's teacher signal as dense [T, K] arrays with a validity mask."""
+    return to_dense(decode_sample(sample, codec), k)

@@ -1,0 +1,124 @@
+"""Object-store URIs (file://, local paths, gs://, s3://, anything fsspec knows) in one place.
+
+fsspec is imported inside the functions, so `import schemas` stays numpy + stdlib. Endpoints of
+emulators or private clouds come from the environment (STORAGE_EMULATOR_HOST for gcsfs,
+AWS_ENDPOINT_URL / S3_ENDPOINT_URL for s3fs and streaming), never from code.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_local(uri):
+        return os.path.join(local_path(uri), *parts)
+    return posixpath.join(uri, *parts)
+
+
+def fs_and_path(uri: str):
+    import fsspec
+
+    if is_local(uri):
+        return fsspec.filesystem("file"), os.path.abspath(local_path(uri))
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
+
+
+def exists(uri: str) -> bool:
+    fs, path = fs_and_path(uri)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = fs_and_path(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write one object so that readers see all of it or nothing.
+
+    Local: write a temporary file beside it and rename. Object stores: one PUT is atomic.
+    """
+    if is_local(uri):
+        path = os.path.abspath(local_path(uri))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return
+    fs, path = fs_and_path(uri)
+    fs.pipe_file(path, data)
+
+
+def write_text_atomic(uri: str, text: str) -> None:
+    write_bytes_atomic(uri, text.encode("utf-8"))
+
+
+def upload_dir(local_dir: str, uri: str, last: tuple[str, ...] = ()) -> None:
+    """Copy a local folder's files to `uri`; files named in `last` go after all the others.
+
+    Use `last=("index.json",)` so that a reader never sees an index before its shards.
+    """
+    names = sorted(os.listdir(local_dir))
+    ordered = [n for n in names if n not in last] + [n for n in last if n in names]
+    for name in ordered:
+        src = os.path.join(local_dir, name)
+        if os.path.isdir(src):
+            upload_dir(src, join(uri, name))
+            continue
+        with open(src, "rb") as f:
+            write_bytes_atomic(join(uri, name), f.read())
+
+
+def fetch_dir(uri: str, cache_root: str | None = None) -> str:
+    """A local folder holding the files under `uri` (downloaded once into a cache for remote URIs).
+
+    The download goes to a temporary folder that is renamed into place when complete, so a
+    killed download is never mistaken for a finished one.
+    """
+    if is_local(uri):
+        path = os.path.abspath(local_path(uri))
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"no such folder: {uri}")
+        return path
+    cache_root = cache_root or os.environ.get("PDISTILL_CACHE", os.path.expanduser("~/.cache/pdistill"))
+    dest = os.path.join(cache_root, hashlib.sha256(uri.encode()).hexdigest()[:24])
+    if os.path.isdir(dest):
+        return dest
+    fs, path = fs_and_path(uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no such folder: {uri}")
+    os.makedirs(cache_root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".fetch-", dir=cache_root)
+    try:
+        for remote in fs.find(path):
+            rel = posixpath.relpath(remote, path)
+            target = os.path.join(tmp, rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fs.get_file(remote, target)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
