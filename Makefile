@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast demo demo-tiny bench install clean
+.PHONY: test test-fast demo demo-tiny bench install clean checkov-venv
+CHECKOV_VENV := .venv-checkov
+CHECKOV_VERSION := 3.3.30
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null || { echo "make: $(PY) not found; pdistill needs Python 3.11"; exit 1; }
@@ -20,7 +22,14 @@ $(STAMP): $(BIN)/python setup.py constraints.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+# checkov cannot share the main venv (it would downgrade boto3/botocore under s3fs): own venv.
+$(CHECKOV_VENV)/bin/checkov:
+	$(PY) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q checkov==$(CHECKOV_VERSION)
+
+checkov-venv: $(CHECKOV_VENV)/bin/checkov
+
+test: $(STAMP) $(CHECKOV_VENV)/bin/checkov
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -38,4 +47,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.trainer
 
 clean:
-	rm -rf $(VENV) demo-lake .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) demo-lake .pytest_cache

@@ -1,0 +1,341 @@
+"""trainer.losses against a straightforward dense reference (numpy float64, loop over positions)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.losses import KD_KINDS, distill_loss, kd_loss, lm_loss, total_loss
+
+NEG_INF = float("-inf")
+
+
+# ---------------------------------------------------------------------------------------------
+# random teacher signal shaped like schemas.decode_dense output, batched
+
+
+def make_case(b=2, t=6, v=13, k=4, seed=0, dtype=torch.float32, k1=False, scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(b, t, v, generator=g) * scale).to(dtype)
+    ids = torch.zeros(b, t, k, dtype=torch.int64)
+    logp = torch.full((b, t, k), NEG_INF)
+    mask = torch.zeros(b, t, k, dtype=torch.bool)
+    log_tail = torch.full((b, t), NEG_INF)
+    for bi in range(b):
+        for ti in range(t):
+            n = 1 if k1 else int(torch.randint(1, k + 1, (1,), generator=g))
+            chosen = torch.randperm(v, generator=g)[:n].sort().values  # stored sorted by id
+            z = torch.randn(n, generator=g) * 2
+            kept_mass = float(torch.rand(1, generator=g)) * 0.5 + 0.5  # truncation dropped the rest
+            if (bi + ti) % 4 == 0:
+                kept_mass = 1.0  # nothing dropped: tail -inf
+            ids[bi, ti, :n] = chosen
+            logp[bi, ti, :n] = torch.log_softmax(z, -1)  # renormalised over the kept set
+            mask[bi, ti, :n] = True
+            log_tail[bi, ti] = math.log1p(-kept_mass) if kept_mass < 1.0 else NEG_INF
+    # a position with no teacher signal (padding) and a position masked out by position_mask
+    mask[0, 1] = False
+    logp[0, 1] = NEG_INF
+    ids[0, 1] = 0
+    position_mask = torch.ones(b, t, dtype=torch.bool)
+    position_mask[b - 1, t - 1] = False
+    return logits, ids, logp.to(dtype), mask, log_tail.to(dtype), position_mask
+
+
+def reference(logits, ids, logp, mask, log_tail, position_mask, kind, tau, tail, tau_squared=False):
+    """Dense full-vocabulary computation, position by position, numpy float64."""
+    x = logits.detach().double().numpy()
+    b, t, v = x.shape
+    losses, agree = [], []
+    for bi in range(b):
+        for ti in range(t):
+            m = mask[bi, ti].numpy()
+            if not position_mask[bi, ti] or not m.any():
+                continue
+            kept = ids[bi, ti].numpy()[m]
+            s = x[bi, ti] / tau
+            q = np.exp(s - s.max())
+            q /= q.sum()  # student over the full vocabulary
+            z = logp[bi, ti].double().numpy()[m] / tau
+            f = np.exp(z - z.max())
+            f /= f.sum()  # teacher F over the kept set
+            qk = q[kept]
+            if not tail:
+                if kind == "forward_kl":  # KL(F || q) over the full vocab, F zero outside the kept set
+                    pf = np.zeros(v)
+                    pf[kept] = f
+                    nz = pf > 0
+                    loss = float(np.sum(pf[nz] * np.log(pf[nz] / q[nz])))
+                elif kind == "soft_ce":
+                    loss = float(-np.sum(f * np.log(qk)))
+                else:
+                    qr = qk / qk.sum()
+                    if kind == "reverse_kl":
+                        loss = float(np.sum(qr * np.log(qr / f)))
+                    else:
+                        loss = float(np.sum((qr - f) ** 2))
+            else:
+                tm = math.exp(float(log_tail[bi, ti]))
+                p_b = np.append(f * (1 - tm), tm)
+                out = np.ones(v, dtype=bool)
+                out[kept] = False
+                q_b = np.append(qk, q[out].sum())
+                if kind == "forward_kl":
+                    nz = p_b > 0
+                    loss = float(np.sum(p_b[nz] * np.log(p_b[nz] / q_b[nz])))
+                elif kind == "soft_ce":
+                    nz = p_b > 0
+                    loss = float(-np.sum(p_b[nz] * np.log(q_b[nz])))
+                elif kind == "reverse_kl":
+                    p_safe = np.maximum(p_b, math.exp(-80.0))
+                    nz = q_b > 0
+                    loss = float(np.sum(q_b[nz] * np.log(q_b[nz] / p_safe[nz])))
+                else:
+                    loss = float(np.sum((q_b - p_b) ** 2))
+            losses.append(loss)
+            top1 = ids[bi, ti].numpy()[m][np.argmax(logp[bi, ti].numpy()[m])]
+            agree.append(float(np.argmax(x[bi, ti]) == top1))
+    scale = tau * tau if tau_squared else 1.0
+    return scale * float(np.mean(losses)), float(np.mean(agree)), len(losses)
+
+
+CASES = [(kind, tau, tail) for kind in KD_KINDS for tau in (1.0, 0.5, 2.0) for tail in (False, True)]
+
+
+@pytest.mark.parametrize("kind,tau,tail", CASES)
+def test_kd_matches_dense_reference(kind, tau, tail):
+    case = make_case(seed=hash((kind, tau, tail)) % 1000)
+    res = kd_loss(*case, kind=kind, tau=tau, tail=tail)
+    ref, agree, n = reference(*case, kind, tau, tail)
+    assert res.loss.item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    assert res.agreement.item() == pytest.approx(agree)
+    assert int(res.num_positions) == n == 2 * 6 - 2
+
+
+@pytest.mark.parametrize("kind", KD_KINDS)
+@pytest.mark.parametrize("tail", [False, True])
+def test_kd_top1_only(kind, tail):
+    """k = 1: F is a point mass on the teacher's top id."""
+    case = make_case(k=3, k1=True, seed=5)
+    res = kd_loss(*case, kind=kind, tau=2.0, tail=tail)
+    ref, agree, _ = reference(*case, kind, 2.0, tail)
+    assert res.loss.item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    assert res.agreement.item() == pytest.approx(agree)
+    if kind in ("reverse_kl", "mse") and not tail:
+        # renormalised over a single kept id the student matches exactly
+        assert res.loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_known_values_and_identities():
+    logits, ids, logp, mask, lt, pm = make_case(seed=3)
+    fkl = kd_loss(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0).loss
+    sce = kd_loss(logits, ids, logp, mask, lt, pm, kind="soft_ce", tau=1.0).loss
+    assert fkl.item() >= 0.0
+    # soft_ce = forward_kl + H(F): same gradient
+    lg = logits.clone().requires_grad_(True)
+    kd_loss(lg, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0).loss.backward()
+    g1 = lg.grad.clone()
+    lg.grad = None
+    kd_loss(lg, ids, logp, mask, lt, pm, kind="soft_ce", tau=1.0).loss.backward()
+    torch.testing.assert_close(lg.grad, g1)
+    assert sce.item() > fkl.item()
+    # student equal to the teacher on the kept set, ~no mass elsewhere: every divergence ~ 0,
+    # soft_ce ~ the teacher entropy H(F)
+    student = torch.full_like(logits, -60.0)
+    valid = mask & pm[..., None]
+    b, t, k = torch.nonzero(valid, as_tuple=True)
+    student[b, t, ids[b, t, k]] = logp[b, t, k]
+    for kind in ("forward_kl", "reverse_kl", "mse"):
+        assert kd_loss(student, ids, logp, mask, lt, pm, kind=kind, tau=1.0).loss.item() == pytest.approx(0, abs=1e-5)
+    ent = -(torch.where(mask, logp.exp() * logp, torch.zeros(()))).sum(-1)[mask.any(-1) & pm].mean()
+    assert kd_loss(student, ids, logp, mask, lt, pm, kind="soft_ce", tau=1.0).loss.item() == pytest.approx(ent.item(), rel=1e-5)
+
+
+def test_temperature_is_applied_to_stored_logp_not_scaled():
+    """F = softmax(logp / tau) over the kept set is invariant to an additive shift of logp (raw
+    logits vs. renormalised log-probs), and tau^2 only multiplies."""
+    case = list(make_case(seed=11))
+    base = kd_loss(*case, kind="forward_kl", tau=2.0).loss
+    shifted = case.copy()
+    shifted[2] = case[2] + 3.7  # un-normalised (e.g. raw logits of the kept ids)
+    assert kd_loss(*shifted, kind="forward_kl", tau=2.0).loss.item() == pytest.approx(base.item(), rel=1e-6)
+    sq = kd_loss(*case, kind="forward_kl", tau=2.0, tau_squared=True).loss
+    assert sq.item() == pytest.approx(4.0 * base.item(), rel=1e-6)
+    ref, _, _ = reference(*case, "forward_kl", 2.0, False, tau_squared=True)
+    assert sq.item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_normalisation_is_per_token_over_the_batch():
+    """Mean over valid positions of the whole batch, not a mean of per-sequence means."""
+    logits, ids, logp, mask, lt, pm = make_case(b=2, t=6, seed=4)
+    pm[0, 2:] = False  # sequence 0 keeps 1 valid position (pos 1 has no teacher signal), sequence 1 keeps 5
+    per_pos = []
+    for bi in range(2):
+        for ti in range(6):
+            one = torch.zeros_like(pm)
+            one[bi, ti] = pm[bi, ti]
+            if one.any() and mask[bi, ti].any():
+                per_pos.append(kd_loss(logits, ids, logp, mask, lt, one, kind="forward_kl", tau=1.0).loss.item())
+    res = kd_loss(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0)
+    assert int(res.num_positions) == len(per_pos) == 6
+    assert res.loss.item() == pytest.approx(np.mean(per_pos), rel=1e-6)
+
+
+def test_masked_positions_do_not_matter_and_get_no_gradient():
+    logits, ids, logp, mask, lt, pm = make_case(seed=8)
+    lg = logits.clone().requires_grad_(True)
+    res = kd_loss(lg, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0, tail=True)
+    res.loss.backward()
+    assert torch.all(lg.grad[0, 1] == 0)  # no kept entries
+    assert torch.all(lg.grad[1, 5] == 0)  # position_mask false
+    changed = logits.clone()
+    changed[0, 1] += 100.0
+    changed[1, 5] -= 100.0
+    res2 = kd_loss(changed, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0, tail=True)
+    assert res2.loss.item() == res.loss.item()
+    # nothing valid at all: loss 0, zero gradient, no NaN
+    lg.grad = None
+    empty = kd_loss(lg, ids, logp, mask, lt, torch.zeros_like(pm), kind="reverse_kl", tau=1.0)
+    empty.loss.backward()
+    assert empty.loss.item() == 0.0 and int(empty.num_positions) == 0
+    assert torch.all(lg.grad == 0)
+
+
+@pytest.mark.parametrize("kind", KD_KINDS)
+@pytest.mark.parametrize("tail", [False, True])
+def test_chunked_equals_unchunked(kind, tail):
+    case = make_case(b=3, t=7, seed=21)
+    out = []
+    for chunk in (None, 1, 4, 1000):
+        lg = case[0].clone().requires_grad_(True)
+        res = kd_loss(lg, *case[1:], kind=kind, tau=0.7, tail=tail, chunk_size=chunk)
+        res.loss.backward()
+        out.append((res.loss.detach(), lg.grad.clone(), res.agreement))
+    for loss, grad, agree in out[1:]:
+        torch.testing.assert_close(loss, out[0][0], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(grad, out[0][1], rtol=1e-5, atol=1e-8)
+        assert agree == out[0][2]
+
+
+def test_gradient_matches_plain_autograd():
+    """The fused chunk-wise gradient equals autograd through a direct, unchunked formula."""
+    logits, ids, logp, mask, lt, pm = make_case(seed=13, dtype=torch.float64)
+    tau = 1.5
+    lg = logits.clone().requires_grad_(True)
+    kd_loss(lg, ids, logp, mask, lt, pm, kind="forward_kl", tau=tau).loss.backward()
+    lg2 = logits.clone().requires_grad_(True)
+    logq = torch.log_softmax(lg2 / tau, -1).gather(-1, ids)
+    f = torch.softmax(logp / tau, -1).nan_to_num(0.0)  # rows with nothing kept are NaN here
+    valid = (mask.any(-1) & pm).double()
+    per = -(torch.where(mask, f * logq, torch.zeros_like(f))).sum(-1)  # soft_ce has the same grad
+    ((per * valid).sum() / valid.sum()).backward()
+    torch.testing.assert_close(lg.grad, lg2.grad)
+
+
+@pytest.mark.parametrize("kind", KD_KINDS)
+@pytest.mark.parametrize("tail", [False, True])
+def test_gradcheck(kind, tail):
+    # positions: (0,0) valid, (0,1) no kept entry, (1,0) valid, (1,1) masked by position_mask
+    logits, ids, logp, mask, lt, pm = make_case(b=2, t=2, v=6, k=3, seed=2, dtype=torch.float64, scale=1.0)
+    assert not torch.isinf(lt[1, 0]) or not torch.isinf(lt[0, 0])  # a real tail somewhere
+    lg = logits.clone().requires_grad_(True)
+
+    def fn(x):
+        return kd_loss(x, ids, logp, mask, lt, pm, kind=kind, tau=1.3, tail=tail, chunk_size=1).loss
+
+    assert torch.autograd.gradcheck(fn, (lg,), eps=1e-6, atol=1e-6)  # full Jacobian: 24 inputs
+
+
+def test_gradcheck_lm_and_distill():
+    logits, ids, logp, mask, lt, pm = make_case(b=2, t=3, v=6, k=3, seed=7, dtype=torch.float64, scale=1.0)
+    labels = torch.randint(0, 6, (2, 3))
+    labels[0, 0] = -100
+    lg = logits.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: lm_loss(x, labels, chunk_size=2), (lg,), eps=1e-6, atol=1e-6,
+                                    fast_mode=True)
+    assert torch.autograd.gradcheck(
+        lambda x: distill_loss(x, labels, ids, logp, mask, lt, pm, alpha=0.3, kind="forward_kl", tau=2.0,
+                               tail=True, chunk_size=4).loss,
+        (lg,), eps=1e-6, atol=1e-6, fast_mode=True,
+    )
+
+
+def test_lm_loss():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 11, generator=g)
+    labels = torch.randint(0, 11, (2, 5), generator=g)
+    labels[0, :3] = -100
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), labels.reshape(-1), ignore_index=-100)
+    assert lm_loss(logits, labels).item() == pytest.approx(ref.item(), rel=1e-6)
+    assert lm_loss(logits, labels, chunk_size=2).item() == pytest.approx(ref.item(), rel=1e-6)
+    lg = logits.clone().requires_grad_(True)
+    lm_loss(lg, labels, chunk_size=3).backward()
+    lg2 = logits.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(lg2.reshape(-1, 11), labels.reshape(-1), ignore_index=-100).backward()
+    torch.testing.assert_close(lg.grad, lg2.grad)
+    assert lm_loss(logits, torch.full_like(labels, -100)).item() == 0.0
+
+
+def test_distill_loss_equals_total_of_parts():
+    logits, ids, logp, mask, lt, pm = make_case(seed=17)
+    labels = torch.randint(0, 13, (2, 6))
+    labels[1, 0] = -100
+    lg = logits.clone().requires_grad_(True)
+    res = distill_loss(lg, labels, ids, logp, mask, lt, pm, alpha=0.9, kind="forward_kl", tau=2.0, chunk_size=3)
+    res.loss.backward()
+    lg2 = logits.clone().requires_grad_(True)
+    lm = lm_loss(lg2, labels)
+    kd = kd_loss(lg2, ids, logp, mask, lt, pm, kind="forward_kl", tau=2.0)
+    total = total_loss(lm, kd.loss, 0.9)
+    total.backward()
+    assert res.loss.item() == pytest.approx(total.item(), rel=1e-6)
+    assert res.lm.item() == pytest.approx(lm.item(), rel=1e-6)
+    assert res.kd.item() == pytest.approx(kd.loss.item(), rel=1e-6)
+    assert res.agreement.item() == pytest.approx(kd.agreement.item())
+    torch.testing.assert_close(lg.grad, lg2.grad)
+    assert total_loss(torch.tensor(2.0), torch.tensor(4.0), 0.25).item() == pytest.approx(2.5)
+    # alpha = 0: pure LM, teacher ignored
+    lm_only = distill_loss(logits, labels, ids, logp, mask, lt, pm, alpha=0.0, kind="forward_kl", tau=2.0)
+    assert lm_only.loss.item() == pytest.approx(lm.item(), rel=1e-6)
+
+
+def test_low_precision_logits_and_no_grad():
+    logits, ids, logp, mask, lt, pm = make_case(seed=19)
+    ref = kd_loss(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0).loss
+    lg = logits.to(torch.bfloat16).requires_grad_(True)
+    res = kd_loss(lg, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0)
+    assert res.loss.dtype == torch.float32  # computed in float32
+    res.loss.backward()
+    assert lg.grad.dtype == torch.bfloat16 and torch.isfinite(lg.grad.float()).all()
+    assert res.loss.item() == pytest.approx(ref.item(), rel=0.05)
+    with torch.no_grad():
+        nog = kd_loss(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0)
+    assert nog.loss.item() == pytest.approx(ref.item(), rel=1e-6) and not nog.loss.requires_grad
+
+
+def test_bad_arguments():
+    case = make_case()
+    with pytest.raises(ValueError, match="kind"):
+        kd_loss(*case, kind="kld", tau=1.0)
+    with pytest.raises(ValueError, match="tau"):
+        kd_loss(*case, kind="forward_kl", tau=0.0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        kd_loss(*case, kind="forward_kl", tau=1.0, chunk_size=0)
+    with pytest.raises(ValueError, match="teacher_logp"):
+        kd_loss(case[0], case[1], case[2][:, :3], *case[3:], kind="forward_kl", tau=1.0)
+
+
+@pytest.mark.parametrize("kind", KD_KINDS)
+def test_tail_when_the_kept_set_is_the_whole_vocabulary(kind):
+    """No vocabulary outside the kept set (tiny vocab): the student bucket is empty, finite loss and grads."""
+    logits, ids, logp, mask, lt, pm = make_case(b=1, t=3, v=3, k=3, seed=9, dtype=torch.float64)
+    ids[0, 0] = torch.tensor([0, 1, 2])
+    logp[0, 0] = torch.log_softmax(torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64), -1)
+    mask[0, 0] = True
+    lt[0, 0] = float("-inf")
+    lg = logits.clone().requires_grad_(True)
+    res = kd_loss(lg, ids, logp, mask, lt, pm, kind=kind, tau=1.0, tail=True)
+    res.loss.backward()
+    assert torch.isfinite(res.loss) and torch.isfinite(lg.grad).all()
+    ref, _, _ = reference(logits, ids, logp, mask, lt, pm, kind, 1.0, True)
+    assert res.loss.item() == pytest.approx(ref, rel=1e-9, abs=1e-12)
