@@ -4,7 +4,8 @@ Columns (MDS encodings; the token and count dtypes follow the vocab size and top
   sample_id       uint64          stable hash of (source fingerprint, unit, index in unit)
   tokens          ndarray:<tok>   [seq_len] token ids, padded with `pad_id` after n_tokens
   n_tokens        uint32          number of real tokens (the rest is padding, masked everywhere)
-  doc_starts      ndarray:uint32  offsets where a document begins inside this sequence
+  doc_starts      json            list of offsets where a document begins inside this sequence (may be
+                                  empty: a sequence inside a long document; MDS ndarrays cannot be empty)
   teacher_counts  ndarray:<cnt>   [seq_len] kept entries per position (0 on padding)
   teacher_ids     bytes           codec payload (see schemas.codec)
   teacher_values  bytes           codec payload
@@ -43,7 +44,7 @@ def mds_columns(vocab_size: int, top_k: int) -> dict[str, str]:
         "sample_id": "uint64",
         "tokens": f"ndarray:{token_dtype(vocab_size).name}",
         "n_tokens": "uint32",
-        "doc_starts": "ndarray:uint32",
+        "doc_starts": "json",
         "teacher_counts": f"ndarray:{count_dtype(top_k).name}",
         "teacher_ids": "bytes",
         "teacher_values": "bytes",
@@ -74,7 +75,7 @@ def build_sample(
         "sample_id": np.uint64(sample_id),
         "tokens": np.asarray(tokens, dtype=token_dtype(vocab_size)),
         "n_tokens": np.uint32(n_tokens),
-        "doc_starts": np.asarray(doc_starts, dtype=np.uint32),
+        "doc_starts": [int(x) for x in np.asarray(doc_starts).reshape(-1)],
         "teacher_counts": np.asarray(truncated.counts, dtype=count_dtype(top_k)),
         **codec.encode(truncated),
         "unit": unit,

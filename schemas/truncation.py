@@ -150,7 +150,7 @@ def truncate_tensor(logits, top_p: float = 1.0, top_k: int = 100, row_chunk: int
     if logits.dim() != 2 or logits.shape[0] == 0 or logits.shape[1] == 0:
         raise CodecError(f"logits must be non-empty 2-D [positions, vocab], got {tuple(logits.shape)}")
     validate_params(top_p, top_k, int(logits.shape[1]))
-    z = logits.float()
+    z = logits.detach().float()
     if not bool(z.isfinite().all()):
         bad = (~z.isfinite()).nonzero()[0].tolist()
         raise CodecError(f"non-finite teacher logit at position {bad[0]}, id {bad[1]}")

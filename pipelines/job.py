@@ -1,0 +1,291 @@
+"""The teacher-pass job: checks and planning on the launcher, then the Beam graph, then the run.
+
+`prepare` does everything that can fail without a worker, before any work is scheduled:
+inputs exist and are planned into units, the tokenizer loads and its separator is valid, the
+teacher checkpoint is readable and covers the tokenizer's vocabulary, the output holds nothing
+written with other settings. It also finds the parts already published (a resumed run) and
+leaves them out of the work, so neither the tokenizer nor the teacher sees them again.
+
+Graph:  units -> Reshuffle -> ReadAndPack -> RunInference(teacher) -> EncodeSample
+        -> (+ each unit's read summary) GroupByKey(unit) -> WritePart -> ToList -> Finalize
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.config import PipelineConfig
+from pipelines.packing import ReadAndPack, load_tokenizer, resolve_bos, resolve_separator
+from pipelines.sink import EncodeSample, WritePart, finalize, finished_units
+from pipelines.sources import SourceFile, Unit, expand_inputs, plan_units, source_fingerprint
+from pipelines.teacher import TeacherInfo, TeacherModelHandler, inspect_teacher
+from schemas import MANIFEST_NAME, PARTS_DIR, Manifest, fingerprint_tokenizer, make_codec, storage
+from schemas.truncation import validate_params
+
+log = logging.getLogger("pdistill.pipeline")
+SETTINGS_NAME = "_settings.json"
+
+
+class SettingsMismatch(RuntimeError):
+    """The output already holds (part of) a dataset written with other settings."""
+
+
+@dataclass
+class Plan:
+    config: PipelineConfig
+    files: list[SourceFile]
+    units: list[Unit]
+    todo: list[Unit]  # units whose part is not published yet
+    source_fp: str
+    sep_id: int
+    bos_id: int | None
+    tokenizer_len: int
+    teacher: TeacherInfo
+    settings: dict  # {"settings": shaping settings, "resolved": identities}
+    settings_fp: str
+    complete: bool = False  # the output already has a manifest with these settings
+    manifest_fields: dict = field(default_factory=dict)
+
+
+def prepare(config: PipelineConfig) -> Plan:
+    config.require_io()
+    files = expand_inputs(config.inputs, config.format)
+    units = plan_units(files, config.rows_per_unit, config.bytes_per_unit)
+    src_fp = source_fingerprint(files)
+    tok = load_tokenizer(config.tokenizer_uri)
+    sep_id = resolve_separator(tok, config.separator, f"tokenizer {config.tokenizer_uri}")
+    bos_id = resolve_bos(tok, config.add_bos, f"tokenizer {config.tokenizer_uri}")
+    teacher = inspect_teacher(config.teacher, len(tok), config.tokenizer_uri)
+    if config.selection == "top_p_k":
+        validate_params(config.top_p, config.top_k, teacher.vocab_size)
+    resolved = {
+        "source_fingerprint": src_fp,
+        "teacher_revision": teacher.revision,
+        "tokenizer_fingerprint": fingerprint_tokenizer(tok),
+        "separator_id": sep_id,
+        "bos_id": bos_id,
+        "vocab_size": teacher.vocab_size,
+    }
+    settings = {"settings": config.shaping_settings(), "resolved": resolved}
+    fp = config.settings_fingerprint(resolved)
+    plan = Plan(config, files, units, [], src_fp, sep_id, bos_id, len(tok), teacher, settings, fp)
+    plan.manifest_fields = _manifest_fields(plan)
+    plan.complete = _check_output(config.output, fp, settings)
+    if not plan.complete:
+        done = finished_units(config.output)
+        plan.todo = [u for u in units if u.name not in done]
+    return plan
+
+
+def _manifest_fields(plan: Plan) -> dict:
+    c, r = plan.config, plan.settings["resolved"]
+    sample = c.selection == "sample"
+    return {
+        "teacher": {"id": c.teacher, "revision": plan.teacher.revision},
+        "tokenizer": {"fingerprint": r["tokenizer_fingerprint"], "separator_id": plan.sep_id, "add_bos": c.add_bos},
+        "vocab_size": plan.teacher.vocab_size,
+        "seq_len": c.seq_len,
+        "truncation": {"method": c.selection, "top_p": 1.0 if sample else c.top_p, "top_k": c.kept_k, "temperature": 1.0},
+        "codec": {"name": c.codec, "params": make_codec(c.codec, c.codec_params).params()},
+        "sources": [{"uri": f.uri, "fingerprint": f.fingerprint} for f in plan.files],
+        "source_fingerprint": plan.source_fp,
+        "settings_fingerprint": plan.settings_fp,
+        "extra": {
+            "trailing": c.trailing, "pad_id": plan.sep_id, "pad_log_tail": "-inf", "bos_id": plan.bos_id,
+            "packing": "separator after every document; units packed independently",
+            "tokenizer_uri": c.tokenizer_uri, "text_column": c.text_column, "format": c.format,
+            "num_draws": c.num_draws if sample else None, "seed": c.seed if sample else None,
+            "inference_args": c.inference_args, "dtype": c.dtype,
+            "units_per_file": "rows_per_unit=%d bytes_per_unit=%d" % (c.rows_per_unit, c.bytes_per_unit),
+        },
+    }
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def _check_output(output: str, fp: str, settings: dict) -> bool:
+    """True when the dataset is already complete with these settings; refuse other settings."""
+    settings_uri = storage.join(output, SETTINGS_NAME)
+    manifest_uri = storage.join(output, MANIFEST_NAME)
+    old = json.loads(storage.read_text(settings_uri)) if storage.exists(settings_uri) else None
+    if old is not None and old.get("settings_fingerprint") != fp:
+        changes = _diff(old.get("settings", {}), settings)
+        raise SettingsMismatch(
+            f"output {output} was written with other settings ({'; '.join(changes) or 'fingerprint differs'}); "
+            "refusing to mix them: choose a new output or restore the settings"
+        )
+    if storage.exists(manifest_uri):
+        m = Manifest.from_json(storage.read_text(manifest_uri), manifest_uri)
+        if m.settings_fingerprint != fp:
+            raise SettingsMismatch(f"output {output} holds a finished dataset with settings {m.settings_fingerprint}, "
+                                   f"this run's are {fp}; choose a new output")
+        return True
+    if old is None:
+        if finished_units(output):
+            raise SettingsMismatch(f"output {output} has parts but no {SETTINGS_NAME}: not written by this "
+                                   "pipeline with known settings; choose a new output")
+        storage.write_text_atomic(settings_uri, json.dumps({"settings_fingerprint": fp, "settings": settings},
+                                                           indent=2, sort_keys=True))
+    return False
+
+
+def build(p: beam.Pipeline, plan: Plan) -> None:
+    c = plan.config
+    handler = TeacherModelHandler(
+        c.teacher, selection=c.selection, top_p=c.top_p, top_k=c.top_k, num_draws=c.num_draws, seed=c.seed,
+        batch_size=c.batch_size, device=c.device, dtype=c.dtype, share_model=c.share_model,
+        min_vocab=plan.tokenizer_len,
+    )
+    vocab = plan.teacher.vocab_size
+    read = (
+        p
+        | "Units" >> beam.Create(plan.todo)
+        | "Spread" >> beam.Reshuffle()
+        | "ReadAndPack" >> beam.ParDo(ReadAndPack(c.tokenizer_uri, c.text_column, c.seq_len, plan.sep_id,
+                                                  plan.bos_id, plan.source_fp)).with_outputs(ReadAndPack.META, main="seqs")
+    )
+    encoded = (
+        read.seqs
+        | "Teacher" >> RunInference(handler, inference_args=dict(c.inference_args))
+        | "Encode" >> beam.ParDo(EncodeSample(c.codec, c.codec_params, vocab, c.kept_k))
+    )
+    (
+        (encoded, read[ReadAndPack.META])
+        | "Join" >> beam.Flatten()
+        | "ByUnit" >> beam.GroupByKey()
+        | "WriteParts" >> beam.ParDo(WritePart(c.output, vocab, c.kept_k))
+        | "AllParts" >> beam.combiners.ToList()
+        | "Finalize" >> beam.Map(finalize, c.output, [u.name for u in plan.units], plan.manifest_fields)
+    )
+
+
+def make_options(config: PipelineConfig, extra_args: list[str]) -> PipelineOptions:
+    """Beam options: pipelines.runner_options when present, plain flags otherwise."""
+    runner_config = dict(config.runner_config)
+    if config.runner.lower() in ("directrunner", "direct"):
+        runner_config.setdefault("direct_running_mode", config.direct_running_mode)
+        runner_config.setdefault("direct_num_workers", config.direct_num_workers)
+    try:
+        from pipelines.runner_options import build_options
+    except ImportError:
+        flags = [f"--runner={config.runner}"] + [f"--{k}={v}" for k, v in runner_config.items()]
+        return PipelineOptions(flags + list(extra_args))
+    return build_options(config.runner, runner_config, list(extra_args))
+
+
+class Progress:
+    """Units done / to do while the runner runs, from the published part markers (any runner)."""
+
+    def __init__(self, output: str, todo: list[str], every: float = 2.0, enabled: bool = True):
+        self.output, self.todo, self.every, self.enabled = output, set(todo), every, enabled and bool(todo)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="pdistill-progress")
+
+    def _loop(self):
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(self.todo), unit="part", desc="teacher pass", mininterval=self.every)
+        except ImportError:
+            bar = None
+        seen = 0
+        while True:
+            stop = self._stop.wait(self.every)
+            try:
+                done = len(self.todo & finished_units(self.output))
+            except Exception:  # a listing hiccup must not stop the job
+                done = seen
+            if bar is not None:
+                bar.update(done - seen)
+            elif done != seen:
+                log.info("parts published: %d/%d", done, len(self.todo))
+            seen = done
+            if stop:
+                break
+        if bar is not None:
+            bar.close()
+
+    def __enter__(self):
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._stop.set()
+            self._thread.join(timeout=10)
+
+
+def collect_metrics(result) -> dict:
+    """Our counters and distributions (namespace 'pdistill'), committed values when the runner has them."""
+    out = {}
+    try:
+        q = result.metrics().query()
+    except Exception:  # some runners report no metrics
+        return out
+    for kind in ("counters", "distributions"):
+        for m in q.get(kind, []):
+            if not m.key.metric.namespace.startswith("pdistill"):
+                continue
+            value = m.committed if m.committed is not None else m.attempted
+            name = m.key.metric.name
+            if kind == "distributions":
+                value = {"count": value.count, "sum": value.sum, "min": value.min, "max": value.max}
+                out[name] = value
+            else:
+                out[name] = out.get(name, 0) + value
+    micros = out.get("teacher_micros", 0)
+    if micros:
+        out["teacher_tokens_per_s"] = out.get("teacher_tokens", 0) / (micros / 1e6)
+    return out
+
+
+@dataclass
+class RunReport:
+    complete_before: bool
+    units: int
+    computed_units: int
+    metrics: dict
+    seconds: float
+    output: str
+    summary: dict
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def run(config: PipelineConfig, extra_args: list[str] | None = None, options: PipelineOptions | None = None) -> RunReport:
+    """Prepare, build and run the teacher pass; returns what was done (raises on failure)."""
+    t0 = time.time()
+    plan = prepare(config)
+    if plan.complete:
+        return RunReport(True, len(plan.units), 0, {}, time.time() - t0, config.output,
+                         json.loads(storage.read_text(storage.join(config.output, MANIFEST_NAME)))["counts"])
+    log.info("%d units planned over %d files, %d to compute (%d already published under %s)", len(plan.units),
+             len(plan.files), len(plan.todo), len(plan.units) - len(plan.todo), storage.join(config.output, PARTS_DIR))
+    options = options or make_options(config, extra_args or [])
+    p = beam.Pipeline(options=options)
+    build(p, plan)
+    with Progress(config.output, [u.name for u in plan.todo], enabled=config.progress):
+        result = p.run()
+        result.wait_until_finish()
+    manifest = Manifest.from_json(storage.read_text(storage.join(config.output, MANIFEST_NAME)))
+    return RunReport(False, len(plan.units), len(plan.todo), collect_metrics(result), time.time() - t0,
+                     config.output, dataclasses.asdict(manifest.counts))

@@ -1,0 +1,163 @@
+"""Writing the dataset: one MDS part per work unit, published whole; then root index + manifest.
+
+A part is written with streaming's MDSWriter into local temp space and copied to
+`<out>/parts/<unit>/` with its `index.json` last: the part's index is its commit marker, so a
+reader (and a resumed run) never takes a half-copied part for a finished one. A retried bundle
+rewrites the same bytes (packing and inference are deterministic), and a part whose index is
+already there is left alone: retries cannot duplicate or corrupt it.
+
+Beside the shards, `stats.json` holds the unit's counts (documents, packed documents, dead
+letters, sequences, tokens) so the final step reconciles counts without re-reading shards;
+the unit's rejected documents go to `<out>/dead_letter/<unit>.jsonl` (one JSON object per line:
+file, unit, position, kind, reason, excerpt), published before the part's index.
+
+The root `index.json` is built here rather than with streaming's `merge_index`, which rewrites
+shard basenames one folder deep only (`<unit>/shard...` instead of `parts/<unit>/shard...`):
+shards are concatenated in sorted unit order with basenames `parts/<unit>/<basename>`.
+`manifest.json` is written last; it is the dataset's commit marker.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from pipelines import faults
+from schemas import DEAD_LETTER_DIR, INDEX_NAME, MANIFEST_NAME, PARTS_DIR, build_sample, make_codec, mds_columns, storage
+from schemas.manifest import Manifest
+
+STATS_NAME = "stats.json"
+COUNT_KEYS = ("documents", "packed_documents", "dead_letters", "sequences", "tokens")
+
+
+def part_uri(output: str, unit: str) -> str:
+    return storage.join(output, PARTS_DIR, unit)
+
+
+def finished_units(output: str) -> set[str]:
+    """Units whose part is published (its index.json exists)."""
+    fs, path = storage.fs_and_path(output)
+    pattern = (path.rstrip("/") + "/" + PARTS_DIR + "/*/" + INDEX_NAME)
+    try:
+        found = fs.glob(pattern)
+    except FileNotFoundError:
+        return set()
+    return {p.rstrip("/").split("/")[-2] for p in found}
+
+
+class EncodeSample(beam.DoFn):
+    """PredictionResult(Packed, Truncated) -> (unit, (index, MDS sample dict))."""
+
+    def __init__(self, codec: str, codec_params: dict, vocab_size: int, kept_k: int):
+        self.codec_name, self.codec_params = codec, codec_params
+        self.vocab_size, self.kept_k = vocab_size, kept_k
+
+    def setup(self):
+        self.codec = make_codec(self.codec_name, self.codec_params)
+
+    def process(self, result):
+        p, tr = result.example, result.inference
+        sample = build_sample(sample_id=p.sample_id, tokens=p.tokens, n_tokens=p.n_tokens, doc_starts=p.doc_starts,
+                              truncated=tr, codec=self.codec, vocab_size=self.vocab_size, top_k=self.kept_k, unit=p.unit)
+        yield p.unit, ("s", p.index, sample)
+
+
+class WritePart(beam.DoFn):
+    """(unit, [samples and the unit's meta]) -> one published part; yields the unit's stats."""
+
+    def __init__(self, output: str, vocab_size: int, kept_k: int):
+        self.output, self.vocab_size, self.kept_k = output, vocab_size, kept_k
+
+    def setup(self):
+        self.parts_done = Metrics.counter("pdistill", "parts_written")
+
+    def process(self, element):
+        unit, items = element
+        samples, meta = [], None
+        for item in items:
+            if item[0] == "s":
+                samples.append((item[1], item[2]))
+            else:
+                meta = item[1]
+        if meta is None:
+            raise RuntimeError(f"unit {unit}: samples without the unit's read summary")
+        faults.maybe_fail("sink", unit)
+        dest = part_uri(self.output, unit)
+        if storage.exists(storage.join(dest, INDEX_NAME)):  # a retry after the part was published
+            yield unit, json.loads(storage.read_text(storage.join(dest, STATS_NAME)))
+            return
+        samples.sort(key=lambda s: s[0])
+        indexes = [i for i, _ in samples]
+        if indexes != list(range(meta["sequences"])):
+            raise RuntimeError(f"unit {unit}: got sequence indexes {indexes[:10]}..., expected 0..{meta['sequences'] - 1}")
+        dead = meta.get("dead", [])
+        stats = {"unit": unit, **{k: meta[k] for k in COUNT_KEYS}}
+        if dead:
+            body = "".join(json.dumps(d, sort_keys=True, ensure_ascii=False) + "\n" for d in dead)
+            storage.write_text_atomic(storage.join(self.output, DEAD_LETTER_DIR, f"{unit}.jsonl"), body)
+        with tempfile.TemporaryDirectory(prefix=f"pdistill-{unit}-") as tmp:
+            local = os.path.join(tmp, unit)
+            write_mds(local, [s for _, s in samples], self.vocab_size, self.kept_k)
+            with open(os.path.join(local, STATS_NAME), "w") as f:
+                json.dump(stats, f, sort_keys=True)
+            storage.upload_dir(local, dest, last=(STATS_NAME, INDEX_NAME))
+        self.parts_done.inc()
+        yield unit, stats
+
+
+def write_mds(local_dir: str, samples: list[dict], vocab_size: int, kept_k: int) -> None:
+    from streaming import MDSWriter
+
+    with MDSWriter(out=local_dir, columns=mds_columns(vocab_size, kept_k), compression="zstd",
+                   hashes=["xxh3_64"], max_workers=1) as w:
+        for s in samples:
+            w.write(s)
+
+
+def read_part(output: str, unit: str) -> tuple[dict, dict]:
+    dest = part_uri(output, unit)
+    index = json.loads(storage.read_text(storage.join(dest, INDEX_NAME)))
+    stats = json.loads(storage.read_text(storage.join(dest, STATS_NAME)))
+    return index, stats
+
+
+def build_root_index(output: str, units: list[str]) -> tuple[dict, dict]:
+    """Root index over every unit's part in sorted order, and the summed counts."""
+    missing = sorted(set(units) - finished_units(output))
+    if missing:
+        raise RuntimeError(f"{len(missing)} parts are missing under {storage.join(output, PARTS_DIR)} "
+                           f"(first: {missing[0]}); re-run the same command to compute them")
+    shards, totals = [], dict.fromkeys(COUNT_KEYS, 0)
+    for unit in sorted(units):
+        index, stats = read_part(output, unit)
+        for shard in index["shards"]:
+            for key in ("raw_data", "zip_data"):
+                if shard.get(key):
+                    shard[key]["basename"] = f"{PARTS_DIR}/{unit}/{shard[key]['basename']}"
+            shards.append(shard)
+        for k in COUNT_KEYS:
+            totals[k] += int(stats[k])
+    return {"version": 2, "shards": shards}, totals
+
+
+def finalize(_computed, output: str, units: list[str], manifest_fields: dict) -> dict:
+    """Root index.json, then manifest.json (last). Runs once, after every part is published."""
+    from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
+
+    index, totals = build_root_index(output, units)
+    counts = Counts(units=len(units), **totals)
+    if not counts.reconciles():
+        raise RuntimeError(f"counts do not reconcile: {counts}")
+    storage.write_text_atomic(storage.join(output, INDEX_NAME), json.dumps(index, sort_keys=True))
+    m = manifest_fields
+    manifest = Manifest(
+        teacher=Teacher(**m["teacher"]), tokenizer=Tokenizer(**m["tokenizer"]), vocab_size=m["vocab_size"],
+        seq_len=m["seq_len"], truncation=Truncation(**m["truncation"]), codec=Codec(**m["codec"]),
+        sources=[Source(**s) for s in m["sources"]], source_fingerprint=m["source_fingerprint"],
+        settings_fingerprint=m["settings_fingerprint"], counts=counts, extra=m.get("extra", {}),
+    )
+    storage.write_text_atomic(storage.join(output, MANIFEST_NAME), manifest.to_json())
+    return {"units": len(units), **totals}

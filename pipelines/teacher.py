@@ -1,0 +1,228 @@
+"""Teacher inference: a Beam ModelHandler running a causal LM and truncating on its device.
+
+`TeacherRunner` owns the model: forward pass on a batch of packed sequences, then top-p-k
+(`schemas.truncate_tensor`, on the device, only [T, k] candidates leave it) or sampled selection
+(`schemas.sample_select`). Its `predict` returns small `Truncated` records, so when the model is
+shared across processes (`share_model_across_processes`, one copy per accelerator) only those
+cross the process boundary, never logits.
+
+`TeacherModelHandler` is what `RunInference` drives: it batches `Packed` sequences, forwards
+`inference_args` to the model call, and records Beam metrics (teacher tokens and seconds).
+`inspect_teacher` runs on the launcher before anything is scheduled: the checkpoint must be
+readable and its output vocabulary must cover the tokenizer.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from pipelines import faults
+from pipelines.packing import Packed
+from schemas import Truncated, sample_select, storage, truncate_tensor
+
+NAMESPACE = "pdistill"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+PAD_LOG_TAIL = -np.inf  # padding positions: no kept entries and no tail (as tests/make_dataset.py)
+
+
+class TeacherError(ValueError):
+    """The teacher checkpoint cannot be used (unreadable, or its vocabulary misses tokenizer ids)."""
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    local_dir: str
+    vocab_size: int  # logits dimension
+    revision: str  # sha256 over config.json and the weight files
+
+
+def _weight_files(local_dir: str) -> list[str]:
+    return sorted(n for n in os.listdir(local_dir) if n.endswith(WEIGHT_SUFFIXES))
+
+
+def teacher_revision(local_dir: str) -> str:
+    h = hashlib.sha256()
+    for name in ["config.json"] + _weight_files(local_dir):
+        h.update(name.encode() + b"\x00")
+        with open(os.path.join(local_dir, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def logits_dim(config) -> int:
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    v = getattr(cfg, "vocab_size", None)
+    if not isinstance(v, int) or v < 1:
+        raise TeacherError(f"teacher config has no vocab_size ({type(config).__name__})")
+    return v
+
+
+def check_vocab(teacher_vocab: int, tokenizer_len: int, teacher: str, tokenizer: str) -> None:
+    if teacher_vocab < tokenizer_len:
+        raise TeacherError(
+            f"teacher {teacher} produces logits over {teacher_vocab} ids but tokenizer {tokenizer} has "
+            f"{tokenizer_len} tokens: the teacher cannot score every token; use the teacher's own tokenizer"
+        )
+
+
+def inspect_teacher(uri: str, tokenizer_len: int, tokenizer_uri: str) -> TeacherInfo:
+    """Fail fast (before any work) on an unreadable checkpoint or a vocabulary mismatch."""
+    from transformers import AutoConfig
+
+    try:
+        local = storage.fetch_dir(uri)
+        config = AutoConfig.from_pretrained(local)
+    except Exception as e:
+        raise TeacherError(f"teacher {uri}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
+    weights = _weight_files(local)
+    if not weights:
+        raise TeacherError(f"teacher {uri}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) in the checkpoint")
+    for name in weights:
+        if name.endswith(".safetensors"):
+            try:
+                from safetensors import safe_open
+
+                with safe_open(os.path.join(local, name), framework="numpy") as f:
+                    f.keys()
+            except Exception as e:
+                raise TeacherError(f"teacher {uri}: weight file {name} is unreadable ({type(e).__name__}: {e})") from None
+    vocab = logits_dim(config)
+    check_vocab(vocab, tokenizer_len, uri, tokenizer_uri)
+    return TeacherInfo(local, vocab, teacher_revision(local))
+
+
+def resolve_device_dtype(device: str = "auto", dtype: str = "auto"):
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, getattr(torch, dtype)
+
+
+def pad_truncated(tr: Truncated, seq_len: int) -> Truncated:
+    """Extend a truncation of the n real positions to seq_len with empty padding positions."""
+    n = tr.num_positions
+    if n == seq_len:
+        return tr
+    return Truncated(
+        counts=np.concatenate([tr.counts, np.zeros(seq_len - n, dtype=tr.counts.dtype)]),
+        ids=tr.ids,
+        logp=tr.logp,
+        log_tail=np.concatenate([tr.log_tail, np.full(seq_len - n, PAD_LOG_TAIL, dtype=np.float32)]),
+    )
+
+
+def sample_seed(sid: int, seed: int) -> int:
+    """Per-sample seed of the sampled selection: a function of the sample id (and the run seed)."""
+    return (int(sid) + int(seed) * 0x9E3779B97F4A7C15) % (1 << 64)
+
+
+class TeacherRunner:
+    """The loaded teacher. Lives where the model lives (in-process, or in the shared process)."""
+
+    def __init__(self, model_uri: str, *, selection: str, top_p: float, top_k: int, num_draws: int,
+                 device: str = "auto", dtype: str = "auto", min_vocab: int = 0):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.device, self.dtype = resolve_device_dtype(device, dtype)
+        local = storage.fetch_dir(model_uri)
+        model = AutoModelForCausalLM.from_pretrained(local, dtype=self.dtype)
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        check_vocab(self.vocab_size, min_vocab, model_uri, "(pipeline tokenizer)")
+        self.model = model.to(self.device).eval()
+        self.selection, self.top_p, self.top_k, self.num_draws = selection, top_p, top_k, num_draws
+        torch.set_grad_enabled(False)
+
+    def describe(self) -> dict:
+        """Where this model lives (a method, so it also answers through a multi-process proxy)."""
+        return {"pid": os.getpid(), "device": str(self.device), "dtype": str(self.dtype)}
+
+    def predict(self, tokens: np.ndarray, n_tokens: Sequence[int], seeds: Sequence[int],
+                inference_args: dict | None = None) -> list[Truncated]:
+        import torch
+
+        with torch.inference_mode():
+            ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=self.device)
+            logits = self.model(input_ids=ids, **(inference_args or {})).logits
+            out = []
+            for b, n in enumerate(n_tokens):
+                z = logits[b, : int(n)]
+                if self.selection == "sample":
+                    tr = sample_select(z.float().cpu().numpy(), self.num_draws, int(seeds[b]))
+                else:
+                    tr = truncate_tensor(z, self.top_p, self.top_k)
+                out.append(pad_truncated(tr, int(tokens.shape[1])))
+        return out
+
+
+class TeacherModelHandler(ModelHandler[Packed, PredictionResult, TeacherRunner]):
+    """RunInference handler: Packed sequences in, PredictionResult(Packed, Truncated) out."""
+
+    def __init__(self, model_uri: str, *, selection: str = "top_p_k", top_p: float = 0.95, top_k: int = 100,
+                 num_draws: int = 64, seed: int = 0, batch_size: int = 8, device: str = "auto",
+                 dtype: str = "auto", share_model: bool | str = "auto", min_vocab: int = 0):
+        super().__init__()
+        self.model_uri = model_uri
+        self.runner_kwargs = dict(selection=selection, top_p=top_p, top_k=top_k, num_draws=num_draws,
+                                  device=device, dtype=dtype, min_vocab=min_vocab)
+        self.seed, self.batch_size, self.device = seed, batch_size, device
+        self.share_model = share_model
+        self._metrics = None
+
+    def load_model(self) -> TeacherRunner:
+        return TeacherRunner(self.model_uri, **self.runner_kwargs)
+
+    def share_model_across_processes(self) -> bool:
+        if self.share_model == "auto":
+            import torch
+
+            return self.device != "cpu" and torch.cuda.is_available()
+        return bool(self.share_model)
+
+    def model_copies(self) -> int:
+        """One copy per accelerator when shared (1 on a CPU-only machine)."""
+        import torch
+
+        return max(1, torch.cuda.device_count()) if self.device == "auto" else 1
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": self.batch_size, "max_batch_size": self.batch_size}
+
+    def get_num_bytes(self, batch: Sequence[Packed]) -> int:
+        return sum(p.tokens.nbytes for p in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "pdistill_RunInference"
+
+    def run_inference(self, batch: Sequence[Packed], model: TeacherRunner,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+        if self._metrics is None:
+            self._metrics = (Metrics.counter(NAMESPACE, "teacher_tokens"), Metrics.counter(NAMESPACE, "teacher_micros"),
+                             Metrics.counter(NAMESPACE, "teacher_batches"),
+                             Metrics.distribution(NAMESPACE, "teacher_batch_ms"))
+        for p in batch:
+            faults.maybe_fail("teacher", p.unit)
+        faults.log_teacher_call(sorted({p.unit for p in batch}), model.describe)
+        tokens = np.stack([p.tokens for p in batch])
+        n_tokens = [int(p.n_tokens) for p in batch]
+        seeds = [sample_seed(p.sample_id, self.seed) for p in batch]
+        t0 = time.perf_counter()
+        results = model.predict(tokens, n_tokens, seeds, inference_args or {})
+        dt = time.perf_counter() - t0
+        tok, micros, batches, dist = self._metrics
+        tok.inc(sum(n_tokens))
+        micros.inc(int(dt * 1e6))
+        batches.inc()
+        dist.update(int(dt * 1e3))
+        return [PredictionResult(p, tr) for p, tr in zip(batch, results)]
