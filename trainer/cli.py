@@ -1,0 +1,59 @@
+"""`pdistill train CONFIG.yaml [key=value ...]` (and `python -m trainer`, `composer -n N -m trainer`).
+
+CONFIG is a YAML path or the name of a shipped config (pd_best, pd_vanilla, lm_only); overrides
+are dotted keys (`data.streams.0.uri=s3://bucket/ds run.max_duration=1000ba`). Configuration and
+dataset problems are reported as one line naming the key or URI, exit status 2, before training.
+Under the Composer launcher each process reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
+MASTER_PORT from the environment (Composer initialises torch.distributed).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+USAGE = "pdistill train CONFIG.yaml [key=value ...]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="pdistill train", usage=USAGE, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="YAML config path or shipped config name")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    parser.add_argument("--print-config", action="store_true", help="print the validated config and exit")
+    args = parser.parse_args(argv)
+
+    from schemas.errors import SchemaError
+    from trainer.config import ConfigError, load_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("composer", "streaming", "urllib3", "botocore", "s3fs", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"pdistill train: config error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return 0
+
+    from trainer.train import build_trainer
+
+    try:
+        trainer = build_trainer(cfg)
+    except (SchemaError, ValueError, FileNotFoundError) as e:
+        print(f"pdistill train: refused: {e}", file=sys.stderr)
+        return 2
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

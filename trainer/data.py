@@ -1,0 +1,363 @@
+"""Reading distillation datasets for training: preflight checks, a StreamingDataset, a collator.
+
+Preflight (`inspect_stream`, `check_streams`), before any StreamingDataset exists:
+  * `<uri>/manifest.json` and `<uri>/index.json` must both exist (the pipeline writes the manifest
+    last; without either the dataset is incomplete and is refused, naming the URI);
+  * the manifest is parsed and validated (`schemas.Manifest.from_json`) and checked against the
+    student (`schemas.check_compatible`: vocab size, tokenizer fingerprint, seq_len);
+  * all streams must share vocab size, tokenizer, seq_len and codec;
+  * with hash validation on, every shard of a *local* dataset is checked against the xxh3_64
+    recorded in the root index (remote shards are checked by streaming as they are downloaded).
+
+`DistillDataset` is a `streaming.StreamingDataset` over one or several streams (proportion /
+repeat / choose). Every stream is read through a local cache folder (`remote` = the dataset URI,
+local or s3:// gs:// ..., `local` = `<cache_dir>/<hash of URI>`), so the dataset folder itself is
+never written to (streaming would otherwise decompress shards in place) and hash validation
+applies uniformly.
+
+Alignment (see `DistillCollator`): the stored teacher signal at position t is the teacher's
+distribution of token t + 1 given tokens[: t + 1], which is exactly what the student's logits at t
+predict. So logits are never shifted: labels[t] = tokens[t + 1] (-100 at the last position and
+wherever t + 1 >= n_tokens), teacher tensors stay at t, and position_mask[t] = (t < n_tokens) and
+the teacher kept at least one entry there. KD therefore also uses the last real position (the
+teacher's prediction of the token after the sequence), which the LM loss cannot use.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from streaming import Stream, StreamingDataset
+
+from schemas import INDEX_NAME, MANIFEST_NAME, IncompatibleDataset, Manifest, check_compatible, make_codec
+from schemas import storage
+from schemas.errors import SchemaError
+from schemas.sample import decode_dense
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+HASH_ALGO = "xxh3_64"
+
+
+class IncompleteDataset(IncompatibleDataset):
+    """A dataset without its root index or manifest (still being written, or its job failed)."""
+
+
+class CorruptDataset(SchemaError):
+    """A shard whose bytes do not match the hash recorded in the index."""
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One dataset in the mix. At most one of proportion / repeat / choose (streaming's meaning)."""
+
+    uri: str
+    local: Optional[str] = None  # this stream's cache folder (default: <cache_dir>/<hash of uri>)
+    proportion: Optional[float] = None
+    repeat: Optional[float] = None
+    choose: Optional[int] = None
+
+
+@dataclass
+class StreamInfo:
+    uri: str
+    manifest: Optional[Manifest]
+    index: dict = field(repr=False)
+
+
+def _uri_key(uri: str) -> str:
+    if storage.is_local(uri):
+        uri = os.path.abspath(storage.local_path(uri))
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def inspect_stream(uri: str, *, require_manifest: bool = True) -> StreamInfo:
+    """Read and validate one dataset's root index and manifest; refuse an incomplete dataset."""
+    index_uri = storage.join(uri, INDEX_NAME)
+    manifest_uri = storage.join(uri, MANIFEST_NAME)
+    has_index = storage.exists(index_uri)
+    has_manifest = storage.exists(manifest_uri)
+    missing = [n for n, ok in ((INDEX_NAME, has_index), (MANIFEST_NAME, has_manifest)) if not ok]
+    if not has_index or (require_manifest and not has_manifest):
+        raise IncompleteDataset(
+            f"incomplete dataset {uri}: missing {' and '.join(missing)} (the pipeline writes the root "
+            f"index, then {MANIFEST_NAME} last; the dataset is still being written, its job failed, or "
+            "the URI is wrong)"
+        )
+    try:
+        index = json.loads(storage.read_text(index_uri))
+    except json.JSONDecodeError as e:
+        raise IncompleteDataset(f"dataset {uri}: {INDEX_NAME} is not valid JSON ({e})") from None
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), list) or not index["shards"]:
+        raise IncompleteDataset(f"dataset {uri}: {INDEX_NAME} lists no shards")
+    manifest = Manifest.from_json(storage.read_text(manifest_uri), where=manifest_uri) if has_manifest else None
+    return StreamInfo(uri=uri, manifest=manifest, index=index)
+
+
+def check_streams(
+    infos: Sequence[StreamInfo],
+    *,
+    vocab_size: Optional[int],
+    tokenizer_fingerprint: Optional[str],
+    seq_len: Optional[int],
+    need_teacher: bool,
+) -> Optional[Manifest]:
+    """Check every stream against the student and against each other; return the first manifest."""
+    first = None
+    for info in infos:
+        m = info.manifest
+        if m is None:
+            continue
+        check_compatible(m, vocab_size=vocab_size, tokenizer_fingerprint=tokenizer_fingerprint, seq_len=seq_len,
+                         where=info.uri)
+        if first is None:
+            first = (info.uri, m)
+            continue
+        u0, m0 = first
+        for name, a, b in (
+            ("vocab_size", m0.vocab_size, m.vocab_size),
+            ("tokenizer fingerprint", m0.tokenizer.fingerprint, m.tokenizer.fingerprint),
+            ("seq_len", m0.seq_len, m.seq_len),
+            ("codec", (m0.codec.name, m0.codec.params), (m.codec.name, m.codec.params)),
+        ):
+            if a != b and (need_teacher or name != "codec"):
+                raise IncompatibleDataset(f"streams {u0} and {info.uri} differ in {name}: {a!r} vs {b!r}")
+    if need_teacher and any(i.manifest is None for i in infos):
+        bad = next(i.uri for i in infos if i.manifest is None)
+        raise IncompleteDataset(f"dataset {bad}: no {MANIFEST_NAME}; stored teacher signal needs one")
+    return first[1] if first else None
+
+
+def verify_local_shards(info: StreamInfo, algo: str = HASH_ALGO) -> None:
+    """Check each shard file of a local dataset against its recorded hash (raises CorruptDataset)."""
+    from streaming.base.hashing import get_hash
+
+    root = storage.local_path(info.uri)
+    for shard in info.index["shards"]:
+        part = shard.get("zip_data") or shard.get("raw_data")
+        if not part:
+            continue
+        path = os.path.join(root, part["basename"])
+        want = (part.get("hashes") or {}).get(algo)
+        if want is None:
+            raise CorruptDataset(f"dataset {info.uri}: shard {part['basename']} has no {algo} hash in {INDEX_NAME}")
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise IncompleteDataset(f"dataset {info.uri}: shard {part['basename']} is listed in {INDEX_NAME} but missing") from None
+        if get_hash(algo, data) != want:
+            raise CorruptDataset(
+                f"dataset {info.uri}: shard {part['basename']} is corrupt ({algo} does not match {INDEX_NAME})"
+            )
+
+
+class DistillDataset(StreamingDataset):
+    """A StreamingDataset over distillation datasets that yields decoded numpy samples.
+
+    Each item: ``tokens`` int64 [T], ``n_tokens`` int, ``sample_id`` int (uint64 value) and, when
+    ``with_teacher``, the dense teacher signal (`schemas.decode_dense`, K = manifest top_k, the
+    largest over the streams): ``teacher_ids`` int64 [T, K], ``teacher_logp`` float32 [T, K] (-inf
+    where masked), ``teacher_mask`` bool [T, K], ``teacher_log_tail`` float32 [T].
+
+    ``batch_size`` is the PER-DEVICE batch size (streaming needs it for deterministic resumption).
+    Build the dataset *after* any state load decision and never iterate it before Composer has
+    loaded its checkpoint state (a state loaded into an iterated dataset is ignored).
+    """
+
+    def __init__(
+        self,
+        streams: Sequence[StreamSpec],
+        *,
+        batch_size: int,
+        cache_dir: str,
+        with_teacher: bool = True,
+        vocab_size: Optional[int] = None,
+        tokenizer_fingerprint: Optional[str] = None,
+        seq_len: Optional[int] = None,
+        require_manifest: bool = True,
+        shuffle: bool = True,
+        shuffle_seed: int = 9176,
+        shuffle_algo: str = "py1e",
+        num_canonical_nodes: Optional[int] = None,
+        predownload: Optional[int] = None,
+        cache_limit: Optional[str | int] = None,
+        validate_hash: Optional[str] = HASH_ALGO,
+        partition_algo: str = "relaxed",
+        epoch_size: Optional[int] = None,
+        download_retry: int = 2,
+        download_timeout: float = 60,
+    ):
+        if not streams:
+            raise ValueError("data: at least one stream (dataset URI) is required")
+        infos = [inspect_stream(s.uri, require_manifest=require_manifest or with_teacher) for s in streams]
+        manifest = check_streams(
+            infos, vocab_size=vocab_size, tokenizer_fingerprint=tokenizer_fingerprint, seq_len=seq_len,
+            need_teacher=with_teacher,
+        )
+        if validate_hash:
+            for info in infos:
+                if storage.is_local(info.uri):
+                    verify_local_shards(info, validate_hash)
+        self.uris = [s.uri for s in streams]
+        self.manifest = manifest
+        self.with_teacher = with_teacher
+        self.seq_len = manifest.seq_len if manifest else seq_len
+        if with_teacher:
+            self.codec = make_codec(manifest.codec.name, manifest.codec.params)
+            self.top_k = max(i.manifest.truncation.top_k for i in infos)
+        else:
+            self.codec, self.top_k = None, 0
+        self._bg_error: Optional[BaseException] = None
+        stream_objs = []
+        for s in streams:
+            remote = os.path.abspath(storage.local_path(s.uri)) if storage.is_local(s.uri) else s.uri
+            stream_objs.append(
+                Stream(remote=remote, local=s.local or os.path.join(cache_dir, _uri_key(s.uri)), proportion=s.proportion,
+                       repeat=s.repeat, choose=s.choose)
+            )
+        super().__init__(
+            streams=stream_objs,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            shuffle_seed=shuffle_seed,
+            shuffle_algo=shuffle_algo,
+            num_canonical_nodes=num_canonical_nodes,
+            predownload=predownload,
+            cache_limit=cache_limit,
+            validate_hash=validate_hash or None,
+            partition_algo=partition_algo,
+            epoch_size=epoch_size,
+            download_retry=download_retry,
+            download_timeout=download_timeout,
+        )
+
+    # -- decoding -----------------------------------------------------------------------------
+    def decode(self, raw: dict) -> dict[str, Any]:
+        tokens = np.asarray(raw["tokens"]).astype(np.int64)
+        n = int(raw["n_tokens"]) if "n_tokens" in raw else int(tokens.shape[0])
+        out = {"tokens": tokens, "n_tokens": n, "sample_id": int(raw.get("sample_id", -1))}
+        if self.with_teacher:
+            dense = decode_dense(raw, self.codec, self.top_k)
+            out.update(teacher_ids=dense.ids, teacher_logp=dense.logp, teacher_mask=dense.mask,
+                       teacher_log_tail=dense.log_tail)
+        return out
+
+    def __getitem__(self, idx):  # type: ignore[override]
+        try:
+            raw = super().__getitem__(idx)
+        except ValueError as e:
+            if "Checksum failure" in str(e):
+                raise CorruptDataset(f"dataset {', '.join(self.uris)}: {e} (hash validation is on)") from e
+            raise
+        return self.decode(raw)
+
+    # -- clearer errors from streaming's background download threads --------------------------
+    def on_exception(self, future) -> None:  # type: ignore[override]
+        exc = future.exception()
+        if exc is not None and self._bg_error is None:
+            self._bg_error = exc
+        super().on_exception(future)
+
+    def __iter__(self):
+        try:
+            yield from super().__iter__()
+        except RuntimeError as e:
+            if "Background thread failed" in str(e) and self._bg_error is not None:
+                err = self._bg_error
+                kind = CorruptDataset if "Checksum failure" in str(err) else RuntimeError
+                raise kind(f"reading dataset {', '.join(self.uris)} failed: {type(err).__name__}: {err}") from err
+            raise
+
+
+class DistillCollator:
+    """Stack decoded samples into torch tensors, aligned so that position t predicts token t + 1.
+
+    Output (B sequences, T = seq_len, K = top_k):
+      input_ids [B, T] int64, attention_mask [B, T] int64 (1 on real tokens),
+      labels [B, T] int64 = tokens shifted left by one, -100 at the last position and where
+        t + 1 >= n_tokens (so logits[b, t] are scored against labels[b, t], no shift downstream),
+      position_mask [B, T] bool: t < n_tokens (and, with a teacher, at least one kept entry),
+      sample_id [B] int64 (the uint64 id's bits; `as_uint64` recovers it),
+      and with a teacher: teacher_ids [B, T, K] int64, teacher_logp [B, T, K] float32,
+      teacher_mask [B, T, K] bool, teacher_log_tail [B, T] float32.
+    """
+
+    def __init__(self, with_teacher: bool = True):
+        self.with_teacher = with_teacher
+
+    def __call__(self, samples: list[dict]) -> dict:
+        import torch
+
+        tokens = np.stack([s["tokens"] for s in samples]).astype(np.int64)
+        b, t = tokens.shape
+        n = np.asarray([s["n_tokens"] for s in samples], dtype=np.int64)
+        pos = np.arange(t)[None, :]
+        attn = pos < n[:, None]
+        labels = np.full((b, t), IGNORE_INDEX, dtype=np.int64)
+        labels[:, :-1] = np.where(pos[:, 1:] < n[:, None], tokens[:, 1:], IGNORE_INDEX)
+        sid = np.asarray([s["sample_id"] & 0xFFFFFFFFFFFFFFFF for s in samples], dtype=np.uint64).view(np.int64)
+        out = {
+            "input_ids": torch.from_numpy(tokens),
+            "attention_mask": torch.from_numpy(attn.astype(np.int64)),
+            "labels": torch.from_numpy(labels),
+            "sample_id": torch.from_numpy(sid.copy()),
+        }
+        if self.with_teacher:
+            mask = np.stack([s["teacher_mask"] for s in samples])
+            out.update(
+                teacher_ids=torch.from_numpy(np.stack([s["teacher_ids"] for s in samples])),
+                teacher_logp=torch.from_numpy(np.stack([s["teacher_logp"] for s in samples])),
+                teacher_mask=torch.from_numpy(mask),
+                teacher_log_tail=torch.from_numpy(np.stack([s["teacher_log_tail"] for s in samples])),
+                position_mask=torch.from_numpy(attn & mask.any(-1)),
+            )
+        else:
+            out["position_mask"] = torch.from_numpy(attn)
+        return out
+
+
+def as_uint64(sample_ids) -> list[int]:
+    """Collated sample_id tensor (int64 bits) -> the datasets' uint64 ids."""
+    arr = np.asarray(sample_ids.cpu().numpy() if hasattr(sample_ids, "cpu") else sample_ids, dtype=np.int64)
+    return [int(x) for x in arr.view(np.uint64)]
+
+
+def num_tokens_in_batch(batch: dict) -> int:
+    """Real (non-padding) tokens in a collated batch (for Composer's token counter)."""
+    return int(batch["attention_mask"].sum())
+
+
+def build_dataloader(
+    dataset: DistillDataset,
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    prefetch_factor: Optional[int] = None,
+    persistent_workers: bool = False,
+    pin_memory: bool = False,
+    with_teacher: Optional[bool] = None,
+):
+    """A torch DataLoader over `dataset` with the distillation collator (per-device batch size)."""
+    from torch.utils.data import DataLoader
+
+    kwargs = {}
+    if num_workers > 0:
+        kwargs["persistent_workers"] = persistent_workers
+        if prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        collate_fn=DistillCollator(dataset.with_teacher if with_teacher is None else with_teacher),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=False,
+        **kwargs,
+    )

@@ -1,0 +1,243 @@
+"""The distillation ComposerModel: an HF causal-LM student, its loss, an optional live teacher.
+
+Loss = (1 - alpha) * LM + alpha * KD (`trainer.losses.distill_loss`: one chunked pass, each term
+its own per-token mean over the device batch). alpha is a plain attribute set every batch by the
+`AlphaCallback` from the schedule and Composer's training progress (timestamp / max_duration),
+so a resumed run recomputes it from the restored timestamp.
+
+Alignment: the collator (`trainer.data.DistillCollator`) already aligned labels and teacher
+tensors with the logits (position t predicts token t + 1); the student gets no `labels` (HF would
+shift them itself and materialise a full log-softmax), and logits are used unshifted.
+
+Modes:
+  offline  teacher signal read from the dataset (dense [B, T, K] from the collator);
+  live     a frozen teacher in the same process: its logits under no_grad, truncated per sequence
+           with `schemas.truncate_tensor`, put in the codec's layout (ids sorted, log-probs
+           renormalised over the kept set), densified with `schemas.sample.to_dense`, then the
+           identical loss code path;
+  none     LM only (alpha must be 0), no teacher read.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from composer.core import Callback, Event, State
+from composer.loggers import Logger
+from composer.metrics import LanguageCrossEntropy, LanguagePerplexity
+from composer.models import ComposerModel
+from composer.utils import dist
+
+from schemas.codec import Decoded, renormalise
+from schemas.sample import to_dense
+from schemas.truncation import truncate_tensor
+from trainer.losses import distill_loss
+from trainer.schedules import training_progress
+
+MODES = ("offline", "live", "none")
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
+
+class DistillationModel(ComposerModel):
+    def __init__(
+        self,
+        student: torch.nn.Module,
+        *,
+        mode: str = "offline",
+        kind: str = "forward_kl",
+        tau: float = 1.0,
+        tail: bool = False,
+        tau_squared: bool = False,
+        chunk_size: Optional[int] = None,
+        teacher: Optional[torch.nn.Module] = None,
+        top_p: float = 0.95,
+        top_k: int = 50,
+        alpha: float = 0.0,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"distill.mode must be one of {MODES}, got {mode!r}")
+        if mode == "live" and teacher is None:
+            raise ValueError("distill.mode is live but no teacher model was given")
+        self.student = student
+        self.mode, self.kind, self.tau, self.tail = mode, kind, float(tau), bool(tail)
+        self.tau_squared, self.chunk_size = bool(tau_squared), chunk_size
+        self.top_p, self.top_k = float(top_p), int(top_k)
+        self.alpha = float(alpha)
+        # The teacher is kept OUT of the module tree: not trained, not in the optimizer, not in
+        # checkpoints, not wrapped by DDP. It is moved to the batch's device on first use.
+        self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []
+        self._stats = torch.zeros(3, dtype=torch.float64)  # agreement sum (weighted), positions, batches
+        self.eval_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(), "LanguagePerplexity": LanguagePerplexity()}
+
+    # -- Composer API ------------------------------------------------------------------------
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def loss(self, outputs: torch.Tensor, batch: dict, *args, **kwargs) -> dict[str, torch.Tensor]:
+        alpha = 0.0 if self.mode == "none" else self.alpha
+        t = self._teacher_tensors(batch) if alpha > 0 else None
+        if t is None:
+            res = distill_loss(outputs, batch["labels"], None, None, None, None, None, alpha=0.0, kind=self.kind,
+                               tau=self.tau, chunk_size=self.chunk_size)
+        else:
+            res = distill_loss(
+                outputs, batch["labels"], t["teacher_ids"], t["teacher_logp"], t["teacher_mask"],
+                t["teacher_log_tail"], t["position_mask"], alpha=alpha, kind=self.kind, tau=self.tau,
+                tail=self.tail, tau_squared=self.tau_squared, chunk_size=self.chunk_size,
+            )
+            n = float(res.num_positions)
+            self._stats += torch.tensor([float(res.agreement) * n, n, 0.0], dtype=torch.float64)
+        return {"total": res.loss, "lm": res.lm.detach(), "kd": res.kd.detach()}
+
+    def eval_forward(self, batch: dict, outputs: Optional[Any] = None):
+        return outputs if outputs is not None else self.forward(batch)
+
+    def get_metrics(self, is_train: bool = False):
+        return {} if is_train else self.eval_metrics
+
+    def update_metric(self, batch: Any, outputs: Any, metric) -> None:
+        metric.update(outputs, batch["labels"])
+
+    # -- teacher signal ----------------------------------------------------------------------
+    def _teacher_tensors(self, batch: dict) -> Optional[dict]:
+        if self.mode == "offline":
+            if "teacher_ids" not in batch:
+                raise ValueError("distill.mode is offline but the batch has no teacher columns")
+            return batch
+        if self.mode == "live":
+            return self.live_teacher_signal(batch)
+        return None
+
+    @torch.no_grad()
+    def live_teacher_signal(self, batch: dict) -> dict:
+        """Run the frozen teacher and build the same dense tensors the offline collator builds."""
+        teacher = self._teacher[0]
+        ids = batch["input_ids"]
+        dev = ids.device
+        p = next(teacher.parameters(), None)
+        if p is not None and p.device != dev:
+            teacher.to(dev)
+        logits = teacher(input_ids=ids, attention_mask=batch["attention_mask"]).logits
+        b, t = ids.shape
+        n_tok = batch["attention_mask"].sum(-1).tolist()
+        k = self.top_k
+        out_ids = np.zeros((b, t, k), np.int64)
+        out_logp = np.full((b, t, k), -np.inf, np.float32)
+        out_mask = np.zeros((b, t, k), bool)
+        out_tail = np.full((b, t), -np.inf, np.float32)
+        for i in range(b):
+            n = int(n_tok[i])
+            if n == 0:
+                continue
+            tr = truncate_tensor(logits[i, :n], self.top_p, k)
+            # the codec's layout: ids ascending within a position, log-probs renormalised over the kept set
+            pos = np.repeat(np.arange(n), tr.counts)
+            order = np.lexsort((tr.ids, pos))
+            dec = Decoded(
+                counts=np.concatenate([tr.counts, np.zeros(t - n, np.int64)]),
+                ids=tr.ids[order],
+                logp=renormalise(tr.logp[order], tr.counts),
+                log_tail=np.concatenate([tr.log_tail, np.full(t - n, -np.inf, np.float32)]),
+            )
+            dense = to_dense(dec, k)
+            out_ids[i], out_logp[i], out_mask[i], out_tail[i] = dense.ids, dense.logp, dense.mask, dense.log_tail
+        mask = torch.from_numpy(out_mask).to(dev)
+        return {
+            "teacher_ids": torch.from_numpy(out_ids).to(dev),
+            "teacher_logp": torch.from_numpy(out_logp).to(dev),
+            "teacher_mask": mask,
+            "teacher_log_tail": torch.from_numpy(out_tail).to(dev),
+            "position_mask": batch["attention_mask"].bool() & mask.any(-1),
+        }
+
+    def pop_stats(self) -> tuple[float, float]:
+        """(agreement sum weighted by positions, positions) since the last call."""
+        s = self._stats.clone()
+        self._stats.zero_()
+        return float(s[0]), float(s[1])
+
+
+class AlphaCallback(Callback):
+    """Sets model.alpha from the schedule at each batch start; logs alpha, tau and agreement.
+
+    progress = Composer's elapsed fraction (timestamp / max_duration) at the start of the batch.
+    Logged per step: distill/alpha, distill/tau, distill/agreement (teacher top-1 == student
+    argmax, over valid KD positions of all ranks). loss/train/{total,lm,kd} come from Composer.
+    """
+
+    def __init__(self, schedule):
+        self.schedule = schedule
+
+    def run_event(self, event: Event, state: State, logger: Logger) -> None:
+        model = _unwrap(state.model)
+        if event == Event.BATCH_START:
+            model.alpha = 0.0 if model.mode == "none" else float(self.schedule(training_progress(state)))
+        elif event == Event.BATCH_END:
+            agree, n = model.pop_stats()
+            t = torch.tensor([agree, n], dtype=torch.float64)
+            if dist.get_world_size() > 1:
+                dev = next(model.parameters()).device
+                t = t.to(dev)
+                dist.all_reduce(t)
+                t = t.cpu()
+            metrics = {"distill/alpha": model.alpha, "distill/tau": model.tau}
+            if t[1] > 0:
+                metrics["distill/agreement"] = float(t[0] / t[1])
+            logger.log_metrics(metrics)
+
+
+class StopAfter(Callback):
+    """Stop training (Composer writes its end-of-training checkpoint) once `time` is reached.
+
+    Schedules keep following max_duration: this simulates a preemption at a chosen step.
+    """
+
+    def __init__(self, time: str):
+        from composer.core import Time
+
+        self.time = Time.from_timestring(time)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        if state.timestamp.get(self.time.unit) >= self.time:
+            state.stop_training()
+
+
+class SampleLog(Callback):
+    """Appends one JSON line per step to `<folder>/samples-rank{rank}.jsonl`:
+    {"step", "rank", "world_size", "sample_ids", "loss", "lm", "kd", "alpha"} (step counted from 0).
+    Cheap (ids of the device batch); off unless run.sample_log_dir is set."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self._ids: list[int] = []
+        self._step = 0
+
+    def after_dataloader(self, state: State, logger: Logger) -> None:
+        from trainer.data import as_uint64
+
+        self._ids = as_uint64(state.batch["sample_id"])
+        self._step = int(state.timestamp.batch)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        import json
+        import os
+
+        os.makedirs(self.folder, exist_ok=True)
+        losses = getattr(state, "total_loss_dict", {}) or {}
+        rec = {
+            "step": self._step,
+            "rank": dist.get_global_rank(),
+            "world_size": dist.get_world_size(),
+            "sample_ids": self._ids,
+            "loss": losses.get("loss/train/total"),
+            "lm": losses.get("loss/train/lm"),
+            "kd": losses.get("loss/train/kd"),
+            "alpha": _unwrap(state.model).alpha,
+        }
+        with open(os.path.join(self.folder, f"samples-rank{rec['rank']}.jsonl"), "a") as f:
+            f.write(json.dumps(rec) + "\n")

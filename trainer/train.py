@@ -1,0 +1,302 @@
+"""The training recipe, top to bottom: config -> student, data, teacher, loss -> composer.Trainer.
+
+Order matters for resumption: everything that can refuse (config, datasets, manifest vs student)
+runs before the Trainer exists; the StreamingDataset is built fresh in this process and never
+iterated before Composer (autoresume) loads the checkpoint state into it, so a resumed run
+continues the global sample order mid-epoch instead of restarting at sample 0.
+
+Elastic resume needs a constant GLOBAL batch (data.batch_size, divided here by the world size:
+it must be divisible by every world size used), the same data.num_canonical_nodes, and the same
+data.num_workers per rank.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from typing import Optional
+
+from trainer.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_tokenizer(cfg: TrainConfig, cache_root: Optional[str]):
+    """The student's tokenizer: model.tokenizer, else the one stored with model.checkpoint."""
+    from transformers import AutoTokenizer
+
+    from schemas import storage
+
+    for key, uri in (("model.tokenizer", cfg.model.tokenizer), ("model.checkpoint", cfg.model.checkpoint)):
+        if not uri:
+            continue
+        path = storage.fetch_dir(uri, cache_root)
+        try:
+            return AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            if key == "model.tokenizer":
+                raise ValueError(f"model.tokenizer: cannot load a tokenizer from {uri} ({e})") from None
+    raise ValueError(
+        "model.tokenizer: required (the teacher's tokenizer dir/URI) so that the dataset's tokenizer "
+        "fingerprint can be checked; model.checkpoint holds no tokenizer"
+    )
+
+
+def build_student(cfg: TrainConfig, cache_root: Optional[str]):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from schemas import storage
+
+    if cfg.model.hf_config is not None:
+        raw = dict(cfg.model.hf_config)
+        model_type = raw.pop("model_type")
+        try:
+            hf_cfg = AutoConfig.for_model(model_type, **raw)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"model.hf_config: {e}") from None
+        return AutoModelForCausalLM.from_config(hf_cfg)
+    path = storage.fetch_dir(cfg.model.checkpoint, cache_root)
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
+def build_teacher(cfg: TrainConfig, cache_root: Optional[str], student_fp: str):
+    """Live mode: the frozen teacher, checked to share the student's tokenizer when it ships one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from schemas import fingerprint_tokenizer, storage
+    from schemas.errors import IncompatibleDataset
+
+    path = storage.fetch_dir(cfg.distill.teacher, cache_root)
+    teacher = AutoModelForCausalLM.from_pretrained(path)
+    try:
+        ttok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        ttok = None
+    if ttok is not None and fingerprint_tokenizer(ttok) != student_fp:
+        raise IncompatibleDataset(
+            f"distill.teacher: the teacher's tokenizer at {cfg.distill.teacher} differs from the student's "
+            f"({fingerprint_tokenizer(ttok)} vs {student_fp})"
+        )
+    return teacher
+
+
+def cache_root_for(cfg: TrainConfig) -> str:
+    """Local shard cache root: data.local_cache, else a temp folder named after the run.
+
+    Ranks on one node must agree on it (streaming shares one cache per node), so the default is
+    derived from the run name (or the config), never from the process.
+    """
+    if cfg.data.local_cache:
+        return cfg.data.local_cache
+    key = cfg.run.run_name or hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), "pdistill-cache", key)
+
+
+def per_device_batch(global_batch: int, world_size: int, key: str = "data.batch_size") -> int:
+    if global_batch % world_size:
+        raise ValueError(
+            f"{key}: the global batch {global_batch} is not divisible by the world size {world_size} "
+            "(keep it divisible by every world size you train or resume on)"
+        )
+    return global_batch // world_size
+
+
+def build_datasets(cfg: TrainConfig, *, vocab_size: int, tokenizer_fp: str, batch_size: int, cache_root: str):
+    from trainer.data import DistillDataset, StreamSpec
+
+    d = cfg.data
+    with_teacher = cfg.distill.mode == "offline"
+    common = dict(
+        vocab_size=vocab_size, tokenizer_fingerprint=tokenizer_fp, require_manifest=with_teacher,
+        validate_hash=d.validate_hash, num_canonical_nodes=d.num_canonical_nodes,
+        predownload=d.predownload, partition_algo=d.partition_algo,
+    )
+    train = DistillDataset(
+        [StreamSpec(s.uri, s.local, s.proportion, s.repeat, s.choose) for s in d.streams],
+        batch_size=batch_size, cache_dir=os.path.join(cache_root, "train"), with_teacher=with_teacher,
+        shuffle=d.shuffle, shuffle_seed=d.shuffle_seed, shuffle_algo=d.shuffle_algo, **common,
+    )
+    evald = None
+    if d.eval_uri:
+        eval_bs = per_device_batch(d.eval_batch_size or d.batch_size, _world_size(), "data.eval_batch_size")
+        evald = DistillDataset(
+            [StreamSpec(d.eval_uri)], batch_size=eval_bs, cache_dir=os.path.join(cache_root, "eval"),
+            with_teacher=False, shuffle=False, seq_len=train.seq_len, **common,
+        )
+    return train, evald
+
+
+def _world_size() -> int:
+    from composer.utils import dist
+
+    return dist.get_world_size()
+
+
+def build_scheduler(cfg: TrainConfig):
+    from composer.optim import ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler
+
+    from trainer.schedules import WarmupStableDecayScheduler
+
+    s = cfg.scheduler
+    if s.name == "cosine":
+        return CosineAnnealingWithWarmupScheduler(t_warmup=s.t_warmup, alpha_f=s.alpha_f)
+    if s.name == "wsd":
+        return WarmupStableDecayScheduler(t_warmup=s.t_warmup, t_decay=s.t_decay, alpha_f=s.alpha_f,
+                                          decay_shape=s.decay_shape)
+    return ConstantWithWarmupScheduler(t_warmup=s.t_warmup)
+
+
+def build_optimizer(cfg: TrainConfig, params):
+    import torch
+    from composer.optim import DecoupledAdamW
+
+    o = cfg.optim
+    cls = DecoupledAdamW if o.name == "decoupled_adamw" else torch.optim.AdamW
+    return cls(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+
+def build_loggers(cfg: TrainConfig):
+    """Console and file always available; TensorBoard / MLflow / W&B only when their packages import."""
+    from composer.loggers import ConsoleLogger, FileLogger, MLFlowLogger, TensorboardLogger, WandBLogger
+    from composer.utils import MissingConditionalImportError
+
+    r = cfg.run
+    log_dir = r.log_dir or os.path.join(
+        r.save_folder if (r.save_folder and "://" not in r.save_folder) else os.getcwd(), "logs"
+    )
+    out = []
+    for name in r.loggers:
+        try:
+            if name == "console":
+                out.append(ConsoleLogger(log_interval=r.log_interval))
+            elif name == "file":
+                out.append(FileLogger(filename=os.path.join(log_dir, "{run_name}", "log-rank{rank}.txt"),
+                                      capture_stdout=False, capture_stderr=False, flush_interval=1))
+            elif name == "tensorboard":
+                out.append(TensorboardLogger(log_dir=os.path.join(log_dir, "tensorboard")))
+            elif name == "mlflow":
+                out.append(MLFlowLogger())
+            elif name == "wandb":
+                out.append(WandBLogger())
+        except (MissingConditionalImportError, ImportError) as e:
+            log.warning("run.loggers: %s logger skipped (package not installed: %s)", name, e)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the recipe
+
+
+def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
+    """Everything from a validated TrainConfig; refusals happen here, before the first step."""
+    import torch
+    from composer import Trainer
+    from composer.algorithms import GradientClipping
+    from composer.callbacks import LRMonitor, SpeedMonitor
+    from composer.core import DataSpec, Evaluator
+    from composer.utils import dist, reproducibility
+
+    from schemas import fingerprint_tokenizer
+    from trainer.data import build_dataloader, num_tokens_in_batch
+    from trainer.model import AlphaCallback, DistillationModel, SampleLog, StopAfter
+
+    r, d, k = cfg.run, cfg.data, cfg.distill
+    device = resolve_device(r.device)
+    if not dist.is_initialized() and dist.get_world_size() > 1:
+        dist.initialize_dist(device)
+    cache_root = cache_root_for(cfg)
+    model_cache = os.path.join(cache_root, "models")
+
+    # 1. student (seeded so the initial weights depend on run.seed only) and its tokenizer
+    reproducibility.seed_all(r.seed)
+    tokenizer = load_tokenizer(cfg, model_cache)
+    tokenizer_fp = fingerprint_tokenizer(tokenizer)
+    student = build_student(cfg, model_cache)
+    vocab_size = int(student.config.vocab_size)
+    teacher = build_teacher(cfg, model_cache, tokenizer_fp) if k.mode == "live" else None
+    if teacher is not None and int(teacher.config.vocab_size) > vocab_size:
+        raise ValueError(f"distill.teacher: teacher vocab {teacher.config.vocab_size} exceeds the student's {vocab_size}")
+
+    # 2. data: preflight (manifest, index, compatibility, shard hashes), then StreamingDatasets
+    batch = per_device_batch(d.batch_size, dist.get_world_size())
+    train_ds, eval_ds = build_datasets(cfg, vocab_size=vocab_size, tokenizer_fp=tokenizer_fp, batch_size=batch,
+                                       cache_root=cache_root)
+    max_pos = getattr(student.config, "max_position_embeddings", None)
+    if train_ds.seq_len and max_pos and train_ds.seq_len > max_pos:
+        raise ValueError(f"model.hf_config.max_position_embeddings: {max_pos} < the dataset's seq_len {train_ds.seq_len}")
+    train_dl = DataSpec(build_dataloader(train_ds, batch_size=batch, num_workers=d.num_workers),
+                        get_num_tokens_in_batch=num_tokens_in_batch)
+    evaluators = []
+    if eval_ds is not None:
+        eval_dl = DataSpec(build_dataloader(eval_ds, batch_size=eval_ds.batch_size, num_workers=d.num_workers),
+                           get_num_tokens_in_batch=num_tokens_in_batch)
+        evaluators.append(Evaluator(label="eval", dataloader=eval_dl,
+                                    metric_names=["LanguageCrossEntropy", "LanguagePerplexity"]))
+
+    # 3. model + loss
+    model = DistillationModel(
+        student, mode=k.mode, kind=k.kind, tau=k.tau, tail=k.tail, tau_squared=k.tau_squared,
+        chunk_size=k.chunk_size, teacher=teacher, top_p=k.top_p, top_k=k.top_k,
+    )
+    optimizer = build_optimizer(cfg, model.parameters())
+
+    callbacks = [AlphaCallback(k.alpha_schedule()), SpeedMonitor(window_size=10), LRMonitor()]
+    if r.stop_after:
+        callbacks.append(StopAfter(r.stop_after))
+    if r.sample_log_dir:
+        callbacks.append(SampleLog(r.sample_log_dir))
+    callbacks += list(extra_callbacks or [])
+    algorithms = [GradientClipping(clipping_type="norm", clipping_threshold=cfg.optim.grad_clip)] if cfg.optim.grad_clip else []
+
+    return Trainer(
+        model=model,
+        train_dataloader=train_dl,
+        eval_dataloader=evaluators or None,
+        eval_interval=r.eval_interval if evaluators else 1,
+        max_duration=r.max_duration,
+        optimizers=optimizer,
+        schedulers=build_scheduler(cfg),
+        step_schedulers_every_batch=True,
+        algorithms=algorithms,
+        callbacks=callbacks,
+        loggers=build_loggers(cfg),
+        run_name=r.run_name,
+        save_folder=r.save_folder,
+        save_interval=r.save_interval,
+        save_num_checkpoints_to_keep=r.save_num_checkpoints_to_keep,
+        save_overwrite=not r.autoresume,
+        autoresume=r.autoresume,
+        device=device,
+        precision=r.precision,
+        device_train_microbatch_size=d.microbatch_size or batch,
+        seed=r.seed,
+        deterministic_mode=r.deterministic,
+        progress_bar=False,
+        log_to_console=False,
+        console_stream="stderr",
+        python_log_level=None,
+    )
+
+
+def train(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
+    """Build and fit; returns the (closed) Trainer so callers can read its state."""
+    trainer = build_trainer(cfg, extra_callbacks)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    return trainer
