@@ -25,8 +25,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.config import PipelineConfig
 from pipelines.packing import ReadAndPack, load_tokenizer, resolve_bos, resolve_separator
 from pipelines.sink import EncodeSample, WritePart, finalize, finished_units
-from pipelines.sources import SourceFile, Unit, expand_inputs, plan_units, source_fingerprint
-from pipelines.teacher import TeacherInfo, TeacherModelHandler, inspect_teacher
+from pipelines.sources import SourceFile, Unit, expand_inputs, plan_units, source_fingerprint, source_versions
+from pipelines.teacher import TeacherInfo, TeacherModelHandler, inspect_teacher, prefetch_revision
 from schemas import MANIFEST_NAME, PARTS_DIR, Manifest, fingerprint_tokenizer, make_codec, storage
 from schemas.truncation import validate_params
 
@@ -57,13 +57,14 @@ class Plan:
 
 def prepare(config: PipelineConfig) -> Plan:
     config.require_io()
+    revision = prefetch_revision(config.teacher)  # overlaps the sha256 of the weights with the checks below
     files = expand_inputs(config.inputs, config.format)
     units = plan_units(files, config.rows_per_unit, config.bytes_per_unit)
     src_fp = source_fingerprint(files)
     tok = load_tokenizer(config.tokenizer_uri)
     sep_id = resolve_separator(tok, config.separator, f"tokenizer {config.tokenizer_uri}")
     bos_id = resolve_bos(tok, config.add_bos, f"tokenizer {config.tokenizer_uri}")
-    teacher = inspect_teacher(config.teacher, len(tok), config.tokenizer_uri)
+    teacher = inspect_teacher(config.teacher, len(tok), config.tokenizer_uri, revision)
     if config.selection == "top_p_k":
         validate_params(config.top_p, config.top_k, teacher.vocab_size)
     resolved = {
@@ -78,7 +79,7 @@ def prepare(config: PipelineConfig) -> Plan:
     fp = config.settings_fingerprint(resolved)
     plan = Plan(config, files, units, [], src_fp, sep_id, bos_id, len(tok), teacher, settings, fp)
     plan.manifest_fields = _manifest_fields(plan)
-    plan.complete = _check_output(config.output, fp, settings)
+    plan.complete = _check_output(config.output, fp, settings, source_versions(files))
     if not plan.complete:
         done = finished_units(config.output)
         plan.todo = [u for u in units if u.name not in done]
@@ -120,10 +121,13 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _check_output(output: str, fp: str, settings: dict) -> bool:
-    """True when the dataset is already complete with these settings; refuse other settings."""
+def _check_output(output: str, fp: str, settings: dict, versions: dict | None = None) -> bool:
+    """True when the dataset is already complete with these settings; refuse other settings, and
+    refuse to resume when an input at the same URI changed in place (its size, ETag / md5Hash /
+    crc32c, or local mtime differs from what the first run recorded)."""
     settings_uri = storage.join(output, SETTINGS_NAME)
     manifest_uri = storage.join(output, MANIFEST_NAME)
+    _forget_listings(output)
     old = json.loads(storage.read_text(settings_uri)) if storage.exists(settings_uri) else None
     if old is not None and old.get("settings_fingerprint") != fp:
         changes = _diff(old.get("settings", {}), settings)
@@ -137,13 +141,31 @@ def _check_output(output: str, fp: str, settings: dict) -> bool:
             raise SettingsMismatch(f"output {output} holds a finished dataset with settings {m.settings_fingerprint}, "
                                    f"this run's are {fp}; choose a new output")
         return True
+    if old is not None and versions:
+        changed = sorted(u for u, v in (old.get("source_versions") or {}).items() if u in versions and versions[u] != v)
+        if changed:
+            raise SettingsMismatch(
+                f"output {output}: input {changed[0]} changed in place since its parts were written "
+                f"({old['source_versions'][changed[0]]} -> {versions[changed[0]]}"
+                + (f"; {len(changed) - 1} more" if len(changed) > 1 else "") + "); refusing to mix old and new "
+                "content: choose a new output (or restore the input)")
     if old is None:
         if finished_units(output):
             raise SettingsMismatch(f"output {output} has parts but no {SETTINGS_NAME}: not written by this "
                                    "pipeline with known settings; choose a new output")
-        storage.write_text_atomic(settings_uri, json.dumps({"settings_fingerprint": fp, "settings": settings},
+        storage.write_text_atomic(settings_uri, json.dumps({"settings_fingerprint": fp, "settings": settings,
+                                                            "source_versions": versions or {}},
                                                            indent=2, sort_keys=True))
     return False
+
+
+def _forget_listings(uri: str) -> None:
+    """Drop fsspec's cached listings: parts published by other processes must be seen."""
+    try:
+        fs, _ = storage.fs_and_path(uri)
+        fs.invalidate_cache()
+    except Exception:
+        pass
 
 
 def build(p: beam.Pipeline, plan: Plan) -> None:

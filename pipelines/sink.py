@@ -41,6 +41,7 @@ def finished_units(output: str) -> set[str]:
     """Units whose part is published (its index.json exists)."""
     fs, path = storage.fs_and_path(output)
     pattern = (path.rstrip("/") + "/" + PARTS_DIR + "/*/" + INDEX_NAME)
+    fs.invalidate_cache()  # s3fs/gcsfs cache listings; parts are published by other processes
     try:
         found = fs.glob(pattern)
     except FileNotFoundError:
@@ -86,6 +87,8 @@ class WritePart(beam.DoFn):
             raise RuntimeError(f"unit {unit}: samples without the unit's read summary")
         faults.maybe_fail("sink", unit)
         dest = part_uri(self.output, unit)
+        fs, dest_path = storage.fs_and_path(dest)
+        fs.invalidate_cache(dest_path)
         if storage.exists(storage.join(dest, INDEX_NAME)):  # a retry after the part was published
             yield unit, json.loads(storage.read_text(storage.join(dest, STATS_NAME)))
             return

@@ -13,7 +13,16 @@ Formats (by extension unless `format` is forced):
     file has no reliable record separator; a file is what its author meant as a unit).
 
 Units are named `u<file>-<part>` with zero padding, so sorted names are the intended global
-order. Files are sorted by URI after glob expansion; planning reads only Parquet footers.
+order. Files are ordered by input pattern, then by their name relative to the pattern's root
+(the folder before the first glob character, the folder itself, or a file's parent folder).
+
+Identity is location-independent, so a copy of the corpus on another store (local disk, s3://,
+gs://) is the same input and yields the same sample ids: a file's fingerprint is its relative
+name, its size and a sha256 of its content, sampled as the first and last `SAMPLE_BYTES` (the
+whole file when it is no larger than twice that; two ranged reads per file, in parallel, at
+planning time). The store's own version (ETag, md5Hash / crc32c, or mtime on local disks) is
+kept beside it (`SourceFile.version`): the job records them and refuses to resume an output
+whose inputs changed in place, which catches the edits a sampled hash cannot see.
 
 Every document read is either yielded as a `Doc` or as a dead letter (a dict with `file`,
 `position`, `kind`, `reason`, `excerpt`); nothing is dropped silently. A failure that loses a
@@ -24,9 +33,11 @@ as one document.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -40,6 +51,8 @@ EXTENSIONS = {
 COMPRESSIONS = {".gz": "gz", ".zst": "zst", ".zstd": "zst"}
 GLOB_CHARS = "*?["
 EXCERPT_CHARS = 160
+SAMPLE_BYTES = 64 << 10  # content fingerprint: this many bytes from each end of a file
+FINGERPRINT_THREADS = 16
 
 
 class InputError(FileNotFoundError):
@@ -50,13 +63,16 @@ class InputError(FileNotFoundError):
 class SourceFile:
     uri: str  # absolute path (local) or protocol-qualified URI
     size: int
-    version: str  # content checksum / etag when the store has one, else mtime
+    version: str  # the store's checksum / etag when it has one, else mtime (location-dependent)
     fmt: str  # parquet | jsonl | text
     compression: str | None  # gz | zst | None
+    name: str = ""  # path relative to its input pattern's root (location-independent)
+    content: str = ""  # sha256 of the sampled content (see the module docstring)
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint_of([self.uri, str(self.size), self.version])
+        """Location-independent identity: relative name, size, sampled content hash."""
+        return fingerprint_of([self.name or posixpath.basename(self.uri), str(self.size), self.content or self.version])
 
 
 @dataclass(frozen=True)
@@ -110,17 +126,41 @@ def detect_format(uri: str, forced: str = "auto") -> tuple[str, str | None]:
     return fmt, compression
 
 
+def _pattern_root(path: str, pattern: str, is_dir: bool) -> str:
+    """The folder that names are taken relative to: before the first glob char, the folder, or the parent."""
+    cut = [path.find(c) for c in GLOB_CHARS if c in path]
+    if cut and any(c in pattern for c in GLOB_CHARS):
+        return path[: min(cut)].rsplit("/", 1)[0]
+    return path.rstrip("/") if is_dir else posixpath.dirname(path.rstrip("/"))
+
+
+def content_hash(fs, path: str, size: int) -> str:
+    """sha256 over the size, the first and the last SAMPLE_BYTES (the whole file if small)."""
+    h = hashlib.sha256(str(size).encode() + b"\x00")
+    if size <= 2 * SAMPLE_BYTES:
+        h.update(fs.cat_file(path) if size else b"")
+    else:
+        h.update(fs.cat_file(path, start=0, end=SAMPLE_BYTES))
+        h.update(fs.cat_file(path, start=size - SAMPLE_BYTES, end=size))
+    return "sha256:" + h.hexdigest()
+
+
 def expand_inputs(patterns: list[str], forced_format: str = "auto") -> list[SourceFile]:
-    """All files matched by the input URIs/globs/folders, sorted by URI; fail fast on no match."""
+    """All files matched by the input URIs/globs/folders, in pattern order then by relative name;
+    fail fast on no match. A file matched by two patterns is taken once, where first matched."""
     if not patterns:
         raise InputError("no input given (--input URI_OR_GLOB)")
-    found: dict[str, SourceFile] = {}
-    for pattern in patterns:
+    seen: set[str] = set()
+    jobs = []  # (fs, path, uri, size, version, fmt, comp, name, order)
+    for pi, pattern in enumerate(patterns):
         fs, path = storage.fs_and_path(pattern)
+        is_dir = False
         try:
+            fs.invalidate_cache()  # listings cached by an earlier call (or another process's writes) go stale
             if any(c in pattern for c in GLOB_CHARS):
                 paths = [p for p in fs.glob(path) if not fs.isdir(p)]
             elif fs.isdir(path):
+                is_dir = True
                 paths = [p for p in fs.find(path) if not posixpath.basename(p).startswith((".", "_"))]
             elif fs.exists(path):
                 paths = [path]
@@ -130,17 +170,39 @@ def expand_inputs(patterns: list[str], forced_format: str = "auto") -> list[Sour
             raise InputError(f"input {pattern}: cannot list ({type(e).__name__}: {e})") from None
         if not paths:
             raise InputError(f"input {pattern}: no such file, or the glob matches no files")
-        for p in paths:
-            info = fs.info(p)
+        root = _pattern_root(path, pattern, is_dir)
+        for p in sorted(paths):
             uri = _full_uri(fs, p, pattern)
+            if uri in seen:
+                continue
+            seen.add(uri)
+            info = fs.info(p)
             fmt, comp = detect_format(uri, forced_format)
-            found[uri] = SourceFile(uri, int(info.get("size") or 0), _version(info), fmt, comp)
-    return [found[u] for u in sorted(found)]
+            name = posixpath.relpath(p, root) if root else p
+            jobs.append((fs, p, uri, int(info.get("size") or 0), _version(info), fmt, comp, name, (pi, name)))
+
+    def one(job):
+        fs, p, uri, size, version, fmt, comp, name, _ = job
+        try:
+            content = content_hash(fs, p, size)
+        except (OSError, ValueError) as e:  # unreadable: the unit's reader dead-letters it; identity by version
+            content = f"unreadable:{type(e).__name__}:{version}"
+        return SourceFile(uri, size, version, fmt, comp, name, content)
+
+    with ThreadPoolExecutor(max_workers=min(FINGERPRINT_THREADS, max(1, len(jobs)))) as pool:
+        files = list(pool.map(one, jobs))
+    order = {f.uri: j[8] for f, j in zip(files, jobs)}
+    return sorted(files, key=lambda f: order[f.uri])
 
 
 def source_fingerprint(files: list[SourceFile]) -> str:
-    """One fingerprint over every input file's (uri, size, etag/mtime)."""
-    return fingerprint_of([f"{f.uri}\x00{f.size}\x00{f.version}" for f in files])
+    """One location-independent fingerprint over every input file's (relative name, size, content)."""
+    return fingerprint_of([f.fingerprint for f in files])
+
+
+def source_versions(files: list[SourceFile]) -> dict[str, str]:
+    """uri -> the store's version (ETag / md5Hash / mtime): what a resumed run checks for in-place edits."""
+    return {f.uri: f"{f.size}:{f.version}" for f in files}
 
 
 # -- planning --------------------------------------------------------------------------------------

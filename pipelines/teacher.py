@@ -73,10 +73,34 @@ def check_vocab(teacher_vocab: int, tokenizer_len: int, teacher: str, tokenizer:
         )
 
 
-def inspect_teacher(uri: str, tokenizer_len: int, tokenizer_uri: str) -> TeacherInfo:
-    """Fail fast (before any work) on an unreadable checkpoint or a vocabulary mismatch."""
+def prefetch_revision(uri: str):
+    """Start fetching the checkpoint and hashing its weights (a sha256 over hundreds of MB) in a
+    background thread, so the launcher's other checks overlap it; hand the future to
+    `inspect_teacher`. Errors are left for `inspect_teacher` to report in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdistill-revision")
+
+    def fetch_and_hash():
+        local = storage.fetch_dir(uri)
+        return local, teacher_revision(local)
+
+    future = pool.submit(fetch_and_hash)
+    pool.shutdown(wait=False)
+    return future
+
+
+def inspect_teacher(uri: str, tokenizer_len: int, tokenizer_uri: str, revision=None) -> TeacherInfo:
+    """Fail fast (before any work) on an unreadable checkpoint or a vocabulary mismatch.
+    `revision`: a future from `prefetch_revision(uri)`, else the hash is computed here."""
     from transformers import AutoConfig
 
+    rev = None
+    if revision is not None:  # wait for the prefetch: two concurrent fetch_dir downloads would collide
+        try:
+            local, rev = revision.result()
+        except Exception:
+            pass  # reported below, by the same calls, in order
     try:
         local = storage.fetch_dir(uri)
         config = AutoConfig.from_pretrained(local)
@@ -96,7 +120,7 @@ def inspect_teacher(uri: str, tokenizer_len: int, tokenizer_uri: str) -> Teacher
                 raise TeacherError(f"teacher {uri}: weight file {name} is unreadable ({type(e).__name__}: {e})") from None
     vocab = logits_dim(config)
     check_vocab(vocab, tokenizer_len, uri, tokenizer_uri)
-    return TeacherInfo(local, vocab, teacher_revision(local))
+    return TeacherInfo(local, vocab, rev or teacher_revision(local))
 
 
 def resolve_device_dtype(device: str = "auto", dtype: str = "auto"):

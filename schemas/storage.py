@@ -117,7 +117,12 @@ def fetch_dir(uri: str, cache_root: str | None = None) -> str:
             target = os.path.join(tmp, rel)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             fs.get_file(remote, target)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not os.path.isdir(dest):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same download first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

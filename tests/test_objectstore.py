@@ -23,6 +23,12 @@ def _roundtrip(uri, tmp_path):
     assert storage.read_text(storage.join(uri, "a.txt")) == "héllo\n"
     storage.write_text_atomic(storage.join(uri, "a.txt"), "second")  # overwrite
     assert storage.read_text(storage.join(uri, "a.txt")) == "second"
+    for tail in (b"\r", b"\r\n", b"\n", b"\r\r"):  # line endings at the end of binary content survive
+        data = bytes(range(256)) + tail
+        storage.write_bytes_atomic(storage.join(uri, "cr.bin"), data)
+        assert storage.read_bytes(storage.join(uri, "cr.bin")) == data, tail
+    fs, path = storage.fs_and_path(storage.join(uri, "cr.bin"))
+    fs.rm(path)
 
     src = tmp_path / "part"
     (src / "sub").mkdir(parents=True)
