@@ -1,7 +1,7 @@
 """Losses for pre-training distillation (pure torch).
 
 Shapes: B sequences, T positions, V vocabulary, K kept teacher entries per position (dense,
-padded; see `schemas.decode_dense`).
+padded; see `schemas.decode_dense`). Internally the B * T positions are N flat rows.
 
 Alignment: everything here is *already aligned*: ``logits[b, t]`` is scored against
 ``labels[b, t]`` and against the teacher distribution at ``[b, t]``. No shifting happens in this
@@ -20,23 +20,45 @@ paper's F(z) = softmax(Truncate(z) / tau). The KD loss is *not* multiplied by ta
 divergence, so its value is comparable across tau; with tau_squared the gradient magnitude is
 roughly tau-independent, as in Hinton et al.).
 
-Memory: the student side is computed in chunks of rows (positions) by a custom autograd function
-that, during the forward pass, evaluates each chunk's loss with autograd on a float32 (float64
-for float64 inputs) copy of that chunk only, and writes the chunk's gradient into one
-``[B, T, V]`` gradient buffer. Peak extra memory is therefore one ``[B, T, V]`` tensor (the
-gradient that backward needs anyway) plus O(chunk_size * V) scratch; no ``[B, T, V]``
-log-softmax is ever kept. Only rows that contribute are computed (padding costs nothing).
-Gradients flow to ``student_logits`` only; teacher tensors are data (live-teacher mode computes
-them under ``torch.no_grad``). Double backward is not supported.
-Cost: forward_kl/soft_ce need one full-vocabulary log-softmax per row at tau (shared with the LM
-term when tau == 1); reverse_kl/mse without tail touch only the K kept logits; tail=True adds
-a masked logsumexp over the vocabulary (the slowest option).
+How it is computed (one fused evaluation for LM + KD, analytic gradients, no autograd graph):
+every loss here is a function of "buckets" of the student distribution q = softmax(s), s = x / tau
+(x: one row of logits): the K kept ids and, in tail mode, one bucket o for every other id. For
+such a loss, with G_b = dL/dq_b, h_b = q_b G_b and H = sum_b h_b,
+
+    dL/ds_j = q_j (G_b(j) - sum_b q_b G_b)
+            = q_j (r_o - H) + [j kept as i] (h_i - q_i r_o),     r_o = G_o (0 without a bucket o),
+
+so the gradient over the full vocabulary is one per-row coefficient times q, plus K per-row
+corrections scattered at the kept ids; dL/dx = dL/ds / tau. (`_kd_buckets` gives h, H and r_o for
+each kind.) The LM term is the same with tau = 1: d(-log q_y)/dx = q - onehot(y).
+
+Evaluation, over blocks of rows (``_evaluate``):
+  pass 1  per row: max m, the sums S_t = sum_j exp((x_j - m) / t) for the temperatures in use
+          (t = 1 for LM, t = tau for full-vocabulary KD), and x gathered at the label and at the
+          kept ids. exp((x - m) / t) is written straight into the [B, T, V] gradient buffer.
+          One exponential serves both terms when tau == 1 (the same softmax), and when tau == 2
+          or 0.5 (exp((x - m) / 2) squared is exp(x - m)); any other tau != 1 costs a second
+          exponential, kept in a block-sized scratch and recomputed in pass 2.
+  math    per-row losses and gradient coefficients from those statistics: only [N] and [N, K]
+          tensors (the teacher side is prepared once per call, before pass 1).
+  pass 2  per block, in place: grad = sum_t c_t * exp((x - m) / t), then the [N, K] kept-id and
+          the label corrections are scatter-added.
+In tail mode the student's bucket mass q_o is summed exactly over the ids outside the kept set
+(the kept entries are zeroed in the buffer for the sum and restored), not as 1 - sum(kept).
+
+Memory: one [B, T, V] gradient buffer (which backward needs anyway; it is handed to autograd
+without a copy when the upstream gradient is 1, and rescaled in place otherwise) plus block-sized
+scratch: blocks hold at most ``chunk_size`` rows and at most 2^23 elements (32 MB of float32), so
+no [B, T, V] log-softmax is ever materialised. Work is in float32 (float64 for float64 logits);
+bfloat16/float16 logits are upcast one block at a time. There is no host synchronisation inside
+the block loops; padding rows are computed with weight 0. Gradients flow to ``student_logits``
+only; teacher tensors are data (live-teacher mode computes them under ``torch.no_grad``). Double
+backward is not supported.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -45,8 +67,11 @@ __all__ = ["KD_KINDS", "KDResult", "DistillResult", "lm_loss", "kd_loss", "disti
 KD_KINDS = ("forward_kl", "reverse_kl", "soft_ce", "mse")
 IGNORE_INDEX = -100
 # Floor for log-masses that may be exactly zero where a log is needed (reverse KL against a
-# teacher tail bucket of zero mass): finite so the loss stays finite; the penalty is large.
+# teacher tail bucket of zero mass; the student's bucket for forward KL / soft CE when its mass
+# underflows): finite so the loss stays finite; the penalty is large.
 _LOG_FLOOR = -80.0
+# Rows per block are capped so that a block holds at most this many elements (32 MB in float32).
+_BLOCK_ELEMS = 1 << 23
 
 
 class KDResult(NamedTuple):
@@ -78,177 +103,25 @@ def total_loss(lm: torch.Tensor, kd: torch.Tensor, alpha: float) -> torch.Tensor
 
 
 # --------------------------------------------------------------------------------------------
-# per-chunk math (x: [c, V] student logits of the chunk's rows, in the compute dtype)
+# teacher side: everything that does not depend on the student, prepared once per call ([N, K])
 
 
-def _kd_rows(
-    x: torch.Tensor,
-    ids: torch.Tensor,
-    logp: torch.Tensor,
-    mask: torch.Tensor,
-    log_tail: torch.Tensor,
-    kind: str,
-    tau: float,
-    tail: bool,
-    logq_full: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """[c] per-position KD loss; every row has at least one kept entry.
-
-    logq_full: log_softmax(x / tau) over the full vocabulary when the caller already has it.
-    """
-    neg_inf = torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)
-    zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    need_full = tail or kind in ("forward_kl", "soft_ce")
-    if need_full:
-        if logq_full is None:
-            logq_full = torch.log_softmax(x / tau if tau != 1.0 else x, dim=-1)
-        logq = logq_full.gather(-1, ids)  # student full-vocab log-probs at kept ids (NOT renormalised)
-    else:
-        sk = x.gather(-1, ids)  # only the kept ids are needed: no pass over the vocabulary
-        sk = sk / tau if tau != 1.0 else sk
-
-    t_logits = torch.where(mask, logp / tau, neg_inf)
-    log_f = torch.where(mask, torch.log_softmax(t_logits, dim=-1), zero)  # teacher F over kept
-    f = torch.where(mask, log_f.exp(), zero)
-
-    if not tail:
-        if kind == "forward_kl":
-            return torch.where(mask, f * (log_f - logq), zero).sum(-1)
-        if kind == "soft_ce":
-            return -torch.where(mask, f * logq, zero).sum(-1)
-        # reverse_kl / mse: the student renormalised over the kept ids
-        log_qr = torch.where(mask, torch.log_softmax(torch.where(mask, sk, neg_inf), dim=-1), zero)
-        qr = torch.where(mask, log_qr.exp(), zero)
-        if kind == "reverse_kl":
-            return torch.where(mask, qr * (log_qr - log_f), zero).sum(-1)
-        return torch.where(mask, (qr - f) ** 2, zero).sum(-1)  # mse
-
-    # ---- tail-aware: K kept buckets + one bucket for everything else -------------------------
-    # Teacher: kept entries F * (1 - t), bucket t = exp(log_tail) as stored (tau not applied).
-    lt = torch.clamp(log_tail.to(x.dtype), max=0.0)
-    t = lt.exp()
-    log_keep = torch.log(-torch.expm1(lt)).clamp_min(_LOG_FLOOR)  # log(1 - t), stable
-    log_p = torch.where(mask, log_f + log_keep[:, None], zero)
-    p = torch.where(mask, log_p.exp(), zero)
-    # Student: its mass outside the kept ids, as an exact logsumexp over its non-kept log-probs.
-    rows, cols = mask.nonzero(as_tuple=True)
-    kept = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
-    kept[rows, ids[rows, cols]] = True
-    all_kept = kept.all(-1)  # no vocabulary left outside the kept set (tiny vocabularies only)
-    q_out = torch.where(all_kept[:, None], zero, logq_full.masked_fill(kept, float("-inf")))
-    log_qo = torch.where(all_kept, neg_inf, torch.logsumexp(q_out, dim=-1))
-    log_qo_safe = torch.where(all_kept, zero, log_qo)
-    qo = torch.where(all_kept, zero, log_qo_safe.exp())
-    has_t = t > 0
-    lt_safe = torch.where(has_t, lt, zero)
-
-    if kind == "forward_kl":
-        kept_term = torch.where(mask, p * (log_p - logq), zero).sum(-1)
-        return kept_term + torch.where(has_t & ~all_kept, t * (lt_safe - log_qo_safe), zero)
-    if kind == "soft_ce":
-        kept_term = -torch.where(mask, p * logq, zero).sum(-1)
-        return kept_term - torch.where(has_t & ~all_kept, t * log_qo_safe, zero)
-    q = torch.where(mask, logq.exp(), zero)
-    if kind == "reverse_kl":
-        kept_term = torch.where(mask, q * (logq - log_p), zero).sum(-1)
-        lt_floor = torch.where(has_t, lt, torch.full_like(lt, _LOG_FLOOR)).clamp_min(_LOG_FLOOR)
-        return kept_term + torch.where(all_kept, zero, qo * (log_qo_safe - lt_floor))
-    return torch.where(mask, (q - p) ** 2, zero).sum(-1) + (qo - t) ** 2  # mse
-
-
-# --------------------------------------------------------------------------------------------
-# chunked runner
-
-
-@dataclass
-class _Plan:
-    v: int
-    n_rows: int  # B * T flat rows, processed as contiguous ranges of `chunk` rows
-    chunk: int
-    # per-chunk: (x [c, V], start, end) -> (lm_sum, kd_sum, agree_count) in x.dtype, or None
-    # when no row of the range contributes
-    fn: Callable[[torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]
-    w_lm: float
-    w_kd: float
-
-
-class _Chunked(torch.autograd.Function):
-    """Runs `plan.fn` over contiguous chunks of rows; returns (objective, lm_sum, kd_sum, agree_count).
-
-    objective = w_lm * lm_sum + w_kd * kd_sum carries the gradient; the gradient buffer is
-    filled during forward, chunk by chunk (each chunk's math is differentiated by autograd on a
-    leaf view of that chunk only).
-    """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, plan: _Plan):  # type: ignore[override]
-        cdtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        flat = logits.detach().reshape(-1, plan.v)
-        need = bool(ctx.needs_input_grad[0])
-        grad = torch.empty_like(flat) if need else None
-        acc = torch.zeros(3, dtype=torch.float64, device=logits.device)
-        objective = torch.zeros((), dtype=torch.float64, device=logits.device)
-        for start in range(0, plan.n_rows, plan.chunk):
-            end = min(start + plan.chunk, plan.n_rows)
-            x = flat[start:end].detach()
-            if x.dtype != cdtype:
-                x = x.to(cdtype)
-            with torch.enable_grad() if need else torch.no_grad():
-                x.requires_grad_(need)
-                out = plan.fn(x, start, end)
-                if out is not None:
-                    lm_s, kd_s, agree = out
-                    obj = plan.w_lm * lm_s + plan.w_kd * kd_s
-            if out is None:
-                if need:
-                    grad[start:end].zero_()
-                continue
-            if need:
-                (g,) = torch.autograd.grad(obj, x)
-                grad[start:end].copy_(g)
-            acc += torch.stack([lm_s.detach(), kd_s.detach(), agree.detach()]).to(torch.float64)
-            objective += obj.detach().to(torch.float64)
-        ctx.grad_buf = grad
-        ctx.shape = logits.shape
-        outs = (objective.to(cdtype), acc[0].to(cdtype).clone(), acc[1].to(cdtype).clone(), acc[2].to(cdtype).clone())
-        ctx.mark_non_differentiable(*outs[1:])
-        return outs
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_obj, *_unused):  # type: ignore[override]
-        grad = ctx.grad_buf
-        if grad is None:
-            return None, None
-        # Out of place: the graph may be retained (gradcheck, retain_graph=True), so the buffer
-        # must stay intact; the product is the single [B, T, V] gradient handed back.
-        return (grad * g_obj.to(grad.dtype)).reshape(ctx.shape), None
-
-
-def _check_logits(logits: torch.Tensor) -> int:
-    if logits.dim() != 3:
-        raise ValueError(f"student_logits must be [B, T, V], got shape {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise TypeError(f"student_logits must be floating point, got {logits.dtype}")
-    return int(logits.shape[-1])
-
-
-def _chunk(chunk_size: int | None, n: int) -> int:
-    if chunk_size is None:
-        return max(n, 1)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    return chunk_size
-
-
-def _check_kd_args(kind: str, tau: float) -> None:
-    if kind not in KD_KINDS:
-        raise ValueError(f"kind must be one of {KD_KINDS}, got {kind!r}")
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (tau > 0) or math.isinf(tau):
-        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+class _Teacher(NamedTuple):
+    valid: torch.Tensor  # [N] bool: the row contributes to KD
+    mask: torch.Tensor  # [N, K] bool: kept entries (invalid rows: a stand-in entry in slot 0)
+    ids: torch.Tensor  # [N, K] int64: kept ids; slots outside `mask` repeat a kept id of the row
+    top1: torch.Tensor  # [N, 1] int64: slot of the teacher's most probable entry
+    log_f: torch.Tensor  # [N, K] log F, F = softmax(logp / tau) over the kept set (0 where masked)
+    f: torch.Tensor  # [N, K] F (0 where masked)
+    # tail mode only (None otherwise): P_i = (1 - t) F_i on kept entries, bucket t = exp(lt)
+    lt: Optional[torch.Tensor]  # [N] log t (-inf: nothing dropped)
+    log_p: Optional[torch.Tensor]  # [N, K] log P (log(1 - t) floored at _LOG_FLOOR)
+    p: Optional[torch.Tensor]  # [N, K] P
+    all_kept: Optional[torch.Tensor]  # [N] bool: the kept set is the whole vocabulary
 
 
 def _teacher_inputs(student_logits, teacher_ids, teacher_logp, teacher_mask, teacher_log_tail, position_mask):
+    """Shape checks; flat [N, K] views; valid = position_mask & (at least one kept entry)."""
     b, t, _ = student_logits.shape
     k = teacher_ids.shape[-1]
     for name, tens, shape in (
@@ -265,72 +138,379 @@ def _teacher_inputs(student_logits, teacher_ids, teacher_logp, teacher_mask, tea
         if tuple(position_mask.shape) != (b, t):
             raise ValueError(f"position_mask must have shape {(b, t)}, got {tuple(position_mask.shape)}")
         valid = valid & position_mask.to(torch.bool).reshape(-1)
-    ids = teacher_ids.to(torch.int64).reshape(-1, k)
-    logp = teacher_logp.reshape(-1, k)
-    tail = teacher_log_tail.reshape(-1)
-    # teacher top-1 id per position (ids are stored sorted by id, not by probability)
-    top1 = ids.gather(-1, torch.where(mask, logp, float("-inf")).argmax(-1, keepdim=True)).squeeze(-1)
-    return ids, logp, mask, tail, valid, top1
+    return (teacher_ids.to(torch.int64).reshape(-1, k), teacher_logp.reshape(-1, k), mask,
+            teacher_log_tail.reshape(-1), valid)
 
 
-def _distill(
-    student_logits, labels, teacher, *, alpha, kind, tau, tail, tau_squared, chunk_size
-):
-    """Shared implementation: LM rows where labels != -100, KD rows where valid."""
+def _prepare_teacher(raw, tau: float, tail: bool, vocab: int, dtype: torch.dtype) -> _Teacher:
+    ids, logp, mask, log_tail, valid = raw
+    # Rows that do not contribute get a harmless stand-in teacher (one entry in slot 0, finite
+    # values) so every intermediate stays finite; their weight is 0 (zero gradient).
+    stand_in = torch.zeros_like(mask)
+    stand_in[:, 0] = True
+    m = torch.where(valid[:, None], mask, stand_in)
+    first = m.to(torch.int8).argmax(-1, keepdim=True)
+    ids = torch.where(m, ids, ids.gather(-1, first))  # masked slots repeat a kept id: safe to scatter
+    zero = torch.zeros((), dtype=dtype, device=logp.device)
+    logp = torch.where(mask & valid[:, None], logp.to(dtype), zero)  # stand-in entries: finite
+    top1 = torch.where(m, logp, float("-inf")).argmax(-1, keepdim=True)  # ids are sorted by id, not by prob
+    log_f = torch.where(m, torch.log_softmax(torch.where(m, logp / tau, float("-inf")), -1), zero)
+    f = torch.where(m, log_f.exp(), zero)
+    lt = log_p = p = all_kept = None
+    if tail:
+        lt = torch.where(valid, log_tail.to(dtype).clamp(max=0.0), float("-inf"))  # tau not applied
+        log_keep = torch.log(-torch.expm1(lt)).clamp_min(_LOG_FLOOR)  # log(1 - t), stable
+        log_p = torch.where(m, log_f + log_keep[:, None], zero)
+        p = torch.where(m, log_p.exp(), zero)
+        all_kept = m.sum(-1) >= vocab  # kept ids are distinct: no vocabulary left outside
+    return _Teacher(valid, m, ids, top1, log_f, f, lt, log_p, p, all_kept)
+
+
+# --------------------------------------------------------------------------------------------
+# KD per row, from the student's statistics: loss and gradient pieces (only [N] and [N, K])
+
+
+class _KDRows(NamedTuple):
+    """loss [N]; dL/ds = coef[:, None] * q (full-vocabulary softmax of s, only when `full`)
+    + scatter of kept [N, K] at the kept ids."""
+
+    loss: torch.Tensor
+    coef: Optional[torch.Tensor]
+    kept: torch.Tensor
+
+
+def _kd_buckets(kind: str, T: _Teacher, lq: torch.Tensor, log_qo: Optional[torch.Tensor]) -> _KDRows:
+    """Per-kind formulas over the buckets; lq = log q_i at the kept ids (full-vocabulary student
+    for forward_kl / soft_ce / tail mode; renormalised over the kept set for reverse_kl / mse
+    without tail), log_qo = log q_o (tail mode only).
+
+    With h_b = q_b dL/dq_b, H = sum_b h_b, r_o = dL/dq_o (0 without tail):
+      forward_kl, soft_ce: h_i = -P_i, h_o = -t, r_o = -t / q_o (same gradient: they differ by H(P));
+      reverse_kl:          h_b = q_b (log q_b - log P_b + 1), r_o = log q_o - log t + 1;
+      mse:                 h_b = 2 q_b (q_b - P_b),          r_o = 2 (q_o - t);
+    dL/ds = q (r_o - H) + scatter(h_i - q_i r_o) (full), or scatter(h_i - q_i H) (renormalised).
+    Without tail P = F and t = 0.
+    """
+    m = T.mask
+    zero = lq.new_zeros(())
+    q = torch.where(m, lq.exp(), zero)
+    if log_qo is None:  # no tail bucket
+        log_p, p = T.log_f, T.f
+        if kind in ("forward_kl", "soft_ce"):
+            if kind == "forward_kl":
+                loss = torch.where(m, p * (log_p - lq), zero).sum(-1)
+            else:
+                loss = -torch.where(m, p * lq, zero).sum(-1)
+            return _KDRows(loss, torch.ones_like(loss), -p)  # q - F: sum F = 1 gives H = -1
+        # reverse_kl / mse: q is the student renormalised over the kept set
+        if kind == "reverse_kl":
+            loss = torch.where(m, q * (lq - log_p), zero).sum(-1)
+            h = torch.where(m, q * (lq - log_p + 1.0), zero)
+        else:
+            loss = torch.where(m, (q - p) ** 2, zero).sum(-1)
+            h = 2.0 * q * (q - p)
+        return _KDRows(loss, None, h - q * h.sum(-1, keepdim=True))
+
+    # ---- tail-aware: K kept buckets + one bucket o for everything else ----------------------
+    log_p, p, lt = T.log_p, T.p, T.lt
+    t = lt.exp()
+    has_t = t > 0
+    has_out = ~T.all_kept
+    if kind in ("forward_kl", "soft_ce"):
+        # the bucket term t (log t - log q_o); log q_o floored at _LOG_FLOOR (then no gradient)
+        active = has_t & has_out
+        live = active & (log_qo > _LOG_FLOOR)
+        lqo = log_qo.clamp_min(_LOG_FLOOR)
+        if kind == "forward_kl":
+            loss = torch.where(m, p * (log_p - lq), zero).sum(-1)
+            loss = loss + torch.where(active, t * (torch.where(has_t, lt, zero) - lqo), zero)
+        else:
+            loss = -torch.where(m, p * lq, zero).sum(-1) - torch.where(active, t * lqo, zero)
+        h = -p
+        h_o = torch.where(live, -t, zero)
+        r_o = torch.where(live, -torch.exp(torch.where(live, lt - log_qo, zero)), zero)  # -t / q_o
+    elif kind == "reverse_kl":
+        lt_floor = torch.where(has_t, lt, torch.full_like(lt, _LOG_FLOOR)).clamp_min(_LOG_FLOOR)
+        live = has_out & (log_qo > float("-inf"))
+        lqo = torch.where(live, log_qo, zero)
+        qo = torch.where(live, lqo.exp(), zero)
+        loss = torch.where(m, q * (lq - log_p), zero).sum(-1) + qo * (lqo - lt_floor)
+        h = torch.where(m, q * (lq - log_p + 1.0), zero)
+        h_o = qo * (lqo - lt_floor + 1.0)
+        r_o = torch.where(live, lqo - lt_floor + 1.0, zero)
+    else:  # mse
+        qo = torch.where(has_out, log_qo.exp(), zero)
+        loss = torch.where(m, (q - p) ** 2, zero).sum(-1) + (qo - t) ** 2
+        h = 2.0 * q * (q - p)
+        h_o = 2.0 * qo * (qo - t)
+        r_o = 2.0 * (qo - t)
+    big_h = h.sum(-1) + h_o
+    return _KDRows(loss, r_o - big_h, h - q * r_o[:, None])
+
+
+# --------------------------------------------------------------------------------------------
+# the fused evaluation
+
+
+class _Spec(NamedTuple):
+    labels: Optional[torch.Tensor]  # [N] int64 (-100: ignored), or None (no LM term)
+    teacher: Optional[_Teacher]  # None: no KD term
+    kind: str
+    tau: float
+    w_lm: torch.Tensor  # scalar: objective = w_lm * lm_sum + w_kd * kd_sum
+    w_kd: torch.Tensor
+    block: int  # rows per block
+
+
+class _Exps(NamedTuple):
+    """Which exponentials exp((x - m) / t) a call needs, and how they are obtained per block.
+
+    stored: t of the one written into the buffer (None: none needed); squared: t of its square
+    (t = stored / 2), if used; extra: t of a second exponential in scratch (recomputed in pass 2).
+    """
+
+    stored: Optional[float]
+    squared: Optional[float]
+    extra: Optional[float]
+
+    @staticmethod
+    def plan(lm: bool, kd_full: bool, tau: float) -> "_Exps":
+        temps = sorted(({1.0} if lm else set()) | ({tau} if kd_full else set()))
+        if not temps:
+            return _Exps(None, None, None)
+        if len(temps) == 1:
+            return _Exps(temps[0], None, None)
+        lo, hi = temps
+        if hi == 2.0 * lo:  # tau == 2 or tau == 0.5: exp((x - m) / lo) = exp((x - m) / hi) ** 2
+            return _Exps(hi, lo, None)
+        return _Exps(1.0, None, tau)
+
+    def temps(self) -> list[float]:
+        return [t for t in (self.stored, self.squared, self.extra) if t is not None]
+
+
+def _exp_rows(x: torch.Tensor, m: torch.Tensor, t: float, out: torch.Tensor) -> torch.Tensor:
+    """out = exp((x - m) / t) in two passes, no temporary (m: [c, 1] row max)."""
+    if t == 1.0:
+        torch.sub(x, m, out=out)
+    else:
+        torch.add(m * (-1.0 / t), x, alpha=1.0 / t, out=out)
+    return out.exp_()
+
+
+def _evaluate(logits: torch.Tensor, spec: _Spec, need_grad: bool):
+    """(objective, lm_sum, kd_sum, agree_count) in the compute dtype, and the gradient buffer of
+    the objective w.r.t. logits (flat [N, V], logits' dtype; None when not `need_grad`)."""
+    n_rows, v = logits.shape[0] * logits.shape[1], logits.shape[-1]
+    flat = logits.detach().reshape(n_rows, v)
+    cdtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
+    dev = flat.device
+    T, tau, labels = spec.teacher, spec.tau, spec.labels
+    lm = labels is not None
+    kd_full = T is not None and (T.lt is not None or spec.kind in ("forward_kl", "soft_ce"))
+    exps = _Exps.plan(lm, kd_full, tau)
+    tail = T is not None and T.lt is not None
+    grad = torch.empty_like(flat) if need_grad else None
+    in_place = need_grad and flat.dtype == cdtype  # the stored exponential lives in the buffer
+    blk = spec.block
+    scratch: dict[str, torch.Tensor] = {}
+
+    def buf(name: str, rows: int) -> torch.Tensor:
+        if name not in scratch:
+            scratch[name] = torch.empty(blk, v, dtype=cdtype, device=dev)
+        return scratch[name][:rows]
+
+    lab = labels.clamp_min(0)[:, None] if lm else None
+    row_max = torch.empty(n_rows, 1, dtype=cdtype, device=dev)
+    sums = {t: torch.empty(n_rows, dtype=cdtype, device=dev) for t in exps.temps()}
+    x_lab = torch.empty(n_rows, 1, dtype=cdtype, device=dev) if lm else None
+    x_kept = torch.empty(T.ids.shape, dtype=cdtype, device=dev) if T is not None else None
+
+    def block_x(s: int, e: int) -> torch.Tensor:
+        x = flat[s:e]
+        return x if x.dtype == cdtype else x.to(cdtype)
+
+    # ---- pass 1: row statistics -------------------------------------------------------------
+    for s in range(0, n_rows, blk):
+        e = min(s + blk, n_rows)
+        x = block_x(s, e)
+        m = x.amax(-1, keepdim=True)
+        row_max[s:e] = m
+        if lm:
+            x_lab[s:e] = x.gather(1, lab[s:e])
+        if T is not None:
+            x_kept[s:e] = x.gather(1, T.ids[s:e])
+        if exps.stored is None:
+            continue
+        u = _exp_rows(x, m, exps.stored, grad[s:e] if in_place else buf("u", e - s))
+        w = _exp_rows(x, m, exps.extra, buf("w", e - s)) if exps.extra is not None else None
+        if tail:  # sum over the ids outside the kept set exactly; the kept part is added below
+            ids = T.ids[s:e]
+            u_kept = u.gather(1, ids)
+            u.scatter_(1, ids, 0.0)
+            if w is not None:
+                w.scatter_(1, ids, 0.0)
+        sums[exps.stored][s:e] = u.sum(-1)
+        if exps.squared is not None:
+            sums[exps.squared][s:e] = torch.linalg.vector_norm(u, dim=-1).square()  # one pass, no temporary
+        if w is not None:
+            sums[exps.extra][s:e] = w.sum(-1)
+        if tail:
+            u.scatter_(1, ids, u_kept)
+    zero = row_max.new_zeros(())
+    out_sums = {}
+    if tail:  # S_t = (outside part, summed above) + (kept part, from the gathered logits)
+        for t in exps.temps():
+            out_sums[t] = sums[t]
+            kept = torch.where(T.mask, torch.exp((x_kept - row_max) / t), zero).sum(-1)
+            sums[t] = out_sums[t] + kept
+
+    # ---- per-row losses and gradient coefficients ([N] / [N, K] only) ------------------------
+    coefs = {t: torch.zeros(n_rows, dtype=cdtype, device=dev) for t in exps.temps()}
+    lm_sum = kd_sum = agree = zero
+    scat_lab = scat_kept = None
+    if lm:
+        lm_rows = labels != IGNORE_INDEX
+        lse1 = row_max[:, 0] + sums[1.0].log()
+        lm_sum = torch.where(lm_rows, lse1 - x_lab[:, 0], zero).sum()
+        a = spec.w_lm * lm_rows.to(cdtype)  # d(objective)/d(x) = a (q - onehot(label))
+        coefs[1.0] = coefs[1.0] + a / sums[1.0]
+        scat_lab = -a[:, None]
+    if T is not None:
+        sk = x_kept / tau
+        if kd_full:
+            lse = row_max[:, 0] / tau + sums[tau].log()
+            lq = torch.where(T.mask, sk - lse[:, None], zero)
+            log_qo = out_sums[tau].log() - sums[tau].log() if tail else None
+        else:  # renormalised over the kept set: only the kept logits matter
+            lq = torch.where(T.mask, torch.log_softmax(torch.where(T.mask, sk, float("-inf")), -1), zero)
+            log_qo = None
+        rows = _kd_buckets(spec.kind, T, lq, log_qo)
+        kd_sum = torch.where(T.valid, rows.loss, zero).sum()
+        bw = spec.w_kd / tau * T.valid.to(cdtype)  # d/dx = d/ds / tau
+        if rows.coef is not None:
+            coefs[tau] = coefs[tau] + bw * rows.coef / sums[tau]
+        scat_kept = bw[:, None] * rows.kept
+        x_top1 = x_kept.gather(1, T.top1)[:, 0]
+        agree = (T.valid & (x_top1 == row_max[:, 0])).to(cdtype).sum()  # argmax == teacher top-1
+    objective = spec.w_lm * lm_sum + spec.w_kd * kd_sum
+    if not need_grad:
+        return (objective, lm_sum, kd_sum, agree), None
+
+    # ---- pass 2: grad = sum_t coef_t * exp((x - m) / t) + scattered corrections --------------
+    for s in range(0, n_rows, blk):
+        e = min(s + blk, n_rows)
+        m = row_max[s:e]
+        out = grad[s:e] if in_place else buf("u", e - s)
+        if exps.stored is None:
+            out.zero_()
+        else:
+            if not in_place:
+                x = block_x(s, e)
+                _exp_rows(x, m, exps.stored, out)
+            c = coefs[exps.stored][s:e, None]
+            if exps.squared is not None:  # u * (c_stored + c_squared * u)
+                tmp = torch.addcmul(c, out, coefs[exps.squared][s:e, None], out=buf("w", e - s))
+                out.mul_(tmp)
+            else:
+                out.mul_(c)
+            if exps.extra is not None:
+                x = block_x(s, e)
+                w = _exp_rows(x, m, exps.extra, buf("w", e - s))
+                out.addcmul_(w, coefs[exps.extra][s:e, None])
+        if scat_kept is not None:
+            out.scatter_add_(1, T.ids[s:e], scat_kept[s:e])
+        if scat_lab is not None:
+            out.scatter_add_(1, lab[s:e], scat_lab[s:e])
+        if not in_place:
+            grad[s:e].copy_(out)
+    return (objective, lm_sum, kd_sum, agree), grad
+
+
+class _Fused(torch.autograd.Function):
+    """objective (+ non-differentiable lm_sum, kd_sum, agree_count); the gradient is computed in
+    forward (`_evaluate`) and handed back in backward, scaled by the upstream gradient."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, spec: _Spec):  # type: ignore[override]
+        outs, grad = _evaluate(logits, spec, need_grad=True)
+        ctx.grad_buf, ctx.applied, ctx.shape = grad, 1.0, logits.shape
+        ctx.mark_non_differentiable(*outs[1:])
+        return outs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_obj, *_unused):  # type: ignore[override]
+        # One host read per backward (not per block). The buffer stays referenced by ctx, so
+        # autograd never modifies it; a retained graph (gradcheck, retain_graph=True) can call
+        # backward again: the buffer is rescaled in place from the previously applied scale.
+        scale = float(g_obj)
+        if scale == 0.0:
+            return torch.zeros(ctx.shape, dtype=ctx.grad_buf.dtype, device=ctx.grad_buf.device), None
+        if scale != ctx.applied:
+            ctx.grad_buf.mul_(scale / ctx.applied)
+            ctx.applied = scale
+        return ctx.grad_buf.view(ctx.shape), None
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks and the shared driver
+
+
+def _check_logits(logits: torch.Tensor) -> int:
+    if logits.dim() != 3:
+        raise ValueError(f"student_logits must be [B, T, V], got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"student_logits must be floating point, got {logits.dtype}")
+    return int(logits.shape[-1])
+
+
+def _block_rows(chunk_size: int | None, n: int, v: int) -> int:
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    cap = max(1, _BLOCK_ELEMS // max(v, 1))
+    return max(1, min(chunk_size or n, cap, n))
+
+
+def _check_kd_args(kind: str, tau: float) -> None:
+    if kind not in KD_KINDS:
+        raise ValueError(f"kind must be one of {KD_KINDS}, got {kind!r}")
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (tau > 0) or math.isinf(tau):
+        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+
+
+def _distill(student_logits, labels, teacher, *, alpha, kind, tau, tail, tau_squared, chunk_size):
+    """Shared implementation: LM rows where labels != -100, KD rows where the teacher is valid.
+
+    Counts and weights stay on the device (no host synchronisation)."""
     v = _check_logits(student_logits)
     dev = student_logits.device
+    cdtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
     n_flat = student_logits.shape[0] * student_logits.shape[1]
-    lm_rows = torch.zeros(n_flat, dtype=torch.bool, device=dev)
+    flat_labels = None
+    n_lm = torch.zeros((), dtype=torch.int64, device=dev)
     if labels is not None:
         if tuple(labels.shape) != tuple(student_logits.shape[:2]):
             raise ValueError(f"labels must have shape {tuple(student_logits.shape[:2])}, got {tuple(labels.shape)}")
-        flat_labels = labels.reshape(-1).to(torch.int64)
-        lm_rows = flat_labels != IGNORE_INDEX
-    kd_rows = torch.zeros(n_flat, dtype=torch.bool, device=dev)
+        flat_labels = labels.reshape(-1).to(device=dev, dtype=torch.int64)
+        n_lm = (flat_labels != IGNORE_INDEX).sum()
+    T = None
+    n_kd = torch.zeros((), dtype=torch.int64, device=dev)
     if teacher is not None:
-        ids, logp, mask, ltail, kd_rows, top1 = teacher
-    n_lm = int(lm_rows.sum())
-    n_kd = int(kd_rows.sum())
+        T = _prepare_teacher(teacher, tau, tail, v, cdtype)
+        n_kd = T.valid.sum()
     scale = tau * tau if tau_squared else 1.0
-    w_lm = (1.0 - alpha) / n_lm if n_lm else 0.0
-    w_kd = alpha * scale / n_kd if n_kd else 0.0
-
-    def fn(x, start, end):
-        lm_w = lm_rows[start:end]
-        kd_w = kd_rows[start:end]
-        has_lm = bool(n_lm) and bool(lm_w.any())
-        has_kd = bool(n_kd) and bool(kd_w.any())
-        if not (has_lm or has_kd):
-            return None
-        zero = x.new_zeros(())
-        lm_s, kd_s, agree = zero, zero, zero
-        logq1 = None
-        if has_lm:
-            logq1 = torch.log_softmax(x, dim=-1)
-            lab = flat_labels[start:end].clamp_min(0)[:, None]
-            lm_s = -torch.where(lm_w, logq1.gather(-1, lab).squeeze(-1), zero).sum()
-        if has_kd:
-            # Rows that do not contribute get a harmless stand-in teacher (one entry, finite
-            # values) so every intermediate stays finite, then weight 0 (zero gradient).
-            real = mask[start:end] & kd_w[:, None]
-            stand_in = torch.zeros_like(real)
-            stand_in[:, 0] = True
-            m = torch.where(kd_w[:, None], real, stand_in)
-            lp = torch.where(real, logp[start:end].to(x.dtype), zero)
-            lt = torch.where(kd_w, ltail[start:end].to(x.dtype), float("-inf"))
-            per = _kd_rows(x, ids[start:end], lp, m, lt, kind, tau, tail,
-                           logq_full=logq1 if tau == 1.0 else None)
-            kd_s = torch.where(kd_w, per, zero).sum()
-            with torch.no_grad():
-                agree = ((x.argmax(-1) == top1[start:end]) & kd_w).sum().to(x.dtype)
-        return lm_s, kd_s, agree
-
-    plan = _Plan(v=v, n_rows=n_flat, chunk=_chunk(chunk_size, n_flat), fn=fn, w_lm=w_lm, w_kd=w_kd)
-    obj, lm_s, kd_s, agree = _Chunked.apply(student_logits, plan)
-    lm = lm_s / n_lm if n_lm else lm_s
-    kd = kd_s * scale / n_kd if n_kd else kd_s
-    agreement = agree / n_kd if n_kd else agree
-    return obj, lm, kd, agreement, torch.tensor(n_lm, device=dev), torch.tensor(n_kd, device=dev)
+    w_lm = (1.0 - alpha) / n_lm.clamp_min(1).to(cdtype)
+    w_kd = alpha * scale / n_kd.clamp_min(1).to(cdtype)
+    spec = _Spec(flat_labels, T, kind, tau, w_lm, w_kd, _block_rows(chunk_size, n_flat, v))
+    if student_logits.requires_grad and torch.is_grad_enabled():
+        obj, lm_s, kd_s, agree = _Fused.apply(student_logits, spec)
+    else:
+        (obj, lm_s, kd_s, agree), _ = _evaluate(student_logits, spec, need_grad=False)
+    lm = lm_s / n_lm.clamp_min(1).to(cdtype)
+    kd = kd_s * scale / n_kd.clamp_min(1).to(cdtype)
+    agreement = agree / n_kd.clamp_min(1).to(cdtype)
+    return obj, lm, kd, agreement, n_lm, n_kd
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +522,7 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, chunk_size: int | Non
 
     labels are aligned with logits (no shift here); -100 is ignored. Normalisation: per token
     over the whole batch (sum / number of non-ignored labels); 0 when every label is ignored.
-    No temperature. Same chunked, memory-bounded evaluation as `kd_loss`.
+    No temperature. Gradient (q - onehot(label)) / n, computed in blocks of rows like `kd_loss`.
     """
     obj, *_ = _distill(logits, labels, None, alpha=0.0, kind="soft_ce", tau=1.0, tail=False,
                        tau_squared=False, chunk_size=chunk_size)
@@ -374,27 +554,35 @@ def kd_loss(
     Without tail (``tail=False``), sums over the kept entries:
       forward_kl: sum_i F_i (log F_i - log q_i)   student NOT renormalised: mass it puts outside the
                   kept set lowers every q_i and is penalised (equals KL(F || q) over the full vocab
-                  with F zero outside the kept set; always >= 0).
+                  with F zero outside the kept set; always >= 0). d/ds = q - F (F scattered at the
+                  kept ids, q over the full vocabulary).
       soft_ce:    -sum_i F_i log q_i              (the paper's "NLL"; student NOT renormalised;
                   = forward_kl + H(F), same gradient).
-      reverse_kl: sum_i q~_i (log q~_i - log F_i) student renormalised over the kept set.
+      reverse_kl: sum_i q~_i (log q~_i - log F_i) student renormalised over the kept set;
+                  d/ds_i = q~_i (log q~_i - log F_i - loss) at the kept ids, 0 elsewhere.
       mse:        sum_i (q~_i - F_i)^2            on probabilities, student renormalised over the
-                  kept set; a sum over the kept entries (squared L2 distance), not a mean over K.
+                  kept set; a sum over the kept entries (squared L2 distance), not a mean over K;
+                  d/ds_i = h_i - q~_i sum_j h_j with h_i = 2 q~_i (q~_i - F_i), at the kept ids.
     With tail (``tail=True``), one extra bucket ("everything not kept") on both sides:
       teacher: P_i = (1 - t) F_i on kept entries, bucket t = exp(teacher_log_tail) as stored
                (tau applies to the kept part only; the bucket's mass is not tempered);
       student: q_i (full vocabulary, as above) on kept ids, bucket q_o = 1 - sum_i q_i computed
-               exactly as logsumexp of s over the non-kept ids minus logsumexp(s);
+               exactly as the sum of the student's probabilities over the non-kept ids;
       then forward_kl = sum P (log P - log q), soft_ce = -sum P log q, reverse_kl = sum q (log q -
       log P), mse = sum (q - P)^2, over the K + 1 buckets (no renormalisation: the buckets
       partition the vocabulary). Terms with zero teacher mass contribute 0 to forward_kl/soft_ce;
-      for reverse_kl a zero teacher bucket is floored at log-mass -80 (finite, large penalty).
+      for reverse_kl a zero teacher bucket is floored at log-mass -80 (finite, large penalty), and
+      for forward_kl / soft_ce the student's bucket log-mass is floored at -80 (where it would
+      underflow; the bucket term then has no gradient). When the kept set is the whole
+      vocabulary there is no student bucket and forward_kl / soft_ce / reverse_kl drop its term.
+      Gradients: see the module docstring (one coefficient times q plus kept-id corrections).
 
     Normalisation: mean over *valid positions of the whole batch* (per token, not per sequence):
     valid = position_mask & (at least one kept entry). Scaled by tau**2 only when
     ``tau_squared=True`` (default False). Computed in float32 (float64 for float64 logits) in
-    chunks of ``chunk_size`` valid positions (None: one chunk); results do not depend on it.
-    Gradients flow to ``student_logits`` only.
+    blocks of at most ``chunk_size`` positions (None: as large as the 32 MB block cap allows);
+    results do not depend on it. Gradients flow to ``student_logits`` only. Agreement counts a
+    position when the student's logit at the teacher's top-1 id equals its maximum (ties agree).
 
     Returns KDResult(loss, agreement, num_positions).
     """
@@ -424,12 +612,13 @@ def distill_loss(
     tau_squared: bool = False,
     chunk_size: int | None = None,
 ) -> DistillResult:
-    """(1 - alpha) * lm_loss + alpha * kd_loss in ONE chunked pass with ONE gradient buffer.
+    """(1 - alpha) * lm_loss + alpha * kd_loss in ONE blocked pass with ONE gradient buffer.
 
     Same definitions and normalisations as `lm_loss` and `kd_loss` (each term is its own
     per-token mean); use this in training when memory matters: the separate functions each keep
-    a [B, T, V] gradient buffer until backward, this keeps one. When alpha == 0 the teacher is
-    not evaluated at all (kd and agreement are reported as 0).
+    a [B, T, V] gradient buffer until backward, this keeps one. The LM and KD terms share the
+    student's softmax when tau == 1 (and its exponential when tau == 2 or 0.5). When alpha == 0
+    the teacher is not evaluated at all (kd and agreement are reported as 0).
     """
     _check_kd_args(kind, tau)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 <= alpha <= 1.0):

@@ -1,0 +1,365 @@
+"""Trainer benchmark: ratios measured in one run, on the trainer's real pieces.
+
+  (a) KD training step (offline logits, k = 50, the shipped pd_best loss settings: forward KL,
+      tau = 2, chunk_size 1024, alpha at its 0.9 peak) against LM-only training (distill.mode none)
+      of the same student (pd_best's hf_config, vocab 49,152) on the same collated batches:
+      step time (forward, `DistillationModel.loss`, backward, grad clipping, AdamW), both
+      variants interleaved in this process, medians; peak memory as the rise of the peak RSS
+      (VmHWM, reset at the baseline) over the RSS after set-up, in a fresh subprocess per
+      variant (CPU), or the rise of torch.cuda.max_memory_allocated on CUDA.              targets: time <= 1.15x, memory <= 1.10x
+  (b) loader samples/s (`DistillDataset` + `build_dataloader`, the real StreamingDataset and
+      collator, num_workers 0 as pd_best) against training consumption (batch / KD step time).
+                                                             target: >= 10x
+  (c) time to the first batch of a fresh dataset/loader after `load_state_dict` at 90 % of an
+      epoch against at 0 % (cold local cache each time).     target: <= 2x
+
+The dataset is written as the pipeline writes it (parts/<unit>/ MDS shards, zstd + xxh3_64,
+root index, manifest) with top-0.95-50 truncation. Teacher signal: the real SmolLM2-135M teacher
+(`--teacher`, default: demo-lake/teacher or /tmp/smol when present) run on English prose, or
+random logits (`--teacher none`); a bank of `--bank` teacher sequences is cycled over the samples.
+
+Usage: python -m bench.trainer [--teacher auto|none|DIR] [--samples 256] [--seq-len 128]
+                               [--batch 8] [--rounds 5]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+TEACHER_CANDIDATES = ("demo-lake/teacher", "/tmp/smol")
+VOCAB = 49152
+TOP_P, TOP_K = 0.95, 50
+KD_ALPHA = 0.9  # pd_best: WSD on alpha, peak 0.9 (the stable phase)
+
+
+# ---------------------------------------------------------------------------------------------
+# dataset
+
+
+def _teacher_bank(teacher: str | None, n_seq: int, seq_len: int, seed: int = 0):
+    """[(tokens int64 [seq_len], Truncated)] from the real teacher on prose, or random logits."""
+    import torch
+
+    from schemas import truncate_tensor
+
+    if teacher:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from bench.codec import corpus_text
+
+        tok = AutoTokenizer.from_pretrained(teacher)
+        model = AutoModelForCausalLM.from_pretrained(teacher, torch_dtype=torch.float32).eval()
+        ids = tok(corpus_text(n_seq * seq_len * 8), add_special_tokens=False)["input_ids"][: n_seq * seq_len]
+        ids = torch.tensor(ids).reshape(n_seq, seq_len)
+        with torch.no_grad():
+            logits = torch.cat([model(ids[i : i + 4]).logits for i in range(0, n_seq, 4)])
+        fp_tok = tok
+    else:
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(4, VOCAB, (n_seq, seq_len), generator=g)
+        logits = torch.randn(n_seq, seq_len, VOCAB, generator=g) * 3
+        fp_tok = None
+    bank = [(ids[i].numpy().astype(np.int64), truncate_tensor(logits[i], TOP_P, TOP_K)) for i in range(n_seq)]
+    return bank, fp_tok
+
+
+def write_dataset(out: str, bank, tokenizer_fp: str, *, n_samples: int, seq_len: int, units: int = 4,
+                  size_limit: int = 1 << 18) -> None:
+    """The pipeline's layout: parts/<unit>/ MDS sub-datasets, root index, manifest written last."""
+    from streaming import MDSWriter
+
+    from schemas import INDEX_NAME, MANIFEST_NAME, PARTS_DIR, Manifest, build_sample, make_codec, mds_columns, sample_id
+    from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
+
+    codec = make_codec("compact", {})
+    columns = mds_columns(VOCAB, TOP_K)
+    source = "sha256:bench-trainer"
+    shards, gi = [], 0
+    for u in range(units):
+        unit = f"u{u:05d}-00000"
+        part = os.path.join(out, PARTS_DIR, unit)
+        with MDSWriter(out=part, columns=columns, compression="zstd", hashes=["xxh3_64"], size_limit=size_limit) as w:
+            for i in range(n_samples // units):
+                tokens, tr = bank[gi % len(bank)]
+                w.write(build_sample(sample_id=sample_id(source, unit, i), tokens=tokens, n_tokens=seq_len,
+                                     doc_starts=np.array([0]), truncated=tr, codec=codec, vocab_size=VOCAB,
+                                     top_k=TOP_K, unit=unit))
+                gi += 1
+        with open(os.path.join(part, INDEX_NAME)) as f:
+            for shard in json.load(f)["shards"]:
+                for key in ("raw_data", "zip_data"):
+                    if shard.get(key):
+                        shard[key]["basename"] = f"{PARTS_DIR}/{unit}/{shard[key]['basename']}"
+                shards.append(shard)
+    with open(os.path.join(out, INDEX_NAME), "w") as f:
+        json.dump({"version": 2, "shards": shards}, f)
+    manifest = Manifest(
+        teacher=Teacher(id="bench", revision="sha256:0"),
+        tokenizer=Tokenizer(fingerprint=tokenizer_fp, separator_id=0, add_bos=False),
+        vocab_size=VOCAB, seq_len=seq_len, truncation=Truncation(method="top_p_k", top_p=TOP_P, top_k=TOP_K),
+        codec=Codec(name=codec.name, params=codec.params()), sources=[Source(uri="memory://bench", fingerprint=source)],
+        source_fingerprint=source, settings_fingerprint="sha256:settings",
+        counts=Counts(documents=gi, packed_documents=gi, dead_letters=0, sequences=gi, tokens=gi * seq_len, units=units),
+    )
+    with open(os.path.join(out, MANIFEST_NAME), "w") as f:
+        f.write(manifest.to_json())
+
+
+def make_loader(data: str, cache: str, batch: int, state: dict | None = None):
+    from trainer.config import load_config
+    from trainer.data import DistillDataset, StreamSpec, build_dataloader
+
+    d = load_config("pd_best").data
+    ds = DistillDataset([StreamSpec(data)], batch_size=batch, cache_dir=cache, vocab_size=VOCAB,
+                        shuffle=d.shuffle, shuffle_seed=d.shuffle_seed, shuffle_algo=d.shuffle_algo,
+                        num_canonical_nodes=d.num_canonical_nodes, partition_algo=d.partition_algo,
+                        validate_hash=d.validate_hash)
+    if state is not None:
+        ds.load_state_dict(state)
+    return ds, build_dataloader(ds, batch_size=batch, num_workers=d.num_workers)
+
+
+# ---------------------------------------------------------------------------------------------
+# training steps
+
+
+def build_model(variant: str):
+    """The pd_best student (seeded) in a DistillationModel: "kd" with pd_best's distill settings,
+    "lm" as lm_only.yaml (mode none); AdamW as the trainer builds it."""
+    from composer.utils import reproducibility
+
+    from trainer.config import load_config
+    from trainer.model import DistillationModel
+    from trainer.train import build_optimizer, build_student
+
+    cfg = load_config("pd_best" if variant == "kd" else "lm_only")
+    reproducibility.seed_all(cfg.run.seed)
+    student = build_student(cfg, None)
+    k = cfg.distill
+    model = DistillationModel(student, mode=k.mode, kind=k.kind, tau=k.tau, tail=k.tail, tau_squared=k.tau_squared,
+                              chunk_size=k.chunk_size, alpha=KD_ALPHA if variant == "kd" else 0.0)
+    return model, build_optimizer(cfg, model.parameters()), cfg
+
+
+def train_step(model, opt, cfg, batch) -> None:
+    """What Composer's step does for one microbatch: forward, loss, backward, clip, step."""
+    import torch
+
+    out = model(batch)
+    loss = model.loss(out, batch)["total"]
+    loss.backward()
+    if cfg.optim.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    del out, loss
+
+
+def load_batches(data: str, batch: int, n: int, cache: str) -> list[dict]:
+    ds, dl = make_loader(data, cache, batch)
+    it = iter(dl)
+    out = [next(it) for _ in range(n)]
+    del it, dl, ds
+    gc.collect()
+    return out
+
+
+def _rss_peak_reset() -> int:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0) and return the current RSS in bytes.
+
+    ru_maxrss is not used: Linux carries the parent's high-water mark into a child across
+    fork + exec, so a worker started by a large parent would report the parent's peak."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _proc_status("VmRSS")
+
+
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def memory_worker(variant: str, data: str, batch: int, steps: int) -> dict:
+    """Fresh process: peak memory of `steps` training steps above the set-up baseline."""
+    import torch
+
+    cache = tempfile.mkdtemp(prefix="bench-trainer-mem-")
+    batches = load_batches(data, batch, steps, cache)
+    shutil.rmtree(cache, ignore_errors=True)
+    model, opt, cfg = build_model(variant)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(dev)
+    batches = [{k: v.to(dev) for k, v in b.items()} for b in batches]
+    gc.collect()
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_peak_reset()
+    for b in batches:
+        train_step(model, opt, cfg, b)
+    peak = torch.cuda.max_memory_allocated() if dev == "cuda" else _proc_status("VmHWM")
+    return {"variant": variant, "device": dev, "base": base, "peak": peak, "delta": peak - base}
+
+
+def run_memory(variant: str, data: str, batch: int, steps: int = 2) -> dict:
+    cmd = [sys.executable, "-m", "bench.trainer", "--_memory", variant, "--_data", data, "--batch", str(batch),
+           "--_steps", str(steps)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"memory worker {variant} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--teacher", default="auto", help="auto | none | an HF teacher dir (vocab 49,152)")
+    ap.add_argument("--samples", type=int, default=256)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--bank", type=int, default=8, help="teacher sequences cycled over the samples")
+    ap.add_argument("--batch", type=int, default=8, help="sequences per step (pd_best: 8)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timed steps per variant")
+    ap.add_argument("--resume-trials", type=int, default=3)
+    ap.add_argument("--_memory", help=argparse.SUPPRESS)
+    ap.add_argument("--_data", help=argparse.SUPPRESS)
+    ap.add_argument("--_steps", type=int, default=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()
+    if args._memory:
+        print(json.dumps(memory_worker(args._memory, args._data, args.batch, args._steps)))
+        return 0
+
+    import torch
+
+    t_start = time.perf_counter()
+    teacher = args.teacher
+    if teacher == "auto":
+        teacher = next((p for p in TEACHER_CANDIDATES if os.path.exists(os.path.join(p, "config.json"))), None)
+    elif teacher == "none":
+        teacher = None
+    work = tempfile.mkdtemp(prefix="bench-trainer-")
+    try:
+        return _run(args, teacher, work, t_start)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args, teacher, work: str, t_start: float) -> int:
+    import torch
+
+    data = os.path.join(work, "data")
+    bank, tok = _teacher_bank(teacher, args.bank, args.seq_len)
+    if tok is not None:
+        from schemas import fingerprint_tokenizer
+
+        fp = fingerprint_tokenizer(tok)
+    else:
+        fp = "sha256:random-teacher"
+    write_dataset(data, bank, fp, n_samples=args.samples, seq_len=args.seq_len)
+    kept = float(np.mean([tr.counts.mean() for _, tr in bank]))
+    print(f"dataset: {args.samples} samples x {args.seq_len} tokens, vocab {VOCAB}, top-{TOP_P}-{TOP_K} "
+          f"(~{kept:.1f} kept/token), teacher: {teacher or 'random logits'}  [{time.perf_counter() - t_start:.0f} s]")
+
+    # (a) step time, interleaved, same batches
+    batches = load_batches(data, args.batch, 3, os.path.join(work, "cache-batches"))
+    lm_model, lm_opt, lm_cfg = build_model("lm")
+    kd_model, kd_opt, kd_cfg = build_model("kd")
+    kd_model.student.load_state_dict(lm_model.student.state_dict())  # identical initial weights
+    variants = {"lm": (lm_model, lm_opt, lm_cfg), "kd": (kd_model, kd_opt, kd_cfg)}
+    times: dict[str, list[float]] = {"lm": [], "kd": []}
+    for v in ("lm", "kd"):  # warm-up: allocator, optimizer state
+        train_step(*variants[v], batches[0])
+    for r in range(args.rounds):
+        order = ("lm", "kd") if r % 2 == 0 else ("kd", "lm")
+        for v in order:
+            b = batches[(r % (len(batches) - 1)) + 1]
+            t0 = time.perf_counter()
+            train_step(*variants[v], b)
+            times[v].append(time.perf_counter() - t0)
+    t_lm, t_kd = statistics.median(times["lm"]), statistics.median(times["kd"])
+    n_tok = args.batch * args.seq_len
+    n_params = sum(p.numel() for p in lm_model.parameters()) / 1e6
+    del variants, lm_model, kd_model, lm_opt, kd_opt
+    gc.collect()
+    print(f"(a) step, B={args.batch} T={args.seq_len} (student {n_params:.1f}M params, "
+          f"{torch.get_num_threads()} threads): LM-only {t_lm * 1e3:.0f} ms, KD {t_kd * 1e3:.0f} ms "
+          f"(medians of {args.rounds}; {n_tok / t_kd:.0f} tokens/s KD)")
+    ratio_t = t_kd / t_lm
+    print(f"    KD / LM-only step time     {ratio_t:6.3f}x   target <= 1.15x  {_verdict(ratio_t <= 1.15)}")
+
+    mem = {v: run_memory(v, data, args.batch) for v in ("lm", "kd")}
+    ratio_m = mem["kd"]["delta"] / max(mem["lm"]["delta"], 1)
+    what = "peak RSS rise over set-up" if mem["lm"]["device"] == "cpu" else "torch.cuda.max_memory_allocated rise"
+    print(f"    peak memory ({what}): LM-only {mem['lm']['delta'] / 2**20:.0f} MiB, KD {mem['kd']['delta'] / 2**20:.0f} MiB "
+          f"(set-up baselines {mem['lm']['base'] / 2**20:.0f} / {mem['kd']['base'] / 2**20:.0f} MiB)")
+    print(f"    KD / LM-only peak memory   {ratio_m:6.3f}x   target <= 1.10x  {_verdict(ratio_m <= 1.10)}")
+
+    # (b) loader throughput against training consumption
+    ds, dl = make_loader(data, os.path.join(work, "cache-loader"), args.batch)
+    it = iter(dl)
+    next(it)  # start-up (shard fetch) is (c)'s subject; measure steady state
+    t0 = time.perf_counter()
+    n = sum(b["input_ids"].shape[0] for b in it)
+    loader_sps = n / (time.perf_counter() - t0)
+    del it, dl, ds
+    gc.collect()
+    train_sps = args.batch / t_kd
+    ratio_l = loader_sps / train_sps
+    print(f"(b) loader {loader_sps:.0f} samples/s (decode + collate, {n} samples), KD training consumes {train_sps:.1f} samples/s")
+    print(f"    loader / training          {ratio_l:6.1f}x   target >= 10x    {_verdict(ratio_l >= 10)}")
+
+    # (c) time to first batch after resume, cold cache, fresh dataset/loader each time
+    n_samples = args.samples
+    first: dict[float, list[float]] = {0.0: [], 0.9: []}
+    pd = None
+    for trial in range(args.resume_trials):
+        for frac in ((0.0, 0.9) if trial % 2 == 0 else (0.9, 0.0)):
+            from trainer.config import load_config
+
+            pd = pd or load_config("pd_best").data
+            pos = int(frac * n_samples) // args.batch * args.batch
+            state = {"epoch": 0, "sample_in_epoch": pos, "num_canonical_nodes": pd.num_canonical_nodes,
+                     "shuffle_seed": pd.shuffle_seed, "initial_physical_nodes": 1}
+            t0 = time.perf_counter()
+            ds, dl = make_loader(data, os.path.join(work, f"cache-resume-{trial}-{frac}"), args.batch, state)
+            it = iter(dl)
+            next(it)
+            first[frac].append(time.perf_counter() - t0)
+            del it, dl, ds
+            gc.collect()
+    f0, f9 = statistics.median(first[0.0]), statistics.median(first[0.9])
+    ratio_r = f9 / f0
+    print(f"(c) first batch (dataset + loader built, state loaded, cold cache): at 0 % {f0 * 1e3:.0f} ms, "
+          f"at 90 % {f9 * 1e3:.0f} ms (medians of {args.resume_trials})")
+    print(f"    resume 90 % / 0 %          {ratio_r:6.3f}x   target <= 2x     {_verdict(ratio_r <= 2.0)}")
+    print(f"total {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
