@@ -128,3 +128,11 @@ def test_autoresume_needs_folder_and_name():
     assert cfg.run.autoresume
     with pytest.raises(ConfigError, match="^run.run_name"):
         load_config("pd_best", ["run.autoresume=true", "run.save_folder=/tmp/x"])
+
+
+def test_exponent_floats_without_a_dot_are_numbers():
+    """YAML 1.1 reads `2e-3` as a string; a float field takes it as the number users meant."""
+    cfg = load_config("pd_best", ["optim.lr=2e-3", "distill.tau=1E0"])
+    assert cfg.optim.lr == 0.002 and cfg.distill.tau == 1.0
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_config("pd_best", ["optim.lr=fast"])

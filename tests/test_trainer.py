@@ -337,24 +337,38 @@ def test_elastic_resume_2_to_1_processes(lake, tmp_path):
 
 
 @pytest.mark.slow
-def test_s3_dataset_and_checkpoints(lake, tmp_path, s3_bucket, monkeypatch):
-    """Dataset streamed from s3:// (moto server) and checkpoints written to s3://.
+def test_s3_dataset_and_checkpoints(lake, tmp_path, s3_bucket):
+    """Dataset streamed from s3:// (moto server), checkpoints written to and resumed from s3://.
 
-    One run only: Composer uploads checkpoints from a spawned process (re-importing Composer
-    there), which dominates this test's time; resuming from an s3 checkpoint is not repeated here.
+    Runs the trainer's CLI in a subprocess, as production does: Beam (imported by the pipeline
+    tests in this pytest process) monkeypatches multiprocessing's AutoProxy, which breaks the
+    manager Composer's remote uploader spawns. The trainer itself never imports Beam.
     """
+    import yaml
+
     from schemas import storage
 
-    # Composer's autoresume downloads the "latest" symlink to a local path spelled like the URI
-    # ("s3:/bucket/...") relative to the working directory: keep that inside tmp_path.
-    monkeypatch.chdir(tmp_path)
     uri = f"{s3_bucket}/ds"
     storage.upload_dir(str(lake / "ds"), uri, last=("index.json", "manifest.json"))
     ckpt = f"{s3_bucket}/ckpt"
-    raw = base_cfg(lake, tmp_path, data={"streams": [{"uri": uri}]},
-                   run={"max_duration": "2ba", "save_folder": ckpt, "run_name": "s3run", "autoresume": True})
-    run(raw)
+
+    def train_cli(max_duration):
+        raw = base_cfg(lake, tmp_path, data={"streams": [{"uri": uri}]},
+                       run={"max_duration": max_duration, "save_folder": ckpt, "run_name": "s3run",
+                            "autoresume": True, "save_interval": "2ba"})
+        cfg = tmp_path / "cfg.yaml"
+        cfg.write_text(yaml.safe_dump(raw))
+        # Composer's autoresume downloads the "latest" symlink to a local path spelled like the
+        # URI ("s3:/bucket/...") relative to the working directory: keep that inside tmp_path.
+        p = subprocess.run([sys.executable, "-m", "trainer", str(cfg)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO},
+                           capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+    train_cli("2ba")
     assert [r["step"] for r in read_log(tmp_path / "samples")] == [0, 1]
     assert storage.exists(f"{ckpt}/ep0-ba2-rank0.pt")
+    train_cli("4ba")  # a restarted job: autoresume picks up the s3 checkpoint at step 2
+    assert [r["step"] for r in read_log(tmp_path / "samples")] == [0, 1, 2, 3]
+    assert storage.exists(f"{ckpt}/ep0-ba4-rank0.pt")
     # the shards came through the cache folder, not from a local path
     assert glob.glob(str(tmp_path / "cache" / "train" / "*" / "parts" / "*" / "shard.*.mds"))

