@@ -24,7 +24,6 @@ Usage: python -m bench.trainer [--teacher auto|none|DIR] [--samples 256] [--seq-
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import os
@@ -253,8 +252,6 @@ def main(argv=None) -> int:
     if args._memory:
         print(json.dumps(memory_worker(args._memory, args._data, args.batch, args._steps)))
         return 0
-
-    import torch
 
     t_start = time.perf_counter()
     teacher = args.teacher

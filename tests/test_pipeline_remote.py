@@ -14,7 +14,6 @@ import json
 import os
 import urllib.parse
 
-import numpy as np
 import pytest
 
 pytest.importorskip("apache_beam")

@@ -203,7 +203,6 @@ def build_loggers(cfg: TrainConfig):
 
 def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
     """Everything from a validated TrainConfig; refusals happen here, before the first step."""
-    import torch
     from composer import Trainer
     from composer.algorithms import GradientClipping
     from composer.callbacks import LRMonitor, SpeedMonitor
