@@ -18,7 +18,7 @@ HF = ["transformers>=4.45,<5", "safetensors", "accelerate"]
 STREAMING = ["mosaicml-streaming==0.13.0"]
 
 EXTRAS = {
-    "pipeline": ["apache-beam[gcp]==2.71.0", "pyarrow>=17", "tqdm"] + TORCH + HF + STREAMING + STORAGE,
+    "pipeline": ["apache-beam[gcp]==2.71.0", "crcmod", "pyarrow>=17", "tqdm"] + TORCH + HF + STREAMING + STORAGE,
     "trainer": ["mosaicml==0.32.1", "torchvision==0.22.0"] + TORCH + HF + STREAMING + STORAGE,
     "demo": ["gguf>=0.10", "matplotlib>=3.8", "pyarrow>=17", "tqdm"],
     "test": [

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 COMMANDS = {
     "logits": ("pipelines.cli", "run the Beam teacher pass: corpus -> distillation dataset (MDS + manifest)"),
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(__version__)
         return 0
+    # google-cloud client libraries warn about grpcio at every import; that is not the user's concern
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*(grpcio|Post-Quantum).*")
     name = argv[0]
     if name not in COMMANDS:
         print(f"pdistill: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
