@@ -48,3 +48,14 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) demo-lake .pytest_cache
+
+# Production (need gcloud / terraform credentials; see infra/README.md and terraform/README.md).
+.PHONY: flex-template dataflow-flex dataflow-direct spark-submit
+flex-template:            # build + push the GPU worker image, write the Flex Template spec
+	bash infra/dataflow/build_template.sh
+dataflow-flex:            # launch `pdistill logits` from the Flex Template (ARGS: pipeline flags)
+	bash infra/dataflow/run_flex.sh $(ARGS)
+dataflow-direct:          # classic submission: pdistill logits --runner DataflowRunner (GPU workers)
+	bash infra/dataflow/run_direct.sh $(ARGS)
+spark-submit:             # the same pipeline on Spark through Beam's portable runner
+	bash infra/spark/submit_spark.sh $(ARGS)
