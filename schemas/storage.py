@@ -91,11 +91,21 @@ def upload_dir(local_dir: str, uri: str, last: tuple[str, ...] = ()) -> None:
             write_bytes_atomic(join(uri, name), f.read())
 
 
+def _version(info: dict) -> str:
+    """A store's own version of an object: ETag / md5 / crc32c / generation, else its mtime."""
+    for key in ("ETag", "etag", "md5Hash", "crc32c", "generation", "VersionId", "LastModified", "updated", "mtime"):
+        if info.get(key) is not None:
+            return f"{key}={info[key]}"
+    return ""
+
+
 def fetch_dir(uri: str, cache_root: str | None = None) -> str:
     """A local folder holding the files under `uri` (downloaded once into a cache for remote URIs).
 
-    The download goes to a temporary folder that is renamed into place when complete, so a
-    killed download is never mistaken for a finished one.
+    The cache entry is keyed by the URI *and* its listing (every file's name, size and store
+    version), so a checkpoint replaced at the same URI is fetched again, never served stale. The
+    download goes to a temporary folder that is renamed into place when complete, so a killed
+    download is never mistaken for a finished one.
     """
     if is_local(uri):
         path = os.path.abspath(local_path(uri))
@@ -103,16 +113,22 @@ def fetch_dir(uri: str, cache_root: str | None = None) -> str:
             raise FileNotFoundError(f"no such folder: {uri}")
         return path
     cache_root = cache_root or os.environ.get("PDISTILL_CACHE", os.path.expanduser("~/.cache/pdistill"))
-    dest = os.path.join(cache_root, hashlib.sha256(uri.encode()).hexdigest()[:24])
+    fs, path = fs_and_path(uri)
+    fs.invalidate_cache()
+    listing = fs.find(path, detail=True) if fs.exists(path) else {}
+    if not listing:
+        raise FileNotFoundError(f"no such folder (or an empty one): {uri}")
+    key = hashlib.sha256(uri.encode())
+    for remote in sorted(listing):
+        info = listing[remote]
+        key.update(f"\x00{posixpath.relpath(remote, path)}\x00{info.get('size')}\x00{_version(info)}".encode())
+    dest = os.path.join(cache_root, key.hexdigest()[:32])
     if os.path.isdir(dest):
         return dest
-    fs, path = fs_and_path(uri)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"no such folder: {uri}")
     os.makedirs(cache_root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".fetch-", dir=cache_root)
     try:
-        for remote in fs.find(path):
+        for remote in sorted(listing):
             rel = posixpath.relpath(remote, path)
             target = os.path.join(tmp, rel)
             os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -49,6 +49,10 @@ def _roundtrip(uri, tmp_path):
         assert open(os.path.join(got, name), "rb").read() == open(src / name, "rb").read()
     # cached: a second fetch returns the same folder without downloading
     assert storage.fetch_dir(storage.join(uri, "part"), cache_root=str(tmp_path / "cache")) == got
+    # a file replaced at the same URI (a re-uploaded checkpoint) is fetched again, never served stale
+    storage.write_bytes_atomic(storage.join(uri, "part", "sub", "x.bin"), b"\x09\x08")
+    again = storage.fetch_dir(storage.join(uri, "part"), cache_root=str(tmp_path / "cache"))
+    assert again != got and open(os.path.join(again, "sub", "x.bin"), "rb").read() == b"\x09\x08"
     with pytest.raises(FileNotFoundError):
         storage.fetch_dir(storage.join(uri, "missing"), cache_root=str(tmp_path / "cache"))
 
