@@ -62,6 +62,13 @@ def _sorted_by_id(tr: Truncated) -> tuple[np.ndarray, np.ndarray]:
     return tr.ids[order], tr.logp[order]
 
 
+def lossless_decoded(tr: Truncated) -> Decoded:
+    """What a lossless codec would decode: ids ascending per position, log-probs renormalised
+    over the kept set. The reference for codec error, and the live teacher's layout."""
+    ids, logp = _sorted_by_id(tr)
+    return Decoded(np.asarray(tr.counts), ids, renormalise(logp, tr.counts), tr.log_tail)
+
+
 @dataclass(frozen=True)
 class ExactCodec:
     value_dtype: str = "float32"
@@ -75,11 +82,10 @@ class ExactCodec:
         return {"value_dtype": self.value_dtype}
 
     def encode(self, tr: Truncated) -> dict[str, bytes]:
-        ids, logp = _sorted_by_id(tr)
-        rel = renormalise(logp, tr.counts)
+        ref = lossless_decoded(tr)
         return {
-            "teacher_ids": ids.astype("<u4").tobytes(),
-            "teacher_values": rel.astype("<" + np.dtype(self.value_dtype).str[1:]).tobytes(),
+            "teacher_ids": ref.ids.astype("<u4").tobytes(),
+            "teacher_values": ref.logp.astype("<" + np.dtype(self.value_dtype).str[1:]).tobytes(),
             "teacher_tail": tr.log_tail.astype("<f4").tobytes(),
         }
 

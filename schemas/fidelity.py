@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.codec import Decoded, renormalise
+from schemas.codec import Decoded, lossless_decoded
 from schemas.truncation import Truncated, log_normalizer
-
-
-def _by_position_then_id(counts, ids, *arrays):
-    pos = np.repeat(np.arange(counts.shape[0]), counts)
-    order = np.lexsort((ids, pos))
-    return (ids[order],) + tuple(a[order] for a in arrays)
 
 
 def codec_kl(truncated: Truncated, decoded: Decoded) -> float:
     """Mean over positions with signal of KL(truncated || decoded), both over the kept set."""
-    ids_t, lp_t = _by_position_then_id(truncated.counts, truncated.ids, renormalise(truncated.logp, truncated.counts))
-    ids_d, lp_d = _by_position_then_id(decoded.counts, decoded.ids, decoded.logp)
+    ref = lossless_decoded(truncated)
+    ids_t, lp_t = ref.ids, ref.logp
+    pos = np.repeat(np.arange(decoded.counts.shape[0]), decoded.counts)
+    order = np.lexsort((decoded.ids, pos))  # codecs decode ids ascending; do not rely on it
+    ids_d, lp_d = decoded.ids[order], decoded.logp[order]
     if not np.array_equal(ids_t, ids_d):
         return float("inf")
     p = np.exp(lp_t.astype(np.float64))

@@ -29,7 +29,7 @@ from composer.metrics import LanguageCrossEntropy, LanguagePerplexity
 from composer.models import ComposerModel
 from composer.utils import dist
 
-from schemas.codec import Decoded, renormalise
+from schemas.codec import Decoded, lossless_decoded
 from schemas.sample import to_dense
 from schemas.truncation import truncate_tensor
 from trainer.losses import distill_loss
@@ -134,15 +134,13 @@ class DistillationModel(ComposerModel):
             n = int(n_tok[i])
             if n == 0:
                 continue
-            tr = truncate_tensor(logits[i, :n], self.top_p, k)
-            # the codec's layout: ids ascending within a position, log-probs renormalised over the kept set
-            pos = np.repeat(np.arange(n), tr.counts)
-            order = np.lexsort((tr.ids, pos))
-            dec = Decoded(
-                counts=np.concatenate([tr.counts, np.zeros(t - n, np.int64)]),
-                ids=tr.ids[order],
-                logp=renormalise(tr.logp[order], tr.counts),
-                log_tail=np.concatenate([tr.log_tail, np.full(t - n, -np.inf, np.float32)]),
+            # the codec's layout (ids ascending per position, log-probs renormalised over the kept set)
+            dec = lossless_decoded(truncate_tensor(logits[i, :n], self.top_p, k))
+            dec = Decoded(  # padding positions: no teacher signal
+                counts=np.concatenate([dec.counts, np.zeros(t - n, np.int64)]),
+                ids=dec.ids,
+                logp=dec.logp,
+                log_tail=np.concatenate([dec.log_tail, np.full(t - n, -np.inf, np.float32)]),
             )
             dense = to_dense(dec, k)
             out_ids[i], out_logp[i], out_mask[i], out_tail[i] = dense.ids, dense.logp, dense.mask, dense.log_tail
