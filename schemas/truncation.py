@@ -10,6 +10,11 @@ Rules (deterministic, ties broken by the lower id):
   * top-p keeps the smallest prefix whose cumulative probability is >= p;
   * top-k then caps that prefix at k entries.
 
+"No tail" has one definition, applied in `truncate_candidates` for both entry points: the dropped
+mass is exactly zero (log_tail = -inf) when every vocabulary id is kept, or when the dropped mass
+is below `TAIL_FLOOR` (2^-30), where two float64 normalisers summed in different orders (numpy's
+and the accelerator's) disagree by rounding noise and float32 storage could not resolve it anyway.
+
 Two entry points share `truncate_candidates`: `truncate` (numpy, the reference) and
 `truncate_tensor` (any torch-like tensor, on its own device, by duck typing so that this package
 never imports torch).  Both pick the same candidate set with the same tie rule and compute the
@@ -22,6 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from schemas.errors import CodecError
+
+# Dropped mass below this is "no tail" (log_tail = -inf): rounding noise of 1 - sum(kept), not mass.
+TAIL_FLOOR = 2.0**-30
 
 
 @dataclass(frozen=True)
@@ -102,11 +110,17 @@ def top_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def truncate_candidates(
-    cand_logits: np.ndarray, cand_ids: np.ndarray, lse: np.ndarray, top_p: float, top_k: int
+    cand_logits: np.ndarray,
+    cand_ids: np.ndarray,
+    lse: np.ndarray,
+    top_p: float,
+    top_k: int,
+    vocab_size: int,
 ) -> Truncated:
     """Finish a truncation from the top-k candidates of each row and the row's log-normaliser.
 
-    cand_logits/cand_ids: [T, C] with C >= min(top_k, V); lse: [T] float64 logsumexp of the row.
+    cand_logits/cand_ids: [T, C] with C >= min(top_k, V); lse: [T] float64 logsumexp of the row;
+    vocab_size: V, so that "every id kept" is known exactly rather than from rounded mass.
     """
     cand_logits = np.asarray(cand_logits, dtype=np.float32)
     cand_ids = np.asarray(cand_ids, dtype=np.int64)
@@ -123,8 +137,10 @@ def truncate_candidates(
     counts = np.minimum(n_p, min(top_k, c)).astype(np.int64)
     keep = np.arange(c)[None, :] < counts[:, None]
     kept_mass = np.where(keep, np.exp(logp), 0.0).sum(axis=1)
+    kept_mass = np.minimum(kept_mass, 1.0)
+    no_tail = (counts >= vocab_size) | (1.0 - kept_mass < TAIL_FLOOR)
     with np.errstate(divide="ignore"):
-        log_tail = np.log1p(-np.minimum(kept_mass, 1.0))
+        log_tail = np.where(no_tail, -np.inf, np.log1p(-np.where(no_tail, 0.0, kept_mass)))
     return Truncated(
         counts=counts,
         ids=ids[keep],
@@ -138,7 +154,7 @@ def truncate(logits: np.ndarray, top_p: float = 1.0, top_k: int = 100) -> Trunca
     logits = _check_logits(logits)
     validate_params(top_p, top_k, logits.shape[1])
     vals, ids = top_candidates(logits, top_k)
-    return truncate_candidates(vals, ids, log_normalizer(logits), top_p, top_k)
+    return truncate_candidates(vals, ids, log_normalizer(logits), top_p, top_k, logits.shape[1])
 
 
 def truncate_tensor(logits, top_p: float = 1.0, top_k: int = 100, row_chunk: int = 256) -> Truncated:
@@ -175,7 +191,12 @@ def truncate_tensor(logits, top_p: float = 1.0, top_k: int = 100, row_chunk: int
         vals_out.append(vals.cpu().numpy())
         ids_out.append(ids.cpu().numpy())
     return truncate_candidates(
-        np.concatenate(vals_out), np.concatenate(ids_out), np.concatenate(lse_out), top_p, top_k
+        np.concatenate(vals_out),
+        np.concatenate(ids_out),
+        np.concatenate(lse_out),
+        top_p,
+        top_k,
+        int(z.shape[1]),
     )
 
 

@@ -2,7 +2,17 @@
 from objectstore import gcs_bucket, gcs_server, s3_bucket, s3_server  # noqa: F401  (fixtures)
 from fixtures_models import tiny_teacher  # noqa: F401,E402  (fixture: tiny Llama + BPE tokenizer folder)
 
+import os  # noqa: E402
+
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests: .ci/run selects the derandomised "ci" profile (also the default under CI=true), so
+# a failure reproduces on every run and a lucky draw never blocks a merge; locally the "dev"
+# profile explores new random examples on each run (failures print a blob to replay them).
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 
 @pytest.fixture(scope="session")
