@@ -14,7 +14,7 @@ PROCESS). It is turned into command-line flags, `extra_args` are appended after 
 given on the command line wins over the config), Beam parses the lot, and the resulting option
 objects are validated: a missing required field raises `RunnerConfigError` naming the field.
 
-Supported runners (see DESIGN.md, "Runners, as measured on these machines"):
+Supported runners (see docs/design.md, "Pitfalls": Runners):
 - DirectRunner: local, in tests and the demo (`direct_running_mode`, `direct_num_workers`).
 - DataflowRunner: production; GPU workers through the `worker_accelerator` Dataflow service
   option and a custom `sdk_container_image` (infra/docker/Dockerfile.worker).
@@ -71,7 +71,7 @@ REFUSED = {
     "daskrunner": (
         "DaskRunner is not supported: on Beam 2.71 with a local dask.distributed cluster it returned "
         "wrong results (an empty CombineGlobally-with-side-input output, no GroupByKey output) and no "
-        "metrics (NotImplementedError); see DESIGN.md 'Runners'. Use DirectRunner locally, or "
+        "metrics (NotImplementedError); see docs/design.md, 'Runners'. Use DirectRunner locally, or "
         "DataflowRunner / SparkRunner / FlinkRunner in production."
     ),
 }

@@ -1,6 +1,6 @@
 """Pipeline options for each runner, asserted as Beam option objects.
 
-Dataflow and the portable Spark/Flink runners cannot be reached from CI (DESIGN.md, "Runners"):
+Dataflow and the portable Spark/Flink runners cannot be reached from CI (docs/design.md, "Runners"):
 these tests check what would be submitted, never that a job ran.
 """
 import json
