@@ -7,11 +7,13 @@ set* (the paper's F at tau = 1), plus the log of the dropped tail mass. Temperat
 training time: softmax(logp / tau) over the kept set equals softmax(z / tau) over it.
 
 * `exact`   ids as little-endian uint32, log-probs as float32 (or float16): the reference.
-* `compact` (default) per position ids sorted ascending and delta-coded as LEB128 varints (the
+* `compact` (v1, the default until compact2) per position ids sorted ascending and delta-coded as LEB128 varints (the
   first id absolute, then gap - 1), values quantized on the log scale relative to the position's
   top entry, one byte each (q = round((max - logp) / step), clipped at 255), tail log-mass as
   float16. Zstd over the MDS shard then entropy-codes the small gaps and the skewed q values.
   Quantization error in the log domain with step s costs about s**2 / 24 nats of KL.
+* `compact2` (default) see schemas.codec_compact2: values quantised on sqrt(p) for the KL they
+  cost, ids against a per-sample dictionary, every stream entropy-coded (constriction's ANS).
 """
 from __future__ import annotations
 
@@ -171,7 +173,12 @@ def _check_lengths(name, n, t, n_ids, n_vals, n_tail):
         )
 
 
-CODECS = {"exact": ExactCodec, "compact": CompactCodec}
+# compact2 lives in its own module and builds on Decoded/renormalise above, hence the late import.
+from schemas.codec_compact2 import Compact2Codec  # noqa: E402
+
+# Every codec ever written stays here: a manifest names one of these and its parameters.
+CODECS = {"exact": ExactCodec, "compact": CompactCodec, "compact2": Compact2Codec}
+DEFAULT_CODEC = "compact2"
 
 
 def make_codec(name: str, params: dict | None = None):

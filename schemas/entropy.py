@@ -1,0 +1,161 @@
+"""Entropy coding of integer symbol streams with per-sample static models (constriction's ANS).
+
+A *stream* is a 1-D array of small non-negative integers (level deltas, dictionary indices,
+gap classes...). Each stream is coded under its own categorical model: the stream's exact
+histogram, written in front of the coded words, so that every sample stays self-contained
+(random access by StreamingDataset needs no side table) and the rate is the stream's empirical
+entropy plus the histogram's few bytes.
+
+The arithmetic itself is `constriction` (Rust; `AnsCoder` with `Categorical(perfect=False)`),
+fed numpy arrays in and out: no hand-written bit coder. Determinism: the model is built from
+integer counts only, so the encoder and the decoder build the same table on any machine, and
+the same input gives the same bytes. The fixed-point table is constriction's, so the version is
+pinned (a golden-bytes test catches a change).
+
+Layout of one coded block: uint32 header length, then the header as LEB128 varints (stream count;
+per stream coded under its own histogram: alphabet size A and A counts, zero runs as (0, run);
+the ANS word count), then the ANS words as little-endian uint32.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from schemas import varint
+from schemas.errors import CodecError
+
+
+def _model(counts: np.ndarray):
+    import constriction
+
+    if counts.sum() == 0:  # an unused model: any valid table will do
+        counts = np.ones_like(counts)
+    return constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+
+
+def _pack_histogram(counts: np.ndarray) -> np.ndarray:
+    """Counts with every run of zeros written as (0, run length): dictionary histograms are sparse."""
+    out = [len(counts)]
+    i, a = 0, len(counts)
+    while i < a:
+        c = int(counts[i])
+        if c:
+            out.append(c)
+            i += 1
+        else:
+            j = i
+            while j < a and counts[j] == 0:
+                j += 1
+            out += [0, j - i]
+            i = j
+    return np.asarray(out, dtype=np.uint64)
+
+
+def _unpack_histogram(vals: np.ndarray, at: int) -> tuple[np.ndarray, int]:
+    a = int(vals[at])
+    at += 1
+    counts = np.zeros(a, dtype=np.int64)
+    i = 0
+    while i < a:
+        c = int(vals[at])
+        at += 1
+        if c:
+            counts[i] = c
+            i += 1
+        else:
+            run = int(vals[at])
+            at += 1
+            if run < 1 or i + run > a:
+                raise CodecError("entropy block: bad zero run in a histogram: corrupt sample")
+            i += run
+    return counts, at
+
+
+def encode(streams: list[tuple[np.ndarray, np.ndarray | None]]) -> bytes:
+    """Code (symbols, model) pairs into one block. A model of None means: the stream's own
+    histogram, written into the block; a given model (counts the decoder can rebuild, e.g. from
+    a dictionary) is not written, nor is the stream's length: the decoder must know both."""
+    import constriction
+
+    header: list[np.ndarray] = [np.asarray([len(streams)], dtype=np.uint64)]
+    coder = constriction.stream.stack.AnsCoder()
+    models = []
+    for s, given in streams:
+        s = np.asarray(s, dtype=np.int64)
+        if s.size and s.min() < 0:
+            raise CodecError("entropy block: negative symbol")
+        if given is None:
+            counts = np.bincount(s) if s.size else np.zeros(0, dtype=np.int64)
+            header.append(_pack_histogram(counts))
+        else:
+            counts = np.asarray(given, dtype=np.int64)
+            if s.size and s.max() >= counts.shape[0]:
+                raise CodecError("entropy block: symbol outside its model's alphabet")
+        models.append(counts)
+    # a stack coder: encode the last stream first so that decoding runs in stream order
+    for (s, _), counts in zip(reversed(streams), reversed(models)):
+        if counts.shape[0] > 1 and len(s):
+            coder.encode_reverse(np.asarray(s, dtype=np.int32), _model(counts))
+    words = coder.get_compressed().astype("<u4")
+    header.append(np.asarray([words.shape[0]], dtype=np.uint64))
+    head = varint.encode(np.concatenate(header))
+    return np.uint32(len(head)).astype("<u4").tobytes() + head + words.tobytes()
+
+
+class Decoder:
+    """Reads the streams of a block written by `encode` one at a time, in order: a stream's
+    model may depend on streams decoded before it (pass it as `given`)."""
+
+    def __init__(self, buf: bytes):
+        import constriction
+
+        if len(buf) < 4:
+            raise CodecError("entropy block: shorter than its header: corrupt sample")
+        hlen = int(np.frombuffer(buf[:4], dtype="<u4")[0])
+        head = np.frombuffer(buf[4 : 4 + hlen], dtype=np.uint8)
+        if head.shape[0] != hlen or hlen == 0:
+            raise CodecError("entropy block: truncated header: corrupt sample")
+        self._vals = varint.decode(head.tobytes(), int((head < 0x80).sum()))
+        self._n_streams, self._read, self._at = int(self._vals[0]), 0, 1
+        n_words = int(self._vals[-1])
+        body = buf[4 + hlen :]
+        if len(body) != 4 * n_words:
+            raise CodecError(f"entropy block: {len(body)} payload bytes, header says {4 * n_words}: corrupt sample")
+        self._coder = constriction.stream.stack.AnsCoder(np.frombuffer(body, dtype="<u4").astype(np.uint32))
+
+    def next(self, given: np.ndarray | None = None, size: int | None = None) -> np.ndarray:
+        """The next stream: under its written histogram (given None), or under the given model
+        with the given length."""
+        if self._read >= self._n_streams:
+            raise CodecError("entropy block: fewer streams than expected: corrupt sample")
+        try:
+            if given is None:
+                counts, self._at = _unpack_histogram(self._vals, self._at)
+                size = int(counts.sum())
+            else:
+                counts = np.asarray(given, dtype=np.int64)
+                if size is None or size < 0:
+                    raise CodecError("entropy block: a stream with a given model needs its length")
+        except IndexError:
+            raise CodecError("entropy block: truncated header: corrupt sample") from None
+        if self._at >= self._vals.shape[0]:
+            raise CodecError("entropy block: truncated header: corrupt sample")
+        self._read += 1
+        if counts.shape[0] <= 1 or size == 0:
+            return np.zeros(size, dtype=np.int64)
+        try:
+            return np.asarray(self._coder.decode(_model(counts), size), dtype=np.int64)
+        except Exception as e:  # constriction raises on exhausted or invalid data
+            raise CodecError(f"entropy block: undecodable payload ({e}): corrupt sample") from None
+
+    def finish(self) -> None:
+        """Refuse a block with streams or words left over."""
+        if self._read != self._n_streams or self._at != self._vals.shape[0] - 1 or not self._coder.is_empty():
+            raise CodecError("entropy block: data left over after the last stream: corrupt sample")
+
+
+def decode(buf: bytes, n_streams: int) -> list[np.ndarray]:
+    """All streams of a block coded under their own histograms."""
+    d = Decoder(buf)
+    out = [d.next() for _ in range(n_streams)]
+    d.finish()
+    return out
