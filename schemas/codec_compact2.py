@@ -35,8 +35,6 @@ from schemas.truncation import Truncated
 # Rank buckets: 0 (the top level itself), then the drops at rank 1, 2-3, 4-7, 8-15, 16-31, 32-63, 64+.
 _RANK_EDGES = np.array([1, 2, 4, 8, 16, 32, 64])
 _N_RANK_BUCKETS = len(_RANK_EDGES) + 1
-_COUNT_EDGES = np.array([4, 8, 16, 24, 32, 48, 64, 96])  # level contexts of common ids: kept per position
-_N_COMMON_CTX = len(_COUNT_EDGES) + 1
 _PIECE_BITS = 12  # extra bits of a number are coded in uniform pieces of at most this many bits
 
 
@@ -106,60 +104,78 @@ def _decode_numbers(dec: entropy.Decoder, n: int | None = None) -> np.ndarray:
     return v
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """What the decoder can rebuild before the entries: the sample's dictionary and its split."""
-
-    uniq: np.ndarray  # [D] distinct kept ids, ascending
-    dcnt: np.ndarray  # [D] positions keeping each
-    by_freq: np.ndarray  # [D] dictionary order: most often kept first, ties by id
-    n_common: int  # the first n_common of that order are coded by inclusion
-
-    @classmethod
-    def build(cls, uniq: np.ndarray, dcnt: np.ndarray, n_signal: int, common_share: float) -> "_Layout":
-        by_freq = np.lexsort((uniq, -dcnt))
-        threshold = max(2, int(np.ceil(common_share * n_signal)))
-        return cls(uniq, dcnt, by_freq, int((dcnt >= threshold).sum()))
-
-    def freq_counts(self) -> np.ndarray:
-        return self.dcnt[self.by_freq]
+def _count_classes(dcnt: np.ndarray) -> np.ndarray:
+    """How often a dictionary id is kept, to within a factor of two: floor(log2(count)), exact
+    in integers. Stored instead of the count (cheaper; the id model barely notices)."""
+    c = np.asarray(dcnt, dtype=np.int64)
+    out = np.zeros(c.shape[0], dtype=np.int64)
+    for b in range(1, 63):
+        hit = c >= (1 << b)
+        if not hit.any():
+            break
+        out[hit] = b
+    return out
 
 
-def _common_groups(fc: np.ndarray, n_signal: int):
-    """Common dictionary entries grouped by how many positions keep them: one Bernoulli model
-    (n_signal - count, count) per group, which the decoder rebuilds from the dictionary."""
-    values = np.unique(fc)
-    return [(v, np.flatnonzero(fc == v)) for v in values]
+def _dictionary_order(uniq: np.ndarray, cls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dictionary order (most often kept first, then by id) and where each class starts in it."""
+    by_freq = np.lexsort((uniq, -cls))
+    n_cls = int(cls.max()) + 1 if cls.size else 0
+    sizes = np.bincount(cls, minlength=n_cls)[::-1]  # classes in dictionary order: highest first
+    return by_freq, np.concatenate([[0], np.cumsum(sizes)])
 
 
-def _common_level_ctx(count_of_entry: np.ndarray) -> np.ndarray:
-    """Context of a common entry's level: how many entries its position keeps (a position that
-    keeps many is uncertain, and all its levels are low)."""
-    return np.searchsorted(_COUNT_EDGES, count_of_entry, side="right")
+def _fresh_streams(x: np.ndarray, rb: np.ndarray, bounds: np.ndarray):
+    """A fresh entry = (class in dictionary order, under a model per rank bucket) + its index
+    within the class (uniform): the top of a distribution keeps rarer ids than its tail."""
+    k = np.searchsorted(bounds, x, side="right") - 1
+    streams = [(k[rb == b], None) for b in range(_N_RANK_BUCKETS)]
+    for c in range(bounds.shape[0] - 1):
+        size = int(bounds[c + 1] - bounds[c])
+        streams.append((x[k == c] - bounds[c], np.ones(max(size, 1), dtype=np.int64)))
+    return streams
+
+
+def _decode_fresh(dec: entropy.Decoder, rb: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    k = np.zeros(rb.shape[0], dtype=np.int64)
+    for b in range(_N_RANK_BUCKETS):
+        sel = rb == b
+        got = dec.next()
+        if got.shape[0] != int(sel.sum()):
+            raise CodecError("compact2 codec: id class stream of the wrong length: corrupt sample")
+        k[sel] = got
+    if k.size and k.max() >= bounds.shape[0] - 1:
+        raise CodecError("compact2 codec: id class out of range: corrupt sample")
+    x = np.zeros(rb.shape[0], dtype=np.int64)
+    for c in range(bounds.shape[0] - 1):
+        sel = k == c
+        size = int(bounds[c + 1] - bounds[c])
+        x[sel] = dec.next(np.ones(max(size, 1), dtype=np.int64), int(sel.sum())) + bounds[c]
+    return x
 
 
 @dataclass(frozen=True)
 class Compact2Codec:
-    sqrt_step: float = 0.0085
+    kl_target: float = 8e-4
     tail_step: float = 1.0 / 16.0
-    common_share: float = 1.0 / 32.0
     name: str = field(default="compact2", init=False)
 
     def __post_init__(self):
-        if not (0.0 < float(self.sqrt_step) <= 0.25):
-            raise CodecError(f"compact2 codec sqrt_step must be in (0, 0.25], got {self.sqrt_step!r}")
+        if not (0.0 < float(self.kl_target) <= 0.1):
+            raise CodecError(f"compact2 codec kl_target must be in (0, 0.1] nats/token, got {self.kl_target!r}")
         if not (0.0 < float(self.tail_step) <= 1.0):
             raise CodecError(f"compact2 codec tail_step must be in (0, 1] nats, got {self.tail_step!r}")
-        if not (0.0 < float(self.common_share) <= 1.0):
-            raise CodecError(f"compact2 codec common_share must be in (0, 1], got {self.common_share!r}")
 
     def params(self) -> dict:
-        return {"sqrt_step": float(self.sqrt_step), "tail_step": float(self.tail_step),
-                "common_share": float(self.common_share)}
+        return {"kl_target": float(self.kl_target), "tail_step": float(self.tail_step)}
 
-    def kl_bound(self, kept_per_token: float) -> float:
-        """Expected codec KL (nats/token) at this many kept entries per token: h^2 / 6 each."""
-        return kept_per_token * float(self.sqrt_step) ** 2 / 6.0
+    def sqrt_step(self, counts: np.ndarray) -> float:
+        """The step h on sqrt(p) that spends kl_target nats/token: h^2 / 6 per kept entry, over the
+        sample's mean kept entries per position (from the counts, so the decoder agrees)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        n_sig = int((counts > 0).sum())
+        mean = int(counts.sum()) / n_sig if n_sig else 1.0
+        return float(np.sqrt(6.0 * float(self.kl_target) / mean))
 
     # -- encode --------------------------------------------------------------------------------
     def encode(self, tr: Truncated) -> dict[str, bytes]:
@@ -168,48 +184,33 @@ class Compact2Codec:
         t, n = counts.shape[0], ids.shape[0]
         if n and (ids.min() < 0 or ids.max() >= 1 << 32):
             raise CodecError("compact2 codec: ids must be in [0, 2^32)")
+        h = self.sqrt_step(counts)
         pos = np.repeat(np.arange(t), counts)
-        lvl = self._levels(tr.logp)
+        lvl = np.floor(np.sqrt(np.exp(np.asarray(tr.logp, dtype=np.float64))) / h).astype(np.int64)
         uniq, inv, dcnt = np.unique(ids, return_inverse=True, return_counts=True)
-        sig = np.flatnonzero(counts > 0)
-        lay = _Layout.build(uniq, dcnt, sig.shape[0], self.common_share)
+        cls = _count_classes(dcnt)
+        by_freq, bounds = _dictionary_order(uniq, cls)
         rank_of = np.empty(uniq.shape[0], dtype=np.int64)
-        rank_of[lay.by_freq] = np.arange(uniq.shape[0])
+        rank_of[by_freq] = np.arange(uniq.shape[0])
         x = rank_of[inv.reshape(-1)]
-        fc = lay.freq_counts()
-        id_streams = _encode_numbers(np.diff(uniq, prepend=-1) - 1) + _encode_numbers(dcnt - 1)
-        level_streams = []
-        # common ids: one inclusion bit per (position with signal, common id), then their levels
-        m = lay.n_common
-        com = x < m
-        bitmap = np.zeros((t, m), dtype=np.int64)
-        bitmap[pos[com], x[com]] = 1
-        bitmap = bitmap[sig]
-        for v, cols in _common_groups(fc[:m], sig.shape[0]):
-            id_streams.append((bitmap[:, cols].T.reshape(-1), np.array([sig.shape[0] - v, v])))
-        o = np.lexsort((x[com], pos[com]))
-        ctx = _common_level_ctx(counts[pos[com][o]])
-        level_streams += [(lvl[com][o][ctx == c], None) for c in range(_N_COMMON_CTX)]
-        # the other ids, by level descending: top level + drops; ties as ascending index gaps
-        rare = ~com
-        rc = np.bincount(pos[rare], minlength=t)
-        lr, xr, pr = lvl[rare], x[rare] - m, pos[rare]
-        o = np.lexsort((xr, -lr, pr))
-        lr, xr = lr[o], xr[o]
-        first, tied, rb = _rare_structure(rc, _drops(lr, rc))
-        drop = _drops(lr, rc)
-        gap = np.zeros(lr.shape[0], dtype=np.int64)
-        gap[1:] = xr[1:] - xr[:-1] - 1
-        level_streams += [(lr[first], None)] + [(drop[~first & (rb == b)], None) for b in range(1, _N_RANK_BUCKETS)]
-        id_streams += [(xr[~tied], fc[m:])] + _encode_numbers(gap[tied])
+        o = np.lexsort((x, -lvl, pos))
+        lvl, x = lvl[o], x[o]
+        drop = _drops(lvl, counts)
+        first, tied, rb = _structure(counts, drop)
+        gap = np.zeros(n, dtype=np.int64)
+        gap[1:] = x[1:] - x[:-1] - 1
+        level_streams = [(lvl[first], None)] + [(drop[~first & (rb == b)], None) for b in range(1, _N_RANK_BUCKETS)]
+        id_streams = (
+            _encode_numbers(np.diff(uniq, prepend=-1) - 1)
+            + [(cls, None)]
+            + _fresh_streams(x[~tied], rb[~tied], bounds)
+            + _encode_numbers(gap[tied])
+        )
         return {
             "teacher_ids": entropy.encode(id_streams),
             "teacher_values": entropy.encode(level_streams),
             "teacher_tail": entropy.encode([(self._tail_levels(tr.log_tail), None)]),
         }
-
-    def _levels(self, logp: np.ndarray) -> np.ndarray:
-        return np.floor(np.sqrt(np.exp(np.asarray(logp, dtype=np.float64))) / float(self.sqrt_step)).astype(np.int64)
 
     def _tail_levels(self, log_tail: np.ndarray) -> np.ndarray:
         lt = np.asarray(log_tail, dtype=np.float64)
@@ -224,42 +225,12 @@ class Compact2Codec:
     def decode(self, counts: np.ndarray, cols: dict[str, bytes]) -> Decoded:
         counts = np.asarray(counts, dtype=np.int64)
         t, n = counts.shape[0], int(counts.sum())
-        sig = np.flatnonzero(counts > 0)
-        ids_in = entropy.Decoder(cols["teacher_ids"])
         vals_in = entropy.Decoder(cols["teacher_values"])
-        uniq = np.cumsum(_decode_numbers(ids_in).astype(np.int64) + 1) - 1
-        d = uniq.shape[0]
-        dcnt = _decode_numbers(ids_in, d).astype(np.int64) + 1
-        if (n and (d == 0 or uniq[-1] >= 1 << 32)) or int(dcnt.sum()) != n:
-            raise CodecError("compact2 codec: dictionary does not match the counts: corrupt sample")
-        lay = _Layout.build(uniq, dcnt, sig.shape[0], self.common_share)
-        fc, m = lay.freq_counts(), lay.n_common
-        bitmap = np.zeros((sig.shape[0], m), dtype=np.int64)
-        for v, cidx in _common_groups(fc[:m], sig.shape[0]):
-            bits = ids_in.next(np.array([sig.shape[0] - v, v]), sig.shape[0] * cidx.shape[0])
-            bitmap[:, cidx] = bits.reshape(cidx.shape[0], sig.shape[0]).T
-        cpos_s, cx = np.nonzero(bitmap)  # (position, common index) ascending
-        cpos = sig[cpos_s]
-        ctx = _common_level_ctx(counts[cpos])
-        clvl = np.zeros(cx.shape[0], dtype=np.int64)
-        for c in range(_N_COMMON_CTX):
-            sel = ctx == c
-            got = vals_in.next()
-            if got.shape[0] != int(sel.sum()):
-                raise CodecError("compact2 codec: common level stream of the wrong length: corrupt sample")
-            clvl[sel] = got
-        rc = counts - np.bincount(cpos, minlength=t)
-        if (rc < 0).any():
-            raise CodecError("compact2 codec: inclusion bits do not match the counts: corrupt sample")
-        nr = int(rc.sum())
-        starts = np.cumsum(rc) - rc
-        rank = np.arange(nr) - np.repeat(starts, rc)
-        first = rank == 0
-        rb = _rank_bucket(rank)
-        drop = np.zeros(nr, dtype=np.int64)
+        first, _, rb = _structure(counts, np.ones(n, dtype=np.int64))
         top = vals_in.next()
         if top.shape[0] != int(first.sum()):
             raise CodecError(f"compact2 codec: {top.shape[0]} top levels for {int(first.sum())} positions: corrupt sample")
+        drop = np.zeros(n, dtype=np.int64)
         for b in range(1, _N_RANK_BUCKETS):
             sel = ~first & (rb == b)
             got = vals_in.next()
@@ -269,27 +240,35 @@ class Compact2Codec:
         vals_in.finish()
         inc = -drop
         inc[first] = top
-        rlvl = _segment_cumsum(inc, first)
-        if nr and rlvl.min() < 0:
+        lvl = _segment_cumsum(inc, first)
+        if n and lvl.min() < 0:
             raise CodecError("compact2 codec: negative level: corrupt sample")
         tied = ~first & (drop == 0)
         n_tied = int(tied.sum())
-        fresh = ids_in.next(fc[m:], nr - n_tied)
+
+        ids_in = entropy.Decoder(cols["teacher_ids"])
+        uniq = np.cumsum(_decode_numbers(ids_in).astype(np.int64) + 1) - 1
+        d = uniq.shape[0]
+        if (n and d == 0) or d > n or (d and uniq[-1] >= 1 << 32):
+            raise CodecError("compact2 codec: dictionary does not match the counts: corrupt sample")
+        cls = ids_in.next()
+        if cls.shape[0] != d:
+            raise CodecError("compact2 codec: dictionary classes of the wrong length: corrupt sample")
+        by_freq, bounds = _dictionary_order(uniq, cls)
+        fresh = _decode_fresh(ids_in, rb[~tied], bounds)
         gaps = _decode_numbers(ids_in, n_tied).astype(np.int64)
         ids_in.finish()
-        inc = np.zeros(nr, dtype=np.int64)
+        inc = np.zeros(n, dtype=np.int64)
         inc[~tied] = fresh
         inc[tied] = gaps + 1
-        xr = _segment_cumsum(inc, ~tied) + m
-        if nr and xr.max() >= d:
+        x = _segment_cumsum(inc, ~tied)
+        if n and x.max() >= d:
             raise CodecError("compact2 codec: dictionary index out of range: corrupt sample")
-        order = lay.by_freq
-        ids = np.concatenate([uniq[order[cx]], uniq[order[xr]]])
-        lvl = np.concatenate([clvl, rlvl])
-        pos = np.concatenate([cpos, np.repeat(np.arange(t), rc)])
+        ids = uniq[by_freq][x]
+        pos = np.repeat(np.arange(t), counts)
         o = np.argsort(pos * (1 << 32) + ids, kind="stable")
         ids, lvl = ids[o], lvl[o]
-        logq = (2.0 * np.log((lvl + 0.5) * float(self.sqrt_step))).astype(np.float32)
+        logq = (2.0 * np.log((lvl + 0.5) * self.sqrt_step(counts))).astype(np.float32)
         return Decoded(counts, ids, renormalise(logq, counts), self._tail_decode(cols["teacher_tail"], t))
 
     def _tail_decode(self, buf: bytes, t: int) -> np.ndarray:
@@ -311,7 +290,7 @@ def _drops(lvl: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return drop
 
 
-def _rare_structure(counts: np.ndarray, drop: np.ndarray):
+def _structure(counts: np.ndarray, drop: np.ndarray):
     """(first entry of its position, tied with its predecessor, rank bucket) per entry."""
     starts = np.cumsum(counts) - counts
     rank = np.arange(drop.shape[0]) - np.repeat(starts, counts)
