@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from schemas import (
+    DEFAULT_CODEC,
     INDEX_NAME,
     MANIFEST_NAME,
     PARTS_DIR,
@@ -110,7 +111,7 @@ def write_dataset(
     vocab_size: int = 64,
     top_p: float = 0.95,
     top_k: int = 8,
-    codec: str = "compact",
+    codec: str = DEFAULT_CODEC,
     codec_params: dict | None = None,
     teacher=None,
     units: int = 2,

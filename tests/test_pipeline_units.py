@@ -18,7 +18,7 @@ from pipelines.sources import Doc, InputError, expand_inputs, plan_units, read_u
 
 def test_config_yaml_and_errors(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("inputs: [a.jsonl]\nteacher: t\noutput: o\nseq_len: 128\ntop_p: 1\ncodec_params: {step: 0.125}\n")
+    p.write_text("inputs: [a.jsonl]\nteacher: t\noutput: o\nseq_len: 128\ntop_p: 1\ncodec: compact\ncodec_params: {step: 0.125}\n")
     c = PipelineConfig.from_yaml(str(p))
     assert c.seq_len == 128 and c.top_p == 1.0 and c.tokenizer_uri == "t" and c.codec_params == {"step": 0.125}
     with pytest.raises(ConfigError, match="unknown key 'seq_length'"):
@@ -29,6 +29,9 @@ def test_config_yaml_and_errors(tmp_path):
         PipelineConfig.from_dict({"top_p": 1.5})
     with pytest.raises(ConfigError, match="setting 'codec'"):
         PipelineConfig.from_dict({"codec": "nope"})
+    with pytest.raises(ConfigError, match=r"setting 'codec'.*bad parameters for codec 'compact2'"):
+        PipelineConfig.from_dict({"codec_params": {"step": 0.125}})  # compact's parameter, compact2's default
+    assert PipelineConfig().codec == "compact2"
     with pytest.raises(ConfigError, match="setting 'teacher' is required"):
         PipelineConfig(inputs=["x"], output="o").require_io()
 
