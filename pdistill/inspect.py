@@ -13,7 +13,7 @@ import tempfile
 
 import numpy as np
 
-from schemas import INDEX_NAME, MANIFEST_NAME, Manifest, fidelity, make_codec, storage
+from schemas import INDEX_NAME, MANIFEST_NAME, CodecError, Manifest, fidelity, make_codec, storage
 from schemas.codec import Decoded
 from schemas.sample import decode_sample
 
@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     m = load_manifest(args.dataset)
-    codec = make_codec(m.codec.name, m.codec.params)
+    try:
+        codec = make_codec(m.codec.name, m.codec.params)
+    except CodecError as e:
+        raise SystemExit(f"pdistill inspect: {args.dataset}: {e}") from None
     with tempfile.TemporaryDirectory() as local:
         ds = open_dataset(args.dataset, local)
         samples = [ds[i] for i in range(min(args.samples, len(ds)))]
@@ -98,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             "stored_bytes_per_token": fidelity.bytes_per_token(shard_bytes(args.dataset), m.counts.tokens),
             "mean_tail_mass": float(np.concatenate(tails).mean()) if tails else float("nan"),
         }
-        if m.codec.name == "compact":
-            report["codec_kl_bound"] = float(m.codec.params.get("step", 1 / 16)) ** 2 / 24
+        report.update(fidelity.storage_report(codec, report["stored_bytes_per_token"], report["kept_per_token"]))
         if args.teacher:
             report["codec_kl"], report["total_kl"] = teacher_fidelity(args.teacher, samples, m, codec)
     if args.json:

@@ -169,6 +169,11 @@ class Compact2Codec:
     def params(self) -> dict:
         return {"kl_target": float(self.kl_target), "tail_step": float(self.tail_step)}
 
+    def kl_bound(self) -> float:
+        """Design codec KL, nats/token: the target (bench/codec measures 1.1-1.2x of it on a real
+        teacher: the h^2 / 6 rule is first order)."""
+        return float(self.kl_target)
+
     def sqrt_step(self, counts: np.ndarray) -> float:
         """The step h on sqrt(p) that spends kl_target nats/token: h^2 / 6 per kept entry, over the
         sample's mean kept entries per position (from the counts, so the decoder agrees)."""

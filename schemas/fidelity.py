@@ -1,6 +1,7 @@
 """Fidelity metrics of stored teacher signal (nats per token, entries and bytes per token).
 
 * codec KL: KL(truncated-renormalised teacher || decoded), the error the codec alone adds.
+* storage_report: bytes per kept entry and the codec's design KL bound, for any codec.
 * total KL: KL(full teacher || decoded with tail bucket), where the decoded distribution gives
   each kept id (1 - tail) * q_i and spreads the tail mass uniformly over the V - n other ids.
   That is the error of truncation and codec together, finite whenever the tail is stored.
@@ -63,3 +64,12 @@ def kept_per_token(counts: np.ndarray) -> float:
 
 def bytes_per_token(num_bytes: int, num_tokens: int) -> float:
     return num_bytes / max(num_tokens, 1)
+
+
+def storage_report(codec, stored_bytes_per_token: float, kept_per_token: float) -> dict:
+    """What `pdistill inspect` prints about any codec: stored bytes per kept entry (every shard
+    byte, tokens included, over the kept entries) and the codec's design KL bound."""
+    return {
+        "stored_bytes_per_kept_entry": stored_bytes_per_token / kept_per_token if kept_per_token else float("nan"),
+        "codec_kl_bound": float(codec.kl_bound()),
+    }
