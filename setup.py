@@ -11,6 +11,7 @@ CORE = [
     "pyyaml>=6",
     "fsspec>=2024.6",
     "zstandard>=0.22",
+    "constriction==0.5.0",  # compact2's ANS coder; pinned: its fixed-point models are the bitstream
 ]
 STORAGE = ["gcsfs", "s3fs"]  # fsspec back ends for gs:// and s3://
 TORCH = ["torch==2.7.0"]  # Composer 0.32.1 pins torch>=2.6,<2.7.1

@@ -1,14 +1,22 @@
 """Codec benchmark on a real teacher's distributions (SmolLM2-135M on stdlib prose).
 
-For p in {0.9, 0.95, 1.0} x k in {20, 50, 100}, plus sampled selection, prints:
-kept/token; stored bytes/token after MDS shard compression (zstd) for the compact and exact
-codecs; the naive fixed-k layout (int32 id + fp32 value per slot) and its ratio to compact;
-the nearest peers rebuilt from their documented formats on the same truncation (Megatron-LM:
-17-bit ids + fp16 log-probs, zstd level 3; DistillKit: ids bit-packed at ceil(log2 V) bits +
-bf16 values, fixed k); codec KL and total KL (nats/token); encode+decode tokens/s and its cost
-relative to the teacher's forward pass on the same tokens.
+One run prints four tables, all on the same teacher logits and truncations:
 
-Usage: python -m bench.codec [--teacher demo-lake/teacher] [--tokens 2048]
+1. Per (p, k) in {0.9, 0.95, 1.0} x {20, 50, 100}, plus sampled selection: kept/token; stored
+   bytes/token after MDS shard compression (zstd) for compact2, compact and exact, and compact2's
+   bytes per kept entry (ids + values + counts + tail); the naive fixed-k layout (int32 id + fp32
+   value per slot); the nearest peers rebuilt from their documented formats on the same
+   truncation (Megatron-LM: 17-bit ids + fp16 log-probs, zstd level 3; DistillKit: ids bit-packed
+   at ceil(log2 V) bits + bf16 values, fixed k); codec KL (compact2, compact) and total KL
+   (compact2) in nats/token; compact2's encode+decode tokens/s and its cost against the teacher's
+   forward pass on the same tokens.
+2. Candidates at top-0.95-100 and top-0.95-50: each step from compact to compact2 (value
+   quantiser, dictionary layout, entropy coder), bytes per kept entry and codec KL.
+3. Pareto: bytes/token against TOTAL KL (truncation + codec) for every (p, k) and compact2 KL
+   target, plus compact; written as a PNG too (--png).
+4. Targets: pass/fail lines for the issue's targets.
+
+Usage: python -m bench.codec [--teacher demo-lake/teacher] [--tokens 2048] [--png codec_pareto.png]
 """
 from __future__ import annotations
 
@@ -21,10 +29,13 @@ import time
 import numpy as np
 import zstandard
 
-from schemas import CompactCodec, ExactCodec, build_sample, mds_columns, sample_select, truncate_tensor
+from bench.codec_candidates import CANDIDATES
+from schemas import Compact2Codec, CompactCodec, ExactCodec, build_sample, mds_columns, sample_select, truncate_tensor
 from schemas import fidelity
 from schemas.codec import Decoded
 from schemas.truncation import Truncated
+
+KL_TARGETS = (2e-4, 4e-4, 7.5e-4, 2e-3, 5e-3)  # compact2 precisions swept in the Pareto table
 
 
 def corpus_text(n_chars: int) -> str:
@@ -92,15 +103,81 @@ def rows_of(tr: Truncated, start: int, stop: int) -> Truncated:
                      tr.log_tail[start:stop])
 
 
-def total_variation(logits_rows, dec: Decoded) -> float:
-    """Mean TV distance between the full teacher and the stored distribution (tail ignored)."""
-    z = logits_rows.astype(np.float64)
-    p = np.exp(z - z.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    q = np.zeros_like(p)
-    pos = np.repeat(np.arange(p.shape[0]), dec.counts)
-    q[pos, dec.ids] = np.exp(dec.logp)
-    return float(0.5 * np.abs(p - q).sum(1).mean())
+class _Layout:
+    """A candidate layout dressed as a codec for build_sample."""
+
+    def __init__(self, fn, codec):
+        self.fn, self.codec = fn, codec
+
+    def encode(self, tr):
+        return self.fn(tr, self.codec)
+
+
+def stored_bytes_per_token(subs: list[Truncated], codec, vocab: int, k: int, seq_len: int, tokens_only: float) -> float:
+    """Teacher bytes/token in real zstd MDS shards: shard bytes minus those of the same samples
+    without teacher signal (ids + values + counts + tail)."""
+    rows = [build_sample(sample_id=i, tokens=np.zeros(seq_len, np.int64), n_tokens=seq_len, doc_starts=np.zeros(1),
+                         truncated=sub, codec=codec, vocab_size=vocab, top_k=k, unit="b") for i, sub in enumerate(subs)]
+    return (mds_bytes(rows, mds_columns(vocab, k)) - tokens_only) / (len(subs) * seq_len)
+
+
+def tokens_only_bytes(n_samples: int, vocab: int, k: int, seq_len: int) -> int:
+    empty = {"teacher_ids": b"", "teacher_values": b"", "teacher_tail": b""}
+    rows = [{"sample_id": np.uint64(i), "tokens": np.zeros(seq_len, np.uint16 if vocab <= 65536 else np.uint32),
+             "n_tokens": np.uint32(seq_len), "doc_starts": [0], "teacher_counts": np.zeros(seq_len, np.uint8), "unit": "b",
+             **empty} for i in range(n_samples)]
+    return mds_bytes(rows, mds_columns(vocab, k))
+
+
+def round_trip(codec, subs: list[Truncated]) -> tuple[Decoded, float]:
+    """Decoded signal of all samples (concatenated) and the encode+decode seconds."""
+    t0 = time.perf_counter()
+    decs = [codec.decode(s.counts, codec.encode(s)) for s in subs]
+    sec = time.perf_counter() - t0
+    cat = Decoded(np.concatenate([d.counts for d in decs]), np.concatenate([d.ids for d in decs]),
+                  np.concatenate([d.logp for d in decs]), np.concatenate([d.log_tail for d in decs]))
+    return cat, sec
+
+
+def head_rows(dec: Decoded, n: int) -> Decoded:
+    offs = dec.offsets()
+    return Decoded(dec.counts[:n], dec.ids[: offs[n]], dec.logp[: offs[n]], dec.log_tail[:n])
+
+
+def write_png(path: str, pareto: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for codec in sorted({r["codec"] for r in pareto}):
+        pts = sorted((r["bytes"], r["total_kl"], f"{r['p']}-{r['k']}") for r in pareto if r["codec"] == codec)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", label=codec, alpha=0.8)
+    front = _front([(r["bytes"], r["total_kl"]) for r in pareto])
+    ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
+    for r in pareto:
+        if (r["bytes"], r["total_kl"]) in front:
+            ax.annotate(f"top-{r['p']}-{r['k']} {r['codec']}", (r["bytes"], r["total_kl"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("stored teacher bytes / token (after MDS zstd)")
+    ax.set_ylabel("total KL(full teacher || stored + tail), nats / token")
+    ax.set_title("SmolLM2-135M on pydoc prose: bytes vs total KL")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    best, out = float("inf"), []
+    for b, kl in sorted(points):
+        if kl < best:
+            out.append((b, kl))
+            best = kl
+    return out
 
 
 def main(argv=None) -> int:
@@ -108,6 +185,7 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", default="demo-lake/teacher")
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--kl-rows", type=int, default=512, help="positions used for the (slow) total KL")
+    ap.add_argument("--png", default="codec_pareto.png", help="where to write the Pareto plot")
     args = ap.parse_args(argv)
     if not os.path.isdir(args.teacher):
         from pdistill import teacher
@@ -115,59 +193,80 @@ def main(argv=None) -> int:
         teacher.main(["import-gguf", "--output", args.teacher])
     logits, fwd_tps, seq_len = teacher_logits(args.teacher, args.tokens)
     n_tok, vocab = logits.shape
-    print(f"teacher forward: {fwd_tps:,.0f} tokens/s on {n_tok} tokens, vocab {vocab}")
-    full = 4 * vocab
     np_logits = logits.numpy()
     kl_rows = np_logits[: args.kl_rows]
-    hdr = (
-        f"{'select':>10} {'p':>5} {'k':>4} {'kept/tok':>8} {'compact B/tok':>13} {'exact B/tok':>11} "
-        f"{'naive B/tok':>11} {'naive/compact':>13} {'megatron B/tok':>14} {'distillkit B/tok':>16} "
-        f"{'codec KL':>9} {'total KL':>9} {'TV':>6} {'enc+dec tok/s':>13} {'vs fwd':>7}"
-    )
+    n_samples = n_tok // seq_len
+    c2, c1, ex = Compact2Codec(), CompactCodec(), ExactCodec()
+    print(f"teacher forward: {fwd_tps:,.0f} tokens/s on {n_tok} tokens ({n_samples} samples of {seq_len}), vocab {vocab}; "
+          f"compact2 {c2.params()}")
+    print(f"full fp32 logits: {4 * vocab:,} B/token\n")
+    hdr = (f"{'select':>8} {'p':>5} {'k':>4} {'kept/tok':>8} {'c2 B/tok':>8} {'c2 B/entry':>10} {'v1 B/tok':>8} "
+           f"{'exact B/tok':>11} {'naive B/tok':>11} {'naive/c2':>8} {'megatron':>8} {'distillkit':>10} "
+           f"{'c2 codecKL':>10} {'v1 codecKL':>10} {'c2 totalKL':>10} {'c2 enc+dec tok/s':>16} {'vs fwd':>6}")
+    print("1. codecs per truncation (bytes after MDS zstd; KL in nats/token)")
     print(hdr)
     rows = [("top_p_k", p, k) for p in (0.9, 0.95, 1.0) for k in (20, 50, 100)] + [("sample", 1.0, 50)]
+    results, pareto, candidates = {}, [], []
     for method, p, k in rows:
-        if method == "top_p_k":
-            tr = truncate_tensor(logits, p, k)
-        else:
-            tr = sample_select(np_logits, k, seed=0)
-        compact, exact = CompactCodec(), ExactCodec()
-        t0 = time.perf_counter()
-        samples = []
-        for s in range(0, n_tok, seq_len):
-            sub = rows_of(tr, s, s + seq_len)
-            enc = compact.encode(sub)
-            compact.decode(sub.counts, enc)
-            samples.append((sub, enc))
-        codec_s = time.perf_counter() - t0
-        cols = mds_columns(vocab, k)
-
-        def rows_for(codec):
-            return [
-                build_sample(sample_id=i, tokens=np.zeros(seq_len, np.int64), n_tokens=seq_len,
-                             doc_starts=np.zeros(1), truncated=sub, codec=codec, vocab_size=vocab, top_k=k, unit="b")
-                for i, (sub, _) in enumerate(samples)
-            ]
-
-        tokens_only = mds_bytes([{**r, "teacher_ids": b"", "teacher_values": b"", "teacher_tail": b"",
-                                  "teacher_counts": np.zeros(seq_len, np.uint8)} for r in rows_for(compact)], cols)
-        c_bytes = (mds_bytes(rows_for(compact), cols) - tokens_only) / n_tok
-        e_bytes = (mds_bytes(rows_for(exact), cols) - tokens_only) / n_tok
-        naive = 8 * k
-        tr_head = rows_of(tr, 0, args.kl_rows)
-        dec = compact.decode(tr_head.counts, compact.encode(tr_head))
-        ckl = fidelity.codec_kl(tr_head, dec)
-        tkl = fidelity.total_kl(kl_rows, dec) if method == "top_p_k" else float("nan")
-        tv = total_variation(kl_rows, dec)
+        tr = truncate_tensor(logits, p, k) if method == "top_p_k" else sample_select(np_logits, k, seed=0)
+        subs = [rows_of(tr, s, s + seq_len) for s in range(0, n_samples * seq_len, seq_len)]
+        base = tokens_only_bytes(n_samples, vocab, k, seq_len)
+        kept = fidelity.kept_per_token(tr.counts)
+        b2 = stored_bytes_per_token(subs, c2, vocab, k, seq_len, base)
+        b1 = stored_bytes_per_token(subs, c1, vocab, k, seq_len, base)
+        be = stored_bytes_per_token(subs, ex, vocab, k, seq_len, base)
+        d2, sec2 = round_trip(c2, subs)
+        d1, _ = round_trip(c1, subs)
+        all_rows = rows_of(tr, 0, n_samples * seq_len)
+        kl2, kl1 = fidelity.codec_kl(all_rows, d2), fidelity.codec_kl(all_rows, d1)
+        tkl2 = fidelity.total_kl(kl_rows, head_rows(d2, args.kl_rows)) if method == "top_p_k" else float("nan")
         mg, dk = peers(tr, k, vocab, n_tok)
-        enc_tps = n_tok / codec_s
-        print(
-            f"{method:>10} {p:>5} {k:>4} {fidelity.kept_per_token(tr.counts):>8.1f} {c_bytes:>13.1f} {e_bytes:>11.1f} "
-            f"{naive:>11} {naive / c_bytes:>13.1f} {mg:>14.1f} {dk:>16.1f} {ckl:>9.2e} {tkl:>9.3f} {tv:>6.3f} "
-            f"{enc_tps:>13,.0f} {fwd_tps / enc_tps:>6.1%}"
-        )
-    print(f"full fp32 logits: {full:,} B/token. Targets: codec KL <= 1e-3; naive/compact >= 6 at p=0.95,k=100; "
-          "encode+decode < 5% of the forward pass.")
+        tps = n_samples * seq_len / sec2
+        results[(method, p, k)] = dict(kept=kept, b2=b2, kl2=kl2, frac=fwd_tps / tps)
+        print(f"{method:>8} {p:>5} {k:>4} {kept:>8.1f} {b2:>8.1f} {b2 / kept:>10.3f} {b1:>8.1f} {be:>11.1f} {8 * k:>11} "
+              f"{8 * k / b2:>8.1f} {mg:>8.1f} {dk:>10.1f} {kl2:>10.2e} {kl1:>10.2e} {tkl2:>10.3f} {tps:>16,.0f} "
+              f"{fwd_tps / tps:>6.1%}", flush=True)
+        if method != "top_p_k":
+            continue
+        pareto.append(dict(codec="compact (v1)", p=p, k=k, bytes=b1, codec_kl=kl1,
+                           total_kl=fidelity.total_kl(kl_rows, head_rows(d1, args.kl_rows))))
+        for target in KL_TARGETS:
+            c = Compact2Codec(kl_target=target)
+            d = d2 if target == c2.kl_target else round_trip(c, subs)[0]
+            b = b2 if target == c2.kl_target else stored_bytes_per_token(subs, c, vocab, k, seq_len, base)
+            pareto.append(dict(codec=f"compact2 kl_target={target:g}", p=p, k=k, bytes=b,
+                               codec_kl=fidelity.codec_kl(all_rows, d),
+                               total_kl=fidelity.total_kl(kl_rows, head_rows(d, args.kl_rows))))
+        if p == 0.95 and k in (50, 100):
+            candidates.append((p, k, kept, b1, kl1, None))
+            for name, fn in CANDIDATES.items():
+                b = stored_bytes_per_token(subs, _Layout(fn, c2), vocab, k, seq_len, base)
+                candidates.append((p, k, kept, b, kl2, name))
+            candidates.append((p, k, kept, b2, kl2, "compact2 (ANS)"))
+
+    print("\n2. candidates, top-0.95-k: one step at a time from compact (v1) to compact2")
+    print(f"{'p':>5} {'k':>4} {'layout':<36} {'B/tok':>7} {'B/entry':>8} {'codec KL':>9}")
+    for p, k, kept, b, kl, name in candidates:
+        print(f"{p:>5} {k:>4} {name or 'compact (v1): 1/16-nat bytes, varints':<36} {b:>7.1f} {b / kept:>8.3f} {kl:>9.2e}")
+
+    print("\n3. Pareto: bytes/token vs TOTAL KL (truncation + codec), top-p-k x codec precision")
+    print(f"{'p':>5} {'k':>4} {'codec':<30} {'B/tok':>7} {'codec KL':>9} {'total KL':>9} {'front':>5}")
+    front = set(_front([(r["bytes"], r["total_kl"]) for r in pareto]))
+    for r in sorted(pareto, key=lambda r: r["bytes"]):
+        on = "*" if (r["bytes"], r["total_kl"]) in front else ""
+        print(f"{r['p']:>5} {r['k']:>4} {r['codec']:<30} {r['bytes']:>7.1f} {r['codec_kl']:>9.2e} {r['total_kl']:>9.3f} {on:>5}")
+    write_png(args.png, pareto)
+    print(f"(plot: {args.png})")
+
+    print("\n4. targets")
+    for k in (100, 50):
+        r = results[("top_p_k", 0.95, k)]
+        ok = r["b2"] / r["kept"] <= 1.3 and r["kl2"] <= 1e-3
+        print(f"top-0.95-{k}: {r['b2'] / r['kept']:.3f} B/kept entry (target <= 1.3, stretch 1.2) at codec KL "
+              f"{r['kl2']:.2e} (<= 1e-3): {'PASS' if ok else 'MISS'}")
+    worst = max(r["frac"] for r in results.values())
+    print(f"compact2 encode+decode, worst row: {worst:.1%} of the teacher forward (target <= 5%): "
+          f"{'PASS' if worst <= 0.05 else 'MISS'}")
     return 0
 
 

@@ -78,10 +78,11 @@ def write_dataset(out: str, bank, tokenizer_fp: str, *, n_samples: int, seq_len:
     """The pipeline's layout: parts/<unit>/ MDS sub-datasets, root index, manifest written last."""
     from streaming import MDSWriter
 
-    from schemas import INDEX_NAME, MANIFEST_NAME, PARTS_DIR, Manifest, build_sample, make_codec, mds_columns, sample_id
+    from schemas import (DEFAULT_CODEC, INDEX_NAME, MANIFEST_NAME, PARTS_DIR, Manifest, build_sample, make_codec,
+                         mds_columns, sample_id)
     from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
 
-    codec = make_codec("compact", {})
+    codec = make_codec(DEFAULT_CODEC, {})  # what the pipeline writes today
     columns = mds_columns(VOCAB, TOP_K)
     source = "sha256:bench-trainer"
     shards, gi = [], 0
@@ -279,7 +280,9 @@ def _run(args, teacher, work: str, t_start: float) -> int:
         fp = "sha256:random-teacher"
     write_dataset(data, bank, fp, n_samples=args.samples, seq_len=args.seq_len)
     kept = float(np.mean([tr.counts.mean() for _, tr in bank]))
-    print(f"dataset: {args.samples} samples x {args.seq_len} tokens, vocab {VOCAB}, top-{TOP_P}-{TOP_K} "
+    from schemas import DEFAULT_CODEC
+
+    print(f"dataset: {args.samples} samples x {args.seq_len} tokens, vocab {VOCAB}, top-{TOP_P}-{TOP_K}, {DEFAULT_CODEC} "
           f"(~{kept:.1f} kept/token), teacher: {teacher or 'random logits'}  [{time.perf_counter() - t_start:.0f} s]")
 
     # (a) step time, interleaved, same batches

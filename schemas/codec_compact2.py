@@ -156,7 +156,7 @@ def _decode_fresh(dec: entropy.Decoder, rb: np.ndarray, bounds: np.ndarray) -> n
 
 @dataclass(frozen=True)
 class Compact2Codec:
-    kl_target: float = 8e-4
+    kl_target: float = 7.5e-4
     tail_step: float = 1.0 / 16.0
     name: str = field(default="compact2", init=False)
 
