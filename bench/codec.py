@@ -156,10 +156,9 @@ def write_png(path: str, pareto: list[dict]) -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", label=codec, alpha=0.8)
     front = _front([(r["bytes"], r["total_kl"]) for r in pareto])
     ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=1, label="Pareto front")
-    for r in pareto:
-        if (r["bytes"], r["total_kl"]) in front:
-            ax.annotate(f"top-{r['p']}-{r['k']} {r['codec']}", (r["bytes"], r["total_kl"]), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
+    for p, k in sorted({(r["p"], r["k"]) for r in pareto}):
+        b, kl = min((r["bytes"], r["total_kl"]) for r in pareto if (r["p"], r["k"]) == (p, k))
+        ax.annotate(f"top-{p}-{k}", (b, kl), fontsize=7, xytext=(-4, 4), textcoords="offset points", ha="right")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("stored teacher bytes / token (after MDS zstd)")
