@@ -24,6 +24,9 @@ from schemas import varint
 from schemas.errors import CodecError
 
 
+MAX_ALPHABET = 1 << 20  # the largest histogram a block may carry (a corrupt header cannot ask more)
+
+
 def _model(counts: np.ndarray):
     import constriction
 
@@ -50,9 +53,11 @@ def _pack_histogram(counts: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.uint64)
 
 
-def _unpack_histogram(vals: np.ndarray, at: int) -> tuple[np.ndarray, int]:
+def _unpack_histogram(vals: np.ndarray, at: int, max_size: int) -> tuple[np.ndarray, int]:
     a = int(vals[at])
     at += 1
+    if a > max(max_size + 1, MAX_ALPHABET):
+        raise CodecError(f"entropy block: an alphabet of {a} symbols: corrupt sample")
     counts = np.zeros(a, dtype=np.int64)
     i = 0
     while i < a:
@@ -67,6 +72,8 @@ def _unpack_histogram(vals: np.ndarray, at: int) -> tuple[np.ndarray, int]:
             if run < 1 or i + run > a:
                 raise CodecError("entropy block: bad zero run in a histogram: corrupt sample")
             i += run
+    if counts.sum() > max_size:
+        raise CodecError(f"entropy block: a stream of {int(counts.sum())} symbols, more than {max_size}: corrupt sample")
     return counts, at
 
 
@@ -85,6 +92,8 @@ def encode(streams: list[tuple[np.ndarray, np.ndarray | None]]) -> bytes:
             raise CodecError("entropy block: negative symbol")
         if given is None:
             counts = np.bincount(s) if s.size else np.zeros(0, dtype=np.int64)
+            if counts.shape[0] > MAX_ALPHABET:
+                raise CodecError(f"entropy block: symbol {counts.shape[0] - 1} above the largest alphabet ({MAX_ALPHABET})")
             header.append(_pack_histogram(counts))
         else:
             counts = np.asarray(given, dtype=np.int64)
@@ -105,9 +114,12 @@ class Decoder:
     """Reads the streams of a block written by `encode` one at a time, in order: a stream's
     model may depend on streams decoded before it (pass it as `given`)."""
 
-    def __init__(self, buf: bytes):
+    def __init__(self, buf: bytes, max_size: int):
+        """max_size: the most symbols any stream of this block may have; with MAX_ALPHABET, a
+        corrupt header cannot make the decoder allocate more."""
         import constriction
 
+        self._max_size = int(max_size)
         if len(buf) < 4:
             raise CodecError("entropy block: shorter than its header: corrupt sample")
         hlen = int(np.frombuffer(buf[:4], dtype="<u4")[0])
@@ -129,11 +141,11 @@ class Decoder:
             raise CodecError("entropy block: fewer streams than expected: corrupt sample")
         try:
             if given is None:
-                counts, self._at = _unpack_histogram(self._vals, self._at)
+                counts, self._at = _unpack_histogram(self._vals, self._at, self._max_size)
                 size = int(counts.sum())
             else:
                 counts = np.asarray(given, dtype=np.int64)
-                if size is None or size < 0:
+                if size is None or size < 0 or size > self._max_size:
                     raise CodecError("entropy block: a stream with a given model needs its length")
         except IndexError:
             raise CodecError("entropy block: truncated header: corrupt sample") from None
@@ -153,9 +165,9 @@ class Decoder:
             raise CodecError("entropy block: data left over after the last stream: corrupt sample")
 
 
-def decode(buf: bytes, n_streams: int) -> list[np.ndarray]:
+def decode(buf: bytes, n_streams: int, max_size: int) -> list[np.ndarray]:
     """All streams of a block coded under their own histograms."""
-    d = Decoder(buf)
+    d = Decoder(buf, max_size)
     out = [d.next() for _ in range(n_streams)]
     d.finish()
     return out

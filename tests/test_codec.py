@@ -178,7 +178,7 @@ def test_entropy_block_round_trip_and_refusals():
     own = [rng.geometric(0.3, 5000) - 1, np.zeros(7, np.int64), np.zeros(0, np.int64), np.array([3])]
     given = rng.integers(0, 50, 300)
     blk = entropy.encode([(s, None) for s in own] + [(given, np.ones(50))])
-    dec = entropy.Decoder(blk)
+    dec = entropy.Decoder(blk, 5000)
     got = [dec.next() for _ in own] + [dec.next(np.ones(50), 300)]
     dec.finish()
     for a, b in zip(got, own + [given]):
@@ -188,8 +188,31 @@ def test_entropy_block_round_trip_and_refusals():
     ideal_bits = -(own[0].shape[0] * p[p > 0] * np.log2(p[p > 0])).sum()
     assert len(entropy.encode([(own[0], None)])) * 8 < 1.05 * ideal_bits + 800
     with pytest.raises(CodecError, match="corrupt"):
-        entropy.decode(blk[:-4], 4)
+        entropy.decode(blk[:-4], 4, 5000)
     with pytest.raises(CodecError, match="corrupt"):
-        entropy.Decoder(blk[:3])
+        entropy.Decoder(blk[:3], 5000)
+    with pytest.raises(CodecError, match="corrupt"):  # a stream longer than the caller allows
+        entropy.decode(blk, 4, 100)
     with pytest.raises(CodecError, match="alphabet"):
         entropy.encode([(np.array([5]), np.ones(3))])
+
+
+@settings(max_examples=60, deadline=None)
+@given(col=st.sampled_from(["teacher_ids", "teacher_values", "teacher_tail"]), where=st.floats(0, 1),
+       byte=st.integers(0, 255))
+def test_compact2_damaged_bytes_fail_cleanly(col, where, byte):
+    """A damaged payload is a CodecError or decodes to the right shapes; never a crash or a hang
+    (silent damage inside the coded words is what the shards' xxh3 hashes catch)."""
+    z = (np.random.default_rng(8).standard_normal((24, 400)) * 2.5).astype(np.float32)
+    tr = truncate(z, 0.95, 30)
+    codec = Compact2Codec()
+    cols = codec.encode(tr)
+    buf = bytearray(cols[col])
+    i = min(int(where * len(buf)), len(buf) - 1)
+    buf[i] = byte
+    cols[col] = bytes(buf)
+    try:
+        d = codec.decode(tr.counts, cols)
+    except CodecError:
+        return
+    assert d.ids.shape[0] == tr.counts.sum() and d.log_tail.shape == tr.log_tail.shape
