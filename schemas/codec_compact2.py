@@ -9,17 +9,26 @@ Three ideas, each measured in bench/codec against the alternatives:
   then renormalised over the kept set. Within a position the levels, taken in descending order,
   are non-increasing: stored as the top level and the (>= 0) drops, each rank bucket under its
   own model.
-* Ids are coded against a per-sample dictionary (the distinct kept ids of the sequence, sorted
-  by how many positions keep them): kept sets of one sequence share most of their ids. An entry
-  whose level differs from its predecessor's is coded as its dictionary index under the
-  dictionary's frequencies; entries tied at one level (most of the long low-probability tail) are
-  a set, coded as gaps between ascending dictionary indices, so their order costs nothing.
+* Ids are coded against a per-sample dictionary: the distinct kept ids of the sequence, with how
+  often each is kept to within a factor of two (its class), ordered most often kept first. An
+  entry whose level differs from its predecessor's is coded as its class (one model per rank
+  bucket: the top of a distribution keeps rarer ids than its tail) and its index in the class;
+  entries tied at one level (most of the long low-probability tail) are a set, coded as gaps
+  between ascending dictionary indices, so their order costs nothing.
 * Every stream is entropy-coded by constriction's ANS coder under the stream's own histogram
   (schemas.entropy): samples stay self-contained and decode with a handful of vectorised calls.
 
 Columns: teacher_values = levels block, teacher_ids = dictionary + id block, teacher_tail =
 log tail mass quantised to `tail_step` nats (0 = no tail) in its own block. Decoded ids are
-ascending within each position, like the other codecs. Any vocabulary up to 2^32.
+ascending within each position, like the other codecs. Any vocabulary up to 2^32. The step h
+comes from `kl_target` and the counts, so the decoder needs nothing else. Deterministic: the
+same log-probs give the same bytes on a machine (a level boundary could round differently under
+another CPU's exp, as the teacher's logits themselves do), and the decoder works from integers
+only (histograms, counts; h by IEEE-exact sqrt), so any machine decodes the same ids and levels.
+
+Measured, and dropped (bench/codec history): coding the most often kept ids by inclusion (one
+bit per position) saves on ids what their levels then cost unordered; contexts by the
+position's count, or class steps inside tied sets, cost more in histograms than they save.
 """
 from __future__ import annotations
 
