@@ -18,7 +18,7 @@ One run prints four tables, all on the same teacher logits and truncations:
    target, plus compact; written as a PNG too (--png).
 4. Targets: pass/fail lines for the issue's targets.
 
-Usage: python -m bench.codec [--teacher demo-lake/teacher] [--tokens 2048] [--png codec_pareto.png]
+Usage: python -m bench.codec [--teacher demo-lake/teacher] [--tokens 2048] [--png bench/codec_pareto.png]
 """
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", default="demo-lake/teacher")
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--kl-rows", type=int, default=512, help="positions used for the (slow) total KL")
-    ap.add_argument("--png", default="codec_pareto.png", help="where to write the Pareto plot")
+    ap.add_argument("--png", default="bench/codec_pareto.png", help="where to write the Pareto plot")
     args = ap.parse_args(argv)
     if not os.path.isdir(args.teacher):
         from pdistill import teacher
