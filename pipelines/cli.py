@@ -12,6 +12,7 @@ import logging
 import sys
 
 from pipelines.config import ConfigError, PipelineConfig
+from schemas.redact import redact_text, redact_uri
 
 # flag -> config key (argparse dest is the key); everything defaults to None = "not given"
 FLAGS = [
@@ -77,17 +78,20 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 def print_report(report, stream=sys.stdout) -> None:
     m, s = report.metrics, report.summary
     if report.complete_before:
-        print(f"{report.output}: already complete with these settings; nothing to do", file=stream)
+        print(f"{redact_uri(report.output)}: already complete with these settings; nothing to do", file=stream)
     if m:
         print("Beam metrics:", file=stream)
         for k in sorted(m):
             print(f"  {k:<22} {m[k]:.1f}" if isinstance(m[k], float) else f"  {k:<22} {m[k]}", file=stream)
     print(
-        f"dataset {report.output}: {s.get('sequences')} sequences, {s.get('tokens')} tokens, "
+        f"dataset {redact_uri(report.output)}: {s.get('sequences')} sequences, {s.get('tokens')} tokens, "
         f"{s.get('documents')} documents = {s.get('packed_documents')} packed + {s.get('dead_letters')} dead letters; "
         f"{report.computed_units}/{report.units} units computed in this run ({report.seconds:.1f} s)",
         file=stream,
     )
+    if s.get("incomplete_files"):
+        print(f"warning: {s['incomplete_files']} input files were not read to their end (truncated, corrupt or "
+              "unreadable): see `complete`/`problem` of the manifest's sources and dead_letter/", file=stream)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         report = run(config, extra)
     except (ConfigError, InputError, TeacherError, SettingsMismatch, ValueError) as e:
-        print(f"pdistill logits: error: {e}", file=sys.stderr)
+        print(f"pdistill logits: error: {redact_text(str(e))}", file=sys.stderr)
         return 2
     print_report(report)
     if args.json:

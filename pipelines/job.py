@@ -28,6 +28,7 @@ from pipelines.sink import EncodeSample, WritePart, finalize, finished_units
 from pipelines.sources import SourceFile, Unit, expand_inputs, plan_units, source_fingerprint, source_versions
 from pipelines.teacher import TeacherInfo, TeacherModelHandler, inspect_teacher, prefetch_revision
 from schemas import MANIFEST_NAME, PARTS_DIR, Manifest, fingerprint_tokenizer, make_codec, storage
+from schemas.redact import redact_uri
 from schemas.truncation import validate_params
 
 log = logging.getLogger("pdistill.pipeline")
@@ -90,19 +91,19 @@ def _manifest_fields(plan: Plan) -> dict:
     c, r = plan.config, plan.settings["resolved"]
     sample = c.selection == "sample"
     return {
-        "teacher": {"id": c.teacher, "revision": plan.teacher.revision},
+        "teacher": {"id": redact_uri(c.teacher), "revision": plan.teacher.revision},
         "tokenizer": {"fingerprint": r["tokenizer_fingerprint"], "separator_id": plan.sep_id, "add_bos": c.add_bos},
         "vocab_size": plan.teacher.vocab_size,
         "seq_len": c.seq_len,
         "truncation": {"method": c.selection, "top_p": 1.0 if sample else c.top_p, "top_k": c.kept_k, "temperature": 1.0},
         "codec": {"name": c.codec, "params": make_codec(c.codec, c.codec_params).params()},
-        "sources": [{"uri": f.uri, "fingerprint": f.fingerprint} for f in plan.files],
+        "sources": [{"uri": redact_uri(f.uri), "fingerprint": f.fingerprint} for f in plan.files],
         "source_fingerprint": plan.source_fp,
         "settings_fingerprint": plan.settings_fp,
         "extra": {
             "trailing": c.trailing, "pad_id": plan.sep_id, "pad_log_tail": "-inf", "bos_id": plan.bos_id,
             "packing": "separator after every document; units packed independently",
-            "tokenizer_uri": c.tokenizer_uri, "text_column": c.text_column, "format": c.format,
+            "tokenizer_uri": redact_uri(c.tokenizer_uri), "text_column": c.text_column, "format": c.format,
             "num_draws": c.num_draws if sample else None, "seed": c.seed if sample else None,
             "inference_args": c.inference_args, "dtype": c.dtype,
             "units_per_file": "rows_per_unit=%d bytes_per_unit=%d" % (c.rows_per_unit, c.bytes_per_unit),
@@ -301,7 +302,7 @@ def run(config: PipelineConfig, extra_args: list[str] | None = None, options: Pi
         return RunReport(True, len(plan.units), 0, {}, time.time() - t0, config.output,
                          json.loads(storage.read_text(storage.join(config.output, MANIFEST_NAME)))["counts"])
     log.info("%d units planned over %d files, %d to compute (%d already published under %s)", len(plan.units),
-             len(plan.files), len(plan.todo), len(plan.units) - len(plan.todo), storage.join(config.output, PARTS_DIR))
+             len(plan.files), len(plan.todo), len(plan.units) - len(plan.todo), redact_uri(storage.join(config.output, PARTS_DIR)))
     options = options or make_options(config, extra_args or [])
     p = beam.Pipeline(options=options)
     build(p, plan)

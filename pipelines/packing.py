@@ -24,7 +24,8 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipelines import faults
-from pipelines.sources import Doc, Unit, read_unit
+from pipelines.readers import Doc, dead_letter, read_unit
+from pipelines.sources import Unit
 from schemas import sample_id, storage
 
 TOKENIZE_CHUNK = 64  # documents per tokenizer call (the fast tokenizers batch in Rust)
@@ -121,13 +122,37 @@ class Packer:
         return out
 
 
-def pack_documents(texts, tokenizer, packer: Packer, unit: str, source_fp: str, first_index: int = 0):
-    """Tokenize a chunk of documents and return the Packed sequences they complete."""
+def tokenize_documents(texts, tokenizer) -> list[list[int] | Exception]:
+    """Token ids of each text, or the exception the tokenizer raised on it. One batched call;
+    when it fails (a poison pill anywhere in the batch), each text again on its own, so one bad
+    document costs itself and not its neighbours, in the same order (deterministic)."""
+    try:
+        return list(tokenizer(list(texts), add_special_tokens=False)["input_ids"])
+    except Exception:
+        pass
+    out: list[list[int] | Exception] = []
+    for text in texts:
+        try:
+            out.append(list(tokenizer([text], add_special_tokens=False)["input_ids"][0]))
+        except Exception as e:
+            out.append(e)
+    return out
+
+
+def pack_documents(texts, tokenizer, packer: Packer, unit: str, source_fp: str, first_index: int = 0,
+                   rejected: list | None = None):
+    """Tokenize a chunk of documents and return the Packed sequences they complete. A document the
+    tokenizer cannot take is not packed: (its index in `texts`, the error) goes to `rejected`
+    (raised when no list is given)."""
     if not texts:
         return []
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     out = []
-    for doc in ids:
+    for j, doc in enumerate(tokenize_documents(texts, tokenizer)):
+        if isinstance(doc, Exception):
+            if rejected is None:
+                raise doc
+            rejected.append((j, doc))
+            continue
         for tokens, n, starts in packer.add(doc):
             i = first_index + len(out)
             out.append(Packed(unit, i, sample_id(source_fp, unit, i), tokens, n, starts))
@@ -144,8 +169,10 @@ def finish_packing(packer: Packer, unit: str, source_fp: str, first_index: int):
 class ReadAndPack(beam.DoFn):
     """A work unit -> its Packed sequences (main output) and one summary on the "meta" output.
 
-    The summary carries the unit's counts and its dead letters, so the sink can publish them
-    with the part and the manifest can reconcile documents == packed + dead letters.
+    The summary carries the unit's counts, its dead letters and the reasons its file was not read
+    whole (`incomplete`), so the sink can publish them with the part and the manifest can
+    reconcile documents == packed + dead letters, per source and in total. A dead letter counts
+    for the documents it stands for (its `documents` field), not for one.
     """
 
     META = "meta"
@@ -164,11 +191,23 @@ class ReadAndPack(beam.DoFn):
         faults.maybe_fail("read", unit.name)
         packer = Packer(self.seq_len, self.sep_id, self.bos_id)
         stats = {"documents": 0, "packed_documents": 0, "dead_letters": 0, "sequences": 0, "tokens": 0}
-        dead, texts = [], []
+        dead, docs, incomplete = [], [], []
+
+        def reject(item: dict):
+            stats["dead_letters"] += item["documents"]
+            dead.append(item)
+            if item.get("incomplete"):
+                incomplete.append(item["reason"])
 
         def flush(final: bool):
-            out = pack_documents(texts, self.tokenizer, packer, unit.name, self.source_fp, stats["sequences"])
-            texts.clear()
+            rejected = []
+            out = pack_documents([d.text for d in docs], self.tokenizer, packer, unit.name, self.source_fp,
+                                 stats["sequences"], rejected)
+            for j, e in rejected:
+                reject(dead_letter(unit, docs[j].position, "tokenizer_error",
+                                   f"the tokenizer cannot take this document: {type(e).__name__}: {e}", docs[j].text))
+            stats["packed_documents"] += len(docs) - len(rejected)
+            docs.clear()
             if final:
                 out += finish_packing(packer, unit.name, self.source_fp, stats["sequences"] + len(out))
             stats["sequences"] += len(out)
@@ -176,17 +215,17 @@ class ReadAndPack(beam.DoFn):
             return out
 
         for item in read_unit(unit, self.text_column):
-            stats["documents"] += 1
             if isinstance(item, Doc):
-                stats["packed_documents"] += 1
-                texts.append(item.text)
-                if len(texts) >= TOKENIZE_CHUNK:
+                stats["documents"] += 1
+                docs.append(item)
+                if len(docs) >= TOKENIZE_CHUNK:
                     yield from flush(False)
             else:
-                stats["dead_letters"] += 1
-                dead.append(item)
+                stats["documents"] += item["documents"]
+                reject(item)
         yield from flush(True)
         for k, v in stats.items():
             self.m[k].inc(v)
         self.m["units_read"].inc()
-        yield beam.pvalue.TaggedOutput(self.META, (unit.name, ("m", {**stats, "dead": dead})))
+        summary = {**stats, "dead": dead, "source": unit.source, "incomplete": incomplete}
+        yield beam.pvalue.TaggedOutput(self.META, (unit.name, ("m", summary)))

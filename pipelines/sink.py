@@ -7,7 +7,8 @@ rewrites the same bytes (packing and inference are deterministic), and a part wh
 already there is left alone: retries cannot duplicate or corrupt it.
 
 Beside the shards, `stats.json` holds the unit's counts (documents, packed documents, dead
-letters, sequences, tokens) so the final step reconciles counts without re-reading shards;
+letters, sequences, tokens; its file's index and why it was not read whole, for the manifest's
+per-source accounting, `pipelines.accounting`) so the final step reconciles counts without re-reading shards;
 the unit's rejected documents go to `<out>/dead_letter/<unit>.jsonl` (one JSON object per line:
 file, unit, position, kind, reason, excerpt), published before the part's index.
 
@@ -97,7 +98,8 @@ class WritePart(beam.DoFn):
         if indexes != list(range(meta["sequences"])):
             raise RuntimeError(f"unit {unit}: got sequence indexes {indexes[:10]}..., expected 0..{meta['sequences'] - 1}")
         dead = meta.get("dead", [])
-        stats = {"unit": unit, **{k: meta[k] for k in COUNT_KEYS}}
+        stats = {"unit": unit, **{k: meta[k] for k in COUNT_KEYS}, "source": meta.get("source"),
+                 "incomplete": meta.get("incomplete", [])}
         if dead:
             body = "".join(json.dumps(d, sort_keys=True, ensure_ascii=False) + "\n" for d in dead)
             storage.write_text_atomic(storage.join(self.output, DEAD_LETTER_DIR, f"{unit}.jsonl"), body)
@@ -127,15 +129,16 @@ def read_part(output: str, unit: str) -> tuple[dict, dict]:
     return index, stats
 
 
-def build_root_index(output: str, units: list[str]) -> tuple[dict, dict]:
-    """Root index over every unit's part in sorted order, and the summed counts."""
+def build_root_index(output: str, units: list[str]) -> tuple[dict, dict, list[dict]]:
+    """Root index over every unit's part in sorted order, the summed counts, each unit's stats."""
     missing = sorted(set(units) - finished_units(output))
     if missing:
         raise RuntimeError(f"{len(missing)} parts are missing under {storage.join(output, PARTS_DIR)} "
                            f"(first: {missing[0]}); re-run the same command to compute them")
-    shards, totals = [], dict.fromkeys(COUNT_KEYS, 0)
+    shards, totals, per_unit = [], dict.fromkeys(COUNT_KEYS, 0), []
     for unit in sorted(units):
         index, stats = read_part(output, unit)
+        per_unit.append(stats)
         for shard in index["shards"]:
             for key in ("raw_data", "zip_data"):
                 if shard.get(key):
@@ -143,15 +146,18 @@ def build_root_index(output: str, units: list[str]) -> tuple[dict, dict]:
             shards.append(shard)
         for k in COUNT_KEYS:
             totals[k] += int(stats[k])
-    return {"version": 2, "shards": shards}, totals
+    return {"version": 2, "shards": shards}, totals, per_unit
 
 
 def finalize(_computed, output: str, units: list[str], manifest_fields: dict) -> dict:
     """Root index.json, then manifest.json (last). Runs once, after every part is published."""
     from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
 
-    index, totals = build_root_index(output, units)
-    counts = Counts(units=len(units), **totals)
+    from pipelines.accounting import account_sources
+
+    index, totals, per_unit = build_root_index(output, units)
+    sources, incomplete_files = account_sources(manifest_fields["sources"], per_unit)
+    counts = Counts(units=len(units), incomplete_files=incomplete_files, **totals)
     if not counts.reconciles():
         raise RuntimeError(f"counts do not reconcile: {counts}")
     storage.write_text_atomic(storage.join(output, INDEX_NAME), json.dumps(index, sort_keys=True))
@@ -159,7 +165,7 @@ def finalize(_computed, output: str, units: list[str], manifest_fields: dict) ->
     manifest = Manifest(
         teacher=Teacher(**m["teacher"]), tokenizer=Tokenizer(**m["tokenizer"]), vocab_size=m["vocab_size"],
         seq_len=m["seq_len"], truncation=Truncation(**m["truncation"]), codec=Codec(**m["codec"]),
-        sources=[Source(**s) for s in m["sources"]], source_fingerprint=m["source_fingerprint"],
+        sources=[Source(**s) for s in sources], source_fingerprint=m["source_fingerprint"],
         settings_fingerprint=m["settings_fingerprint"], counts=counts, extra=m.get("extra", {}),
     )
     storage.write_text_atomic(storage.join(output, MANIFEST_NAME), manifest.to_json())

@@ -24,24 +24,22 @@ planning time). The store's own version (ETag, md5Hash / crc32c, or mtime on loc
 kept beside it (`SourceFile.version`): the job records them and refuses to resume an output
 whose inputs changed in place, which catches the edits a sampled hash cannot see.
 
-Every document read is either yielded as a `Doc` or as a dead letter (a dict with `file`,
-`position`, `kind`, `reason`, `excerpt`); nothing is dropped silently. A failure that loses a
-whole file or range (unreadable file, Parquet file without the text column, corrupt row
-group or compressed stream) is one dead letter standing for what could not be read, and counts
-as one document.
+Reading the documents out of a unit (and accounting for every one of them) is
+`pipelines.readers`; `read_unit`, `Doc` and `dead_letter` are re-exported here.
+
+URIs are redacted (`schemas.redact`) in every message; identities use them whole.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
-import json
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
+from pipelines.readers import Doc, dead_letter, read_unit  # noqa: F401  (re-exported)
 from schemas import fingerprint_of, storage
+from schemas.redact import redact_text, redact_uri
 
 EXTENSIONS = {
     ".parquet": "parquet", ".pq": "parquet",
@@ -50,7 +48,6 @@ EXTENSIONS = {
 }
 COMPRESSIONS = {".gz": "gz", ".zst": "zst", ".zstd": "zst"}
 GLOB_CHARS = "*?["
-EXCERPT_CHARS = 160
 SAMPLE_BYTES = 64 << 10  # content fingerprint: this many bytes from each end of a file
 FINGERPRINT_THREADS = 16
 
@@ -84,12 +81,7 @@ class Unit:
     start: int  # parquet: first row group; jsonl: first byte; 0 for whole files
     end: int  # exclusive; -1 = to the end of the file
     first_row: int = 0  # parquet: absolute index of the first row of the range
-
-
-@dataclass(frozen=True)
-class Doc:
-    text: str
-    position: dict
+    source: int = 0  # index of the unit's file in the planned (manifest) source list
 
 
 # -- expanding inputs -----------------------------------------------------------------------------
@@ -109,7 +101,8 @@ def _version(info: dict) -> str:
 
 
 def detect_format(uri: str, forced: str = "auto") -> tuple[str, str | None]:
-    name = posixpath.basename(uri).lower()
+    web = uri.lower().startswith(("http://", "https://"))  # a URL's query (a signature, a token) is not its name
+    name = posixpath.basename(uri.split("?", 1)[0] if web else uri).lower()
     compression = None
     for ext, comp in COMPRESSIONS.items():
         if name.endswith(ext):
@@ -118,11 +111,11 @@ def detect_format(uri: str, forced: str = "auto") -> tuple[str, str | None]:
     fmt = forced if forced != "auto" else EXTENSIONS.get(posixpath.splitext(name)[1])
     if fmt is None:
         raise InputError(
-            f"input file {uri}: unknown format (extension not one of {sorted(EXTENSIONS)}, "
+            f"input file {redact_uri(uri)}: unknown format (extension not one of {sorted(EXTENSIONS)}, "
             "optionally .gz/.zst); set `format` to parquet, jsonl or text"
         )
     if fmt == "parquet" and compression:
-        raise InputError(f"input file {uri}: a Parquet file cannot be .gz/.zst compressed as a whole")
+        raise InputError(f"input file {redact_uri(uri)}: a Parquet file cannot be .gz/.zst compressed as a whole")
     return fmt, compression
 
 
@@ -167,9 +160,9 @@ def expand_inputs(patterns: list[str], forced_format: str = "auto") -> list[Sour
             else:
                 paths = []
         except (OSError, ValueError) as e:
-            raise InputError(f"input {pattern}: cannot list ({type(e).__name__}: {e})") from None
+            raise InputError(redact_text(f"input {pattern}: cannot list ({type(e).__name__}: {e})")) from None
         if not paths:
-            raise InputError(f"input {pattern}: no such file, or the glob matches no files")
+            raise InputError(f"input {redact_uri(pattern)}: no such file, or the glob matches no files")
         root = _pattern_root(path, pattern, is_dir)
         for p in sorted(paths):
             uri = _full_uri(fs, p, pattern)
@@ -201,8 +194,9 @@ def source_fingerprint(files: list[SourceFile]) -> str:
 
 
 def source_versions(files: list[SourceFile]) -> dict[str, str]:
-    """uri -> the store's version (ETag / md5Hash / mtime): what a resumed run checks for in-place edits."""
-    return {f.uri: f"{f.size}:{f.version}" for f in files}
+    """uri (redacted: it is persisted) -> the store's version (ETag / md5Hash / mtime): what a resumed
+    run checks for in-place edits."""
+    return {redact_uri(f.uri): f"{f.size}:{f.version}" for f in files}
 
 
 # -- planning --------------------------------------------------------------------------------------
@@ -243,169 +237,5 @@ def plan_units(files: list[SourceFile], rows_per_unit: int, bytes_per_unit: int)
             ranges = [(0, -1, 0)]
         pw = max(5, len(str(len(ranges))))
         for pi, (start, end, first) in enumerate(ranges):
-            units.append(Unit(f"u{fi:0{width}d}-{pi:0{pw}d}", f.uri, f.fmt, f.compression, start, end, first))
+            units.append(Unit(f"u{fi:0{width}d}-{pi:0{pw}d}", f.uri, f.fmt, f.compression, start, end, first, fi))
     return units
-
-
-# -- reading ---------------------------------------------------------------------------------------
-
-def dead_letter(unit: Unit, position: dict, kind: str, reason: str, raw: bytes | str | None = None) -> dict:
-    if isinstance(raw, bytes):
-        raw = raw[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
-    return {
-        "file": unit.uri,
-        "unit": unit.name,
-        "position": position,
-        "kind": kind,
-        "reason": reason,
-        "excerpt": (raw or "")[:EXCERPT_CHARS],
-    }
-
-
-def _check_text(value, column: str) -> tuple[str | None, str, str]:
-    """(text, kind, reason): text is None when the value is not a usable document."""
-    if value is None:
-        return None, "missing_text", f"text column '{column}' is missing or null"
-    if isinstance(value, (bytes, bytearray)):
-        try:
-            value = bytes(value).decode("utf-8")
-        except UnicodeDecodeError as e:
-            return None, "not_utf8", f"text is not UTF-8 (invalid byte at {e.start})"
-    if not isinstance(value, str):
-        return None, "wrong_type", f"text column '{column}' is {type(value).__name__}, not a string"
-    if not value.strip():
-        return None, "empty_text", f"text column '{column}' is empty"
-    return value, "", ""
-
-
-def parse_json_line(raw: bytes, column: str) -> tuple[str | None, str, str]:
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return None, "not_utf8", f"line is not UTF-8 (invalid byte at {e.start})"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        return None, "malformed_json", f"malformed JSON: {e.msg} (column {e.colno})"
-    if not isinstance(obj, dict):
-        return None, "malformed_json", f"JSON value is a {type(obj).__name__}, not an object"
-    if column not in obj:
-        return None, "missing_text", f"text column '{column}' is missing"
-    return _check_text(obj[column], column)
-
-
-def _open(unit: Unit):
-    fs, path = storage.fs_and_path(unit.uri)
-    return fs.open(path, "rb")
-
-
-def _decompressed(f, compression: str | None):
-    if compression == "gz":
-        return gzip.GzipFile(fileobj=f, mode="rb")
-    if compression == "zst":
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True))
-    return f
-
-
-def _read_jsonl_range(unit: Unit, column: str) -> Iterator[Doc | dict]:
-    with _open(unit) as f:
-        pos = unit.start
-        if pos > 0:
-            f.seek(pos - 1)
-            if f.read(1) != b"\n":
-                pos += len(f.readline())  # the line in progress belongs to the previous unit
-        end = unit.end
-        while pos < end:
-            raw = f.readline()
-            if not raw:
-                break
-            here, pos = pos, pos + len(raw)
-            body = raw.rstrip(b"\r\n")
-            if not body.strip():
-                continue
-            text, kind, reason = parse_json_line(body, column)
-            yield Doc(text, {"byte": here}) if text is not None else dead_letter(unit, {"byte": here}, kind, reason, body)
-
-
-def _read_jsonl_stream(unit: Unit, column: str) -> Iterator[Doc | dict]:
-    line_no, offset = 0, 0
-    with _open(unit) as raw_f:
-        f = _decompressed(raw_f, unit.compression)
-        while True:
-            try:
-                raw = f.readline()
-            except Exception as e:  # corrupt/truncated stream: what was read stays, the rest is one dead letter
-                yield dead_letter(unit, {"line": line_no + 1, "byte": offset}, "unreadable_file",
-                                  f"cannot decompress after line {line_no}: {type(e).__name__}: {e}")
-                return
-            if not raw:
-                return
-            line_no += 1
-            here, offset = offset, offset + len(raw)
-            body = raw.rstrip(b"\r\n")
-            if not body.strip():
-                continue
-            position = {"line": line_no, "byte": here}
-            text, kind, reason = parse_json_line(body, column)
-            yield Doc(text, position) if text is not None else dead_letter(unit, position, kind, reason, body)
-
-
-def _read_text_file(unit: Unit) -> Iterator[Doc | dict]:
-    with _open(unit) as raw_f:
-        data = _decompressed(raw_f, unit.compression).read()
-    text, kind, reason = _check_text(data, "file")
-    if text is None:
-        reason = reason.replace("text column 'file'", "file")
-        yield dead_letter(unit, {"byte": 0}, kind, reason, data)
-    else:
-        yield Doc(text, {"byte": 0})
-
-
-def _read_parquet(unit: Unit, column: str) -> Iterator[Doc | dict]:
-    import pyarrow.parquet as pq
-
-    with _open(unit) as f:
-        pf = pq.ParquetFile(f)
-        end = pf.metadata.num_row_groups if unit.end < 0 else unit.end
-        first = unit.first_row
-        if column not in pf.schema_arrow.names:
-            rows = sum(pf.metadata.row_group(g).num_rows for g in range(unit.start, end))
-            yield dead_letter(unit, {"rows": [first, first + rows]}, "missing_text",
-                              f"text column '{column}' is not in the file (columns: {', '.join(pf.schema_arrow.names)}); "
-                              f"{rows} rows skipped")
-            return
-        row = first
-        for g in range(unit.start, end):
-            n = pf.metadata.row_group(g).num_rows
-            try:
-                values = pf.read_row_group(g, columns=[column]).column(0).to_pylist()
-            except Exception as e:
-                yield dead_letter(unit, {"row_group": g, "rows": [row, row + n]}, "unreadable_file",
-                                  f"cannot read row group {g}: {type(e).__name__}: {e}")
-                row += n
-                continue
-            for v in values:
-                text, kind, reason = _check_text(v, column)
-                yield Doc(text, {"row": row}) if text is not None else dead_letter(
-                    unit, {"row": row}, kind, reason, v if isinstance(v, (str, bytes)) else repr(v))
-                row += 1
-
-
-def read_unit(unit: Unit, column: str) -> Iterator[Doc | dict]:
-    """The unit's documents in file order, and a dead letter for each one that cannot be used."""
-    if unit.fmt == "parquet":
-        reader = _read_parquet(unit, column)
-    elif unit.fmt == "jsonl":
-        reader = _read_jsonl_stream(unit, column) if unit.compression or unit.end < 0 else _read_jsonl_range(unit, column)
-    else:
-        reader = _read_text_file(unit)
-    produced = False
-    try:
-        for item in reader:
-            produced = True
-            yield item
-    except Exception as e:  # the file vanished, permissions, a corrupt footer...
-        where = {"range": [unit.start, unit.end], "partial": produced}
-        yield dead_letter(unit, where, "unreadable_file", f"cannot read file: {type(e).__name__}: {e}")

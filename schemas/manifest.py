@@ -47,8 +47,14 @@ class Codec:
 
 @dataclass(frozen=True)
 class Source:
-    uri: str
+    uri: str  # redacted (schemas.redact): no credentials are persisted
     fingerprint: str
+    # what the pipeline read from this file (None in manifests written before these were recorded)
+    documents: int | None = None
+    packed_documents: int | None = None
+    dead_letters: int | None = None
+    complete: bool = True  # False: the file was not read to its end (truncated, corrupt, unreadable)
+    problem: str = ""  # why it is incomplete (the first reason; its dead letters hold all of them)
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class Counts:
     sequences: int
     tokens: int  # real (non-padding) tokens in sequences
     units: int
+    incomplete_files: int = 0  # input files not read to their end: documents past the break are not counted
 
     def reconciles(self) -> bool:
         return self.documents == self.packed_documents + self.dead_letters
@@ -92,6 +99,13 @@ class Manifest:
         return parse_manifest(raw, where)
 
 
+class Opt:
+    """A field that older manifests (same schema version) do not have; its dataclass default applies."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+
 _SPEC = {
     "schema_version": int,
     "created_by": str,
@@ -101,20 +115,35 @@ _SPEC = {
     "seq_len": int,
     "truncation": {"method": str, "top_p": float, "top_k": int, "temperature": float},
     "codec": {"name": str, "params": dict},
-    "sources": [{"uri": str, "fingerprint": str}],
+    "sources": [{"uri": str, "fingerprint": str, "documents": Opt((int, type(None))),
+                 "packed_documents": Opt((int, type(None))), "dead_letters": Opt((int, type(None))),
+                 "complete": Opt(bool), "problem": Opt(str)}],
     "source_fingerprint": str,
     "settings_fingerprint": str,
-    "counts": {k: int for k in ("documents", "packed_documents", "dead_letters", "sequences", "tokens", "units")},
+    "counts": {**{k: int for k in ("documents", "packed_documents", "dead_letters", "sequences", "tokens", "units")},
+               "incomplete_files": Opt(int)},
     "extra": dict,
 }
 
 
 def _check(value, spec, path: str, where: str):
+    if isinstance(spec, Opt):
+        spec = spec.spec
+    if isinstance(spec, tuple):  # one of several types (e.g. int or None)
+        for one in spec:
+            try:
+                return _check(value, one, path, where)
+            except ManifestError:
+                pass
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in spec)
+        raise ManifestError(f"{where}: field '{path}' must be {names}, got {type(value).__name__} ({value!r})")
     if isinstance(spec, dict):
         if not isinstance(value, dict):
             raise ManifestError(f"{where}: field '{path}' must be an object, got {type(value).__name__}")
         for key, sub in spec.items():
             if key not in value:
+                if isinstance(sub, Opt):
+                    continue
                 raise ManifestError(f"{where}: missing field '{path + '.' if path else ''}{key}'")
             _check(value[key], sub, f"{path + '.' if path else ''}{key}", where)
         unknown = sorted(set(value) - set(spec))

@@ -1,0 +1,322 @@
+"""Reading documents out of a work unit; every document is accounted for.
+
+Every document read is yielded as a `Doc` or as a dead letter (a dict with `file`, `unit`,
+`position`, `kind`, `reason`, `excerpt`, `documents`, `incomplete`); nothing is dropped silently.
+`documents` says how many input documents the record stands for: 1 for a bad record, the row
+count of a Parquet row group or file that cannot be used (known from the Parquet metadata), the
+lines decoded before a compressed stream broke off; 0 for a part of a file whose documents
+cannot be counted (an unreadable file). So the sum of `documents` over the dead letters plus
+the packed documents is the number of documents read, and `incomplete` marks the records that
+mean "this file was not read to its end": the manifest flags such a file.
+
+A compressed file (`.gz`, `.zst`) is one unit and is checked whole before any of it is used: a
+stream that ends inside a gzip member or a zstd frame (a truncated upload), or that does not
+decode (corruption), is one dead letter of kind `truncated_file` / `corrupt_file` naming the
+compressed byte offset reached; the lines decoded before the break are counted as documents
+of that record and are not packed (a partial file is never taken for a whole one, and a
+re-run with the repaired file does not mix with a half of it). Checking costs one extra
+decompression pass, run on a local copy (remote files are spooled to local disk once).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass
+from typing import Iterator
+
+from schemas import storage
+from schemas.redact import redact_text, redact_uri
+
+EXCERPT_CHARS = 160
+CHUNK_BYTES = 1 << 20  # compressed bytes per read while decompressing
+
+
+@dataclass(frozen=True)
+class Doc:
+    text: str
+    position: dict
+
+
+class StreamError(Exception):
+    """A compressed stream that is corrupt or ends early; `offset` = compressed bytes read."""
+
+    def __init__(self, kind: str, message: str, offset: int, decoded: int):
+        super().__init__(message)
+        self.kind, self.offset, self.decoded = kind, offset, decoded
+
+
+def dead_letter(unit, position: dict, kind: str, reason: str, raw: bytes | str | None = None,
+                documents: int = 1, incomplete: bool = False) -> dict:
+    if isinstance(raw, bytes):
+        raw = raw[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
+    excerpt = (raw or "")[:EXCERPT_CHARS].encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates
+    return {
+        "file": redact_uri(unit.uri),
+        "unit": unit.name,
+        "position": position,
+        "kind": kind,
+        "reason": redact_text(reason),
+        "excerpt": excerpt,
+        "documents": documents,
+        "incomplete": incomplete,
+    }
+
+
+# -- one document's text --------------------------------------------------------------------------
+
+def check_text(value, column: str) -> tuple[str | None, str, str]:
+    """(text, kind, reason): text is None when the value is not a usable document."""
+    if value is None:
+        return None, "missing_text", f"text column '{column}' is missing or null"
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            return None, "not_utf8", f"text is not UTF-8 (invalid byte at {e.start})"
+    if not isinstance(value, str):
+        return None, "wrong_type", f"text column '{column}' is {type(value).__name__}, not a string"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate (JSON "\ud800"): no tokenizer can take it
+        return None, "invalid_unicode", (f"text holds a lone surrogate U+{ord(value[e.start]):04X} at character "
+                                         f"{e.start}: not valid Unicode text")
+    if not value.strip():
+        return None, "empty_text", f"text column '{column}' is empty"
+    return value, "", ""
+
+
+def parse_json_line(raw: bytes, column: str) -> tuple[str | None, str, str]:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, "not_utf8", f"line is not UTF-8 (invalid byte at {e.start})"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, "malformed_json", f"malformed JSON: {e.msg} (column {e.colno})"
+    except RecursionError:
+        return None, "malformed_json", "malformed JSON: nested too deeply"
+    if not isinstance(obj, dict):
+        return None, "malformed_json", f"JSON value is a {type(obj).__name__}, not an object"
+    if column not in obj:
+        return None, "missing_text", f"text column '{column}' is missing"
+    return check_text(obj[column], column)
+
+
+# -- byte streams ---------------------------------------------------------------------------------
+
+def _open(unit):
+    fs, path = storage.fs_and_path(unit.uri)
+    return fs.open(path, "rb")
+
+
+@contextlib.contextmanager
+def _local_copy(unit) -> Iterator[str]:
+    """A local path holding the unit's file: the file itself, or a spooled copy of a remote one."""
+    if storage.is_local(unit.uri):
+        yield storage.local_path(unit.uri)
+        return
+    with tempfile.TemporaryDirectory(prefix="pdistill-read-") as tmp:
+        path = os.path.join(tmp, "input")
+        with _open(unit) as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK_BYTES)
+        yield path
+
+
+def _new_decoder(compression: str):
+    if compression == "gz":
+        return zlib.decompressobj(wbits=31), zlib.error, "gzip member"
+    import zstandard
+
+    return zstandard.ZstdDecompressor().decompressobj(), zstandard.ZstdError, "zstd frame"
+
+
+def decompressed_chunks(f, compression: str | None) -> Iterator[bytes]:
+    """The decompressed bytes of a file object, in chunks. Concatenated gzip members / zstd frames
+    are read in turn (trailing zero padding is ignored, as gzip does). Raises `StreamError` when
+    the data does not decode or ends inside a member/frame: the end of a compressed stream must be
+    seen, not assumed at the end of the file."""
+    if compression is None:
+        yield from iter(lambda: f.read(CHUNK_BYTES), b"")
+        return
+    d, errors, what = _new_decoder(compression)
+    read = decoded = members = 0
+    fed = False  # the current decoder has been given bytes
+    while True:
+        block = f.read(CHUNK_BYTES)
+        if not block:
+            break
+        read += len(block)
+        data = block
+        while data:
+            if members and not fed and not data.strip(b"\x00"):
+                break  # zero padding after the last member
+            try:
+                out = d.decompress(data)
+            except errors as e:
+                raise StreamError("corrupt_file", f"the {what} does not decode ({e}); read {read} compressed bytes, "
+                                  f"decoded {decoded} bytes", read, decoded) from None
+            fed = True
+            decoded += len(out)
+            if out:
+                yield out
+            if not d.eof:
+                break
+            members += 1
+            data, (d, errors, what), fed = d.unused_data, _new_decoder(compression), False
+    if fed:
+        raise StreamError("truncated_file", f"the file ends at compressed byte {read} inside a {what}, after "
+                          f"{decoded} decoded bytes: the file is truncated", read, decoded)
+
+
+def lines_of(chunks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(offset, line with its newline) over a chunked byte stream; the last line may lack one."""
+    pending, base, scan = bytearray(), 0, 0
+    for chunk in chunks:
+        pending += chunk
+        start = 0
+        while True:
+            i = pending.find(b"\n", scan)
+            if i < 0:
+                break
+            yield base + start, bytes(pending[start : i + 1])
+            start = scan = i + 1
+        del pending[:start]
+        base += start
+        scan = len(pending)
+    if pending:
+        yield base, bytes(pending)
+
+
+# -- readers --------------------------------------------------------------------------------------
+
+def _read_jsonl_range(unit, column: str) -> Iterator[Doc | dict]:
+    with _open(unit) as f:
+        pos = unit.start
+        if pos > 0:
+            f.seek(pos - 1)
+            if f.read(1) != b"\n":
+                pos += len(f.readline())  # the line in progress belongs to the previous unit
+        end = unit.end
+        while pos < end:
+            raw = f.readline()
+            if not raw:
+                yield dead_letter(unit, {"byte": pos}, "truncated_file",
+                                  f"the file ends at byte {pos}, before the end of its planned range ({end}): it "
+                                  "shrank since the job was planned", documents=0, incomplete=True)
+                return
+            here, pos = pos, pos + len(raw)
+            body = raw.rstrip(b"\r\n")
+            if not body.strip():
+                continue
+            text, kind, reason = parse_json_line(body, column)
+            yield Doc(text, {"byte": here}) if text is not None else dead_letter(unit, {"byte": here}, kind, reason, body)
+
+
+def _count_lines(path: str, compression: str | None) -> int:
+    """Non-empty lines of a whole compressed file (raises StreamError, with `.lines` set)."""
+    n = 0
+    with open(path, "rb") as f:
+        try:
+            for _, raw in lines_of(decompressed_chunks(f, compression)):
+                n += bool(raw.strip())
+        except StreamError as e:
+            e.lines = n
+            raise
+    return n
+
+
+def _broken_stream(unit, e: StreamError, documents: int, what: str) -> dict:
+    return dead_letter(unit, {"compressed_byte": e.offset, "decoded_bytes": e.decoded}, e.kind,
+                       f"{e}; {what}", documents=documents, incomplete=True)
+
+
+def _read_jsonl_stream(unit, column: str) -> Iterator[Doc | dict]:
+    with _local_copy(unit) as path:
+        try:
+            _count_lines(path, unit.compression)
+        except StreamError as e:
+            yield _broken_stream(unit, e, e.lines, f"the {e.lines} lines read before the break are counted here "
+                                 "and not packed (a partial file is not used)")
+            return
+        with open(path, "rb") as f:
+            line_no = 0
+            for here, raw in lines_of(decompressed_chunks(f, unit.compression)):
+                line_no += 1
+                body = raw.rstrip(b"\r\n")
+                if not body.strip():
+                    continue
+                position = {"line": line_no, "byte": here}
+                text, kind, reason = parse_json_line(body, column)
+                yield Doc(text, position) if text is not None else dead_letter(unit, position, kind, reason, body)
+
+
+def _read_text_file(unit) -> Iterator[Doc | dict]:
+    with _local_copy(unit) as path, open(path, "rb") as f:
+        try:
+            data = b"".join(decompressed_chunks(f, unit.compression))
+        except StreamError as e:
+            yield _broken_stream(unit, e, 1, "the file's one document is not used")
+            return
+    text, kind, reason = check_text(data, "file")
+    if text is None:
+        reason = reason.replace("text column 'file'", "file")
+        yield dead_letter(unit, {"byte": 0}, kind, reason, data)
+    else:
+        yield Doc(text, {"byte": 0})
+
+
+def _read_parquet(unit, column: str) -> Iterator[Doc | dict]:
+    import pyarrow.parquet as pq
+
+    with _open(unit) as f:
+        pf = pq.ParquetFile(f)
+        end = pf.metadata.num_row_groups if unit.end < 0 else unit.end
+        first = unit.first_row
+        if column not in pf.schema_arrow.names:
+            rows = sum(pf.metadata.row_group(g).num_rows for g in range(unit.start, end))
+            yield dead_letter(unit, {"rows": [first, first + rows]}, "missing_text",
+                              f"text column '{column}' is not in the file (columns: {', '.join(pf.schema_arrow.names)}); "
+                              f"{rows} rows not used", documents=rows)
+            return
+        row = first
+        for g in range(unit.start, end):
+            n = pf.metadata.row_group(g).num_rows
+            try:
+                values = pf.read_row_group(g, columns=[column]).column(0).to_pylist()
+            except Exception as e:
+                yield dead_letter(unit, {"row_group": g, "rows": [row, row + n]}, "unreadable_row_group",
+                                  f"cannot read row group {g} ({n} rows): {type(e).__name__}: {e}", documents=n)
+                row += n
+                continue
+            for v in values:
+                text, kind, reason = check_text(v, column)
+                yield Doc(text, {"row": row}) if text is not None else dead_letter(
+                    unit, {"row": row}, kind, reason, v if isinstance(v, (str, bytes)) else repr(v))
+                row += 1
+
+
+def read_unit(unit, column: str) -> Iterator[Doc | dict]:
+    """The unit's documents in file order, and a dead letter for each one that cannot be used."""
+    if unit.fmt == "parquet":
+        reader = _read_parquet(unit, column)
+    elif unit.fmt == "jsonl":
+        reader = _read_jsonl_stream(unit, column) if unit.compression or unit.end < 0 else _read_jsonl_range(unit, column)
+    else:
+        reader = _read_text_file(unit)
+    produced = 0
+    try:
+        for item in reader:
+            produced += item["documents"] if isinstance(item, dict) else 1
+            yield item
+    except Exception as e:  # the file vanished, permissions, a corrupt footer...
+        whole = unit.fmt == "text" and not produced  # a text file is one document, counted here
+        rest = "its one document is not used" if whole else "the rest of it is not counted"
+        after = f" after {produced} documents" if produced else ""
+        yield dead_letter(unit, {"range": [unit.start, unit.end]}, "unreadable_file",
+                          f"cannot read the file{after}: {type(e).__name__}: {e}; {rest}",
+                          documents=int(whole), incomplete=True)
