@@ -26,6 +26,7 @@ from pipelines.config import PipelineConfig
 from pipelines.packing import ReadAndPack, load_tokenizer, resolve_bos, resolve_separator
 from pipelines.sink import EncodeSample, WritePart, finalize, finished_units
 from pipelines.sources import SourceFile, Unit, expand_inputs, plan_units, source_fingerprint, source_versions
+from pipelines.teacher_limits import check_fits
 from pipelines.teacher import TeacherInfo, TeacherModelHandler, inspect_teacher, prefetch_revision
 from schemas import MANIFEST_NAME, PARTS_DIR, Manifest, fingerprint_tokenizer, make_codec, storage
 from schemas.redact import redact_uri
@@ -66,6 +67,7 @@ def prepare(config: PipelineConfig) -> Plan:
     sep_id = resolve_separator(tok, config.separator, f"tokenizer {config.tokenizer_uri}")
     bos_id = resolve_bos(tok, config.add_bos, f"tokenizer {config.tokenizer_uri}")
     teacher = inspect_teacher(config.teacher, len(tok), config.tokenizer_uri, revision)
+    check_fits(teacher, config)  # seq_len within the teacher's positions; the forward fits in memory
     if config.selection == "top_p_k":
         validate_params(config.top_p, config.top_k, teacher.vocab_size)
     resolved = {

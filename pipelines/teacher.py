@@ -25,6 +25,8 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipelines import faults
 from pipelines.packing import Packed
+from pipelines.teacher_limits import (DTYPE_BYTES, ForwardShape, available_memory, check_memory, check_positions,
+                                      forward_shape)
 from schemas import Truncated, sample_select, storage, truncate_tensor
 
 NAMESPACE = "pdistill"
@@ -41,6 +43,8 @@ class TeacherInfo:
     local_dir: str
     vocab_size: int  # logits dimension
     revision: str  # sha256 over config.json and the weight files
+    shape: ForwardShape | None = None  # what sizes a forward (pipelines.teacher_limits)
+    params: int = 0  # parameter count (from the safetensors headers; a lower bound for other formats)
 
 
 def _weight_files(local_dir: str) -> list[str]:
@@ -109,18 +113,21 @@ def inspect_teacher(uri: str, tokenizer_len: int, tokenizer_uri: str, revision=N
     weights = _weight_files(local)
     if not weights:
         raise TeacherError(f"teacher {uri}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) in the checkpoint")
+    params = 0
     for name in weights:
         if name.endswith(".safetensors"):
             try:
                 from safetensors import safe_open
 
                 with safe_open(os.path.join(local, name), framework="numpy") as f:
-                    f.keys()
+                    params += sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
             except Exception as e:
                 raise TeacherError(f"teacher {uri}: weight file {name} is unreadable ({type(e).__name__}: {e})") from None
+        else:
+            params += os.path.getsize(os.path.join(local, name)) // 4
     vocab = logits_dim(config)
     check_vocab(vocab, tokenizer_len, uri, tokenizer_uri)
-    return TeacherInfo(local, vocab, rev or teacher_revision(local))
+    return TeacherInfo(local, vocab, rev or teacher_revision(local), forward_shape(config, vocab), params)
 
 
 def resolve_device_dtype(device: str = "auto", dtype: str = "auto"):
@@ -166,7 +173,19 @@ class TeacherRunner:
         check_vocab(self.vocab_size, min_vocab, model_uri, "(pipeline tokenizer)")
         self.model = model.to(self.device).eval()
         self.selection, self.top_p, self.top_k, self.num_draws = selection, top_p, top_k, num_draws
+        self.model_uri, self.checked = model_uri, set()  # batch shapes that passed check_limits
         torch.set_grad_enabled(False)
+
+    def check_limits(self, batch_size: int, seq_len: int) -> None:
+        """Before the first forward of a batch shape: positions, and memory on this device now."""
+        if (batch_size, seq_len) in self.checked:
+            return
+        shape = forward_shape(self.model.config, self.vocab_size)
+        check_positions(seq_len, shape, self.model_uri)
+        available, where = available_memory(str(self.device))
+        elt = DTYPE_BYTES.get(str(self.dtype).replace("torch.", ""), 4)
+        check_memory(shape, batch_size=batch_size, seq_len=seq_len, dtype_bytes=elt, available=available, where=where)
+        self.checked.add((batch_size, seq_len))
 
     def describe(self) -> dict:
         """Where this model lives (a method, so it also answers through a multi-process proxy)."""
@@ -176,6 +195,7 @@ class TeacherRunner:
                 inference_args: dict | None = None) -> list[Truncated]:
         import torch
 
+        self.check_limits(*np.shape(tokens))
         with torch.inference_mode():
             ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=self.device)
             logits = self.model(input_ids=ids, **(inference_args or {})).logits
