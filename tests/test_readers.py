@@ -1,0 +1,163 @@
+"""Reading units without a runner: compressed-stream integrity, what dead letters count, poison
+pills at the tokenizer, the teacher's limits on a worker, and URI redaction."""
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("apache_beam")
+
+from fixtures_models import make_texts  # noqa: E402
+from pipelines.readers import Doc, StreamError, decompressed_chunks, lines_of, read_unit  # noqa: E402
+from pipelines.sources import detect_format, expand_inputs, plan_units  # noqa: E402
+from schemas.redact import redact_text, redact_uri  # noqa: E402
+
+
+def jsonl(texts) -> bytes:
+    return "".join(json.dumps({"text": t}) + "\n" for t in texts).encode()
+
+
+def read(path) -> list:
+    (unit,) = plan_units(expand_inputs([str(path)]), 1000, 1 << 20)
+    return list(read_unit(unit, "text"))
+
+
+def zstd(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def test_whole_streams_of_several_members_or_frames_read_completely(tmp_path):
+    texts = make_texts(30, seed=1)
+    a, b = jsonl(texts[:20]), jsonl(texts[20:])
+    (tmp_path / "m.jsonl.gz").write_bytes(gzip.compress(a) + gzip.compress(b) + b"\x00" * 64)  # zero padding: ok
+    (tmp_path / "f.jsonl.zst").write_bytes(zstd(a) + zstd(b))
+    (tmp_path / "e.jsonl.gz").write_bytes(b"")
+    for name in ("m.jsonl.gz", "f.jsonl.zst"):
+        items = read(tmp_path / name)
+        assert [d.text for d in items] == texts and all(isinstance(d, Doc) for d in items)
+        assert items[20].position == {"line": 21, "byte": len(a)}
+    assert read(tmp_path / "e.jsonl.gz") == []  # an empty file is an empty stream, not a broken one
+
+
+@pytest.mark.parametrize("comp", ["gz", "zst"])
+def test_a_stream_cut_anywhere_is_one_incomplete_dead_letter(tmp_path, comp):
+    body = jsonl(make_texts(300, seed=2))
+    data = gzip.compress(body) if comp == "gz" else zstd(body)
+    for cut in (1, len(data) // 3, len(data) - 1):
+        path = tmp_path / f"cut{cut}.jsonl.{comp}"
+        path.write_bytes(data[:cut])
+        (d,) = read(path)
+        assert (d["kind"], d["incomplete"], d["position"]["compressed_byte"]) == ("truncated_file", True, cut)
+        assert d["documents"] == body[: d["position"]["decoded_bytes"]].count(b"\n")  # lines read, not packed
+
+
+@pytest.mark.parametrize("comp", ["gz", "zst"])
+def test_a_corrupted_stream_is_one_incomplete_dead_letter(tmp_path, comp):
+    import zstandard
+
+    body = jsonl(make_texts(300, seed=2))  # zstd detects corruption with its frame checksum (the CLI's default)
+    data = bytearray(gzip.compress(body) if comp == "gz" else zstandard.ZstdCompressor(write_checksum=True).compress(body))
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / f"flip.jsonl.{comp}").write_bytes(bytes(data))
+    (d,) = read(tmp_path / f"flip.jsonl.{comp}")
+    assert (d["kind"], d["incomplete"]) == ("corrupt_file", True) and "does not decode" in d["reason"]
+
+
+def test_trailing_garbage_after_a_member_is_corruption_not_eof(tmp_path):
+    (tmp_path / "g.jsonl.gz").write_bytes(gzip.compress(jsonl(["fine"])) + b"garbage!")
+    (d,) = read(tmp_path / "g.jsonl.gz")
+    assert d["kind"] == "corrupt_file" and d["documents"] == 1 and d["incomplete"]
+
+
+def test_lines_of_keeps_offsets_across_chunks():
+    chunks = [b"ab", b"c\nde", b"", b"f\n\ng", b"h"]
+    assert list(lines_of(iter(chunks))) == [(0, b"abc\n"), (4, b"def\n"), (8, b"\n"), (9, b"gh")]
+    with pytest.raises(StreamError):
+        list(decompressed_chunks(__import__("io").BytesIO(gzip.compress(b"x" * 100)[:-3]), "gz"))
+
+
+def test_a_file_that_shrank_since_planning_is_flagged(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(jsonl(make_texts(20, seed=3)))
+    (unit,) = plan_units(expand_inputs([str(path)]), 1000, 1 << 20)
+    path.write_bytes(path.read_bytes()[:100])
+    last = list(read_unit(unit, "text"))[-1]
+    assert last["kind"] == "truncated_file" and last["incomplete"] and "shrank" in last["reason"]
+
+
+def test_truncated_stream_on_s3_is_detected_through_the_spooled_copy(s3_bucket):
+    from schemas import storage
+
+    data = gzip.compress(jsonl(make_texts(200, seed=4)))
+    storage.write_bytes_atomic(storage.join(s3_bucket, "lake", "a.jsonl.gz"), data[: len(data) // 2])
+    storage.write_bytes_atomic(storage.join(s3_bucket, "lake", "b.jsonl.gz"), data)
+    units = plan_units(expand_inputs([storage.join(s3_bucket, "lake", "*")]), 1000, 1 << 20)
+    (cut,), whole = list(read_unit(units[0], "text")), list(read_unit(units[1], "text"))
+    assert cut["kind"] == "truncated_file" and cut["position"]["compressed_byte"] == len(data) // 2
+    assert len(whole) == 200 and all(isinstance(d, Doc) for d in whole)
+
+
+def test_tokenizer_failures_cost_only_the_bad_document(tiny_teacher):
+    from pipelines.packing import Packer, load_tokenizer, pack_documents
+
+    tok = load_tokenizer(tiny_teacher)
+    texts = ["a good one.", "lone \ud800 surrogate", "another good one."]
+    with pytest.raises(TypeError):
+        tok(texts, add_special_tokens=False)  # the poison pill, as the real tokenizer sees it
+    rejected = []
+    packer = Packer(seq_len=4, sep_id=0)
+    out = pack_documents(texts, tok, packer, "u0", "sha256:x", 0, rejected)
+    assert [j for j, _ in rejected] == [1] and isinstance(rejected[0][1], TypeError)
+    stream = [t for p in out for t in p.tokens.tolist()] + [t for t in packer.buf]
+    good = [tok(t, add_special_tokens=False)["input_ids"] + [0] for t in (texts[0], texts[2])]
+    assert stream == good[0] + good[1]
+
+
+def test_worker_checks_positions_and_memory_before_the_first_forward(tiny_teacher):
+    from pipelines.teacher import TeacherRunner
+    from pipelines.teacher_limits import TeacherLimitError
+
+    runner = TeacherRunner(tiny_teacher, selection="top_p_k", top_p=0.9, top_k=4, num_draws=4, device="cpu")
+    with pytest.raises(TeacherLimitError, match="'seq_len' is 600 .* at most 512 positions"):
+        runner.predict(np.zeros((1, 600), dtype=np.int64), [600], [0])
+    with pytest.raises(TeacherLimitError, match=r"'batch_size' 8388608 x 'seq_len' 512 .* GiB"):
+        runner.check_limits(1 << 23, 512)
+    assert len(runner.predict(np.zeros((2, 16), dtype=np.int64), [16, 9], [0, 0])) == 2  # a sane batch runs
+
+
+def test_redaction_of_uris():
+    assert redact_uri("http://user:pw@h:8/a/b.jsonl?token=t&x=1") == "http://user:***@h:8/a/b.jsonl?token=***&x=1"
+    assert redact_uri("https://ghp_TOKEN@github.com/o/r") == "https://***@github.com/o/r"
+    assert redact_uri("s3://AKIA:SECRET@bucket/k") == "s3://AKIA:***@bucket/k"
+    signed = ("https://s.example/b/o.parquet?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA%2F1&X-Amz-Signature=abc"
+              "&X-Amz-Security-Token=tt&sig=s&key=k&se=2026&api_key=q&part=2")
+    assert redact_uri(signed) == ("https://s.example/b/o.parquet?X-Amz-Algorithm=AWS4&X-Amz-Credential=***"
+                                  "&X-Amz-Signature=***&X-Amz-Security-Token=***&sig=***&key=***&se=2026&api_key=***&part=2")
+    for plain in ("gs://b/dir/*.jsonl", "/local/a?b.jsonl", "file:///x/y.parquet", "s3://b/k?"):
+        assert redact_uri(plain) == plain
+    assert redact_text("input http://u:p@h/x?sig=1: no such file") == "input http://u:***@h/x?sig=***: no such file"
+    assert detect_format(signed) == ("parquet", None)  # the query of a signed URL is not part of the file name
+    assert detect_format("https://h/a.jsonl.zst?token=t") == ("jsonl", "zst")
+
+
+def test_manifests_without_the_per_source_fields_still_load():
+    from schemas import Manifest
+    from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
+
+    m = Manifest(teacher=Teacher("t", "r"), tokenizer=Tokenizer("f", 0, False), vocab_size=8, seq_len=4,
+                 truncation=Truncation("top_p_k", 0.9, 2), codec=Codec("exact", {}), sources=[Source("a", "fp")],
+                 source_fingerprint="s", settings_fingerprint="x",
+                 counts=Counts(documents=3, packed_documents=2, dead_letters=1, sequences=1, tokens=4, units=1))
+    raw = json.loads(m.to_json())
+    for k in ("documents", "packed_documents", "dead_letters", "complete", "problem"):
+        del raw["sources"][0][k]
+    del raw["counts"]["incomplete_files"]
+    old = Manifest.from_json(json.dumps(raw))
+    assert old == m and old.sources[0].complete and old.counts.incomplete_files == 0
+    raw["sources"][0]["complete"] = "no"
+    with pytest.raises(ValueError, match=r"sources\[0\].complete"):
+        Manifest.from_json(json.dumps(raw))
