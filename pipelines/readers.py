@@ -16,6 +16,12 @@ compressed byte offset reached; the lines decoded before the break are counted a
 of that record and are not packed (a partial file is never taken for a whole one, and a
 re-run with the repaired file does not mix with a half of it). Checking costs one extra
 decompression pass, run on a local copy (remote files are spooled to local disk once).
+
+Poison pills: a record longer than `MAX_RECORD_BYTES` (a JSON line, a text file; typically junk
+without newlines) is skipped without being held in memory and dead-lettered as
+`record_too_large`; text that is not valid Unicode (a lone surrogate from a JSON `\ud800` escape,
+which makes the tokenizer raise) is `invalid_unicode`; null / non-string text is `missing_text` /
+`wrong_type`. What the tokenizer still refuses is dead-lettered by the packer (`tokenizer_error`).
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from schemas.redact import redact_text, redact_uri
 
 EXCERPT_CHARS = 160
 CHUNK_BYTES = 1 << 20  # compressed bytes per read while decompressing
+MAX_RECORD_BYTES = 64 << 20  # a longer line or text file (junk without newlines?) is a dead letter, never loaded
 
 
 @dataclass(frozen=True)
@@ -173,23 +180,55 @@ def decompressed_chunks(f, compression: str | None) -> Iterator[bytes]:
                           f"{decoded} decoded bytes: the file is truncated", read, decoded)
 
 
-def lines_of(chunks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
-    """(offset, line with its newline) over a chunked byte stream; the last line may lack one."""
-    pending, base, scan = bytearray(), 0, 0
+def lines_of(chunks: Iterator[bytes], limit: int | None = None) -> Iterator[tuple[int, bytes | None, int]]:
+    """(offset, line with its newline, length) over a chunked byte stream; the last line may lack
+    the newline. A line longer than `limit` is not held in memory: its bytes are skipped and it is
+    yielded as (offset, None, length)."""
+    limit = MAX_RECORD_BYTES if limit is None else limit
+    pending, start, skip, off = bytearray(), 0, None, 0  # skip: offset of an oversized line being skipped
     for chunk in chunks:
-        pending += chunk
-        start = 0
-        while True:
-            i = pending.find(b"\n", scan)
-            if i < 0:
-                break
-            yield base + start, bytes(pending[start : i + 1])
-            start = scan = i + 1
-        del pending[:start]
-        base += start
-        scan = len(pending)
-    if pending:
-        yield base, bytes(pending)
+        pos = 0
+        while pos < len(chunk):
+            i = chunk.find(b"\n", pos)
+            end = len(chunk) if i < 0 else i + 1
+            if skip is None:
+                if not pending:
+                    start = off + pos
+                pending += chunk[pos:end]
+                if len(pending) > limit:
+                    skip, pending = start, bytearray()
+            if i >= 0:
+                if skip is not None:
+                    yield skip, None, off + end - skip
+                    skip = None
+                else:
+                    yield start, bytes(pending), len(pending)
+                    pending = bytearray()
+            pos = end
+        off += len(chunk)
+    if skip is not None:
+        yield skip, None, off - skip
+    elif pending:
+        yield start, bytes(pending), len(pending)
+
+
+def readline_capped(f, limit: int | None = None) -> tuple[bytes | None, int]:
+    """One line of a file object (None when longer than `limit`: skipped, never held) and its length."""
+    limit = MAX_RECORD_BYTES if limit is None else limit
+    raw = f.readline(limit + 1)
+    if len(raw) <= limit or raw.endswith(b"\n"):
+        return raw, len(raw)
+    n = len(raw)
+    while True:
+        more = f.readline(CHUNK_BYTES)
+        n += len(more)
+        if not more or more.endswith(b"\n"):
+            return None, n
+
+
+def _too_large(unit, position: dict, size: int) -> dict:
+    return dead_letter(unit, position, "record_too_large",
+                       f"record of {size} bytes is larger than the {MAX_RECORD_BYTES >> 20} MiB limit per document")
 
 
 # -- readers --------------------------------------------------------------------------------------
@@ -200,10 +239,14 @@ def _read_jsonl_range(unit, column: str) -> Iterator[Doc | dict]:
         if pos > 0:
             f.seek(pos - 1)
             if f.read(1) != b"\n":
-                pos += len(f.readline())  # the line in progress belongs to the previous unit
+                pos += readline_capped(f, 0)[1]  # the line in progress belongs to the previous unit
         end = unit.end
         while pos < end:
-            raw = f.readline()
+            raw, size = readline_capped(f)
+            if raw is None:
+                yield _too_large(unit, {"byte": pos}, size)
+                pos += size
+                continue
             if not raw:
                 yield dead_letter(unit, {"byte": pos}, "truncated_file",
                                   f"the file ends at byte {pos}, before the end of its planned range ({end}): it "
@@ -222,8 +265,8 @@ def _count_lines(path: str, compression: str | None) -> int:
     n = 0
     with open(path, "rb") as f:
         try:
-            for _, raw in lines_of(decompressed_chunks(f, compression)):
-                n += bool(raw.strip())
+            for _, raw, _size in lines_of(decompressed_chunks(f, compression)):
+                n += raw is None or bool(raw.strip())
         except StreamError as e:
             e.lines = n
             raise
@@ -245,23 +288,36 @@ def _read_jsonl_stream(unit, column: str) -> Iterator[Doc | dict]:
             return
         with open(path, "rb") as f:
             line_no = 0
-            for here, raw in lines_of(decompressed_chunks(f, unit.compression)):
+            for here, raw, size in lines_of(decompressed_chunks(f, unit.compression)):
                 line_no += 1
+                position = {"line": line_no, "byte": here}
+                if raw is None:
+                    yield _too_large(unit, position, size)
+                    continue
                 body = raw.rstrip(b"\r\n")
                 if not body.strip():
                     continue
-                position = {"line": line_no, "byte": here}
                 text, kind, reason = parse_json_line(body, column)
                 yield Doc(text, position) if text is not None else dead_letter(unit, position, kind, reason, body)
 
 
 def _read_text_file(unit) -> Iterator[Doc | dict]:
     with _local_copy(unit) as path, open(path, "rb") as f:
+        parts, size = [], 0
         try:
-            data = b"".join(decompressed_chunks(f, unit.compression))
+            for chunk in decompressed_chunks(f, unit.compression):
+                size += len(chunk)
+                if size <= MAX_RECORD_BYTES:
+                    parts.append(chunk)
+                else:
+                    parts.clear()  # keep reading: a broken stream is reported as such
         except StreamError as e:
             yield _broken_stream(unit, e, 1, "the file's one document is not used")
             return
+    if size > MAX_RECORD_BYTES:
+        yield _too_large(unit, {"byte": 0}, size)
+        return
+    data = b"".join(parts)
     text, kind, reason = check_text(data, "file")
     if text is None:
         reason = reason.replace("text column 'file'", "file")

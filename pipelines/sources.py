@@ -27,7 +27,8 @@ whose inputs changed in place, which catches the edits a sampled hash cannot see
 Reading the documents out of a unit (and accounting for every one of them) is
 `pipelines.readers`; `read_unit`, `Doc` and `dead_letter` are re-exported here.
 
-URIs are redacted (`schemas.redact`) in every message; identities use them whole.
+URIs are redacted (`schemas.redact`) in every message and record. Identities use them whole,
+except the secret query parameters of a signed URL: its signature rotates, the file stays the same.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from typing import Iterator
 
 from pipelines.readers import Doc, dead_letter, read_unit  # noqa: F401  (re-exported)
 from schemas import fingerprint_of, storage
-from schemas.redact import redact_text, redact_uri
+from schemas.redact import redact_query, redact_text, redact_uri
 
 EXTENSIONS = {
     ".parquet": "parquet", ".pq": "parquet",
@@ -172,6 +173,7 @@ def expand_inputs(patterns: list[str], forced_format: str = "auto") -> list[Sour
             info = fs.info(p)
             fmt, comp = detect_format(uri, forced_format)
             name = posixpath.relpath(p, root) if root else p
+            name = redact_query(name) if "://" in uri else name  # a rotated signature is the same input
             jobs.append((fs, p, uri, int(info.get("size") or 0), _version(info), fmt, comp, name, (pi, name)))
 
     def one(job):

@@ -44,6 +44,13 @@ def _redact_query(query: str) -> str:
     return "&".join(parts)
 
 
+def redact_query(text: str) -> str:
+    """`name?query` with secret parameter values masked: for relative names of signed URLs, so that a
+    rotated signature does not change an identity built on the name."""
+    head, q, query = text.partition("?")
+    return head + q + _redact_query(query) if q else text
+
+
 def redact_uri(uri: str) -> str:
     """The URI with userinfo secrets and secret query parameter values masked (see the module doc)."""
     if not isinstance(uri, str) or not _SCHEME.match(uri):

@@ -167,8 +167,12 @@ def test_credentials_in_input_uris_are_never_persisted(tiny_teacher, tmp_path, h
     assert [s.uri for s in m.sources] == [redacted] and dead[0]["file"] == redacted
     settings = json.loads(written["_settings.json"])
     assert list(settings["source_versions"]) == [redacted]
-    # identity still uses the full URI: the same file under another token is the same source content,
-    # and a missing input's error names it without the secret
+    # a rotated signature or token is the same input: the re-run finds the dataset complete
+    rotated = uri.replace("SIGSECRET", "SIG2").replace("TOKSECRET", "TOK2")
+    assert main(["--input", rotated, "--teacher", tiny_teacher, "--output", str(out), "--format", "jsonl",
+                 "--seq-len", "32", "--top-k", "8", "--no-progress"]) == 0
+    assert "already complete" in capsys.readouterr().out
+    # a missing input's error names it without the secret
     assert main(["--input", uri.replace("a.jsonl", "gone.jsonl"), "--teacher", tiny_teacher, "--output",
                  str(tmp_path / "ds2"), "--format", "jsonl"]) == 2
     err = capsys.readouterr().err

@@ -75,7 +75,10 @@ def test_trailing_garbage_after_a_member_is_corruption_not_eof(tmp_path):
 
 def test_lines_of_keeps_offsets_across_chunks():
     chunks = [b"ab", b"c\nde", b"", b"f\n\ng", b"h"]
-    assert list(lines_of(iter(chunks))) == [(0, b"abc\n"), (4, b"def\n"), (8, b"\n"), (9, b"gh")]
+    assert list(lines_of(iter(chunks))) == [(0, b"abc\n", 4), (4, b"def\n", 4), (8, b"\n", 1), (9, b"gh", 2)]
+    # a line over the limit is skipped, not held: (offset, None, length)
+    assert list(lines_of(iter([b"ok\n0123", b"456789", b"ab\nend"]), limit=6)) == [
+        (0, b"ok\n", 3), (3, None, 13), (16, b"end", 3)]
     with pytest.raises(StreamError):
         list(decompressed_chunks(__import__("io").BytesIO(gzip.compress(b"x" * 100)[:-3]), "gz"))
 
@@ -161,3 +164,26 @@ def test_manifests_without_the_per_source_fields_still_load():
     raw["sources"][0]["complete"] = "no"
     with pytest.raises(ValueError, match=r"sources\[0\].complete"):
         Manifest.from_json(json.dumps(raw))
+
+
+def test_records_too_large_to_hold_are_dead_letters(tmp_path, monkeypatch):
+    import pipelines.readers as readers
+
+    monkeypatch.setattr(readers, "MAX_RECORD_BYTES", 200)
+    junk = b"x" * 1000  # e.g. a binary file without newlines named .jsonl
+    lines = [json.dumps({"text": "small one"}).encode(), junk, json.dumps({"text": "small two"}).encode()]
+    body = b"\n".join(lines) + b"\n"
+    (tmp_path / "a.jsonl").write_bytes(body)
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(body))
+    (tmp_path / "c.txt").write_bytes(b"word " * 100)
+    for name in ("a.jsonl", "b.jsonl.gz"):
+        items = read(tmp_path / name)
+        assert [i.text for i in items if isinstance(i, Doc)] == ["small one", "small two"]
+        (d,) = [i for i in items if not isinstance(i, Doc)]
+        assert d["kind"] == "record_too_large" and d["position"]["byte"] == len(lines[0]) + 1 and "1001 bytes" in d["reason"]
+    (d,) = read(tmp_path / "c.txt")
+    assert d["kind"] == "record_too_large" and d["documents"] == 1
+    # a byte range starting inside the huge line skips it without loading it
+    units = plan_units(expand_inputs([str(tmp_path / "a.jsonl")]), 1000, 100)
+    got = [i for u in units for i in read_unit(u, "text")]
+    assert [i.text for i in got if isinstance(i, Doc)] == ["small one", "small two"] and len(got) == 3
