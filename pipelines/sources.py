@@ -36,7 +36,6 @@ import hashlib
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
 
 from pipelines.readers import Doc, dead_letter, read_unit  # noqa: F401  (re-exported)
 from schemas import fingerprint_of, storage

@@ -2,7 +2,6 @@
 pills at the tokenizer, the teacher's limits on a worker, and URI redaction."""
 import gzip
 import json
-import os
 
 import numpy as np
 import pytest
