@@ -75,7 +75,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig.from_dict({**base, **given}, where="command line")
 
 
-def print_report(report, stream=sys.stdout) -> None:
+def print_report(report, stream=None) -> None:
+    stream = stream or sys.stdout  # looked up at call time (sys.stdout may be replaced after import)
     m, s = report.metrics, report.summary
     if report.complete_before:
         print(f"{redact_uri(report.output)}: already complete with these settings; nothing to do", file=stream)
