@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from schemas.redact import redact_uri
+
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "max_seq_len", "seq_length", "n_ctx")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GIB = float(1 << 30)
@@ -75,7 +77,7 @@ def forward_shape(config, vocab: int) -> ForwardShape:
 def check_positions(seq_len: int, shape: ForwardShape, teacher: str) -> None:
     if shape.max_positions is not None and seq_len > shape.max_positions:
         raise TeacherLimitError(
-            f"setting 'seq_len' is {seq_len} but teacher {teacher} was trained for at most {shape.max_positions} "
+            f"setting 'seq_len' is {seq_len} but teacher {redact_uri(teacher)} was trained for at most {shape.max_positions} "
             f"positions (max_position_embeddings): its distributions past that are not meaningful; "
             f"set seq_len <= {shape.max_positions}")
 
