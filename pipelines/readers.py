@@ -39,6 +39,7 @@ from schemas.redact import redact_text, redact_uri
 
 EXCERPT_CHARS = 160
 CHUNK_BYTES = 1 << 20  # compressed bytes per read while decompressing
+LINE_READ_BYTES = 64 << 10  # per read while looking for a newline in a remote file
 MAX_RECORD_BYTES = 64 << 20  # a longer line or text file (junk without newlines?) is a dead letter, never loaded
 
 
@@ -213,17 +214,42 @@ def lines_of(chunks: Iterator[bytes], limit: int | None = None) -> Iterator[tupl
 
 
 def readline_capped(f, limit: int | None = None) -> tuple[bytes | None, int]:
-    """One line of a file object (None when longer than `limit`: skipped, never held) and its length."""
+    """One line of a file object (None when longer than `limit`: skipped, never held) and its length.
+    fsspec's remote files take no size in `readline` (and would load a line of any length): they
+    are read block by block from their cache, as fsspec's own `readuntil` does."""
     limit = MAX_RECORD_BYTES if limit is None else limit
-    raw = f.readline(limit + 1)
-    if len(raw) <= limit or raw.endswith(b"\n"):
-        return raw, len(raw)
-    n = len(raw)
+    from fsspec.spec import AbstractBufferedFile
+
+    if not isinstance(f, AbstractBufferedFile):
+        raw = f.readline(limit + 1)
+        if len(raw) <= limit or raw.endswith(b"\n"):
+            return raw, len(raw)
+        n = len(raw)
+        while True:
+            more = f.readline(CHUNK_BYTES)
+            n += len(more)
+            if not more or more.endswith(b"\n"):
+                return None, n
+    start, parts, n, ended = f.tell(), [], 0, False
     while True:
-        more = f.readline(CHUNK_BYTES)
-        n += len(more)
-        if not more or more.endswith(b"\n"):
-            return None, n
+        block = f.read(LINE_READ_BYTES)  # served from the file's block cache; not blocksize (s3fs: 50 MB a line)
+        if not block:
+            break
+        i = block.find(b"\n")
+        if i >= 0:
+            n, ended = n + i + 1, True
+            if parts is not None:
+                parts.append(block[: i + 1])
+            f.seek(start + n)
+            break
+        n += len(block)
+        if parts is not None:
+            parts.append(block)
+            if n > limit:
+                parts = None
+    if parts is None or n - ended > limit:
+        return None, n
+    return b"".join(parts), n
 
 
 def _too_large(unit, position: dict, size: int) -> dict:

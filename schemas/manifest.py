@@ -61,7 +61,7 @@ class Source:
 class Counts:
     documents: int  # documents read from the sources
     packed_documents: int  # documents that went into sequences
-    dead_letters: int  # documents (or files) sent to dead_letter/ with a reason
+    dead_letters: int  # documents sent to dead_letter/ with a reason (the sum of its records' `documents`)
     sequences: int
     tokens: int  # real (non-padding) tokens in sequences
     units: int

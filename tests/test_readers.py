@@ -103,6 +103,21 @@ def test_truncated_stream_on_s3_is_detected_through_the_spooled_copy(s3_bucket):
     assert len(whole) == 200 and all(isinstance(d, Doc) for d in whole)
 
 
+def test_byte_ranges_of_a_remote_file_skip_an_oversized_line(s3_bucket, monkeypatch):
+    import pipelines.readers as readers
+    from schemas import storage
+
+    monkeypatch.setattr(readers, "MAX_RECORD_BYTES", 300)
+    texts = make_texts(40, seed=5)
+    body = jsonl(texts[:20]) + b"y" * 5000 + b"\n" + jsonl(texts[20:])
+    storage.write_bytes_atomic(storage.join(s3_bucket, "a.jsonl"), body)
+    units = plan_units(expand_inputs([storage.join(s3_bucket, "a.jsonl")]), 1000, 700)
+    got = [i for u in units for i in read_unit(u, "text")]
+    assert [i.text for i in got if isinstance(i, Doc)] == texts
+    (d,) = [i for i in got if not isinstance(i, Doc)]
+    assert d["kind"] == "record_too_large" and d["position"]["byte"] == len(jsonl(texts[:20]))
+
+
 def test_tokenizer_failures_cost_only_the_bad_document(tiny_teacher):
     from pipelines.packing import Packer, load_tokenizer, pack_documents
 
