@@ -183,7 +183,7 @@ def decompressed_chunks(f, compression: str | None) -> Iterator[bytes]:
 
 def lines_of(chunks: Iterator[bytes], limit: int | None = None) -> Iterator[tuple[int, bytes | None, int]]:
     """(offset, line with its newline, length) over a chunked byte stream; the last line may lack
-    the newline. A line longer than `limit` is not held in memory: its bytes are skipped and it is
+    the newline. A line whose content is longer than `limit` is not held in memory: its bytes are skipped and it is
     yielded as (offset, None, length)."""
     limit = MAX_RECORD_BYTES if limit is None else limit
     pending, start, skip, off = bytearray(), 0, None, 0  # skip: offset of an oversized line being skipped
@@ -196,7 +196,7 @@ def lines_of(chunks: Iterator[bytes], limit: int | None = None) -> Iterator[tupl
                 if not pending:
                     start = off + pos
                 pending += chunk[pos:end]
-                if len(pending) > limit:
+                if len(pending) - (pending[-1:] == b"\n") > limit:  # the content, without its newline
                     skip, pending = start, bytearray()
             if i >= 0:
                 if skip is not None:

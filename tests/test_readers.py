@@ -201,3 +201,24 @@ def test_records_too_large_to_hold_are_dead_letters(tmp_path, monkeypatch):
     units = plan_units(expand_inputs([str(tmp_path / "a.jsonl")]), 1000, 100)
     got = [i for u in units for i in read_unit(u, "text")]
     assert [i.text for i in got if isinstance(i, Doc)] == ["small one", "small two"] and len(got) == 3
+
+
+def test_lines_of_matches_a_plain_split_whatever_the_chunking():
+    from hypothesis import given, strategies as st
+
+    @given(st.binary(max_size=300).map(lambda b: b.replace(b"\x01", b"\n")), st.lists(st.integers(0, 45), max_size=12),
+           st.integers(0, 30))
+    def check(data, cuts, limit):
+        bounds = sorted({min(c * 7, len(data)) for c in cuts} | {0, len(data)})
+        chunks = [data[a:b] for a, b in zip(bounds, bounds[1:])]
+        expected, off = [], 0
+        lines = [x + b"\n" for x in data.split(b"\n")][:-1]
+        if data and not data.endswith(b"\n"):
+            lines.append(data.rsplit(b"\n", 1)[-1])  # the last line, without its newline
+        for line in lines:
+            too_big = len(line) - line.endswith(b"\n") > limit
+            expected.append((off, None if too_big else line, len(line)))
+            off += len(line)
+        assert list(lines_of(iter(chunks), limit=limit)) == expected
+
+    check()
