@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.codec
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.trainer
+	$(BIN)/python -m bench.reading
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) demo-lake .pytest_cache
