@@ -57,18 +57,23 @@ class StreamError(Exception):
         self.kind, self.offset, self.decoded = kind, offset, decoded
 
 
+def _printable(text: str) -> str:
+    """Text that encodes as UTF-8: a lone surrogate (JSON "\\ud800", an undecodable file name) is
+    spelled out as \\udXXXX."""
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
 def dead_letter(unit, position: dict, kind: str, reason: str, raw: bytes | str | None = None,
                 documents: int = 1, incomplete: bool = False) -> dict:
     if isinstance(raw, bytes):
         raw = raw[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
-    excerpt = (raw or "")[:EXCERPT_CHARS].encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates
     return {
-        "file": redact_uri(unit.uri),
+        "file": _printable(redact_uri(unit.uri)),
         "unit": unit.name,
         "position": position,
         "kind": kind,
-        "reason": redact_text(reason),
-        "excerpt": excerpt,
+        "reason": _printable(redact_text(reason)),
+        "excerpt": _printable((raw or "")[:EXCERPT_CHARS]),
         "documents": documents,
         "incomplete": incomplete,
     }

@@ -25,7 +25,7 @@ def fingerprint_of(parts: list[str]) -> str:
     """sha256 over an ordered list of strings (e.g. file URIs with sizes and etags)."""
     h = hashlib.sha256()
     for p in parts:
-        h.update(p.encode())
+        h.update(p.encode("utf-8", "surrogateescape"))  # a file name that is not UTF-8 (os.fsdecode) is still a name
         h.update(b"\x00")
     return "sha256:" + h.hexdigest()
 

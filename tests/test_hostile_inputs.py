@@ -109,6 +109,8 @@ def test_every_document_is_counted_and_poison_pills_are_dead_letters(tiny_teache
     (lake / "b.parquet").write_bytes(bytes(raw))
     pq.write_table(pa.table({"body": good[3:6] + good[3:6] + [good[3]]}), lake / "c.parquet")  # 7 rows, no text
     (lake / "d.parquet").write_bytes(b"PAR1 not really")
+    with open(os.fsencode(lake) + b"/e_caf\xe9.jsonl", "wb") as f:  # a file name that is not UTF-8
+        f.write(jsonl(good[4:5]) + b'{"text": [1]}\n')
     out = tmp_path / "ds"
     run(config([str(lake / "*")], out, tiny_teacher))  # the lone surrogate used to kill the job (TypeError)
     m, dead = assert_reconciles(out)
@@ -116,7 +118,7 @@ def test_every_document_is_counted_and_poison_pills_are_dead_letters(tiny_teache
     kinds = {(os.path.basename(d["file"]), d["kind"], d["documents"]) for d in dead}
     assert kinds == {("a.jsonl", "invalid_unicode", 1), ("a.jsonl", "wrong_type", 1), ("a.jsonl", "missing_text", 1),
                      ("b.parquet", "unreadable_row_group", 4), ("c.parquet", "missing_text", 7),
-                     ("d.parquet", "unreadable_file", 0)}
+                     ("d.parquet", "unreadable_file", 0), ("e_caf\\udce9.jsonl", "wrong_type", 1)}
     (pill,) = [d for d in dead if d["kind"] == "invalid_unicode"]
     assert "U+D800" in pill["reason"] and pill["position"] == {"byte": len(lines[0]) + 1}
     assert (by_name["a.jsonl"].documents, by_name["a.jsonl"].packed_documents) == (6, 3)
@@ -125,7 +127,7 @@ def test_every_document_is_counted_and_poison_pills_are_dead_letters(tiny_teache
     assert (by_name["c.parquet"].documents, by_name["c.parquet"].dead_letters) == (7, 7)
     d = by_name["d.parquet"]  # its rows cannot be counted: flagged, not claimed as documents
     assert (d.documents, d.complete) == (0, False) and "cannot read" in d.problem
-    assert (m.counts.documents, m.counts.incomplete_files) == (6 + 12 + 7, 1)
+    assert (m.counts.documents, m.counts.incomplete_files) == (6 + 12 + 7 + 2, 1)
 
 
 class _Files(http.server.SimpleHTTPRequestHandler):
