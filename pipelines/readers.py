@@ -15,7 +15,10 @@ decode (corruption), is one dead letter of kind `truncated_file` / `corrupt_file
 compressed byte offset reached; the lines decoded before the break are counted as documents
 of that record and are not packed (a partial file is never taken for a whole one, and a
 re-run with the repaired file does not mix with a half of it). Checking costs one extra
-decompression pass, run on a local copy (remote files are spooled to local disk once).
+decompression pass, run on a local copy (remote files are spooled to local disk once). A plain
+JSONL file whose last line is cut inside a record (no final newline, not valid JSON) is flagged
+the same way (`truncated_file`, the record dead-lettered); its whole lines are used, as byte-range
+units are read independently and each line is a record on its own.
 
 Poison pills: a record longer than `MAX_RECORD_BYTES` (a JSON line, a text file; typically junk
 without newlines) is skipped without being held in memory and dead-lettered as
@@ -287,8 +290,17 @@ def _read_jsonl_range(unit, column: str) -> Iterator[Doc | dict]:
             body = raw.rstrip(b"\r\n")
             if not body.strip():
                 continue
-            text, kind, reason = parse_json_line(body, column)
-            yield Doc(text, {"byte": here}) if text is not None else dead_letter(unit, {"byte": here}, kind, reason, body)
+            yield _json_record(unit, {"byte": here}, raw, body, column)
+
+
+def _json_record(unit, position: dict, raw: bytes, body: bytes, column: str) -> Doc | dict:
+    text, kind, reason = parse_json_line(body, column)
+    if text is not None:
+        return Doc(text, position)
+    if kind == "malformed_json" and not raw.endswith(b"\n"):  # the file's last line, cut inside a record
+        return dead_letter(unit, position, "truncated_file", f"the file ends inside this record ({reason}, no final "
+                           f"newline): it looks truncated", body, incomplete=True)
+    return dead_letter(unit, position, kind, reason, body)
 
 
 def _count_lines(path: str, compression: str | None) -> int:
@@ -328,8 +340,7 @@ def _read_jsonl_stream(unit, column: str) -> Iterator[Doc | dict]:
                 body = raw.rstrip(b"\r\n")
                 if not body.strip():
                     continue
-                text, kind, reason = parse_json_line(body, column)
-                yield Doc(text, position) if text is not None else dead_letter(unit, position, kind, reason, body)
+                yield _json_record(unit, position, raw, body, column)
 
 
 def _read_text_file(unit) -> Iterator[Doc | dict]:

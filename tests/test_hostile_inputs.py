@@ -68,13 +68,16 @@ def test_truncated_streams_are_dead_lettered_and_flagged(tiny_teacher, tmp_path)
     (lake / "c_cut60.jsonl.gz").write_bytes(gz[: len(gz) * 6 // 10])
     txt = zstandard.ZstdCompressor().compress(" ".join(make_texts(30, seed=4)).encode())
     (lake / "d_cut.txt.zst").write_bytes(txt[: len(txt) // 2])
+    plain = jsonl(make_texts(20, seed=5))
+    cut_at = plain.index(b"\n", len(plain) // 2) - 5  # inside the record that straddles the middle
+    (lake / "e_cut.jsonl").write_bytes(plain[:cut_at])
     out = tmp_path / "ds"
     report = run(config([str(lake / "*")], out, tiny_teacher))
     m, dead = assert_reconciles(out)
     by_name = {os.path.basename(s.uri): s for s in m.sources}
     assert by_name["a_good.jsonl"].complete and by_name["a_good.jsonl"].packed_documents == 5
     cut = ["b_cut50.jsonl.zst", "c_cut60.jsonl.gz", "d_cut.txt.zst"]
-    assert m.counts.incomplete_files == 3 and report.summary["incomplete_files"] == 3
+    assert m.counts.incomplete_files == 4 and report.summary["incomplete_files"] == 4
     for name in cut:
         s = by_name[name]
         assert not s.complete and "truncated" in s.problem and s.packed_documents == 0  # a partial file is not used
@@ -88,7 +91,12 @@ def test_truncated_streams_are_dead_lettered_and_flagged(tiny_teacher, tmp_path)
     assert 0 < c.documents < 600 and c.documents == body[: [d for d in dead if "c_cut60" in d["file"]][0]
                                                           ["position"]["decoded_bytes"]].count(b"\n")
     assert by_name["d_cut.txt.zst"].documents == 1  # a text file is one document: counted, not "empty"
-    assert m.counts.packed_documents == 5
+    # an uncompressed JSONL cut inside a record: its whole lines stand alone and are used, the cut
+    # record is a dead letter and the file is flagged
+    e = by_name["e_cut.jsonl"]
+    assert not e.complete and "looks truncated" in e.problem and (e.packed_documents, e.dead_letters) == (
+        plain[:cut_at].count(b"\n"), 1)
+    assert m.counts.packed_documents == 5 + e.packed_documents
 
 
 def test_every_document_is_counted_and_poison_pills_are_dead_letters(tiny_teacher, tmp_path):
