@@ -15,7 +15,7 @@ decode (corruption), is one dead letter of kind `truncated_file` / `corrupt_file
 compressed byte offset reached; the lines decoded before the break are counted as documents
 of that record and are not packed (a partial file is never taken for a whole one, and a
 re-run with the repaired file does not mix with a half of it). Checking costs one extra
-decompression pass, run on a local copy (remote files are spooled to local disk once). A plain
+decompression pass (`pipelines.streams`), on a local copy (remote files are spooled to disk once). A plain
 JSONL file whose last line is cut inside a record (no final newline, not valid JSON) is flagged
 the same way (`truncated_file`, the record dead-lettered); its whole lines are used, as byte-range
 units are read independently and each line is a record on its own.
@@ -28,21 +28,14 @@ which makes the tokenizer raise) is `invalid_unicode`; null / non-string text is
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
-import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
-from schemas import storage
+from pipelines.streams import StreamError, decompressed_chunks, lines_of, local_copy, open_unit, readline_capped
 from schemas.redact import redact_text, redact_uri
 
 EXCERPT_CHARS = 160
-CHUNK_BYTES = 1 << 20  # compressed bytes per read while decompressing
-LINE_READ_BYTES = 64 << 10  # per read while looking for a newline in a remote file
 MAX_RECORD_BYTES = 64 << 20  # a longer line or text file (junk without newlines?) is a dead letter, never loaded
 
 
@@ -50,14 +43,6 @@ MAX_RECORD_BYTES = 64 << 20  # a longer line or text file (junk without newlines
 class Doc:
     text: str
     position: dict
-
-
-class StreamError(Exception):
-    """A compressed stream that is corrupt or ends early; `offset` = compressed bytes read."""
-
-    def __init__(self, kind: str, message: str, offset: int, decoded: int):
-        super().__init__(message)
-        self.kind, self.offset, self.decoded = kind, offset, decoded
 
 
 def _printable(text: str) -> str:
@@ -123,143 +108,6 @@ def parse_json_line(raw: bytes, column: str) -> tuple[str | None, str, str]:
     return check_text(obj[column], column)
 
 
-# -- byte streams ---------------------------------------------------------------------------------
-
-def _open(unit):
-    fs, path = storage.fs_and_path(unit.uri)
-    return fs.open(path, "rb")
-
-
-@contextlib.contextmanager
-def _local_copy(unit) -> Iterator[str]:
-    """A local path holding the unit's file: the file itself, or a spooled copy of a remote one."""
-    if storage.is_local(unit.uri):
-        yield storage.local_path(unit.uri)
-        return
-    with tempfile.TemporaryDirectory(prefix="pdistill-read-") as tmp:
-        path = os.path.join(tmp, "input")
-        with _open(unit) as src, open(path, "wb") as dst:
-            shutil.copyfileobj(src, dst, CHUNK_BYTES)
-        yield path
-
-
-def _new_decoder(compression: str):
-    if compression == "gz":
-        return zlib.decompressobj(wbits=31), zlib.error, "gzip member"
-    import zstandard
-
-    return zstandard.ZstdDecompressor().decompressobj(), zstandard.ZstdError, "zstd frame"
-
-
-def decompressed_chunks(f, compression: str | None) -> Iterator[bytes]:
-    """The decompressed bytes of a file object, in chunks. Concatenated gzip members / zstd frames
-    are read in turn (trailing zero padding is ignored, as gzip does). Raises `StreamError` when
-    the data does not decode or ends inside a member/frame: the end of a compressed stream must be
-    seen, not assumed at the end of the file."""
-    if compression is None:
-        yield from iter(lambda: f.read(CHUNK_BYTES), b"")
-        return
-    d, errors, what = _new_decoder(compression)
-    read = decoded = members = 0
-    fed = False  # the current decoder has been given bytes
-    while True:
-        block = f.read(CHUNK_BYTES)
-        if not block:
-            break
-        read += len(block)
-        data = block
-        while data:
-            if members and not fed and not data.strip(b"\x00"):
-                break  # zero padding after the last member
-            try:
-                out = d.decompress(data)
-            except errors as e:
-                raise StreamError("corrupt_file", f"the {what} does not decode ({e}); read {read} compressed bytes, "
-                                  f"decoded {decoded} bytes", read, decoded) from None
-            fed = True
-            decoded += len(out)
-            if out:
-                yield out
-            if not d.eof:
-                break
-            members += 1
-            data, (d, errors, what), fed = d.unused_data, _new_decoder(compression), False
-    if fed:
-        raise StreamError("truncated_file", f"the file ends at compressed byte {read} inside a {what}, after "
-                          f"{decoded} decoded bytes: the file is truncated", read, decoded)
-
-
-def lines_of(chunks: Iterator[bytes], limit: int | None = None) -> Iterator[tuple[int, bytes | None, int]]:
-    """(offset, line with its newline, length) over a chunked byte stream; the last line may lack
-    the newline. A line whose content is longer than `limit` is not held in memory: its bytes are skipped and it is
-    yielded as (offset, None, length)."""
-    limit = MAX_RECORD_BYTES if limit is None else limit
-    pending, start, skip, off = bytearray(), 0, None, 0  # skip: offset of an oversized line being skipped
-    for chunk in chunks:
-        pos = 0
-        while pos < len(chunk):
-            i = chunk.find(b"\n", pos)
-            end = len(chunk) if i < 0 else i + 1
-            if skip is None:
-                if not pending:
-                    start = off + pos
-                pending += chunk[pos:end]
-                if len(pending) - (pending[-1:] == b"\n") > limit:  # the content, without its newline
-                    skip, pending = start, bytearray()
-            if i >= 0:
-                if skip is not None:
-                    yield skip, None, off + end - skip
-                    skip = None
-                else:
-                    yield start, bytes(pending), len(pending)
-                    pending = bytearray()
-            pos = end
-        off += len(chunk)
-    if skip is not None:
-        yield skip, None, off - skip
-    elif pending:
-        yield start, bytes(pending), len(pending)
-
-
-def readline_capped(f, limit: int | None = None) -> tuple[bytes | None, int]:
-    """One line of a file object (None when longer than `limit`: skipped, never held) and its length.
-    fsspec's remote files take no size in `readline` (and would load a line of any length): they
-    are read block by block from their cache, as fsspec's own `readuntil` does."""
-    limit = MAX_RECORD_BYTES if limit is None else limit
-    from fsspec.spec import AbstractBufferedFile
-
-    if not isinstance(f, AbstractBufferedFile):
-        raw = f.readline(limit + 1)
-        if len(raw) <= limit or raw.endswith(b"\n"):
-            return raw, len(raw)
-        n = len(raw)
-        while True:
-            more = f.readline(CHUNK_BYTES)
-            n += len(more)
-            if not more or more.endswith(b"\n"):
-                return None, n
-    start, parts, n, ended = f.tell(), [], 0, False
-    while True:
-        block = f.read(LINE_READ_BYTES)  # served from the file's block cache; not blocksize (s3fs: 50 MB a line)
-        if not block:
-            break
-        i = block.find(b"\n")
-        if i >= 0:
-            n, ended = n + i + 1, True
-            if parts is not None:
-                parts.append(block[: i + 1])
-            f.seek(start + n)
-            break
-        n += len(block)
-        if parts is not None:
-            parts.append(block)
-            if n > limit:
-                parts = None
-    if parts is None or n - ended > limit:
-        return None, n
-    return b"".join(parts), n
-
-
 def _too_large(unit, position: dict, size: int) -> dict:
     return dead_letter(unit, position, "record_too_large",
                        f"record of {size} bytes is larger than the {MAX_RECORD_BYTES >> 20} MiB limit per document")
@@ -268,7 +116,7 @@ def _too_large(unit, position: dict, size: int) -> dict:
 # -- readers --------------------------------------------------------------------------------------
 
 def _read_jsonl_range(unit, column: str) -> Iterator[Doc | dict]:
-    with _open(unit) as f:
+    with open_unit(unit) as f:
         pos = unit.start
         if pos > 0:
             f.seek(pos - 1)
@@ -276,7 +124,7 @@ def _read_jsonl_range(unit, column: str) -> Iterator[Doc | dict]:
                 pos += readline_capped(f, 0)[1]  # the line in progress belongs to the previous unit
         end = unit.end
         while pos < end:
-            raw, size = readline_capped(f)
+            raw, size = readline_capped(f, MAX_RECORD_BYTES)
             if raw is None:
                 yield _too_large(unit, {"byte": pos}, size)
                 pos += size
@@ -308,7 +156,7 @@ def _count_lines(path: str, compression: str | None) -> int:
     n = 0
     with open(path, "rb") as f:
         try:
-            for _, raw, _size in lines_of(decompressed_chunks(f, compression)):
+            for _, raw, _size in lines_of(decompressed_chunks(f, compression), MAX_RECORD_BYTES):
                 n += raw is None or bool(raw.strip())
         except StreamError as e:
             e.lines = n
@@ -322,7 +170,7 @@ def _broken_stream(unit, e: StreamError, documents: int, what: str) -> dict:
 
 
 def _read_jsonl_stream(unit, column: str) -> Iterator[Doc | dict]:
-    with _local_copy(unit) as path:
+    with local_copy(unit) as path:
         try:
             _count_lines(path, unit.compression)
         except StreamError as e:
@@ -331,7 +179,7 @@ def _read_jsonl_stream(unit, column: str) -> Iterator[Doc | dict]:
             return
         with open(path, "rb") as f:
             line_no = 0
-            for here, raw, size in lines_of(decompressed_chunks(f, unit.compression)):
+            for here, raw, size in lines_of(decompressed_chunks(f, unit.compression), MAX_RECORD_BYTES):
                 line_no += 1
                 position = {"line": line_no, "byte": here}
                 if raw is None:
@@ -344,7 +192,7 @@ def _read_jsonl_stream(unit, column: str) -> Iterator[Doc | dict]:
 
 
 def _read_text_file(unit) -> Iterator[Doc | dict]:
-    with _local_copy(unit) as path, open(path, "rb") as f:
+    with local_copy(unit) as path, open(path, "rb") as f:
         parts, size = [], 0
         try:
             for chunk in decompressed_chunks(f, unit.compression):
@@ -371,7 +219,7 @@ def _read_text_file(unit) -> Iterator[Doc | dict]:
 def _read_parquet(unit, column: str) -> Iterator[Doc | dict]:
     import pyarrow.parquet as pq
 
-    with _open(unit) as f:
+    with open_unit(unit) as f:
         pf = pq.ParquetFile(f)
         end = pf.metadata.num_row_groups if unit.end < 0 else unit.end
         first = unit.first_row

@@ -9,7 +9,8 @@ import pytest
 pytest.importorskip("apache_beam")
 
 from fixtures_models import make_texts  # noqa: E402
-from pipelines.readers import Doc, StreamError, decompressed_chunks, lines_of, read_unit  # noqa: E402
+from pipelines.readers import Doc, read_unit  # noqa: E402
+from pipelines.streams import StreamError, decompressed_chunks, lines_of  # noqa: E402
 from pipelines.sources import detect_format, expand_inputs, plan_units  # noqa: E402
 from schemas.redact import redact_text, redact_uri  # noqa: E402
 
@@ -74,7 +75,7 @@ def test_trailing_garbage_after_a_member_is_corruption_not_eof(tmp_path):
 
 def test_lines_of_keeps_offsets_across_chunks():
     chunks = [b"ab", b"c\nde", b"", b"f\n\ng", b"h"]
-    assert list(lines_of(iter(chunks))) == [(0, b"abc\n", 4), (4, b"def\n", 4), (8, b"\n", 1), (9, b"gh", 2)]
+    assert list(lines_of(iter(chunks), 100)) == [(0, b"abc\n", 4), (4, b"def\n", 4), (8, b"\n", 1), (9, b"gh", 2)]
     # a line over the limit is skipped, not held: (offset, None, length)
     assert list(lines_of(iter([b"ok\n0123", b"456789", b"ab\nend"]), limit=6)) == [
         (0, b"ok\n", 3), (3, None, 13), (16, b"end", 3)]
