@@ -1,45 +1,55 @@
-"""`pdistill inspect DATASET_URI`: what a distillation dataset holds and how faithful it is.
+"""`pdistill inspect DATASET_URI`: is this dataset whole, what does it hold, how faithful is it?
 
-Without a teacher: manifest, counts (and whether they reconcile), kept entries/token, stored
-teacher bytes/token (shard bytes on storage), mean dropped tail mass, and the codec's KL bound.
-With `--teacher URI`: re-runs the teacher on the first samples and measures the codec KL
-(fresh truncation vs what decodes from storage) and the total KL (full teacher vs stored + tail).
+First a verdict: every shard the root index lists is checked against storage (exists, has the
+recorded size and hash; `--skip-hash` checks sizes only, for huge datasets), part folders against
+the manifest's unit count, and the manifest's counts against the index (`schemas.integrity`).
+Any problem is printed with the file it concerns, and the exit status is 1.
+Then statistics from the first samples: kept entries/token, stored teacher bytes/token (shard
+bytes on storage), mean dropped tail mass, and the codec's KL bound. With `--teacher URI`: re-runs
+the teacher on those samples and measures the codec KL (fresh truncation vs what decodes from
+storage) and the total KL (full teacher vs stored + tail).
+
+Read-only: samples are read through a temporary cache folder, as the trainer reads them, so the
+dataset folder is never written to (streaming would otherwise decompress shards beside it).
+
+Structure for extension: `build_report(args)` returns a dict (insertion-ordered), `print_report`
+prints it as text or JSON, and the exit status comes from `report["verdict"]`.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import tempfile
 
 import numpy as np
 
-from schemas import INDEX_NAME, MANIFEST_NAME, CodecError, Manifest, fidelity, make_codec, storage
+from schemas import CodecError, Manifest, fidelity, make_codec, storage
 from schemas.codec import Decoded
+from schemas.errors import SchemaError
+from schemas.integrity import Problem, Verification, stored_file, verify_dataset
 from schemas.sample import decode_sample
 
-
-def load_manifest(uri: str) -> Manifest:
-    for name in (MANIFEST_NAME, INDEX_NAME):
-        if not storage.exists(storage.join(uri, name)):
-            raise SystemExit(f"pdistill inspect: {uri} is incomplete: no {name} (the pipeline writes it last)")
-    return Manifest.from_json(storage.read_text(storage.join(uri, MANIFEST_NAME)), where=storage.join(uri, MANIFEST_NAME))
+WHOLE, NOT_WHOLE = "whole", "NOT WHOLE"
 
 
-def shard_bytes(uri: str) -> int:
-    index = json.loads(storage.read_text(storage.join(uri, INDEX_NAME)))
-    total = 0
-    for shard in index["shards"]:
-        data = shard.get("zip_data") or shard["raw_data"]
-        total += int(data["bytes"])
-    return total
+def shard_bytes(index: dict) -> int:
+    return sum(int(stored_file(s)["bytes"]) for s in index["shards"])
 
 
-def open_dataset(uri: str, local: str):
+def open_dataset(uri: str, cache: str):
+    """A StreamingDataset reading `uri` through the cache folder `cache` (never writing to `uri`)."""
     from streaming import StreamingDataset
 
-    if storage.is_local(uri):
-        return StreamingDataset(local=storage.local_path(uri), batch_size=1, shuffle=False)
-    return StreamingDataset(remote=uri, local=local, batch_size=1, shuffle=False)
+    remote = os.path.abspath(storage.local_path(uri)) if storage.is_local(uri) else uri
+    return StreamingDataset(remote=remote, local=cache, batch_size=1, shuffle=False)
+
+
+def read_samples(uri: str, cache: str, n: int) -> tuple[list[dict], int]:
+    """The first `n` samples and the number of samples the index holds."""
+    ds = open_dataset(uri, cache)
+    return [ds[i] for i in range(min(n, len(ds)))], len(ds)
 
 
 def teacher_fidelity(teacher_uri: str, samples: list[dict], manifest: Manifest, codec) -> tuple[float, float]:
@@ -64,49 +74,113 @@ def teacher_fidelity(teacher_uri: str, samples: list[dict], manifest: Manifest, 
     return float(np.mean(codec_kls)), float(np.mean(total_kls))
 
 
-def main(argv: list[str] | None = None) -> int:
+def verdict_fields(v: Verification) -> dict:
+    return {
+        "verdict": WHOLE if v.whole else NOT_WHOLE,
+        "problems": [str(p) for p in v.problems],
+        "shards_checked": v.shards_checked,
+        "shard_check": "size and hash" if v.hashed else "size only (--skip-hash)",
+    }
+
+
+def manifest_fields(m: Manifest) -> dict:
+    return {
+        "schema_version": m.schema_version,
+        "teacher": m.teacher.id,
+        "vocab_size": m.vocab_size,
+        "seq_len": m.seq_len,
+        "truncation": f"{m.truncation.method} p={m.truncation.top_p} k={m.truncation.top_k}",
+        "codec": f"{m.codec.name} {m.codec.params}",
+        "counts": m.counts.__dict__,
+        "counts_reconcile": m.counts.reconciles(),
+    }
+
+
+def sample_fields(samples: list[dict], m: Manifest, codec, index: dict) -> dict:
+    kept = np.concatenate([np.asarray(s["teacher_counts"]) for s in samples]) if samples else np.zeros(0)
+    tails = []
+    for s in samples:
+        d = decode_sample(s, codec)
+        tails.append(np.exp(d.log_tail[d.counts > 0]))
+    out = {
+        "kept_per_token": fidelity.kept_per_token(kept),
+        "stored_bytes_per_token": fidelity.bytes_per_token(shard_bytes(index), m.counts.tokens),
+        "mean_tail_mass": float(np.concatenate(tails).mean()) if tails else float("nan"),
+    }
+    out.update(fidelity.storage_report(codec, out["stored_bytes_per_token"], out["kept_per_token"]))
+    return out
+
+
+# what reading a shard can raise when --skip-hash let a damaged file through
+READ_ERRORS = (SchemaError, ValueError, OSError, EOFError, KeyError, IndexError)
+
+
+def build_report(args: argparse.Namespace) -> dict:
+    v = verify_dataset(args.dataset, hashes=not args.skip_hash)
+    report = {"uri": args.dataset, **verdict_fields(v)}
+    m = v.manifest
+    if m is not None:
+        report.update(manifest_fields(m))
+    if not v.whole or m is None:
+        return report  # statistics of a damaged dataset would describe the damage, not the data
+    try:
+        codec = make_codec(m.codec.name, m.codec.params)
+    except CodecError as e:  # e.g. a codec this pdistill does not know: a message, not a verdict on the data
+        raise SystemExit(f"pdistill inspect: {args.dataset}: {e}") from None
+    with tempfile.TemporaryDirectory(prefix="pdistill-inspect-") as cache:
+        try:
+            samples, in_index = read_samples(args.dataset, cache, args.samples)
+            report["sequences_in_index"] = in_index
+            report.update(sample_fields(samples, m, codec, v.index))
+        except READ_ERRORS + _zstd_errors() as e:
+            report["problems"].append(str(Problem(".", f"reading samples failed: {type(e).__name__}: {e}")))
+            report["verdict"] = NOT_WHOLE
+            return report
+        if args.teacher:
+            report["codec_kl"], report["total_kl"] = teacher_fidelity(args.teacher, samples, m, codec)
+    return report
+
+
+def _zstd_errors() -> tuple:
+    try:
+        import zstd
+
+        return (zstd.Error,)
+    except ImportError:
+        return ()
+
+
+def print_report(report: dict, as_json: bool, out=None) -> None:
+    out = out or sys.stdout
+    if as_json:
+        print(json.dumps(report, indent=2), file=out)
+        return
+    for k, v in report.items():
+        if k == "problems":
+            for p in v:
+                print(f"{'problem':>24}: {p}", file=out)
+        else:
+            print(f"{k:>24}: {v}", file=out)
+
+
+def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pdistill inspect", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", help="dataset URI (local path, file://, gs://, s3://)")
     ap.add_argument("--samples", type=int, default=16, help="samples read for the statistics")
     ap.add_argument("--teacher", help="teacher checkpoint URI: also measure codec and total KL")
+    ap.add_argument("--skip-hash", action="store_true",
+                    help="check shard existence and sizes only, not their hashes (for huge datasets)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    args = ap.parse_args(argv)
+    return ap
 
-    m = load_manifest(args.dataset)
-    try:
-        codec = make_codec(m.codec.name, m.codec.params)
-    except CodecError as e:
-        raise SystemExit(f"pdistill inspect: {args.dataset}: {e}") from None
-    with tempfile.TemporaryDirectory() as local:
-        ds = open_dataset(args.dataset, local)
-        samples = [ds[i] for i in range(min(args.samples, len(ds)))]
-        kept = np.concatenate([np.asarray(s["teacher_counts"]) for s in samples]) if samples else np.zeros(0)
-        tails = []
-        for s in samples:
-            d = decode_sample(s, codec)
-            tails.append(np.exp(d.log_tail[d.counts > 0]))
-        report = {
-            "uri": args.dataset,
-            "schema_version": m.schema_version,
-            "teacher": m.teacher.id,
-            "vocab_size": m.vocab_size,
-            "seq_len": m.seq_len,
-            "truncation": f"{m.truncation.method} p={m.truncation.top_p} k={m.truncation.top_k}",
-            "codec": f"{m.codec.name} {m.codec.params}",
-            "counts": m.counts.__dict__,
-            "counts_reconcile": m.counts.reconciles(),
-            "sequences_in_index": len(ds),
-            "kept_per_token": fidelity.kept_per_token(kept),
-            "stored_bytes_per_token": fidelity.bytes_per_token(shard_bytes(args.dataset), m.counts.tokens),
-            "mean_tail_mass": float(np.concatenate(tails).mean()) if tails else float("nan"),
-        }
-        report.update(fidelity.storage_report(codec, report["stored_bytes_per_token"], report["kept_per_token"]))
-        if args.teacher:
-            report["codec_kl"], report["total_kl"] = teacher_fidelity(args.teacher, samples, m, codec)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for k, v in report.items():
-            print(f"{k:>24}: {v}")
-    return 0 if report["counts_reconcile"] and report["sequences_in_index"] == m.counts.sequences else 1
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    report = build_report(args)
+    print_report(report, args.json)
+    if report["verdict"] != WHOLE:
+        print(f"pdistill inspect: {args.dataset} is not whole: {len(report['problems'])} problem(s), "
+              f"first: {report['problems'][0]}", file=sys.stderr)
+        return 1
+    return 0
