@@ -208,11 +208,16 @@ def check_compatible(
     seq_len: int | None = None,
     where: str = "dataset",
 ) -> None:
-    """Refuse a dataset that does not fit the student (vocab, tokenizer, sequence length)."""
-    if vocab_size is not None and vocab_size < manifest.vocab_size:
+    """Refuse a dataset that does not fit the student (vocab, tokenizer, sequence length).
+
+    The vocabularies must be equal, not merely cover each other: a larger student has output rows
+    no teacher id and no token ever trains, and its KD tail would spread over ids that do not exist.
+    """
+    if vocab_size is not None and vocab_size != manifest.vocab_size:
         raise IncompatibleDataset(
             f"{where}: teacher vocab_size is {manifest.vocab_size} but the student's is {vocab_size}; "
-            "the student must cover every teacher id"
+            "they must be equal (the student's vocabulary is the teacher's: set the student's vocab_size "
+            f"to {manifest.vocab_size})"
         )
     if tokenizer_fingerprint is not None and tokenizer_fingerprint != manifest.tokenizer.fingerprint:
         raise IncompatibleDataset(

@@ -372,3 +372,85 @@ def test_s3_dataset_and_checkpoints(lake, tmp_path, s3_bucket):
     assert storage.exists(f"{ckpt}/ep0-ba4-rank0.pt")
     # the shards came through the cache folder, not from a local path
     assert glob.glob(str(tmp_path / "cache" / "train" / "*" / "parts" / "*" / "shard.*.mds"))
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 11: the dataset must be what its manifest says; bad settings are messages, not tracebacks
+
+
+def test_refuses_a_student_vocabulary_larger_than_the_dataset(lake, tmp_path):
+    from schemas import IncompatibleDataset
+
+    raw = base_cfg(lake, tmp_path, model={"hf_config": tiny_llama_config(vocab_size=96)})
+    with pytest.raises(IncompatibleDataset, match="vocab_size is 64 but the student's is 96; they must be equal"):
+        _build(raw)
+
+
+def test_refuses_a_manifest_whose_seq_len_disagrees_with_its_samples(lake, tmp_path):
+    from trainer.data import CorruptDataset
+
+    ds = tmp_path / "lying"
+    write_dataset(str(ds), make_tokenizer(), n_samples=8, units=1, seq_len=32)
+    m = json.load(open(ds / "manifest.json"))
+    m["seq_len"] = 16
+    (ds / "manifest.json").write_text(json.dumps(m))
+    raw = base_cfg(lake, tmp_path, data={"streams": [{"uri": str(ds)}]})
+    with pytest.raises(CorruptDataset, match=r"sample \d+ \(unit u00000-00000\) has 32 tokens, the manifest's seq_len is 16"):
+        _build(raw)
+
+
+def _cli(tmp_path, raw, *overrides):
+    import yaml
+
+    from trainer.cli import main
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return main([str(path), *overrides])
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "read-only"])
+def test_unusable_save_folder_is_a_message(lake, tmp_path, capsys, where):
+    if where == "under-a-file":
+        (tmp_path / "plain").write_text("not a folder")
+        folder, reason = tmp_path / "plain" / "ckpt", "Not a directory"
+    else:
+        folder = "/sys/pdistill-ckpt"  # read-only even for root
+        if os.access("/sys", os.W_OK) and os.path.isdir("/sys/pdistill-ckpt"):
+            pytest.skip("/sys is writable here")
+        reason = ""
+    rc = _cli(tmp_path, base_cfg(lake, tmp_path), f"run.save_folder={folder}")
+    err = capsys.readouterr().err
+    assert rc == 2 and f"pdistill train: refused: run.save_folder: cannot write to {folder} ({reason}" in err
+    assert "Traceback" not in err and not (tmp_path / "samples").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("run.device=gpu", "run.device: gpu asked for, but torch sees no CUDA device"),
+    ("model.hf_config.hidden_act=no_such_activation", "model.hf_config:"),
+    ("data.batch_size=0", "data.batch_size: must be > 0"),
+    ("run.allow_changed=[optim.nonsense_prefix_ok, bogus]", "run.allow_changed[1]: 'bogus' is not a key"),
+])
+def test_bad_settings_are_messages(lake, tmp_path, capsys, override, message):
+    import torch as _torch
+
+    if override == "run.device=gpu" and _torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    rc = _cli(tmp_path, base_cfg(lake, tmp_path), override)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
+    assert "Traceback" not in err
+
+
+def test_corruption_found_while_training_is_a_message(lake, tmp_path, capsys):
+    """With data.validate_hash off the preflight cannot see a damaged shard; the read fails at a step
+    and the CLI stops with a message naming the dataset (fit() is inside the try)."""
+    ds = tmp_path / "late"
+    write_dataset(str(ds), make_tokenizer(), n_samples=16, units=2)
+    shard = sorted(glob.glob(str(ds / "parts" / "u00001-00000" / "shard.*.mds.zstd")))[0]
+    data = bytearray(open(shard, "rb").read())
+    open(shard, "wb").write(bytes(data[: len(data) // 2]))  # a truncated shard
+    raw = base_cfg(lake, tmp_path, data={"streams": [{"uri": str(ds)}], "validate_hash": None, "shuffle": False})
+    rc = _cli(tmp_path, raw)
+    err = capsys.readouterr().err
+    assert rc == 2 and "pdistill train: stopped:" in err and str(ds) in err, err[-2000:]

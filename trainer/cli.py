@@ -2,7 +2,8 @@
 
 CONFIG is a YAML path or the name of a shipped config (pd_best, pd_vanilla, lm_only); overrides
 are dotted keys (`data.streams.0.uri=s3://bucket/ds run.max_duration=1000ba`). Configuration and
-dataset problems are reported as one line naming the key or URI, exit status 2, before training.
+dataset problems are reported as one line naming the key or URI, exit status 2, before training
+(and the same for a dataset found corrupt while training); only a bug in our code traces.
 Under the Composer launcher each process reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
 MASTER_PORT from the environment (Composer initialises torch.distributed).
 """
@@ -24,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true", help="print the validated config and exit")
     args = parser.parse_args(argv)
 
-    from schemas.errors import SchemaError
     from trainer.config import ConfigError, load_config
+    from trainer.errors import USER_ERRORS
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("composer", "streaming", "urllib3", "botocore", "s3fs", "fsspec"):
@@ -45,11 +46,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         trainer = build_trainer(cfg)
-    except (SchemaError, ValueError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         print(f"pdistill train: refused: {e}", file=sys.stderr)
         return 2
     try:
         trainer.fit()
+    except USER_ERRORS as e:  # e.g. a shard found corrupt while streaming
+        print(f"pdistill train: stopped: {e}", file=sys.stderr)
+        return 2
     finally:
         trainer.close()
     return 0

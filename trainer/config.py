@@ -135,6 +135,7 @@ class RunConfig:
     log_dir: Optional[str] = None  # file/tensorboard output (None: <save_folder or cwd>/logs)
     stop_after: Optional[str] = None  # stop (with a checkpoint) at this time, e.g. "50ba"; schedules still follow max_duration
     sample_log_dir: Optional[str] = None  # record {step, rank, sample_ids} per step as jsonl here (tests; off by default)
+    allow_changed: list[str] = field(default_factory=list)  # autoresume: fingerprint keys that may differ from the checkpoint's (e.g. [optim.lr])
 
 
 @dataclass

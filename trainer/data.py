@@ -38,6 +38,8 @@ from schemas import INDEX_NAME, MANIFEST_NAME, IncompatibleDataset, Manifest, ch
 from schemas import storage
 from schemas.errors import SchemaError
 from schemas.sample import decode_dense
+from trainer.config import ConfigError
+from trainer.fingerprint import dataset_identity
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +197,7 @@ class DistillDataset(StreamingDataset):
         download_timeout: float = 60,
     ):
         if not streams:
-            raise ValueError("data: at least one stream (dataset URI) is required")
+            raise ConfigError("data.streams: at least one stream (dataset URI) is required")
         infos = [inspect_stream(s.uri, require_manifest=require_manifest or with_teacher) for s in streams]
         manifest = check_streams(
             infos, vocab_size=vocab_size, tokenizer_fingerprint=tokenizer_fingerprint, seq_len=seq_len,
@@ -206,6 +208,7 @@ class DistillDataset(StreamingDataset):
                 if storage.is_local(info.uri):
                     verify_local_shards(info, validate_hash)
         self.uris = [s.uri for s in streams]
+        self.identities = [dataset_identity(i.manifest.to_json() if i.manifest else None, i.index) for i in infos]
         self.manifest = manifest
         self.with_teacher = with_teacher
         self.seq_len = manifest.seq_len if manifest else seq_len
@@ -214,6 +217,7 @@ class DistillDataset(StreamingDataset):
             self.top_k = max(i.manifest.truncation.top_k for i in infos)
         else:
             self.codec, self.top_k = None, 0
+        self._vocab_limit = vocab_size or (manifest.vocab_size if manifest else None)
         self._bg_error: Optional[BaseException] = None
         stream_objs = []
         for s in streams:
@@ -237,11 +241,34 @@ class DistillDataset(StreamingDataset):
             download_retry=download_retry,
             download_timeout=download_timeout,
         )
+        self.check_first_samples()
+
+    # -- the samples must be what the manifest says ------------------------------------------
+    def check_first_samples(self) -> None:
+        """Read each stream's first sample now, so that a manifest whose seq_len (or vocabulary)
+        disagrees with its samples is refused before training, not at some step."""
+        for i, uri in enumerate(self.uris):
+            if self.samples_per_stream[i] > 0:
+                self[int(self.sample_offset_per_stream[i])]
+
+    def check_sample(self, raw: dict, tokens: np.ndarray, n: int) -> None:
+        """Raise CorruptDataset unless the sample has the manifest's shape and the student's vocabulary."""
+        where = f"dataset {', '.join(self.uris)}: sample {int(raw.get('sample_id', -1))} (unit {raw.get('unit', '?')})"
+        if self.seq_len and tokens.shape != (self.seq_len,):
+            raise CorruptDataset(f"{where} has {tokens.shape[0]} tokens, the manifest's seq_len is {self.seq_len}")
+        if not 0 <= n <= tokens.shape[0]:
+            raise CorruptDataset(f"{where}: n_tokens {n} is outside 0..{tokens.shape[0]}")
+        if self._vocab_limit and n and int(tokens[:n].max()) >= self._vocab_limit:
+            raise CorruptDataset(f"{where} holds token id {int(tokens[:n].max())} >= vocab_size {self._vocab_limit}")
+        if self.with_teacher and np.asarray(raw["teacher_counts"]).shape != tokens.shape:
+            raise CorruptDataset(f"{where}: teacher signal for {np.asarray(raw['teacher_counts']).shape[0]} positions, "
+                                 f"tokens {tokens.shape[0]}")
 
     # -- decoding -----------------------------------------------------------------------------
     def decode(self, raw: dict) -> dict[str, Any]:
         tokens = np.asarray(raw["tokens"]).astype(np.int64)
         n = int(raw["n_tokens"]) if "n_tokens" in raw else int(tokens.shape[0])
+        self.check_sample(raw, tokens, n)
         out = {"tokens": tokens, "n_tokens": n, "sample_id": int(raw.get("sample_id", -1))}
         if self.with_teacher:
             dense = decode_dense(raw, self.codec, self.top_k)
@@ -256,6 +283,8 @@ class DistillDataset(StreamingDataset):
             if "Checksum failure" in str(e):
                 raise CorruptDataset(f"dataset {', '.join(self.uris)}: {e} (hash validation is on)") from e
             raise
+        except _zstd_error() as e:
+            raise CorruptDataset(f"dataset {', '.join(self.uris)}: a shard does not decompress ({e})") from e
         return self.decode(raw)
 
     # -- clearer errors from streaming's background download threads --------------------------
@@ -271,9 +300,20 @@ class DistillDataset(StreamingDataset):
         except RuntimeError as e:
             if "Background thread failed" in str(e) and self._bg_error is not None:
                 err = self._bg_error
-                kind = CorruptDataset if "Checksum failure" in str(err) else RuntimeError
+                corrupt = "Checksum failure" in str(err) or isinstance(err, _zstd_error())
+                kind = CorruptDataset if corrupt else IncompleteDataset if isinstance(err, FileNotFoundError) else RuntimeError
                 raise kind(f"reading dataset {', '.join(self.uris)} failed: {type(err).__name__}: {err}") from err
             raise
+
+
+def _zstd_error() -> tuple:
+    """The zstd binding's error type (streaming decompresses shards with it), if installed."""
+    try:
+        import zstd
+
+        return (zstd.Error,)
+    except ImportError:
+        return ()
 
 
 class DistillCollator:

@@ -19,6 +19,7 @@ import tempfile
 from typing import Optional
 
 from trainer.config import TrainConfig
+from trainer.errors import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +33,52 @@ def resolve_device(name: str) -> str:
 
     if name == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
+    if name == "gpu" and not torch.cuda.is_available():
+        raise SettingError("run.device: gpu asked for, but torch sees no CUDA device here (use cpu or auto)")
     return name
+
+
+def fetch_model_dir(key: str, uri: str, cache_root: Optional[str]) -> str:
+    """A model/tokenizer folder (downloaded when remote); a missing one is the setting's fault."""
+    from schemas import storage
+
+    try:
+        return storage.fetch_dir(uri, cache_root)
+    except FileNotFoundError as e:
+        raise SettingError(f"{key}: {e}") from None
+
+
+def check_writable_folder(key: str, uri: Optional[str]) -> None:
+    """Create a local output folder now and prove it writable, so that a bad path is refused before
+    training (Composer would raise NotADirectoryError / PermissionError mid-setup). Remote URIs
+    are checked by their first write."""
+    from schemas import storage
+
+    if not uri or not storage.is_local(uri):
+        return
+    path = os.path.abspath(storage.local_path(uri))
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".pdistill-write-check-"):
+            pass
+    except OSError as e:
+        raise SettingError(f"{key}: cannot write to {uri} ({e.strerror or e})") from None
 
 
 def load_tokenizer(cfg: TrainConfig, cache_root: Optional[str]):
     """The student's tokenizer: model.tokenizer, else the one stored with model.checkpoint."""
     from transformers import AutoTokenizer
 
-    from schemas import storage
-
     for key, uri in (("model.tokenizer", cfg.model.tokenizer), ("model.checkpoint", cfg.model.checkpoint)):
         if not uri:
             continue
-        path = storage.fetch_dir(uri, cache_root)
+        path = fetch_model_dir(key, uri, cache_root)
         try:
             return AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as e:
             if key == "model.tokenizer":
-                raise ValueError(f"model.tokenizer: cannot load a tokenizer from {uri} ({e})") from None
-    raise ValueError(
+                raise SettingError(f"model.tokenizer: cannot load a tokenizer from {uri} ({e})") from None
+    raise SettingError(
         "model.tokenizer: required (the teacher's tokenizer dir/URI) so that the dataset's tokenizer "
         "fingerprint can be checked; model.checkpoint holds no tokenizer"
     )
@@ -59,29 +87,33 @@ def load_tokenizer(cfg: TrainConfig, cache_root: Optional[str]):
 def build_student(cfg: TrainConfig, cache_root: Optional[str]):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from schemas import storage
-
     if cfg.model.hf_config is not None:
         raw = dict(cfg.model.hf_config)
         model_type = raw.pop("model_type")
         try:
             hf_cfg = AutoConfig.for_model(model_type, **raw)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"model.hf_config: {e}") from None
-        return AutoModelForCausalLM.from_config(hf_cfg)
-    path = storage.fetch_dir(cfg.model.checkpoint, cache_root)
-    return AutoModelForCausalLM.from_pretrained(path)
+            return AutoModelForCausalLM.from_config(hf_cfg)
+        except (ValueError, TypeError, KeyError) as e:
+            raise SettingError(f"model.hf_config: {e}") from None
+    path = fetch_model_dir("model.checkpoint", cfg.model.checkpoint, cache_root)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise SettingError(f"model.checkpoint: cannot load a causal LM from {cfg.model.checkpoint} ({e})") from None
 
 
 def build_teacher(cfg: TrainConfig, cache_root: Optional[str], student_fp: str):
     """Live mode: the frozen teacher, checked to share the student's tokenizer when it ships one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from schemas import fingerprint_tokenizer, storage
+    from schemas import fingerprint_tokenizer
     from schemas.errors import IncompatibleDataset
 
-    path = storage.fetch_dir(cfg.distill.teacher, cache_root)
-    teacher = AutoModelForCausalLM.from_pretrained(path)
+    path = fetch_model_dir("distill.teacher", cfg.distill.teacher, cache_root)
+    try:
+        teacher = AutoModelForCausalLM.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise SettingError(f"distill.teacher: cannot load a causal LM from {cfg.distill.teacher} ({e})") from None
     try:
         ttok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError):
@@ -108,7 +140,7 @@ def cache_root_for(cfg: TrainConfig) -> str:
 
 def per_device_batch(global_batch: int, world_size: int, key: str = "data.batch_size") -> int:
     if global_batch % world_size:
-        raise ValueError(
+        raise SettingError(
             f"{key}: the global batch {global_batch} is not divisible by the world size {world_size} "
             "(keep it divisible by every world size you train or resume on)"
         )
@@ -203,7 +235,6 @@ def build_loggers(cfg: TrainConfig):
 
 def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
     """Everything from a validated TrainConfig; refusals happen here, before the first step."""
-    from composer import Trainer
     from composer.algorithms import GradientClipping
     from composer.callbacks import LRMonitor, SpeedMonitor
     from composer.core import DataSpec, Evaluator
@@ -213,12 +244,18 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
     from trainer.data import build_dataloader, num_tokens_in_batch
     from trainer.model import AlphaCallback, DistillationModel, SampleLog, StopAfter
 
+    from trainer.fingerprint import RunFingerprint, check_allow_list, run_fingerprint
+
     r, d, k = cfg.run, cfg.data, cfg.distill
+    check_allow_list(r.allow_changed)
     device = resolve_device(r.device)
     if not dist.is_initialized() and dist.get_world_size() > 1:
         dist.initialize_dist(device)
     cache_root = cache_root_for(cfg)
     model_cache = os.path.join(cache_root, "models")
+    for key, folder in (("run.save_folder", r.save_folder), ("run.log_dir", r.log_dir),
+                        ("run.sample_log_dir", r.sample_log_dir), ("data.local_cache", cache_root)):
+        check_writable_folder(key, folder)
 
     # 1. student (seeded so the initial weights depend on run.seed only) and its tokenizer
     reproducibility.seed_all(r.seed)
@@ -227,8 +264,9 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
     student = build_student(cfg, model_cache)
     vocab_size = int(student.config.vocab_size)
     teacher = build_teacher(cfg, model_cache, tokenizer_fp) if k.mode == "live" else None
-    if teacher is not None and int(teacher.config.vocab_size) > vocab_size:
-        raise ValueError(f"distill.teacher: teacher vocab {teacher.config.vocab_size} exceeds the student's {vocab_size}")
+    if teacher is not None and int(teacher.config.vocab_size) != vocab_size:
+        raise SettingError(f"distill.teacher: the teacher's vocab_size is {teacher.config.vocab_size}, the student's "
+                           f"{vocab_size}; they must be equal (the student's vocabulary is the teacher's)")
 
     # 2. data: preflight (manifest, index, compatibility, shard hashes), then StreamingDatasets
     batch = per_device_batch(d.batch_size, dist.get_world_size())
@@ -236,7 +274,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
                                        cache_root=cache_root)
     max_pos = getattr(student.config, "max_position_embeddings", None)
     if train_ds.seq_len and max_pos and train_ds.seq_len > max_pos:
-        raise ValueError(f"model.hf_config.max_position_embeddings: {max_pos} < the dataset's seq_len {train_ds.seq_len}")
+        raise SettingError(f"model.hf_config.max_position_embeddings: {max_pos} < the dataset's seq_len {train_ds.seq_len}")
     train_dl = DataSpec(build_dataloader(train_ds, batch_size=batch, num_workers=d.num_workers),
                         get_num_tokens_in_batch=num_tokens_in_batch)
     evaluators = []
@@ -253,7 +291,9 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
     )
     optimizer = build_optimizer(cfg, model.parameters())
 
-    callbacks = [AlphaCallback(k.alpha_schedule()), SpeedMonitor(window_size=10), LRMonitor()]
+    fingerprint = run_fingerprint(cfg, dataset_ids=train_ds.identities, student=student, tokenizer_fp=tokenizer_fp)
+    callbacks = [RunFingerprint(fingerprint, r.allow_changed, cfg.optim), AlphaCallback(k.alpha_schedule()),
+                 SpeedMonitor(window_size=10), LRMonitor()]
     if r.stop_after:
         callbacks.append(StopAfter(r.stop_after))
     if r.sample_log_dir:
@@ -261,7 +301,8 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
     callbacks += list(extra_callbacks or [])
     algorithms = [GradientClipping(clipping_type="norm", clipping_threshold=cfg.optim.grad_clip)] if cfg.optim.grad_clip else []
 
-    return Trainer(
+    return make_trainer(
+        r.autoresume,
         model=model,
         train_dataloader=train_dl,
         eval_dataloader=evaluators or None,
@@ -289,6 +330,22 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
         console_stream="stderr",
         python_log_level=None,
     )
+
+
+def make_trainer(resuming: bool, **kwargs):
+    """composer.Trainer(**kwargs); a checkpoint whose weights do not fit the student is refused by name."""
+    from composer import Trainer
+
+    try:
+        return Trainer(**kwargs)
+    except RuntimeError as e:
+        if resuming and "Error(s) in loading state_dict" in str(e):
+            from trainer.errors import ResumeMismatch
+
+            detail = " ".join(str(e).split("\n")[1:3]).strip()
+            raise ResumeMismatch(f"run.autoresume: model.shape: the checkpoint in run.save_folder holds a student of "
+                                 f"other shapes ({detail}); resume with its model settings or start a new run") from None
+        raise
 
 
 def train(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
