@@ -49,20 +49,26 @@ def fetch_model_dir(key: str, uri: str, cache_root: Optional[str]) -> str:
 
 
 def check_writable_folder(key: str, uri: Optional[str]) -> None:
-    """Create a local output folder now and prove it writable, so that a bad path is refused before
-    training (Composer would raise NotADirectoryError / PermissionError mid-setup). Remote URIs
-    are checked by their first write."""
+    """Refuse, before training, a local output folder that cannot be created or written (Composer
+    would raise NotADirectoryError / PermissionError mid-setup). Leaves nothing behind: a probe
+    folder is made in the nearest existing ancestor and removed. Remote URIs are checked by their
+    first write."""
+    import errno
+
     from schemas import storage
 
     if not uri or not storage.is_local(uri):
         return
     path = os.path.abspath(storage.local_path(uri))
+    base = path
+    while not os.path.exists(base):
+        base = os.path.dirname(base)
+    if not os.path.isdir(base):
+        raise SettingError(f"{key}: cannot write to {uri} ({os.strerror(errno.ENOTDIR)}: {base} is a file)")
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".pdistill-write-check-"):
-            pass
+        os.rmdir(tempfile.mkdtemp(dir=base, prefix=".pdistill-write-check-"))
     except OSError as e:
-        raise SettingError(f"{key}: cannot write to {uri} ({e.strerror or e})") from None
+        raise SettingError(f"{key}: cannot write to {uri} ({e.strerror or e}: {base})") from None
 
 
 def load_tokenizer(cfg: TrainConfig, cache_root: Optional[str]):
