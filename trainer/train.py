@@ -250,6 +250,9 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
     from trainer.data import build_dataloader, num_tokens_in_batch
     from trainer.model import AlphaCallback, DistillationModel, SampleLog, StopAfter
 
+    from schemas import storage
+    from trainer.checkpoints import recover_checkpoints
+    from trainer.faults import kill_callbacks
     from trainer.fingerprint import RunFingerprint, check_allow_list, run_fingerprint
 
     r, d, k = cfg.run, cfg.data, cfg.distill
@@ -262,6 +265,10 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
     for key, folder in (("run.save_folder", r.save_folder), ("run.log_dir", r.log_dir),
                         ("run.sample_log_dir", r.sample_log_dir), ("data.local_cache", cache_root)):
         check_writable_folder(key, folder)
+    if r.autoresume and storage.is_local(r.save_folder):
+        if dist.get_global_rank() == 0:
+            recover_checkpoints(os.path.abspath(storage.local_path(r.save_folder)))
+        dist.barrier()
 
     # 1. student (seeded so the initial weights depend on run.seed only) and its tokenizer
     reproducibility.seed_all(r.seed)
@@ -304,7 +311,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
         callbacks.append(StopAfter(r.stop_after))
     if r.sample_log_dir:
         callbacks.append(SampleLog(r.sample_log_dir))
-    callbacks += list(extra_callbacks or [])
+    callbacks += list(extra_callbacks or []) + kill_callbacks(r.save_folder)
     algorithms = [GradientClipping(clipping_type="norm", clipping_threshold=cfg.optim.grad_clip)] if cfg.optim.grad_clip else []
 
     return make_trainer(
