@@ -59,7 +59,10 @@ def teacher_fidelity(teacher_uri: str, samples: list[dict], manifest: Manifest, 
 
     from schemas import truncate_tensor
 
-    model = AutoModelForCausalLM.from_pretrained(storage.fetch_dir(teacher_uri), torch_dtype=torch.float32).eval()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(storage.fetch_dir(teacher_uri), torch_dtype=torch.float32).eval()
+    except (OSError, ValueError) as e:  # FileNotFoundError included: a wrong URI is the user's, not a bug
+        raise SystemExit(f"pdistill inspect: --teacher {teacher_uri}: cannot load a causal LM ({e})") from None
     codec_kls, total_kls = [], []
     for s in samples:
         n = int(s["n_tokens"])

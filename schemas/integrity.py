@@ -74,7 +74,7 @@ def stored_file(shard: dict) -> Optional[dict]:
     return shard.get("zip_data") or shard.get("raw_data")
 
 
-def _listing(uri: str) -> dict[str, int]:
+def list_files(uri: str) -> dict[str, int]:
     """{path relative to the dataset root: size} for every file under it (one recursive listing)."""
     from schemas import storage
 
@@ -165,7 +165,7 @@ def verify_dataset(uri: str, *, hashes: bool = True) -> Verification:
     from schemas import storage
 
     v = Verification(uri=uri, hashed=hashes)
-    listing = _listing(uri)
+    listing = list_files(uri)
     if not listing:
         v.problems.append(Problem(".", "no such dataset (nothing stored under this URI)"))
         return v

@@ -172,3 +172,12 @@ def test_inspect_verdict_on_s3(dataset, s3_bucket, capsys):
     storage.write_bytes_atomic(f"{uri}/{SHARD}", storage.read_bytes(f"{uri}/{SHARD}")[:-1] + b"\0")
     rc, report = run_inspect(capsys, uri)
     assert rc == 1 and report["problems"][0].startswith(f"{SHARD}: content differs")
+
+
+def test_inspect_bad_teacher_or_missing_dataset_is_a_message(dataset, tmp_path, capsys):
+    out, _, _ = dataset
+    with pytest.raises(SystemExit, match=f"--teacher {tmp_path / 'nope'}: cannot load a causal LM"):
+        inspect.main([out, "--teacher", str(tmp_path / "nope"), "--json"])
+    capsys.readouterr()
+    rc, report = run_inspect(capsys, str(tmp_path / "nothing-here"))
+    assert rc == 1 and report["problems"] == [".: no such dataset (nothing stored under this URI)"]

@@ -6,8 +6,11 @@ Preflight (`inspect_stream`, `check_streams`), before any StreamingDataset exist
   * the manifest is parsed and validated (`schemas.Manifest.from_json`) and checked against the
     student (`schemas.check_compatible`: vocab size, tokenizer fingerprint, seq_len);
   * all streams must share vocab size, tokenizer, seq_len and codec;
-  * with hash validation on, every shard of a *local* dataset is checked against the xxh3_64
-    recorded in the root index (remote shards are checked by streaming as they are downloaded).
+  * with hash validation on, every shard of a *local* dataset is checked against the size and
+    xxh3_64 recorded in the root index (`schemas.integrity`; remote shards are checked by streaming
+    as they are downloaded);
+  * each stream's first sample is read and checked against the manifest (length = seq_len, token
+    ids < vocab_size), and so is every sample as it is decoded (`CorruptDataset` otherwise).
 
 `DistillDataset` is a `streaming.StreamingDataset` over one or several streams (proportion /
 repeat / choose). Every stream is read through a local cache folder (`remote` = the dataset URI,
@@ -137,27 +140,15 @@ def check_streams(
 
 
 def verify_local_shards(info: StreamInfo, algo: str = HASH_ALGO) -> None:
-    """Check each shard file of a local dataset against its recorded hash (raises CorruptDataset)."""
-    from streaming.base.hashing import get_hash
+    """Check each shard file of a local dataset against the root index: it exists, has the recorded
+    size and hash (`schemas.integrity`; raises IncompleteDataset / CorruptDataset naming the shard)."""
+    from schemas.integrity import check_shards, list_files
 
-    root = storage.local_path(info.uri)
-    for shard in info.index["shards"]:
-        part = shard.get("zip_data") or shard.get("raw_data")
-        if not part:
-            continue
-        path = os.path.join(root, part["basename"])
-        want = (part.get("hashes") or {}).get(algo)
-        if want is None:
-            raise CorruptDataset(f"dataset {info.uri}: shard {part['basename']} has no {algo} hash in {INDEX_NAME}")
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise IncompleteDataset(f"dataset {info.uri}: shard {part['basename']} is listed in {INDEX_NAME} but missing") from None
-        if get_hash(algo, data) != want:
-            raise CorruptDataset(
-                f"dataset {info.uri}: shard {part['basename']} is corrupt ({algo} does not match {INDEX_NAME})"
-            )
+    problems, _, _ = check_shards(info.uri, info.index, list_files(info.uri), hashes=True)
+    for p in problems:
+        if p.what.startswith("missing"):
+            raise IncompleteDataset(f"dataset {info.uri}: shard {p.file} is listed in {INDEX_NAME} but missing")
+        raise CorruptDataset(f"dataset {info.uri}: shard {p.file} is corrupt ({p.what})")
 
 
 class DistillDataset(StreamingDataset):
