@@ -70,7 +70,9 @@ def test_invalid_json_names_the_file():
 def test_compatibility():
     m = make_manifest()
     check_compatible(m, vocab_size=49152, tokenizer_fingerprint="sha256:tok", seq_len=512)
-    check_compatible(m, vocab_size=49216)  # a padded student embedding covers every teacher id
+    # equal, not merely covering: a padded/larger student is refused (issue 11: README says "must match")
+    with pytest.raises(IncompatibleDataset, match="vocab_size is 49152 but the student's is 49216; they must be equal"):
+        check_compatible(m, vocab_size=49216)
     with pytest.raises(IncompatibleDataset, match="vocab_size is 49152"):
         check_compatible(m, vocab_size=32000)
     with pytest.raises(IncompatibleDataset, match="tokenizer"):
