@@ -115,7 +115,7 @@ def sample_fields(samples: list[dict], m: Manifest, codec, index: dict) -> dict:
 
 
 # what reading a shard can raise when --skip-hash let a damaged file through
-READ_ERRORS = (SchemaError, ValueError, OSError, EOFError, KeyError, IndexError)
+READ_ERRORS = (SchemaError, ValueError, OSError, EOFError)
 
 
 def build_report(args: argparse.Namespace) -> dict:
