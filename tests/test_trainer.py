@@ -434,6 +434,7 @@ def test_unusable_save_folder_is_a_message(lake, tmp_path, capsys, where):
 @pytest.mark.parametrize("override, message", [
     ("run.device=gpu", "run.device: gpu asked for, but torch sees no CUDA device"),
     ("model.hf_config.hidden_act=no_such_activation", "model.hf_config:"),
+    ("run.precision=amp_bf16", "run.precision: amp_bf16 needs a GPU"),
     ("data.batch_size=0", "data.batch_size: must be > 0"),
     ("run.allow_changed=[optim.nonsense_prefix_ok, bogus]", "run.allow_changed[1]: 'bogus' is not a key"),
 ])

@@ -258,6 +258,9 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
     r, d, k = cfg.run, cfg.data, cfg.distill
     check_allow_list(r.allow_changed)
     device = resolve_device(r.device)
+    if device == "cpu" and r.precision != "fp32":
+        raise SettingError(f"run.precision: {r.precision} needs a GPU (Composer trains on CPU in fp32 only); "
+                           "use run.precision=fp32")
     if not dist.is_initialized() and dist.get_world_size() > 1:
         dist.initialize_dist(device)
     cache_root = cache_root_for(cfg)
