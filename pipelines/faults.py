@@ -3,11 +3,16 @@
 Environment variables reach every DirectRunner worker process (they inherit them), which is
 why they, and not pipeline options, drive these hooks. Unset (production), both are no-ops.
 
-PDISTILL_TEST_FAULTS = JSON {"stage": "read"|"teacher"|"sink", "units": [unit names] or "*",
-                             "mode": "once"|"always", "marker_dir": folder for "once" markers}
+PDISTILL_TEST_FAULTS = JSON {"stage": "read"|"teacher"|"sink"|"upload"|"publish", "units": [unit names] or "*",
+                             "mode": "once"|"always"|"kill", "marker_dir": folder for "once" markers}
                        or a JSON list of such objects
     "once" fails the first attempt for each listed unit (a marker file remembers the attempt,
-    across processes and retries); "always" fails every attempt (a unit that can never finish).
+    across processes and retries); "always" fails every attempt (a unit that can never finish);
+    "kill" sends SIGKILL to the calling process at the first matching point (a machine lost: no
+    exception handler, no cleanup, no retry in that process).
+    Stages: "read" / "teacher" / "sink" before a unit's work there; "upload" after each file of a
+    part is copied to the output (its index last, so a kill there leaves a half-copied part);
+    "publish" (unit "root") after the root index.json is written, before manifest.json.
 PDISTILL_TEST_TEACHER_LOG = path: every teacher forward appends one JSON line
                             {"pid": caller, "units": [...], "model": {"pid": where the model lives, ...}}.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 
 class InjectedFault(RuntimeError):
@@ -33,6 +39,8 @@ def maybe_fail(stage: str, unit: str) -> None:
 def _apply(spec: dict, stage: str, unit: str) -> None:
     if spec.get("stage") != stage or (spec.get("units") != "*" and unit not in spec.get("units", [])):
         return
+    if spec.get("mode") == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
     if spec.get("mode", "once") == "always":
         raise InjectedFault(f"injected failure at {stage} of unit {unit} (always)")
     marker = os.path.join(spec["marker_dir"], f"{stage}-{unit}")

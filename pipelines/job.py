@@ -2,8 +2,9 @@
 
 `prepare` does everything that can fail without a worker, before any work is scheduled:
 inputs exist and are planned into units, the tokenizer loads and its separator is valid, the
-teacher checkpoint is readable and covers the tokenizer's vocabulary, the output holds nothing
-written with other settings. It also finds the parts already published (a resumed run) and
+teacher checkpoint is readable and covers the tokenizer's vocabulary, the output lies outside
+every input and is empty or ours, and this run claims it atomically for its settings
+(`pipelines.output`). It also finds the parts already published (a resumed run) and
 leaves them out of the work, so neither the tokenizer nor the teacher sees them again.
 
 Graph:  units -> Reshuffle -> ReadAndPack -> RunInference(teacher) -> EncodeSample
@@ -23,6 +24,9 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.config import PipelineConfig
+from pipelines.output import (  # noqa: F401  (SettingsMismatch, OutputError: part of this module's API)
+    SETTINGS_NAME, OutputError, SettingsMismatch, claim_output, clean_orphans, refuse_overlap,
+)
 from pipelines.packing import ReadAndPack, load_tokenizer, resolve_bos, resolve_separator
 from pipelines.sink import EncodeSample, WritePart, finalize, finished_units
 from pipelines.sources import SourceFile, Unit, expand_inputs, plan_units, source_fingerprint, source_versions
@@ -33,12 +37,6 @@ from schemas.redact import redact_uri
 from schemas.truncation import validate_params
 
 log = logging.getLogger("pdistill.pipeline")
-SETTINGS_NAME = "_settings.json"
-
-
-class SettingsMismatch(RuntimeError):
-    """The output already holds (part of) a dataset written with other settings."""
-
 
 @dataclass
 class Plan:
@@ -59,6 +57,7 @@ class Plan:
 
 def prepare(config: PipelineConfig) -> Plan:
     config.require_io()
+    refuse_overlap(config.output, config.inputs)
     revision = prefetch_revision(config.teacher)  # overlaps the sha256 of the weights with the checks below
     files = expand_inputs(config.inputs, config.format)
     units = plan_units(files, config.rows_per_unit, config.bytes_per_unit)
@@ -82,10 +81,11 @@ def prepare(config: PipelineConfig) -> Plan:
     fp = config.settings_fingerprint(resolved)
     plan = Plan(config, files, units, [], src_fp, sep_id, bos_id, len(tok), teacher, settings, fp)
     plan.manifest_fields = _manifest_fields(plan)
-    plan.complete = _check_output(config.output, fp, settings, source_versions(files))
+    plan.complete = claim_output(config.output, fp, settings, source_versions(files))
     if not plan.complete:
         done = finished_units(config.output)
         plan.todo = [u for u in units if u.name not in done]
+        clean_orphans(config.output, {u.name for u in plan.todo})
     return plan
 
 
@@ -113,64 +113,6 @@ def _manifest_fields(plan: Plan) -> dict:
     }
 
 
-def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
-
-
-def _check_output(output: str, fp: str, settings: dict, versions: dict | None = None) -> bool:
-    """True when the dataset is already complete with these settings; refuse other settings, and
-    refuse to resume when an input at the same URI changed in place (its size, ETag / md5Hash /
-    crc32c, or local mtime differs from what the first run recorded)."""
-    settings_uri = storage.join(output, SETTINGS_NAME)
-    manifest_uri = storage.join(output, MANIFEST_NAME)
-    _forget_listings(output)
-    old = json.loads(storage.read_text(settings_uri)) if storage.exists(settings_uri) else None
-    if old is not None and old.get("settings_fingerprint") != fp:
-        changes = _diff(old.get("settings", {}), settings)
-        raise SettingsMismatch(
-            f"output {output} was written with other settings ({'; '.join(changes) or 'fingerprint differs'}); "
-            "refusing to mix them: choose a new output or restore the settings"
-        )
-    if storage.exists(manifest_uri):
-        m = Manifest.from_json(storage.read_text(manifest_uri), manifest_uri)
-        if m.settings_fingerprint != fp:
-            raise SettingsMismatch(f"output {output} holds a finished dataset with settings {m.settings_fingerprint}, "
-                                   f"this run's are {fp}; choose a new output")
-        return True
-    if old is not None and versions:
-        changed = sorted(u for u, v in (old.get("source_versions") or {}).items() if u in versions and versions[u] != v)
-        if changed:
-            raise SettingsMismatch(
-                f"output {output}: input {changed[0]} changed in place since its parts were written "
-                f"({old['source_versions'][changed[0]]} -> {versions[changed[0]]}"
-                + (f"; {len(changed) - 1} more" if len(changed) > 1 else "") + "); refusing to mix old and new "
-                "content: choose a new output (or restore the input)")
-    if old is None:
-        if finished_units(output):
-            raise SettingsMismatch(f"output {output} has parts but no {SETTINGS_NAME}: not written by this "
-                                   "pipeline with known settings; choose a new output")
-        storage.write_text_atomic(settings_uri, json.dumps({"settings_fingerprint": fp, "settings": settings,
-                                                            "source_versions": versions or {}},
-                                                           indent=2, sort_keys=True))
-    return False
-
-
-def _forget_listings(uri: str) -> None:
-    """Drop fsspec's cached listings: parts published by other processes must be seen."""
-    try:
-        fs, _ = storage.fs_and_path(uri)
-        fs.invalidate_cache()
-    except Exception:
-        pass
-
-
 def build(p: beam.Pipeline, plan: Plan) -> None:
     c = plan.config
     handler = TeacherModelHandler(
@@ -195,7 +137,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
         (encoded, read[ReadAndPack.META])
         | "Join" >> beam.Flatten()
         | "ByUnit" >> beam.GroupByKey()
-        | "WriteParts" >> beam.ParDo(WritePart(c.output, vocab, c.kept_k))
+        | "WriteParts" >> beam.ParDo(WritePart(c.output, vocab, c.kept_k, plan.settings_fp))
         | "AllParts" >> beam.combiners.ToList()
         | "Finalize" >> beam.Map(finalize, c.output, [u.name for u in plan.units], plan.manifest_fields)
     )

@@ -8,7 +8,9 @@ already there is left alone: retries cannot duplicate or corrupt it.
 
 Beside the shards, `stats.json` holds the unit's counts (documents, packed documents, dead
 letters, sequences, tokens; its file's index and why it was not read whole, for the manifest's
-per-source accounting, `pipelines.accounting`) so the final step reconciles counts without re-reading shards;
+per-source accounting, `pipelines.accounting`) and the settings fingerprint the part was written
+with, so the final step reconciles counts without re-reading shards and refuses to publish a part
+written with other settings (naming it);
 the unit's rejected documents go to `<out>/dead_letter/<unit>.jsonl` (one JSON object per line:
 file, unit, position, kind, reason, excerpt), published before the part's index.
 
@@ -27,6 +29,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipelines import faults
+from pipelines.output import PartMismatch
 from schemas import DEAD_LETTER_DIR, INDEX_NAME, MANIFEST_NAME, PARTS_DIR, build_sample, make_codec, mds_columns, storage
 from schemas.manifest import Manifest
 
@@ -70,8 +73,8 @@ class EncodeSample(beam.DoFn):
 class WritePart(beam.DoFn):
     """(unit, [samples and the unit's meta]) -> one published part; yields the unit's stats."""
 
-    def __init__(self, output: str, vocab_size: int, kept_k: int):
-        self.output, self.vocab_size, self.kept_k = output, vocab_size, kept_k
+    def __init__(self, output: str, vocab_size: int, kept_k: int, settings_fp: str):
+        self.output, self.vocab_size, self.kept_k, self.settings_fp = output, vocab_size, kept_k, settings_fp
 
     def setup(self):
         self.parts_done = Metrics.counter("pdistill", "parts_written")
@@ -98,8 +101,8 @@ class WritePart(beam.DoFn):
         if indexes != list(range(meta["sequences"])):
             raise RuntimeError(f"unit {unit}: got sequence indexes {indexes[:10]}..., expected 0..{meta['sequences'] - 1}")
         dead = meta.get("dead", [])
-        stats = {"unit": unit, **{k: meta[k] for k in COUNT_KEYS}, "source": meta.get("source"),
-                 "incomplete": meta.get("incomplete", [])}
+        stats = {"unit": unit, "settings_fingerprint": self.settings_fp, **{k: meta[k] for k in COUNT_KEYS},
+                 "source": meta.get("source"), "incomplete": meta.get("incomplete", [])}
         if dead:
             body = "".join(json.dumps(d, sort_keys=True, ensure_ascii=False) + "\n" for d in dead)
             storage.write_text_atomic(storage.join(self.output, DEAD_LETTER_DIR, f"{unit}.jsonl"), body)
@@ -108,7 +111,8 @@ class WritePart(beam.DoFn):
             write_mds(local, [s for _, s in samples], self.vocab_size, self.kept_k)
             with open(os.path.join(local, STATS_NAME), "w") as f:
                 json.dump(stats, f, sort_keys=True)
-            storage.upload_dir(local, dest, last=(STATS_NAME, INDEX_NAME))
+            storage.upload_dir(local, dest, last=(STATS_NAME, INDEX_NAME),
+                               after_each=lambda name: faults.maybe_fail("upload", unit))
         self.parts_done.inc()
         yield unit, stats
 
@@ -129,8 +133,10 @@ def read_part(output: str, unit: str) -> tuple[dict, dict]:
     return index, stats
 
 
-def build_root_index(output: str, units: list[str]) -> tuple[dict, dict, list[dict]]:
-    """Root index over every unit's part in sorted order, the summed counts, each unit's stats."""
+def build_root_index(output: str, units: list[str], settings_fp: str) -> tuple[dict, dict, list[dict]]:
+    """Root index over every unit's part in sorted order, the summed counts, each unit's stats;
+    refuses a part whose stats do not carry `settings_fp` (written by another run, or by an older
+    pdistill)."""
     missing = sorted(set(units) - finished_units(output))
     if missing:
         raise RuntimeError(f"{len(missing)} parts are missing under {storage.join(output, PARTS_DIR)} "
@@ -138,6 +144,11 @@ def build_root_index(output: str, units: list[str]) -> tuple[dict, dict, list[di
     shards, totals, per_unit = [], dict.fromkeys(COUNT_KEYS, 0), []
     for unit in sorted(units):
         index, stats = read_part(output, unit)
+        if stats.get("settings_fingerprint") != settings_fp:
+            raise PartMismatch(
+                f"part {part_uri(output, unit)} was written with settings {stats.get('settings_fingerprint')}, "
+                f"the dataset's are {settings_fp}; refusing to publish a mixed dataset: delete that part folder "
+                "and re-run the same command to recompute it")
         per_unit.append(stats)
         for shard in index["shards"]:
             for key in ("raw_data", "zip_data"):
@@ -155,12 +166,13 @@ def finalize(_computed, output: str, units: list[str], manifest_fields: dict) ->
 
     from pipelines.accounting import account_sources
 
-    index, totals, per_unit = build_root_index(output, units)
+    index, totals, per_unit = build_root_index(output, units, manifest_fields["settings_fingerprint"])
     sources, incomplete_files = account_sources(manifest_fields["sources"], per_unit)
     counts = Counts(units=len(units), incomplete_files=incomplete_files, **totals)
     if not counts.reconciles():
         raise RuntimeError(f"counts do not reconcile: {counts}")
     storage.write_text_atomic(storage.join(output, INDEX_NAME), json.dumps(index, sort_keys=True))
+    faults.maybe_fail("publish", "root")  # test hook: a kill between the root index and the manifest
     m = manifest_fields
     manifest = Manifest(
         teacher=Teacher(**m["teacher"]), tokenizer=Tokenizer(**m["tokenizer"]), vocab_size=m["vocab_size"],

@@ -75,10 +75,11 @@ def write_text_atomic(uri: str, text: str) -> None:
     write_bytes_atomic(uri, text.encode("utf-8"))
 
 
-def upload_dir(local_dir: str, uri: str, last: tuple[str, ...] = ()) -> None:
+def upload_dir(local_dir: str, uri: str, last: tuple[str, ...] = (), after_each=None) -> None:
     """Copy a local folder's files to `uri`; files named in `last` go after all the others.
 
     Use `last=("index.json",)` so that a reader never sees an index before its shards.
+    `after_each(name)` is called after each top-level file is copied (progress, test hooks).
     """
     names = sorted(os.listdir(local_dir))
     ordered = [n for n in names if n not in last] + [n for n in last if n in names]
@@ -89,6 +90,8 @@ def upload_dir(local_dir: str, uri: str, last: tuple[str, ...] = ()) -> None:
             continue
         with open(src, "rb") as f:
             write_bytes_atomic(join(uri, name), f.read())
+        if after_each is not None:
+            after_each(name)
 
 
 def _version(info: dict) -> str:

@@ -137,7 +137,9 @@ def test_retried_bundles_give_the_same_dataset(clean, tiny_teacher, lake, tmp_pa
     monkeypatch.setenv("PDISTILL_TEST_FAULTS", json.dumps(faults))
     out = tmp_path / "ds"
     # a half-copied part from an earlier attempt (shards, no index.json) must be overwritten
+    # (an earlier attempt had claimed the output: parts never exist without its _settings.json)
     os.makedirs(out / "parts" / "u00001-00000")
+    shutil.copy(os.path.join(clean["out"], "_settings.json"), out / "_settings.json")
     (out / "parts" / "u00001-00000" / "shard.00000.mds.zstd").write_bytes(b"torn write")
     # Beam's FnApiRunner (the default DirectRunner) does not retry bundles; the bundle-based
     # DirectRunner does (up to 4 attempts), like Dataflow
