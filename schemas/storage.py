@@ -13,6 +13,12 @@ import shutil
 import tempfile
 import uuid
 
+from schemas.errors import SchemaError
+
+
+class UnsafeObjectName(SchemaError):
+    """A remote object whose name would land outside the folder it is downloaded into."""
+
 
 def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
@@ -102,9 +108,23 @@ def _version(info: dict) -> str:
     return ""
 
 
+def safe_target(dest: str, name: str, where: str) -> str:
+    """`dest/name` for a name taken from a remote listing, refused unless it stays strictly inside
+    `dest`: object stores allow keys such as `t/../../x` or `/abs`, which a plain join would write
+    anywhere on the local disk."""
+    root = os.path.normpath(os.path.abspath(dest))
+    target = os.path.normpath(os.path.join(root, name))
+    if not name or name.startswith(("/", os.sep)) or os.path.commonpath([root, target]) != root or target == root:
+        raise UnsafeObjectName(f"object {where}: its name {name!r} resolves outside the download folder; "
+                               "refusing to fetch (a hostile or broken upload?)")
+    return target
+
+
 def fetch_dir(uri: str, cache_root: str | None = None) -> str:
     """A local folder holding the files under `uri` (downloaded once into a cache for remote URIs).
 
+    Object names are untrusted: one that would resolve outside the destination (`../`, absolute)
+    is refused with an error naming it, before anything is downloaded.
     The cache entry is keyed by the URI *and* its listing (every file's name, size and store
     version), so a checkpoint replaced at the same URI is fetched again, never served stale. The
     download goes to a temporary folder that is renamed into place when complete, so a killed
@@ -121,10 +141,16 @@ def fetch_dir(uri: str, cache_root: str | None = None) -> str:
     listing = fs.find(path, detail=True) if fs.exists(path) else {}
     if not listing:
         raise FileNotFoundError(f"no such folder (or an empty one): {uri}")
+    root = path.rstrip("/")
+    names = {}
+    for remote in sorted(listing):  # every name is checked before anything is downloaded
+        rel = remote[len(root) + 1:] if remote.startswith(root + "/") else remote
+        safe_target(cache_root, rel, where=f"{uri.rstrip('/')}/{rel}")
+        names[remote] = rel
     key = hashlib.sha256(uri.encode())
     for remote in sorted(listing):
         info = listing[remote]
-        key.update(f"\x00{posixpath.relpath(remote, path)}\x00{info.get('size')}\x00{_version(info)}".encode())
+        key.update(f"\x00{names[remote]}\x00{info.get('size')}\x00{_version(info)}".encode())
     dest = os.path.join(cache_root, key.hexdigest()[:32])
     if os.path.isdir(dest):
         return dest
@@ -132,8 +158,7 @@ def fetch_dir(uri: str, cache_root: str | None = None) -> str:
     tmp = tempfile.mkdtemp(prefix=".fetch-", dir=cache_root)
     try:
         for remote in sorted(listing):
-            rel = posixpath.relpath(remote, path)
-            target = os.path.join(tmp, rel)
+            target = safe_target(tmp, names[remote], where=f"{uri.rstrip('/')}/{names[remote]}")
             os.makedirs(os.path.dirname(target), exist_ok=True)
             fs.get_file(remote, target)
         try:

@@ -214,3 +214,32 @@ def test_streaming_gcs_downloader_needs_google_credentials(gcs_bucket, tmp_path,
     by_index, iterated = _read_all(remote, tmp_path / "cache-anon")
     assert [g["id"] for g in by_index] == [r["id"] for r in rows]
     assert [g["id"] for g in iterated] == [r["id"] for r in rows]
+
+
+# ---------------------------------------------------------------- hostile object names
+
+
+def test_fetch_dir_refuses_object_names_that_escape_the_cache(s3_bucket, s3_server, tmp_path):
+    """An object named `<teacher>/../../../../escaped_marker` must not be written outside the cache."""
+    import boto3
+
+    teacher = storage.join(s3_bucket, "t")
+    storage.write_text_atomic(storage.join(teacher, "config.json"), "{}")
+    bucket = urllib.parse.urlparse(s3_bucket).netloc
+    key = "data/t/../../../../escaped_marker"
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1")
+    client.put_object(Bucket=bucket, Key=key, Body=b"escaped")
+    assert key in _s3_keys(s3_server.endpoint, s3_bucket)  # the store keeps the name verbatim
+    cache = tmp_path / "a" / "b" / "c" / "cache"
+    with pytest.raises(ValueError, match=r"escaped_marker.*outside"):
+        storage.fetch_dir(teacher, cache_root=str(cache))
+    escaped = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs if f == "escaped_marker"]
+    assert escaped == []
+    assert not cache.exists() or os.listdir(cache) == []  # refused before any download
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/x", "a//b/../../../x", ".", "a/..", ""])
+def test_safe_relative_name_rejects_escapes(name, tmp_path):
+    with pytest.raises(ValueError, match="outside"):
+        storage.safe_target(str(tmp_path), name, where="s3://b/t/" + name)
+    assert storage.safe_target(str(tmp_path), "sub/x.bin", where="x") == os.path.join(str(tmp_path), "sub", "x.bin")
