@@ -1,7 +1,10 @@
 # Two service accounts with bucket-level roles only (no project-wide storage roles):
 #   pipeline (Dataflow workers and the flex-template launcher; also Dataproc VMs): reads the corpus
-#     and teacher checkpoints, writes datasets and its temp/staging bucket, pulls images;
-#   trainer (GKE / Vertex AI training): reads datasets, reads and writes checkpoints, pulls images.
+#     and teacher models, writes datasets and its temp/staging bucket, pulls images;
+#   trainer (GKE / Vertex AI training): reads datasets and teacher models (tokenizer, live-teacher
+#     mode), reads and writes student checkpoints, pulls images.
+# Teacher models have their own bucket: no service account that runs jobs can write or delete them
+# (only teacher_publisher_members can).
 
 resource "google_service_account" "pipeline" {
   project      = var.project_id
@@ -48,9 +51,10 @@ locals {
   bucket_bindings = {
     pipeline_corpus_read      = { bucket = google_storage_bucket.data["corpus"].name, role = "roles/storage.objectViewer", member = google_service_account.pipeline.member }
     pipeline_datasets_write   = { bucket = google_storage_bucket.data["datasets"].name, role = "roles/storage.objectAdmin", member = google_service_account.pipeline.member }
-    pipeline_teacher_read     = { bucket = google_storage_bucket.data["checkpoints"].name, role = "roles/storage.objectViewer", member = google_service_account.pipeline.member }
+    pipeline_teacher_read     = { bucket = google_storage_bucket.data["teachers"].name, role = "roles/storage.objectViewer", member = google_service_account.pipeline.member }
     pipeline_dataflow_temp    = { bucket = google_storage_bucket.dataflow.name, role = "roles/storage.objectAdmin", member = google_service_account.pipeline.member }
     trainer_datasets_read     = { bucket = google_storage_bucket.data["datasets"].name, role = "roles/storage.objectViewer", member = google_service_account.trainer.member }
+    trainer_teacher_read      = { bucket = google_storage_bucket.data["teachers"].name, role = "roles/storage.objectViewer", member = google_service_account.trainer.member }
     trainer_checkpoints_write = { bucket = google_storage_bucket.data["checkpoints"].name, role = "roles/storage.objectAdmin", member = google_service_account.trainer.member }
   }
 }
@@ -60,6 +64,14 @@ resource "google_storage_bucket_iam_member" "bindings" {
   bucket   = each.value.bucket
   role     = each.value.role
   member   = each.value.member
+}
+
+# -- who may upload or replace teacher models (people / CI; never the job accounts) --
+resource "google_storage_bucket_iam_member" "teacher_publishers" {
+  for_each = toset(var.teacher_publisher_members)
+  bucket   = google_storage_bucket.data["teachers"].name
+  role     = "roles/storage.objectAdmin"
+  member   = each.value
 }
 
 # -- image pulls --

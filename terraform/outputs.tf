@@ -21,8 +21,13 @@ output "datasets_bucket_url" {
   value       = google_storage_bucket.data["datasets"].url
 }
 
+output "teachers_bucket_url" {
+  description = "gs:// URL of the teacher-model bucket (pipeline --teacher, trainer model.tokenizer / live teacher); read-only for both service accounts."
+  value       = google_storage_bucket.data["teachers"].url
+}
+
 output "checkpoints_bucket_url" {
-  description = "gs:// URL of the checkpoint bucket (teacher checkpoints; trainer run.save_folder)."
+  description = "gs:// URL of the student-checkpoint bucket (trainer run.save_folder)."
   value       = google_storage_bucket.data["checkpoints"].url
 }
 

@@ -10,8 +10,11 @@ locals {
     datasets = {
       purpose = "distillation datasets (MDS parts, index.json, manifest.json) written by the pipeline"
     }
+    teachers = {
+      purpose = "teacher checkpoints and tokenizers: read by the pipeline and the trainer, written only by teacher_publisher_members"
+    }
     checkpoints = {
-      purpose = "teacher checkpoints read by the pipeline, student checkpoints written by Composer (save_folder)"
+      purpose = "student checkpoints written by Composer (save_folder); no teacher models here"
     }
   }
 }

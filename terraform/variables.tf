@@ -103,6 +103,16 @@ variable "launcher_members" {
   }
 }
 
+variable "teacher_publisher_members" {
+  description = "Principals (user:..., group:..., serviceAccount:...) allowed to upload, replace or delete teacher models in the teachers bucket (roles/storage.objectAdmin there). The pipeline and trainer service accounts only read it."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for m in var.teacher_publisher_members : can(regex("^(user|group|serviceAccount|domain|principal|principalSet):.+", m))])
+    error_message = "teacher_publisher_members entries must be IAM principals such as user:alice@example.com or group:ml@example.com."
+  }
+}
+
 variable "gke_workload_identity" {
   description = "Optional GKE Workload Identity binding for infra/training/k8s-train-job.yaml: the Kubernetes namespace and service account allowed to act as the trainer service account."
   type = object({

@@ -124,6 +124,35 @@ def test_iam_is_least_privilege(tf):
     assert {"pipeline", "trainer"} <= set(sas)
 
 
+def _bucket_grants(tf):
+    """(bucket role key, IAM role, member) for every bucket-level grant in iam.tf's bindings map."""
+    text = read("terraform", "iam.tf")
+    block = re.search(r"bucket_bindings\s*=\s*\{(.*?)\n  \}", text, re.S).group(1)
+    grants = []
+    for line in block.splitlines():
+        m = re.search(r'bucket\s*=\s*google_storage_bucket\.(\w+)(?:\["(\w+)"\])?\.name,\s*role\s*=\s*"([^"]+)",'
+                      r'\s*member\s*=\s*(\S+?)\s*\}', line)
+        if m:
+            grants.append((m.group(2) or m.group(1), m.group(3), m.group(4)))
+    return grants
+
+
+def test_teacher_models_are_read_only_for_the_trainer(tf):
+    """Teacher checkpoints live in their own bucket; the trainer (which writes student checkpoints)
+    can only read them, so a training job can never overwrite or delete a teacher."""
+    assert re.search(r"^\s*teachers\s*=\s*\{", read("terraform", "storage.tf"), re.M), "no teachers bucket"
+    grants = _bucket_grants(tf)
+    assert grants, "no bucket bindings parsed from iam.tf"
+    on = lambda bucket, who: {r for b, r, m in grants if b == bucket and f"google_service_account.{who}" in m}  # noqa: E731
+    assert on("teachers", "trainer") == {"roles/storage.objectViewer"}
+    assert on("teachers", "pipeline") == {"roles/storage.objectViewer"}
+    assert on("checkpoints", "trainer") == {"roles/storage.objectAdmin"}
+    assert on("checkpoints", "pipeline") == set()  # the pipeline reads teachers, not student checkpoints
+    writers = resources(tf, "google_storage_bucket_iam_member")
+    assert "teacher_publishers" in writers and "teachers" in writers["teacher_publishers"]["bucket"]
+    assert "teachers_bucket_url" in _blocks(tf, "output")
+
+
 def test_required_apis_and_registry(tf):
     main = read("terraform", "main.tf")
     for api in ("dataflow", "compute", "storage", "artifactregistry", "iam", "cloudbuild"):
