@@ -253,6 +253,7 @@ def run(config: PipelineConfig, extra_args: list[str] | None = None, options: Pi
     with Progress(config.output, [u.name for u in plan.todo], enabled=config.progress):
         result = p.run()
         result.wait_until_finish()
+    storage.fs_and_path(config.output)[0].invalidate_cache()  # the manifest was written by a worker
     manifest = Manifest.from_json(storage.read_text(storage.join(config.output, MANIFEST_NAME)))
     return RunReport(False, len(plan.units), len(plan.todo), collect_metrics(result), time.time() - t0,
                      config.output, dataclasses.asdict(manifest.counts))

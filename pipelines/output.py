@@ -101,6 +101,8 @@ def _top_level(output: str) -> list[str]:
         entries = fs.ls(path, detail=False)
     except FileNotFoundError:
         return []
+    finally:
+        fs.invalidate_cache()  # other processes write here next
     return sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != path.rstrip("/")})
 
 
@@ -191,6 +193,8 @@ def clean_orphans(output: str, unfinished: set[str]) -> list[str]:
         found = fs.find(root)
     except FileNotFoundError:
         return []
+    finally:
+        fs.invalidate_cache()  # a listing cached here would hide what worker processes publish
     removed = []
     for p in found:
         rel = p[len(root) + 1:] if p.startswith(root + "/") else None
