@@ -95,15 +95,16 @@ def refuse_overlap(output: str, inputs: list[str]) -> None:
 def _top_level(output: str) -> list[str]:
     fs, path = storage.fs_and_path(output)
     fs.invalidate_cache()
-    try:
-        if not fs.isdir(path):
-            return [os.path.basename(path)] if fs.exists(path) else []
-        entries = fs.ls(path, detail=False)
-    except FileNotFoundError:
-        return []
+    try:  # one listing call: an isdir-then-exists pair races with a claim being created
+        entries = [e.rstrip("/") for e in fs.ls(path, detail=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        entries = [path] if fs.isfile(path) else []
     finally:
         fs.invalidate_cache()  # other processes write here next
-    return sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != path.rstrip("/")})
+    root = path.rstrip("/")
+    if entries == [root]:  # the output URI is a file (object), not a folder
+        return [root.rsplit("/", 1)[-1]]
+    return sorted({e.rsplit("/", 1)[-1] for e in entries if e != root})
 
 
 def _is_our_temp(name: str) -> bool:

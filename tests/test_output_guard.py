@@ -66,7 +66,7 @@ def race_claims(output, n=6):
         barrier.wait()
         try:
             results[i] = claim_output(output, fp, {"settings": {"top_k": [3, 8][i % 2]}})
-        except SettingsMismatch as e:
+        except Exception as e:  # anything but SettingsMismatch fails the assertions below, shown with its message
             results[i] = e
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
@@ -76,9 +76,10 @@ def race_claims(output, n=6):
         t.join()
     passed = {i % 2 for i, r in enumerate(results) if r is False}
     refused = [r for r in results if isinstance(r, SettingsMismatch)]
+    assert all(r is False or isinstance(r, SettingsMismatch) for r in results), results
     assert len(passed) == 1, results  # one setting won ...
     winner = passed.pop()
-    assert all(results[i] is False for i in range(winner, n, 2))  # ... every run with it may go on
+    assert all(results[i] is False for i in range(winner, n, 2)), results  # ... every run with it may go on
     assert len(refused) == n // 2 and all(r is not False for i, r in enumerate(results) if i % 2 != winner)
     assert all(f"top_k: {[3, 8][winner]!r} -> {[3, 8][1 - winner]!r}" in str(r) for r in refused)
     assert json.loads(storage.read_text(storage.join(output, "_settings.json")))["settings_fingerprint"] == f"sha256:{winner}"
@@ -189,6 +190,11 @@ def test_foreign_local_output_is_refused(lake, tiny_teacher, tmp_path, capsys):
     with pytest.raises(ForeignOutput, match="README.txt"):
         prepare(cfg(lake, notes, tiny_teacher))
     assert os.listdir(notes) == ["README.txt"]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    with pytest.raises(ForeignOutput, match="a-file"):
+        prepare(cfg(lake, a_file, tiny_teacher))
+    assert a_file.read_text() == "mine"
     empty = tmp_path / "empty"
     empty.mkdir()
     assert prepare(cfg(lake, empty, tiny_teacher)).todo  # an empty folder is fine
