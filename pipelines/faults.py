@@ -3,7 +3,7 @@
 Environment variables reach every DirectRunner worker process (they inherit them), which is
 why they, and not pipeline options, drive these hooks. Unset (production), both are no-ops.
 
-PDISTILL_TEST_FAULTS = JSON {"stage": "read"|"teacher"|"sink"|"upload"|"publish", "units": [unit names] or "*",
+PDISTILL_TEST_FAULTS = JSON {"stage": "read"|"teacher"|"sink"|"write"|"upload"|"publish", "units": [unit names] or "*",
                              "mode": "once"|"always"|"kill", "marker_dir": folder for "once" markers}
                        or a JSON list of such objects
     "once" fails the first attempt for each listed unit (a marker file remembers the attempt,
@@ -12,6 +12,8 @@ PDISTILL_TEST_FAULTS = JSON {"stage": "read"|"teacher"|"sink"|"upload"|"publish"
     exception handler, no cleanup, no retry in that process).
     Stages: "read" / "teacher" / "sink" before a unit's work there; "upload" after each file of a
     part is copied to the output (its index last, so a kill there leaves a half-copied part);
+    "write" inside each file copy, when its bytes are written but not yet renamed into place (a
+    kill there leaves a local `<name>.tmp-<hex>` orphan);
     "publish" (unit "root") after the root index.json is written, before manifest.json.
 PDISTILL_TEST_TEACHER_LOG = path: every teacher forward appends one JSON line
                             {"pid": caller, "units": [...], "model": {"pid": where the model lives, ...}}.

@@ -112,7 +112,8 @@ class WritePart(beam.DoFn):
             with open(os.path.join(local, STATS_NAME), "w") as f:
                 json.dump(stats, f, sort_keys=True)
             storage.upload_dir(local, dest, last=(STATS_NAME, INDEX_NAME),
-                               after_each=lambda name: faults.maybe_fail("upload", unit))
+                               after_each=lambda name: faults.maybe_fail("upload", unit),
+                               before_commit=lambda name: faults.maybe_fail("write", unit))
         self.parts_done.inc()
         yield unit, stats
 

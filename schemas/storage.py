@@ -58,10 +58,12 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
-def write_bytes_atomic(uri: str, data: bytes) -> None:
+def write_bytes_atomic(uri: str, data: bytes, before_commit=None) -> None:
     """Write one object so that readers see all of it or nothing.
 
-    Local: write a temporary file beside it and rename. Object stores: one PUT is atomic.
+    Local: write a temporary file beside it (`<name>.tmp-<32 hex>`) and rename. Object stores: one
+    PUT is atomic. `before_commit()` runs when the bytes are written but not yet visible under
+    `uri` (a test hook: a kill there leaves the temporary file a killed writer leaves).
     """
     if is_local(uri):
         path = os.path.abspath(local_path(uri))
@@ -71,8 +73,12 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if before_commit is not None:
+            before_commit()
         os.replace(tmp, path)
         return
+    if before_commit is not None:
+        before_commit()
     fs, path = fs_and_path(uri)
     fs.pipe_file(path, data)
 
@@ -81,11 +87,12 @@ def write_text_atomic(uri: str, text: str) -> None:
     write_bytes_atomic(uri, text.encode("utf-8"))
 
 
-def upload_dir(local_dir: str, uri: str, last: tuple[str, ...] = (), after_each=None) -> None:
+def upload_dir(local_dir: str, uri: str, last: tuple[str, ...] = (), after_each=None, before_commit=None) -> None:
     """Copy a local folder's files to `uri`; files named in `last` go after all the others.
 
     Use `last=("index.json",)` so that a reader never sees an index before its shards.
-    `after_each(name)` is called after each top-level file is copied (progress, test hooks).
+    `after_each(name)` runs after each top-level file is copied, `before_commit(name)` when its
+    bytes are written but not yet visible (progress, test hooks).
     """
     names = sorted(os.listdir(local_dir))
     ordered = [n for n in names if n not in last] + [n for n in last if n in names]
@@ -95,7 +102,9 @@ def upload_dir(local_dir: str, uri: str, last: tuple[str, ...] = (), after_each=
             upload_dir(src, join(uri, name))
             continue
         with open(src, "rb") as f:
-            write_bytes_atomic(join(uri, name), f.read())
+            data = f.read()
+        write_bytes_atomic(join(uri, name), data,
+                           before_commit=None if before_commit is None else (lambda n=name: before_commit(n)))
         if after_each is not None:
             after_each(name)
 

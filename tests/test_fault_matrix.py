@@ -33,6 +33,8 @@ CASES = {
                               lambda units: {"stage": "read", "units": "*"}),
     "mid-part": ("after a part's first shard is copied, before its stats and index",
                  lambda units: {"stage": "upload", "units": [units[len(units) // 2]]}),
+    "inside a shard write": ("a part's first shard written to its temp file, not yet renamed (orphan temp file left)",
+                             lambda units: {"stage": "write", "units": [units[len(units) // 2]]}),
     "between parts": ("before a later part is written (earlier parts published)",
                       lambda units: {"stage": "sink", "units": [units[-1]]}),
     "during publish": ("after the root index.json, before manifest.json",
@@ -91,6 +93,10 @@ def test_killed_pipeline_resumes_to_the_clean_dataset(case, clean, lake, tiny_te
     if case == "mid-part":
         victim = fault(clean["units"])["units"][0]
         assert f"parts/{victim}/index.json" not in left and any(k.startswith(f"parts/{victim}/shard.") for k in left)
+    if case == "inside a shard write":
+        victim = fault(clean["units"])["units"][0]
+        assert [k for k in left if k.startswith(f"parts/{victim}/")] and all(
+            ".tmp-" in k for k in left if k.startswith(f"parts/{victim}/"))  # only the orphan
     if case == "during publish":
         assert "index.json" in left and published_before == set(clean["units"])
 
