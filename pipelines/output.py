@@ -21,6 +21,7 @@ import re
 
 from schemas import DEAD_LETTER_DIR, INDEX_NAME, MANIFEST_NAME, PARTS_DIR, Manifest, storage
 from schemas.claim import create_if_absent
+from schemas.redact import redact_uri
 
 log = logging.getLogger("pdistill.pipeline")
 SETTINGS_NAME = "_settings.json"
@@ -80,13 +81,14 @@ def refuse_overlap(output: str, inputs: list[str]) -> None:
     out = _norm(output)
     for pattern in inputs:
         base = _norm(input_base(pattern))
+        shown_out, shown_in = redact_uri(output), redact_uri(pattern)
         if _inside(out, base):
             raise OutputInsideInput(
-                f"output {output} is inside the input folder {input_base(pattern)} (input {pattern!r}): a re-run "
-                "would read the dataset's own shards as input; choose an output outside every input folder")
+                f"output {shown_out} is inside the input folder {redact_uri(input_base(pattern))} (input {shown_in!r}): "
+                "a re-run would read the dataset's own shards as input; choose an output outside every input folder")
         if _inside(base, out):
-            raise OutputInsideInput(f"input {pattern!r} lies inside the output {output}; choose an output that holds "
-                                    "no input")
+            raise OutputInsideInput(f"input {shown_in!r} lies inside the output {shown_out}; choose an output that "
+                                    "holds no input")
 
 
 # ---------------------------------------------------------------- the claim
@@ -120,10 +122,10 @@ def _refuse_foreign(output: str, names: list[str], claimed: bool) -> None:
         return
     shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
     if not claimed and set(foreign) <= set(OUR_NAMES):
-        raise ForeignOutput(f"output {output} holds {shown} but no {SETTINGS_NAME}: not written by this pipeline "
+        raise ForeignOutput(f"output {redact_uri(output)} holds {shown} but no {SETTINGS_NAME}: not written by this pipeline "
                             "with known settings; refusing to overwrite it: choose a new (empty) output")
     what = "files this pipeline never writes" if claimed else f"files and no {SETTINGS_NAME} (not a pdistill output)"
-    raise ForeignOutput(f"output {output} is not empty: it holds {what}: {shown}; refusing to overwrite or mix "
+    raise ForeignOutput(f"output {redact_uri(output)} is not empty: it holds {what}: {shown}; refusing to overwrite or mix "
                         "with them: choose a new (empty) output")
 
 
@@ -151,23 +153,23 @@ def claim_output(output: str, fp: str, settings: dict, versions: dict | None = N
         body = json.dumps({"settings_fingerprint": fp, "settings": settings, "source_versions": versions or {}},
                           indent=2, sort_keys=True)
         if create_if_absent(settings_uri, body.encode("utf-8")):
-            log.info("claimed output %s (%s)", output, SETTINGS_NAME)
+            log.info("claimed output %s (%s)", redact_uri(output), SETTINGS_NAME)
             return False
         # another run created the claim between our listing and our write: its settings decide
     old = json.loads(storage.read_text(settings_uri)) if storage.exists(settings_uri) else None
     if old is not None and old.get("settings_fingerprint") != fp:
         changes = _diff(old.get("settings", {}), settings)
         raise SettingsMismatch(
-            f"output {output} was written with other settings ({'; '.join(changes) or 'fingerprint differs'}); "
+            f"output {redact_uri(output)} was written with other settings ({'; '.join(changes) or 'fingerprint differs'}); "
             "refusing to mix them: choose a new output or restore the settings")
     if MANIFEST_NAME in names:
         m = Manifest.from_json(storage.read_text(manifest_uri), manifest_uri)
         if m.settings_fingerprint != fp:
-            raise SettingsMismatch(f"output {output} holds a finished dataset with settings {m.settings_fingerprint}, "
+            raise SettingsMismatch(f"output {redact_uri(output)} holds a finished dataset with settings {m.settings_fingerprint}, "
                                    f"this run's are {fp}; choose a new output")
         return True
     if old is None:
-        raise ForeignOutput(f"output {output}: its {SETTINGS_NAME} vanished while this run started (another process "
+        raise ForeignOutput(f"output {redact_uri(output)}: its {SETTINGS_NAME} vanished while this run started (another process "
                             "is deleting it?); refusing to write: re-run when the output is stable")
     _refuse_foreign(output, _top_level(output), claimed=True)
     if versions:
@@ -175,7 +177,7 @@ def claim_output(output: str, fp: str, settings: dict, versions: dict | None = N
         changed = sorted(u for u, v in recorded.items() if u in versions and versions[u] != v)
         if changed:
             raise SettingsMismatch(
-                f"output {output}: input {changed[0]} changed in place since its parts were written "
+                f"output {redact_uri(output)}: input {changed[0]} changed in place since its parts were written "
                 f"({recorded[changed[0]]} -> {versions[changed[0]]}"
                 + (f"; {len(changed) - 1} more" if len(changed) > 1 else "") + "); refusing to mix old and new "
                 "content: choose a new output (or restore the input)")
@@ -212,6 +214,6 @@ def clean_orphans(output: str, unfinished: set[str]) -> list[str]:
             fs.rm_file(p)
             removed.append(rel)
     if removed:
-        log.info("removed %d temporary files a killed run left under %s (first: %s)", len(removed), output, removed[0])
+        log.info("removed %d temporary files a killed run left under %s (first: %s)", len(removed), redact_uri(output), removed[0])
         fs.invalidate_cache()
     return removed

@@ -32,6 +32,7 @@ from pipelines import faults
 from pipelines.output import PartMismatch
 from schemas import DEAD_LETTER_DIR, INDEX_NAME, MANIFEST_NAME, PARTS_DIR, build_sample, make_codec, mds_columns, storage
 from schemas.manifest import Manifest
+from schemas.redact import redact_uri
 
 STATS_NAME = "stats.json"
 COUNT_KEYS = ("documents", "packed_documents", "dead_letters", "sequences", "tokens")
@@ -147,7 +148,7 @@ def build_root_index(output: str, units: list[str], settings_fp: str) -> tuple[d
         index, stats = read_part(output, unit)
         if stats.get("settings_fingerprint") != settings_fp:
             raise PartMismatch(
-                f"part {part_uri(output, unit)} was written with settings {stats.get('settings_fingerprint')}, "
+                f"part {redact_uri(part_uri(output, unit))} was written with settings {stats.get('settings_fingerprint')}, "
                 f"the dataset's are {settings_fp}; refusing to publish a mixed dataset: delete that part folder "
                 "and re-run the same command to recompute it")
         per_unit.append(stats)

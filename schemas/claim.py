@@ -21,6 +21,7 @@ import uuid
 
 from schemas import storage
 from schemas.errors import SchemaError
+from schemas.redact import redact_uri
 
 ATOMIC_PROTOCOLS = ("file", "local", "s3", "s3a", "gs", "gcs")
 
@@ -45,7 +46,7 @@ def create_if_absent(uri: str, data: bytes, allow_unsafe: bool = False) -> bool:
     if not set(_protocols(fs)) & set(ATOMIC_PROTOCOLS):
         if not allow_unsafe:
             raise ClaimUnsupported(
-                f"{uri}: the {_protocols(fs)[0]!r} store has no create-if-absent write here, so two runs could "
+                f"{redact_uri(uri)}: the {_protocols(fs)[0]!r} store has no create-if-absent write here, so two runs could "
                 "both claim this output; use a local path, s3:// or gs://")
         if fs.exists(path):
             return False
