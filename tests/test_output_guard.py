@@ -178,7 +178,8 @@ def test_foreign_local_output_is_refused(lake, tiny_teacher, tmp_path, capsys):
     before = digest(out)
     with pytest.raises(ForeignOutput, match=r"not empty.*index\.json, shard\.00000\.mds\.zstd"):
         prepare(cfg(lake, out, tiny_teacher))
-    argv = ["--input", os.path.join(lake, "*.jsonl"), "--teacher", tiny_teacher, "--output", str(out), "--no-progress"]
+    argv = ["--input", os.path.join(lake, "*.jsonl"), "--teacher", tiny_teacher, "--output", str(out), "--seq-len", "32",
+            "--no-progress"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "not a pdistill output" in err and "index.json" in err and "Traceback" not in err
