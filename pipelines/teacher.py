@@ -174,7 +174,9 @@ class TeacherRunner:
         self.model = model.to(self.device).eval()
         self.selection, self.top_p, self.top_k, self.num_draws = selection, top_p, top_k, num_draws
         self.model_uri, self.checked = model_uri, set()  # batch shapes that passed check_limits
-        torch.set_grad_enabled(False)
+        # No torch.set_grad_enabled(False) here: it is process-global and would silently switch off
+        # autograd for anything else in the process (an in-process trainer, tests); predict() runs
+        # under inference_mode instead.
 
     def check_limits(self, batch_size: int, seq_len: int) -> None:
         """Before the first forward of a batch shape: positions, and memory on this device now."""

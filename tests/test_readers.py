@@ -145,6 +145,11 @@ def test_worker_checks_positions_and_memory_before_the_first_forward(tiny_teache
     with pytest.raises(TeacherLimitError, match=r"'batch_size' 8388608 x 'seq_len' 512 .* GiB"):
         runner.check_limits(1 << 23, 512)
     assert len(runner.predict(np.zeros((2, 16), dtype=np.int64), [16, 9], [0, 0])) == 2  # a sane batch runs
+    import torch
+
+    # loading or running the teacher must not switch autograd off for the rest of the process
+    # (it once called torch.set_grad_enabled(False), and the KD loss tests then failed after it)
+    assert torch.is_grad_enabled()
 
 
 def test_redaction_of_uris():
