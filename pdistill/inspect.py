@@ -9,8 +9,9 @@ bytes on storage), mean dropped tail mass, and the codec's KL bound. With `--tea
 the teacher on those samples and measures the codec KL (fresh truncation vs what decodes from
 storage) and the total KL (full teacher vs stored + tail).
 
-Read-only: samples are read through a temporary cache folder, as the trainer reads them, so the
-dataset folder is never written to (streaming would otherwise decompress shards beside it).
+Read-only: samples are read through the trainer's dataset (`trainer.data.DistillDataset`, the one
+StreamingDataset) with a temporary cache folder, so the dataset folder is never written to
+(streaming would otherwise decompress shards beside it).
 
 Structure for extension: `build_report(args)` returns a dict (insertion-ordered), `print_report`
 prints it as text or JSON, and the exit status comes from `report["verdict"]`.
@@ -19,16 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 
 import numpy as np
 
-from schemas import CodecError, Manifest, fidelity, make_codec, storage
+from schemas import CodecError, DatasetDir, Manifest, fidelity, make_codec, storage
 from schemas.codec import Decoded
 from schemas.errors import SchemaError
-from schemas.integrity import Problem, Verification, stored_file, verify_dataset
+from schemas.integrity import Problem, Verification, stored_file
 from schemas.sample import decode_sample
 
 WHOLE, NOT_WHOLE = "whole", "NOT WHOLE"
@@ -38,18 +38,13 @@ def shard_bytes(index: dict) -> int:
     return sum(int(stored_file(s)["bytes"]) for s in index["shards"])
 
 
-def open_dataset(uri: str, cache: str):
-    """A StreamingDataset reading `uri` through the cache folder `cache` (never writing to `uri`)."""
-    from streaming import StreamingDataset
-
-    remote = os.path.abspath(storage.local_path(uri)) if storage.is_local(uri) else uri
-    return StreamingDataset(remote=remote, local=cache, batch_size=1, shuffle=False)
-
-
 def read_samples(uri: str, cache: str, n: int) -> tuple[list[dict], int]:
-    """The first `n` samples and the number of samples the index holds."""
-    ds = open_dataset(uri, cache)
-    return [ds[i] for i in range(min(n, len(ds)))], len(ds)
+    """The first `n` stored samples (undecoded) and the number of samples the index holds, read
+    through the trainer's dataset (`trainer.data.DistillDataset`) with `cache` as its cache folder."""
+    from trainer.data import DistillDataset, StreamSpec
+
+    ds = DistillDataset([StreamSpec(uri)], batch_size=1, cache_dir=cache, shuffle=False, validate_hash=None)
+    return [ds.raw(i) for i in range(min(n, len(ds)))], len(ds)
 
 
 def teacher_fidelity(teacher_uri: str, samples: list[dict], manifest: Manifest, codec) -> tuple[float, float]:
@@ -119,7 +114,7 @@ READ_ERRORS = (SchemaError, ValueError, OSError, EOFError)
 
 
 def build_report(args: argparse.Namespace) -> dict:
-    v = verify_dataset(args.dataset, hashes=not args.skip_hash)
+    v = DatasetDir(args.dataset).verify(hashes=not args.skip_hash)
     report = {"uri": args.dataset, **verdict_fields(v)}
     m = v.manifest
     if m is not None:

@@ -8,6 +8,10 @@ those files. A file split into several units is incomplete when any of its units
 """
 from __future__ import annotations
 
+import dataclasses
+
+from schemas.manifest import Source
+
 PER_SOURCE = ("documents", "packed_documents", "dead_letters")
 
 
@@ -19,22 +23,22 @@ def unit_source(stats: dict) -> int:
     return int(str(stats["unit"])[1:].split("-", 1)[0])
 
 
-def account_sources(sources: list[dict], unit_stats: list[dict]) -> tuple[list[dict], int]:
+def account_sources(sources: list[Source], unit_stats: list[dict]) -> tuple[list[Source], int]:
     """(sources with their counts and completeness, number of incomplete files)."""
-    out = [{**s, **dict.fromkeys(PER_SOURCE, 0), "complete": True, "problem": ""} for s in sources]
+    counts = [dict.fromkeys(PER_SOURCE, 0) for _ in sources]
     problems: list[list[str]] = [[] for _ in sources]
     for stats in unit_stats:
         i = unit_source(stats)
-        if not 0 <= i < len(out):
-            raise RuntimeError(f"unit {stats.get('unit')}: source index {i} is outside the {len(out)} planned sources")
+        if not 0 <= i < len(counts):
+            raise RuntimeError(f"unit {stats.get('unit')}: source index {i} is outside the {len(counts)} planned sources")
         for k in PER_SOURCE:
-            out[i][k] += int(stats[k])
+            counts[i][k] += int(stats[k])
         problems[i] += list(stats.get("incomplete") or [])
-    for s, p in zip(out, problems):
-        if s["documents"] != s["packed_documents"] + s["dead_letters"]:
-            raise RuntimeError(f"source {s['uri']}: counts do not reconcile ({s['documents']} documents, "
-                               f"{s['packed_documents']} packed, {s['dead_letters']} dead letters)")
-        if p:
-            s["complete"] = False
-            s["problem"] = p[0] + (f" (and {len(p) - 1} more problems)" if len(p) > 1 else "")
-    return out, sum(not s["complete"] for s in out)
+    out = []
+    for s, c, p in zip(sources, counts, problems):
+        if c["documents"] != c["packed_documents"] + c["dead_letters"]:
+            raise RuntimeError(f"source {s.uri}: counts do not reconcile ({c['documents']} documents, "
+                               f"{c['packed_documents']} packed, {c['dead_letters']} dead letters)")
+        problem = p[0] + (f" (and {len(p) - 1} more problems)" if len(p) > 1 else "") if p else ""
+        out.append(dataclasses.replace(s, **c, complete=not p, problem=problem))
+    return out, sum(not s.complete for s in out)

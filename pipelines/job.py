@@ -13,11 +13,10 @@ Graph:  units -> Reshuffle -> ReadAndPack -> RunInference(teacher) -> EncodeSamp
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
@@ -25,14 +24,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.config import PipelineConfig
 from pipelines.output import (  # noqa: F401  (SettingsMismatch, OutputError: part of this module's API)
-    SETTINGS_NAME, OutputError, SettingsMismatch, claim_output, clean_orphans, refuse_overlap,
+    OutputError, SettingsMismatch, claim_output, clean_orphans, refuse_overlap,
 )
 from pipelines.packing import ReadAndPack, load_tokenizer, resolve_bos, resolve_separator
-from pipelines.sink import EncodeSample, WritePart, finalize, finished_units
+from pipelines.sink import EncodeSample, WritePart, finalize
 from pipelines.sources import SourceFile, Unit, expand_inputs, plan_units, source_fingerprint, source_versions
 from pipelines.teacher_limits import check_fits
 from pipelines.teacher import TeacherInfo, TeacherModelHandler, inspect_teacher, prefetch_revision
-from schemas import MANIFEST_NAME, PARTS_DIR, Manifest, fingerprint_tokenizer, make_codec, storage
+from schemas import DatasetDir, Manifest, fingerprint_tokenizer, make_codec
+from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
 from schemas.redact import redact_uri
 from schemas.truncation import validate_params
 
@@ -52,7 +52,7 @@ class Plan:
     settings: dict  # {"settings": shaping settings, "resolved": identities}
     settings_fp: str
     complete: bool = False  # the output already has a manifest with these settings
-    manifest_fields: dict = field(default_factory=dict)
+    manifest: Manifest | None = None  # what finalize publishes, once it has filled in sources and counts
 
 
 def prepare(config: PipelineConfig) -> Plan:
@@ -80,29 +80,32 @@ def prepare(config: PipelineConfig) -> Plan:
     settings = {"settings": config.shaping_settings(), "resolved": resolved}
     fp = config.settings_fingerprint(resolved)
     plan = Plan(config, files, units, [], src_fp, sep_id, bos_id, len(tok), teacher, settings, fp)
-    plan.manifest_fields = _manifest_fields(plan)
+    plan.manifest = _manifest(plan)
     plan.complete = claim_output(config.output, fp, settings, source_versions(files))
     if not plan.complete:
-        done = finished_units(config.output)
+        done = DatasetDir(config.output).finished_units()
         plan.todo = [u for u in units if u.name not in done]
         clean_orphans(config.output, {u.name for u in plan.todo})
     return plan
 
 
-def _manifest_fields(plan: Plan) -> dict:
+def _manifest(plan: Plan) -> Manifest:
+    """The dataset's manifest as far as the launcher knows it; the counts (zero here) and each
+    source's accounting are filled in by `pipelines.sink.finalize` from the parts."""
     c, r = plan.config, plan.settings["resolved"]
     sample = c.selection == "sample"
-    return {
-        "teacher": {"id": redact_uri(c.teacher), "revision": plan.teacher.revision},
-        "tokenizer": {"fingerprint": r["tokenizer_fingerprint"], "separator_id": plan.sep_id, "add_bos": c.add_bos},
-        "vocab_size": plan.teacher.vocab_size,
-        "seq_len": c.seq_len,
-        "truncation": {"method": c.selection, "top_p": 1.0 if sample else c.top_p, "top_k": c.kept_k, "temperature": 1.0},
-        "codec": {"name": c.codec, "params": make_codec(c.codec, c.codec_params).params()},
-        "sources": [{"uri": redact_uri(f.uri), "fingerprint": f.fingerprint} for f in plan.files],
-        "source_fingerprint": plan.source_fp,
-        "settings_fingerprint": plan.settings_fp,
-        "extra": {
+    return Manifest(
+        teacher=Teacher(id=redact_uri(c.teacher), revision=plan.teacher.revision),
+        tokenizer=Tokenizer(fingerprint=r["tokenizer_fingerprint"], separator_id=plan.sep_id, add_bos=c.add_bos),
+        vocab_size=plan.teacher.vocab_size,
+        seq_len=c.seq_len,
+        truncation=Truncation(method=c.selection, top_p=1.0 if sample else c.top_p, top_k=c.kept_k, temperature=1.0),
+        codec=Codec(name=c.codec, params=make_codec(c.codec, c.codec_params).params()),
+        sources=[Source(uri=redact_uri(f.uri), fingerprint=f.fingerprint) for f in plan.files],
+        source_fingerprint=plan.source_fp,
+        settings_fingerprint=plan.settings_fp,
+        counts=Counts(documents=0, packed_documents=0, dead_letters=0, sequences=0, tokens=0, units=0),
+        extra={
             "trailing": c.trailing, "pad_id": plan.sep_id, "pad_log_tail": "-inf", "bos_id": plan.bos_id,
             "packing": "separator after every document; units packed independently",
             "tokenizer_uri": redact_uri(c.tokenizer_uri), "text_column": c.text_column, "format": c.format,
@@ -110,7 +113,7 @@ def _manifest_fields(plan: Plan) -> dict:
             "inference_args": c.inference_args, "dtype": c.dtype,
             "units_per_file": "rows_per_unit=%d bytes_per_unit=%d" % (c.rows_per_unit, c.bytes_per_unit),
         },
-    }
+    )
 
 
 def build(p: beam.Pipeline, plan: Plan) -> None:
@@ -139,7 +142,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
         | "ByUnit" >> beam.GroupByKey()
         | "WriteParts" >> beam.ParDo(WritePart(c.output, vocab, c.kept_k, plan.settings_fp))
         | "AllParts" >> beam.combiners.ToList()
-        | "Finalize" >> beam.Map(finalize, c.output, [u.name for u in plan.units], plan.manifest_fields)
+        | "Finalize" >> beam.Map(finalize, c.output, [u.name for u in plan.units], plan.manifest)
     )
 
 
@@ -176,7 +179,7 @@ class Progress:
         while True:
             stop = self._stop.wait(self.every)
             try:
-                done = len(self.todo & finished_units(self.output))
+                done = len(self.todo & DatasetDir(self.output).finished_units())
             except Exception:  # a listing hiccup must not stop the job
                 done = seen
             if bar is not None:
@@ -244,16 +247,15 @@ def run(config: PipelineConfig, extra_args: list[str] | None = None, options: Pi
     plan = prepare(config)
     if plan.complete:
         return RunReport(True, len(plan.units), 0, {}, time.time() - t0, config.output,
-                         json.loads(storage.read_text(storage.join(config.output, MANIFEST_NAME)))["counts"])
+                         dataclasses.asdict(DatasetDir(config.output).read_manifest().counts))
     log.info("%d units planned over %d files, %d to compute (%d already published under %s)", len(plan.units),
-             len(plan.files), len(plan.todo), len(plan.units) - len(plan.todo), redact_uri(storage.join(config.output, PARTS_DIR)))
+             len(plan.files), len(plan.todo), len(plan.units) - len(plan.todo), redact_uri(DatasetDir(config.output).parts_uri))
     options = options or make_options(config, extra_args or [])
     p = beam.Pipeline(options=options)
     build(p, plan)
     with Progress(config.output, [u.name for u in plan.todo], enabled=config.progress):
         result = p.run()
         result.wait_until_finish()
-    storage.fs_and_path(config.output)[0].invalidate_cache()  # the manifest was written by a worker
-    manifest = Manifest.from_json(storage.read_text(storage.join(config.output, MANIFEST_NAME)))
+    manifest = DatasetDir(config.output).read_manifest()  # written by a worker (read_manifest drops listing caches)
     return RunReport(False, len(plan.units), len(plan.todo), collect_metrics(result), time.time() - t0,
                      config.output, dataclasses.asdict(manifest.counts))

@@ -1,7 +1,7 @@
 """Who may write into an output folder, decided before any work is scheduled.
 
-- An output is claimed by creating `_settings.json` with a create-if-absent write
-  (`schemas.claim`): of two runs started together against one output, exactly one creates it;
+- An output is claimed by creating its settings record with a create-if-absent write
+  (`DatasetDir.claim`, `schemas.claim`): of two runs started together against one output, exactly one creates it;
   the other reads the winner's settings and is refused if they differ. No window in which both
   pass a check-then-write.
 - An output that is not empty and holds no claim is not ours (a plain MDS dataset, someone's
@@ -14,19 +14,15 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 
-from schemas import DEAD_LETTER_DIR, INDEX_NAME, MANIFEST_NAME, PARTS_DIR, Manifest, storage
-from schemas.claim import create_if_absent
+from schemas import storage
+from schemas.dataset_dir import SETTINGS_NAME, DatasetDir, TopLevel
 from schemas.redact import redact_uri
 
 log = logging.getLogger("pdistill.pipeline")
-SETTINGS_NAME = "_settings.json"
-OUR_NAMES = (SETTINGS_NAME, MANIFEST_NAME, INDEX_NAME, PARTS_DIR, DEAD_LETTER_DIR)
-TMP_RE = re.compile(r"\.tmp-[0-9a-f]{32}$")  # schemas.storage.write_bytes_atomic / schemas.claim temp names
 GLOB_CHARS = "*?["
 
 
@@ -94,34 +90,12 @@ def refuse_overlap(output: str, inputs: list[str]) -> None:
 # ---------------------------------------------------------------- the claim
 
 
-def _top_level(output: str) -> list[str]:
-    fs, path = storage.fs_and_path(output)
-    fs.invalidate_cache()
-    try:  # one listing call: an isdir-then-exists pair races with a claim being created
-        entries = [e.rstrip("/") for e in fs.ls(path, detail=False)]
-    except (FileNotFoundError, NotADirectoryError):
-        entries = [path] if fs.isfile(path) else []
-    finally:
-        fs.invalidate_cache()  # other processes write here next
-    root = path.rstrip("/")
-    if entries == [root]:  # the output URI is a file (object), not a folder
-        return [root.rsplit("/", 1)[-1]]
-    return sorted({e.rsplit("/", 1)[-1] for e in entries if e != root})
-
-
-def _is_our_temp(name: str) -> bool:
-    return bool(TMP_RE.search(name)) and TMP_RE.sub("", name) in OUR_NAMES
-
-
-def _refuse_foreign(output: str, names: list[str], claimed: bool) -> None:
-    if claimed:
-        foreign = [n for n in names if n not in OUR_NAMES and not _is_our_temp(n)]
-    else:
-        foreign = [n for n in names if not _is_our_temp(n)]
+def _refuse_foreign(output: str, top: TopLevel, claimed: bool) -> None:
+    foreign = top.foreign(claimed)
     if not foreign:
         return
     shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-    if not claimed and set(foreign) <= set(OUR_NAMES):
+    if not claimed and TopLevel.all_ours(foreign):
         raise ForeignOutput(f"output {redact_uri(output)} holds {shown} but no {SETTINGS_NAME}: not written by this pipeline "
                             "with known settings; refusing to overwrite it: choose a new (empty) output")
     what = "files this pipeline never writes" if claimed else f"files and no {SETTINGS_NAME} (not a pdistill output)"
@@ -145,25 +119,22 @@ def claim_output(output: str, fp: str, settings: dict, versions: dict | None = N
     for these settings (atomically) or checks that its claim holds them; refuses other settings, a
     foreign output, and a resume over an input changed in place (size, ETag / md5Hash / crc32c or
     local mtime differ from what the first run recorded)."""
-    settings_uri = storage.join(output, SETTINGS_NAME)
-    manifest_uri = storage.join(output, MANIFEST_NAME)
-    names = _top_level(output)
-    if SETTINGS_NAME not in names and MANIFEST_NAME not in names:
-        _refuse_foreign(output, names, claimed=False)
-        body = json.dumps({"settings_fingerprint": fp, "settings": settings, "source_versions": versions or {}},
-                          indent=2, sort_keys=True)
-        if create_if_absent(settings_uri, body.encode("utf-8")):
+    out = DatasetDir(output)
+    top = out.top_level()
+    if not top.claimed and not top.finished:
+        _refuse_foreign(output, top, claimed=False)
+        if out.claim({"settings_fingerprint": fp, "settings": settings, "source_versions": versions or {}}):
             log.info("claimed output %s (%s)", redact_uri(output), SETTINGS_NAME)
             return False
         # another run created the claim between our listing and our write: its settings decide
-    old = json.loads(storage.read_text(settings_uri)) if storage.exists(settings_uri) else None
+    old = out.read_claim()
     if old is not None and old.get("settings_fingerprint") != fp:
         changes = _diff(old.get("settings", {}), settings)
         raise SettingsMismatch(
             f"output {redact_uri(output)} was written with other settings ({'; '.join(changes) or 'fingerprint differs'}); "
             "refusing to mix them: choose a new output or restore the settings")
-    if MANIFEST_NAME in names:
-        m = Manifest.from_json(storage.read_text(manifest_uri), manifest_uri)
+    if top.finished:
+        m = out.read_manifest()
         if m.settings_fingerprint != fp:
             raise SettingsMismatch(f"output {redact_uri(output)} holds a finished dataset with settings {m.settings_fingerprint}, "
                                    f"this run's are {fp}; choose a new output")
@@ -171,7 +142,7 @@ def claim_output(output: str, fp: str, settings: dict, versions: dict | None = N
     if old is None:
         raise ForeignOutput(f"output {redact_uri(output)}: its {SETTINGS_NAME} vanished while this run started (another process "
                             "is deleting it?); refusing to write: re-run when the output is stable")
-    _refuse_foreign(output, _top_level(output), claimed=True)
+    _refuse_foreign(output, out.top_level(), claimed=True)
     if versions:
         recorded = old.get("source_versions") or {}
         changed = sorted(u for u, v in recorded.items() if u in versions and versions[u] != v)
@@ -189,31 +160,7 @@ def claim_output(output: str, fp: str, settings: dict, versions: dict | None = N
 
 def clean_orphans(output: str, unfinished: set[str]) -> list[str]:
     """Remove our temporary files from unfinished parts, their dead letters and the top level."""
-    fs, path = storage.fs_and_path(output)
-    root = path.rstrip("/")
-    fs.invalidate_cache()
-    try:
-        found = fs.find(root)
-    except FileNotFoundError:
-        return []
-    finally:
-        fs.invalidate_cache()  # a listing cached here would hide what worker processes publish
-    removed = []
-    for p in found:
-        rel = p[len(root) + 1:] if p.startswith(root + "/") else None
-        if rel is None or not TMP_RE.search(rel):
-            continue
-        parts = rel.split("/")
-        final = TMP_RE.sub("", parts[-1])
-        ours = (
-            (len(parts) == 1 and final in OUR_NAMES)
-            or (len(parts) == 3 and parts[0] == PARTS_DIR and parts[1] in unfinished)
-            or (len(parts) == 2 and parts[0] == DEAD_LETTER_DIR and final[: -len(".jsonl")] in unfinished)
-        )
-        if ours:
-            fs.rm_file(p)
-            removed.append(rel)
+    removed = DatasetDir(output).remove_orphans(unfinished)
     if removed:
         log.info("removed %d temporary files a killed run left under %s (first: %s)", len(removed), redact_uri(output), removed[0])
-        fs.invalidate_cache()
     return removed

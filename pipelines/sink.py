@@ -6,22 +6,19 @@ reader (and a resumed run) never takes a half-copied part for a finished one. A 
 rewrites the same bytes (packing and inference are deterministic), and a part whose index is
 already there is left alone: retries cannot duplicate or corrupt it.
 
-Beside the shards, `stats.json` holds the unit's counts (documents, packed documents, dead
-letters, sequences, tokens; its file's index and why it was not read whole, for the manifest's
-per-source accounting, `pipelines.accounting`) and the settings fingerprint the part was written
-with, so the final step reconciles counts without re-reading shards and refuses to publish a part
-written with other settings (naming it);
-the unit's rejected documents go to `<out>/dead_letter/<unit>.jsonl` (one JSON object per line:
-file, unit, position, kind, reason, excerpt), published before the part's index.
-
-The root `index.json` is built here rather than with streaming's `merge_index`, which rewrites
-shard basenames one folder deep only (`<unit>/shard...` instead of `parts/<unit>/shard...`):
-shards are concatenated in sorted unit order with basenames `parts/<unit>/<basename>`.
-`manifest.json` is written last; it is the dataset's commit marker.
+Paths and publishing order belong to `schemas.dataset_dir.DatasetDir`. Beside the shards, the
+part's `stats.json` holds the unit's counts (documents, packed documents, dead letters, sequences,
+tokens; its file's index and why it was not read whole, for the manifest's per-source
+accounting, `pipelines.accounting`) and the settings fingerprint the part was written with, so
+the final step reconciles counts without re-reading shards and refuses to publish a part written
+with other settings (naming it); the unit's rejected documents go to `dead_letter/<unit>.jsonl`
+(one JSON object per line: file, unit, position, kind, reason, excerpt), published before the
+part's index. Then the root `index.json` (`DatasetDir.root_index`) and `manifest.json` last: the
+manifest is the plan's `Manifest`, its sources and counts filled in with `dataclasses.replace`.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import tempfile
 
@@ -30,28 +27,11 @@ from apache_beam.metrics import Metrics
 
 from pipelines import faults
 from pipelines.output import PartMismatch
-from schemas import DEAD_LETTER_DIR, INDEX_NAME, MANIFEST_NAME, PARTS_DIR, build_sample, make_codec, mds_columns, storage
-from schemas.manifest import Manifest
+from schemas import DatasetDir, build_sample, make_codec, mds_columns
+from schemas.manifest import Counts, Manifest
 from schemas.redact import redact_uri
 
-STATS_NAME = "stats.json"
 COUNT_KEYS = ("documents", "packed_documents", "dead_letters", "sequences", "tokens")
-
-
-def part_uri(output: str, unit: str) -> str:
-    return storage.join(output, PARTS_DIR, unit)
-
-
-def finished_units(output: str) -> set[str]:
-    """Units whose part is published (its index.json exists)."""
-    fs, path = storage.fs_and_path(output)
-    pattern = (path.rstrip("/") + "/" + PARTS_DIR + "/*/" + INDEX_NAME)
-    fs.invalidate_cache()  # s3fs/gcsfs cache listings; parts are published by other processes
-    try:
-        found = fs.glob(pattern)
-    except FileNotFoundError:
-        return set()
-    return {p.rstrip("/").split("/")[-2] for p in found}
 
 
 class EncodeSample(beam.DoFn):
@@ -91,11 +71,9 @@ class WritePart(beam.DoFn):
         if meta is None:
             raise RuntimeError(f"unit {unit}: samples without the unit's read summary")
         faults.maybe_fail("sink", unit)
-        dest = part_uri(self.output, unit)
-        fs, dest_path = storage.fs_and_path(dest)
-        fs.invalidate_cache(dest_path)
-        if storage.exists(storage.join(dest, INDEX_NAME)):  # a retry after the part was published
-            yield unit, json.loads(storage.read_text(storage.join(dest, STATS_NAME)))
+        out = DatasetDir(self.output)
+        if out.part_published(unit):  # a retry after the part was published
+            yield unit, out.read_stats(unit)
             return
         samples.sort(key=lambda s: s[0])
         indexes = [i for i, _ in samples]
@@ -105,16 +83,12 @@ class WritePart(beam.DoFn):
         stats = {"unit": unit, "settings_fingerprint": self.settings_fp, **{k: meta[k] for k in COUNT_KEYS},
                  "source": meta.get("source"), "incomplete": meta.get("incomplete", [])}
         if dead:
-            body = "".join(json.dumps(d, sort_keys=True, ensure_ascii=False) + "\n" for d in dead)
-            storage.write_text_atomic(storage.join(self.output, DEAD_LETTER_DIR, f"{unit}.jsonl"), body)
+            out.write_dead_letters(unit, dead)
         with tempfile.TemporaryDirectory(prefix=f"pdistill-{unit}-") as tmp:
             local = os.path.join(tmp, unit)
             write_mds(local, [s for _, s in samples], self.vocab_size, self.kept_k)
-            with open(os.path.join(local, STATS_NAME), "w") as f:
-                json.dump(stats, f, sort_keys=True)
-            storage.upload_dir(local, dest, last=(STATS_NAME, INDEX_NAME),
-                               after_each=lambda name: faults.maybe_fail("upload", unit),
-                               before_commit=lambda name: faults.maybe_fail("write", unit))
+            out.publish_part(unit, local, stats, after_each=lambda name: faults.maybe_fail("upload", unit),
+                             before_commit=lambda name: faults.maybe_fail("write", unit))
         self.parts_done.inc()
         yield unit, stats
 
@@ -128,59 +102,40 @@ def write_mds(local_dir: str, samples: list[dict], vocab_size: int, kept_k: int)
             w.write(s)
 
 
-def read_part(output: str, unit: str) -> tuple[dict, dict]:
-    dest = part_uri(output, unit)
-    index = json.loads(storage.read_text(storage.join(dest, INDEX_NAME)))
-    stats = json.loads(storage.read_text(storage.join(dest, STATS_NAME)))
-    return index, stats
-
-
 def build_root_index(output: str, units: list[str], settings_fp: str) -> tuple[dict, dict, list[dict]]:
     """Root index over every unit's part in sorted order, the summed counts, each unit's stats;
     refuses a part whose stats do not carry `settings_fp` (written by another run, or by an older
     pdistill)."""
-    missing = sorted(set(units) - finished_units(output))
+    out = DatasetDir(output)
+    missing = sorted(set(units) - out.finished_units())
     if missing:
-        raise RuntimeError(f"{len(missing)} parts are missing under {storage.join(output, PARTS_DIR)} "
+        raise RuntimeError(f"{len(missing)} parts are missing under {out.parts_uri} "
                            f"(first: {missing[0]}); re-run the same command to compute them")
-    shards, totals, per_unit = [], dict.fromkeys(COUNT_KEYS, 0), []
-    for unit in sorted(units):
-        index, stats = read_part(output, unit)
+    index, per_unit = out.root_index(units)
+    totals = dict.fromkeys(COUNT_KEYS, 0)
+    for stats in per_unit:
         if stats.get("settings_fingerprint") != settings_fp:
             raise PartMismatch(
-                f"part {redact_uri(part_uri(output, unit))} was written with settings {stats.get('settings_fingerprint')}, "
+                f"part {redact_uri(out.part_uri(stats['unit']))} was written with settings {stats.get('settings_fingerprint')}, "
                 f"the dataset's are {settings_fp}; refusing to publish a mixed dataset: delete that part folder "
                 "and re-run the same command to recompute it")
-        per_unit.append(stats)
-        for shard in index["shards"]:
-            for key in ("raw_data", "zip_data"):
-                if shard.get(key):
-                    shard[key]["basename"] = f"{PARTS_DIR}/{unit}/{shard[key]['basename']}"
-            shards.append(shard)
         for k in COUNT_KEYS:
             totals[k] += int(stats[k])
-    return {"version": 2, "shards": shards}, totals, per_unit
+    return index, totals, per_unit
 
 
-def finalize(_computed, output: str, units: list[str], manifest_fields: dict) -> dict:
-    """Root index.json, then manifest.json (last). Runs once, after every part is published."""
-    from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
-
+def finalize(_computed, output: str, units: list[str], manifest: Manifest) -> dict:
+    """Root index.json, then manifest.json (last). Runs once, after every part is published.
+    `manifest` is the plan's, whose sources and counts are filled in here from the parts' stats."""
     from pipelines.accounting import account_sources
 
-    index, totals, per_unit = build_root_index(output, units, manifest_fields["settings_fingerprint"])
-    sources, incomplete_files = account_sources(manifest_fields["sources"], per_unit)
+    index, totals, per_unit = build_root_index(output, units, manifest.settings_fingerprint)
+    sources, incomplete_files = account_sources(manifest.sources, per_unit)
     counts = Counts(units=len(units), incomplete_files=incomplete_files, **totals)
     if not counts.reconciles():
         raise RuntimeError(f"counts do not reconcile: {counts}")
-    storage.write_text_atomic(storage.join(output, INDEX_NAME), json.dumps(index, sort_keys=True))
+    out = DatasetDir(output)
+    out.publish_index(index)
     faults.maybe_fail("publish", "root")  # test hook: a kill between the root index and the manifest
-    m = manifest_fields
-    manifest = Manifest(
-        teacher=Teacher(**m["teacher"]), tokenizer=Tokenizer(**m["tokenizer"]), vocab_size=m["vocab_size"],
-        seq_len=m["seq_len"], truncation=Truncation(**m["truncation"]), codec=Codec(**m["codec"]),
-        sources=[Source(**s) for s in sources], source_fingerprint=m["source_fingerprint"],
-        settings_fingerprint=m["settings_fingerprint"], counts=counts, extra=m.get("extra", {}),
-    )
-    storage.write_text_atomic(storage.join(output, MANIFEST_NAME), manifest.to_json())
+    out.publish_manifest(dataclasses.replace(manifest, sources=sources, counts=counts))
     return {"units": len(units), **totals}

@@ -15,3 +15,11 @@ class ManifestError(SchemaError):
 
 class IncompatibleDataset(SchemaError):
     """A dataset that does not match the student/teacher it is paired with."""
+
+
+class IncompleteDataset(IncompatibleDataset):
+    """A dataset without its root index or manifest (still being written, or its job failed)."""
+
+
+class CorruptDataset(SchemaError):
+    """A shard whose bytes do not match the hash recorded in the index."""

@@ -11,7 +11,8 @@ xxh3_64). `verify_dataset` checks, without changing anything it reads:
   * the index's sample total equals the manifest's `counts.sequences`, and the manifest's counts
     reconcile (documents = packed + dead letters).
 Each finding is a `Problem` naming the file (relative to the dataset root) and what is wrong.
-Used by `pdistill inspect` (the verdict) and by the trainer's preflight (local shards).
+Wrapped by `schemas.dataset_dir.DatasetDir` (`verify`, `check_shards`), which `pdistill inspect` (the
+verdict) and the trainer's preflight (local shards) call.
 
 Imports the standard library only; fsspec and xxhash are imported inside the functions.
 """
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from schemas.errors import ManifestError
-from schemas.manifest import INDEX_NAME, MANIFEST_NAME, PARTS_DIR, Manifest
+from schemas.dataset_dir import INDEX_NAME, MANIFEST_NAME, PARTS_DIR
+from schemas.manifest import Manifest
 
 PREFERRED_HASHES = ("xxh3_64", "xxh3_128", "xxh64", "xxh128", "sha256", "sha1", "md5", "xxh32")
 

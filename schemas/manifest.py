@@ -1,7 +1,7 @@
 """`manifest.json`: the dataset's commit marker and its identity card.
 
-Written last by the pipeline; a dataset without it (or without its root `index.json`) is
-incomplete and the trainer refuses it. Everything needed to refuse a wrong pairing is here.
+Written last by the pipeline (`schemas.dataset_dir.DatasetDir` owns where); a dataset without it
+(or without its root `index.json`) is incomplete and the trainer refuses it. Everything needed to refuse a wrong pairing is here.
 Loading validates every field and names the one at fault.
 """
 from __future__ import annotations
@@ -12,10 +12,6 @@ from dataclasses import asdict, dataclass, field
 from schemas.errors import IncompatibleDataset, ManifestError
 
 SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-INDEX_NAME = "index.json"
-PARTS_DIR = "parts"
-DEAD_LETTER_DIR = "dead_letter"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Reading distillation datasets for training: preflight checks, a StreamingDataset, a collator.
 
-Preflight (`inspect_stream`, `check_streams`), before any StreamingDataset exists:
-  * `<uri>/manifest.json` and `<uri>/index.json` must both exist (the pipeline writes the manifest
+Preflight (`inspect_stream`, `check_streams`, through `schemas.DatasetDir`), before any
+StreamingDataset exists:
+  * the dataset's manifest and root index must both exist (the pipeline writes the manifest
     last; without either the dataset is incomplete and is refused, naming the URI);
   * the manifest is parsed and validated (`schemas.Manifest.from_json`) and checked against the
     student (`schemas.check_compatible`: vocab size, tokenizer fingerprint, seq_len);
@@ -12,10 +13,11 @@ Preflight (`inspect_stream`, `check_streams`), before any StreamingDataset exist
   * each stream's first sample is read and checked against the manifest (length = seq_len, token
     ids < vocab_size), and so is every sample as it is decoded (`CorruptDataset` otherwise).
 
-`DistillDataset` is a `streaming.StreamingDataset` over one or several streams (proportion /
-repeat / choose). Every stream is read through a local cache folder (`remote` = the dataset URI,
-local or s3:// gs:// ..., `local` = `<cache_dir>/<hash of URI>`), so the dataset folder itself is
-never written to (streaming would otherwise decompress shards in place) and hash validation
+`DistillDataset` is the one `streaming.StreamingDataset` of pdistill (the trainer and `pdistill
+inspect` read through it), over one or several streams (proportion / repeat / choose). Every
+stream is read through a local cache folder (`DatasetDir.stream_args`: `remote` = the dataset URI,
+local or s3:// gs:// ..., `local` = `<cache_dir>/<key of the URI>`), so the dataset folder itself
+is never written to (streaming would otherwise decompress shards in place) and hash validation
 applies uniformly.
 
 Alignment (see `DistillCollator`): the stored teacher signal at position t is the teacher's
@@ -27,19 +29,16 @@ teacher's prediction of the token after the sequence), which the LM loss cannot 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
 from streaming import Stream, StreamingDataset
 
-from schemas import INDEX_NAME, MANIFEST_NAME, IncompatibleDataset, Manifest, check_compatible, make_codec
+from schemas import DatasetDir, IncompatibleDataset, Manifest, check_compatible, make_codec
 from schemas import storage
-from schemas.errors import SchemaError
+from schemas.errors import CorruptDataset, IncompleteDataset  # noqa: F401  (part of this module's API)
 from schemas.sample import decode_dense
 from trainer.config import ConfigError
 from trainer.fingerprint import dataset_identity
@@ -48,14 +47,6 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 HASH_ALGO = "xxh3_64"
-
-
-class IncompleteDataset(IncompatibleDataset):
-    """A dataset without its root index or manifest (still being written, or its job failed)."""
-
-
-class CorruptDataset(SchemaError):
-    """A shard whose bytes do not match the hash recorded in the index."""
 
 
 @dataclass(frozen=True)
@@ -76,32 +67,9 @@ class StreamInfo:
     index: dict = field(repr=False)
 
 
-def _uri_key(uri: str) -> str:
-    if storage.is_local(uri):
-        uri = os.path.abspath(storage.local_path(uri))
-    return hashlib.sha256(uri.encode()).hexdigest()[:16]
-
-
 def inspect_stream(uri: str, *, require_manifest: bool = True) -> StreamInfo:
     """Read and validate one dataset's root index and manifest; refuse an incomplete dataset."""
-    index_uri = storage.join(uri, INDEX_NAME)
-    manifest_uri = storage.join(uri, MANIFEST_NAME)
-    has_index = storage.exists(index_uri)
-    has_manifest = storage.exists(manifest_uri)
-    missing = [n for n, ok in ((INDEX_NAME, has_index), (MANIFEST_NAME, has_manifest)) if not ok]
-    if not has_index or (require_manifest and not has_manifest):
-        raise IncompleteDataset(
-            f"incomplete dataset {uri}: missing {' and '.join(missing)} (the pipeline writes the root "
-            f"index, then {MANIFEST_NAME} last; the dataset is still being written, its job failed, or "
-            "the URI is wrong)"
-        )
-    try:
-        index = json.loads(storage.read_text(index_uri))
-    except json.JSONDecodeError as e:
-        raise IncompleteDataset(f"dataset {uri}: {INDEX_NAME} is not valid JSON ({e})") from None
-    if not isinstance(index, dict) or not isinstance(index.get("shards"), list) or not index["shards"]:
-        raise IncompleteDataset(f"dataset {uri}: {INDEX_NAME} lists no shards")
-    manifest = Manifest.from_json(storage.read_text(manifest_uri), where=manifest_uri) if has_manifest else None
+    index, manifest = DatasetDir(uri).open_checked(require_manifest)
     return StreamInfo(uri=uri, manifest=manifest, index=index)
 
 
@@ -135,20 +103,14 @@ def check_streams(
                 raise IncompatibleDataset(f"streams {u0} and {info.uri} differ in {name}: {a!r} vs {b!r}")
     if need_teacher and any(i.manifest is None for i in infos):
         bad = next(i.uri for i in infos if i.manifest is None)
-        raise IncompleteDataset(f"dataset {bad}: no {MANIFEST_NAME}; stored teacher signal needs one")
+        raise IncompleteDataset(f"dataset {bad}: no manifest ({DatasetDir(bad).manifest_uri}); stored teacher signal needs one")
     return first[1] if first else None
 
 
-def verify_local_shards(info: StreamInfo, algo: str = HASH_ALGO) -> None:
+def verify_local_shards(info: StreamInfo) -> None:
     """Check each shard file of a local dataset against the root index: it exists, has the recorded
-    size and hash (`schemas.integrity`; raises IncompleteDataset / CorruptDataset naming the shard)."""
-    from schemas.integrity import check_shards, list_files
-
-    problems, _, _ = check_shards(info.uri, info.index, list_files(info.uri), hashes=True)
-    for p in problems:
-        if p.what.startswith("missing"):
-            raise IncompleteDataset(f"dataset {info.uri}: shard {p.file} is listed in {INDEX_NAME} but missing")
-        raise CorruptDataset(f"dataset {info.uri}: shard {p.file} is corrupt ({p.what})")
+    size and hash (`DatasetDir.check_shards`; raises IncompleteDataset / CorruptDataset naming the shard)."""
+    DatasetDir(info.uri).check_shards(info.index)
 
 
 class DistillDataset(StreamingDataset):
@@ -197,7 +159,7 @@ class DistillDataset(StreamingDataset):
         if validate_hash:
             for info in infos:
                 if storage.is_local(info.uri):
-                    verify_local_shards(info, validate_hash)
+                    verify_local_shards(info)
         self.uris = [s.uri for s in streams]
         self.identities = [dataset_identity(i.manifest.to_json() if i.manifest else None, i.index) for i in infos]
         self.manifest = manifest
@@ -210,13 +172,8 @@ class DistillDataset(StreamingDataset):
             self.codec, self.top_k = None, 0
         self._vocab_limit = vocab_size or (manifest.vocab_size if manifest else None)
         self._bg_error: Optional[BaseException] = None
-        stream_objs = []
-        for s in streams:
-            remote = os.path.abspath(storage.local_path(s.uri)) if storage.is_local(s.uri) else s.uri
-            stream_objs.append(
-                Stream(remote=remote, local=s.local or os.path.join(cache_dir, _uri_key(s.uri)), proportion=s.proportion,
-                       repeat=s.repeat, choose=s.choose)
-            )
+        stream_objs = [Stream(**DatasetDir(s.uri).stream_args(cache_dir, s.local), proportion=s.proportion,
+                              repeat=s.repeat, choose=s.choose) for s in streams]
         super().__init__(
             streams=stream_objs,
             batch_size=batch_size,
@@ -267,16 +224,19 @@ class DistillDataset(StreamingDataset):
                        teacher_log_tail=dense.log_tail)
         return out
 
-    def __getitem__(self, idx):  # type: ignore[override]
+    def raw(self, idx: int) -> dict:
+        """The stored sample as MDS columns (undecoded: `pdistill inspect` reads these)."""
         try:
-            raw = super().__getitem__(idx)
+            return super().__getitem__(idx)
         except ValueError as e:
             if "Checksum failure" in str(e):
                 raise CorruptDataset(f"dataset {', '.join(self.uris)}: {e} (hash validation is on)") from e
             raise
         except _zstd_error() as e:
             raise CorruptDataset(f"dataset {', '.join(self.uris)}: a shard does not decompress ({e})") from e
-        return self.decode(raw)
+
+    def __getitem__(self, idx):  # type: ignore[override]
+        return self.decode(self.raw(idx))
 
     # -- clearer errors from streaming's background download threads --------------------------
     def on_exception(self, future) -> None:  # type: ignore[override]

@@ -1,0 +1,281 @@
+"""`DatasetDir`: the one owner of a dataset's layout on storage.
+
+A dataset is a folder (local path, file://, s3://, gs://, anything fsspec knows):
+
+    _settings.json              the output's claim: settings fingerprint, settings, input versions
+    parts/<unit>/shard.*.mds*   one MDS sub-dataset per work unit
+    parts/<unit>/stats.json     the unit's counts and settings fingerprint (published before ...)
+    parts/<unit>/index.json     ... the part's index, its commit marker
+    dead_letter/<unit>.jsonl    the unit's rejected documents, with reasons
+    index.json                  root MDS index over every part (basenames `parts/<unit>/...`)
+    manifest.json               written last: the dataset's commit marker and identity card
+
+Like mosaicml-streaming's `Stream`, a `DatasetDir` is a small value that knows its URIs; every
+module that reads or writes a dataset (the pipeline's claim, parts and publish; the trainer's
+preflight; `pdistill inspect`; the demo) goes through it, so the layout is named here only.
+
+Decision on samples: `schemas` imports numpy and the standard library only (fsspec inside
+functions), and mosaicml-streaming imports torch, so `DatasetDir` does not open samples itself;
+`stream_args(cache_dir)` gives the `remote`/`local` arguments of a `streaming.Stream` (remote
+read through `<cache_dir>/<key of the URI>`, so the dataset folder is never written to), and the
+trainer's `trainer.data` constructs the one `StreamingDataset` that trainer and inspect use.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from schemas import storage
+from schemas.errors import CorruptDataset, IncompleteDataset
+from schemas.identity import hex_digest
+from schemas.manifest import Manifest
+
+SETTINGS_NAME = "_settings.json"
+MANIFEST_NAME = "manifest.json"
+INDEX_NAME = "index.json"
+PARTS_DIR = "parts"
+DEAD_LETTER_DIR = "dead_letter"
+STATS_NAME = "stats.json"
+OUR_NAMES = (SETTINGS_NAME, MANIFEST_NAME, INDEX_NAME, PARTS_DIR, DEAD_LETTER_DIR)  # the top level we write
+TMP_RE = re.compile(r"\.tmp-[0-9a-f]{32}$")  # schemas.storage.write_bytes_atomic / schemas.claim temp names
+
+
+@dataclass(frozen=True)
+class TopLevel:
+    """What the top of a dataset folder holds, in our terms."""
+
+    names: list[str]
+
+    @property
+    def claimed(self) -> bool:
+        return SETTINGS_NAME in self.names
+
+    @property
+    def finished(self) -> bool:
+        return MANIFEST_NAME in self.names
+
+    def foreign(self, claimed: bool) -> list[str]:
+        """Names we did not write (in a claimed output), or every name but our temp files (unclaimed)."""
+        return [n for n in self.names if not (claimed and n in OUR_NAMES) and not DatasetDir.is_our_temp(n)]
+
+    @staticmethod
+    def all_ours(names: list[str]) -> bool:
+        return set(names) <= set(OUR_NAMES)
+
+
+@dataclass(frozen=True)
+class DatasetDir:
+    uri: str
+
+    # -- paths ---------------------------------------------------------------------------------
+    def _at(self, *names: str) -> str:
+        return storage.join(self.uri, *names)
+
+    @property
+    def settings_uri(self) -> str:
+        return self._at(SETTINGS_NAME)
+
+    @property
+    def manifest_uri(self) -> str:
+        return self._at(MANIFEST_NAME)
+
+    @property
+    def index_uri(self) -> str:
+        return self._at(INDEX_NAME)
+
+    @property
+    def parts_uri(self) -> str:
+        return self._at(PARTS_DIR)
+
+    def part_uri(self, unit: str) -> str:
+        return self._at(PARTS_DIR, unit)
+
+    def dead_letter_uri(self, unit: str) -> str:
+        return self._at(DEAD_LETTER_DIR, f"{unit}.jsonl")
+
+    def _fs(self):
+        return storage.fs_and_path(self.uri)
+
+    # -- the claim -----------------------------------------------------------------------------
+    def claim(self, record: dict) -> bool:
+        """Create `_settings.json` holding `record` only if absent (`schemas.claim`): True when
+        this call created it; of concurrent callers exactly one does."""
+        from schemas.claim import create_if_absent
+
+        body = json.dumps(record, indent=2, sort_keys=True)
+        return create_if_absent(self.settings_uri, body.encode("utf-8"))
+
+    def read_claim(self) -> Optional[dict]:
+        return json.loads(storage.read_text(self.settings_uri)) if storage.exists(self.settings_uri) else None
+
+    def top_level(self) -> TopLevel:
+        """Names at the top of the folder ([] when absent; [its own name] when the URI is a file)."""
+        fs, path = self._fs()
+        fs.invalidate_cache()
+        try:  # one listing call: an isdir-then-exists pair races with a claim being created
+            entries = [e.rstrip("/") for e in fs.ls(path, detail=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            entries = [path] if fs.isfile(path) else []
+        finally:
+            fs.invalidate_cache()  # other processes write here next
+        root = path.rstrip("/")
+        if entries == [root]:  # the output URI is a file (object), not a folder
+            return TopLevel([root.rsplit("/", 1)[-1]])
+        return TopLevel(sorted({e.rsplit("/", 1)[-1] for e in entries if e != root}))
+
+    @staticmethod
+    def is_our_temp(name: str) -> bool:
+        """A temporary file our atomic writes leave at the top level when killed."""
+        return bool(TMP_RE.search(name)) and TMP_RE.sub("", name) in OUR_NAMES
+
+    def remove_orphans(self, unfinished: set[str]) -> list[str]:
+        """Remove our temporary files from unfinished parts, their dead letters and the top level
+        (never elsewhere); returns their paths relative to the dataset root."""
+        fs, path = self._fs()
+        root = path.rstrip("/")
+        fs.invalidate_cache()
+        try:
+            found = fs.find(root)
+        except FileNotFoundError:
+            return []
+        finally:
+            fs.invalidate_cache()  # a listing cached here would hide what worker processes publish
+        removed = []
+        for p in found:
+            rel = p[len(root) + 1:] if p.startswith(root + "/") else None
+            if rel is None or not TMP_RE.search(rel):
+                continue
+            parts = rel.split("/")
+            final = TMP_RE.sub("", parts[-1])
+            ours = (
+                (len(parts) == 1 and final in OUR_NAMES)
+                or (len(parts) == 3 and parts[0] == PARTS_DIR and parts[1] in unfinished)
+                or (len(parts) == 2 and parts[0] == DEAD_LETTER_DIR and final[: -len(".jsonl")] in unfinished)
+            )
+            if ours:
+                fs.rm_file(p)
+                removed.append(rel)
+        if removed:
+            fs.invalidate_cache()
+        return removed
+
+    # -- parts ---------------------------------------------------------------------------------
+    def finished_units(self) -> set[str]:
+        """Units whose part is published (its index.json exists)."""
+        fs, path = self._fs()
+        fs.invalidate_cache()  # s3fs/gcsfs cache listings; parts are published by other processes
+        try:
+            found = fs.glob(path.rstrip("/") + "/" + PARTS_DIR + "/*/" + INDEX_NAME)
+        except FileNotFoundError:
+            return set()
+        return {p.rstrip("/").split("/")[-2] for p in found}
+
+    def part_published(self, unit: str) -> bool:
+        dest = self.part_uri(unit)
+        fs, dest_path = storage.fs_and_path(dest)
+        fs.invalidate_cache(dest_path)
+        return storage.exists(storage.join(dest, INDEX_NAME))
+
+    def write_dead_letters(self, unit: str, records: list[dict]) -> None:
+        body = "".join(json.dumps(d, sort_keys=True, ensure_ascii=False) + "\n" for d in records)
+        storage.write_text_atomic(self.dead_letter_uri(unit), body)
+
+    def publish_part(self, unit: str, local_dir: str, stats: dict, *, after_each: Optional[Callable] = None,
+                     before_commit: Optional[Callable] = None) -> None:
+        """Copy a part written in `local_dir` (MDS shards + index.json) to `parts/<unit>/`, with
+        `stats` as stats.json, then the part's index.json last (its commit marker)."""
+        with open(os.path.join(local_dir, STATS_NAME), "w") as f:
+            json.dump(stats, f, sort_keys=True)
+        storage.upload_dir(local_dir, self.part_uri(unit), last=(STATS_NAME, INDEX_NAME),
+                           after_each=after_each, before_commit=before_commit)
+
+    def read_stats(self, unit: str) -> dict:
+        return json.loads(storage.read_text(storage.join(self.part_uri(unit), STATS_NAME)))
+
+    def read_part_index(self, unit: str) -> dict:
+        return json.loads(storage.read_text(storage.join(self.part_uri(unit), INDEX_NAME)))
+
+    # -- publishing ----------------------------------------------------------------------------
+    def root_index(self, units: list[str]) -> tuple[dict, list[dict]]:
+        """The root index over the units' parts in sorted order (shard basenames become
+        `parts/<unit>/<basename>`; streaming's `merge_index` goes one folder deep only), and each
+        unit's stats in the same order."""
+        shards, stats = [], []
+        for unit in sorted(units):
+            index = self.read_part_index(unit)
+            stats.append(self.read_stats(unit))
+            for shard in index["shards"]:
+                for key in ("raw_data", "zip_data"):
+                    if shard.get(key):
+                        shard[key]["basename"] = f"{PARTS_DIR}/{unit}/{shard[key]['basename']}"
+                shards.append(shard)
+        return {"version": 2, "shards": shards}, stats
+
+    def publish_index(self, index: dict) -> None:
+        storage.write_text_atomic(self.index_uri, json.dumps(index, sort_keys=True))
+
+    def publish_manifest(self, manifest: Manifest) -> None:
+        """Write manifest.json: call last, after the root index (it marks the dataset complete)."""
+        storage.write_text_atomic(self.manifest_uri, manifest.to_json())
+
+    # -- reading -------------------------------------------------------------------------------
+    def read_manifest(self) -> Manifest:
+        """The manifest, validated (`ManifestError` naming the field; FileNotFoundError if absent)."""
+        self._fs()[0].invalidate_cache()  # it may have been written by another process
+        return Manifest.from_json(storage.read_text(self.manifest_uri), where=self.manifest_uri)
+
+    def open_checked(self, require_manifest: bool = True) -> tuple[dict, Optional[Manifest]]:
+        """(root index, manifest or None): refuses an incomplete dataset (`IncompleteDataset`)."""
+        has_index, has_manifest = storage.exists(self.index_uri), storage.exists(self.manifest_uri)
+        missing = [n for n, ok in ((INDEX_NAME, has_index), (MANIFEST_NAME, has_manifest)) if not ok]
+        if not has_index or (require_manifest and not has_manifest):
+            raise IncompleteDataset(
+                f"incomplete dataset {self.uri}: missing {' and '.join(missing)} (the pipeline writes the root "
+                f"index, then {MANIFEST_NAME} last; the dataset is still being written, its job failed, or "
+                "the URI is wrong)"
+            )
+        try:
+            index = json.loads(storage.read_text(self.index_uri))
+        except json.JSONDecodeError as e:
+            raise IncompleteDataset(f"dataset {self.uri}: {INDEX_NAME} is not valid JSON ({e})") from None
+        if not isinstance(index, dict) or not isinstance(index.get("shards"), list) or not index["shards"]:
+            raise IncompleteDataset(f"dataset {self.uri}: {INDEX_NAME} lists no shards")
+        manifest = Manifest.from_json(storage.read_text(self.manifest_uri), where=self.manifest_uri) if has_manifest else None
+        return index, manifest
+
+    # -- integrity (schemas.integrity) ---------------------------------------------------------
+    def verify(self, hashes: bool = True):
+        """Is the dataset whole? A `schemas.integrity.Verification` (never raises for damage)."""
+        from schemas.integrity import verify_dataset
+
+        return verify_dataset(self.uri, hashes=hashes)
+
+    def check_shards(self, index: dict) -> None:
+        """Every shard the index lists exists with its recorded size and hash; raises
+        IncompleteDataset / CorruptDataset naming the first bad shard."""
+        from schemas.integrity import check_shards, list_files
+
+        problems, _, _ = check_shards(self.uri, index, list_files(self.uri), hashes=True)
+        for p in problems:
+            if p.what.startswith("missing"):
+                raise IncompleteDataset(f"dataset {self.uri}: shard {p.file} is listed in {INDEX_NAME} but missing")
+            raise CorruptDataset(f"dataset {self.uri}: shard {p.file} is corrupt ({p.what})")
+
+    # -- samples -------------------------------------------------------------------------------
+    @property
+    def remote(self) -> str:
+        """The URI as streaming's `remote` (an absolute path for a local dataset)."""
+        return os.path.abspath(storage.local_path(self.uri)) if storage.is_local(self.uri) else self.uri
+
+    @property
+    def cache_key(self) -> str:
+        """This dataset's folder name inside a cache (equal for equal locations)."""
+        uri = os.path.abspath(storage.local_path(self.uri)) if storage.is_local(self.uri) else self.uri
+        return hex_digest(uri, 16)
+
+    def stream_args(self, cache_dir: str, local: Optional[str] = None) -> dict:
+        """`remote` and `local` for a `streaming.Stream` reading this dataset through `cache_dir`."""
+        return {"remote": self.remote, "local": local or os.path.join(cache_dir, self.cache_key)}
