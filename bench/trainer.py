@@ -78,17 +78,15 @@ def write_dataset(out: str, bank, tokenizer_fp: str, *, n_samples: int, seq_len:
     """The pipeline's layout: parts/<unit>/ MDS sub-datasets, root index, manifest written last."""
     from streaming import MDSWriter
 
-    from schemas import (DEFAULT_CODEC, INDEX_NAME, MANIFEST_NAME, PARTS_DIR, Manifest, build_sample, make_codec,
-                         mds_columns, sample_id)
+    from schemas import DEFAULT_CODEC, DatasetDir, Manifest, build_sample, make_codec, mds_columns, sample_id
     from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
 
     codec = make_codec(DEFAULT_CODEC, {})  # what the pipeline writes today
     columns = mds_columns(VOCAB, TOP_K)
     source = "sha256:bench-trainer"
-    shards, gi = [], 0
-    for u in range(units):
-        unit = f"u{u:05d}-00000"
-        part = os.path.join(out, PARTS_DIR, unit)
+    dataset, names, gi = DatasetDir(out), [f"u{u:05d}-00000" for u in range(units)], 0
+    for unit in names:
+        part = dataset.part_uri(unit)
         with MDSWriter(out=part, columns=columns, compression="zstd", hashes=["xxh3_64"], size_limit=size_limit) as w:
             for i in range(n_samples // units):
                 tokens, tr = bank[gi % len(bank)]
@@ -96,14 +94,7 @@ def write_dataset(out: str, bank, tokenizer_fp: str, *, n_samples: int, seq_len:
                                      doc_starts=np.array([0]), truncated=tr, codec=codec, vocab_size=VOCAB,
                                      top_k=TOP_K, unit=unit))
                 gi += 1
-        with open(os.path.join(part, INDEX_NAME)) as f:
-            for shard in json.load(f)["shards"]:
-                for key in ("raw_data", "zip_data"):
-                    if shard.get(key):
-                        shard[key]["basename"] = f"{PARTS_DIR}/{unit}/{shard[key]['basename']}"
-                shards.append(shard)
-    with open(os.path.join(out, INDEX_NAME), "w") as f:
-        json.dump({"version": 2, "shards": shards}, f)
+    dataset.publish_index(dataset.root_index(names))
     manifest = Manifest(
         teacher=Teacher(id="bench", revision="sha256:0"),
         tokenizer=Tokenizer(fingerprint=tokenizer_fp, separator_id=0, add_bos=False),
@@ -112,8 +103,7 @@ def write_dataset(out: str, bank, tokenizer_fp: str, *, n_samples: int, seq_len:
         source_fingerprint=source, settings_fingerprint="sha256:settings",
         counts=Counts(documents=gi, packed_documents=gi, dead_letters=0, sequences=gi, tokens=gi * seq_len, units=units),
     )
-    with open(os.path.join(out, MANIFEST_NAME), "w") as f:
-        f.write(manifest.to_json())
+    dataset.publish_manifest(manifest)
 
 
 def make_loader(data: str, cache: str, batch: int, state: dict | None = None):

@@ -20,7 +20,6 @@ Output (`<lake>/corpus/`):
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,8 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+
+from schemas.identity import fingerprint_json, hasher, int_key, tagged
 
 CORPUS_DIR = "corpus"
 MARKER = "corpus.json"
@@ -98,7 +99,7 @@ def all_documents() -> list[Document]:
 
 
 def doc_hash(key: str) -> int:
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return int_key(key)
 
 
 def split_of(key: str, heldout_percent: int) -> str:
@@ -129,13 +130,13 @@ def split_documents(
 
 
 def fingerprint(docs: list[Document]) -> str:
-    h = hashlib.sha256()
+    h = hasher()
     for d in docs:
         h.update(d.key.encode())
         h.update(b"\x00")
         h.update(d.text.encode())
         h.update(b"\x00")
-    return "sha256:" + h.hexdigest()
+    return tagged(h)
 
 
 def _write_split(docs: list[Document], out_dir: Path, num_files: int, row_group_docs: int) -> list[dict]:
@@ -212,9 +213,7 @@ def build(
             "fingerprint": fingerprint(docs),
             "files": files,
         }
-    record["fingerprint"] = "sha256:" + hashlib.sha256(
-        json.dumps({s: record["splits"][s]["fingerprint"] for s in SPLITS}, sort_keys=True).encode()
-    ).hexdigest()
+    record["fingerprint"] = fingerprint_json({s: record["splits"][s]["fingerprint"] for s in SPLITS})
     (tmp / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True))
     if final.exists():
         shutil.rmtree(final)

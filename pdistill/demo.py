@@ -27,7 +27,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -290,8 +289,9 @@ def stage_pipeline(lake: Path, scale: Scale, split: str, out_name: str) -> dict:
             break
     if report is None:
         raise SystemExit(f"pdistill demo: no JSON report from `pdistill logits` in {log_path}")
-    manifest = json.loads((out / "manifest.json").read_text())
-    c = manifest["counts"]
+    from schemas import DatasetDir
+
+    c = asdict(DatasetDir(str(out)).read_manifest().counts)
     _log(f"{out_name}: {c['sequences']} sequences, {c['tokens']:,} tokens, {c['documents']} documents "
          f"({c['packed_documents']} packed + {c['dead_letters']} dead letters), {wall:.1f} s")
     return {"output": str(out), "wall_seconds": wall, "report": report, "counts": c}
@@ -302,34 +302,20 @@ def stage_pipeline(lake: Path, scale: Scale, split: str, out_name: str) -> dict:
 
 
 def read_samples(dataset: Path) -> list[dict]:
-    """All samples of a finished (local) dataset, in the root index's order.
-
-    mosaicml-streaming's `LocalDataset` reads raw shards only, so the zstd shards are
-    decompressed into a temporary copy first (the dataset itself is left untouched).
-    """
+    """All stored samples of a finished dataset, in the root index's order, read as inspect reads
+    them (through the trainer's `DistillDataset`, a temporary cache; the dataset is left untouched)."""
     import tempfile
 
-    import zstandard
-    from streaming.base.local import LocalDataset
+    from pdistill.inspect import read_samples as read_stored
 
-    index = json.loads((dataset / "index.json").read_text())
     with tempfile.TemporaryDirectory(prefix="pdistill-read-") as tmp:
-        for shard in index["shards"]:
-            raw, zipped = shard["raw_data"]["basename"], (shard.get("zip_data") or {}).get("basename")
-            dst = Path(tmp) / raw
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if zipped:
-                with open(dataset / zipped, "rb") as f, open(dst, "wb") as g:
-                    zstandard.ZstdDecompressor().copy_stream(f, g)
-            else:
-                shutil.copyfile(dataset / raw, dst)
-        shutil.copyfile(dataset / "index.json", Path(tmp) / "index.json")
-        ds = LocalDataset(tmp)
-        return [ds[i] for i in range(len(ds))]
+        return read_stored(str(dataset), tmp, sys.maxsize)[0]
 
 
 def dataset_bytes(dataset: Path) -> int:
-    return sum(p.stat().st_size for p in (dataset / "parts").rglob("shard.*"))
+    from schemas import DatasetDir
+
+    return DatasetDir(str(dataset)).stored_bytes()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,7 +338,7 @@ def stage_measure(lake: Path, scale: Scale) -> dict:
 
     torch.set_num_threads(os.cpu_count() or 2)
     teacher = AutoModelForCausalLM.from_pretrained(str(lake / "teacher"), torch_dtype=torch.float32).eval()
-    man = schemas.Manifest.from_json((lake / "heldout" / "manifest.json").read_text())
+    man = schemas.DatasetDir(str(lake / "heldout")).read_manifest()
     codec = schemas.make_codec(man.codec.name, man.codec.params)
     held = read_samples(lake / "heldout")
     train = read_samples(lake / "logits")  # for the storage figures

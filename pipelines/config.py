@@ -8,11 +8,11 @@ Fields that only change how fast or where the job runs (batch size, runner) stay
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from schemas.identity import fingerprint_json
 
 SELECTIONS = ("top_p_k", "sample")
 TRAILING = ("pad",)
@@ -159,8 +159,7 @@ class PipelineConfig:
         tokenizer fingerprints); without them, the input/teacher/tokenizer URIs stand in."""
         if resolved is None:
             resolved = {"inputs": self.inputs, "teacher": self.teacher, "tokenizer": self.tokenizer_uri}
-        payload = json.dumps({"settings": self.shaping_settings(), "resolved": resolved}, sort_keys=True)
-        return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+        return fingerprint_json({"settings": self.shaping_settings(), "resolved": resolved})
 
 
 def _coerce(key: str, value: Any, hint, where: str):

@@ -111,7 +111,7 @@ def build_root_index(output: str, units: list[str], settings_fp: str) -> tuple[d
     if missing:
         raise RuntimeError(f"{len(missing)} parts are missing under {out.parts_uri} "
                            f"(first: {missing[0]}); re-run the same command to compute them")
-    index, per_unit = out.root_index(units)
+    per_unit = [out.read_stats(unit) for unit in sorted(units)]
     totals = dict.fromkeys(COUNT_KEYS, 0)
     for stats in per_unit:
         if stats.get("settings_fingerprint") != settings_fp:
@@ -121,7 +121,7 @@ def build_root_index(output: str, units: list[str], settings_fp: str) -> tuple[d
                 "and re-run the same command to recompute it")
         for k in COUNT_KEYS:
             totals[k] += int(stats[k])
-    return index, totals, per_unit
+    return out.root_index(units), totals, per_unit
 
 
 def finalize(_computed, output: str, units: list[str], manifest: Manifest) -> dict:

@@ -32,13 +32,14 @@ except the secret query parameters of a signed URL: its signature rotates, the f
 """
 from __future__ import annotations
 
-import hashlib
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pipelines.readers import Doc, dead_letter, read_unit  # noqa: F401  (re-exported)
 from schemas import fingerprint_of, storage
+from schemas.identity import hasher, tagged
+from schemas.storage import object_version
 from schemas.redact import redact_query, redact_text, redact_uri
 
 EXTENSIONS = {
@@ -90,16 +91,6 @@ def _full_uri(fs, path: str, pattern: str) -> str:
     return path if storage.is_local(pattern) else fs.unstrip_protocol(path)
 
 
-def _version(info: dict) -> str:
-    for key in ("md5Hash", "crc32c", "ETag", "etag", "checksum", "md5"):
-        if info.get(key):
-            return f"{key}={str(info[key]).strip(chr(34))}"
-    for key in ("mtime", "LastModified", "updated", "last_modified", "created"):
-        if info.get(key) is not None:
-            return f"{key}={info[key]}"
-    return "unversioned"
-
-
 def detect_format(uri: str, forced: str = "auto") -> tuple[str, str | None]:
     web = uri.lower().startswith(("http://", "https://"))  # a URL's query (a signature, a token) is not its name
     name = posixpath.basename(uri.split("?", 1)[0] if web else uri).lower()
@@ -129,13 +120,13 @@ def _pattern_root(path: str, pattern: str, is_dir: bool) -> str:
 
 def content_hash(fs, path: str, size: int) -> str:
     """sha256 over the size, the first and the last SAMPLE_BYTES (the whole file if small)."""
-    h = hashlib.sha256(str(size).encode() + b"\x00")
+    h = hasher(str(size).encode() + b"\x00")
     if size <= 2 * SAMPLE_BYTES:
         h.update(fs.cat_file(path) if size else b"")
     else:
         h.update(fs.cat_file(path, start=0, end=SAMPLE_BYTES))
         h.update(fs.cat_file(path, start=size - SAMPLE_BYTES, end=size))
-    return "sha256:" + h.hexdigest()
+    return tagged(h)
 
 
 def expand_inputs(patterns: list[str], forced_format: str = "auto") -> list[SourceFile]:
@@ -173,7 +164,7 @@ def expand_inputs(patterns: list[str], forced_format: str = "auto") -> list[Sour
             fmt, comp = detect_format(uri, forced_format)
             name = posixpath.relpath(p, root) if root else p
             name = redact_query(name) if "://" in uri else name  # a rotated signature is the same input
-            jobs.append((fs, p, uri, int(info.get("size") or 0), _version(info), fmt, comp, name, (pi, name)))
+            jobs.append((fs, p, uri, int(info.get("size") or 0), object_version(info), fmt, comp, name, (pi, name)))
 
     def one(job):
         fs, p, uri, size, version, fmt, comp, name, _ = job

@@ -13,7 +13,6 @@ readable and its output vocabulary must cover the tokenizer.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pipelines.packing import Packed
 from pipelines.teacher_limits import (DTYPE_BYTES, ForwardShape, available_memory, check_memory, check_positions,
                                       forward_shape)
 from schemas import Truncated, sample_select, storage, truncate_tensor
+from schemas.identity import fingerprint_files
 
 NAMESPACE = "pdistill"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -52,13 +52,8 @@ def _weight_files(local_dir: str) -> list[str]:
 
 
 def teacher_revision(local_dir: str) -> str:
-    h = hashlib.sha256()
-    for name in ["config.json"] + _weight_files(local_dir):
-        h.update(name.encode() + b"\x00")
-        with open(os.path.join(local_dir, name), "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-    return "sha256:" + h.hexdigest()
+    return fingerprint_files((name.encode() + b"\x00", os.path.join(local_dir, name))
+                             for name in ["config.json"] + _weight_files(local_dir))
 
 
 def logits_dim(config) -> int:

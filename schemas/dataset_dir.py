@@ -199,20 +199,17 @@ class DatasetDir:
         return json.loads(storage.read_text(storage.join(self.part_uri(unit), INDEX_NAME)))
 
     # -- publishing ----------------------------------------------------------------------------
-    def root_index(self, units: list[str]) -> tuple[dict, list[dict]]:
+    def root_index(self, units: list[str]) -> dict:
         """The root index over the units' parts in sorted order (shard basenames become
-        `parts/<unit>/<basename>`; streaming's `merge_index` goes one folder deep only), and each
-        unit's stats in the same order."""
-        shards, stats = [], []
+        `parts/<unit>/<basename>`; streaming's `merge_index` goes one folder deep only)."""
+        shards = []
         for unit in sorted(units):
-            index = self.read_part_index(unit)
-            stats.append(self.read_stats(unit))
-            for shard in index["shards"]:
+            for shard in self.read_part_index(unit)["shards"]:
                 for key in ("raw_data", "zip_data"):
                     if shard.get(key):
                         shard[key]["basename"] = f"{PARTS_DIR}/{unit}/{shard[key]['basename']}"
                 shards.append(shard)
-        return {"version": 2, "shards": shards}, stats
+        return {"version": 2, "shards": shards}
 
     def publish_index(self, index: dict) -> None:
         storage.write_text_atomic(self.index_uri, json.dumps(index, sort_keys=True))
@@ -226,6 +223,15 @@ class DatasetDir:
         """The manifest, validated (`ManifestError` naming the field; FileNotFoundError if absent)."""
         self._fs()[0].invalidate_cache()  # it may have been written by another process
         return Manifest.from_json(storage.read_text(self.manifest_uri), where=self.manifest_uri)
+
+    def read_index(self) -> dict:
+        return json.loads(storage.read_text(self.index_uri))
+
+    def stored_bytes(self, index: Optional[dict] = None) -> int:
+        """Bytes of the shard files the root index lists, as stored (compressed when zstd)."""
+        from schemas.integrity import stored_file
+
+        return sum(int(stored_file(s)["bytes"]) for s in (index or self.read_index())["shards"])
 
     def open_checked(self, require_manifest: bool = True) -> tuple[dict, Optional[Manifest]]:
         """(root index, manifest or None): refuses an incomplete dataset (`IncompleteDataset`)."""

@@ -34,9 +34,14 @@ def hex_digest(data: bytes | str, digits: int | None = None) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()[:digits]
 
 
+def json_digest(obj: Any, *, default=None, digits: int | None = None) -> str:
+    """The sha256 hex digest of sorted-key JSON of `obj` (`default` as for json.dumps), cut to `digits`."""
+    return hex_digest(json.dumps(obj, sort_keys=True, default=default), digits)
+
+
 def fingerprint_json(obj: Any, *, default=None, digits: int | None = None) -> str:
-    """"sha256:<hex>" over sorted-key JSON of `obj` (`default` as for json.dumps; `digits` cuts the hex)."""
-    return PREFIX + hex_digest(json.dumps(obj, sort_keys=True, default=default), digits)
+    """"sha256:<hex>" over sorted-key JSON of `obj` (see `json_digest`)."""
+    return PREFIX + json_digest(obj, default=default, digits=digits)
 
 
 def fingerprint_files(named_paths: Iterable[tuple[bytes, str]], block: int = 1 << 22) -> str:

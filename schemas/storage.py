@@ -6,7 +6,6 @@ AWS_ENDPOINT_URL / S3_ENDPOINT_URL for s3fs and streaming), never from code.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import shutil
@@ -14,6 +13,7 @@ import tempfile
 import uuid
 
 from schemas.errors import SchemaError
+from schemas.identity import hasher
 
 
 class UnsafeObjectName(SchemaError):
@@ -109,12 +109,18 @@ def upload_dir(local_dir: str, uri: str, last: tuple[str, ...] = (), after_each=
             after_each(name)
 
 
-def _version(info: dict) -> str:
-    """A store's own version of an object: ETag / md5 / crc32c / generation, else its mtime."""
-    for key in ("ETag", "etag", "md5Hash", "crc32c", "generation", "VersionId", "LastModified", "updated", "mtime"):
+def object_version(info: dict) -> str:
+    """A store's own version of an object from its listing entry: a content checksum or ETag
+    (md5Hash / crc32c on GCS, ETag on S3), else its modification time; "unversioned" if none.
+    Recorded per input in the output's claim (a resume refuses an input changed in place) and
+    part of the checkpoint cache key (`fetch_dir`)."""
+    for key in ("md5Hash", "crc32c", "ETag", "etag", "checksum", "md5"):
+        if info.get(key):
+            return f"{key}={str(info[key]).strip(chr(34))}"
+    for key in ("mtime", "LastModified", "updated", "last_modified", "created"):
         if info.get(key) is not None:
             return f"{key}={info[key]}"
-    return ""
+    return "unversioned"
 
 
 def safe_target(dest: str, name: str, where: str) -> str:
@@ -156,10 +162,10 @@ def fetch_dir(uri: str, cache_root: str | None = None) -> str:
         rel = remote[len(root) + 1:] if remote.startswith(root + "/") else remote
         safe_target(cache_root, rel, where=f"{uri.rstrip('/')}/{rel}")
         names[remote] = rel
-    key = hashlib.sha256(uri.encode())
+    key = hasher(uri.encode())
     for remote in sorted(listing):
         info = listing[remote]
-        key.update(f"\x00{names[remote]}\x00{info.get('size')}\x00{_version(info)}".encode())
+        key.update(f"\x00{names[remote]}\x00{info.get('size')}\x00{object_version(info)}".encode())
     dest = os.path.join(cache_root, key.hexdigest()[:32])
     if os.path.isdir(dest):
         return dest

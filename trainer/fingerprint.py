@@ -22,7 +22,6 @@ Composer's weight loading, before this check; `build_trainer` reports that as mo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from typing import Any, Optional
@@ -30,6 +29,7 @@ from typing import Any, Optional
 from composer.core import Callback, State
 from composer.loggers import Logger
 
+from schemas.identity import fingerprint_json
 from trainer.errors import ResumeMismatch
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ FINGERPRINT_SECTIONS = ("data.streams", "data", "model", "distill", "optim", "sc
 
 
 def _sha(obj: Any) -> str:
-    return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return fingerprint_json(obj, default=str, digits=16)
 
 
 def dataset_identity(manifest_json: Optional[str], index: dict) -> str:

@@ -11,13 +11,12 @@ data.num_workers per rank.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import tempfile
 from typing import Optional
 
+from schemas.identity import json_digest
 from trainer.config import TrainConfig
 from trainer.errors import SettingError
 
@@ -140,7 +139,7 @@ def cache_root_for(cfg: TrainConfig) -> str:
     """
     if cfg.data.local_cache:
         return cfg.data.local_cache
-    key = cfg.run.run_name or hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    key = cfg.run.run_name or json_digest(cfg.to_dict(), default=str, digits=12)
     return os.path.join(tempfile.gettempdir(), "pdistill-cache", key)
 
 
