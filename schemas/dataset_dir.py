@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from schemas import storage
-from schemas.errors import CorruptDataset, IncompleteDataset
+from schemas.errors import CorruptDataset, IncompleteDataset, ManifestError
 from schemas.identity import hex_digest
+from schemas.integrity import Problem, Verification, check_shards, list_files, stored_file
 from schemas.manifest import Manifest
 
 SETTINGS_NAME = "_settings.json"
@@ -229,8 +230,6 @@ class DatasetDir:
 
     def stored_bytes(self, index: Optional[dict] = None) -> int:
         """Bytes of the shard files the root index lists, as stored (compressed when zstd)."""
-        from schemas.integrity import stored_file
-
         return sum(int(stored_file(s)["bytes"]) for s in (index or self.read_index())["shards"])
 
     def open_checked(self, require_manifest: bool = True) -> tuple[dict, Optional[Manifest]]:
@@ -252,19 +251,56 @@ class DatasetDir:
         manifest = Manifest.from_json(storage.read_text(self.manifest_uri), where=self.manifest_uri) if has_manifest else None
         return index, manifest
 
-    # -- integrity (schemas.integrity) ---------------------------------------------------------
-    def verify(self, hashes: bool = True):
-        """Is the dataset whole? A `schemas.integrity.Verification` (never raises for damage)."""
-        from schemas.integrity import verify_dataset
-
-        return verify_dataset(self.uri, hashes=hashes)
+    # -- integrity (checks in schemas.integrity) -----------------------------------------------
+    def verify(self, hashes: bool = True) -> Verification:
+        """Is the dataset whole? Never raises for a broken dataset (see `Verification.problems`):
+        manifest and root index exist and parse; every listed shard exists with its size and
+        (unless `hashes=False`) hash; every part folder a shard lives in keeps its index and their
+        number is the manifest's `counts.units`; the index's sample total is `counts.sequences`
+        and the counts reconcile (documents = packed + dead letters)."""
+        v = Verification(uri=self.uri, hashed=hashes)
+        listing = list_files(self.uri)
+        if not listing:
+            v.problems.append(Problem(".", "no such dataset (nothing stored under this URI)"))
+            return v
+        for name in (INDEX_NAME, MANIFEST_NAME):
+            if name not in listing:
+                v.problems.append(Problem(name, "missing: the dataset is incomplete (the pipeline writes the root "
+                                                f"{INDEX_NAME}, then {MANIFEST_NAME} last)"))
+        if MANIFEST_NAME in listing:
+            try:
+                v.manifest = Manifest.from_json(storage.read_bytes(self.manifest_uri).decode("utf-8"), where=MANIFEST_NAME)
+            except UnicodeDecodeError as e:
+                v.problems.append(Problem(MANIFEST_NAME, f"not valid JSON ({e})"))
+            except ManifestError as e:
+                v.problems.append(Problem(MANIFEST_NAME, str(e).removeprefix(f"{MANIFEST_NAME}: ")))
+        if INDEX_NAME in listing:
+            try:
+                v.index = self.read_index()
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                v.problems.append(Problem(INDEX_NAME, f"not valid JSON ({e})"))
+            if v.index is not None and not (isinstance(v.index, dict) and isinstance(v.index.get("shards"), list)):
+                v.problems.append(Problem(INDEX_NAME, "has no list of shards"))
+                v.index = None
+        if v.index is not None:
+            problems, v.shards_checked, v.bytes_checked = check_shards(self.uri, v.index, listing,
+                                                                       index_name=INDEX_NAME, hashes=hashes)
+            v.problems += problems + _check_parts(v.index, v.manifest, listing)
+        if v.manifest is not None:
+            c = v.manifest.counts
+            if not c.reconciles():
+                v.problems.append(Problem(MANIFEST_NAME, f"counts do not reconcile: documents {c.documents} != packed "
+                                                         f"{c.packed_documents} + dead letters {c.dead_letters}"))
+            if v.index is not None:
+                in_index = sum(int(s.get("samples", 0)) for s in v.index["shards"] if isinstance(s, dict))
+                if in_index != c.sequences:
+                    v.problems.append(Problem(INDEX_NAME, f"lists {in_index} sequences, {MANIFEST_NAME} counts {c.sequences}"))
+        return v
 
     def check_shards(self, index: dict) -> None:
         """Every shard the index lists exists with its recorded size and hash; raises
         IncompleteDataset / CorruptDataset naming the first bad shard."""
-        from schemas.integrity import check_shards, list_files
-
-        problems, _, _ = check_shards(self.uri, index, list_files(self.uri), hashes=True)
+        problems, _, _ = check_shards(self.uri, index, list_files(self.uri), index_name=INDEX_NAME, hashes=True)
         for p in problems:
             if p.what.startswith("missing"):
                 raise IncompleteDataset(f"dataset {self.uri}: shard {p.file} is listed in {INDEX_NAME} but missing")
@@ -285,3 +321,23 @@ class DatasetDir:
     def stream_args(self, cache_dir: str, local: Optional[str] = None) -> dict:
         """`remote` and `local` for a `streaming.Stream` reading this dataset through `cache_dir`."""
         return {"remote": self.remote, "local": local or os.path.join(cache_dir, self.cache_key)}
+
+
+def _check_parts(index: dict, manifest: Optional[Manifest], listing: dict[str, int]) -> list[Problem]:
+    """Part folders: each one a shard lives in keeps its index.json; their number is counts.units."""
+    problems = []
+    referenced = set()
+    for shard in index.get("shards") or []:
+        entry = stored_file(shard) if isinstance(shard, dict) else None
+        parts = (entry or {}).get("basename", "").split("/")
+        if len(parts) == 3 and parts[0] == PARTS_DIR:
+            referenced.add(parts[1])
+    published = {p.split("/")[1] for p in listing if p.startswith(PARTS_DIR + "/") and p.endswith("/" + INDEX_NAME)
+                 and p.count("/") == 2}
+    for unit in sorted(referenced - published):
+        problems.append(Problem(f"{PARTS_DIR}/{unit}/{INDEX_NAME}", "missing (the part folder's commit marker)"))
+    if manifest is not None and (referenced or published):
+        have = len(published | referenced)
+        if have != manifest.counts.units:
+            problems.append(Problem(PARTS_DIR, f"{have} part folders, {MANIFEST_NAME} counts {manifest.counts.units} units"))
+    return problems
