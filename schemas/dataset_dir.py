@@ -75,21 +75,10 @@ class DatasetDir:
     def _at(self, *names: str) -> str:
         return storage.join(self.uri, *names)
 
-    @property
-    def settings_uri(self) -> str:
-        return self._at(SETTINGS_NAME)
-
-    @property
-    def manifest_uri(self) -> str:
-        return self._at(MANIFEST_NAME)
-
-    @property
-    def index_uri(self) -> str:
-        return self._at(INDEX_NAME)
-
-    @property
-    def parts_uri(self) -> str:
-        return self._at(PARTS_DIR)
+    settings_uri = property(lambda self: self._at(SETTINGS_NAME), doc="the claim, `_settings.json`")
+    manifest_uri = property(lambda self: self._at(MANIFEST_NAME), doc="`manifest.json`, written last")
+    index_uri = property(lambda self: self._at(INDEX_NAME), doc="the root MDS index")
+    parts_uri = property(lambda self: self._at(PARTS_DIR), doc="the folder of the parts")
 
     def part_uri(self, unit: str) -> str:
         return self._at(PARTS_DIR, unit)
