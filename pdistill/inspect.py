@@ -2,7 +2,7 @@
 
 First a verdict: every shard the root index lists is checked against storage (exists, has the
 recorded size and hash; `--skip-hash` checks sizes only, for huge datasets), part folders against
-the manifest's unit count, and the manifest's counts against the index (`schemas.integrity`).
+the manifest's unit count, and the manifest's counts against the index (`schemas.DatasetDir.verify`).
 Any problem is printed with the file it concerns, and the exit status is 1.
 Then statistics from the first samples: kept entries/token, stored teacher bytes/token (shard
 bytes on storage), mean dropped tail mass, and the codec's KL bound. With `--teacher URI`: re-runs

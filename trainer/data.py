@@ -8,7 +8,7 @@ StreamingDataset exists:
     student (`schemas.check_compatible`: vocab size, tokenizer fingerprint, seq_len);
   * all streams must share vocab size, tokenizer, seq_len and codec;
   * with hash validation on, every shard of a *local* dataset is checked against the size and
-    xxh3_64 recorded in the root index (`schemas.integrity`; remote shards are checked by streaming
+    xxh3_64 recorded in the root index (`DatasetDir.check_shards`; remote shards are checked by streaming
     as they are downloaded);
   * each stream's first sample is read and checked against the manifest (length = seq_len, token
     ids < vocab_size), and so is every sample as it is decoded (`CorruptDataset` otherwise).
