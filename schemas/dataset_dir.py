@@ -69,6 +69,8 @@ class TopLevel:
 
 @dataclass(frozen=True)
 class DatasetDir:
+    """A dataset folder by its URI: every path of the layout and every read or write of it."""
+
     uri: str
 
     # -- paths ---------------------------------------------------------------------------------
