@@ -11,6 +11,7 @@ import warnings
 COMMANDS = {
     "logits": ("pipelines.cli", "run the Beam teacher pass: corpus -> distillation dataset (MDS + manifest)"),
     "train": ("trainer.cli", "pre-train a student with Composer on a distillation dataset"),
+    "plan": ("pdistill.plan", "predict a teacher pass's tokens, bytes, accelerator-hours and cost from a sample"),
     "inspect": ("pdistill.inspect", "is a dataset whole? (every shard vs its index), its manifest, counts, fidelity"),
     "teacher": ("pdistill.teacher", "teacher utilities (import-gguf: GGUF file -> Hugging Face checkpoint)"),
     "demo": ("pdistill.demo", "the end-to-end demo on the embedded default (see README)"),

@@ -166,12 +166,17 @@ def make_parser() -> argparse.ArgumentParser:
     ap.add_argument("--skip-hash", action="store_true",
                     help="check shard existence and sizes only, not their hashes (for huge datasets)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ap.add_argument("--plan", help="plan.json from `pdistill plan`: also print planned vs actual")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     report = build_report(args)
+    if args.plan and report["verdict"] == WHOLE:  # planned vs actual (pdistill.plan)
+        from pdistill.plan import inspect_hook
+
+        report["planned_vs_actual"] = inspect_hook(args.plan, args.dataset, args.json)
     print_report(report, args.json)
     if report["verdict"] != WHOLE:
         print(f"pdistill inspect: {args.dataset} is not whole: {len(report['problems'])} problem(s), "

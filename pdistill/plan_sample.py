@@ -1,0 +1,142 @@
+"""What `pdistill plan` reads of the lake: a listing, then a deterministic, stratified document sample.
+
+Listing uses the pipeline's own `expand_inputs` and `plan_units` (file sizes, formats, Parquet
+footers): nothing but metadata and the fingerprint's first/last bytes is read.
+
+Sampling, in two stages, both keyed by a seed and by names only (never by listing order or
+timing), so the same lake and seed give the same sample on any machine:
+  1. units to read: each file's units are ranked by a hash of (seed, unit name) and taken
+     round-robin over the files (files themselves ranked by hash), up to `max_units`. Every file
+     contributes before any file contributes twice: the sample is stratified across files.
+  2. documents: every read unit is read with the pipeline's own reader (`read_unit`), so its
+     documents, dead letters and text bytes are counted exactly; of its usable documents a
+     systematic sample (every 1/F-th, seeded start) over the concatenation of read units in
+     unit order is kept for tokenising and the teacher pass: each unit gets its share.
+Units not read are represented by the read ones in proportion to their bytes on storage.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+from pipelines.sources import Doc, SourceFile, Unit, _parquet_row_groups, read_unit
+
+
+def seeded_rank(seed: int, key: str) -> float:
+    """A uniform number in [0, 1) from (seed, key): the sampler's only source of randomness."""
+    h = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+@dataclass
+class ReadUnit:
+    """One unit read in full: exact counts, and the documents drawn from it."""
+
+    name: str
+    storage_bytes: int  # the unit's share of its file on storage
+    documents: int = 0  # documents + dead letters, as the pipeline counts them
+    dead_letters: int = 0
+    good: int = 0  # usable documents
+    text_bytes: int = 0  # UTF-8 bytes of the usable documents
+    dead_kinds: dict = field(default_factory=dict)
+    texts: list = field(default_factory=list)  # all usable texts (dropped once the sample is drawn)
+
+
+@dataclass
+class LakeSample:
+    files: list[SourceFile]
+    units: list[Unit]
+    unit_bytes: dict  # unit name -> storage bytes
+    read: list[ReadUnit]
+    docs: list[tuple[str, int, str]]  # sampled (unit, index in unit's usable docs, text)
+    seed: int
+
+    def listing(self) -> dict:
+        by_fmt: dict = {}
+        for f in self.files:
+            key = f.fmt + (f".{f.compression}" if f.compression else "")
+            d = by_fmt.setdefault(key, {"files": 0, "bytes": 0})
+            d["files"] += 1
+            d["bytes"] += f.size
+        return {"files": len(self.files), "bytes": sum(f.size for f in self.files), "formats": by_fmt,
+                "units": len(self.units), "units_read": len(self.read),
+                "bytes_read": sum(u.storage_bytes for u in self.read)}
+
+
+def unit_storage_bytes(files: list[SourceFile], units: list[Unit]) -> dict[str, int]:
+    """Each unit's share of its file's bytes on storage (Parquet: by rows; JSONL ranges: the range)."""
+    size = {f.uri: f.size for f in files}
+    groups: dict[str, list[int] | None] = {}
+    out = {}
+    for u in units:
+        if u.fmt == "parquet" and u.end >= 0:
+            if u.uri not in groups:
+                groups[u.uri] = _parquet_row_groups(u.uri)
+            g = groups[u.uri]
+            total = sum(g) if g else 0
+            out[u.name] = round(size[u.uri] * sum(g[u.start:u.end]) / total) if total else size[u.uri]
+        elif u.end >= 0:
+            out[u.name] = u.end - u.start
+        else:
+            out[u.name] = size[u.uri]
+    return out
+
+
+def choose_units(units: list[Unit], max_units: int, seed: int) -> list[Unit]:
+    """Up to `max_units` units, round-robin over files in hash order (see the module docstring);
+    returned in plan order, so the sample reads like the run."""
+    by_file: dict[str, list[Unit]] = {}
+    for u in units:
+        by_file.setdefault(u.uri, []).append(u)
+    queues = [sorted(us, key=lambda u: seeded_rank(seed, u.name)) for _, us in
+              sorted(by_file.items(), key=lambda kv: seeded_rank(seed, kv[0].rsplit("/", 1)[-1] + kv[1][0].name))]
+    chosen: list[Unit] = []
+    depth = 0
+    while len(chosen) < max_units and any(depth < len(q) for q in queues):
+        for q in queues:
+            if depth < len(q) and len(chosen) < max_units:
+                chosen.append(q[depth])
+        depth += 1
+    order = {u.name: i for i, u in enumerate(units)}
+    return sorted(chosen, key=lambda u: order[u.name])
+
+
+def read_units(units: list[Unit], unit_bytes: dict, text_column: str) -> list[ReadUnit]:
+    out = []
+    for u in units:
+        r = ReadUnit(u.name, unit_bytes[u.name])
+        for item in read_unit(u, text_column):
+            r.documents += 1
+            if isinstance(item, Doc):
+                r.good += 1
+                r.text_bytes += len(item.text.encode("utf-8"))
+                r.texts.append(item.text)
+            else:
+                r.dead_letters += 1
+                r.dead_kinds[item["kind"]] = r.dead_kinds.get(item["kind"], 0) + 1
+        out.append(r)
+    return out
+
+
+def systematic(n_items: int, n_take: int, seed: int) -> list[int]:
+    """Indexes of a systematic sample: every n_items/n_take-th item from a seeded start."""
+    n_take = max(0, min(n_items, n_take))
+    if n_take == 0:
+        return []
+    step = n_items / n_take
+    start = seeded_rank(seed, "start") * step
+    return sorted({min(n_items - 1, int(start + i * step)) for i in range(n_take)})
+
+
+def draw(files: list[SourceFile], units: list[Unit], text_column: str, *, seed: int = 0, max_units: int = 64,
+         sample_docs: int | None = None, sample_fraction: float = 0.05) -> LakeSample:
+    """List, choose units, read them, and draw the document sample (see the module docstring)."""
+    unit_bytes = unit_storage_bytes(files, units)
+    read = read_units(choose_units(units, max_units, seed), unit_bytes, text_column)
+    pool = [(r.name, i, t) for r in read for i, t in enumerate(r.texts)]
+    want = sample_docs if sample_docs is not None else math.ceil(sample_fraction * len(pool) - 1e-9)
+    docs = [pool[i] for i in systematic(len(pool), want, seed)]
+    for r in read:
+        r.texts = []
+    return LakeSample(files, units, unit_bytes, read, docs, seed)
