@@ -1,0 +1,137 @@
+"""`pdistill plan`: deterministic stratified sampling, dead letters counted as the run counts them,
+clear errors, the throughput model, and planned vs actual through `pdistill inspect --plan`."""
+import gzip
+import json
+import os
+import shutil
+
+import pytest
+
+pytest.importorskip("apache_beam")
+
+from fixtures_models import make_texts  # noqa: E402
+from pdistill import plan as plan_cli  # noqa: E402
+from pdistill.plan_estimate import throughput  # noqa: E402
+from pdistill.plan_sample import choose_units, draw  # noqa: E402
+from pipelines.sources import expand_inputs, plan_units  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path_factory.mktemp("plan-lake")
+    for i in range(3):
+        (d / f"a{i}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in make_texts(40, seed=i)))
+    pq.write_table(pa.table({"text": make_texts(48, seed=7)}), d / "b.parquet", row_group_size=8)
+    return str(d)
+
+
+def listing(lake):
+    files = expand_inputs([os.path.join(lake, "*")])
+    return files, plan_units(files, rows_per_unit=8, bytes_per_unit=1200)
+
+
+def test_sample_is_deterministic_and_stratified(lake):
+    files, units = listing(lake)
+    a = draw(files, units, "text", seed=3, max_units=64, sample_fraction=0.1)
+    b = draw(files, units, "text", seed=3, max_units=64, sample_fraction=0.1)
+    assert [k[:2] for k in a.docs] == [k[:2] for k in b.docs] and a.docs
+    other = draw(files, units, "text", seed=4, max_units=64, sample_fraction=0.1)
+    assert [k[:2] for k in other.docs] != [k[:2] for k in a.docs]
+    docs = sum(r.good for r in a.read)
+    assert docs == 3 * 40 + 48 and len(a.docs) == -(-docs // 10)  # ceil(10 %) of what was read
+    # systematic over the units in plan order: every unit of >= 10 documents gives at least one
+    per_unit = {u for u, _, _ in a.docs}
+    assert all(r.name in per_unit for r in a.read if r.good >= 10)
+    # fewer units than files allows: one unit from each of 4 files before any file gives two
+    chosen = choose_units(units, 4, seed=3)
+    assert len({u.uri for u in chosen}) == 4
+    assert {u.name for u in choose_units(list(reversed(units)), 4, seed=3)} == {u.name for u in chosen}
+    assert draw(files, units, "text", seed=3, sample_docs=7).docs.__len__() == 7
+
+
+def test_throughput_model_is_stated_and_overridable():
+    shape = {"params": 1_000_000_000, "layers": 24, "width": 2048}
+    flops = 2 * 1e9 + 2 * 24 * 1024 * 2048
+    t = throughput(measured_tps=100.0, seq_len=1024, shape=shape, gpu="H100", mfu=0.5)
+    assert t["model"] == "flops" and t["tokens_per_s"] == pytest.approx(989e12 * 0.5 / flops)
+    assert "989" in t["how"] and "MFU 0.5" in t["how"]
+    assert throughput(measured_tps=100.0, seq_len=1024, shape=shape, gpu="a100")["mfu"] == 0.4
+    assert throughput(measured_tps=100.0, seq_len=1024, shape=shape, tokens_per_second=5e4)["tokens_per_s"] == 5e4
+    assert throughput(measured_tps=100.0, seq_len=1024, shape=shape)["model"] == "measured"
+    with pytest.raises(ValueError, match="unknown accelerator"):
+        throughput(measured_tps=1.0, seq_len=8, shape=shape, gpu="abacus")
+
+
+def test_unreachable_lake_and_wrong_teacher_fail_clearly(tiny_teacher, lake, tmp_path, capsys):
+    missing = str(tmp_path / "no-such-bucket" / "*.jsonl")
+    out = tmp_path / "plan.json"
+    assert plan_cli.main(["--input", missing, "--teacher", tiny_teacher, "--plan", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pdistill plan: error:") and missing in err and not out.exists()
+    bad = tmp_path / "teacher"
+    bad.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tiny_teacher, name), bad)
+    (bad / "config.json").write_text("{ not json")
+    assert plan_cli.main(["--input", os.path.join(lake, "*"), "--teacher", str(bad), "--plan", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"teacher {bad}" in err and "Traceback" not in err and not out.exists()
+    assert plan_cli.main(["--input", os.path.join(lake, "*"), "--teacher", tiny_teacher, "--sample-fraction", "0"]) == 2
+    assert "--sample-fraction" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_plan_counts_dead_letters_like_the_run(tiny_teacher, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pdistill.inspect import main as inspect_main
+    from pipelines.config import PipelineConfig
+    from pipelines.job import run
+
+    d = tmp_path / "lake"
+    d.mkdir()
+    good = make_texts(60, seed=9)
+    lines = [json.dumps({"text": t}).encode() for t in good[:40]]
+    lines[5], lines[17] = b'{"text": "unterminated', json.dumps({"body": "no text key"}).encode()
+    (d / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    pq.write_table(pa.table({"text": good[40:50] + [None, ""]}), d / "c.parquet", row_group_size=4)
+    pq.write_table(pa.table({"content": good[50:]}), d / "d.parquet")  # no text column: one dead letter
+    (d / "e.parquet").write_bytes(b"not a parquet file at all")
+    (d / "f.jsonl.gz").write_bytes(gzip.compress(json.dumps({"text": good[0]}).encode() + b"\n" * 50)[:-12])
+    common = ["--input", str(d / "*"), "--teacher", tiny_teacher, "--seq-len", "32", "--top-k", "16",
+              "--rows-per-unit", "4", "--bytes-per-unit", "1500"]
+    plan_path = tmp_path / "plan.json"
+    assert plan_cli.main(common + ["--sample-fraction", "0.25", "--plan", str(plan_path), "--gpu", "l4",
+                                   "--price-per-hour", "0.8", "--workers", "4"]) == 0
+    table = capsys.readouterr().out
+    assert "dead letters" in table and "FLOPs model" in table
+    plan = json.loads(plan_path.read_text())
+    run(PipelineConfig(inputs=[str(d / "*")], teacher=tiny_teacher, output=str(tmp_path / "ds"), seq_len=32, top_k=16,
+                       rows_per_unit=4, bytes_per_unit=1500, progress=False))
+    m = json.loads((tmp_path / "ds" / "manifest.json").read_text())["counts"]
+    pred = plan["predicted"]
+    # every unit was read: documents, dead letters and parts are what the run counts, exactly
+    assert pred["documents"]["estimate"] == m["documents"] == 40 + 12 + 1 + 1 + 1
+    assert pred["dead_letters"]["estimate"] == m["dead_letters"] == 2 + 2 + 1 + 1 + 1
+    assert plan["sample"]["dead_letter_kinds"] == {"malformed_json": 1, "missing_text": 3, "empty_text": 1,
+                                                   "unreadable_file": 2}
+    assert pred["parts"]["estimate"] == m["units"]
+    assert abs(pred["tokens"]["estimate"] / m["tokens"] - 1) < 0.15
+    wall, hours = pred["wall_hours"]["estimate"], pred["accelerator_hours"]["estimate"]
+    assert wall == pytest.approx(hours / 4) and pred["cost"]["estimate"] == pytest.approx(hours * 0.8)
+    # the same plan again: same sample, same numbers
+    again = tmp_path / "again.json"
+    assert plan_cli.main(common + ["--sample-fraction", "0.25", "--plan", str(again), "--json"]) == 0
+    capsys.readouterr()
+    second = json.loads(again.read_text())
+    assert second["sample"]["keys"] == plan["sample"]["keys"]
+    assert second["predicted"]["tokens"] == pred["tokens"]
+    # planned vs actual
+    inspect_main([str(tmp_path / "ds"), "--plan", str(plan_path), "--json", "--samples", "2"])
+    rows = json.loads(capsys.readouterr().out)["planned_vs_actual"]
+    assert rows["dead_letters"]["error"] == 0 and rows["documents"]["actual"] == m["documents"]
+    assert abs(rows["dataset_bytes"]["error"]) < 0.15
