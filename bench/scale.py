@@ -1,0 +1,290 @@
+"""A scale model of everything that is not the teacher, at 10^3 - 10^5 files, parts and shards.
+
+Steps, each timed in a fresh subprocess (so memory is that step's own: the peak resident set
+above what the process held just before the step, read from /proc/self/status):
+  * plan:    `expand_inputs` + `plan_units` over N small JSONL files (listing, content
+             fingerprints, units), the launcher's work before any worker starts;
+  * publish: `pipelines.sink.finalize` over N published parts (finds them, reads each part's
+             index and stats, writes the root index.json and manifest.json);
+  * open:    the trainer's `DistillDataset` (preflight, hash check of local shards, streaming's
+             index) over the N-shard dataset, then its first batch; resident memory of the rank;
+  * resume:  a fresh `DistillDataset` loaded with the state of a rank 90 % through the epoch,
+             then its first batch.
+The growth exponent is the least-squares slope of log(time) against log(N) (1 = linear).
+
+Synthetic inputs, no teacher: every part holds one real MDS shard of two samples whose teacher
+signal is a stub (well-formed top-k lists from a fixed generator, encoded with the real codec),
+written once with the pipeline's own `write_mds` and hard-linked into the N parts (the index
+records the same xxh3_64 hash, so the trainer's hash check reads every shard). FOR THIS
+BENCHMARK ONLY: the stub says nothing about a teacher's bytes or speed (see `pdistill plan`).
+
+Usage: python -m bench.scale [--sizes 1000,10000,100000] [--quick] [--keep DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+SEQ_LEN, TOP_K, VOCAB, SAMPLES_PER_SHARD, BATCH = 64, 8, 4096, 2, 4
+STEPS = ("plan", "publish", "open", "resume")
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so the peak is the step's own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+# -- synthetic inputs ---------------------------------------------------------------------------
+
+def make_lake(root: str, n: int) -> None:
+    os.makedirs(root, exist_ok=True)
+    line = json.dumps({"text": "A small synthetic document for the scale benchmark. " * 3}) + "\n"
+    width = len(str(n))
+    for i in range(n):
+        sub = os.path.join(root, f"d{i // 1000:04d}")
+        if i % 1000 == 0:
+            os.makedirs(sub, exist_ok=True)
+        with open(os.path.join(sub, f"f{i:0{width}d}.jsonl"), "w") as f:
+            f.write(line)
+
+
+def stub_samples(unit: str) -> list[dict]:
+    """Two samples with a well-formed truncated signal (stub: no teacher)."""
+    import numpy as np
+
+    from schemas import build_sample, make_codec
+    from schemas.truncation import Truncated
+
+    rng = np.random.default_rng(0)
+    codec = make_codec("compact", {})
+    out = []
+    for s in range(SAMPLES_PER_SHARD):
+        counts = rng.integers(1, TOP_K + 1, SEQ_LEN)
+        ids = np.concatenate([np.sort(rng.choice(VOCAB, c, replace=False)) for c in counts]).astype(np.int64)
+        logp, tail = [], []
+        for c in counts:
+            p = rng.dirichlet(np.ones(c + 1))
+            logp.append(np.log(p[:c]))
+            tail.append(np.log(p[c]))
+        tr = Truncated(counts.astype(np.int64), ids, np.concatenate(logp).astype(np.float32), np.asarray(tail, np.float32))
+        out.append(build_sample(sample_id=s, tokens=rng.integers(0, VOCAB, SEQ_LEN), n_tokens=SEQ_LEN,
+                                doc_starts=np.asarray([0], np.uint32), truncated=tr, codec=codec, vocab_size=VOCAB,
+                                top_k=TOP_K, unit=unit))
+    return out
+
+
+def make_parts(out: str, n: int) -> list[str]:
+    """N published parts under <out>/parts/, one hard-linked shard each; returns the unit names."""
+    from pipelines.sink import STATS_NAME, write_mds
+    from schemas import INDEX_NAME, PARTS_DIR
+
+    proto = os.path.join(out, "_proto")
+    write_mds(proto, stub_samples("proto"), VOCAB, TOP_K)
+    index = json.load(open(os.path.join(proto, INDEX_NAME)))
+    shard = index["shards"][0]
+    files = [d["basename"] for d in (shard["raw_data"], shard.get("zip_data")) if d]
+    units = [f"u{i:06d}-00000" for i in range(n)]
+    stats = {"documents": SAMPLES_PER_SHARD, "packed_documents": SAMPLES_PER_SHARD, "dead_letters": 0,
+             "sequences": SAMPLES_PER_SHARD, "tokens": SAMPLES_PER_SHARD * SEQ_LEN}
+    idx_text = json.dumps(index)
+    for u in units:
+        d = os.path.join(out, PARTS_DIR, u)
+        os.makedirs(d)
+        for name in files:
+            if os.path.exists(os.path.join(proto, name)):
+                os.link(os.path.join(proto, name), os.path.join(d, name))
+        with open(os.path.join(d, STATS_NAME), "w") as f:
+            json.dump({"unit": u, **stats}, f)
+        with open(os.path.join(d, INDEX_NAME), "w") as f:
+            f.write(idx_text)
+    return units
+
+
+def manifest_fields(n: int) -> dict:
+    from schemas import make_codec
+
+    return {
+        "teacher": {"id": "stub://no-teacher", "revision": "stub"},
+        "tokenizer": {"fingerprint": "stub", "separator_id": 0, "add_bos": False},
+        "vocab_size": VOCAB, "seq_len": SEQ_LEN,
+        "truncation": {"method": "top_p_k", "top_p": 1.0, "top_k": TOP_K, "temperature": 1.0},
+        "codec": {"name": "compact", "params": make_codec("compact", {}).params()},
+        "sources": [{"uri": "stub://lake", "fingerprint": "stub"}],
+        "source_fingerprint": "stub", "settings_fingerprint": f"stub-{n}", "extra": {},
+    }
+
+
+# -- one step in its own process ----------------------------------------------------------------
+
+def _dataset(path: str, cache: str):
+    from trainer.data import DistillDataset, StreamSpec
+
+    return DistillDataset([StreamSpec(path)], batch_size=BATCH, cache_dir=cache, shuffle=True,
+                          num_canonical_nodes=1)
+
+
+def _first_batch(ds) -> int:
+    it = iter(ds)
+    got = [next(it) for _ in range(BATCH)]
+    return len(got)
+
+
+def run_step(step: str, n: int, work: str) -> dict:
+    """Set up (untimed), then time the step; returns seconds and the step's peak memory."""
+    import gc
+
+    lake, out = os.path.join(work, "lake"), os.path.join(work, "dataset")
+    extra: dict = {}
+    if step == "plan":
+        from pipelines.sources import expand_inputs, plan_units
+
+        gc.collect()
+        reset_peak()
+        before = rss_mb()
+        t0 = time.perf_counter()
+        units = plan_units(expand_inputs([lake]), 50_000, 64 << 20)
+        seconds = time.perf_counter() - t0
+        extra["units"] = len(units)
+    elif step == "publish":
+        from pipelines.sink import finalize
+
+        units = [u for u in sorted(os.listdir(os.path.join(out, "parts")))]
+        gc.collect()
+        reset_peak()
+        before = rss_mb()
+        t0 = time.perf_counter()
+        finalize([], out, units, manifest_fields(n))
+        seconds = time.perf_counter() - t0
+        extra["index_bytes"] = os.path.getsize(os.path.join(out, "index.json"))
+    else:
+        import numpy as np  # noqa: F401  (imports outside the timed region)
+        import streaming  # noqa: F401
+
+        import trainer.data  # noqa: F401
+
+        cache = tempfile.mkdtemp(prefix="scale-cache-", dir=work)
+        from streaming.base.util import clean_stale_shared_memory
+
+        clean_stale_shared_memory()
+        gc.collect()
+        reset_peak()
+        before = rss_mb()
+        t0 = time.perf_counter()
+        ds = _dataset(out, cache)
+        if step == "resume":
+            at = int(0.9 * ds.num_samples)
+            ds.load_state_dict({"epoch": 0, "sample_in_epoch": at, "num_canonical_nodes": 1,
+                                "shuffle_seed": ds.shuffle_seed, "initial_physical_nodes": None})
+            extra["resume_at_sample"] = at
+        t_open = time.perf_counter() - t0
+        _first_batch(ds)
+        seconds = time.perf_counter() - t0
+        extra.update(open_seconds=t_open, samples=ds.num_samples, shards=len(ds.shards) if hasattr(ds, "shards") else n)
+        del ds
+    return {"step": step, "n": n, "seconds": seconds, "mem_mb": rss_mb("VmHWM") - before,
+            "rss_mb": rss_mb("VmHWM"), **extra}
+
+
+def measure(step: str, n: int, work: str) -> dict:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "bench.scale", "--one", step, str(n), work],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench.scale: step {step} at N={n} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    lx, ly = [math.log(x) for x in xs], [math.log(max(y, 1e-9)) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    den = sum((a - mx) ** 2 for a in lx)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / den if den else float("nan")
+
+
+def run(sizes: list[int], keep: str | None = None, log=print) -> dict:
+    results: dict = {s: [] for s in STEPS}
+    root = keep or tempfile.mkdtemp(prefix="pdistill-scale-")
+    try:
+        for n in sizes:
+            work = os.path.join(root, f"n{n}")
+            shutil.rmtree(work, ignore_errors=True)
+            os.makedirs(work)
+            t0 = time.perf_counter()
+            make_lake(os.path.join(work, "lake"), n)
+            make_parts(os.path.join(work, "dataset"), n)
+            log(f"N={n}: synthetic lake and {n} parts made in {time.perf_counter() - t0:.1f} s")
+            for step in STEPS:
+                r = measure(step, n, work)
+                results[step].append(r)
+                log(f"  {step:<8} {r['seconds']:8.3f} s  +{r['mem_mb']:7.1f} MB (rss {r['rss_mb']:.0f} MB)")
+            if not keep:
+                shutil.rmtree(work, ignore_errors=True)
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+    exps = {s: slope(sizes, [r["seconds"] for r in results[s]]) for s in STEPS} if len(sizes) > 1 else {}
+    return {"sizes": sizes, "results": results, "exponents": exps}
+
+
+def table(report: dict) -> str:
+    sizes, res = report["sizes"], report["results"]
+    head = "| step | " + " | ".join(f"N = {n:,}" for n in sizes) + " | growth exponent |"
+    lines = [head, "|" + "---|" * (len(sizes) + 2)]
+    for s in STEPS:
+        cells = [f"{r['seconds']:.3g} s, +{r['mem_mb']:.0f} MB" for r in res[s]]
+        exp = report["exponents"].get(s)
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {exp:.2f} |" if exp is not None else " | - |")
+    last = {s: res[s][-1] for s in STEPS}
+    lines.append("")
+    lines.append(f"at N = {sizes[-1]:,}: root index.json {last['publish']['index_bytes'] / 2**20:.1f} MiB; "
+                 f"trainer rank resident memory {last['open']['rss_mb']:.0f} MB "
+                 f"(+{last['open']['mem_mb']:.0f} MB for the dataset), time to first batch "
+                 f"{last['open']['seconds']:.2f} s (open {last['open']['open_seconds']:.2f} s); resume at 90 % "
+                 f"{last['resume']['seconds']:.2f} s, {last['resume']['rss_mb']:.0f} MB")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000,10000,100000", help="comma-separated N (files, parts, shards)")
+    ap.add_argument("--quick", action="store_true", help="small sizes (100,300,1000), for CI")
+    ap.add_argument("--keep", help="keep the synthetic inputs under this folder")
+    ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--one", nargs=3, metavar=("STEP", "N", "WORK"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        step, n, work = args.one
+        print(json.dumps(run_step(step, int(n), work)))
+        return 0
+    sizes = [100, 300, 1000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    report = run(sizes, args.keep)
+    print()
+    print(table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
