@@ -37,9 +37,10 @@ def parser() -> argparse.ArgumentParser:
             ap.add_argument(flag, default=None, **kw)
     g = ap.add_argument_group("plan")
     size = g.add_mutually_exclusive_group()
-    size.add_argument("--sample-docs", type=int, help="documents in the sample")
+    size.add_argument("--sample-docs", type=int, help="documents drawn (instead of --sample-fraction)")
     size.add_argument("--sample-fraction", type=float, default=0.05,
-                      help="fraction of the read units' documents in the sample (default 0.05)")
+                      help="fraction of the read units' documents drawn, with probability proportional to "
+                      "their bytes (default 0.05)")
     g.add_argument("--max-units", type=int, default=64, help="work units read for the sample, spread over files")
     g.add_argument("--sample-seed", type=int, default=0, help="seed of the sample (same seed, same sample)")
     rate = g.add_mutually_exclusive_group()
@@ -107,6 +108,7 @@ def make_plan(config, args, extra_args: list[str] | None = None) -> dict:
             "stored_bytes": run.stored_bytes, "dead_letters_read": sum(r.dead_letters for r in sample.read),
             "dead_letter_kinds": dead_kinds, "documents_read": sum(r.documents for r in sample.read),
             "teacher_tokens_per_s": run.tokens_per_s, "teacher_pass_seconds": run.seconds,
+            "draws": sum(sample.draws),
             "keys": [f"{u}#{i}" for u, i, _ in sample.docs],
         },
         "throughput": tp,

@@ -9,13 +9,13 @@ metrics, not from a re-implementation.
 Estimators (all ratios, so long and short documents weigh by their size):
   * text bytes, documents, dead letters of the units read are exact (`plan_sample`); units not
     read take the read units' values per byte on storage;
-  * tokens = (sample's text tokens per UTF-8 byte) x text bytes + one separator (and BOS) per
-    usable document;
+  * tokens = (mean text tokens per UTF-8 byte over the size-proportional draws) x text bytes
+    + one separator (and BOS) per usable document;
   * sequences: each unit packs on its own, so per unit ceil(tokens / seq_len);
   * dataset bytes = tokens x the sample's stored bytes per token (shard files, as `pdistill
     inspect` counts them); shards per part from the sample's uncompressed bytes per sequence and
     the writer's shard size limit.
-Uncertainty: a bootstrap over the sampled documents (tokens per byte), the sample's sequences
+Uncertainty: a bootstrap over the draws (tokens per byte), the sample's sequences
 (kept entries per token, which drive bytes per token) and, when some units were not read, the
 read units; the interval is the 5th-95th percentile.
 """
@@ -115,7 +115,7 @@ def extrapolate(sample: LakeSample, run: SampleRun, seq_len: int, add_bos: bool,
     """Point estimates and 90 % bootstrap intervals of the full run's counts and bytes."""
     s, is_read, cols = _unit_arrays(sample)
     extra = 1 + (1 if add_bos else 0)
-    text_tokens = run.doc_tokens - extra
+    ratio = np.repeat((run.doc_tokens - extra) / np.maximum(1.0, run.doc_bytes), sample.draws)
     raw_per_seq = run.raw_bytes / max(1, len(run.seq_tokens))
     bpt = run.stored_bytes / max(1.0, run.seq_tokens.sum())
     kpt = run.seq_kept.sum() / max(1.0, run.seq_tokens.sum())
@@ -133,16 +133,15 @@ def extrapolate(sample: LakeSample, run: SampleRun, seq_len: int, add_bos: bool,
                 "parts": float(len(s)), "shards": shards_u.sum(), "kept_per_token": kpt_b,
                 "bytes_per_token": bpt * (kpt_b / kpt if kpt else 1), "tokens_per_byte": r_tok}
 
-    r_tok = text_tokens.sum() / max(1.0, run.doc_bytes.sum())
-    point = estimate(r_tok, kpt, read_idx)
+    point = estimate(float(ratio.mean()), kpt, read_idx)
     rng = np.random.default_rng(rng_seed)
     reps = []
-    nd, ns = len(run.doc_tokens), len(run.seq_tokens)
+    nd, ns = len(ratio), len(run.seq_tokens)
     resample_units = (~is_read).any() and len(read_idx) > 1
     for _ in range(BOOTSTRAP):
         d = rng.integers(0, nd, nd)
         q = rng.integers(0, ns, ns)
-        r_b = text_tokens[d].sum() / max(1.0, run.doc_bytes[d].sum())
+        r_b = float(ratio[d].mean())
         k_b = run.seq_kept[q].sum() / max(1.0, run.seq_tokens[q].sum())
         u = read_idx[rng.integers(0, len(read_idx), len(read_idx))] if resample_units else read_idx
         reps.append(estimate(r_b, k_b, u))

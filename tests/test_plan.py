@@ -41,15 +41,17 @@ def test_sample_is_deterministic_and_stratified(lake):
     other = draw(files, units, "text", seed=4, max_units=64, sample_fraction=0.1)
     assert [k[:2] for k in other.docs] != [k[:2] for k in a.docs]
     docs = sum(r.good for r in a.read)
-    assert docs == 3 * 40 + 48 and len(a.docs) == -(-docs // 10)  # ceil(10 %) of what was read
-    # systematic over the units in plan order: every unit of >= 10 documents gives at least one
+    assert docs == 3 * 40 + 48 and sum(a.draws) == -(-docs // 10)  # ceil(10 %) of what was read
+    # systematic by bytes over the units in plan order: a unit holding more text than the spacing
+    # between draws is always drawn from
+    spacing = sum(r.text_bytes for r in a.read) / sum(a.draws)
     per_unit = {u for u, _, _ in a.docs}
-    assert all(r.name in per_unit for r in a.read if r.good >= 10)
+    assert all(r.name in per_unit for r in a.read if r.text_bytes >= spacing) and len(per_unit) > 1
     # fewer units than files allows: one unit from each of 4 files before any file gives two
     chosen = choose_units(units, 4, seed=3)
     assert len({u.uri for u in chosen}) == 4
     assert {u.name for u in choose_units(list(reversed(units)), 4, seed=3)} == {u.name for u in chosen}
-    assert draw(files, units, "text", seed=3, sample_docs=7).docs.__len__() == 7
+    assert sum(draw(files, units, "text", seed=3, sample_docs=7).draws) == 7
 
 
 def test_throughput_model_is_stated_and_overridable():
