@@ -34,6 +34,7 @@ import time
 
 SEQ_LEN, TOP_K, VOCAB, SAMPLES_PER_SHARD, BATCH = 64, 8, 4096, 2, 4
 STEPS = ("plan", "publish", "open", "resume")
+LINKS_PER_FILE = 50_000
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -106,12 +107,15 @@ def make_parts(out: str, n: int) -> list[str]:
     stats = {"documents": SAMPLES_PER_SHARD, "packed_documents": SAMPLES_PER_SHARD, "dead_letters": 0,
              "sequences": SAMPLES_PER_SHARD, "tokens": SAMPLES_PER_SHARD * SEQ_LEN}
     idx_text = json.dumps(index)
-    for u in units:
+    for i, u in enumerate(units):
+        src = f"{proto}-{i // LINKS_PER_FILE}"
+        if i % LINKS_PER_FILE == 0:  # a file takes at most 65,000 hard links on ext4
+            shutil.copytree(proto, src)
         d = os.path.join(out, PARTS_DIR, u)
         os.makedirs(d)
         for name in files:
-            if os.path.exists(os.path.join(proto, name)):
-                os.link(os.path.join(proto, name), os.path.join(d, name))
+            if os.path.exists(os.path.join(src, name)):
+                os.link(os.path.join(src, name), os.path.join(d, name))
         with open(os.path.join(d, STATS_NAME), "w") as f:
             json.dump({"unit": u, **stats}, f)
         with open(os.path.join(d, INDEX_NAME), "w") as f:
@@ -205,9 +209,11 @@ def run_step(step: str, n: int, work: str) -> dict:
 
 
 def measure(step: str, n: int, work: str) -> dict:
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", PYTHONPATH=path)
     proc = subprocess.run([sys.executable, "-m", "bench.scale", "--one", step, str(n), work],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=env, cwd=repo)
     if proc.returncode != 0:
         raise SystemExit(f"bench.scale: step {step} at N={n} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -114,7 +114,7 @@ def make_plan(config, args, extra_args: list[str] | None = None) -> dict:
         "throughput": tp,
         "workers": args.workers,
         "price_per_hour": args.price_per_hour,
-        "interval": "5th-95th percentile of a bootstrap over the sampled documents, the sample's sequences "
+        "interval": "5th-95th percentile of a bootstrap over the size-proportional draws, the sample's sequences "
                     "and (when not all units were read) the read units",
         "predicted": pred,
         "seconds": time.time() - t0,
