@@ -89,7 +89,7 @@ def make_plan(config, args, extra_args: list[str] | None = None) -> dict:
     pred = est.extrapolate(sample, run, config.seq_len, config.add_bos, rng_seed=args.sample_seed)
     tp = est.throughput(measured_tps=run.tokens_per_s, seq_len=config.seq_len, shape=shape,
                         tokens_per_second=args.tokens_per_second, gpu=args.gpu, mfu=args.mfu)
-    pred.update(est.time_and_cost(pred["tokens"], tp["tokens_per_s"], args.workers, args.price_per_hour))
+    pred.update(est.time_and_cost(pred, tp["tokens_per_s"], args.workers, args.price_per_hour))
     dead_kinds: dict = {}
     for r in sample.read:
         for k, v in r.dead_kinds.items():
@@ -158,7 +158,8 @@ def table(plan: dict) -> str:
         v = pr[key]
         interval = f"{fmt(v['low'], unit)} - {fmt(v['high'], unit)}"
         lines.append(f"| {label:<20} | {fmt(v['estimate'], unit):>12} | {interval:>25} |")
-    lines.append(f"\nwall time for {plan['workers']} worker(s), perfectly parallel; interval: {plan['interval']}")
+    lines.append(f"\nwall time for {plan['workers']} accelerator(s): the work spread evenly, never less than the "
+                 f"largest unit; interval: {plan['interval']}")
     return "\n".join(lines)
 
 

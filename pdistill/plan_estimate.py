@@ -131,7 +131,8 @@ def extrapolate(sample: LakeSample, run: SampleRun, seq_len: int, add_bos: bool,
         return {"documents": full["documents"].sum(), "dead_letters": full["dead_letters"].sum(),
                 "tokens": tokens, "sequences": seqs_u.sum(), "dataset_bytes": tokens * bpt * (kpt_b / kpt if kpt else 1),
                 "parts": float(len(s)), "shards": shards_u.sum(), "kept_per_token": kpt_b,
-                "bytes_per_token": bpt * (kpt_b / kpt if kpt else 1), "tokens_per_byte": r_tok}
+                "bytes_per_token": bpt * (kpt_b / kpt if kpt else 1), "tokens_per_byte": r_tok,
+                "largest_unit_tokens": tokens_u.max() if len(tokens_u) else 0.0}
 
     point = estimate(float(ratio.mean()), kpt, read_idx)
     rng = np.random.default_rng(rng_seed)
@@ -207,12 +208,14 @@ def _device() -> str:
         return "CPU"
 
 
-def time_and_cost(tokens: dict, tps: float, workers: int, price_per_hour: float | None) -> dict:
-    """Accelerator-hours, wall hours for `workers` accelerators, and cost, over the tokens interval."""
+def time_and_cost(pred: dict, tps: float, workers: int, price_per_hour: float | None) -> dict:
+    """Accelerator-hours, wall hours for `workers` accelerators, and cost, over the tokens interval.
+    Wall time: the work spread evenly, but never less than the largest unit (a unit is one task)."""
     out = {}
-    hours = {k: tokens[k] / tps / 3600 for k in ("estimate", "low", "high")}
+    keys = ("estimate", "low", "high")
+    hours = {k: pred["tokens"][k] / tps / 3600 for k in keys}
     out["accelerator_hours"] = hours
-    out["wall_hours"] = {k: v / workers for k, v in hours.items()}
+    out["wall_hours"] = {k: max(hours[k] / workers, pred["largest_unit_tokens"][k] / tps / 3600) for k in keys}
     if price_per_hour is not None:
         out["cost"] = {k: v * price_per_hour for k, v in hours.items()}
     return out
