@@ -15,9 +15,9 @@ def test_scale_bench_small_sizes(tmp_path, capsys):
     out = tmp_path / "scale.json"
     assert scale.main(["--sizes", "20,60", "--json", str(out), "--keep", str(tmp_path / "work")]) == 0
     printed = capsys.readouterr().out
-    assert "| step | N = 20 | N = 60 | growth exponent |" in printed and "resume at 90 %" in printed
+    assert "| step | N = 20: wall / cpu, memory | N = 60: wall / cpu, memory |" in printed and "resume at 90 %" in printed
     report = json.loads(out.read_text())
-    assert set(report["exponents"]) == set(scale.STEPS)
+    assert set(report["exponents"]) == set(report["cpu_exponents"]) == set(report["memory_exponents"]) == set(scale.STEPS)
     assert all(r["seconds"] > 0 and r["mem_mb"] == r["mem_mb"] for s in scale.STEPS for r in report["results"][s])
     assert [r["units"] for r in report["results"]["plan"]] == [20, 60]  # one unit per synthetic file
     assert [r["samples"] for r in report["results"]["open"]] == [20 * scale.SAMPLES_PER_SHARD, 60 * scale.SAMPLES_PER_SHARD]
