@@ -74,10 +74,15 @@ class LakeSample:
 def unit_storage_bytes(files: list[SourceFile], units: list[Unit]) -> dict[str, int]:
     """Each unit's share of its file's bytes on storage (Parquet: by rows; JSONL ranges: the range)."""
     size = {f.uri: f.size for f in files}
+    per_file: dict[str, int] = {}
+    for u in units:
+        per_file[u.uri] = per_file.get(u.uri, 0) + 1
     groups: dict[str, list[int] | None] = {}
     out = {}
     for u in units:
-        if u.fmt == "parquet" and u.end >= 0:
+        if per_file[u.uri] == 1:  # the whole file (no second footer read)
+            out[u.name] = size[u.uri]
+        elif u.fmt == "parquet" and u.end >= 0:
             if u.uri not in groups:
                 groups[u.uri] = _parquet_row_groups(u.uri)
             g = groups[u.uri]
