@@ -144,3 +144,10 @@ def test_plan_counts_dead_letters_like_the_run(tiny_teacher, tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)["planned_vs_actual"]
     assert rows["dead_letters"]["error"] == 0 and rows["documents"]["actual"] == m["documents"]
     assert abs(rows["dataset_bytes"]["error"]) < 0.15
+
+
+def test_missing_bucket_on_an_object_store_fails_clearly(s3_bucket, tiny_teacher, tmp_path, capsys):
+    missing = s3_bucket.replace("s3://", "s3://no-such-bucket-") + "/*.jsonl"
+    assert plan_cli.main(["--input", missing, "--teacher", tiny_teacher, "--plan", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pdistill plan: error: input s3://no-such-bucket-") and "Traceback" not in err
