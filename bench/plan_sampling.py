@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     from pdistill import corpus
     from pdistill.plan_sample import draw, seeded_rank
     from pipelines.packing import load_tokenizer
-    from pipelines.sources import Doc, expand_inputs, plan_units, read_unit
+    from pipelines.readers import Doc, read_unit
+    from pipelines.sources import expand_inputs, plan_units
 
     if not os.path.exists(os.path.join(args.lake, "corpus", "corpus.json")):
         corpus.build(args.lake, train_chars=210_000, heldout_chars=34_000, num_files=4)

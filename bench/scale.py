@@ -109,7 +109,7 @@ def make_parts(out: str, n: int) -> list[str]:
     files = [d["basename"] for d in (shard["raw_data"], shard.get("zip_data")) if d]
     units = [f"u{i:06d}-00000" for i in range(n)]
     stats = {"documents": SAMPLES_PER_SHARD, "packed_documents": SAMPLES_PER_SHARD, "dead_letters": 0,
-             "sequences": SAMPLES_PER_SHARD, "tokens": SAMPLES_PER_SHARD * SEQ_LEN}
+             "sequences": SAMPLES_PER_SHARD, "tokens": SAMPLES_PER_SHARD * SEQ_LEN, "source": 0, "incomplete": []}
     idx_text = json.dumps(index)
     for i, u in enumerate(units):
         src = f"{proto}-{i // LINKS_PER_FILE}"

@@ -16,7 +16,8 @@ import time
 
 PLAN_VERSION = 1
 ROWS = [  # (key, label, unit)
-    ("documents", "documents", ""), ("dead_letters", "dead letters", ""), ("tokens", "tokens", ""),
+    ("documents", "documents", ""), ("dead_letters", "dead letters", ""),
+    ("incomplete_files", "incomplete files", ""), ("tokens", "tokens", ""),
     ("sequences", "sequences", ""), ("dataset_bytes", "dataset bytes", "B"), ("parts", "parts", ""),
     ("shards", "shards", ""), ("kept_per_token", "kept entries/token", ""), ("bytes_per_token", "bytes/token", "B"),
     ("accelerator_hours", "accelerator-hours", "h"), ("wall_hours", "wall time", "h"), ("cost", "cost", ""),
@@ -220,7 +221,8 @@ def planned_vs_actual(plan_uri: str, dataset_uri: str) -> tuple[str, dict]:
     m = Manifest.from_json(storage.read_text(storage.join(dataset_uri, MANIFEST_NAME)))
     index = json.loads(storage.read_text(storage.join(dataset_uri, INDEX_NAME)))
     stored = sum(int((s.get("zip_data") or s["raw_data"])["bytes"]) for s in index["shards"])
-    actual = {"documents": m.counts.documents, "dead_letters": m.counts.dead_letters, "tokens": m.counts.tokens,
+    actual = {"documents": m.counts.documents, "dead_letters": m.counts.dead_letters,
+              "incomplete_files": getattr(m.counts, "incomplete_files", 0), "tokens": m.counts.tokens,
               "sequences": m.counts.sequences, "dataset_bytes": stored, "parts": m.counts.units,
               "shards": len(index["shards"]), "bytes_per_token": stored / max(1, m.counts.tokens)}
     rows, out = [], {}

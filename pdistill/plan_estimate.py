@@ -87,12 +87,13 @@ def run_sample(config, sample: LakeSample, workdir: str, extra_args: list[str] |
 
 
 def _sequence_stats(dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    from streaming import StreamingDataset
+    """Per sequence: real tokens and kept entries (streaming's LocalDataset: no shared memory)."""
+    from pathlib import Path
 
-    ds = StreamingDataset(local=dataset, batch_size=1, shuffle=False)
+    from pdistill.demo import read_samples
+
     n, k = [], []
-    for i in range(len(ds)):
-        s = ds[i]
+    for s in read_samples(Path(dataset)):
         n.append(int(s["n_tokens"]))
         k.append(int(np.asarray(s["teacher_counts"]).sum()))
     return np.asarray(n, dtype=np.float64), np.asarray(k, dtype=np.float64)
@@ -130,7 +131,7 @@ def extrapolate(sample: LakeSample, run: SampleRun, seq_len: int, add_bos: bool,
         tokens = tokens_u.sum()
         return {"documents": full["documents"].sum(), "dead_letters": full["dead_letters"].sum(),
                 "tokens": tokens, "sequences": seqs_u.sum(), "dataset_bytes": tokens * bpt * (kpt_b / kpt if kpt else 1),
-                "parts": float(len(s)), "shards": shards_u.sum(), "kept_per_token": kpt_b,
+                "incomplete_files": sample.incomplete_files(), "parts": float(len(s)), "shards": shards_u.sum(), "kept_per_token": kpt_b,
                 "bytes_per_token": bpt * (kpt_b / kpt if kpt else 1), "tokens_per_byte": r_tok,
                 "largest_unit_tokens": tokens_u.max() if len(tokens_u) else 0.0}
 

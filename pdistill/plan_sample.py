@@ -27,7 +27,8 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
-from pipelines.sources import Doc, SourceFile, Unit, _parquet_row_groups, read_unit
+from pipelines.readers import Doc, read_unit
+from pipelines.sources import SourceFile, Unit, _parquet_row_groups
 
 
 def seeded_rank(seed: int, key: str) -> float:
@@ -42,6 +43,8 @@ class ReadUnit:
 
     name: str
     storage_bytes: int  # the unit's share of its file on storage
+    uri: str = ""
+    incomplete: bool = False  # its file was not read to its end (unreadable, truncated): the run says so
     documents: int = 0  # documents + dead letters, as the pipeline counts them
     dead_letters: int = 0
     good: int = 0  # usable documents
@@ -59,6 +62,12 @@ class LakeSample:
     docs: list[tuple[str, int, str]]  # drawn (unit, index in unit's usable docs, text), each once
     draws: list[int]  # times each of `docs` was drawn (>= 1)
     seed: int
+
+    def incomplete_files(self) -> float:
+        """Files not readable to their end, as the run counts them; files not read in proportion."""
+        read_files = {r.uri for r in self.read}
+        bad = {r.uri for r in self.read if r.incomplete}
+        return len(bad) * len(self.files) / max(1, len(read_files))
 
     def listing(self) -> dict:
         by_fmt: dict = {}
@@ -118,16 +127,18 @@ def choose_units(units: list[Unit], max_units: int, seed: int) -> list[Unit]:
 def read_units(units: list[Unit], unit_bytes: dict, text_column: str) -> list[ReadUnit]:
     out = []
     for u in units:
-        r = ReadUnit(u.name, unit_bytes[u.name])
+        r = ReadUnit(u.name, unit_bytes[u.name], u.uri)
         for item in read_unit(u, text_column):
             r.documents += 1
             if isinstance(item, Doc):
                 r.good += 1
                 r.text_bytes += len(item.text.encode("utf-8"))
                 r.texts.append(item.text)
-            else:
-                r.dead_letters += 1
-                r.dead_kinds[item["kind"]] = r.dead_kinds.get(item["kind"], 0) + 1
+            else:  # counted as the pipeline's ReadAndPack counts it: a dead letter may stand for n documents
+                r.documents += item["documents"] - 1
+                r.dead_letters += item["documents"]
+                r.dead_kinds[item["kind"]] = r.dead_kinds.get(item["kind"], 0) + item["documents"]
+                r.incomplete = r.incomplete or bool(item.get("incomplete"))
         out.append(r)
     return out
 

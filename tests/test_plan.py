@@ -108,7 +108,7 @@ def test_plan_counts_dead_letters_like_the_run(tiny_teacher, tmp_path, capsys):
     lines[5], lines[17] = b'{"text": "unterminated', json.dumps({"body": "no text key"}).encode()
     (d / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     pq.write_table(pa.table({"text": good[40:50] + [None, ""]}), d / "c.parquet", row_group_size=4)
-    pq.write_table(pa.table({"content": good[50:]}), d / "d.parquet")  # no text column: one dead letter
+    pq.write_table(pa.table({"content": good[50:]}), d / "d.parquet")  # no text column
     (d / "e.parquet").write_bytes(b"not a parquet file at all")
     (d / "f.jsonl.gz").write_bytes(gzip.compress(json.dumps({"text": good[0]}).encode() + b"\n" * 50)[:-12])
     common = ["--input", str(d / "*"), "--teacher", tiny_teacher, "--seq-len", "32", "--top-k", "16",
@@ -124,10 +124,13 @@ def test_plan_counts_dead_letters_like_the_run(tiny_teacher, tmp_path, capsys):
     m = json.loads((tmp_path / "ds" / "manifest.json").read_text())["counts"]
     pred = plan["predicted"]
     # every unit was read: documents, dead letters and parts are what the run counts, exactly
-    assert pred["documents"]["estimate"] == m["documents"] == 40 + 12 + 1 + 1 + 1
-    assert pred["dead_letters"]["estimate"] == m["dead_letters"] == 2 + 2 + 1 + 1 + 1
-    assert plan["sample"]["dead_letter_kinds"] == {"malformed_json": 1, "missing_text": 3, "empty_text": 1,
-                                                   "unreadable_file": 2}
+    # a.jsonl: 40 lines, 2 bad; c.parquet: 12 rows, 2 bad; d.parquet: 10 rows without the text column;
+    # e.parquet (not Parquet) and f.jsonl.gz (truncated): files not read to their end, no documents
+    assert pred["documents"]["estimate"] == m["documents"] == 40 + 12 + 10
+    assert pred["dead_letters"]["estimate"] == m["dead_letters"] == 2 + 2 + 10
+    assert pred["incomplete_files"]["estimate"] == m["incomplete_files"] == 2
+    kinds = plan["sample"]["dead_letter_kinds"]
+    assert (kinds["malformed_json"], kinds["missing_text"], kinds["empty_text"]) == (1, 1 + 1 + 10, 1)
     assert pred["parts"]["estimate"] == m["units"]
     assert abs(pred["tokens"]["estimate"] / m["tokens"] - 1) < 0.15
     wall, hours = pred["wall_hours"]["estimate"], pred["accelerator_hours"]["estimate"]
@@ -143,6 +146,7 @@ def test_plan_counts_dead_letters_like_the_run(tiny_teacher, tmp_path, capsys):
     inspect_main([str(tmp_path / "ds"), "--plan", str(plan_path), "--json", "--samples", "2"])
     rows = json.loads(capsys.readouterr().out)["planned_vs_actual"]
     assert rows["dead_letters"]["error"] == 0 and rows["documents"]["actual"] == m["documents"]
+    assert rows["incomplete_files"]["actual"] == 2 and rows["incomplete_files"]["error"] == 0
     assert abs(rows["dataset_bytes"]["error"]) < 0.15
 
 
