@@ -39,6 +39,7 @@ import time
 SEQ_LEN, TOP_K, VOCAB, SAMPLES_PER_SHARD, BATCH = 64, 8, 4096, 2, 4
 STEPS = ("plan", "publish", "open", "resume")
 LINKS_PER_FILE = 50_000
+STUB_SETTINGS = "sha256:stub-settings"  # the parts' stats and the manifest must agree (pipelines.sink)
 
 
 def rss_mb(field: str = "VmRSS") -> float:
@@ -109,7 +110,8 @@ def make_parts(out: str, n: int) -> list[str]:
     files = [d["basename"] for d in (shard["raw_data"], shard.get("zip_data")) if d]
     units = [f"u{i:06d}-00000" for i in range(n)]
     stats = {"documents": SAMPLES_PER_SHARD, "packed_documents": SAMPLES_PER_SHARD, "dead_letters": 0,
-             "sequences": SAMPLES_PER_SHARD, "tokens": SAMPLES_PER_SHARD * SEQ_LEN, "source": 0, "incomplete": []}
+             "sequences": SAMPLES_PER_SHARD, "tokens": SAMPLES_PER_SHARD * SEQ_LEN, "source": 0, "incomplete": [],
+             "settings_fingerprint": STUB_SETTINGS}
     idx_text = json.dumps(index)
     for i, u in enumerate(units):
         src = f"{proto}-{i // LINKS_PER_FILE}"
@@ -137,7 +139,7 @@ def manifest_fields(n: int) -> dict:
         "truncation": {"method": "top_p_k", "top_p": 1.0, "top_k": TOP_K, "temperature": 1.0},
         "codec": {"name": "compact", "params": make_codec("compact", {}).params()},
         "sources": [{"uri": "stub://lake", "fingerprint": "stub"}],
-        "source_fingerprint": "stub", "settings_fingerprint": f"stub-{n}", "extra": {},
+        "source_fingerprint": "stub", "settings_fingerprint": STUB_SETTINGS, "extra": {},
     }
 
 
