@@ -100,8 +100,9 @@ def stub_samples(unit: str) -> list[dict]:
 
 def make_parts(out: str, n: int) -> list[str]:
     """N published parts under <out>/parts/, one hard-linked shard each; returns the unit names."""
-    from pipelines.sink import STATS_NAME, write_mds
+    from pipelines.sink import write_mds
     from schemas import INDEX_NAME, PARTS_DIR
+    from schemas.dataset_dir import STATS_NAME
 
     proto = os.path.join(out, "_proto")
     write_mds(proto, stub_samples("proto"), VOCAB, TOP_K)
@@ -129,18 +130,17 @@ def make_parts(out: str, n: int) -> list[str]:
     return units
 
 
-def manifest_fields(n: int) -> dict:
-    from schemas import make_codec
+def stub_manifest(n: int):
+    """The manifest the pipeline's plan would hand to `finalize` (counts are filled in there)."""
+    from schemas import Manifest, make_codec
+    from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
 
-    return {
-        "teacher": {"id": "stub://no-teacher", "revision": "stub"},
-        "tokenizer": {"fingerprint": "stub", "separator_id": 0, "add_bos": False},
-        "vocab_size": VOCAB, "seq_len": SEQ_LEN,
-        "truncation": {"method": "top_p_k", "top_p": 1.0, "top_k": TOP_K, "temperature": 1.0},
-        "codec": {"name": "compact", "params": make_codec("compact", {}).params()},
-        "sources": [{"uri": "stub://lake", "fingerprint": "stub"}],
-        "source_fingerprint": "stub", "settings_fingerprint": STUB_SETTINGS, "extra": {},
-    }
+    return Manifest(
+        teacher=Teacher("stub://no-teacher", "stub"), tokenizer=Tokenizer("stub", 0, False),
+        vocab_size=VOCAB, seq_len=SEQ_LEN, truncation=Truncation("top_p_k", 1.0, TOP_K, 1.0),
+        codec=Codec("compact", make_codec("compact", {}).params()), sources=[Source("stub://lake", "stub")],
+        source_fingerprint="stub", settings_fingerprint=STUB_SETTINGS,
+        counts=Counts(documents=0, packed_documents=0, dead_letters=0, sequences=0, tokens=0, units=n))
 
 
 # -- one step in its own process ----------------------------------------------------------------
@@ -182,7 +182,7 @@ def run_step(step: str, n: int, work: str) -> dict:
         reset_peak()
         before = rss_mb()
         t0, c0 = time.perf_counter(), time.process_time()
-        finalize([], out, units, manifest_fields(n))
+        finalize([], out, units, stub_manifest(n))
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         extra["index_bytes"] = os.path.getsize(os.path.join(out, "index.json"))
     else:

@@ -87,13 +87,30 @@ def run_sample(config, sample: LakeSample, workdir: str, extra_args: list[str] |
 
 
 def _sequence_stats(dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per sequence: real tokens and kept entries (streaming's LocalDataset: no shared memory)."""
-    from pathlib import Path
+    """Per sequence: real tokens and kept entries. Read with streaming's `LocalDataset` from a
+    decompressed copy: no shared memory, which a StreamingDataset on a busy machine can find taken."""
+    import shutil
+    import tempfile
 
-    from pdistill.demo import read_samples
+    import zstandard
+    from streaming.base.local import LocalDataset
 
+    index = json.loads(storage.read_text(os.path.join(dataset, INDEX_NAME)))
     n, k = [], []
-    for s in read_samples(Path(dataset)):
+    with tempfile.TemporaryDirectory(prefix="pdistill-plan-read-") as tmp:
+        for shard in index["shards"]:
+            raw, zipped = shard["raw_data"]["basename"], (shard.get("zip_data") or {}).get("basename")
+            dst = os.path.join(tmp, raw)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            if zipped:
+                with open(os.path.join(dataset, zipped), "rb") as f, open(dst, "wb") as g:
+                    zstandard.ZstdDecompressor().copy_stream(f, g)
+            else:
+                shutil.copyfile(os.path.join(dataset, raw), dst)
+        shutil.copyfile(os.path.join(dataset, INDEX_NAME), os.path.join(tmp, INDEX_NAME))
+        ds = LocalDataset(tmp)
+        samples = [ds[i] for i in range(len(ds))]
+    for s in samples:
         n.append(int(s["n_tokens"]))
         k.append(int(np.asarray(s["teacher_counts"]).sum()))
     return np.asarray(n, dtype=np.float64), np.asarray(k, dtype=np.float64)
