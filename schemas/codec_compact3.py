@@ -1,0 +1,211 @@
+"""`compact3`: compact2 plus the next token as a free hint (the default for new datasets).
+
+The sample stores its tokens anyway, and the token at t + 1 is the one the teacher predicted at
+position t: on real text it is among the kept ids ~90 % of the time and the top entry ~46 %
+(SmolLM2-135M on pydoc prose). compact2 spends ~10+ bits on such an id (the top of a
+distribution keeps rarer ids than its tail). compact3 codes, per position with signal, one
+symbol: 0 = the next token is not a kept id (or there is none: the sample's last position),
+else 1 + the index of its level group (0 = the top level) among the position's levels, taken in
+descending order; the level already says how probable it is, so only the group is needed. The
+hinted entry is then left out of the id coding: its id is the next token. Everything else is
+compact2's format (schemas.codec_compact2): the same values block (levels) and tail block, and
+the id block over the remaining entries (dictionary of their distinct ids, fresh entries by
+class per rank bucket of their level group's start, tied entries as gaps), with the hint stream
+after the dictionary classes.
+
+Measured by bench/codec before building it (ideal entropies, test samples vs held-out fits),
+and not built: a per-dataset unigram side table saves at most 0.4 bit per kept entry with an
+oracle table of the teacher's kept-id frequencies (0.16-0.2 bit with corpus token frequencies;
+nothing with a Zipf prior on the id itself, which the per-sample dictionary already exploits).
+
+decode needs the sample's tokens (`schemas.sample.decode_sample` passes them); a codec that
+needs them says so with `needs_tokens`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas import entropy
+from schemas.codec import Decoded, renormalise
+from schemas.codec_compact2 import (
+    Compact2Codec,
+    _count_classes,
+    _decode_fresh,
+    _decode_numbers,
+    _dictionary_order,
+    _drops,
+    _encode_numbers,
+    _entry_order,
+    _fresh_streams,
+    _N_RANK_BUCKETS,
+    _rank_bucket,
+    _segment_cumsum,
+    _structure,
+)
+from schemas.errors import CodecError
+from schemas.truncation import Truncated
+
+
+def _next_tokens(tokens, t: int) -> np.ndarray:
+    """[T] the token each position predicts (-1 for the last: it lies in the next sample)."""
+    if tokens is None:
+        raise CodecError("compact3 codec: needs the sample's tokens (the next token is the hint)")
+    tok = np.asarray(tokens).astype(np.int64).reshape(-1)
+    if tok.shape[0] != t:
+        raise CodecError(f"compact3 codec: {tok.shape[0]} tokens for {t} positions")
+    return np.concatenate([tok[1:], [-1]])
+
+
+def _groups(pos: np.ndarray, lvl: np.ndarray) -> np.ndarray:
+    """True where an entry starts a level group: a new position or a new level (entries sorted
+    by position, then level descending)."""
+    new = np.ones(pos.shape[0], dtype=bool)
+    new[1:] = (pos[1:] != pos[:-1]) | (lvl[1:] != lvl[:-1])
+    return new
+
+
+def _group_start_rank(new: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per entry of the full (sorted) position: the rank at which its level group starts."""
+    gnum = np.cumsum(new) - 1
+    start = np.flatnonzero(new)[gnum]
+    return start - np.repeat(np.cumsum(counts) - counts, counts)
+
+
+def _dictionary_streams(uniq: np.ndarray, cls: np.ndarray, seen: np.ndarray):
+    """The dictionary against the sample's own tokens (a third of the kept entries are ids the
+    text itself contains): one flag per distinct token (in the dictionary or not), the other ids
+    as gaps; count classes in two streams (tokens of the text are kept more often)."""
+    flag = np.isin(seen, uniq)
+    in_seen = np.isin(uniq, seen)
+    other = uniq[~in_seen]
+    return ([(flag.astype(np.int64), None)] + _encode_numbers(np.diff(other, prepend=-1) - 1)
+            + [(cls[in_seen], None), (cls[~in_seen], None)])
+
+
+def _decode_dictionary(dec: entropy.Decoder, seen: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    flag = dec.next()
+    if flag.shape[0] != seen.shape[0] or (flag.size and flag.max() > 1):
+        raise CodecError("compact3 codec: dictionary flags do not match the tokens: corrupt sample")
+    other = np.cumsum(_decode_numbers(dec).astype(np.int64) + 1) - 1
+    from_seen = seen[flag == 1]
+    uniq = np.union1d(from_seen, other)
+    if uniq.shape[0] != from_seen.shape[0] + other.shape[0] or uniq.shape[0] > n or (uniq.size and uniq[-1] >= 1 << 32):
+        raise CodecError("compact3 codec: dictionary does not match the counts: corrupt sample")
+    in_seen = np.isin(uniq, from_seen)
+    cls = np.zeros(uniq.shape[0], dtype=np.int64)
+    for sel in (in_seen, ~in_seen):
+        got = dec.next()
+        if got.shape[0] != int(sel.sum()) or (got.size and got.max() > 32):
+            raise CodecError("compact3 codec: dictionary classes of the wrong length: corrupt sample")
+        cls[sel] = got
+    return uniq, cls
+
+
+@dataclass(frozen=True)
+class Compact3Codec(Compact2Codec):
+    name: str = field(default="compact3", init=False)
+    needs_tokens = True  # class attribute: build_sample / decode_sample pass the sample's tokens
+
+    def encode(self, tr: Truncated, tokens=None) -> dict[str, bytes]:
+        counts = np.asarray(tr.counts, dtype=np.int64)
+        ids = np.asarray(tr.ids, dtype=np.int64)
+        t, n = counts.shape[0], ids.shape[0]
+        if n and (ids.min() < 0 or ids.max() >= 1 << 32):
+            raise CodecError("compact3 codec: ids must be in [0, 2^32)")
+        nxt = _next_tokens(tokens, t)
+        h = self.sqrt_step(counts)
+        pos = np.repeat(np.arange(t), counts)
+        lvl = np.floor(np.sqrt(np.exp(np.asarray(tr.logp, dtype=np.float64))) / h).astype(np.int64)
+        # levels: per position descending (ties in any order: they are equal), as compact2
+        o = _entry_order(pos, lvl, np.zeros(n, dtype=np.int64), t, 1)
+        lv_s, pos_s, hit_s = lvl[o], pos[o], ids[o] == nxt[pos[o]]
+        drop = _drops(lv_s, counts)
+        first, _, rb = _structure(counts, drop)
+        level_streams = [(lv_s[first], None)] + [(drop[~first & (rb == b)], None) for b in range(1, _N_RANK_BUCKETS)]
+        new = _groups(pos_s, lv_s)
+        gnum = np.cumsum(new) - 1
+        hint = np.zeros(t, dtype=np.int64)
+        starts = np.cumsum(counts) - counts
+        if n:
+            gfirst = gnum[np.minimum(starts, n - 1)]
+            hint[pos_s[hit_s]] = gnum[hit_s] - gfirst[pos_s[hit_s]] + 1
+        start_rank = _group_start_rank(new, counts)
+        # the remaining entries, coded like compact2 over their own dictionary
+        keep = ~hit_s
+        ids_r, lv_r, pos_r, srank_r = ids[o][keep], lv_s[keep], pos_s[keep], start_rank[keep]
+        uniq, inv, dcnt = np.unique(ids_r, return_inverse=True, return_counts=True)
+        cls = _count_classes(dcnt)
+        by_freq, bounds = _dictionary_order(uniq, cls)
+        rank_of = np.empty(uniq.shape[0], dtype=np.int64)
+        rank_of[by_freq] = np.arange(uniq.shape[0])
+        x = rank_of[inv.reshape(-1)]
+        o2 = _entry_order(pos_r, lv_r, x, t, uniq.shape[0])  # stable: (pos, level) order is kept
+        x, srank_r = x[o2], srank_r[o2]
+        fresh = _groups(pos_r[o2], lv_r[o2])
+        gap = np.zeros(x.shape[0], dtype=np.int64)
+        gap[1:] = x[1:] - x[:-1] - 1
+        id_streams = (
+            _dictionary_streams(uniq, cls, np.unique(nxt[:-1]))
+            + [(hint[counts > 0], None)]
+            + _fresh_streams(x[fresh], _rank_bucket(srank_r[fresh]), bounds)
+            + _encode_numbers(gap[~fresh])
+        )
+        return {
+            "teacher_ids": entropy.encode(id_streams),
+            "teacher_values": entropy.encode(level_streams),
+            "teacher_tail": entropy.encode([(self._tail_levels(tr.log_tail), None)]),
+        }
+
+    def decode(self, counts: np.ndarray, cols: dict[str, bytes], tokens=None) -> Decoded:
+        counts = np.asarray(counts, dtype=np.int64)
+        t, n = counts.shape[0], int(counts.sum())
+        nxt = _next_tokens(tokens, t)
+        limit = max(n, t) + 1
+        lvl = self._decode_levels(cols["teacher_values"], counts)
+        pos = np.repeat(np.arange(t), counts)
+        new = _groups(pos, lvl)
+        gnum = np.cumsum(new) - 1
+        gstart = np.flatnonzero(new)
+        start_rank = _group_start_rank(new, counts)
+
+        ids_in = entropy.Decoder(cols["teacher_ids"], limit)
+        uniq, cls = _decode_dictionary(ids_in, np.unique(nxt[:-1]), n)
+        d = uniq.shape[0]
+        sig = counts > 0
+        hs = ids_in.next()
+        if hs.shape[0] != int(sig.sum()):
+            raise CodecError("compact3 codec: hint stream of the wrong length: corrupt sample")
+        hint = np.zeros(t, dtype=np.int64)
+        hint[sig] = hs
+        hp = np.flatnonzero(hint)
+        n_groups = np.bincount(pos[new], minlength=t) if n else np.zeros(t, dtype=np.int64)
+        if hp.size and ((hint[hp] > n_groups[hp]).any() or (nxt[hp] < 0).any()):
+            raise CodecError("compact3 codec: a hint outside its position's levels: corrupt sample")
+        keep = np.ones(n, dtype=bool)
+        if hp.size:
+            g = gnum[(np.cumsum(counts) - counts)[hp]] + hint[hp] - 1  # the hinted level groups
+            ends = np.append(gstart[1:], n)
+            keep[ends[g] - 1] = False  # a group's slots are interchangeable: drop its last
+        pos_r = pos[keep]
+        fresh = _groups(pos_r, lvl[keep])
+        by_freq, bounds = _dictionary_order(uniq, cls)
+        fx = _decode_fresh(ids_in, _rank_bucket(start_rank[keep][fresh]), bounds)
+        gaps = _decode_numbers(ids_in, int((~fresh).sum())).astype(np.int64)
+        ids_in.finish()
+        inc = np.zeros(pos_r.shape[0], dtype=np.int64)
+        inc[fresh] = fx
+        inc[~fresh] = gaps + 1
+        x = _segment_cumsum(inc, fresh)
+        if x.size and (d == 0 or x.max() >= d):
+            raise CodecError("compact3 codec: dictionary index out of range: corrupt sample")
+        ids = np.empty(n, dtype=np.int64)
+        ids[keep] = uniq[by_freq][x] if x.size else x
+        ids[~keep] = nxt[pos[~keep]]
+        o = np.argsort(pos * (1 << 32) + ids, kind="stable")
+        ids, lvl = ids[o], lvl[o]
+        if n > 1 and ((ids[1:] == ids[:-1]) & (pos[1:] == pos[:-1])).any():
+            raise CodecError("compact3 codec: an id kept twice at one position: corrupt sample")
+        logq = (2.0 * np.log((lvl + 0.5) * self.sqrt_step(counts))).astype(np.float32)
+        return Decoded(counts, ids, renormalise(logq, counts), self._tail_decode(cols["teacher_tail"], t))
