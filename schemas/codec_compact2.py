@@ -300,6 +300,10 @@ class Compact2Codec:
         (lv,) = entropy.decode(buf, 1, max(t, int(64 / self.tail_step) + 2))
         if lv.shape[0] != t:
             raise CodecError(f"{self.name} codec: {lv.shape[0]} tail values for {t} positions: corrupt sample")
+        return self._tail_values(lv)
+
+    def _tail_values(self, lv: np.ndarray) -> np.ndarray:
+        t = lv.shape[0]
         out = np.full(t, -np.inf, dtype=np.float32)
         fin = lv > 0
         out[fin] = -(lv[fin] - 1) * self.tail_step

@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 from schemas import CodecError, Compact2Codec, Compact3Codec, build_sample, decode_sample, make_codec, truncate
 from schemas.truncation import Truncated
 
-GOLDEN_COMPACT3 = "91eeefe3c06c2c2880a120cbc235979b16a2c80fa530e638f914a61bf9a2461a"  # compact3 format 1, constriction 0.5.0
+GOLDEN_COMPACT3 = "faaa181fc23b3b7c7f7bc275287289d06ca3a709e443b45a84c614b65c295b4b"  # compact3 format 1, constriction 0.5.0
 
 
 def text_like(seed: int, t: int = 64, v: int = 3000, follow: float = 0.6):
@@ -36,7 +36,8 @@ def test_compact3_decodes_what_compact2_decodes_in_fewer_bytes():
     cols2, cols3 = c2.encode(tr), c3.encode(tr, tokens=tokens)
     d2, d3 = c2.decode(tr.counts, cols2), c3.decode(tr.counts, cols3, tokens=tokens)
     assert np.array_equal(d2.ids, d3.ids) and np.array_equal(d2.logp, d3.logp) and np.array_equal(d2.log_tail, d3.log_tail)
-    assert cols3["teacher_values"] == cols2["teacher_values"] and cols3["teacher_tail"] == cols2["teacher_tail"]
+    assert cols3["teacher_values"] == cols2["teacher_values"]
+    assert len(cols3["teacher_tail"]) < 0.8 * len(cols2["teacher_tail"])  # the tail as predicted by the levels
     saved_bits = 8 * (len(cols2["teacher_ids"]) - len(cols3["teacher_ids"]))
     assert saved_bits > 3 * 256  # per position; ~4.3 on a real teacher and real text (bench/codec)
     # text whose next token is never kept costs only a few stream headers more
@@ -65,7 +66,7 @@ def test_compact3_round_trip(z, p, k, follow, kl):
     c2, c3 = Compact2Codec(kl_target=kl), Compact3Codec(kl_target=kl)
     d2 = c2.decode(tr.counts, c2.encode(tr))
     d3 = c3.decode(tr.counts, c3.encode(tr, tokens=tokens), tokens=tokens)
-    assert np.array_equal(d2.ids, d3.ids) and np.array_equal(d2.logp, d3.logp)
+    assert np.array_equal(d2.ids, d3.ids) and np.array_equal(d2.logp, d3.logp) and np.array_equal(d2.log_tail, d3.log_tail)
 
 
 def test_compact3_through_the_sample_with_padding():
