@@ -240,18 +240,23 @@ class Compact2Codec:
         return out
 
     # -- decode --------------------------------------------------------------------------------
+    def _level_reader(self, dec: entropy.Decoder):
+        """How the levels block's streams are read (compact3 splits them)."""
+        return dec.next
+
     def _decode_levels(self, buf: bytes, counts: np.ndarray) -> np.ndarray:
         """The levels block: each position's levels, descending (compact2 and compact3)."""
         t, n = counts.shape[0], int(counts.sum())
-        vals_in = entropy.Decoder(buf, max(n, t) + 1)
+        vals_in = entropy.Decoder(buf, max(n, t, _N_RANK_BUCKETS) + 1)
+        next_stream = self._level_reader(vals_in)
         first, _, rb = _structure(counts, np.ones(n, dtype=np.int64))
-        top = vals_in.next()
+        top = next_stream()
         if top.shape[0] != int(first.sum()):
             raise CodecError(f"{self.name} codec: {top.shape[0]} top levels for {int(first.sum())} positions: corrupt sample")
         drop = np.zeros(n, dtype=np.int64)
         for b in range(1, _N_RANK_BUCKETS):
             sel = ~first & (rb == b)
-            got = vals_in.next()
+            got = next_stream()
             if got.shape[0] != int(sel.sum()):
                 raise CodecError(f"{self.name} codec: level stream of the wrong length: corrupt sample")
             drop[sel] = got

@@ -9,16 +9,19 @@ else 1 + the index of its level group (0 = the top level) among the position's l
 descending order; the level already says how probable it is, so only the group is needed. The
 hinted entry is then left out of the id coding: its id is the next token.
 
-Two more differences from compact2 (schemas.codec_compact2), whose values block (levels) is
-reused unchanged, and the id block over the remaining entries (fresh entries by class per rank
-bucket of their level group's start, tied entries as gaps):
+Three more differences from compact2 (schemas.codec_compact2), whose levels and id layout over
+the remaining entries are reused (fresh entries by class per rank bucket of their level group's
+start, tied entries as gaps):
 * the dictionary is coded against the sample's own tokens (a third of the kept entries are ids
   the text contains): a flag per distinct token, the other ids as gaps, the count classes of
   the two kinds in two streams; the hint stream follows;
 * the tail level (the same 1/16-nat scale) is coded as its difference from the level that
   1 - (decoded kept mass) predicts: ~2.3-2.5 bits per position less. The prediction works from
   integers and IEEE-rounded arithmetic only (see `_tail_prediction`), so it is the same on
-  every machine.
+  every machine;
+* each level stream is split into a high part (own histogram) and 0-4 uniform low bits, the
+  split chosen per stream by the encoder: the top level spans ~100 values, whose histogram
+  costs more than its words on a 512-token sample.
 It decodes to exactly compact2's signal (ids, log-probs, tail).
 
 Measured by bench/codec before building it (ideal entropies, test samples vs held-out fits),
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas import entropy
+from schemas import entropy, varint
 from schemas.codec import Decoded, renormalise
 from schemas.codec_compact2 import (
     Compact2Codec,
@@ -114,6 +117,32 @@ def _decode_dictionary(dec: entropy.Decoder, seen: np.ndarray, n: int) -> tuple[
     return uniq, cls
 
 
+_MAX_SHIFT = 4
+
+
+def _split_cost(a: np.ndarray, shift: int) -> float:
+    """Estimated bits of a stream coded as (a >> shift) under its own histogram + shift raw bits."""
+    hi = a >> shift
+    c = np.bincount(hi)
+    nz = c[c > 0]
+    head = len(varint.encode(entropy._pack_histogram(c)))
+    return float(-(nz * np.log2(nz / a.shape[0])).sum()) + shift * a.shape[0] + 8 * head
+
+
+def _split_streams(arrays: list[np.ndarray]) -> list:
+    """Level streams with wide, flat histograms (the top level spans ~100 values) cost more in
+    histogram than in words on a 512-token sample: each is coded as its high part under its own
+    histogram and `shift` low bits uniform, the shift (0-4) chosen per stream by the encoder and
+    written first (one uniform symbol per stream)."""
+    shifts = [min(range(_MAX_SHIFT + 1), key=lambda s: (_split_cost(a, s), s)) if a.size else 0 for a in arrays]
+    out = [(np.asarray(shifts, dtype=np.int64), np.ones(_MAX_SHIFT + 1, dtype=np.int64))]
+    for a, sh in zip(arrays, shifts):
+        out.append((a >> sh, None))
+        if sh:
+            out.append((a & ((1 << sh) - 1), np.ones(1 << sh, dtype=np.int64)))
+    return out
+
+
 @dataclass(frozen=True)
 class Compact3Codec(Compact2Codec):
     name: str = field(default="compact3", init=False)
@@ -134,7 +163,7 @@ class Compact3Codec(Compact2Codec):
         lv_s, pos_s, hit_s = lvl[o], pos[o], ids[o] == nxt[pos[o]]
         drop = _drops(lv_s, counts)
         first, _, rb = _structure(counts, drop)
-        level_streams = [(lv_s[first], None)] + [(drop[~first & (rb == b)], None) for b in range(1, _N_RANK_BUCKETS)]
+        level_streams = _split_streams([lv_s[first]] + [drop[~first & (rb == b)] for b in range(1, _N_RANK_BUCKETS)])
         new = _groups(pos_s, lv_s)
         gnum = np.cumsum(new) - 1
         hint = np.zeros(t, dtype=np.int64)
@@ -168,6 +197,18 @@ class Compact3Codec(Compact2Codec):
             "teacher_values": entropy.encode(level_streams),
             "teacher_tail": entropy.encode([(self._tail_symbols(tr.log_tail, lvl, counts), None)]),
         }
+
+    def _level_reader(self, dec: entropy.Decoder):
+        shifts = iter(dec.next(np.ones(_MAX_SHIFT + 1, dtype=np.int64), _N_RANK_BUCKETS).tolist())
+
+        def next_stream() -> np.ndarray:
+            sh = next(shifts, 0)
+            hi = dec.next()
+            if not sh:
+                return hi
+            return (hi << sh) | dec.next(np.ones(1 << sh, dtype=np.int64), hi.shape[0])
+
+        return next_stream
 
     def decode(self, counts: np.ndarray, cols: dict[str, bytes], tokens=None) -> Decoded:
         counts = np.asarray(counts, dtype=np.int64)
