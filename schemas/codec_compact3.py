@@ -21,7 +21,9 @@ start, tied entries as gaps):
   every machine;
 * each level stream is split into a high part (own histogram) and 0-4 uniform low bits, the
   split chosen per stream by the encoder: the top level spans ~100 values, whose histogram
-  costs more than its words on a 512-token sample.
+  costs more than its words on a 512-token sample. (The choice uses float cost estimates: like
+  compact2's level boundaries, another CPU's log could pick another split in a near-tie; the
+  bytes then differ, the decoded signal does not.)
 It decodes to exactly compact2's signal (ids, log-probs, tail).
 
 Measured by bench/codec before building it (ideal entropies, test samples vs held-out fits),
