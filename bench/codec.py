@@ -256,7 +256,7 @@ def main(argv=None) -> int:
                 b = stored_bytes_per_token(subs, toks, _Layout(fn, c2, kept_ids=unigram, corpus=held_out), vocab, k, seq_len, base)
                 candidates.append((p, k, kept, b, kl3, name))
             candidates.append((p, k, kept, b2, kl3, "compact2 (ANS)"))
-            candidates.append((p, k, kept, b3, kl3, "compact3 (compact2 + next-token hint)"))
+            candidates.append((p, k, kept, b3, kl3, "compact3 (+ hint, token dictionary, tail, split)"))
             long = n_samples * seq_len  # the same tokens as one sample (pipeline default seq_len 2048)
             if long >= 2048:
                 one, one_tok = [rows_of(tr, 0, long)], [token_ids[:long]]
