@@ -2,7 +2,7 @@
 
 The sample stores its tokens anyway, and the token at t + 1 is the one the teacher predicted at
 position t: on real text it is among the kept ids ~90 % of the time and the top entry ~46 %
-(SmolLM2-135M on pydoc prose). compact2 spends ~10+ bits on such an id (the top of a
+(SmolLM2-135M on pydoc prose). compact2 spends ~7.5 bits on such an id (the top of a
 distribution keeps rarer ids than its tail). compact3 codes, per position with signal, one
 symbol: 0 = the next token is not a kept id (or there is none: the sample's last position),
 else 1 + the index of its level group (0 = the top level) among the position's levels, taken in
@@ -26,10 +26,11 @@ start, tied entries as gaps):
   bytes then differ, the decoded signal does not.)
 It decodes to exactly compact2's signal (ids, log-probs, tail).
 
-Measured by bench/codec before building it (ideal entropies, test samples vs held-out fits),
-and not built: a per-dataset unigram side table saves at most 0.4 bit per kept entry with an
-oracle table of the teacher's kept-id frequencies (0.16-0.2 bit with corpus token frequencies;
-nothing with a Zipf prior on the id itself, which the per-sample dictionary already exploits).
+Measured (bench/codec's candidates table, and ideal entropies against held-out fits) and not
+built: a per-dataset unigram side table saves at most ~0.35 bit per kept entry with a table of
+the teacher's kept-id frequencies (0.16-0.2 bit with corpus token frequencies; nothing with a
+Zipf prior on the id itself, which the per-sample dictionary already exploits): not enough for
+the plumbing of a side file every decoder must read.
 
 decode needs the sample's tokens (`schemas.sample.decode_sample` passes them); a codec that
 needs them says so with `needs_tokens`.
