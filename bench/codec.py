@@ -3,18 +3,19 @@
 One run prints four tables, all on the same teacher logits and truncations:
 
 1. Per (p, k) in {0.9, 0.95, 1.0} x {20, 50, 100}, plus sampled selection: kept/token; stored
-   bytes/token after MDS shard compression (zstd) for compact2, compact and exact, and compact2's
-   bytes per kept entry (ids + values + counts + tail); the naive fixed-k layout (int32 id + fp32
-   value per slot); the nearest peers rebuilt from their documented formats on the same
-   truncation (Megatron-LM: 17-bit ids + fp16 log-probs, zstd level 3; DistillKit: ids bit-packed
-   at ceil(log2 V) bits + bf16 values, fixed k); codec KL (compact2, compact) and total KL
-   (compact2) in nats/token; compact2's encode+decode tokens/s and its cost against the teacher's
-   forward pass on the same tokens.
-2. Candidates at top-0.95-100 and top-0.95-50: each step from compact to compact2 (value
-   quantiser, dictionary layout, entropy coder), bytes per kept entry and codec KL; and compact2
-   on the same tokens as one long sample (the pipeline's default seq_len is 2048; the bench's
-   rows use 512-token samples, where the per-sample dictionary weighs more).
-3. Pareto: bytes/token against TOTAL KL (truncation + codec) for every (p, k) and compact2 KL
+   bytes/token after MDS shard compression (zstd) for compact3 (the default), compact2, compact
+   and exact, and compact3's bytes per kept entry (ids + values + counts + tail); the naive
+   fixed-k layout (int32 id + fp32 value per slot); the nearest peers rebuilt from their
+   documented formats on the same truncation (Megatron-LM: 17-bit ids + fp16 log-probs, zstd
+   level 3; DistillKit: ids bit-packed at ceil(log2 V) bits + bf16 values, fixed k); codec KL
+   (compact3, compact) and total KL (compact3) in nats/token; compact3's encode+decode tokens/s
+   and its cost against the teacher's forward pass on the same tokens.
+2. Candidates at top-0.95-100 and top-0.95-50: each step from compact to compact3 (value
+   quantiser, dictionary layout, entropy coder, next-token hint, and the id priors measured and
+   not built: bench/codec_candidates.py), bytes per kept entry and codec KL; and compact2 and
+   compact3 on the same tokens as one long sample (the pipeline's default seq_len is 2048; the
+   bench's rows use 512-token samples, where the per-sample dictionary weighs more).
+3. Pareto: bytes/token against TOTAL KL (truncation + codec) for every (p, k) and compact3 KL
    target, plus compact; written as a PNG too (--png).
 4. Targets: pass/fail lines for the issue's targets.
 
@@ -32,12 +33,12 @@ import numpy as np
 import zstandard
 
 from bench.codec_candidates import CANDIDATES
-from schemas import Compact2Codec, CompactCodec, ExactCodec, build_sample, mds_columns, sample_select, truncate_tensor
+from schemas import Compact2Codec, Compact3Codec, CompactCodec, ExactCodec, build_sample, mds_columns, sample_select, truncate_tensor
 from schemas import fidelity
 from schemas.codec import Decoded
 from schemas.truncation import Truncated
 
-KL_TARGETS = (2e-4, 4e-4, 7.5e-4, 2e-3, 5e-3)  # compact2 precisions swept in the Pareto table
+KL_TARGETS = (2e-4, 4e-4, 7.5e-4, 2e-3, 5e-3)  # compact3 precisions swept in the Pareto table
 
 
 def corpus_text(n_chars: int) -> str:
@@ -52,13 +53,14 @@ def teacher_logits(teacher_dir: str, n_tokens: int, seq_len: int = 512):
 
     tok = AutoTokenizer.from_pretrained(teacher_dir)
     model = AutoModelForCausalLM.from_pretrained(teacher_dir, torch_dtype=torch.float32).eval()
-    ids = tok(corpus_text(n_tokens * 8), add_special_tokens=False)["input_ids"][:n_tokens]
+    all_ids = tok(corpus_text(n_tokens * 8 + 400_000), add_special_tokens=False)["input_ids"]
+    ids, held_out = all_ids[:n_tokens], np.asarray(all_ids[n_tokens:])  # held_out: a corpus unigram for candidates
     ids = torch.tensor(ids[: (len(ids) // seq_len) * seq_len]).reshape(-1, seq_len)
     t0 = time.perf_counter()
     with torch.no_grad():
         logits = torch.cat([model(ids[i : i + 4]).logits for i in range(0, ids.shape[0], 4)])
     fwd_s = time.perf_counter() - t0
-    return logits.reshape(-1, logits.shape[-1]), ids.numel() / fwd_s, seq_len
+    return logits.reshape(-1, logits.shape[-1]), ids.numel() / fwd_s, seq_len, ids.reshape(-1).numpy(), held_out
 
 
 def mds_bytes(samples, columns) -> int:
@@ -106,35 +108,42 @@ def rows_of(tr: Truncated, start: int, stop: int) -> Truncated:
 
 
 class _Layout:
-    """A candidate layout dressed as a codec for build_sample."""
+    """A candidate layout dressed as a codec for build_sample (context: what a candidate prior
+    is fit on, e.g. the run's kept-id counts)."""
 
-    def __init__(self, fn, codec):
-        self.fn, self.codec = fn, codec
+    def __init__(self, fn, codec, **context):
+        self.fn, self.codec, self.context = fn, codec, context
 
-    def encode(self, tr):
-        return self.fn(tr, self.codec)
+    needs_tokens = True
+
+    def encode(self, tr, tokens=None):
+        return self.fn(tr, self.codec, tokens, **self.context)
 
 
-def stored_bytes_per_token(subs: list[Truncated], codec, vocab: int, k: int, seq_len: int, tokens_only: float) -> float:
+def stored_bytes_per_token(subs: list[Truncated], toks: list[np.ndarray], codec, vocab: int, k: int, seq_len: int,
+                           tokens_only: float) -> float:
     """Teacher bytes/token in real zstd MDS shards: shard bytes minus those of the same samples
-    without teacher signal (ids + values + counts + tail)."""
-    rows = [build_sample(sample_id=i, tokens=np.zeros(seq_len, np.int64), n_tokens=seq_len, doc_starts=np.zeros(1),
-                         truncated=sub, codec=codec, vocab_size=vocab, top_k=k, unit="b") for i, sub in enumerate(subs)]
+    with their tokens but without teacher signal (ids + values + counts + tail)."""
+    rows = [build_sample(sample_id=i, tokens=tk, n_tokens=seq_len, doc_starts=np.zeros(1),
+                         truncated=sub, codec=codec, vocab_size=vocab, top_k=k, unit="b") for i, (sub, tk) in enumerate(zip(subs, toks))]
     return (mds_bytes(rows, mds_columns(vocab, k)) - tokens_only) / (len(subs) * seq_len)
 
 
-def tokens_only_bytes(n_samples: int, vocab: int, k: int, seq_len: int) -> int:
+def tokens_only_bytes(toks: list[np.ndarray], vocab: int, k: int, seq_len: int) -> int:
     empty = {"teacher_ids": b"", "teacher_values": b"", "teacher_tail": b""}
-    rows = [{"sample_id": np.uint64(i), "tokens": np.zeros(seq_len, np.uint16 if vocab <= 65536 else np.uint32),
+    rows = [{"sample_id": np.uint64(i), "tokens": np.asarray(tk, np.uint16 if vocab <= 65536 else np.uint32),
              "n_tokens": np.uint32(seq_len), "doc_starts": [0], "teacher_counts": np.zeros(seq_len, np.uint8), "unit": "b",
-             **empty} for i in range(n_samples)]
+             **empty} for i, tk in enumerate(toks)]
     return mds_bytes(rows, mds_columns(vocab, k))
 
 
-def round_trip(codec, subs: list[Truncated]) -> tuple[Decoded, float]:
+def round_trip(codec, subs: list[Truncated], toks: list[np.ndarray]) -> tuple[Decoded, float]:
     """Decoded signal of all samples (concatenated) and the encode+decode seconds."""
     t0 = time.perf_counter()
-    decs = [codec.decode(s.counts, codec.encode(s)) for s in subs]
+    if getattr(codec, "needs_tokens", False):
+        decs = [codec.decode(s.counts, codec.encode(s, tokens=tk), tokens=tk) for s, tk in zip(subs, toks)]
+    else:
+        decs = [codec.decode(s.counts, codec.encode(s)) for s in subs]
     sec = time.perf_counter() - t0
     cat = Decoded(np.concatenate([d.counts for d in decs]), np.concatenate([d.ids for d in decs]),
                   np.concatenate([d.logp for d in decs]), np.concatenate([d.log_tail for d in decs]))
@@ -192,18 +201,19 @@ def main(argv=None) -> int:
         from pdistill import teacher
 
         teacher.main(["import-gguf", "--output", args.teacher])
-    logits, fwd_tps, seq_len = teacher_logits(args.teacher, args.tokens)
+    logits, fwd_tps, seq_len, token_ids, held_out = teacher_logits(args.teacher, args.tokens)
     n_tok, vocab = logits.shape
     np_logits = logits.numpy()
     kl_rows = np_logits[: args.kl_rows]
     n_samples = n_tok // seq_len
-    c2, c1, ex = Compact2Codec(), CompactCodec(), ExactCodec()
+    toks = [token_ids[s : s + seq_len] for s in range(0, n_samples * seq_len, seq_len)]
+    c3, c2, c1, ex = Compact3Codec(), Compact2Codec(), CompactCodec(), ExactCodec()
     print(f"teacher forward: {fwd_tps:,.0f} tokens/s on {n_tok} tokens ({n_samples} samples of {seq_len}), vocab {vocab}; "
-          f"compact2 {c2.params()}")
+          f"compact3 {c3.params()}")
     print(f"full fp32 logits: {4 * vocab:,} B/token\n")
-    hdr = (f"{'select':>8} {'p':>5} {'k':>4} {'kept/tok':>8} {'c2 B/tok':>8} {'c2 B/entry':>10} {'v1 B/tok':>8} "
-           f"{'exact B/tok':>11} {'naive B/tok':>11} {'naive/c2':>8} {'megatron':>8} {'distillkit':>10} "
-           f"{'c2 codecKL':>10} {'v1 codecKL':>10} {'c2 totalKL':>10} {'c2 enc+dec tok/s':>16} {'vs fwd':>6}")
+    hdr = (f"{'select':>8} {'p':>5} {'k':>4} {'kept/tok':>8} {'c3 B/tok':>8} {'c3 B/entry':>10} {'c2 B/entry':>10} "
+           f"{'v1 B/tok':>8} {'exact B/tok':>11} {'naive B/tok':>11} {'naive/c3':>8} {'megatron':>8} {'distillkit':>10} "
+           f"{'c3 codecKL':>10} {'v1 codecKL':>10} {'c3 totalKL':>10} {'c3 enc+dec tok/s':>16} {'vs fwd':>6}")
     print("1. codecs per truncation (bytes after MDS zstd; KL in nats/token)")
     print(hdr)
     rows = [("top_p_k", p, k) for p in (0.9, 0.95, 1.0) for k in (20, 50, 100)] + [("sample", 1.0, 50)]
@@ -211,50 +221,54 @@ def main(argv=None) -> int:
     for method, p, k in rows:
         tr = truncate_tensor(logits, p, k) if method == "top_p_k" else sample_select(np_logits, k, seed=0)
         subs = [rows_of(tr, s, s + seq_len) for s in range(0, n_samples * seq_len, seq_len)]
-        base = tokens_only_bytes(n_samples, vocab, k, seq_len)
+        base = tokens_only_bytes(toks, vocab, k, seq_len)
         kept = fidelity.kept_per_token(tr.counts)
-        b2 = stored_bytes_per_token(subs, c2, vocab, k, seq_len, base)
-        b1 = stored_bytes_per_token(subs, c1, vocab, k, seq_len, base)
-        be = stored_bytes_per_token(subs, ex, vocab, k, seq_len, base)
-        d2, sec2 = round_trip(c2, subs)
-        d1, _ = round_trip(c1, subs)
+        b3 = stored_bytes_per_token(subs, toks, c3, vocab, k, seq_len, base)
+        b2 = stored_bytes_per_token(subs, toks, c2, vocab, k, seq_len, base)
+        b1 = stored_bytes_per_token(subs, toks, c1, vocab, k, seq_len, base)
+        be = stored_bytes_per_token(subs, toks, ex, vocab, k, seq_len, base)
+        d3, sec3 = round_trip(c3, subs, toks)
+        d1, _ = round_trip(c1, subs, toks)
         all_rows = rows_of(tr, 0, n_samples * seq_len)
-        kl2, kl1 = fidelity.codec_kl(all_rows, d2), fidelity.codec_kl(all_rows, d1)
-        tkl2 = fidelity.total_kl(kl_rows, head_rows(d2, args.kl_rows)) if method == "top_p_k" else float("nan")
+        kl3, kl1 = fidelity.codec_kl(all_rows, d3), fidelity.codec_kl(all_rows, d1)
+        tkl3 = fidelity.total_kl(kl_rows, head_rows(d3, args.kl_rows)) if method == "top_p_k" else float("nan")
         mg, dk = peers(tr, k, vocab, n_tok)
-        tps = n_samples * seq_len / sec2
-        results[(method, p, k)] = dict(kept=kept, b2=b2, kl2=kl2, frac=fwd_tps / tps)
-        print(f"{method:>8} {p:>5} {k:>4} {kept:>8.1f} {b2:>8.1f} {b2 / kept:>10.3f} {b1:>8.1f} {be:>11.1f} {8 * k:>11} "
-              f"{8 * k / b2:>8.1f} {mg:>8.1f} {dk:>10.1f} {kl2:>10.2e} {kl1:>10.2e} {tkl2:>10.3f} {tps:>16,.0f} "
+        tps = n_samples * seq_len / sec3
+        results[(method, p, k)] = dict(kept=kept, b3=b3, kl3=kl3, frac=fwd_tps / tps)
+        print(f"{method:>8} {p:>5} {k:>4} {kept:>8.1f} {b3:>8.1f} {b3 / kept:>10.3f} {b2 / kept:>10.3f} {b1:>8.1f} {be:>11.1f} "
+              f"{8 * k:>11} {8 * k / b3:>8.1f} {mg:>8.1f} {dk:>10.1f} {kl3:>10.2e} {kl1:>10.2e} {tkl3:>10.3f} {tps:>16,.0f} "
               f"{fwd_tps / tps:>6.1%}", flush=True)
         if method != "top_p_k":
             continue
         pareto.append(dict(codec="compact (v1)", p=p, k=k, bytes=b1, codec_kl=kl1,
                            total_kl=fidelity.total_kl(kl_rows, head_rows(d1, args.kl_rows))))
         for target in KL_TARGETS:
-            c = Compact2Codec(kl_target=target)
-            d = d2 if target == c2.kl_target else round_trip(c, subs)[0]
-            b = b2 if target == c2.kl_target else stored_bytes_per_token(subs, c, vocab, k, seq_len, base)
-            pareto.append(dict(codec=f"compact2 kl_target={target:g}", p=p, k=k, bytes=b,
+            c = Compact3Codec(kl_target=target)
+            d = d3 if target == c3.kl_target else round_trip(c, subs, toks)[0]
+            b = b3 if target == c3.kl_target else stored_bytes_per_token(subs, toks, c, vocab, k, seq_len, base)
+            pareto.append(dict(codec=f"compact3 kl_target={target:g}", p=p, k=k, bytes=b,
                                codec_kl=fidelity.codec_kl(all_rows, d),
                                total_kl=fidelity.total_kl(kl_rows, head_rows(d, args.kl_rows))))
         if p == 0.95 and k in (50, 100):
             candidates.append((p, k, kept, b1, kl1, None))
+            unigram = np.bincount(tr.ids, minlength=vocab)  # for the held-out id prior candidates
             for name, fn in CANDIDATES.items():
-                b = stored_bytes_per_token(subs, _Layout(fn, c2), vocab, k, seq_len, base)
-                candidates.append((p, k, kept, b, kl2, name))
-            candidates.append((p, k, kept, b2, kl2, "compact2 (ANS)"))
+                b = stored_bytes_per_token(subs, toks, _Layout(fn, c2, kept_ids=unigram, corpus=held_out), vocab, k, seq_len, base)
+                candidates.append((p, k, kept, b, kl3, name))
+            candidates.append((p, k, kept, b2, kl3, "compact2 (ANS)"))
+            candidates.append((p, k, kept, b3, kl3, "compact3 (+ hint, token dictionary, tail, split)"))
             long = n_samples * seq_len  # the same tokens as one sample (pipeline default seq_len 2048)
             if long >= 2048:
-                one = [rows_of(tr, 0, long)]
-                b = stored_bytes_per_token(one, c2, vocab, k, long, tokens_only_bytes(1, vocab, k, long))
-                candidates.append((p, k, kept, b, fidelity.codec_kl(all_rows, round_trip(c2, one)[0]),
-                                   f"compact2, one {long}-token sample"))
+                one, one_tok = [rows_of(tr, 0, long)], [token_ids[:long]]
+                for c in (c2, c3):
+                    b = stored_bytes_per_token(one, one_tok, c, vocab, k, long, tokens_only_bytes(one_tok, vocab, k, long))
+                    candidates.append((p, k, kept, b, fidelity.codec_kl(all_rows, round_trip(c, one, one_tok)[0]),
+                                       f"{c.name}, one {long}-token sample"))
 
-    print("\n2. candidates, top-0.95-k: one step at a time from compact (v1) to compact2")
-    print(f"{'p':>5} {'k':>4} {'layout':<38} {'B/tok':>7} {'B/entry':>8} {'codec KL':>9}")
+    print("\n2. candidates, top-0.95-k: one step at a time from compact (v1) to compact3")
+    print(f"{'p':>5} {'k':>4} {'layout':<52} {'B/tok':>7} {'B/entry':>8} {'codec KL':>9}")
     for p, k, kept, b, kl, name in candidates:
-        print(f"{p:>5} {k:>4} {name or 'compact (v1): 1/16-nat bytes, varints':<38} {b:>7.1f} {b / kept:>8.3f} {kl:>9.2e}")
+        print(f"{p:>5} {k:>4} {name or 'compact (v1): 1/16-nat bytes, varints':<52} {b:>7.1f} {b / kept:>8.3f} {kl:>9.2e}")
 
     print("\n3. Pareto: bytes/token vs TOTAL KL (truncation + codec), top-p-k x codec precision")
     print(f"{'p':>5} {'k':>4} {'codec':<30} {'B/tok':>7} {'codec KL':>9} {'total KL':>9} {'front':>5}")
@@ -268,11 +282,11 @@ def main(argv=None) -> int:
     print("\n4. targets")
     for k in (100, 50):
         r = results[("top_p_k", 0.95, k)]
-        ok = r["b2"] / r["kept"] <= 1.3 and r["kl2"] <= 1e-3
-        print(f"top-0.95-{k}: {r['b2'] / r['kept']:.3f} B/kept entry (target <= 1.3, stretch 1.2) at codec KL "
-              f"{r['kl2']:.2e} (<= 1e-3): {'PASS' if ok else 'MISS'}")
+        ok = r["b3"] / r["kept"] <= 1.3 and r["kl3"] <= 1e-3
+        print(f"top-0.95-{k}: {r['b3'] / r['kept']:.3f} B/kept entry (target <= 1.3, stretch 1.2) at codec KL "
+              f"{r['kl3']:.2e} (<= 1e-3): {'PASS' if ok else 'MISS'}")
     worst = max(r["frac"] for r in results.values())
-    print(f"compact2 encode+decode, worst row: {worst:.1%} of the teacher forward (target <= 5%): "
+    print(f"compact3 encode+decode, worst row: {worst:.1%} of the teacher forward (target <= 5%): "
           f"{'PASS' if worst <= 0.05 else 'MISS'}")
     return 0
 

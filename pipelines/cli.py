@@ -28,7 +28,7 @@ FLAGS = [
     ("--top-k", dict(dest="top_k", type=int)),
     ("--num-draws", dict(dest="num_draws", type=int, help="draws per position for --selection sample")),
     ("--seed", dict(type=int)),
-    ("--codec", dict(help="compact2 (default) | compact | exact")),
+    ("--codec", dict(help="compact3 (default) | compact2 | compact | exact")),
     ("--codec-params", dict(dest="codec_params", type=json.loads, help="codec parameters as JSON")),
     ("--separator", dict(help="separator token id or string (default: the tokenizer's EOS)")),
     ("--add-bos", dict(dest="add_bos", action=argparse.BooleanOptionalAction, help="prepend BOS to every document")),

@@ -38,7 +38,7 @@ class PipelineConfig:
     top_k: int = 100
     num_draws: int = 64  # draws per position for selection="sample"
     seed: int = 0  # mixes into the per-sample seed of selection="sample"
-    codec: str = "compact2"  # schemas.codec.DEFAULT_CODEC; compact and exact stay readable
+    codec: str = "compact3"  # schemas.codec.DEFAULT_CODEC; compact2, compact and exact stay readable
     codec_params: dict = field(default_factory=dict)
     separator: Union[int, str, None] = None  # token id or token string; default: tokenizer EOS
     add_bos: bool = False  # prepend the tokenizer's BOS to every document

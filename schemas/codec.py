@@ -12,8 +12,11 @@ training time: softmax(logp / tau) over the kept set equals softmax(z / tau) ove
   top entry, one byte each (q = round((max - logp) / step), clipped at 255), tail log-mass as
   float16. Zstd over the MDS shard then entropy-codes the small gaps and the skewed q values.
   Quantization error in the log domain with step s costs about s**2 / 24 nats of KL.
-* `compact2` (default) see schemas.codec_compact2: values quantised on sqrt(p) for the KL they
+* `compact2` see schemas.codec_compact2: values quantised on sqrt(p) for the KL they
   cost, ids against a per-sample dictionary, every stream entropy-coded (constriction's ANS).
+* `compact3` (default) see schemas.codec_compact3: compact2 with the next token (stored in the
+  sample's `tokens`) as a hint, so its id costs a few bits instead of ~10. Needs the tokens to
+  encode and decode (`needs_tokens`; schemas.sample passes them).
 """
 from __future__ import annotations
 
@@ -184,10 +187,11 @@ def _check_lengths(name, n, t, n_ids, n_vals, n_tail):
 
 # compact2 lives in its own module and builds on Decoded/renormalise above, hence the late import.
 from schemas.codec_compact2 import Compact2Codec  # noqa: E402
+from schemas.codec_compact3 import Compact3Codec  # noqa: E402
 
 # Every codec ever written stays here: a manifest names one of these and its parameters.
-CODECS = {"exact": ExactCodec, "compact": CompactCodec, "compact2": Compact2Codec}
-DEFAULT_CODEC = "compact2"
+CODECS = {"exact": ExactCodec, "compact": CompactCodec, "compact2": Compact2Codec, "compact3": Compact3Codec}
+DEFAULT_CODEC = "compact3"
 
 
 def make_codec(name: str, params: dict | None = None):

@@ -235,34 +235,45 @@ class Compact2Codec:
         out = np.zeros(lt.shape[0], dtype=np.int64)
         fin = np.isfinite(lt)
         if (lt[fin] > 0).any():
-            raise CodecError("compact2 codec: a tail log-mass is above 0")
+            raise CodecError(f"{self.name} codec: a tail log-mass is above 0")
         out[fin] = 1 + np.rint(-lt[fin] / self.tail_step).clip(0, 64 / self.tail_step).astype(np.int64)
         return out
 
     # -- decode --------------------------------------------------------------------------------
-    def decode(self, counts: np.ndarray, cols: dict[str, bytes]) -> Decoded:
-        counts = np.asarray(counts, dtype=np.int64)
+    def _level_reader(self, dec: entropy.Decoder):
+        """How the levels block's streams are read (compact3 splits them)."""
+        return dec.next
+
+    def _decode_levels(self, buf: bytes, counts: np.ndarray) -> np.ndarray:
+        """The levels block: each position's levels, descending (compact2 and compact3)."""
         t, n = counts.shape[0], int(counts.sum())
-        limit = max(n, t) + 1  # no stream holds more symbols than entries or positions
-        vals_in = entropy.Decoder(cols["teacher_values"], limit)
+        vals_in = entropy.Decoder(buf, max(n, t, _N_RANK_BUCKETS) + 1)
+        next_stream = self._level_reader(vals_in)
         first, _, rb = _structure(counts, np.ones(n, dtype=np.int64))
-        top = vals_in.next()
+        top = next_stream()
         if top.shape[0] != int(first.sum()):
-            raise CodecError(f"compact2 codec: {top.shape[0]} top levels for {int(first.sum())} positions: corrupt sample")
+            raise CodecError(f"{self.name} codec: {top.shape[0]} top levels for {int(first.sum())} positions: corrupt sample")
         drop = np.zeros(n, dtype=np.int64)
         for b in range(1, _N_RANK_BUCKETS):
             sel = ~first & (rb == b)
-            got = vals_in.next()
+            got = next_stream()
             if got.shape[0] != int(sel.sum()):
-                raise CodecError("compact2 codec: level stream of the wrong length: corrupt sample")
+                raise CodecError(f"{self.name} codec: level stream of the wrong length: corrupt sample")
             drop[sel] = got
         vals_in.finish()
         inc = -drop
         inc[first] = top
         lvl = _segment_cumsum(inc, first)
         if n and lvl.min() < 0:
-            raise CodecError("compact2 codec: negative level: corrupt sample")
-        tied = ~first & (drop == 0)
+            raise CodecError(f"{self.name} codec: negative level: corrupt sample")
+        return lvl
+
+    def decode(self, counts: np.ndarray, cols: dict[str, bytes]) -> Decoded:
+        counts = np.asarray(counts, dtype=np.int64)
+        t, n = counts.shape[0], int(counts.sum())
+        limit = max(n, t) + 1  # no stream holds more symbols than entries or positions
+        lvl = self._decode_levels(cols["teacher_values"], counts)
+        first, tied, rb = _structure(counts, _drops(lvl, counts))
         n_tied = int(tied.sum())
 
         ids_in = entropy.Decoder(cols["teacher_ids"], limit)
@@ -293,7 +304,11 @@ class Compact2Codec:
     def _tail_decode(self, buf: bytes, t: int) -> np.ndarray:
         (lv,) = entropy.decode(buf, 1, max(t, int(64 / self.tail_step) + 2))
         if lv.shape[0] != t:
-            raise CodecError(f"compact2 codec: {lv.shape[0]} tail values for {t} positions: corrupt sample")
+            raise CodecError(f"{self.name} codec: {lv.shape[0]} tail values for {t} positions: corrupt sample")
+        return self._tail_values(lv)
+
+    def _tail_values(self, lv: np.ndarray) -> np.ndarray:
+        t = lv.shape[0]
         out = np.full(t, -np.inf, dtype=np.float32)
         fin = lv > 0
         out[fin] = -(lv[fin] - 1) * self.tail_step

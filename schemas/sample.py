@@ -77,14 +77,17 @@ def build_sample(
         "n_tokens": np.uint32(n_tokens),
         "doc_starts": [int(x) for x in np.asarray(doc_starts).reshape(-1)],
         "teacher_counts": np.asarray(truncated.counts, dtype=count_dtype(top_k)),
-        **codec.encode(truncated),
+        **(codec.encode(truncated, tokens=tokens) if getattr(codec, "needs_tokens", False) else codec.encode(truncated)),
         "unit": unit,
     }
 
 
 def decode_sample(sample: dict, codec) -> Decoded:
     counts = np.asarray(sample["teacher_counts"], dtype=np.int64)
-    return codec.decode(counts, {k: sample[k] for k in ("teacher_ids", "teacher_values", "teacher_tail")})
+    cols = {k: sample[k] for k in ("teacher_ids", "teacher_values", "teacher_tail")}
+    if getattr(codec, "needs_tokens", False):  # compact3: the next token is part of the code
+        return codec.decode(counts, cols, tokens=sample["tokens"])
+    return codec.decode(counts, cols)
 
 
 @dataclass(frozen=True)
