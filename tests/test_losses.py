@@ -42,7 +42,7 @@ def make_case(b=2, t=6, v=13, k=4, seed=0, dtype=torch.float32, k1=False, scale=
     return logits, ids, logp.to(dtype), mask, log_tail.to(dtype), position_mask
 
 
-def reference(logits, ids, logp, mask, log_tail, position_mask, kind, tau, tail, tau_squared=False):
+def reference(logits, ids, logp, mask, log_tail, position_mask, kind, tau, tail, tau_squared=False, support="full"):
     """Dense full-vocabulary computation, position by position, numpy float64."""
     x = logits.detach().double().numpy()
     b, t, v = x.shape
@@ -60,7 +60,15 @@ def reference(logits, ids, logp, mask, log_tail, position_mask, kind, tau, tail,
             f = np.exp(z - z.max())
             f /= f.sum()  # teacher F over the kept set
             qk = q[kept]
-            if not tail:
+            if support == "kept":
+                s_k = s[kept]
+                qt = np.exp(s_k - s_k.max())
+                qt /= qt.sum()  # student renormalised over the kept set
+                loss = {"forward_kl": float(np.sum(f * np.log(f / qt))), "soft_ce": float(-np.sum(f * np.log(qt))),
+                        "reverse_kl": float(np.sum(qt * np.log(qt / f))), "mse": float(np.sum((qt - f) ** 2))}[kind]
+            elif support == "split":
+                loss = split_reference(x[bi, ti], kept, f, math.exp(float(log_tail[bi, ti])), tau, kind)
+            elif not tail:
                 if kind == "forward_kl":  # KL(F || q) over the full vocab, F zero outside the kept set
                     pf = np.zeros(v)
                     pf[kept] = f
@@ -99,14 +107,39 @@ def reference(logits, ids, logp, mask, log_tail, position_mask, kind, tau, tail,
     return scale * float(np.mean(losses)), float(np.mean(agree)), len(losses)
 
 
-CASES = [(kind, tau, tail) for kind in KD_KINDS for tau in (1.0, 0.5, 2.0) for tail in (False, True)]
+def split_reference(x, kept, f, t, tau, kind):
+    """The chain-rule split at one position, written out from its definition (float64)."""
+    q1 = np.exp(x - x.max())
+    q1 /= q1.sum()  # untempered student, full vocabulary
+    out = np.ones(x.size, dtype=bool)
+    out[kept] = False
+    big_q, q_o = q1[kept].sum(), q1[out].sum()
+    s_k = x[kept] / tau
+    qt = np.exp(s_k - s_k.max())
+    qt /= qt.sum()  # tempered student renormalised over the kept set
+    keep = 1.0 - t
+    if kind in ("forward_kl", "soft_ce"):
+        if kind == "forward_kl":
+            split = (keep * math.log(keep / big_q) if keep > 0 else 0.0) + (t * math.log(t / q_o) if t > 0 else 0.0)
+            return split + keep * float(np.sum(f * np.log(f / qt)))
+        return -keep * math.log(big_q) - (t * math.log(q_o) if t > 0 else 0.0) - keep * float(np.sum(f * np.log(qt)))
+    if kind == "reverse_kl":
+        split = big_q * math.log(big_q / keep) + (q_o * math.log(q_o / max(t, math.exp(-80.0))) if q_o > 0 else 0.0)
+        return split + big_q * float(np.sum(qt * np.log(qt / f)))
+    return (big_q - keep) ** 2 + (q_o - t) ** 2 + keep * float(np.sum((qt - f) ** 2))
 
 
-@pytest.mark.parametrize("kind,tau,tail", CASES)
-def test_kd_matches_dense_reference(kind, tau, tail):
-    case = make_case(seed=hash((kind, tau, tail)) % 1000)
-    res = kd_loss(*case, kind=kind, tau=tau, tail=tail)
-    ref, agree, n = reference(*case, kind, tau, tail)
+# (support, tail): every student-side form of the KD term
+FORMS = [("full", False), ("full", True), ("kept", False), ("split", False)]
+CASES = [(kind, tau, form) for kind in KD_KINDS for tau in (1.0, 0.5, 2.0) for form in FORMS]
+
+
+@pytest.mark.parametrize("kind,tau,form", CASES)
+def test_kd_matches_dense_reference(kind, tau, form):
+    support, tail = form
+    case = make_case(seed=hash((kind, tau, tail, support)) % 1000)
+    res = kd_loss(*case, kind=kind, tau=tau, tail=tail, support=support)
+    ref, agree, n = reference(*case, kind, tau, tail, support=support)
     assert res.loss.item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
     assert res.agreement.item() == pytest.approx(agree)
     assert int(res.num_positions) == n == 2 * 6 - 2
@@ -233,15 +266,15 @@ def test_gradient_matches_plain_autograd():
 
 
 @pytest.mark.parametrize("kind", KD_KINDS)
-@pytest.mark.parametrize("tail", [False, True])
-def test_gradcheck(kind, tail):
+@pytest.mark.parametrize("support,tail", FORMS)
+def test_gradcheck(kind, support, tail):
     # positions: (0,0) valid, (0,1) no kept entry, (1,0) valid, (1,1) masked by position_mask
     logits, ids, logp, mask, lt, pm = make_case(b=2, t=2, v=6, k=3, seed=2, dtype=torch.float64, scale=1.0)
     assert not torch.isinf(lt[1, 0]) or not torch.isinf(lt[0, 0])  # a real tail somewhere
     lg = logits.clone().requires_grad_(True)
 
     def fn(x):
-        return kd_loss(x, ids, logp, mask, lt, pm, kind=kind, tau=1.3, tail=tail, chunk_size=1).loss
+        return kd_loss(x, ids, logp, mask, lt, pm, kind=kind, tau=1.3, tail=tail, support=support, chunk_size=1).loss
 
     assert torch.autograd.gradcheck(fn, (lg,), eps=1e-6, atol=1e-6)  # full Jacobian: 24 inputs
 
@@ -343,16 +376,17 @@ def test_tail_when_the_kept_set_is_the_whole_vocabulary(kind):
 
 @pytest.mark.parametrize("tau", [1.0, 2.0, 0.5, 1.5])  # shared softmax, exp squared (2, 0.5), two exponentials
 @pytest.mark.parametrize("kind", KD_KINDS)
-@pytest.mark.parametrize("tail", [False, True])
-def test_distill_paths_match_autograd_reference(tau, kind, tail):
+@pytest.mark.parametrize("support,tail", FORMS)
+def test_distill_paths_match_autograd_reference(tau, kind, support, tail):
     """LM + KD fused, every exponential path: values against the dense reference, gradients by gradcheck."""
     logits, ids, logp, mask, lt, pm = make_case(b=2, t=5, v=11, k=4, seed=31, dtype=torch.float64)
     labels = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(1))
     labels[1, 2] = -100
     lg = logits.clone().requires_grad_(True)
-    res = distill_loss(lg, labels, ids, logp, mask, lt, pm, alpha=0.7, kind=kind, tau=tau, tail=tail, chunk_size=3)
+    res = distill_loss(lg, labels, ids, logp, mask, lt, pm, alpha=0.7, kind=kind, tau=tau, tail=tail, support=support,
+                       chunk_size=3)
     res.loss.backward()
-    ref, agree, _ = reference(logits, ids, logp, mask, lt, pm, kind, tau, tail)
+    ref, agree, _ = reference(logits, ids, logp, mask, lt, pm, kind, tau, tail, support=support)
     lm_ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), labels.reshape(-1), ignore_index=-100)
     assert res.kd.item() == pytest.approx(ref, rel=1e-9, abs=1e-12)
     assert res.lm.item() == pytest.approx(lm_ref.item(), rel=1e-12)
@@ -360,7 +394,7 @@ def test_distill_paths_match_autograd_reference(tau, kind, tail):
     assert torch.isfinite(lg.grad).all()
     assert torch.autograd.gradcheck(
         lambda x: distill_loss(x, labels, ids, logp, mask, lt, pm, alpha=0.7, kind=kind, tau=tau, tail=tail,
-                               chunk_size=4).loss,
+                               support=support, chunk_size=4).loss,
         (logits.clone().requires_grad_(True),), eps=1e-6, atol=1e-6, fast_mode=True,
     )
 
