@@ -22,7 +22,7 @@ from schemas.truncation import truncate_tensor
 from trainer.losses import distill_loss
 
 
-def true_distributions(contexts: int, vocab: int, seed: int, spread: float = 2.4) -> torch.Tensor:
+def true_distributions(contexts: int, vocab: int, seed: int, spread: float = 4.0) -> torch.Tensor:
     """[C, V] log-probabilities with a heavy, LLM-like tail (Gaussian logits, std ``spread``)."""
     g = torch.Generator().manual_seed(seed)
     return torch.log_softmax(torch.randn(contexts, vocab, generator=g, dtype=torch.float64) * spread, -1)
@@ -39,7 +39,7 @@ def truncated_teacher(log_p: torch.Tensor, top_p: float, top_k: int) -> dict:
 
 
 def toy_excess(*, kind: str = "forward_kl", support: str = "full", tail: bool = False, tau: float = 1.0,
-               tau_squared: bool = False, alpha: float = 0.9, contexts: int = 32, vocab: int = 2000,
+               tau_squared: bool = False, alpha: float = 0.9, contexts: int = 32, vocab: int = 1000,
                top_p: float = 0.95, top_k: int = 50, steps: int = 300, samples: int = 16, lr: float = 0.1,
                seed: int = 0) -> dict:
     """Train the free student; return {"excess": mean KL(p || q) in nats, "dropped": mean tail mass}."""
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kind", default="forward_kl")
     ap.add_argument("--seeds", type=int, default=1)
     args = ap.parse_args(argv)
-    print(f"perfect-teacher toy: 32 contexts, V 2000, top-0.95-50, alpha 0.9 (LM only: 0), kind {args.kind}")
+    print(f"perfect-teacher toy: 32 contexts, V 1000, top-0.95-50, alpha 0.9 (LM only: 0), kind {args.kind}")
     print(f"{'form':28s} {'excess KL(p||q), nats':>22s}")
     for label, kw in FORMS:
         t0 = time.perf_counter()
