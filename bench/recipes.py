@@ -29,14 +29,13 @@ SUPPORTS = ("full", "kept", "split")
 
 
 def recipes(seeds: int, quick: bool) -> list[dict]:
-    """Headline recipes first, the pair LM-only / pd_best before vanilla's further seeds, then the
-    variants: an interrupted bench still answers the main question."""
+    """Headline recipes first (LM-only and pd_best with 2 seeds, vanilla, the other seeds), then the
+    variants: an interrupted bench still answers the main question with a spread."""
     lm = dict(name="LM-only", config="lm_only", extra=[])
     van = dict(name="vanilla PD (NLL, tau 1, alpha 1)", config="pd_vanilla", extra=[])
     best = dict(name="PD* as shipped (pd_best)", config="pd_best", extra=[])
-    out = [dict(lm, seed=1), dict(van, seed=1), dict(best, seed=1)]
-    out += [dict(r, seed=s) for s in range(2, seeds + 1) for r in (lm, best)]
-    out += [dict(van, seed=s) for s in range(2, seeds + 1)]
+    pair = [dict(r, seed=s) for s in range(1, seeds + 1) for r in (lm, best)]
+    out = pair[:4] + [dict(van, seed=1)] + pair[4:] + [dict(van, seed=s) for s in range(2, seeds + 1)]
     if quick:
         return out
     for support in SUPPORTS:

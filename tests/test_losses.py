@@ -581,3 +581,36 @@ def test_two_processes_give_the_global_per_token_mean(tmp_path):
         assert got["rank_losses"][0] != pytest.approx(got["rank_losses"][1])
         for n, g in single.items():
             torch.testing.assert_close(got["grads"][n], g, rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# the distill settings: shipped default, support/tail, sampled datasets
+
+
+def test_shipped_pd_best_and_distill_settings(tmp_path):
+    import dataclasses
+    import os
+    import sys
+
+    from trainer.config import ConfigError, check_distill_for_datasets, load_config
+
+    k = load_config("pd_best").distill
+    assert (k.kind, k.support, k.tau, k.tail, k.tau_squared) == ("forward_kl", "split", 2.0, False, False)
+    assert load_config("pd_vanilla").distill.support == "full"
+    with pytest.raises(ConfigError, match=r"^distill\.tail: .*support: full"):
+        load_config("pd_best", ["distill.tail=true"])
+    with pytest.raises(ConfigError, match=r"^distill\.support"):
+        load_config("pd_best", ["distill.support=renorm"])
+    assert load_config("pd_best", ["distill.support=full", "distill.tail=true"]).distill.tail is True
+
+    # a sampled dataset stores log(count / n): tau != 1 is refused, naming the setting and the dataset
+    sys.path.insert(0, os.path.dirname(__file__))
+    from make_dataset import make_tokenizer, write_dataset
+    from schemas.manifest import Truncation
+
+    top = write_dataset(str(tmp_path / "ds"), make_tokenizer(), n_samples=2, units=1)["manifest"]
+    sampled = dataclasses.replace(top, truncation=Truncation(method="sample", top_p=1.0, top_k=12))
+    check_distill_for_datasets(k, [("s3://b/top", top)])  # top-p-k: any tau
+    with pytest.raises(ConfigError, match=r"^distill\.tau: 2\.0 cannot be used with dataset s3://b/sampled: .*sampled"):
+        check_distill_for_datasets(k, [("s3://b/top", top), ("s3://b/sampled", sampled)])
+    check_distill_for_datasets(dataclasses.replace(k, tau=1.0), [("s3://b/sampled", sampled)])
