@@ -3,9 +3,12 @@
 Loss = (1 - alpha) * LM + alpha * KD (`trainer.losses.distill_loss`: one chunked pass, each term
 its own per-token mean). With several processes each term is the GLOBAL per-token mean: the LM
 token and KD position counts are all-reduced (`composer.utils.dist`) and each rank divides its sum
-by (global count / world size), so that DDP's gradient averaging yields the gradient of
-sum over all ranks / global count, whatever the padding on each rank. alpha is a plain attribute set every batch by the
-`AlphaCallback` from the schedule and Composer's training progress (timestamp / max_duration),
+by (global count / world size), so that DDP's gradient averaging yields the gradient of the sum
+over all ranks / the global count, whatever the padding on each rank (a rank's logged lm / kd are
+then its share scaled by the world size; their mean over ranks is the global mean). With
+microbatches (data.microbatch_size) Composer weights each microbatch by its share of samples:
+the per-token mean then holds within a microbatch only. alpha is a plain attribute set every
+batch by the `AlphaCallback` from the schedule and Composer's training progress (timestamp / max_duration),
 so a resumed run recomputes it from the restored timestamp.
 
 Alignment: the collator (`trainer.data.DistillCollator`) already aligned labels and teacher
