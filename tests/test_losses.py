@@ -235,13 +235,13 @@ def test_masked_positions_do_not_matter_and_get_no_gradient():
 
 
 @pytest.mark.parametrize("kind", KD_KINDS)
-@pytest.mark.parametrize("tail", [False, True])
-def test_chunked_equals_unchunked(kind, tail):
+@pytest.mark.parametrize("support,tail", FORMS)
+def test_chunked_equals_unchunked(kind, support, tail):
     case = make_case(b=3, t=7, seed=21)
     out = []
     for chunk in (None, 1, 4, 1000):
         lg = case[0].clone().requires_grad_(True)
-        res = kd_loss(lg, *case[1:], kind=kind, tau=0.7, tail=tail, chunk_size=chunk)
+        res = kd_loss(lg, *case[1:], kind=kind, tau=0.7, tail=tail, support=support, chunk_size=chunk)
         res.loss.backward()
         out.append((res.loss.detach(), lg.grad.clone(), res.agreement))
     for loss, grad, agree in out[1:]:
