@@ -137,7 +137,7 @@ def build_model(variant: str):
     reproducibility.seed_all(cfg.run.seed)
     student = build_student(cfg, None)
     k = cfg.distill
-    model = DistillationModel(student, mode=k.mode, kind=k.kind, tau=k.tau, tail=k.tail, tau_squared=k.tau_squared,
+    model = DistillationModel(student, mode=k.mode, kind=k.kind, support=k.support, tau=k.tau, tail=k.tail, tau_squared=k.tau_squared,
                               chunk_size=k.chunk_size, alpha=KD_ALPHA if variant == "kd" else 0.0)
     return model, build_optimizer(cfg, model.parameters()), cfg
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,8 +18,22 @@ def _fmt_bytes_per_token(x: float) -> str:
     return f"{x:,.1f} B/token"
 
 
+def _seed_losses(recs: dict, scale: Scale, name: str) -> list[float]:
+    """Held-out loss of `name` ("baseline" / "distilled") for every seed, first seed first."""
+    out = [recs[name]["final_eval_loss"]]
+    out += [recs[f"seed{s}"][name]["final_eval_loss"] for s in scale.seed_list[1:] if f"seed{s}" in recs]
+    return out
+
+
+def _spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
 def build_report(lake: Path, scale: Scale, recs: dict, wall: dict) -> dict:
     m, base, dist = recs["measure"], recs["baseline"], recs["distilled"]
+    base_all, dist_all = _seed_losses(recs, scale, "baseline"), _seed_losses(recs, scale, "distilled")
+    van = recs.get("vanilla", {}).get("final_eval_loss", float("nan"))
+    spread = _spread(base_all) + _spread(dist_all)  # NaN with one seed: no claim beyond the spread
     pipe, held = recs["logits"], recs["heldout"]
     st = m["storage"]
     tokens = st["tokens"]
@@ -30,7 +45,7 @@ def build_report(lake: Path, scale: Scale, recs: dict, wall: dict) -> dict:
     pipe_rate = pipe["counts"]["tokens"] / pipe["wall_seconds"] if pipe["wall_seconds"] else float("nan")
     teacher_metric = pipe["report"].get("metrics", {}).get("teacher_tokens_per_s")
     bare = m["bare_forward_tokens_per_s"]
-    t_loss, b_loss, d_loss = m["teacher_heldout_loss"], base["final_eval_loss"], dist["final_eval_loss"]
+    t_loss, b_loss, d_loss = m["teacher_heldout_loss"], statistics.fmean(base_all), statistics.fmean(dist_all)
     margin = b_loss - d_loss
     c = pipe["counts"]
     ch = held["counts"]
@@ -44,6 +59,15 @@ def build_report(lake: Path, scale: Scale, recs: dict, wall: dict) -> dict:
         "distilled_heldout_ppl": math.exp(d_loss),
         "distilled_minus_baseline_loss": -margin,
         "distilled_beats_baseline": bool(d_loss < b_loss),
+        "seeds": len(base_all),
+        "baseline_heldout_losses": base_all,
+        "distilled_heldout_losses": dist_all,
+        "baseline_heldout_std": _spread(base_all),
+        "distilled_heldout_std": _spread(dist_all),
+        "spread": spread,
+        "distilled_beats_baseline_beyond_spread": None if math.isnan(spread) else bool(margin > spread),
+        "vanilla_heldout_loss": van,
+        "vanilla_minus_baseline_loss": van - b_loss,
         "relative_improvement_pct": 100.0 * margin / b_loss if b_loss else float("nan"),
         "steps": scale.steps,
         "train_tokens": c["tokens"],
@@ -68,7 +92,8 @@ def build_report(lake: Path, scale: Scale, recs: dict, wall: dict) -> dict:
         and ch["documents"] == ch["packed_documents"] + ch["dead_letters"],
     }
     png = lake / "heldout_loss.png"
-    _plot(png, base["eval_loss"], dist["eval_loss"], t_loss, scale, dist["resume"]["stopped_at_step"])
+    van_curve = recs.get("vanilla", {}).get("eval_loss", [])
+    _plot(png, base["eval_loss"], dist["eval_loss"], van_curve, t_loss, scale, dist["resume"]["stopped_at_step"])
     rows = _table_rows(summary)
     md = _markdown(summary, rows, scale, recs, png.name)
     (lake / "report.md").write_text(md)
@@ -76,7 +101,7 @@ def build_report(lake: Path, scale: Scale, recs: dict, wall: dict) -> dict:
     return {"summary": summary, "rows": rows}
 
 
-def _plot(path: Path, base, dist, teacher_loss, scale: Scale, resume_step) -> None:
+def _plot(path: Path, base, dist, van, teacher_loss, scale: Scale, resume_step) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,14 +111,15 @@ def _plot(path: Path, base, dist, teacher_loss, scale: Scale, resume_step) -> No
     if base:
         ax.plot(*zip(*base), "o-", label="LM-only baseline", color="tab:gray")
     if dist:
-        tau = scale.distill.get("tau", 2.0)
-        ax.plot(*zip(*dist), "o-", label=f"distilled (pd_best: KLD, tau {tau:g}, WSD alpha 0.9)", color="tab:blue")
+        ax.plot(*zip(*dist), "o-", label="PD* (pd_best as shipped: KLD split, tau 2, WSD alpha 0.9)", color="tab:blue")
+    if van:
+        ax.plot(*zip(*van), "o-", label="vanilla PD (pd_vanilla: NLL, tau 1, alpha 1)", color="tab:orange")
     ax.axhline(teacher_loss, ls="--", color="tab:green", label="teacher SmolLM2-135M")
     if resume_step:
         ax.axvline(resume_step, ls=":", color="tab:red", label=f"distilled run interrupted + resumed (step {resume_step})")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("held-out LM loss (nats/token)")
-    ax.set_title(f"pdistill demo ({scale.name}): held-out loss, equal steps and data")
+    ax.set_title(f"pdistill demo ({scale.name}): held-out loss, equal steps and data (seed {scale.seed_list[0]})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -105,11 +131,15 @@ def _table_rows(s: dict) -> list[tuple[str, str]]:
     w = s["wall_seconds"]
     rows = [
         ("held-out LM loss: teacher", f"{s['teacher_heldout_loss']:.3f} (ppl {s['teacher_heldout_ppl']:.1f})"),
-        ("held-out LM loss: LM-only baseline", f"{s['baseline_heldout_loss']:.3f} (ppl {s['baseline_heldout_ppl']:.1f})"),
-        ("held-out LM loss: distilled", f"{s['distilled_heldout_loss']:.3f} (ppl {s['distilled_heldout_ppl']:.1f})"),
+        ("held-out LM loss: LM-only baseline", _seeds_cell(s["baseline_heldout_losses"], s["baseline_heldout_ppl"])),
+        ("held-out LM loss: distilled (PD*, pd_best as shipped)",
+         _seeds_cell(s["distilled_heldout_losses"], s["distilled_heldout_ppl"])),
+        ("held-out LM loss: vanilla PD (1 seed)", f"{s['vanilla_heldout_loss']:.3f} "
+                                                  f"({s['vanilla_minus_baseline_loss']:+.3f} vs LM-only)"),
         ("distilled - baseline", f"{s['distilled_minus_baseline_loss']:+.3f} nats "
                                  f"({-s['relative_improvement_pct']:+.1f} %) -> "
                                  f"{'distilled wins' if s['distilled_beats_baseline'] else 'BASELINE WINS'}"),
+        ("beyond the spread?", _beyond(s)),
         ("students: steps / train tokens", f"{s['steps']} steps, same {s['train_sequences']} sequences ({s['train_tokens']:,} tokens)"),
         ("storage: this dataset (on disk, all columns)", _fmt_bytes_per_token(s["storage_on_disk_bytes_per_token"])),
         ("storage: teacher signal before zstd", _fmt_bytes_per_token(s["storage_signal_bytes_per_token"])),
@@ -131,6 +161,21 @@ def _table_rows(s: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _seeds_cell(values: list[float], ppl: float) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f} (ppl {ppl:.1f}; 1 seed)"
+    return (f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f} over {len(values)} seeds "
+            f"({', '.join(f'{v:.3f}' for v in values)})")
+
+
+def _beyond(s: dict) -> str:
+    if s["distilled_beats_baseline_beyond_spread"] is None:
+        return "one seed: no spread measured"
+    verdict = "yes" if s["distilled_beats_baseline_beyond_spread"] else "NO"
+    return (f"{verdict}: margin {-s['distilled_minus_baseline_loss']:+.3f} nats vs spread {s['spread']:.3f} "
+            "(std LM-only + std PD*)")
+
+
 def _markdown(s: dict, rows, scale: Scale, recs: dict, png: str) -> str:
     corpus = recs["corpus"]["corpus"]
     t = recs["teacher"]["teacher"]
@@ -143,14 +188,16 @@ def _markdown(s: dict, rows, scale: Scale, recs: dict, png: str) -> str:
         f"document hash: train {corpus['splits']['train']['documents']} documents, held-out "
         f"{corpus['splits']['heldout']['documents']} documents (fingerprint `{corpus['fingerprint'][:23]}...`).",
         f"Students: Llama-style {scale.student}, vocab 49,152 (the teacher's tokenizer), {scale.steps} steps of "
-        f"{scale.batch_size} x {scale.seq_len} tokens, lr {scale.lr} (WSD), same seed, same data order. "
-        "Baseline: `lm_only.yaml`. Distilled: `pd_best.yaml` (KLD, WSD alpha peaking at 0.9, WSD LR)"
-        + (f" with the override distill {scale.distill}" if scale.distill else "") + ".",
+        f"{scale.batch_size} x {scale.seq_len} tokens, lr {scale.lr} (WSD), same data order; seeds "
+        f"{scale.seed_list[:s['seeds']]} for LM-only and PD*, seed {scale.seed_list[0]} for vanilla PD. "
+        "Baseline: `lm_only.yaml`. Distilled: `pd_best.yaml` as shipped (KLD with the chain-rule split, tau 2, "
+        "WSD alpha peaking at 0.9, WSD LR). Vanilla PD: `pd_vanilla.yaml` (NLL, tau 1, alpha 1).",
         "",
         f"**Result: the distilled student's held-out LM loss is {s['distilled_heldout_loss']:.3f} against "
-        f"{s['baseline_heldout_loss']:.3f} for the LM-only baseline "
-        f"({s['distilled_minus_baseline_loss']:+.3f} nats/token, {-s['relative_improvement_pct']:+.1f} %) "
-        f"at equal steps and data; the teacher's is {s['teacher_heldout_loss']:.3f}.**",
+        f"{s['baseline_heldout_loss']:.3f} for the LM-only baseline (means over {s['seeds']} seed(s); "
+        f"{s['distilled_minus_baseline_loss']:+.3f} nats/token, {-s['relative_improvement_pct']:+.1f} %) "
+        f"at equal steps and data; beyond the seeds' spread: {_beyond(s)}. Vanilla PD: "
+        f"{s['vanilla_heldout_loss']:.3f}. The teacher's is {s['teacher_heldout_loss']:.3f}.**",
         "",
         f"![held-out loss]({png})",
         "",

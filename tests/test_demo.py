@@ -13,8 +13,10 @@ import pytest
 REPORT_FIELDS = [
     "held-out LM loss: teacher",
     "held-out LM loss: LM-only baseline",
-    "held-out LM loss: distilled",
+    "held-out LM loss: distilled (PD*, pd_best as shipped)",
+    "held-out LM loss: vanilla PD",
     "distilled - baseline",
+    "beyond the spread?",
     "storage: this dataset",
     "storage: naive fixed-k",
     "storage: full fp32 logits",
@@ -28,6 +30,8 @@ REPORT_FIELDS = [
     "wall time: heldout",
     "wall time: baseline",
     "wall time: distilled",
+    "wall time: vanilla",
+    "wall time: seed2",
 ]
 
 
@@ -62,9 +66,14 @@ def test_demo_tiny_end_to_end(tmp_path, real_teacher):
     assert (lake / "heldout_loss.png").stat().st_size > 1000
     s = json.loads((lake / "report.json").read_text())
 
-    # losses are finite, the resume happened
-    for key in ("teacher_heldout_loss", "baseline_heldout_loss", "distilled_heldout_loss"):
+    # losses are finite, the resume happened; pd_best ran as shipped (no override), 2 seeds + vanilla
+    for key in ("teacher_heldout_loss", "baseline_heldout_loss", "distilled_heldout_loss", "vanilla_heldout_loss"):
         assert math.isfinite(s[key]) and s[key] > 0, key
+    assert s["seeds"] == 2 and len(s["baseline_heldout_losses"]) == len(s["distilled_heldout_losses"]) == 2
+    assert s["baseline_heldout_loss"] == pytest.approx(sum(s["baseline_heldout_losses"]) / 2)
+    assert s["spread"] >= 0 and isinstance(s["distilled_beats_baseline_beyond_spread"], bool)
+    cmd = json.loads((lake / "stages" / "distilled.json").read_text())["segments"][1]["cmd"]
+    assert "pd_best" in cmd and not any(a.startswith("distill.") for a in cmd)
     assert s["teacher_heldout_loss"] < 6.0  # a real pre-trained teacher
     assert s["resumed"] is True
     assert s["resume_resumed_at_step"] == s["resume_stopped_at_step"] + 1
@@ -78,5 +87,15 @@ def test_demo_tiny_end_to_end(tmp_path, real_teacher):
     proc2 = subprocess.run([sys.executable, "-m", "pdistill.cli", "demo", "--tiny", "--lake", str(lake)],
                            capture_output=True, text=True)
     assert proc2.returncode == 0, proc2.stdout[-4000:] + proc2.stderr[-4000:]
-    for name in ("corpus", "teacher", "logits", "heldout", "measure", "baseline", "distilled"):
+    for name in ("corpus", "teacher", "logits", "heldout", "measure", "baseline", "distilled", "vanilla", "seed2"):
         assert f"{name}: finished earlier" in proc2.stdout, name
+
+    # bench.recipes --quick on the same lake: one teacher pass (the demo's stages, reused), 3 recipes
+    proc3 = subprocess.run([sys.executable, "-m", "bench.recipes", "--quick", "--lake", str(lake)],
+                           capture_output=True, text=True)
+    assert proc3.returncode == 0, proc3.stdout[-4000:] + proc3.stderr[-4000:]
+    assert "logits: finished earlier" in proc3.stdout
+    res = json.loads((lake / "recipes" / "results.json").read_text())
+    assert sorted(r["name"] for r in res["rows"]) == ["LM-only", "PD* as shipped (pd_best)", "vanilla PD (NLL, tau 1, alpha 1)"]
+    assert all(math.isfinite(r["mean"]) for r in res["rows"]) and "| LM-only | 1 |" in proc3.stdout
+    assert (lake / "recipes" / "recipes.png").stat().st_size > 1000

@@ -24,7 +24,7 @@ from trainer.schedules import make_alpha_schedule
 __all__ = [
     "ConfigError", "StreamConfig", "DataConfig", "ModelConfig", "DistillConfig", "OptimConfig",
     "SchedulerConfig", "RunConfig", "TrainConfig", "load_config", "config_from_dict", "apply_overrides",
-    "shipped_config_path", "CONFIG_DIR",
+    "shipped_config_path", "CONFIG_DIR", "check_distill_for_datasets",
 ]
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -80,8 +80,12 @@ class ModelConfig:
 class DistillConfig:
     mode: Literal["offline", "live", "none"] = "offline"  # none = LM only, no teacher read
     kind: Literal["forward_kl", "reverse_kl", "soft_ce", "mse"] = "forward_kl"
+    # the student side of the KD term against the truncated teacher (trainer.losses.kd_loss):
+    # full = full-vocabulary student; kept = renormalised over the kept set; split = chain-rule
+    # split (in/out masses at tau = 1 + tempered within-set term; the measured winner at tau = 2)
+    support: Literal["full", "kept", "split"] = "split"
     tau: float = 2.0
-    tail: bool = False  # tail-aware KD: dropped teacher mass as one extra bucket
+    tail: bool = False  # support full only: dropped teacher mass as one extra bucket
     tau_squared: bool = False  # multiply the KD loss by tau^2
     chunk_size: Optional[int] = 1024  # positions per chunk in the loss (None: all at once)
     alpha: Optional[dict] = None  # alpha schedule dict (trainer.schedules); None: mode default
@@ -298,6 +302,9 @@ def _validate(cfg: TrainConfig) -> None:
     # distill
     if not (0.0 < k.tau < float("inf")):
         raise ConfigError(f"distill.tau: must be > 0, got {k.tau!r}")
+    if k.tail and k.support != "full":
+        raise ConfigError(f"distill.tail: the tail bucket only applies with distill.support: full "
+                          f"(support {k.support!r} {'already uses the tail mass' if k.support == 'split' else 'ignores it'})")
     _positive("distill.chunk_size", k.chunk_size)
     if not (0.0 < k.top_p <= 1.0):
         raise ConfigError(f"distill.top_p: must be in (0, 1], got {k.top_p!r}")
@@ -340,6 +347,22 @@ def _validate(cfg: TrainConfig) -> None:
         missing = "run.save_folder" if not r.save_folder else "run.run_name"
         raise ConfigError(f"{missing}: required when run.autoresume is true")
     _positive("run.seed", r.seed, allow_zero=True)
+
+
+def check_distill_for_datasets(k: DistillConfig, manifests) -> None:
+    """Refuse KD settings a dataset cannot support; ``manifests``: (uri, Manifest or None) pairs.
+
+    Sampled selection (truncation.method "sample") stores log(count / n) of n teacher draws:
+    softmax(log(count / n) / tau) at tau != 1 is not an estimate of softmax(z / tau) over the
+    drawn ids (it tempers the empirical frequencies, not the teacher), so tau must be 1 there."""
+    if k.mode != "offline" or k.tau == 1.0:
+        return
+    for uri, m in manifests:
+        if m is not None and m.truncation.method == "sample":
+            raise ConfigError(
+                f"distill.tau: {k.tau!r} cannot be used with dataset {uri}: its teacher signal is sampled "
+                f"(truncation.method 'sample', {m.truncation.top_k} draws, stored as log(count/n)), and tempering "
+                "sampled frequencies does not estimate softmax(z / tau); set distill.tau=1.0 or use a top_p_k dataset")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,10 +10,13 @@ module (the collator shifts labels / teacher signal by one so that position t pr
 Normalisation (all losses): **per token over the whole batch**: the sum of per-position losses
 divided by the number of contributing positions in the batch (not a per-sequence mean averaged
 over sequences). A batch with no contributing position gives a loss of exactly 0 (still attached
-to the graph, zero gradient).
+to the graph, zero gradient). With several processes, pass the global counts (`count_positions`,
+all-reduced, divided by the world size) as ``lm_denominator`` / ``kd_denominator``: data-parallel
+gradient averaging then yields the gradient of the GLOBAL per-token mean.
 
-Temperature: the student's logits are divided by tau before its softmax over the full vocabulary,
-the teacher's stored log-probs are divided by tau before a softmax over the kept set. Since the
+Temperature: the student's logits are divided by tau before its softmax (over the full vocabulary,
+or over the kept set, or -- in the split -- only for the within-set term; see `kd_loss`), the
+teacher's stored log-probs are divided by tau before a softmax over the kept set. Since the
 stored log-probs differ from the teacher's raw logits by a per-position constant, that equals the
 paper's F(z) = softmax(Truncate(z) / tau). The KD loss is *not* multiplied by tau^2 unless
 ``tau_squared=True`` (the paper does not say; the default keeps the loss equal to the literal
@@ -30,9 +33,11 @@ from typing import NamedTuple
 
 import torch
 
-from trainer.fused_loss import BLOCK_ELEMS, IGNORE_INDEX, FusedLoss, Spec, evaluate, prepare_teacher, teacher_inputs
+from trainer.fused_loss import BLOCK_ELEMS, IGNORE_INDEX, FusedLoss, Spec, evaluate
+from trainer.kd_rows import SUPPORTS, prepare_teacher, teacher_inputs
 
-__all__ = ["KD_KINDS", "KDResult", "DistillResult", "lm_loss", "kd_loss", "distill_loss", "total_loss"]
+__all__ = ["KD_KINDS", "SUPPORTS", "KDResult", "DistillResult", "lm_loss", "kd_loss", "distill_loss", "total_loss",
+           "count_positions"]
 
 KD_KINDS = ("forward_kl", "reverse_kl", "soft_ce", "mse")
 
@@ -84,14 +89,40 @@ def _block_rows(chunk_size: int | None, n: int, v: int) -> int:
     return max(1, min(chunk_size or n, cap, n))
 
 
-def _check_kd_args(kind: str, tau: float) -> None:
+def _check_kd_args(kind: str, tau: float, support: str = "full", tail: bool = False) -> None:
     if kind not in KD_KINDS:
         raise ValueError(f"kind must be one of {KD_KINDS}, got {kind!r}")
+    if support not in SUPPORTS:
+        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
+    if tail and support != "full":
+        raise ValueError(f"tail=True (a tail bucket) only applies to support 'full', got support {support!r}")
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (tau > 0) or math.isinf(tau):
         raise ValueError(f"tau must be a positive finite number, got {tau!r}")
 
 
-def _distill(student_logits, labels, teacher, *, alpha, kind, tau, tail, tau_squared, chunk_size):
+def count_positions(labels: torch.Tensor | None, teacher_mask: torch.Tensor | None,
+                    position_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LM tokens, KD positions) the losses here average over: labels != -100, and positions with
+    at least one kept teacher entry (and position_mask, if given). int64 scalars on the inputs' device."""
+    n_lm = (labels != IGNORE_INDEX).sum() if labels is not None else torch.zeros((), dtype=torch.int64)
+    n_kd = torch.zeros((), dtype=torch.int64, device=n_lm.device)
+    if teacher_mask is not None:
+        valid = teacher_mask.to(torch.bool).any(-1)
+        if position_mask is not None:
+            valid = valid & position_mask.to(torch.bool)
+        n_kd = valid.sum()
+    return n_lm, n_kd
+
+
+def _denominator(given, count: torch.Tensor, dtype) -> torch.Tensor:
+    if given is None:
+        return count.clamp_min(1).to(dtype)
+    d = torch.as_tensor(given, dtype=dtype, device=count.device)
+    return torch.where(d > 0, d, torch.ones_like(d))
+
+
+def _distill(student_logits, labels, teacher, *, alpha, kind, support, tau, tail, tau_squared, chunk_size,
+             lm_denominator=None, kd_denominator=None):
     """Shared implementation: LM rows where labels != -100, KD rows where the teacher is valid.
 
     Counts and weights stay on the device (no host synchronisation)."""
@@ -109,18 +140,20 @@ def _distill(student_logits, labels, teacher, *, alpha, kind, tau, tail, tau_squ
     T = None
     n_kd = torch.zeros((), dtype=torch.int64, device=dev)
     if teacher is not None:
-        T = prepare_teacher(teacher, tau, tail, v, cdtype)
+        T = prepare_teacher(teacher, tau, tail or support == "split", v, cdtype)
         n_kd = T.valid.sum()
     scale = tau * tau if tau_squared else 1.0
-    w_lm = (1.0 - alpha) / n_lm.clamp_min(1).to(cdtype)
-    w_kd = alpha * scale / n_kd.clamp_min(1).to(cdtype)
-    spec = Spec(flat_labels, T, kind, tau, w_lm, w_kd, _block_rows(chunk_size, n_flat, v))
+    d_lm = _denominator(lm_denominator, n_lm, cdtype)
+    d_kd = _denominator(kd_denominator, n_kd, cdtype)
+    w_lm = (1.0 - alpha) / d_lm
+    w_kd = alpha * scale / d_kd
+    spec = Spec(flat_labels, T, kind, support, tau, w_lm, w_kd, _block_rows(chunk_size, n_flat, v))
     if student_logits.requires_grad and torch.is_grad_enabled():
         obj, lm_s, kd_s, agree = FusedLoss.apply(student_logits, spec)
     else:
         (obj, lm_s, kd_s, agree), _ = evaluate(student_logits, spec, need_grad=False)
-    lm = lm_s / n_lm.clamp_min(1).to(cdtype)
-    kd = kd_s * scale / n_kd.clamp_min(1).to(cdtype)
+    lm = lm_s / d_lm
+    kd = kd_s * scale / d_kd
     agreement = agree / n_kd.clamp_min(1).to(cdtype)
     return obj, lm, kd, agreement, n_lm, n_kd
 
@@ -136,7 +169,7 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, chunk_size: int | Non
     over the whole batch (sum / number of non-ignored labels); 0 when every label is ignored.
     No temperature. Gradient (q - onehot(label)) / n, computed in blocks of rows like `kd_loss`.
     """
-    obj, *_ = _distill(logits, labels, None, alpha=0.0, kind="soft_ce", tau=1.0, tail=False,
+    obj, *_ = _distill(logits, labels, None, alpha=0.0, kind="soft_ce", support="full", tau=1.0, tail=False,
                        tau_squared=False, chunk_size=chunk_size)
     return obj
 
@@ -151,59 +184,75 @@ def kd_loss(
     *,
     kind: str,
     tau: float,
+    support: str = "full",
     tail: bool = False,
     tau_squared: bool = False,
     chunk_size: int | None = None,
+    kd_denominator: torch.Tensor | float | None = None,
 ) -> KDResult:
     """Distillation loss against the truncated teacher, per position then averaged.
 
-    Notation at one position: s = student_logits / tau over the full vocabulary V;
-    log q_i = log_softmax(s)_i (full-vocabulary student log-prob, gathered at the kept ids i);
-    log q~_i = log_softmax(s restricted to the kept ids)_i (student renormalised over the kept set);
-    F = softmax(teacher_logp / tau) over the kept entries (mask) -- the paper's
-    F(z) = softmax(Truncate(z) / tau), since stored log-probs differ from logits by a constant.
+    Notation at one position: x = student logits, s = x / tau; q = softmax(s) over the full
+    vocabulary V (log q_i gathered at the kept ids i); q~ = softmax(s) restricted to the kept ids
+    (the student renormalised over the kept set); F = softmax(teacher_logp / tau) over the kept
+    entries -- the paper's F(z) = softmax(Truncate(z) / tau), since stored log-probs differ from
+    logits by a constant; t = exp(teacher_log_tail), the mass truncation dropped (never tempered).
 
-    Without tail (``tail=False``), sums over the kept entries:
-      forward_kl: sum_i F_i (log F_i - log q_i)   student NOT renormalised: mass it puts outside the
-                  kept set lowers every q_i and is penalised (equals KL(F || q) over the full vocab
-                  with F zero outside the kept set; always >= 0). d/ds = q - F (F scattered at the
-                  kept ids, q over the full vocabulary).
-      soft_ce:    -sum_i F_i log q_i              (the paper's "NLL"; student NOT renormalised;
-                  = forward_kl + H(F), same gradient).
-      reverse_kl: sum_i q~_i (log q~_i - log F_i) student renormalised over the kept set;
-                  d/ds_i = q~_i (log q~_i - log F_i - loss) at the kept ids, 0 elsewhere.
-      mse:        sum_i (q~_i - F_i)^2            on probabilities, student renormalised over the
-                  kept set; a sum over the kept entries (squared L2 distance), not a mean over K;
-                  d/ds_i = h_i - q~_i sum_j h_j with h_i = 2 q~_i (q~_i - F_i), at the kept ids.
-    With tail (``tail=True``), one extra bucket ("everything not kept") on both sides:
-      teacher: P_i = (1 - t) F_i on kept entries, bucket t = exp(teacher_log_tail) as stored
-               (tau applies to the kept part only; the bucket's mass is not tempered);
-      student: q_i (full vocabulary, as above) on kept ids, bucket q_o = 1 - sum_i q_i computed
-               exactly as the sum of the student's probabilities over the non-kept ids;
-      then forward_kl = sum P (log P - log q), soft_ce = -sum P log q, reverse_kl = sum q (log q -
-      log P), mse = sum (q - P)^2, over the K + 1 buckets (no renormalisation: the buckets
-      partition the vocabulary). Terms with zero teacher mass contribute 0 to forward_kl/soft_ce;
-      for reverse_kl a zero teacher bucket is floored at log-mass -80 (finite, large penalty), and
-      for forward_kl / soft_ce the student's bucket log-mass is floored at -80 (where it would
-      underflow; the bucket term then has no gradient). When the kept set is the whole
-      vocabulary there is no student bucket and forward_kl / soft_ce / reverse_kl drop its term.
-      Gradients: see the module docstring (one coefficient times q plus kept-id corrections).
+    ``support`` says what the student side is (the paper leaves it open):
+
+    support="full" (default; the only one with ``tail``). Without tail, sums over the kept entries:
+      forward_kl: sum_i F_i (log F_i - log q_i)   = KL(F || q) over the full vocabulary with F zero
+                  outside the kept set: the student's out-of-set mass is pushed towards zero
+                  (gradient (alpha / tau) q_out on it). d/ds = q - F (F scattered at the kept ids).
+      soft_ce:    -sum_i F_i log q_i              (the paper's "NLL"; = forward_kl + H(F), same gradient).
+      reverse_kl, mse: a full-vocabulary form is infinite / meaningless against a zero teacher,
+                  so these use q~ exactly as support="kept" does.
+      With ``tail=True``, one extra bucket ("everything not kept") on both sides:
+        teacher P_i = (1 - t) F_i, bucket t; student q_i (full vocabulary, tempered) and bucket
+        q_o = 1 - sum_i q_i, summed exactly over the non-kept ids; then forward_kl = sum P (log P -
+        log q), soft_ce = -sum P log q, reverse_kl = sum q (log q - log P), mse = sum (q - P)^2 over
+        the K + 1 buckets. Zero teacher mass contributes 0 to forward_kl / soft_ce; for reverse_kl
+        a zero teacher bucket is floored at log-mass -80; for forward_kl / soft_ce the student's
+        bucket log-mass is floored at -80 (then no gradient). With the whole vocabulary kept the
+        bucket term is dropped. Gradient: q (r_o - H) + scatter(h_i - q_i r_o), `trainer.fused_loss`.
+
+    support="kept": the student renormalised over the kept set, for every kind; the out-of-set mass
+      gets no gradient from KD at all (only the LM term shapes it).
+      forward_kl: sum_i F_i (log F_i - log q~_i), d/ds_i = q~_i - F_i;  soft_ce: -sum_i F_i log q~_i;
+      reverse_kl: sum_i q~_i (log q~_i - log F_i), d/ds_i = q~_i (log q~_i - log F_i - loss);
+      mse:        sum_i (q~_i - F_i)^2 (a sum over the kept entries), d/ds_i = h_i - q~_i sum_j h_j,
+                  h_i = 2 q~_i (q~_i - F_i). All gradients are at the kept ids only.
+
+    support="split": the chain rule KL(p || q) = KL(in/out split) + (1 - t) KL(within the kept set)
+      + t KL(within the tail); the last is unknowable from a truncated teacher and dropped. The
+      split term is at tau = 1 (Q = sum_i softmax(x)_i, the untempered student's kept mass,
+      Q_o = 1 - Q summed exactly over the other ids); the within term is tempered on both sides:
+      forward_kl: (1 - t) log((1 - t) / Q) + t log(t / Q_o) + (1 - t) KL(F || q~)
+      soft_ce:    -(1 - t) log Q - t log Q_o + (1 - t) H(F, q~)          (same gradient)
+      reverse_kl: Q log(Q / (1 - t)) + Q_o log(Q_o / t) + Q KL(q~ || F)  (log t floored at -80)
+      mse:        (Q - (1 - t))^2 + (Q_o - t)^2 + (1 - t) sum_i (q~_i - F_i)^2   (by analogy)
+      Gradient (forward_kl / soft_ce): dL/dx = q1 (1 - t / Q_o) + scatter_i(t q1_i / Q_o
+      - (1 - t) q1_i / Q + (1 - t)(q~_i - F_i) / tau), q1 = softmax(x); the others in
+      `trainer.kd_rows.split_rows`. At tau = 1 forward_kl equals the tail-bucket forward_kl: the
+      exact KL over the K + 1 buckets. The out-of-set mass is pulled towards the teacher's t, not 0.
 
     Normalisation: mean over *valid positions of the whole batch* (per token, not per sequence):
-    valid = position_mask & (at least one kept entry). Scaled by tau**2 only when
-    ``tau_squared=True`` (default False). Computed in float32 (float64 for float64 logits) in
-    blocks of at most ``chunk_size`` positions (None: as large as the 32 MB block cap allows);
-    results do not depend on it. Gradients flow to ``student_logits`` only. Agreement counts a
-    position when the student's logit at the teacher's top-1 id equals its maximum (ties agree).
+    valid = position_mask & (at least one kept entry); ``kd_denominator`` replaces the count (the
+    global count / world size with several processes). Scaled by tau**2 only when
+    ``tau_squared=True`` (default False; with it, the whole KD term, the split included, is scaled).
+    Computed in float32 (float64 for float64 logits) in blocks of at most ``chunk_size`` positions
+    (None: as large as the 32 MB block cap allows); results do not depend on it. Gradients flow to
+    ``student_logits`` only. Agreement counts a position when the student's logit at the teacher's
+    top-1 id equals its maximum (ties agree).
 
     Returns KDResult(loss, agreement, num_positions).
     """
-    _check_kd_args(kind, tau)
+    _check_kd_args(kind, tau, support, tail)
     _check_logits(student_logits)
     teacher = teacher_inputs(student_logits, teacher_ids, teacher_logp, teacher_mask, teacher_log_tail, position_mask)
     obj, _lm, _kd, agreement, _n_lm, n_kd = _distill(
-        student_logits, None, teacher, alpha=1.0, kind=kind, tau=float(tau), tail=bool(tail),
-        tau_squared=bool(tau_squared), chunk_size=chunk_size,
+        student_logits, None, teacher, alpha=1.0, kind=kind, support=support, tau=float(tau), tail=bool(tail),
+        tau_squared=bool(tau_squared), chunk_size=chunk_size, kd_denominator=kd_denominator,
     )
     return KDResult(obj, agreement, n_kd)
 
@@ -220,19 +269,23 @@ def distill_loss(
     alpha: float,
     kind: str,
     tau: float,
+    support: str = "full",
     tail: bool = False,
     tau_squared: bool = False,
     chunk_size: int | None = None,
+    lm_denominator: torch.Tensor | float | None = None,
+    kd_denominator: torch.Tensor | float | None = None,
 ) -> DistillResult:
     """(1 - alpha) * lm_loss + alpha * kd_loss in ONE blocked pass with ONE gradient buffer.
 
     Same definitions and normalisations as `lm_loss` and `kd_loss` (each term is its own
-    per-token mean); use this in training when memory matters: the separate functions each keep
-    a [B, T, V] gradient buffer until backward, this keeps one. The LM and KD terms share the
-    student's softmax when tau == 1 (and its exponential when tau == 2 or 0.5). When alpha == 0
-    the teacher is not evaluated at all (kd and agreement are reported as 0).
+    per-token mean; ``lm_denominator`` / ``kd_denominator`` replace this batch's counts, e.g. by
+    global counts across processes); use this in training when memory matters: the separate
+    functions each keep a [B, T, V] gradient buffer until backward, this keeps one. The LM and KD
+    terms share the student's softmax when tau == 1 or support == "split" (and its exponential when
+    tau == 2 or 0.5). When alpha == 0 the teacher is not evaluated at all (kd and agreement are 0).
     """
-    _check_kd_args(kind, tau)
+    _check_kd_args(kind, tau, support, tail)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 <= alpha <= 1.0):
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     _check_logits(student_logits)
@@ -240,7 +293,8 @@ def distill_loss(
     if alpha > 0:
         teacher = teacher_inputs(student_logits, teacher_ids, teacher_logp, teacher_mask, teacher_log_tail, position_mask)
     obj, lm, kd, agreement, n_lm, n_kd = _distill(
-        student_logits, labels, teacher, alpha=float(alpha), kind=kind, tau=float(tau), tail=bool(tail),
-        tau_squared=bool(tau_squared), chunk_size=chunk_size,
+        student_logits, labels, teacher, alpha=float(alpha), kind=kind, support=support, tau=float(tau),
+        tail=bool(tail), tau_squared=bool(tau_squared), chunk_size=chunk_size,
+        lm_denominator=lm_denominator, kd_denominator=kd_denominator,
     )
     return DistillResult(obj, lm, kd, agreement, n_lm, n_kd)

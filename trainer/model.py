@@ -1,8 +1,14 @@
 """The distillation ComposerModel: an HF causal-LM student, its loss, an optional live teacher.
 
 Loss = (1 - alpha) * LM + alpha * KD (`trainer.losses.distill_loss`: one chunked pass, each term
-its own per-token mean over the device batch). alpha is a plain attribute set every batch by the
-`AlphaCallback` from the schedule and Composer's training progress (timestamp / max_duration),
+its own per-token mean). With several processes each term is the GLOBAL per-token mean: the LM
+token and KD position counts are all-reduced (`composer.utils.dist`) and each rank divides its sum
+by (global count / world size), so that DDP's gradient averaging yields the gradient of the sum
+over all ranks / the global count, whatever the padding on each rank (a rank's logged lm / kd are
+then its share scaled by the world size; their mean over ranks is the global mean). With
+microbatches (data.microbatch_size) Composer weights each microbatch by its share of samples:
+the per-token mean then holds within a microbatch only. alpha is a plain attribute set every
+batch by the `AlphaCallback` from the schedule and Composer's training progress (timestamp / max_duration),
 so a resumed run recomputes it from the restored timestamp.
 
 Alignment: the collator (`trainer.data.DistillCollator`) already aligned labels and teacher
@@ -32,7 +38,7 @@ from composer.utils import dist
 from schemas.codec import Decoded, lossless_decoded
 from schemas.sample import to_dense
 from schemas.truncation import truncate_tensor
-from trainer.losses import distill_loss
+from trainer.losses import count_positions, distill_loss
 from trainer.schedules import training_progress
 
 MODES = ("offline", "live", "none")
@@ -49,6 +55,7 @@ class DistillationModel(ComposerModel):
         *,
         mode: str = "offline",
         kind: str = "forward_kl",
+        support: str = "full",
         tau: float = 1.0,
         tail: bool = False,
         tau_squared: bool = False,
@@ -64,7 +71,7 @@ class DistillationModel(ComposerModel):
         if mode == "live" and teacher is None:
             raise ValueError("distill.mode is live but no teacher model was given")
         self.student = student
-        self.mode, self.kind, self.tau, self.tail = mode, kind, float(tau), bool(tail)
+        self.mode, self.kind, self.support, self.tau, self.tail = mode, kind, support, float(tau), bool(tail)
         self.tau_squared, self.chunk_size = bool(tau_squared), chunk_size
         self.top_p, self.top_k = float(top_p), int(top_k)
         self.alpha = float(alpha)
@@ -81,18 +88,34 @@ class DistillationModel(ComposerModel):
     def loss(self, outputs: torch.Tensor, batch: dict, *args, **kwargs) -> dict[str, torch.Tensor]:
         alpha = 0.0 if self.mode == "none" else self.alpha
         t = self._teacher_tensors(batch) if alpha > 0 else None
+        d_lm, d_kd = self._global_denominators(batch, t)
         if t is None:
             res = distill_loss(outputs, batch["labels"], None, None, None, None, None, alpha=0.0, kind=self.kind,
-                               tau=self.tau, chunk_size=self.chunk_size)
+                               tau=self.tau, chunk_size=self.chunk_size, lm_denominator=d_lm)
         else:
             res = distill_loss(
                 outputs, batch["labels"], t["teacher_ids"], t["teacher_logp"], t["teacher_mask"],
-                t["teacher_log_tail"], t["position_mask"], alpha=alpha, kind=self.kind, tau=self.tau,
-                tail=self.tail, tau_squared=self.tau_squared, chunk_size=self.chunk_size,
+                t["teacher_log_tail"], t["position_mask"], alpha=alpha, kind=self.kind, support=self.support,
+                tau=self.tau, tail=self.tail, tau_squared=self.tau_squared, chunk_size=self.chunk_size,
+                lm_denominator=d_lm, kd_denominator=d_kd,
             )
             n = float(res.num_positions)
             self._stats += torch.tensor([float(res.agreement) * n, n, 0.0], dtype=torch.float64)
         return {"total": res.loss, "lm": res.lm.detach(), "kd": res.kd.detach()}
+
+    @staticmethod
+    def _global_denominators(batch: dict, t: Optional[dict]):
+        """(LM, KD) denominators: this batch's counts on one process (None), else the counts summed
+        over all ranks divided by the world size (one all-reduce of two numbers per step)."""
+        world = dist.get_world_size()
+        if world == 1:
+            return None, None
+        n_lm, n_kd = count_positions(batch["labels"], t["teacher_mask"] if t else None,
+                                     t["position_mask"] if t else None)
+        counts = torch.stack([n_lm.to(batch["labels"].device), n_kd.to(batch["labels"].device)]).to(torch.float64)
+        dist.all_reduce(counts)
+        counts = counts / world
+        return counts[0], counts[1]
 
     def eval_forward(self, batch: dict, outputs: Optional[Any] = None):
         return outputs if outputs is not None else self.forward(batch)

@@ -17,7 +17,7 @@ import tempfile
 from typing import Optional
 
 from schemas.identity import json_digest
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, check_distill_for_datasets
 from trainer.errors import SettingError
 
 log = logging.getLogger(__name__)
@@ -284,6 +284,10 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
                            f"{vocab_size}; they must be equal (the student's vocabulary is the teacher's)")
 
     # 2. data: preflight (manifest, index, compatibility, shard hashes), then StreamingDatasets
+    if k.mode == "offline" and k.tau != 1.0:  # sampled teacher signal cannot be tempered
+        from trainer.data import inspect_stream
+
+        check_distill_for_datasets(k, [(s.uri, inspect_stream(s.uri).manifest) for s in d.streams])
     batch = per_device_batch(d.batch_size, dist.get_world_size())
     train_ds, eval_ds = build_datasets(cfg, vocab_size=vocab_size, tokenizer_fp=tokenizer_fp, batch_size=batch,
                                        cache_root=cache_root)
@@ -301,7 +305,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
 
     # 3. model + loss
     model = DistillationModel(
-        student, mode=k.mode, kind=k.kind, tau=k.tau, tail=k.tail, tau_squared=k.tau_squared,
+        student, mode=k.mode, kind=k.kind, support=k.support, tau=k.tau, tail=k.tail, tau_squared=k.tau_squared,
         chunk_size=k.chunk_size, teacher=teacher, top_p=k.top_p, top_k=k.top_k,
     )
     optimizer = build_optimizer(cfg, model.parameters())

@@ -1,0 +1,73 @@
+"""Run under `composer -n 2` by tests/test_losses.py: each rank scores its share of one fixed batch
+(unequal padding across ranks) through DDP and rank 0 saves the averaged gradients and loss.
+
+`make_batch` / `make_model` are also what the test uses for the single-process reference."""
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+
+import torch
+
+V, K, T, B = 11, 3, 6, 4
+
+
+class Student(torch.nn.Module):
+    """Embedding -> linear: enough parameters for a gradient to compare."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(V, 8)
+        self.out = torch.nn.Linear(8, V)
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(logits=self.out(self.emb(input_ids)))
+
+
+def make_model(support: str):
+    from trainer.model import DistillationModel
+
+    torch.manual_seed(0)
+    return DistillationModel(Student(), mode="offline", kind="forward_kl", support=support, tau=2.0, alpha=0.6)
+
+
+def make_batch() -> dict:
+    """4 sequences; rank 0 (sequences 0, 1) is mostly padding, rank 1 (2, 3) is full."""
+    g = torch.Generator().manual_seed(1)
+    lengths = [1, 2, T, T]
+    attn = torch.tensor([[1] * n + [0] * (T - n) for n in lengths])
+    ids = torch.randint(0, V, (B, T), generator=g)
+    labels = torch.where(attn.bool(), torch.randint(0, V, (B, T), generator=g), torch.full((B, T), -100))
+    t_ids = torch.stack([torch.randperm(V, generator=g)[:K].sort().values for _ in range(B * T)]).reshape(B, T, K)
+    t_logp = torch.log_softmax(torch.randn(B, T, K, generator=g), -1)
+    t_mask = attn.bool()[..., None].expand(B, T, K).clone()
+    t_logp = torch.where(t_mask, t_logp, torch.tensor(float("-inf")))
+    t_tail = torch.where(attn.bool(), torch.log(torch.rand(B, T, generator=g) * 0.3 + 0.01), torch.tensor(float("-inf")))
+    return {"input_ids": ids, "attention_mask": attn, "labels": labels, "teacher_ids": t_ids, "teacher_logp": t_logp,
+            "teacher_mask": t_mask, "teacher_log_tail": t_tail, "position_mask": attn.bool()}
+
+
+def main(out_path: str, support: str) -> None:
+    from composer.devices import DeviceCPU
+    from composer.utils import dist
+
+    dist.initialize_dist(DeviceCPU())
+    rank, world = dist.get_global_rank(), dist.get_world_size()
+    model = make_model(support)
+    per = B // world
+    shard = {k: v[rank * per:(rank + 1) * per] for k, v in make_batch().items()}
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    loss = model.loss(ddp(shard), shard)["total"]
+    loss.backward()  # DDP averages the gradients over the ranks
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    own = torch.tensor([float(loss)])
+    ranks = [torch.zeros(1) for _ in range(world)]
+    torch.distributed.all_gather(ranks, own)
+    if rank == 0:
+        torch.save({"grads": {n: p.grad for n, p in model.named_parameters()}, "loss": float(mean_loss) / world,
+                    "rank_losses": [float(r) for r in ranks]}, out_path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
