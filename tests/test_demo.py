@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from schemas.codec import DEFAULT_CODEC
+
 
 REPORT_FIELDS = [
     "held-out LM loss: teacher",
@@ -53,7 +55,7 @@ def test_demo_tiny_end_to_end(tmp_path, real_teacher):
         assert c["documents"] == c["packed_documents"] + c["dead_letters"] > 0
         assert c["tokens"] > 0 and c["sequences"] > 0
         assert m["truncation"]["top_p"] == 0.95 and m["truncation"]["top_k"] == 50
-        assert m["codec"]["name"] == "compact"
+        assert m["codec"]["name"] == DEFAULT_CODEC  # the demo shows the product default
         assert m["tokenizer"]["separator_id"] == 0 and m["tokenizer"]["add_bos"] is False
     corpus = json.loads((lake / "corpus" / "corpus.json").read_text())
     m = json.loads((lake / "logits" / "manifest.json").read_text())
