@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import os
-import uuid
 
 from schemas import storage
 from schemas.errors import SchemaError
@@ -62,12 +61,7 @@ def create_if_absent(uri: str, data: bytes, allow_unsafe: bool = False) -> bool:
 
 
 def _create_local(path: str, data: bytes) -> bool:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    tmp = storage.write_temp_beside(path, data)
     try:
         os.link(tmp, path)
         return True

@@ -138,6 +138,17 @@ def _dictionary_order(uniq: np.ndarray, cls: np.ndarray) -> tuple[np.ndarray, np
     return by_freq, np.concatenate([[0], np.cumsum(sizes)])
 
 
+def _dictionary(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The sample's dictionary of distinct ids: (ids ascending, count classes, class starts in
+    dictionary order, each entry's index in dictionary order)."""
+    uniq, inv, dcnt = np.unique(ids, return_inverse=True, return_counts=True)
+    cls = _count_classes(dcnt)
+    by_freq, bounds = _dictionary_order(uniq, cls)
+    rank_of = np.empty(uniq.shape[0], dtype=np.int64)
+    rank_of[by_freq] = np.arange(uniq.shape[0])
+    return uniq, cls, bounds, rank_of[inv.reshape(-1)]
+
+
 def _fresh_streams(x: np.ndarray, rb: np.ndarray, bounds: np.ndarray):
     """A fresh entry = (class in dictionary order, under a model per rank bucket) + its index
     within the class (uniform): the top of a distribution keeps rarer ids than its tail."""
@@ -205,12 +216,7 @@ class Compact2Codec:
         h = self.sqrt_step(counts)
         pos = np.repeat(np.arange(t), counts)
         lvl = np.floor(np.sqrt(np.exp(np.asarray(tr.logp, dtype=np.float64))) / h).astype(np.int64)
-        uniq, inv, dcnt = np.unique(ids, return_inverse=True, return_counts=True)
-        cls = _count_classes(dcnt)
-        by_freq, bounds = _dictionary_order(uniq, cls)
-        rank_of = np.empty(uniq.shape[0], dtype=np.int64)
-        rank_of[by_freq] = np.arange(uniq.shape[0])
-        x = rank_of[inv.reshape(-1)]
+        uniq, cls, bounds, x = _dictionary(ids)
         o = _entry_order(pos, lvl, x, t, uniq.shape[0])
         lvl, x = lvl[o], x[o]
         drop = _drops(lvl, counts)

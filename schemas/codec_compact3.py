@@ -45,9 +45,9 @@ from schemas import entropy, varint
 from schemas.codec import Decoded, renormalise
 from schemas.codec_compact2 import (
     Compact2Codec,
-    _count_classes,
     _decode_fresh,
     _decode_numbers,
+    _dictionary,
     _dictionary_order,
     _drops,
     _encode_numbers,
@@ -178,12 +178,7 @@ class Compact3Codec(Compact2Codec):
         # the remaining entries, coded like compact2 over their own dictionary
         keep = ~hit_s
         ids_r, lv_r, pos_r, srank_r = ids[o][keep], lv_s[keep], pos_s[keep], start_rank[keep]
-        uniq, inv, dcnt = np.unique(ids_r, return_inverse=True, return_counts=True)
-        cls = _count_classes(dcnt)
-        by_freq, bounds = _dictionary_order(uniq, cls)
-        rank_of = np.empty(uniq.shape[0], dtype=np.int64)
-        rank_of[by_freq] = np.arange(uniq.shape[0])
-        x = rank_of[inv.reshape(-1)]
+        uniq, cls, bounds, x = _dictionary(ids_r)
         o2 = _entry_order(pos_r, lv_r, x, t, uniq.shape[0])  # stable: (pos, level) order is kept
         x, srank_r = x[o2], srank_r[o2]
         fresh = _groups(pos_r[o2], lv_r[o2])

@@ -58,6 +58,18 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
+def write_temp_beside(path: str, data: bytes) -> str:
+    """Write `data` durably to `<path>.tmp-<32 hex>` (creating the folder) and return that name:
+    the first half of every local atomic write (rename or link it into place)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
 def write_bytes_atomic(uri: str, data: bytes, before_commit=None) -> None:
     """Write one object so that readers see all of it or nothing.
 
@@ -67,12 +79,7 @@ def write_bytes_atomic(uri: str, data: bytes, before_commit=None) -> None:
     """
     if is_local(uri):
         path = os.path.abspath(local_path(uri))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = write_temp_beside(path, data)
         if before_commit is not None:
             before_commit()
         os.replace(tmp, path)
