@@ -5,29 +5,15 @@ holds the winner's bytes. The GCS case runs on the emulator patched in tests/gcs
 to answer `ifGenerationMatch=0` as GCS does (the stock emulator ignores it; see that file).
 """
 import os
-import threading
 
 import pytest
 
 from schemas import claim, storage
+from racing import release_together
 
 
 def race(uri, n=8):
-    barrier = threading.Barrier(n)
-    results = [None] * n
-
-    def one(i):
-        barrier.wait()
-        try:
-            results[i] = claim.create_if_absent(uri, f"claim {i}".encode())
-        except Exception as e:  # surfaced below
-            results[i] = e
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = release_together(lambda i: claim.create_if_absent(uri, f"claim {i}".encode()), n)
     assert all(isinstance(r, bool) for r in results), results
     winners = [i for i, r in enumerate(results) if r]
     assert len(winners) == 1, results

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import threading
 
 import pytest
 
@@ -24,6 +23,7 @@ from pipelines.output import (  # noqa: E402
     ForeignOutput, OutputInsideInput, PartMismatch, SettingsMismatch, claim_output, input_base,
 )
 from schemas import storage  # noqa: E402
+from racing import release_together  # noqa: E402
 
 SETTINGS = dict(seq_len=32, top_p=0.9, top_k=16, batch_size=4, bytes_per_unit=1200, progress=False)
 
@@ -58,22 +58,10 @@ def clean(lake, tiny_teacher, tmp_path_factory):
 
 def race_claims(output, n=6):
     """n threads, two different settings, released together: exactly one setting may win."""
-    barrier = threading.Barrier(n)
-    results = [None] * n
+    def one(i):  # anything but SettingsMismatch fails the assertions below, shown with its message
+        return claim_output(output, f"sha256:{i % 2}", {"settings": {"top_k": [3, 8][i % 2]}})
 
-    def one(i):
-        fp = f"sha256:{i % 2}"
-        barrier.wait()
-        try:
-            results[i] = claim_output(output, fp, {"settings": {"top_k": [3, 8][i % 2]}})
-        except Exception as e:  # anything but SettingsMismatch fails the assertions below, shown with its message
-            results[i] = e
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = release_together(one, n)
     passed = {i % 2 for i, r in enumerate(results) if r is False}
     refused = [r for r in results if isinstance(r, SettingsMismatch)]
     assert all(r is False or isinstance(r, SettingsMismatch) for r in results), results

@@ -28,6 +28,14 @@ SUPPORTS = ("full", "kept", "split")
 _LOG_FLOOR = -80.0
 
 
+def _out_bucket(has_t, has_out, log_qo):
+    """The teacher's tail bucket against the student's out-of-set mass (tail form and split form):
+    where it counts (the teacher dropped mass and ids exist outside the kept set), where it has a
+    gradient (log q_o above the floor), and log q_o floored at _LOG_FLOOR."""
+    active = has_t & has_out
+    return active, active & (log_qo > _LOG_FLOOR), log_qo.clamp_min(_LOG_FLOOR)
+
+
 # --------------------------------------------------------------------------------------------
 # teacher side: everything that does not depend on the student, prepared once per call ([N, K])
 
@@ -148,9 +156,7 @@ def bucket_rows(kind: str, T: Teacher, lq: torch.Tensor, log_qo: Optional[torch.
     has_out = ~T.all_kept
     if kind in ("forward_kl", "soft_ce"):
         # the bucket term t (log t - log q_o); log q_o floored at _LOG_FLOOR (then no gradient)
-        active = has_t & has_out
-        live = active & (log_qo > _LOG_FLOOR)
-        lqo = log_qo.clamp_min(_LOG_FLOOR)
+        active, live, lqo = _out_bucket(has_t, has_out, log_qo)
         if kind == "forward_kl":
             loss = torch.where(m, p * (log_p - lq), zero).sum(-1)
             loss = loss + torch.where(active, t * (torch.where(has_t, lt, zero) - lqo), zero)
@@ -212,9 +218,7 @@ def split_rows(kind: str, T: Teacher, tau: float, lq1: torch.Tensor, log_qk: tor
     qt = torch.where(m, lqt.exp(), zero)
     log_f, f = T.log_f, T.f
     if kind in ("forward_kl", "soft_ce"):
-        active = has_t & has_out
-        live = active & (log_qo > _LOG_FLOOR)
-        lqo = log_qo.clamp_min(_LOG_FLOOR)
+        active, live, lqo = _out_bucket(has_t, has_out, log_qo)
         if kind == "forward_kl":
             within = torch.where(m, f * (log_f - lqt), zero).sum(-1)
             split = keep * (lkeep - log_qk) + torch.where(active, t * (torch.where(has_t, lt, zero) - lqo), zero)
