@@ -29,6 +29,10 @@ class ClaimUnsupported(SchemaError):
     """The store behind a URI offers no create-if-absent write."""
 
 
+class ClaimError(SchemaError):
+    """The claim could not be written (its temporary file kept disappearing)."""
+
+
 def _protocols(fs) -> tuple[str, ...]:
     p = fs.protocol
     return tuple(p) if isinstance(p, (tuple, list)) else (p,)
@@ -60,19 +64,35 @@ def create_if_absent(uri: str, data: bytes, allow_unsafe: bool = False) -> bool:
     return True
 
 
-def _create_local(path: str, data: bytes) -> bool:
-    tmp = storage.write_temp_beside(path, data)
+def _create_local(path: str, data: bytes, attempts: int = 5) -> bool:
+    for _ in range(attempts):
+        tmp = storage.write_temp_beside(path, data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except FileNotFoundError:
+            # Our temp file vanished before the link: a run that already holds this output removed
+            # it as a killed run's orphan (`DatasetDir.remove_orphans`). Look again: the claim is
+            # there (we lost) or it is not (write a new temp file).
+            if os.path.lexists(path):
+                return False
+        except OSError as e:  # no hard links on this file system (some FUSE / SMB mounts)
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            return _create_local_excl(path, data)
+        finally:
+            _unlink_if_present(tmp)
+    raise ClaimError(f"{redact_uri(path)}: the temporary claim file was removed {attempts} times before it could be "
+                     "linked into place; another process is deleting files in this output")
+
+
+def _unlink_if_present(path: str) -> None:
     try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    except OSError as e:  # no hard links on this file system (some FUSE / SMB mounts)
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-            raise
-        return _create_local_excl(path, data)
-    finally:
-        os.unlink(tmp)
+        os.unlink(path)
+    except FileNotFoundError:  # removed by a concurrent orphan cleanup: nothing left to undo
+        pass
 
 
 def _create_local_excl(path: str, data: bytes) -> bool:

@@ -148,7 +148,10 @@ class DatasetDir:
                 or (len(parts) == 2 and parts[0] == DEAD_LETTER_DIR and final[: -len(".jsonl")] in unfinished)
             )
             if ours:
-                fs.rm_file(p)
+                try:
+                    fs.rm_file(p)
+                except FileNotFoundError:  # a concurrent run finished (or removed) its own temp file
+                    continue
                 removed.append(rel)
         if removed:
             fs.invalidate_cache()

@@ -106,7 +106,7 @@ def test_two_commands_with_different_settings_started_together(lake, tiny_teache
     assert len(winners) == 1, done
     (loser,) = set(done) - set(winners)
     rc, err = done[loser]
-    assert rc == 2 and "other settings" in err and "Traceback" not in err
+    assert rc == 2 and "other settings" in err and "Traceback" not in err, err
     from pipelines.output import SETTINGS_NAME
     from schemas import Manifest, make_codec
     from streaming import StreamingDataset
