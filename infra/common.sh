@@ -26,3 +26,21 @@ image_tag() {
   if [[ -n "${IMAGE_TAG:-}" ]]; then printf '%s' "$IMAGE_TAG"; return; fi
   git -C "$REPO_ROOT" rev-parse --short=12 HEAD 2>/dev/null || date -u +%Y%m%d%H%M%S
 }
+
+# dataflow_worker_settings: what both Dataflow launchers need, from terraform output or env:
+# PROJECT, REGION, TEMP_LOCATION, STAGING_LOCATION, WORKER_SA, and the worker shape with its
+# defaults (L4 GPUs attach to G2 machines only): WORKER_IMAGE (required), GPU_TYPE, GPU_COUNT,
+# MACHINE_TYPE, MAX_WORKERS, DISK_SIZE_GB.
+dataflow_worker_settings() {
+  PROJECT="$(tf_out project_id)"
+  REGION="$(tf_out region)"
+  TEMP_LOCATION="$(tf_out dataflow_temp_location)"
+  STAGING_LOCATION="$(tf_out dataflow_staging_location)"
+  WORKER_SA="$(tf_out dataflow_worker_service_account)"
+  WORKER_IMAGE="${WORKER_IMAGE:?set WORKER_IMAGE to the image printed by build_template.sh}"
+  GPU_TYPE="${GPU_TYPE:-nvidia-l4}"
+  GPU_COUNT="${GPU_COUNT:-1}"
+  MACHINE_TYPE="${MACHINE_TYPE:-g2-standard-8}"
+  MAX_WORKERS="${MAX_WORKERS:-8}"
+  DISK_SIZE_GB="${DISK_SIZE_GB:-200}"
+}

@@ -12,17 +12,7 @@
 # resource hints with worker_accelerator) before anything is submitted.
 source "$(dirname "$0")/../common.sh"
 
-PROJECT="$(tf_out project_id)"
-REGION="$(tf_out region)"
-TEMP_LOCATION="$(tf_out dataflow_temp_location)"
-STAGING_LOCATION="$(tf_out dataflow_staging_location)"
-WORKER_SA="$(tf_out dataflow_worker_service_account)"
-WORKER_IMAGE="${WORKER_IMAGE:?set WORKER_IMAGE to the image printed by build_template.sh}"
-GPU_TYPE="${GPU_TYPE:-nvidia-l4}"
-GPU_COUNT="${GPU_COUNT:-1}"
-MACHINE_TYPE="${MACHINE_TYPE:-g2-standard-8}"
-MAX_WORKERS="${MAX_WORKERS:-8}"
-DISK_SIZE_GB="${DISK_SIZE_GB:-200}"
+dataflow_worker_settings
 PDISTILL="${PDISTILL:-$REPO_ROOT/.venv/bin/pdistill}"
 command -v "$PDISTILL" >/dev/null 2>&1 || PDISTILL=pdistill
 

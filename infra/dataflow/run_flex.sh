@@ -11,19 +11,9 @@
 # Everything else comes from `terraform output` (or the matching upper-case env vars).
 source "$(dirname "$0")/../common.sh"
 
-PROJECT="$(tf_out project_id)"
-REGION="$(tf_out region)"
+dataflow_worker_settings
 TEMPLATE_PATH="$(tf_out dataflow_template_path)"
-TEMP_LOCATION="$(tf_out dataflow_temp_location)"
-STAGING_LOCATION="$(tf_out dataflow_staging_location)"
-WORKER_SA="$(tf_out dataflow_worker_service_account)"
 SUBNETWORK="${SUBNETWORK:-}"
-WORKER_IMAGE="${WORKER_IMAGE:?set WORKER_IMAGE to the image printed by build_template.sh}"
-GPU_TYPE="${GPU_TYPE:-nvidia-l4}"
-GPU_COUNT="${GPU_COUNT:-1}"
-MACHINE_TYPE="${MACHINE_TYPE:-g2-standard-8}"
-MAX_WORKERS="${MAX_WORKERS:-8}"
-DISK_SIZE_GB="${DISK_SIZE_GB:-200}"
 JOB_NAME="${JOB_NAME:-pdistill-logits-$(date -u +%Y%m%d-%H%M%S)}"
 
 # "--name value" / "--name=value" -> name=value for --parameters (joined with the ~ delimiter,
