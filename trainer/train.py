@@ -207,9 +207,12 @@ def build_optimizer(cfg: TrainConfig, params):
 
 
 def build_loggers(cfg: TrainConfig):
-    """Console and file always available; TensorBoard / MLflow / W&B only when their packages import."""
+    """Console and file always available; TensorBoard / MLflow / W&B only when their packages import.
+    "file" writes the text log and, beside it, the same metrics as JSON lines (`trainer.metrics_log`)."""
     from composer.loggers import ConsoleLogger, FileLogger, MLFlowLogger, TensorboardLogger, WandBLogger
     from composer.utils import MissingConditionalImportError
+
+    from trainer.metrics_log import FILENAME, MetricsLog
 
     r = cfg.run
     log_dir = r.log_dir or os.path.join(
@@ -223,6 +226,7 @@ def build_loggers(cfg: TrainConfig):
             elif name == "file":
                 out.append(FileLogger(filename=os.path.join(log_dir, "{run_name}", "log-rank{rank}.txt"),
                                       capture_stdout=False, capture_stderr=False, flush_interval=1))
+                out.append(MetricsLog(os.path.join(log_dir, "{run_name}", FILENAME)))
             elif name == "tensorboard":
                 out.append(TensorboardLogger(log_dir=os.path.join(log_dir, "tensorboard")))
             elif name == "mlflow":
