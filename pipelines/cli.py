@@ -54,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--config", help="YAML file of settings (keys as in pipelines.config.PipelineConfig)")
     ap.add_argument("--json", action="store_true", help="print the final report as JSON")
+    ap.add_argument("--report-json", dest="report_json", metavar="PATH", help="also write the final report as JSON to PATH")
     for flag, kw in FLAGS:
         ap.add_argument(flag, default=None, **kw)
     return ap
@@ -65,7 +66,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         import dataclasses
 
         base = dataclasses.asdict(PipelineConfig.from_yaml(args.config))
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "json", "runner_config_file")}
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k not in ("config", "json", "report_json", "runner_config_file")}
     if args.runner_config_file:
         from schemas import storage
 
@@ -113,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     print_report(report)
     if args.json:
         print(json.dumps(report.as_dict(), sort_keys=True, default=str))
+    if args.report_json:
+        from schemas import storage
+
+        storage.write_text_atomic(args.report_json, json.dumps(report.as_dict(), indent=2, sort_keys=True, default=str))
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from pipelines.output import (  # noqa: F401  (SettingsMismatch, OutputError: pa
     OutputError, SettingsMismatch, claim_output, clean_orphans, refuse_overlap,
 )
 from pipelines.packing import ReadAndPack, load_tokenizer, resolve_bos, resolve_separator
+from pipelines.progress import Progress, RecordProgress
 from pipelines.sink import EncodeSample, WritePart, finalize
 from pipelines.sources import SourceFile, Unit, expand_inputs, plan_units, source_fingerprint, source_versions
 from pipelines.teacher_limits import check_fits
@@ -116,7 +116,8 @@ def _manifest(plan: Plan) -> Manifest:
     )
 
 
-def build(p: beam.Pipeline, plan: Plan) -> None:
+def build(p: beam.Pipeline, plan: Plan, progress_folder: str | None = None) -> None:
+    """The graph; with `progress_folder`, two counting branches report progress there (pipelines.progress)."""
     c = plan.config
     handler = TeacherModelHandler(
         c.teacher, selection=c.selection, top_p=c.top_p, top_k=c.top_k, num_draws=c.num_draws, seed=c.seed,
@@ -144,6 +145,9 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
         | "AllParts" >> beam.combiners.ToList()
         | "Finalize" >> beam.Map(finalize, c.output, [u.name for u in plan.units], plan.manifest)
     )
+    if progress_folder:
+        _ = encoded | "CountTeacher" >> beam.ParDo(RecordProgress(progress_folder, "teacher"))
+        _ = read[ReadAndPack.META] | "CountRead" >> beam.ParDo(RecordProgress(progress_folder, "read"))
 
 
 def make_options(config: PipelineConfig, extra_args: list[str]) -> PipelineOptions:
@@ -158,49 +162,6 @@ def make_options(config: PipelineConfig, extra_args: list[str]) -> PipelineOptio
         flags = [f"--runner={config.runner}"] + [f"--{k}={v}" for k, v in runner_config.items()]
         return PipelineOptions(flags + list(extra_args))
     return build_options(config.runner, runner_config, list(extra_args))
-
-
-class Progress:
-    """Units done / to do while the runner runs, from the published part markers (any runner)."""
-
-    def __init__(self, output: str, todo: list[str], every: float = 2.0, enabled: bool = True):
-        self.output, self.todo, self.every, self.enabled = output, set(todo), every, enabled and bool(todo)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="pdistill-progress")
-
-    def _loop(self):
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(self.todo), unit="part", desc="teacher pass", mininterval=self.every)
-        except ImportError:
-            bar = None
-        seen = 0
-        while True:
-            stop = self._stop.wait(self.every)
-            try:
-                done = len(self.todo & DatasetDir(self.output).finished_units())
-            except Exception:  # a listing hiccup must not stop the job
-                done = seen
-            if bar is not None:
-                bar.update(done - seen)
-            elif done != seen:
-                log.info("parts published: %d/%d", done, len(self.todo))
-            seen = done
-            if stop:
-                break
-        if bar is not None:
-            bar.close()
-
-    def __enter__(self):
-        if self.enabled:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._stop.set()
-            self._thread.join(timeout=10)
 
 
 def collect_metrics(result) -> dict:
@@ -252,8 +213,9 @@ def run(config: PipelineConfig, extra_args: list[str] | None = None, options: Pi
              len(plan.files), len(plan.todo), len(plan.units) - len(plan.todo), redact_uri(DatasetDir(config.output).parts_uri))
     options = options or make_options(config, extra_args or [])
     p = beam.Pipeline(options=options)
-    build(p, plan)
-    with Progress(config.output, [u.name for u in plan.todo], enabled=config.progress):
+    local = config.runner.lower() in ("directrunner", "direct")  # its workers can write our progress files
+    with Progress(config.output, plan.files, plan.todo, local_workers=local, enabled=config.progress) as progress:
+        build(p, plan, progress.folder)
         result = p.run()
         result.wait_until_finish()
     manifest = DatasetDir(config.output).read_manifest()  # written by a worker (read_manifest drops listing caches)
