@@ -22,7 +22,10 @@ import statistics
 import time
 from pathlib import Path
 
-from pdistill import demo
+from pdistill.demo_pipeline import stage_corpus, stage_pipeline, stage_teacher
+from pdistill.demo_scale import FULL, TINY, Scale
+from pdistill.demo_stages import Stages, run_stage
+from pdistill.demo_students import curves, run_student
 
 TAUS = (0.5, 1.0, 2.0)
 SUPPORTS = ("full", "kept", "split")
@@ -52,14 +55,14 @@ def _run_id(r: dict) -> str:
     return f"{slug}--seed{r['seed']}"
 
 
-def run_one(lake: Path, scale: demo.Scale, r: dict) -> dict:
+def run_one(lake: Path, scale: Scale, r: dict) -> dict:
     name = "recipes-" + _run_id(r)
     extra = r["extra"] + [f"run.seed={r['seed']}"]
-    seg = demo._run_student(lake, scale, name, r["config"], "all", extra, scale.steps, 0)
-    curves = demo._curves(seg["log"])
+    seg = run_student(lake, scale, name, r["config"], "all", extra, scale.steps, 0)
+    curve = curves(seg["log"])
     return {"id": _run_id(r), "name": r["name"], "seed": r["seed"], "config": r["config"], "extra": r["extra"],
-            "heldout": curves["final_eval_loss"], "step": curves["final_eval_step"], "seconds": seg["seconds"],
-            "eval_curve": curves["eval_loss"]}
+            "heldout": curve["final_eval_loss"], "step": curve["final_eval_step"], "seconds": seg["seconds"],
+            "eval_curve": curve["eval_loss"]}
 
 
 def summarise(results: list[dict]) -> list[dict]:
@@ -119,15 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=None, help="seeds for LM-only, vanilla, pd_best (default 3; quick 1)")
     ap.add_argument("--report-only", action="store_true", help="summarise the runs finished so far; train nothing")
     args = ap.parse_args(argv)
-    scale = demo.TINY if args.quick else demo.FULL
+    scale = TINY if args.quick else FULL
     seeds = args.seeds or (1 if args.quick else 3)
     lake = Path(args.lake or ("recipes-lake-quick" if args.quick else "recipes-lake")).resolve()
     lake.mkdir(parents=True, exist_ok=True)
-    stages = demo.Stages(lake, scale)
-    demo._run_stage(stages, "corpus", lambda: demo.stage_corpus(lake, scale))
-    demo._run_stage(stages, "teacher", lambda: demo.stage_teacher(lake))
-    demo._run_stage(stages, "logits", lambda: demo.stage_pipeline(lake, scale, "train", "logits"))
-    demo._run_stage(stages, "heldout", lambda: demo.stage_pipeline(lake, scale, "heldout", "heldout"))
+    stages = Stages(lake, scale)
+    run_stage(stages, "corpus", lambda: stage_corpus(lake, scale))
+    run_stage(stages, "teacher", lambda: stage_teacher(lake))
+    run_stage(stages, "logits", lambda: stage_pipeline(lake, scale, "train", "logits"))
+    run_stage(stages, "heldout", lambda: stage_pipeline(lake, scale, "heldout", "heldout"))
     out = lake / "recipes"
     out.mkdir(exist_ok=True)
     done_path = out / "runs.jsonl"

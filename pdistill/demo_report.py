@@ -1,6 +1,6 @@
 """The demo's report: `<lake>/report.md`, `report.json`, the held-out loss plot and the console table.
 
-Pure presentation of the numbers the stages in `pdistill.demo` recorded; nothing here runs a model.
+Pure presentation of the numbers the demo's stages recorded; nothing here runs a model.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pdistill.demo import Scale
+    from pdistill.demo_scale import Scale
 
 
 def _fmt_bytes_per_token(x: float) -> str:

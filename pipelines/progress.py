@@ -144,14 +144,15 @@ def eta_seconds(done: int, total: int | None, rate: float | None) -> float | Non
 
 
 class Rate:
-    """Tokens/s over the last `window` seconds of (time, tokens) observations."""
+    """Tokens/s over the last `window` seconds of (time, tokens) observations; the time before the
+    first tokens (start-up, model load) does not count."""
 
     def __init__(self, window: float = RATE_WINDOW):
         self.window, self.points = window, deque()
 
     def add(self, t: float, tokens: int) -> float | None:
         self.points.append((t, tokens))
-        while len(self.points) > 2 and self.points[1][0] <= t - self.window:
+        while len(self.points) > 2 and (self.points[1][0] <= t - self.window or self.points[1][1] == self.points[0][1]):
             self.points.popleft()
         (t0, n0), (t1, n1) = self.points[0], self.points[-1]
         return (n1 - n0) / (t1 - t0) if t1 > t0 and n1 > n0 else None

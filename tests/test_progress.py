@@ -56,9 +56,10 @@ def test_rate_is_measured_over_the_recent_window():
     r = Rate(window=10.0)
     assert r.add(0.0, 0) is None  # one observation: no rate
     assert r.add(5.0, 0) is None  # model still loading: nothing done, no rate (not 0 tokens/s)
-    assert r.add(10.0, 1000) == pytest.approx(100.0)
-    # the loading time drops out of the window: 3,000 tokens over the last 10 s
-    assert r.add(20.0, 4000) == pytest.approx(300.0)
+    assert r.add(10.0, 1000) == pytest.approx(200.0)  # counted from the last observation without tokens
+    assert r.add(15.0, 2000) == pytest.approx(200.0)
+    # older observations drop out of the window: 3,000 tokens over the last 10 s
+    assert r.add(25.0, 5000) == pytest.approx(300.0)
 
 
 def test_line_shows_tokens_rate_eta_and_parts():
