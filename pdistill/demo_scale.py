@@ -1,7 +1,7 @@
 """What sizes the demo: the `full` run (`make demo`) and the `tiny` CI smoke run."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 FIRST_SEED = 17  # the configs' run.seed; further seeds are 2, 3, ...
 SEPARATOR = "<|endoftext|>"  # SmolLM2's document separator (id 0); its BOS/EOS is <|im_start|>
@@ -60,17 +60,14 @@ FULL = Scale(
     seeds=3,
 )
 
-TINY = Scale(
+TINY = replace(
+    FULL,  # the same pipeline settings and batch; a few thousand tokens and tiny students
     name="tiny",
     train_chars=12_000,  # ~3k tokens
     heldout_chars=4_000,
     seq_len=128,
-    rows_per_unit=16,
-    pipeline_batch=4,
-    pipeline_workers=2,
     student={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
              "num_attention_heads": 2, "num_key_value_heads": 1},
-    batch_size=4,
     steps=12,
     eval_interval=3,
     lr=0.01,
