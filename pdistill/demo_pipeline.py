@@ -45,8 +45,9 @@ def echo_progress(log_path: Path, name: str):
     """Show each progress line the pipeline writes to its log as it appears (text for people, not parsed)."""
 
     def follow(proc, stop):
-        pos = 0
-        while not stop.wait(1.0):
+        pos, stopped = log_path.stat().st_size, False  # the log is appended to: skip earlier attempts
+        while not stopped:
+            stopped = stop.wait(1.0)  # one more pass after the command ends: its last lines
             try:
                 with open(log_path, "rb") as f:
                     f.seek(pos)

@@ -213,7 +213,7 @@ def run(config: PipelineConfig, extra_args: list[str] | None = None, options: Pi
              len(plan.files), len(plan.todo), len(plan.units) - len(plan.todo), redact_uri(DatasetDir(config.output).parts_uri))
     options = options or make_options(config, extra_args or [])
     p = beam.Pipeline(options=options)
-    local = config.runner.lower() in ("directrunner", "direct")  # its workers can write our progress files
+    local = "direct" in config.runner.lower()  # a DirectRunner: its workers can write our progress files
     with Progress(config.output, plan.files, plan.todo, local_workers=local, enabled=config.progress) as progress:
         build(p, plan, progress.folder)
         result = p.run()

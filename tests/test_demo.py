@@ -57,6 +57,10 @@ def test_demo_tiny_end_to_end(tmp_path, real_teacher):
         assert m["truncation"]["top_p"] == 0.95 and m["truncation"]["top_k"] == 50
         assert m["codec"]["name"] == DEFAULT_CODEC  # the demo shows the product default
         assert m["tokenizer"]["separator_id"] == 0 and m["tokenizer"]["add_bos"] is False
+        # the teacher pass's own progress line, echoed by the demo, counted what the manifest holds
+        assert f"[demo] {name}: done, {c['tokens']:,} tokens ({c['sequences']:,} sequences)" in proc.stdout
+        # its report, read by the demo as data (--report-json), is the manifest's counts
+        assert json.loads((lake / "logs" / f"{name}.report.json").read_text())["summary"] == c
     corpus = json.loads((lake / "corpus" / "corpus.json").read_text())
     m = json.loads((lake / "logits" / "manifest.json").read_text())
     assert m["counts"]["documents"] == corpus["splits"]["train"]["documents"]
@@ -84,6 +88,11 @@ def test_demo_tiny_end_to_end(tmp_path, real_teacher):
     assert s["codec_kl_nats"] < 0.01
     stages = json.loads((lake / "stages" / "distilled.json").read_text())
     assert stages["resume"]["checkpoints_before_resume"]  # a checkpoint existed when the run resumed
+    # the curves come from the trainer's metrics.jsonl: every step once across the two segments,
+    # an eval every eval_interval (3) steps, alpha following pd_best's WSD schedule up to 0.9
+    assert [s for s, _ in stages["train_total"]] == list(range(1, 13))
+    assert [s for s, _ in stages["eval_loss"]] == [3, 6, 9, 12]
+    assert stages["alpha"][0] == [1, 0.0] and max(a for _, a in stages["alpha"]) == pytest.approx(0.9)
 
     # a re-run reuses every finished stage
     proc2 = subprocess.run([sys.executable, "-m", "pdistill.cli", "demo", "--tiny", "--lake", str(lake)],

@@ -76,22 +76,25 @@ def test_line_shows_tokens_rate_eta_and_parts():
 
 
 def test_a_real_run_reports_the_tokens_it_wrote(tmp_path, tiny_teacher, caplog):
-    """DirectRunner with two worker threads: the workers' counts reach the launcher's line, and the
-    final line's tokens and sequences are the manifest's."""
+    """`pdistill logits` on the DirectRunner with two worker threads: the workers' counts reach the
+    launcher's progress line, whose tokens and sequences are the manifest's; --report-json holds the
+    same report as data."""
     from fixtures_models import make_texts
-    from pipelines.config import PipelineConfig
-    from pipelines.job import run
+    from pipelines.cli import main
 
     lake = tmp_path / "lake"
     lake.mkdir()
     (lake / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in make_texts(40, seed=1)))
-    cfg = PipelineConfig(inputs=[os.path.join(lake, "*.jsonl")], teacher=tiny_teacher, output=str(tmp_path / "ds"),
-                         seq_len=32, top_p=0.9, top_k=16, batch_size=4, bytes_per_unit=1500,
-                         direct_running_mode="multi_threading", direct_num_workers=2, progress=True)
+    report_path = tmp_path / "report.json"
+    argv = ["--input", os.path.join(lake, "*.jsonl"), "--teacher", tiny_teacher, "--output", str(tmp_path / "ds"),
+            "--seq-len", "32", "--top-p", "0.9", "--top-k", "16", "--batch-size", "4", "--bytes-per-unit", "1500",
+            "--direct-running-mode", "multi_threading", "--direct-num-workers", "2", "--report-json", str(report_path)]
     with caplog.at_level(logging.INFO, logger="pdistill.pipeline"):
-        report = run(cfg)
+        assert main(argv) == 0
+    report = json.loads(report_path.read_text())
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert report["summary"] == manifest["counts"] and report["computed_units"] == report["units"] > 1
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher pass:")]
-    assert report.units > 1 and lines, caplog.text
-    s = report.summary
-    assert lines[-1].startswith(f"teacher pass: done, {s['tokens']:,} tokens ({s['sequences']:,} sequences) in ")
-    assert lines[-1].endswith(f"{report.units}/{report.units} parts published")
+    c = manifest["counts"]
+    assert lines and lines[-1].startswith(f"teacher pass: done, {c['tokens']:,} tokens ({c['sequences']:,} sequences) in ")
+    assert lines[-1].endswith(f"{c['units']}/{c['units']} parts published")
