@@ -14,7 +14,7 @@ import argparse
 import sys
 
 # CLI options that make no sense inside a launcher VM (and so are not template parameters).
-LOCAL_ONLY = ("runner", "direct_running_mode", "direct_num_workers", "progress", "json")
+LOCAL_ONLY = ("runner", "direct_running_mode", "direct_num_workers", "progress", "json", "report_json")
 
 
 def cli_flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
