@@ -9,6 +9,8 @@ leaves them out of the work, so neither the tokenizer nor the teacher sees them 
 
 Graph:  units -> Reshuffle -> ReadAndPack -> RunInference(teacher) -> EncodeSample
         -> (+ each unit's read summary) GroupByKey(unit) -> WritePart -> ToList -> Finalize
+On the DirectRunner, encoded samples and read summaries also feed the progress counters
+(`pipelines.progress`).
 """
 from __future__ import annotations
 

@@ -15,9 +15,8 @@ The launcher sums the files. The total is estimated from the units read so far: 
 per input byte times the input bytes to do (a unit's bytes: its byte range, or its rows' share
 of a Parquet file; units of one file differ in size, and small ones finish first), exact once
 every unit is read. The rate is measured over the last `RATE_WINDOW` seconds, and
-ETA = (total - done) / rate. Counts are for display: a retried
-bundle may count twice. Other runners (Dataflow shows the same counters live in its console)
-get the published parts only.
+ETA = (total - done) / rate. Counts are for display: a retried bundle may count twice. Other
+runners (Dataflow shows the same counters live in its console) get the published parts only.
 """
 from __future__ import annotations
 
