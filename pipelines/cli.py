@@ -54,7 +54,8 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--config", help="YAML file of settings (keys as in pipelines.config.PipelineConfig)")
     ap.add_argument("--json", action="store_true", help="print the final report as JSON")
-    ap.add_argument("--report-json", dest="report_json", metavar="PATH", help="also write the final report as JSON to PATH")
+    ap.add_argument("--report-json", dest="report_json", metavar="PATH",
+                    help="also write the final report as JSON to PATH (any fsspec URI)")
     for flag, kw in FLAGS:
         ap.add_argument(flag, default=None, **kw)
     return ap

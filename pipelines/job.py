@@ -216,7 +216,8 @@ def run(config: PipelineConfig, extra_args: list[str] | None = None, options: Pi
     options = options or make_options(config, extra_args or [])
     p = beam.Pipeline(options=options)
     local = "direct" in config.runner.lower()  # a DirectRunner: its workers can write our progress files
-    with Progress(config.output, plan.files, plan.todo, local_workers=local, enabled=config.progress) as progress:
+    with Progress(config.output, plan.files, plan.todo, local_workers=local,
+                  enabled=config.progress) as progress:
         build(p, plan, progress.folder)
         result = p.run()
         result.wait_until_finish()
