@@ -64,12 +64,11 @@ def stage_measure(lake: Path, scale: Scale) -> dict:
                 if fid["checked"] < scale.fidelity_sequences and n >= 1:
                     # the stored sample against the teacher's own distribution at the same positions
                     tr = truncs[b]
-                    dec = schemas.decode_sample(s, codec)
-                    dec_n = schemas.Decoded(dec.counts[:n], dec.ids, dec.logp, dec.log_tail[:n])
+                    dec_n = schemas.decode_sample(s, codec).head(n)  # drop padding
                     fid["codec_kl"].append(fidelity.codec_kl(tr, dec_n))
                     fid["total_kl"].append(fidelity.total_kl(logits[b, :n].numpy(), dec_n))
                     fid["kept"].append(fidelity.kept_per_token(tr.counts))
-                    same = np.array_equal(np.sort(tr.ids), np.sort(dec.ids)) and np.array_equal(tr.counts, dec_n.counts)
+                    same = np.array_equal(np.sort(tr.ids), np.sort(dec_n.ids)) and np.array_equal(tr.counts, dec_n.counts)
                     fid["ids_match"] += int(same)
                     fid["checked"] += 1
     teacher_loss = nll / max(count, 1)

@@ -26,7 +26,6 @@ import tempfile
 import numpy as np
 
 from schemas import CodecError, DatasetDir, Manifest, fidelity, make_codec, storage
-from schemas.codec import Decoded
 from schemas.errors import SchemaError
 from schemas.integrity import Problem, Verification
 from schemas.sample import decode_sample
@@ -61,8 +60,7 @@ def teacher_fidelity(teacher_uri: str, samples: list[dict], manifest: Manifest, 
         with torch.no_grad():
             logits = model(ids).logits[0, :, : manifest.vocab_size]
         fresh = truncate_tensor(logits, manifest.truncation.top_p, manifest.truncation.top_k)
-        stored = decode_sample(s, codec)
-        stored = Decoded(stored.counts[:n], stored.ids, stored.logp, stored.log_tail[:n])  # drop padding
+        stored = decode_sample(s, codec).head(n)  # drop padding
         codec_kls.append(fidelity.codec_kl(fresh, stored))
         total_kls.append(fidelity.total_kl(logits.numpy(), stored))
     return float(np.mean(codec_kls)), float(np.mean(total_kls))

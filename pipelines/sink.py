@@ -35,7 +35,7 @@ COUNT_KEYS = ("documents", "packed_documents", "dead_letters", "sequences", "tok
 
 
 class EncodeSample(beam.DoFn):
-    """PredictionResult(Packed, Truncated) -> (unit, (index, MDS sample dict))."""
+    """PredictionResult(Packed, KeptEntries) -> (unit, (index, MDS sample dict))."""
 
     def __init__(self, codec: str, codec_params: dict, vocab_size: int, kept_k: int):
         self.codec_name, self.codec_params = codec, codec_params

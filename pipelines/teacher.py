@@ -2,7 +2,7 @@
 
 `TeacherRunner` owns the model: forward pass on a batch of packed sequences, then top-p-k
 (`schemas.truncate_tensor`, on the device, only [T, k] candidates leave it) or sampled selection
-(`schemas.sample_select`). Its `predict` returns small `Truncated` records, so when the model is
+(`schemas.sample_select`). Its `predict` returns small `schemas.KeptEntries` records, so when the model is
 shared across processes (`share_model_across_processes`, one copy per accelerator) only those
 cross the process boundary, never logits.
 
@@ -26,12 +26,11 @@ from pipelines import faults
 from pipelines.packing import Packed
 from pipelines.teacher_limits import (DTYPE_BYTES, ForwardShape, available_memory, check_memory, check_positions,
                                       forward_shape)
-from schemas import Truncated, sample_select, storage, truncate_tensor
+from schemas import KeptEntries, sample_select, storage, truncate_tensor
 from schemas.identity import fingerprint_files
 
 NAMESPACE = "pdistill"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-PAD_LOG_TAIL = -np.inf  # padding positions: no kept entries and no tail (as tests/make_dataset.py)
 
 
 class TeacherError(ValueError):
@@ -135,19 +134,6 @@ def resolve_device_dtype(device: str = "auto", dtype: str = "auto"):
     return device, getattr(torch, dtype)
 
 
-def pad_truncated(tr: Truncated, seq_len: int) -> Truncated:
-    """Extend a truncation of the n real positions to seq_len with empty padding positions."""
-    n = tr.num_positions
-    if n == seq_len:
-        return tr
-    return Truncated(
-        counts=np.concatenate([tr.counts, np.zeros(seq_len - n, dtype=tr.counts.dtype)]),
-        ids=tr.ids,
-        logp=tr.logp,
-        log_tail=np.concatenate([tr.log_tail, np.full(seq_len - n, PAD_LOG_TAIL, dtype=np.float32)]),
-    )
-
-
 def sample_seed(sid: int, seed: int) -> int:
     """Per-sample seed of the sampled selection: a function of the sample id (and the run seed)."""
     return (int(sid) + int(seed) * 0x9E3779B97F4A7C15) % (1 << 64)
@@ -189,7 +175,7 @@ class TeacherRunner:
         return {"pid": os.getpid(), "device": str(self.device), "dtype": str(self.dtype)}
 
     def predict(self, tokens: np.ndarray, n_tokens: Sequence[int], seeds: Sequence[int],
-                inference_args: dict | None = None) -> list[Truncated]:
+                inference_args: dict | None = None) -> list[KeptEntries]:
         import torch
 
         self.check_limits(*np.shape(tokens))
@@ -203,12 +189,12 @@ class TeacherRunner:
                     tr = sample_select(z.float().cpu().numpy(), self.num_draws, int(seeds[b]))
                 else:
                     tr = truncate_tensor(z, self.top_p, self.top_k)
-                out.append(pad_truncated(tr, int(tokens.shape[1])))
+                out.append(tr.padded(int(tokens.shape[1])))  # padding: no teacher signal
         return out
 
 
 class TeacherModelHandler(ModelHandler[Packed, PredictionResult, TeacherRunner]):
-    """RunInference handler: Packed sequences in, PredictionResult(Packed, Truncated) out."""
+    """RunInference handler: Packed sequences in, PredictionResult(Packed, KeptEntries) out."""
 
     def __init__(self, model_uri: str, *, selection: str = "top_p_k", top_p: float = 0.95, top_k: int = 100,
                  num_draws: int = 64, seed: int = 0, batch_size: int = 8, device: str = "auto",

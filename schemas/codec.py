@@ -1,9 +1,10 @@
-"""Codecs: how a `Truncated` sequence becomes bytes in an MDS sample, and back.
+"""Codecs: how a sequence's `KeptEntries` become bytes in an MDS sample, and back.
 
 Every codec stores three byte columns beside the per-position counts:
   teacher_ids, teacher_values, teacher_tail.
-Decoding returns a `Decoded`: kept ids and their log-probabilities *renormalised over the kept
-set* (the paper's F at tau = 1), plus the log of the dropped tail mass. Temperature is applied at
+Decoding returns the same record type (`schemas.kept.KeptEntries`): kept ids ascending per
+position and their log-probabilities *renormalised over the kept set* (the paper's F at tau = 1),
+plus the log of the dropped tail mass. Temperature is applied at
 training time: softmax(logp / tau) over the kept set equals softmax(z / tau) over it.
 
 * `exact`   ids as little-endian uint32, log-probs as float32 (or float16): the reference.
@@ -26,18 +27,12 @@ import numpy as np
 
 from schemas import varint
 from schemas.errors import CodecError
-from schemas.truncation import Truncated
+from schemas.kept import KeptEntries
 
 
-@dataclass(frozen=True)
-class Decoded:
-    counts: np.ndarray  # [T]
-    ids: np.ndarray  # [N] int64
-    logp: np.ndarray  # [N] float32, log-probs renormalised over each position's kept set
-    log_tail: np.ndarray  # [T] float32, log of the dropped mass (-inf when none)
-
-    def offsets(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)])
+# The old name of what codecs decode (`schemas.kept.KeptEntries`, the record truncation also
+# returns); kept for code written against it, new code says KeptEntries.
+Decoded = KeptEntries
 
 
 def segment_logsumexp(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -61,17 +56,17 @@ def renormalise(logp: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return (logp.astype(np.float64) - np.repeat(lse, counts)).astype(np.float32)
 
 
-def _sorted_by_id(tr: Truncated) -> tuple[np.ndarray, np.ndarray]:
+def _sorted_by_id(tr: KeptEntries) -> tuple[np.ndarray, np.ndarray]:
     pos = np.repeat(np.arange(tr.counts.shape[0]), tr.counts)
     order = np.lexsort((tr.ids, pos))
     return tr.ids[order], tr.logp[order]
 
 
-def lossless_decoded(tr: Truncated) -> Decoded:
+def lossless_decoded(tr: KeptEntries) -> KeptEntries:
     """What a lossless codec would decode: ids ascending per position, log-probs renormalised
     over the kept set. The reference for codec error, and the live teacher's layout."""
     ids, logp = _sorted_by_id(tr)
-    return Decoded(np.asarray(tr.counts), ids, renormalise(logp, tr.counts), tr.log_tail)
+    return KeptEntries(np.asarray(tr.counts), ids, renormalise(logp, tr.counts), tr.log_tail)
 
 
 @dataclass(frozen=True)
@@ -91,7 +86,7 @@ class ExactCodec:
         at most 2^-7, about ulp^2 / 24."""
         return 0.0 if self.value_dtype == "float32" else 2.0**-14 / 24
 
-    def encode(self, tr: Truncated) -> dict[str, bytes]:
+    def encode(self, tr: KeptEntries) -> dict[str, bytes]:
         ref = lossless_decoded(tr)
         return {
             "teacher_ids": ref.ids.astype("<u4").tobytes(),
@@ -99,14 +94,14 @@ class ExactCodec:
             "teacher_tail": tr.log_tail.astype("<f4").tobytes(),
         }
 
-    def decode(self, counts: np.ndarray, cols: dict[str, bytes]) -> Decoded:
+    def decode(self, counts: np.ndarray, cols: dict[str, bytes]) -> KeptEntries:
         counts = np.asarray(counts, dtype=np.int64)
         n = int(counts.sum())
         ids = _frombuffer(self.name, cols["teacher_ids"], "<u4").astype(np.int64)
         vals = _frombuffer(self.name, cols["teacher_values"], np.dtype(self.value_dtype).newbyteorder("<"))
         tail = _frombuffer(self.name, cols["teacher_tail"], "<f4")
         _check_lengths(self.name, n, counts.shape[0], ids.shape[0], vals.shape[0], tail.shape[0])
-        return Decoded(counts, ids, renormalise(vals.astype(np.float32), counts), tail.astype(np.float32))
+        return KeptEntries(counts, ids, renormalise(vals.astype(np.float32), counts), tail.astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -125,7 +120,7 @@ class CompactCodec:
         """Design codec KL, nats/token: log-domain rounding with step s costs about s^2 / 24."""
         return float(self.step) ** 2 / 24
 
-    def encode(self, tr: Truncated) -> dict[str, bytes]:
+    def encode(self, tr: KeptEntries) -> dict[str, bytes]:
         counts = np.asarray(tr.counts, dtype=np.int64)
         ids, logp = _sorted_by_id(tr)
         starts = np.cumsum(counts) - counts
@@ -143,7 +138,7 @@ class CompactCodec:
             "teacher_tail": tr.log_tail.astype("<f2").tobytes(),
         }
 
-    def decode(self, counts: np.ndarray, cols: dict[str, bytes]) -> Decoded:
+    def decode(self, counts: np.ndarray, cols: dict[str, bytes]) -> KeptEntries:
         counts = np.asarray(counts, dtype=np.int64)
         n = int(counts.sum())
         gaps = varint.decode(cols["teacher_ids"], n).astype(np.int64)
@@ -159,7 +154,7 @@ class CompactCodec:
         base = np.repeat(csum[starts[nz]] - inc[starts[nz]], counts[nz])
         ids = csum - base
         rel = -q.astype(np.float32) * np.float32(self.step)
-        return Decoded(counts, ids, renormalise(rel, counts), tail.astype(np.float32))
+        return KeptEntries(counts, ids, renormalise(rel, counts), tail.astype(np.float32))
 
 
 def _segment_max(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -185,7 +180,7 @@ def _check_lengths(name, n, t, n_ids, n_vals, n_tail):
         )
 
 
-# compact2 lives in its own module and builds on Decoded/renormalise above, hence the late import.
+# compact2/3 live in their own modules and build on renormalise above, hence the late import.
 from schemas.codec_compact2 import Compact2Codec  # noqa: E402
 from schemas.codec_compact3 import Compact3Codec  # noqa: E402
 

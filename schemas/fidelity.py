@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.codec import Decoded, lossless_decoded
-from schemas.truncation import Truncated, log_normalizer
+from schemas.codec import lossless_decoded
+from schemas.kept import KeptEntries
+from schemas.truncation import log_normalizer
 
 
-def codec_kl(truncated: Truncated, decoded: Decoded) -> float:
+def codec_kl(truncated: KeptEntries, decoded: KeptEntries) -> float:
     """Mean over positions with signal of KL(truncated || decoded), both over the kept set."""
     ref = lossless_decoded(truncated)
     ids_t, lp_t = ref.ids, ref.logp
@@ -28,7 +29,7 @@ def codec_kl(truncated: Truncated, decoded: Decoded) -> float:
     return float((p * (lp_t.astype(np.float64) - lp_d.astype(np.float64))).sum() / n)
 
 
-def total_kl(logits: np.ndarray, decoded: Decoded) -> float:
+def total_kl(logits: np.ndarray, decoded: KeptEntries) -> float:
     """Mean over positions with signal of KL(full teacher softmax || decoded-with-tail)."""
     logits = np.asarray(logits, dtype=np.float32)
     t, v = logits.shape

@@ -13,17 +13,14 @@ Columns (MDS encodings; the token and count dtypes follow the vocab size and top
   unit            str             the work unit that produced the sample (provenance)
 
 Position t carries the teacher's distribution of the token at t + 1 given tokens[: t + 1].
-Decoding to dense arrays is `decode_dense`: numpy only, usable from the trainer's collator.
+Decoding to dense arrays is `decode_dense` (`KeptEntries.to_dense`): numpy only, used by the trainer's dataset.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from schemas.codec import Decoded
 from schemas.errors import SchemaError
-from schemas.truncation import Truncated
+from schemas.kept import DenseTeacher, KeptEntries
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -59,7 +56,7 @@ def build_sample(
     tokens: np.ndarray,
     n_tokens: int,
     doc_starts: np.ndarray,
-    truncated: Truncated,
+    truncated: KeptEntries,
     codec,
     vocab_size: int,
     top_k: int,
@@ -82,7 +79,7 @@ def build_sample(
     }
 
 
-def decode_sample(sample: dict, codec) -> Decoded:
+def decode_sample(sample: dict, codec) -> KeptEntries:
     counts = np.asarray(sample["teacher_counts"], dtype=np.int64)
     cols = {k: sample[k] for k in ("teacher_ids", "teacher_values", "teacher_tail")}
     if getattr(codec, "needs_tokens", False):  # compact3: the next token is part of the code
@@ -90,36 +87,6 @@ def decode_sample(sample: dict, codec) -> Decoded:
     return codec.decode(counts, cols)
 
 
-@dataclass(frozen=True)
-class DenseTeacher:
-    """Dense per-position teacher signal for the trainer.
-
-    ids [T, K] int64 (0 where masked), logp [T, K] float32 (renormalised over the kept set,
-    -inf where masked), mask [T, K] bool, log_tail [T] float32.
-    """
-
-    ids: np.ndarray
-    logp: np.ndarray
-    mask: np.ndarray
-    log_tail: np.ndarray
-
-
-def to_dense(decoded: Decoded, k: int) -> DenseTeacher:
-    counts = decoded.counts
-    t = counts.shape[0]
-    if counts.size and counts.max() > k:
-        raise SchemaError(f"a position keeps {int(counts.max())} entries, more than K={k}")
-    col = np.arange(decoded.ids.shape[0]) - np.repeat(np.cumsum(counts) - counts, counts)
-    row = np.repeat(np.arange(t), counts)
-    ids = np.zeros((t, k), dtype=np.int64)
-    logp = np.full((t, k), -np.inf, dtype=np.float32)
-    mask = np.zeros((t, k), dtype=bool)
-    ids[row, col] = decoded.ids
-    logp[row, col] = decoded.logp
-    mask[row, col] = True
-    return DenseTeacher(ids, logp, mask, decoded.log_tail.astype(np.float32))
-
-
 def decode_dense(sample: dict, codec, k: int) -> DenseTeacher:
     """One MDS sample's teacher signal as dense [T, K] arrays with a validity mask."""
-    return to_dense(decode_sample(sample, codec), k)
+    return decode_sample(sample, codec).to_dense(k)

@@ -1,9 +1,9 @@
 """Truncation of teacher logits to the kept set (top-k, top-p, top-p-k) and sampled selection.
 
 The paper (Peng et al. 2025) truncates raw logits first and applies the temperature after, so
-truncation here is always at temperature 1.  What comes out is a `Truncated` record: per position
-the number of kept ids, the kept ids and their log-probabilities under the *full* softmax, and the
-log of the mass that truncation dropped.
+truncation here is always at temperature 1.  What comes out is a `schemas.kept.KeptEntries`
+record: per position the number of kept ids, the kept ids and their log-probabilities under the
+*full* softmax, and the log of the mass that truncation dropped.
 
 Rules (deterministic, ties broken by the lower id):
   * candidates are ordered by logit descending, then id ascending;
@@ -22,38 +22,17 @@ log-normaliser in float64, so their ids agree bit for bit.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from schemas.errors import CodecError
+from schemas.kept import KeptEntries
 
 # Dropped mass below this is "no tail" (log_tail = -inf): rounding noise of 1 - sum(kept), not mass.
 TAIL_FLOOR = 2.0**-30
 
 
-@dataclass(frozen=True)
-class Truncated:
-    """A truncated teacher distribution for one sequence, stored flat (CSR by position).
-
-    counts:   [T] number of kept entries per position (0 = no teacher signal, e.g. padding)
-    ids:      [N] kept token ids, N = counts.sum(), grouped by position
-    logp:     [N] log-probabilities of the kept ids under the full teacher softmax (tau = 1)
-    log_tail: [T] log of the probability mass that truncation dropped (-inf when none)
-    """
-
-    counts: np.ndarray
-    ids: np.ndarray
-    logp: np.ndarray
-    log_tail: np.ndarray
-
-    @property
-    def num_positions(self) -> int:
-        return int(self.counts.shape[0])
-
-    def offsets(self) -> np.ndarray:
-        """[T + 1] start offsets of each position's entries in the flat arrays."""
-        return np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)])
+# The old name of the record truncation returns (`schemas.kept.KeptEntries`); new code says KeptEntries.
+Truncated = KeptEntries
 
 
 def validate_params(top_p: float, top_k: int, vocab_size: int | None = None) -> None:
@@ -116,7 +95,7 @@ def truncate_candidates(
     top_p: float,
     top_k: int,
     vocab_size: int,
-) -> Truncated:
+) -> KeptEntries:
     """Finish a truncation from the top-k candidates of each row and the row's log-normaliser.
 
     cand_logits/cand_ids: [T, C] with C >= min(top_k, V); lse: [T] float64 logsumexp of the row;
@@ -141,7 +120,7 @@ def truncate_candidates(
     no_tail = (counts >= vocab_size) | (1.0 - kept_mass < TAIL_FLOOR)
     with np.errstate(divide="ignore"):
         log_tail = np.where(no_tail, -np.inf, np.log1p(-np.where(no_tail, 0.0, kept_mass)))
-    return Truncated(
+    return KeptEntries(
         counts=counts,
         ids=ids[keep],
         logp=logp[keep].astype(np.float32),
@@ -149,7 +128,7 @@ def truncate_candidates(
     )
 
 
-def truncate(logits: np.ndarray, top_p: float = 1.0, top_k: int = 100) -> Truncated:
+def truncate(logits: np.ndarray, top_p: float = 1.0, top_k: int = 100) -> KeptEntries:
     """Reference top-p-k truncation of [T, V] logits (numpy). top_p = 1 gives plain top-k."""
     logits = _check_logits(logits)
     validate_params(top_p, top_k, logits.shape[1])
@@ -157,7 +136,7 @@ def truncate(logits: np.ndarray, top_p: float = 1.0, top_k: int = 100) -> Trunca
     return truncate_candidates(vals, ids, log_normalizer(logits), top_p, top_k, logits.shape[1])
 
 
-def truncate_tensor(logits, top_p: float = 1.0, top_k: int = 100, row_chunk: int = 256) -> Truncated:
+def truncate_tensor(logits, top_p: float = 1.0, top_k: int = 100, row_chunk: int = 256) -> KeptEntries:
     """Top-p-k truncation of a [T, V] torch tensor on its own device (duck-typed, no torch import).
 
     Only [T, k] candidates and [T] normalisers leave the device. Matches `truncate` bit for bit
@@ -200,7 +179,7 @@ def truncate_tensor(logits, top_p: float = 1.0, top_k: int = 100, row_chunk: int
     )
 
 
-def sample_select(logits: np.ndarray, num_draws: int, seed: int) -> Truncated:
+def sample_select(logits: np.ndarray, num_draws: int, seed: int) -> KeptEntries:
     """Sampled teacher signal ("Sparse Logit Sampling", Anshumann et al. 2025; Gemma 3).
 
     Draws `num_draws` ids per position from the full teacher softmax with a seeded generator and
@@ -221,7 +200,7 @@ def sample_select(logits: np.ndarray, num_draws: int, seed: int) -> Truncated:
         counts.append(len(uniq))
         ids.append(uniq)
         logp.append(np.log(cnt / num_draws))
-    return Truncated(
+    return KeptEntries(
         counts=np.asarray(counts, dtype=np.int64),
         ids=np.concatenate(ids).astype(np.int64),
         logp=np.concatenate(logp).astype(np.float32),

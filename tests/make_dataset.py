@@ -28,7 +28,6 @@ from schemas import (
     truncate,
 )
 from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
-from schemas.truncation import Truncated
 
 N_WORDS = 60  # + 4 specials = vocab 64
 
@@ -92,16 +91,6 @@ def teacher_logits(model, tokens: np.ndarray) -> np.ndarray:
     return out.float().numpy()
 
 
-def pad_truncated(tr: Truncated, seq_len: int) -> Truncated:
-    pad = seq_len - tr.num_positions
-    return Truncated(
-        np.concatenate([tr.counts, np.zeros(pad, np.int64)]),
-        tr.ids,
-        tr.logp,
-        np.concatenate([tr.log_tail, np.full(pad, -np.inf, np.float32)]),
-    )
-
-
 def write_dataset(
     out: str,
     tokenizer,
@@ -148,7 +137,7 @@ def write_dataset(
                     if teacher is not None
                     else rng.standard_normal((n_tok, vocab_size)).astype(np.float32) * 3
                 )
-                tr = pad_truncated(truncate(logits, top_p, top_k), seq_len)
+                tr = truncate(logits, top_p, top_k).padded(seq_len)
                 tokens = np.concatenate([toks, np.zeros(seq_len - n_tok, np.int64)])
                 sid = sample_id(source, unit, i)
                 w.write(
