@@ -16,10 +16,9 @@ import time
 import numpy as np
 import torch
 
-from schemas.sample import to_dense
 from schemas.codec import lossless_decoded
 from schemas.truncation import truncate_tensor
-from trainer.losses import distill_loss
+from trainer.losses import LossSpec, TeacherBatch, distill_loss
 
 
 def true_distributions(contexts: int, vocab: int, seed: int, spread: float = 4.0) -> torch.Tensor:
@@ -28,14 +27,11 @@ def true_distributions(contexts: int, vocab: int, seed: int, spread: float = 4.0
     return torch.log_softmax(torch.randn(contexts, vocab, generator=g, dtype=torch.float64) * spread, -1)
 
 
-def truncated_teacher(log_p: torch.Tensor, top_p: float, top_k: int) -> dict:
+def truncated_teacher(log_p: torch.Tensor, top_p: float, top_k: int) -> TeacherBatch:
     """The stored teacher signal for each context, as the collator hands it over ([1, C, K])."""
     dec = lossless_decoded(truncate_tensor(log_p.float(), top_p, top_k))
-    dense = to_dense(dec, top_k)
-    t = {k: torch.from_numpy(np.asarray(v))[None] for k, v in
-         dict(teacher_ids=dense.ids, teacher_logp=dense.logp, teacher_mask=dense.mask, teacher_log_tail=dense.log_tail).items()}
-    t["teacher_ids"] = t["teacher_ids"].long()
-    return t
+    contexts = log_p.shape[0]
+    return TeacherBatch.from_kept([dec], contexts, top_k, np.ones((1, contexts), dtype=bool))
 
 
 def toy_excess(*, kind: str = "forward_kl", support: str = "full", tail: bool = False, tau: float = 1.0,
@@ -56,7 +52,9 @@ def toy_excess(*, kind: str = "forward_kl", support: str = "full", tail: bool = 
 def _toy(kind, support, tail, tau, tau_squared, alpha, contexts, vocab, top_p, top_k, steps, samples, lr, seed):
     log_p = true_distributions(contexts, vocab, seed)
     teacher = truncated_teacher(log_p, top_p, top_k)
-    expand = {k: v.expand(samples, *v.shape[1:]) for k, v in teacher.items()}
+    expand = TeacherBatch(*(v.expand(samples, *v.shape[1:]) for v in
+                            (teacher.ids, teacher.logp, teacher.mask, teacher.log_tail, teacher.position_mask)))
+    spec = LossSpec(kind=kind, support=support, tau=tau, tail=tail, tau_squared=tau_squared)
     x = torch.zeros(1, contexts, vocab, requires_grad=True)
     opt = torch.optim.Adam([x], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)  # decays the LM term's sampling noise
@@ -65,16 +63,14 @@ def _toy(kind, support, tail, tau, tau_squared, alpha, contexts, vocab, top_p, t
     for _ in range(steps):
         labels = torch.multinomial(p, samples, replacement=True, generator=g).T  # [S, C]
         logits = x.expand(samples, contexts, vocab)
-        res = distill_loss(logits, labels, expand["teacher_ids"], expand["teacher_logp"], expand["teacher_mask"],
-                           expand["teacher_log_tail"], None, alpha=alpha, kind=kind, tau=tau, support=support,
-                           tail=tail, tau_squared=tau_squared)
+        res = distill_loss(logits, labels, expand, spec, alpha=alpha)
         opt.zero_grad()
         res.loss.backward()
         opt.step()
         sched.step()
     log_q = torch.log_softmax(x.detach()[0].double(), -1)
     excess = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
-    dropped = float(teacher["teacher_log_tail"].double().exp().mean())
+    dropped = float(teacher.log_tail.double().exp().mean())
     return {"excess": excess, "dropped": dropped}
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.losses import KD_KINDS, distill_loss, kd_loss, lm_loss, total_loss
+from trainer.losses import KD_KINDS, LossSpec, TeacherBatch, distill_loss, kd_loss, lm_loss, total_loss
 
 NEG_INF = float("-inf")
 
@@ -40,6 +40,16 @@ def make_case(b=2, t=6, v=13, k=4, seed=0, dtype=torch.float32, k1=False, scale=
     position_mask = torch.ones(b, t, dtype=torch.bool)
     position_mask[b - 1, t - 1] = False
     return logits, ids, logp.to(dtype), mask, log_tail.to(dtype), position_mask
+
+
+def kd_case(logits, ids, logp, mask, lt, pm, *, kd_denominator=None, **spec):
+    """`kd_loss` on make_case's tensors: the teacher as a TeacherBatch, the settings as a LossSpec."""
+    return kd_loss(logits, TeacherBatch(ids, logp, mask, lt, pm), LossSpec(**spec), kd_denominator=kd_denominator)
+
+
+def distill_case(logits, labels, ids, logp, mask, lt, pm, *, alpha, **spec):
+    """`distill_loss` on make_case's tensors (see `kd_case`)."""
+    return distill_loss(logits, labels, TeacherBatch(ids, logp, mask, lt, pm), LossSpec(**spec), alpha=alpha)
 
 
 def reference(logits, ids, logp, mask, log_tail, position_mask, kind, tau, tail, tau_squared=False, support="full"):
@@ -138,7 +148,7 @@ CASES = [(kind, tau, form) for kind in KD_KINDS for tau in (1.0, 0.5, 2.0) for f
 def test_kd_matches_dense_reference(kind, tau, form):
     support, tail = form
     case = make_case(seed=hash((kind, tau, tail, support)) % 1000)
-    res = kd_loss(*case, kind=kind, tau=tau, tail=tail, support=support)
+    res = kd_case(*case, kind=kind, tau=tau, tail=tail, support=support)
     ref, agree, n = reference(*case, kind, tau, tail, support=support)
     assert res.loss.item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
     assert res.agreement.item() == pytest.approx(agree)
@@ -150,7 +160,7 @@ def test_kd_matches_dense_reference(kind, tau, form):
 def test_kd_top1_only(kind, tail):
     """k = 1: F is a point mass on the teacher's top id."""
     case = make_case(k=3, k1=True, seed=5)
-    res = kd_loss(*case, kind=kind, tau=2.0, tail=tail)
+    res = kd_case(*case, kind=kind, tau=2.0, tail=tail)
     ref, agree, _ = reference(*case, kind, 2.0, tail)
     assert res.loss.item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
     assert res.agreement.item() == pytest.approx(agree)
@@ -161,15 +171,15 @@ def test_kd_top1_only(kind, tail):
 
 def test_known_values_and_identities():
     logits, ids, logp, mask, lt, pm = make_case(seed=3)
-    fkl = kd_loss(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0).loss
-    sce = kd_loss(logits, ids, logp, mask, lt, pm, kind="soft_ce", tau=1.0).loss
+    fkl = kd_case(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0).loss
+    sce = kd_case(logits, ids, logp, mask, lt, pm, kind="soft_ce", tau=1.0).loss
     assert fkl.item() >= 0.0
     # soft_ce = forward_kl + H(F): same gradient
     lg = logits.clone().requires_grad_(True)
-    kd_loss(lg, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0).loss.backward()
+    kd_case(lg, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0).loss.backward()
     g1 = lg.grad.clone()
     lg.grad = None
-    kd_loss(lg, ids, logp, mask, lt, pm, kind="soft_ce", tau=1.0).loss.backward()
+    kd_case(lg, ids, logp, mask, lt, pm, kind="soft_ce", tau=1.0).loss.backward()
     torch.testing.assert_close(lg.grad, g1)
     assert sce.item() > fkl.item()
     # student equal to the teacher on the kept set, ~no mass elsewhere: every divergence ~ 0,
@@ -179,20 +189,20 @@ def test_known_values_and_identities():
     b, t, k = torch.nonzero(valid, as_tuple=True)
     student[b, t, ids[b, t, k]] = logp[b, t, k]
     for kind in ("forward_kl", "reverse_kl", "mse"):
-        assert kd_loss(student, ids, logp, mask, lt, pm, kind=kind, tau=1.0).loss.item() == pytest.approx(0, abs=1e-5)
+        assert kd_case(student, ids, logp, mask, lt, pm, kind=kind, tau=1.0).loss.item() == pytest.approx(0, abs=1e-5)
     ent = -(torch.where(mask, logp.exp() * logp, torch.zeros(()))).sum(-1)[mask.any(-1) & pm].mean()
-    assert kd_loss(student, ids, logp, mask, lt, pm, kind="soft_ce", tau=1.0).loss.item() == pytest.approx(ent.item(), rel=1e-5)
+    assert kd_case(student, ids, logp, mask, lt, pm, kind="soft_ce", tau=1.0).loss.item() == pytest.approx(ent.item(), rel=1e-5)
 
 
 def test_temperature_is_applied_to_stored_logp_not_scaled():
     """F = softmax(logp / tau) over the kept set is invariant to an additive shift of logp (raw
     logits vs. renormalised log-probs), and tau^2 only multiplies."""
     case = list(make_case(seed=11))
-    base = kd_loss(*case, kind="forward_kl", tau=2.0).loss
+    base = kd_case(*case, kind="forward_kl", tau=2.0).loss
     shifted = case.copy()
     shifted[2] = case[2] + 3.7  # un-normalised (e.g. raw logits of the kept ids)
-    assert kd_loss(*shifted, kind="forward_kl", tau=2.0).loss.item() == pytest.approx(base.item(), rel=1e-6)
-    sq = kd_loss(*case, kind="forward_kl", tau=2.0, tau_squared=True).loss
+    assert kd_case(*shifted, kind="forward_kl", tau=2.0).loss.item() == pytest.approx(base.item(), rel=1e-6)
+    sq = kd_case(*case, kind="forward_kl", tau=2.0, tau_squared=True).loss
     assert sq.item() == pytest.approx(4.0 * base.item(), rel=1e-6)
     ref, _, _ = reference(*case, "forward_kl", 2.0, False, tau_squared=True)
     assert sq.item() == pytest.approx(ref, rel=1e-5)
@@ -208,8 +218,8 @@ def test_normalisation_is_per_token_over_the_batch():
             one = torch.zeros_like(pm)
             one[bi, ti] = pm[bi, ti]
             if one.any() and mask[bi, ti].any():
-                per_pos.append(kd_loss(logits, ids, logp, mask, lt, one, kind="forward_kl", tau=1.0).loss.item())
-    res = kd_loss(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0)
+                per_pos.append(kd_case(logits, ids, logp, mask, lt, one, kind="forward_kl", tau=1.0).loss.item())
+    res = kd_case(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0)
     assert int(res.num_positions) == len(per_pos) == 6
     assert res.loss.item() == pytest.approx(np.mean(per_pos), rel=1e-6)
 
@@ -217,18 +227,18 @@ def test_normalisation_is_per_token_over_the_batch():
 def test_masked_positions_do_not_matter_and_get_no_gradient():
     logits, ids, logp, mask, lt, pm = make_case(seed=8)
     lg = logits.clone().requires_grad_(True)
-    res = kd_loss(lg, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0, tail=True)
+    res = kd_case(lg, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0, tail=True)
     res.loss.backward()
     assert torch.all(lg.grad[0, 1] == 0)  # no kept entries
     assert torch.all(lg.grad[1, 5] == 0)  # position_mask false
     changed = logits.clone()
     changed[0, 1] += 100.0
     changed[1, 5] -= 100.0
-    res2 = kd_loss(changed, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0, tail=True)
+    res2 = kd_case(changed, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0, tail=True)
     assert res2.loss.item() == res.loss.item()
     # nothing valid at all: loss 0, zero gradient, no NaN
     lg.grad = None
-    empty = kd_loss(lg, ids, logp, mask, lt, torch.zeros_like(pm), kind="reverse_kl", tau=1.0)
+    empty = kd_case(lg, ids, logp, mask, lt, torch.zeros_like(pm), kind="reverse_kl", tau=1.0)
     empty.loss.backward()
     assert empty.loss.item() == 0.0 and int(empty.num_positions) == 0
     assert torch.all(lg.grad == 0)
@@ -241,7 +251,7 @@ def test_chunked_equals_unchunked(kind, support, tail):
     out = []
     for chunk in (None, 1, 4, 1000):
         lg = case[0].clone().requires_grad_(True)
-        res = kd_loss(lg, *case[1:], kind=kind, tau=0.7, tail=tail, support=support, chunk_size=chunk)
+        res = kd_case(lg, *case[1:], kind=kind, tau=0.7, tail=tail, support=support, chunk_size=chunk)
         res.loss.backward()
         out.append((res.loss.detach(), lg.grad.clone(), res.agreement))
     for loss, grad, agree in out[1:]:
@@ -255,7 +265,7 @@ def test_gradient_matches_plain_autograd():
     logits, ids, logp, mask, lt, pm = make_case(seed=13, dtype=torch.float64)
     tau = 1.5
     lg = logits.clone().requires_grad_(True)
-    kd_loss(lg, ids, logp, mask, lt, pm, kind="forward_kl", tau=tau).loss.backward()
+    kd_case(lg, ids, logp, mask, lt, pm, kind="forward_kl", tau=tau).loss.backward()
     lg2 = logits.clone().requires_grad_(True)
     logq = torch.log_softmax(lg2 / tau, -1).gather(-1, ids)
     f = torch.softmax(logp / tau, -1).nan_to_num(0.0)  # rows with nothing kept are NaN here
@@ -274,7 +284,7 @@ def test_gradcheck(kind, support, tail):
     lg = logits.clone().requires_grad_(True)
 
     def fn(x):
-        return kd_loss(x, ids, logp, mask, lt, pm, kind=kind, tau=1.3, tail=tail, support=support, chunk_size=1).loss
+        return kd_case(x, ids, logp, mask, lt, pm, kind=kind, tau=1.3, tail=tail, support=support, chunk_size=1).loss
 
     assert torch.autograd.gradcheck(fn, (lg,), eps=1e-6, atol=1e-6)  # full Jacobian: 24 inputs
 
@@ -287,7 +297,7 @@ def test_gradcheck_lm_and_distill():
     assert torch.autograd.gradcheck(lambda x: lm_loss(x, labels, chunk_size=2), (lg,), eps=1e-6, atol=1e-6,
                                     fast_mode=True)
     assert torch.autograd.gradcheck(
-        lambda x: distill_loss(x, labels, ids, logp, mask, lt, pm, alpha=0.3, kind="forward_kl", tau=2.0,
+        lambda x: distill_case(x, labels, ids, logp, mask, lt, pm, alpha=0.3, kind="forward_kl", tau=2.0,
                                tail=True, chunk_size=4).loss,
         (lg,), eps=1e-6, atol=1e-6, fast_mode=True,
     )
@@ -314,11 +324,11 @@ def test_distill_loss_equals_total_of_parts():
     labels = torch.randint(0, 13, (2, 6))
     labels[1, 0] = -100
     lg = logits.clone().requires_grad_(True)
-    res = distill_loss(lg, labels, ids, logp, mask, lt, pm, alpha=0.9, kind="forward_kl", tau=2.0, chunk_size=3)
+    res = distill_case(lg, labels, ids, logp, mask, lt, pm, alpha=0.9, kind="forward_kl", tau=2.0, chunk_size=3)
     res.loss.backward()
     lg2 = logits.clone().requires_grad_(True)
     lm = lm_loss(lg2, labels)
-    kd = kd_loss(lg2, ids, logp, mask, lt, pm, kind="forward_kl", tau=2.0)
+    kd = kd_case(lg2, ids, logp, mask, lt, pm, kind="forward_kl", tau=2.0)
     total = total_loss(lm, kd.loss, 0.9)
     total.backward()
     assert res.loss.item() == pytest.approx(total.item(), rel=1e-6)
@@ -328,34 +338,34 @@ def test_distill_loss_equals_total_of_parts():
     torch.testing.assert_close(lg.grad, lg2.grad)
     assert total_loss(torch.tensor(2.0), torch.tensor(4.0), 0.25).item() == pytest.approx(2.5)
     # alpha = 0: pure LM, teacher ignored
-    lm_only = distill_loss(logits, labels, ids, logp, mask, lt, pm, alpha=0.0, kind="forward_kl", tau=2.0)
+    lm_only = distill_case(logits, labels, ids, logp, mask, lt, pm, alpha=0.0, kind="forward_kl", tau=2.0)
     assert lm_only.loss.item() == pytest.approx(lm.item(), rel=1e-6)
 
 
 def test_low_precision_logits_and_no_grad():
     logits, ids, logp, mask, lt, pm = make_case(seed=19)
-    ref = kd_loss(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0).loss
+    ref = kd_case(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0).loss
     lg = logits.to(torch.bfloat16).requires_grad_(True)
-    res = kd_loss(lg, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0)
+    res = kd_case(lg, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0)
     assert res.loss.dtype == torch.float32  # computed in float32
     res.loss.backward()
     assert lg.grad.dtype == torch.bfloat16 and torch.isfinite(lg.grad.float()).all()
     assert res.loss.item() == pytest.approx(ref.item(), rel=0.05)
     with torch.no_grad():
-        nog = kd_loss(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0)
+        nog = kd_case(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0)
     assert nog.loss.item() == pytest.approx(ref.item(), rel=1e-6) and not nog.loss.requires_grad
 
 
 def test_bad_arguments():
     case = make_case()
     with pytest.raises(ValueError, match="kind"):
-        kd_loss(*case, kind="kld", tau=1.0)
+        kd_case(*case, kind="kld", tau=1.0)
     with pytest.raises(ValueError, match="tau"):
-        kd_loss(*case, kind="forward_kl", tau=0.0)
+        kd_case(*case, kind="forward_kl", tau=0.0)
     with pytest.raises(ValueError, match="chunk_size"):
-        kd_loss(*case, kind="forward_kl", tau=1.0, chunk_size=0)
+        kd_case(*case, kind="forward_kl", tau=1.0, chunk_size=0)
     with pytest.raises(ValueError, match="teacher_logp"):
-        kd_loss(case[0], case[1], case[2][:, :3], *case[3:], kind="forward_kl", tau=1.0)
+        kd_case(case[0], case[1], case[2][:, :3], *case[3:], kind="forward_kl", tau=1.0)
 
 
 @pytest.mark.parametrize("kind", KD_KINDS)
@@ -369,7 +379,7 @@ def test_tail_forms_when_the_kept_set_is_the_whole_vocabulary(kind, tau, support
     mask[0, 0] = True
     lt[0, 0] = float("-inf")
     lg = logits.clone().requires_grad_(True)
-    res = kd_loss(lg, ids, logp, mask, lt, pm, kind=kind, tau=tau, tail=tail, support=support)
+    res = kd_case(lg, ids, logp, mask, lt, pm, kind=kind, tau=tau, tail=tail, support=support)
     res.loss.backward()
     assert torch.isfinite(res.loss) and torch.isfinite(lg.grad).all()
     ref, _, _ = reference(logits, ids, logp, mask, lt, pm, kind, tau, tail, support=support)
@@ -385,7 +395,7 @@ def test_distill_paths_match_autograd_reference(tau, kind, support, tail):
     labels = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(1))
     labels[1, 2] = -100
     lg = logits.clone().requires_grad_(True)
-    res = distill_loss(lg, labels, ids, logp, mask, lt, pm, alpha=0.7, kind=kind, tau=tau, tail=tail, support=support,
+    res = distill_case(lg, labels, ids, logp, mask, lt, pm, alpha=0.7, kind=kind, tau=tau, tail=tail, support=support,
                        chunk_size=3)
     res.loss.backward()
     ref, agree, _ = reference(logits, ids, logp, mask, lt, pm, kind, tau, tail, support=support)
@@ -395,7 +405,7 @@ def test_distill_paths_match_autograd_reference(tau, kind, support, tail):
     assert res.agreement.item() == pytest.approx(agree)
     assert torch.isfinite(lg.grad).all()
     assert torch.autograd.gradcheck(
-        lambda x: distill_loss(x, labels, ids, logp, mask, lt, pm, alpha=0.7, kind=kind, tau=tau, tail=tail,
+        lambda x: distill_case(x, labels, ids, logp, mask, lt, pm, alpha=0.7, kind=kind, tau=tau, tail=tail,
                                support=support, chunk_size=4).loss,
         (logits.clone().requires_grad_(True),), eps=1e-6, atol=1e-6, fast_mode=True,
     )
@@ -408,10 +418,10 @@ def test_distill_low_precision_matches_float32(tau):
     labels = torch.randint(0, 13, (2, 6), generator=torch.Generator().manual_seed(2))
     lb = logits.to(torch.bfloat16)
     l32 = lb.float().requires_grad_(True)
-    r32 = distill_loss(l32, labels, ids, logp, mask, lt, pm, alpha=0.9, kind="forward_kl", tau=tau, chunk_size=5)
+    r32 = distill_case(l32, labels, ids, logp, mask, lt, pm, alpha=0.9, kind="forward_kl", tau=tau, chunk_size=5)
     r32.loss.backward()
     l16 = lb.clone().requires_grad_(True)
-    r16 = distill_loss(l16, labels, ids, logp, mask, lt, pm, alpha=0.9, kind="forward_kl", tau=tau, chunk_size=5)
+    r16 = distill_case(l16, labels, ids, logp, mask, lt, pm, alpha=0.9, kind="forward_kl", tau=tau, chunk_size=5)
     r16.loss.backward()
     assert r16.loss.item() == pytest.approx(r32.loss.item(), rel=1e-6)
     torch.testing.assert_close(l16.grad.float(), l32.grad.to(torch.bfloat16).float())
@@ -423,9 +433,9 @@ def test_upstream_gradient_scaling_and_retained_graph():
     logits, ids, logp, mask, lt, pm = make_case(seed=29)
     labels = torch.randint(0, 13, (2, 6), generator=torch.Generator().manual_seed(3))
     base = logits.clone().requires_grad_(True)
-    distill_loss(base, labels, ids, logp, mask, lt, pm, alpha=0.5, kind="forward_kl", tau=2.0).loss.backward()
+    distill_case(base, labels, ids, logp, mask, lt, pm, alpha=0.5, kind="forward_kl", tau=2.0).loss.backward()
     lg = logits.clone().requires_grad_(True)
-    loss = distill_loss(lg, labels, ids, logp, mask, lt, pm, alpha=0.5, kind="forward_kl", tau=2.0).loss
+    loss = distill_case(lg, labels, ids, logp, mask, lt, pm, alpha=0.5, kind="forward_kl", tau=2.0).loss
     (g1,) = torch.autograd.grad(2.0 * loss, lg, retain_graph=True)
     g1 = g1.clone()
     (g0,) = torch.autograd.grad(0.0 * loss, lg, retain_graph=True)
@@ -448,18 +458,18 @@ def test_split_at_tau_1_is_the_exact_bucket_kl_and_kept_ignores_the_tail():
     logits, ids, logp, mask, lt, pm = make_case(seed=41, dtype=torch.float64)
     a = logits.clone().requires_grad_(True)
     b = logits.clone().requires_grad_(True)
-    split = kd_loss(a, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0, support="split").loss
-    bucket = kd_loss(b, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0, support="full", tail=True).loss
+    split = kd_case(a, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0, support="split").loss
+    bucket = kd_case(b, ids, logp, mask, lt, pm, kind="forward_kl", tau=1.0, support="full", tail=True).loss
     split.backward()
     bucket.backward()
     assert split.item() == pytest.approx(bucket.item(), rel=1e-12)
     torch.testing.assert_close(a.grad, b.grad)
     # at tau = 2 they differ: the split keeps the in/out term untempered
-    s2 = kd_loss(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=2.0, support="split").loss
-    b2 = kd_loss(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=2.0, support="full", tail=True).loss
+    s2 = kd_case(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=2.0, support="split").loss
+    b2 = kd_case(logits, ids, logp, mask, lt, pm, kind="forward_kl", tau=2.0, support="full", tail=True).loss
     assert abs(s2.item() - b2.item()) > 1e-3
     c = logits.clone().requires_grad_(True)
-    kd_loss(c, ids, logp, mask, lt, pm, kind="forward_kl", tau=2.0, support="kept").loss.backward()
+    kd_case(c, ids, logp, mask, lt, pm, kind="forward_kl", tau=2.0, support="kept").loss.backward()
     outside = torch.ones_like(c.grad, dtype=torch.bool)
     outside.scatter_(-1, ids, torch.zeros_like(ids, dtype=torch.bool))
     assert torch.all(c.grad[outside] == 0)
@@ -470,9 +480,9 @@ def test_split_at_tau_1_is_the_exact_bucket_kl_and_kept_ignores_the_tail():
 def test_support_arguments_are_checked():
     case = make_case()
     with pytest.raises(ValueError, match="support"):
-        kd_loss(*case, kind="forward_kl", tau=1.0, support="renorm")
+        kd_case(*case, kind="forward_kl", tau=1.0, support="renorm")
     with pytest.raises(ValueError, match="tail"):
-        kd_loss(*case, kind="forward_kl", tau=1.0, support="split", tail=True)
+        kd_case(*case, kind="forward_kl", tau=1.0, support="split", tail=True)
 
 
 # The perfect-teacher toy (bench/kd_toy.py): a student with free logits, trained on LM + KD against
@@ -509,10 +519,10 @@ def test_leaf_logits_repeated_backward_and_zero_grad():
     logits, ids, logp, mask, lt, pm = make_case(seed=43)
     labels = torch.randint(0, 13, (2, 6), generator=torch.Generator().manual_seed(5))
     ref = logits.clone().requires_grad_(True)
-    distill_loss(ref, labels, ids, logp, mask, lt, pm, alpha=0.9, kind="forward_kl", tau=2.0).loss.backward()
+    distill_case(ref, labels, ids, logp, mask, lt, pm, alpha=0.9, kind="forward_kl", tau=2.0).loss.backward()
     for support in ("full", "split"):
         lg = logits.clone().requires_grad_(True)
-        loss = distill_loss(lg, labels, ids, logp, mask, lt, pm, alpha=0.9, kind="forward_kl", tau=2.0,
+        loss = distill_case(lg, labels, ids, logp, mask, lt, pm, alpha=0.9, kind="forward_kl", tau=2.0,
                             support=support).loss
         if support == "full":
             for _ in range(3):

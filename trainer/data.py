@@ -39,9 +39,11 @@ from streaming import Stream, StreamingDataset
 from schemas import DatasetDir, IncompatibleDataset, Manifest, check_compatible, make_codec
 from schemas import storage
 from schemas.errors import CorruptDataset, IncompleteDataset  # noqa: F401  (part of this module's API)
+from schemas.kept import DenseTeacher
 from schemas.sample import decode_dense
 from trainer.config import ConfigError
 from trainer.fingerprint import dataset_identity
+from trainer.teacher_batch import TeacherBatch
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +279,9 @@ class DistillCollator:
       position_mask [B, T] bool: t < n_tokens (and, with a teacher, at least one kept entry),
       sample_id [B] int64 (the uint64 id's bits; `as_uint64` recovers it),
       and with a teacher: teacher_ids [B, T, K] int64, teacher_logp [B, T, K] float32,
-      teacher_mask [B, T, K] bool, teacher_log_tail [B, T] float32.
+      teacher_mask [B, T, K] bool, teacher_log_tail [B, T] float32: the columns of a
+      `trainer.teacher_batch.TeacherBatch` (`TeacherBatch.from_batch` reads them back), built the
+      same way as the live teacher's.
     """
 
     def __init__(self, with_teacher: bool = True):
@@ -301,14 +305,9 @@ class DistillCollator:
             "sample_id": torch.from_numpy(sid.copy()),
         }
         if self.with_teacher:
-            mask = np.stack([s["teacher_mask"] for s in samples])
-            out.update(
-                teacher_ids=torch.from_numpy(np.stack([s["teacher_ids"] for s in samples])),
-                teacher_logp=torch.from_numpy(np.stack([s["teacher_logp"] for s in samples])),
-                teacher_mask=torch.from_numpy(mask),
-                teacher_log_tail=torch.from_numpy(np.stack([s["teacher_log_tail"] for s in samples])),
-                position_mask=torch.from_numpy(attn & mask.any(-1)),
-            )
+            dense = [DenseTeacher(s["teacher_ids"], s["teacher_logp"], s["teacher_mask"], s["teacher_log_tail"])
+                     for s in samples]
+            out.update(TeacherBatch.from_dense(dense, attn).columns())
         else:
             out["position_mask"] = torch.from_numpy(attn)
         return out

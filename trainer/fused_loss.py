@@ -12,26 +12,28 @@ so the gradient over the full vocabulary is one per-row coefficient times q, plu
 corrections scattered at the kept ids; dL/dx = dL/ds / tau. (`trainer.kd_rows` gives h, H and r_o for
 each kind and support.) The LM term is the same with tau = 1: d(-log q_y)/dx = q - onehot(y).
 
-Evaluation, over blocks of rows (``evaluate``):
-  pass 1  per row: max m, the sums S_t = sum_j exp((x_j - m) / t) for the temperatures in use
-          (t = 1 for LM, t = tau for full-vocabulary KD, t = 1 for the split's in/out masses; the
-          kept-set-renormalised KD terms need no full-vocabulary sum), and x gathered at the
-          label and at the kept ids. exp((x - m) / t) is written straight into the [B, T, V] gradient buffer.
-          One exponential serves both terms when tau == 1 (the same softmax), and when tau == 2
-          or 0.5 (exp((x - m) / 2) squared is exp(x - m)); any other tau != 1 costs a second
-          exponential, kept in a block-sized scratch and recomputed in pass 2.
-  math    per-row losses and gradient coefficients from those statistics: only [N] and [N, K]
-          tensors (the teacher side is prepared once per call, before pass 1).
-  pass 2  per block, in place: grad = sum_t c_t * exp((x - m) / t), then the [N, K] kept-id and
-          the label corrections are scatter-added.
-With a tail bucket or the split, the student's out-of-set mass q_o is summed exactly over the ids outside the kept set
-(the kept entries are zeroed in the buffer for the sum and restored), not as 1 - sum(kept).
+Evaluation, over blocks of rows (``evaluate``), in named stages. `_Plan.of` decides which terms
+and temperatures a call needs; then
+  pass 1  `_row_statistics`, per row: max m, the sums S_t = sum_j exp((x_j - m) / t) for the
+          temperatures in use (t = 1 for LM, t = tau for full-vocabulary KD, t = 1 for the
+          split's in/out masses; the kept-set-renormalised KD terms need no full-vocabulary sum),
+          and x gathered at the label and at the kept ids. exp((x - m) / t) is written straight
+          into the [B, T, V] gradient buffer. One exponential serves both terms when tau == 1 (the
+          same softmax), and when tau == 2 or 0.5 (exp((x - m) / 2) squared is exp(x - m)); any
+          other tau != 1 costs a second exponential, kept in a block-sized scratch and recomputed
+          in pass 2.
+  terms   `_row_terms`: per-row losses and gradient coefficients from those statistics, only
+          [N] and [N, K] tensors (the teacher side is prepared once per call, before pass 1).
+  pass 2  `_write_gradient`, per block, in place: grad = sum_t c_t * exp((x - m) / t), then the
+          [N, K] kept-id and the label corrections are scatter-added.
+With a tail bucket or the split, the student's out-of-set mass q_o is summed exactly over the ids
+outside the kept set (the kept entries are zeroed in the buffer for the sum and restored), not as
+1 - sum(kept).
 
 Memory: one [B, T, V] gradient buffer (which backward needs anyway; it is handed to autograd
 without a copy, rescaled in place by the upstream gradient, and owned by autograd from then on;
 the logits are saved only so that a second backward through a retained graph can recompute it)
-plus block-sized
-scratch: blocks hold at most ``chunk_size`` rows and at most 2^23 elements (32 MB of float32), so
+plus block-sized scratch: blocks hold at most ``chunk_size`` rows and at most 2^23 elements (32 MB of float32), so
 no [B, T, V] log-softmax is ever materialised. Work is in float32 (float64 for float64 logits);
 bfloat16/float16 logits are upcast one block at a time. There is no host synchronisation inside
 the block loops; padding rows are computed with weight 0. Gradients flow to ``student_logits``
@@ -44,7 +46,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from trainer.kd_rows import Teacher, bucket_rows, split_rows
+from trainer.kd_rows import PreparedTeacher, bucket_rows, split_rows
 
 IGNORE_INDEX = -100
 # Rows per block are capped so that a block holds at most this many elements (32 MB in float32).
@@ -55,9 +57,11 @@ BLOCK_ELEMS = 1 << 23
 # the fused evaluation
 
 
-class Spec(NamedTuple):
+class FusedInputs(NamedTuple):
+    """One call's inputs, prepared by `trainer.losses` (N flat positions)."""
+
     labels: Optional[torch.Tensor]  # [N] int64 (-100: ignored), or None (no LM term)
-    teacher: Optional[Teacher]  # None: no KD term
+    teacher: Optional[PreparedTeacher]  # None: no KD term
     kind: str
     support: str  # full | kept | split (trainer.kd_rows)
     tau: float
@@ -93,6 +97,62 @@ class _Exps(NamedTuple):
         return [t for t in (self.stored, self.squared, self.extra) if t is not None]
 
 
+class _Plan(NamedTuple):
+    """Which terms a call has and which student statistics they need."""
+
+    lm: bool  # an LM term
+    split: bool  # KD in the chain-rule split form
+    tail: bool  # exact out-of-set sums (tail bucket, split)
+    renorm: bool  # KD against the student renormalised over the kept set
+    kd_full: bool  # KD needs the student's full-vocabulary softmax ...
+    kd_t: float  # ... at this temperature (split: the untempered in/out masses)
+    exps: _Exps
+
+    @staticmethod
+    def of(inputs: FusedInputs) -> "_Plan":
+        teacher = inputs.teacher
+        split = teacher is not None and inputs.support == "split"
+        tail = teacher is not None and teacher.lt is not None
+        # renormalised over the kept set: support `kept`, and reverse_kl / mse under `full` without a bucket
+        renorm = teacher is not None and (inputs.support == "kept" or (
+            inputs.support == "full" and not tail and inputs.kind in ("reverse_kl", "mse")))
+        kd_full = teacher is not None and not renorm
+        kd_t = 1.0 if split else inputs.tau
+        lm = inputs.labels is not None
+        return _Plan(lm, split, tail, renorm, kd_full, kd_t, _Exps.plan(lm, kd_full, kd_t))
+
+
+class _Workspace:
+    """The flat logits, the gradient buffer and block-sized scratch of one evaluation."""
+
+    def __init__(self, logits: torch.Tensor, block: int, need_grad: bool):
+        n_rows, self.v = logits.shape[0] * logits.shape[1], logits.shape[-1]
+        self.n_rows = n_rows
+        self.flat = logits.detach().reshape(n_rows, self.v)
+        self.cdtype = torch.float64 if self.flat.dtype == torch.float64 else torch.float32
+        self.dev = self.flat.device
+        self.grad = torch.empty_like(self.flat) if need_grad else None
+        self.in_place = need_grad and self.flat.dtype == self.cdtype  # the stored exponential lives in the buffer
+        self.block = block
+        self._scratch: dict[str, torch.Tensor] = {}
+
+    def blocks(self):
+        for s in range(0, self.n_rows, self.block):
+            yield s, min(s + self.block, self.n_rows)
+
+    def buf(self, name: str, rows: int) -> torch.Tensor:
+        if name not in self._scratch:
+            self._scratch[name] = torch.empty(self.block, self.v, dtype=self.cdtype, device=self.dev)
+        return self._scratch[name][:rows]
+
+    def x(self, s: int, e: int) -> torch.Tensor:
+        x = self.flat[s:e]
+        return x if x.dtype == self.cdtype else x.to(self.cdtype)
+
+    def rows(self, *trailing: int) -> torch.Tensor:
+        return torch.empty(self.n_rows, *trailing, dtype=self.cdtype, device=self.dev)
+
+
 def _exp_rows(x: torch.Tensor, m: torch.Tensor, t: float, out: torch.Tensor) -> torch.Tensor:
     """out = exp((x - m) / t) in two passes, no temporary (m: [c, 1] row max)."""
     if t == 1.0:
@@ -102,59 +162,39 @@ def _exp_rows(x: torch.Tensor, m: torch.Tensor, t: float, out: torch.Tensor) -> 
     return out.exp_()
 
 
-def evaluate(logits: torch.Tensor, spec: Spec, need_grad: bool):
-    """(objective, lm_sum, kd_sum, agree_count) in the compute dtype, and the gradient buffer of
-    the objective w.r.t. logits (flat [N, V], logits' dtype; None when not `need_grad`)."""
-    n_rows, v = logits.shape[0] * logits.shape[1], logits.shape[-1]
-    flat = logits.detach().reshape(n_rows, v)
-    cdtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
-    dev = flat.device
-    T, tau, labels = spec.teacher, spec.tau, spec.labels
-    lm = labels is not None
-    split = T is not None and spec.support == "split"
-    tail = T is not None and T.lt is not None  # exact out-of-set sums (tail bucket, split)
-    # renormalised over the kept set: support `kept`, and reverse_kl / mse under `full` without a bucket
-    renorm = T is not None and (spec.support == "kept" or (
-        spec.support == "full" and not tail and spec.kind in ("reverse_kl", "mse")))
-    kd_full = T is not None and not renorm  # needs the student's full-vocabulary softmax ...
-    kd_t = 1.0 if split else tau  # ... at this temperature (split: the untempered in/out masses)
-    exps = _Exps.plan(lm, kd_full, kd_t)
-    grad = torch.empty_like(flat) if need_grad else None
-    in_place = need_grad and flat.dtype == cdtype  # the stored exponential lives in the buffer
-    blk = spec.block
-    scratch: dict[str, torch.Tensor] = {}
+class _RowStats(NamedTuple):
+    """The student's per-row statistics from pass 1 ([N] / [N, K] only)."""
 
-    def buf(name: str, rows: int) -> torch.Tensor:
-        if name not in scratch:
-            scratch[name] = torch.empty(blk, v, dtype=cdtype, device=dev)
-        return scratch[name][:rows]
+    row_max: torch.Tensor  # [N, 1]
+    sums: dict  # t -> [N] sum_j exp((x_j - m) / t) over the full vocabulary
+    out_sums: dict  # t -> [N] the same over the ids outside the kept set (tail / split only)
+    x_lab: Optional[torch.Tensor]  # [N, 1] logit at the label
+    x_kept: Optional[torch.Tensor]  # [N, K] logits at the kept ids
 
-    lab = labels.clamp_min(0)[:, None] if lm else None
-    row_max = torch.empty(n_rows, 1, dtype=cdtype, device=dev)
-    sums = {t: torch.empty(n_rows, dtype=cdtype, device=dev) for t in exps.temps()}
-    x_lab = torch.empty(n_rows, 1, dtype=cdtype, device=dev) if lm else None
-    x_kept = torch.empty(T.ids.shape, dtype=cdtype, device=dev) if T is not None else None
 
-    def block_x(s: int, e: int) -> torch.Tensor:
-        x = flat[s:e]
-        return x if x.dtype == cdtype else x.to(cdtype)
-
-    # ---- pass 1: row statistics -------------------------------------------------------------
-    for s in range(0, n_rows, blk):
-        e = min(s + blk, n_rows)
-        x = block_x(s, e)
+def _row_statistics(ws: _Workspace, inputs: FusedInputs, plan: _Plan) -> _RowStats:
+    """Pass 1 over the blocks: row max, softmax sums, logits at the label and the kept ids. The
+    stored exponential is left in the gradient buffer when it can serve pass 2."""
+    teacher, exps = inputs.teacher, plan.exps
+    lab = inputs.labels.clamp_min(0)[:, None] if plan.lm else None
+    row_max = ws.rows(1)
+    sums = {t: ws.rows() for t in exps.temps()}
+    x_lab = ws.rows(1) if plan.lm else None
+    x_kept = torch.empty(teacher.ids.shape, dtype=ws.cdtype, device=ws.dev) if teacher is not None else None
+    for s, e in ws.blocks():
+        x = ws.x(s, e)
         m = x.amax(-1, keepdim=True)
         row_max[s:e] = m
-        if lm:
+        if plan.lm:
             x_lab[s:e] = x.gather(1, lab[s:e])
-        if T is not None:
-            x_kept[s:e] = x.gather(1, T.ids[s:e])
+        if teacher is not None:
+            x_kept[s:e] = x.gather(1, teacher.ids[s:e])
         if exps.stored is None:
             continue
-        u = _exp_rows(x, m, exps.stored, grad[s:e] if in_place else buf("u", e - s))
-        w = _exp_rows(x, m, exps.extra, buf("w", e - s)) if exps.extra is not None else None
-        if tail:  # sum over the ids outside the kept set exactly; the kept part is added below
-            ids = T.ids[s:e]
+        u = _exp_rows(x, m, exps.stored, ws.grad[s:e] if ws.in_place else ws.buf("u", e - s))
+        w = _exp_rows(x, m, exps.extra, ws.buf("w", e - s)) if exps.extra is not None else None
+        if plan.tail:  # sum over the ids outside the kept set exactly; the kept part is added below
+            ids = teacher.ids[s:e]
             u_kept = u.gather(1, ids)
             u.scatter_(1, ids, 0.0)
             if w is not None:
@@ -164,85 +204,118 @@ def evaluate(logits: torch.Tensor, spec: Spec, need_grad: bool):
             sums[exps.squared][s:e] = torch.linalg.vector_norm(u, dim=-1).square()  # one pass, no temporary
         if w is not None:
             sums[exps.extra][s:e] = w.sum(-1)
-        if tail:
+        if plan.tail:
             u.scatter_(1, ids, u_kept)
-    zero = row_max.new_zeros(())
     out_sums = {}
-    if tail:  # S_t = (outside part, summed above) + (kept part, from the gathered logits)
+    if plan.tail:  # S_t = (outside part, summed above) + (kept part, from the gathered logits)
+        zero = row_max.new_zeros(())
         for t in exps.temps():
             out_sums[t] = sums[t]
-            kept = torch.where(T.mask, torch.exp((x_kept - row_max) / t), zero).sum(-1)
+            kept = torch.where(teacher.mask, torch.exp((x_kept - row_max) / t), zero).sum(-1)
             sums[t] = out_sums[t] + kept
+    return _RowStats(row_max, sums, out_sums, x_lab, x_kept)
 
-    # ---- per-row losses and gradient coefficients ([N] / [N, K] only) ------------------------
-    coefs = {t: torch.zeros(n_rows, dtype=cdtype, device=dev) for t in exps.temps()}
+
+class _RowTerms(NamedTuple):
+    """Per-row losses summed, and the gradient pieces for pass 2."""
+
+    lm_sum: torch.Tensor
+    kd_sum: torch.Tensor
+    agree: torch.Tensor  # positions where the student's argmax is the teacher's top-1
+    coefs: dict  # t -> [N] coefficient of exp((x - m) / t) / S_t in the gradient
+    scat_lab: Optional[torch.Tensor]  # [N, 1] added at the label
+    scat_kept: Optional[torch.Tensor]  # [N, K] added at the kept ids
+
+
+def _row_terms(inputs: FusedInputs, plan: _Plan, st: _RowStats) -> _RowTerms:
+    """Per-row losses and gradient coefficients from the statistics ([N] / [N, K] only)."""
+    teacher, tau, labels = inputs.teacher, inputs.tau, inputs.labels
+    row_max, sums, out_sums, x_kept = st.row_max, st.sums, st.out_sums, st.x_kept
+    n_rows = row_max.shape[0]
+    coefs = {t: torch.zeros(n_rows, dtype=row_max.dtype, device=row_max.device) for t in plan.exps.temps()}
+    zero = row_max.new_zeros(())
     lm_sum = kd_sum = agree = zero
     scat_lab = scat_kept = None
-    if lm:
+    if plan.lm:
         lm_rows = labels != IGNORE_INDEX
         lse1 = row_max[:, 0] + sums[1.0].log()
-        lm_sum = torch.where(lm_rows, lse1 - x_lab[:, 0], zero).sum()
-        a = spec.w_lm * lm_rows.to(cdtype)  # d(objective)/d(x) = a (q - onehot(label))
+        lm_sum = torch.where(lm_rows, lse1 - st.x_lab[:, 0], zero).sum()
+        a = inputs.w_lm * lm_rows.to(row_max.dtype)  # d(objective)/d(x) = a (q - onehot(label))
         coefs[1.0] = coefs[1.0] + a / sums[1.0]
         scat_lab = -a[:, None]
-    if T is not None:
+    if teacher is not None:
         sk = x_kept / tau
-        if split or renorm:  # the tempered student renormalised over the kept set
-            lqt = torch.where(T.mask, torch.log_softmax(torch.where(T.mask, sk, float("-inf")), -1), zero)
-        if split:  # in/out masses of the untempered student, then the tempered within-set term
+        if plan.split or plan.renorm:  # the tempered student renormalised over the kept set
+            lqt = torch.where(teacher.mask, torch.log_softmax(torch.where(teacher.mask, sk, float("-inf")), -1), zero)
+        if plan.split:  # in/out masses of the untempered student, then the tempered within-set term
             lse1 = row_max[:, 0] + sums[1.0].log()
-            lq1 = torch.where(T.mask, x_kept - lse1[:, None], float("-inf"))
+            lq1 = torch.where(teacher.mask, x_kept - lse1[:, None], float("-inf"))
             log_qk = torch.logsumexp(lq1, -1)
             log_qo = out_sums[1.0].log() - sums[1.0].log()
-            rows = split_rows(spec.kind, T, tau, torch.where(T.mask, lq1, zero), log_qk, log_qo, lqt)
-            bw = spec.w_kd * T.valid.to(cdtype)  # rows are already d/dx
+            rows = split_rows(inputs.kind, teacher, tau, torch.where(teacher.mask, lq1, zero), log_qk, log_qo, lqt)
+            bw = inputs.w_kd * teacher.valid.to(row_max.dtype)  # rows are already d/dx
         else:
-            if kd_full:
+            if plan.kd_full:
                 lse = row_max[:, 0] / tau + sums[tau].log()
-                lq = torch.where(T.mask, sk - lse[:, None], zero)
-                log_qo = out_sums[tau].log() - sums[tau].log() if tail else None
+                lq = torch.where(teacher.mask, sk - lse[:, None], zero)
+                log_qo = out_sums[tau].log() - sums[tau].log() if plan.tail else None
             else:  # renormalised over the kept set: only the kept logits matter
                 lq, log_qo = lqt, None
-            rows = bucket_rows(spec.kind, T, lq, log_qo, renorm)
-            bw = spec.w_kd / tau * T.valid.to(cdtype)  # d/dx = d/ds / tau
-        kd_sum = torch.where(T.valid, rows.loss, zero).sum()
+            rows = bucket_rows(inputs.kind, teacher, lq, log_qo, plan.renorm)
+            bw = inputs.w_kd / tau * teacher.valid.to(row_max.dtype)  # d/dx = d/ds / tau
+        kd_sum = torch.where(teacher.valid, rows.loss, zero).sum()
         if rows.coef is not None:
-            coefs[kd_t] = coefs[kd_t] + bw * rows.coef / sums[kd_t]
+            coefs[plan.kd_t] = coefs[plan.kd_t] + bw * rows.coef / sums[plan.kd_t]
         scat_kept = bw[:, None] * rows.kept
-        x_top1 = x_kept.gather(1, T.top1)[:, 0]
-        agree = (T.valid & (x_top1 == row_max[:, 0])).to(cdtype).sum()  # argmax == teacher top-1
-    objective = spec.w_lm * lm_sum + spec.w_kd * kd_sum
-    if not need_grad:
-        return (objective, lm_sum, kd_sum, agree), None
+        x_top1 = x_kept.gather(1, teacher.top1)[:, 0]
+        agree = (teacher.valid & (x_top1 == row_max[:, 0])).to(row_max.dtype).sum()  # argmax == teacher top-1
+    return _RowTerms(lm_sum, kd_sum, agree, coefs, scat_lab, scat_kept)
 
-    # ---- pass 2: grad = sum_t coef_t * exp((x - m) / t) + scattered corrections --------------
-    for s in range(0, n_rows, blk):
-        e = min(s + blk, n_rows)
-        m = row_max[s:e]
-        out = grad[s:e] if in_place else buf("u", e - s)
+
+def _write_gradient(ws: _Workspace, inputs: FusedInputs, plan: _Plan, st: _RowStats, terms: _RowTerms) -> None:
+    """Pass 2, per block, in place: grad = sum_t coef_t * exp((x - m) / t) + scattered corrections."""
+    exps, coefs = plan.exps, terms.coefs
+    lab = inputs.labels.clamp_min(0)[:, None] if plan.lm else None
+    for s, e in ws.blocks():
+        m = st.row_max[s:e]
+        out = ws.grad[s:e] if ws.in_place else ws.buf("u", e - s)
         if exps.stored is None:
             out.zero_()
         else:
-            if not in_place:
-                x = block_x(s, e)
-                _exp_rows(x, m, exps.stored, out)
+            if not ws.in_place:
+                _exp_rows(ws.x(s, e), m, exps.stored, out)
             c = coefs[exps.stored][s:e, None]
             if exps.squared is not None:  # u * (c_stored + c_squared * u)
-                tmp = torch.addcmul(c, out, coefs[exps.squared][s:e, None], out=buf("w", e - s))
+                tmp = torch.addcmul(c, out, coefs[exps.squared][s:e, None], out=ws.buf("w", e - s))
                 out.mul_(tmp)
             else:
                 out.mul_(c)
             if exps.extra is not None:
-                x = block_x(s, e)
-                w = _exp_rows(x, m, exps.extra, buf("w", e - s))
+                w = _exp_rows(ws.x(s, e), m, exps.extra, ws.buf("w", e - s))
                 out.addcmul_(w, coefs[exps.extra][s:e, None])
-        if scat_kept is not None:
-            out.scatter_add_(1, T.ids[s:e], scat_kept[s:e])
-        if scat_lab is not None:
-            out.scatter_add_(1, lab[s:e], scat_lab[s:e])
-        if not in_place:
-            grad[s:e].copy_(out)
-    return (objective, lm_sum, kd_sum, agree), grad
+        if terms.scat_kept is not None:
+            out.scatter_add_(1, inputs.teacher.ids[s:e], terms.scat_kept[s:e])
+        if terms.scat_lab is not None:
+            out.scatter_add_(1, lab[s:e], terms.scat_lab[s:e])
+        if not ws.in_place:
+            ws.grad[s:e].copy_(out)
+
+
+def evaluate(logits: torch.Tensor, inputs: FusedInputs, need_grad: bool):
+    """(objective, lm_sum, kd_sum, agree_count) in the compute dtype, and the gradient buffer of
+    the objective w.r.t. logits (flat [N, V], logits' dtype; None when not `need_grad`).
+
+    Stages: plan the terms, pass 1 (row statistics), per-row terms, pass 2 (the gradient)."""
+    ws = _Workspace(logits, inputs.block, need_grad)
+    plan = _Plan.of(inputs)
+    stats = _row_statistics(ws, inputs, plan)
+    terms = _row_terms(inputs, plan, stats)
+    objective = inputs.w_lm * terms.lm_sum + inputs.w_kd * terms.kd_sum
+    outs = (objective, terms.lm_sum, terms.kd_sum, terms.agree)
+    if not need_grad:
+        return outs, None
+    _write_gradient(ws, inputs, plan, stats, terms)
+    return outs, ws.grad
 
 
 class FusedLoss(torch.autograd.Function):
@@ -256,9 +329,9 @@ class FusedLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, spec: Spec):  # type: ignore[override]
-        outs, grad = evaluate(logits, spec, need_grad=True)
-        ctx.grad_buf, ctx.spec, ctx.shape = grad, spec, logits.shape
+    def forward(ctx, logits: torch.Tensor, inputs: FusedInputs):  # type: ignore[override]
+        outs, grad = evaluate(logits, inputs, need_grad=True)
+        ctx.grad_buf, ctx.inputs, ctx.shape = grad, inputs, logits.shape
         ctx.save_for_backward(logits)  # only read again by a second backward (retained graph)
         ctx.mark_non_differentiable(*outs[1:])
         return outs
@@ -271,7 +344,7 @@ class FusedLoss(torch.autograd.Function):
         grad, ctx.grad_buf = ctx.grad_buf, None
         if grad is None:  # handed over already: recompute (retain_graph, gradcheck)
             (logits,) = ctx.saved_tensors
-            _, grad = evaluate(logits, ctx.spec, need_grad=True)
+            _, grad = evaluate(logits, ctx.inputs, need_grad=True)
         if scale == 0.0:
             return grad.zero_().view(ctx.shape), None
         if scale != 1.0:

@@ -40,7 +40,9 @@ def _out_bucket(has_t, has_out, log_qo):
 # teacher side: everything that does not depend on the student, prepared once per call ([N, K])
 
 
-class Teacher(NamedTuple):
+class PreparedTeacher(NamedTuple):
+    """The teacher side of one call over N flat rows, prepared once (`prepare_teacher`)."""
+
     valid: torch.Tensor  # [N] bool: the row contributes to KD
     mask: torch.Tensor  # [N, K] bool: kept entries (invalid rows: a stand-in entry in slot 0)
     ids: torch.Tensor  # [N, K] int64: kept ids; slots outside `mask` repeat a kept id of the row
@@ -55,31 +57,10 @@ class Teacher(NamedTuple):
     all_kept: Optional[torch.Tensor]  # [N] bool: the kept set is the whole vocabulary
 
 
-def teacher_inputs(student_logits, teacher_ids, teacher_logp, teacher_mask, teacher_log_tail, position_mask):
-    """Shape checks; flat [N, K] views; valid = position_mask & (at least one kept entry)."""
-    b, t, _ = student_logits.shape
-    k = teacher_ids.shape[-1]
-    for name, tens, shape in (
-        ("teacher_ids", teacher_ids, (b, t, k)),
-        ("teacher_logp", teacher_logp, (b, t, k)),
-        ("teacher_mask", teacher_mask, (b, t, k)),
-        ("teacher_log_tail", teacher_log_tail, (b, t)),
-    ):
-        if tuple(tens.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(tens.shape)}")
-    mask = teacher_mask.to(torch.bool).reshape(-1, k)
-    valid = mask.any(-1)
-    if position_mask is not None:
-        if tuple(position_mask.shape) != (b, t):
-            raise ValueError(f"position_mask must have shape {(b, t)}, got {tuple(position_mask.shape)}")
-        valid = valid & position_mask.to(torch.bool).reshape(-1)
-    return (teacher_ids.to(torch.int64).reshape(-1, k), teacher_logp.reshape(-1, k), mask,
-            teacher_log_tail.reshape(-1), valid)
-
-
-def prepare_teacher(raw, tau: float, tail: bool, vocab: int, dtype: torch.dtype) -> Teacher:
-    """Teacher tensors for one call; ``tail``: also the dropped mass (tail bucket and split)."""
-    ids, logp, mask, log_tail, valid = raw
+def prepare_teacher(flat_rows, tau: float, tail: bool, vocab: int, dtype: torch.dtype) -> PreparedTeacher:
+    """Teacher tensors for one call from `TeacherBatch.flat()`; ``tail``: also the dropped mass (tail
+    bucket and split)."""
+    ids, logp, mask, log_tail, valid = flat_rows
     # Rows that do not contribute get a harmless stand-in teacher (one entry in slot 0, finite
     # values) so every intermediate stays finite; their weight is 0 (zero gradient).
     stand_in = torch.zeros_like(mask)
@@ -99,7 +80,7 @@ def prepare_teacher(raw, tau: float, tail: bool, vocab: int, dtype: torch.dtype)
         log_p = torch.where(m, log_f + log_keep[:, None], zero)
         p = torch.where(m, log_p.exp(), zero)
         all_kept = m.sum(-1) >= vocab  # kept ids are distinct: no vocabulary left outside
-    return Teacher(valid, m, ids, top1, log_f, f, lt, log_keep, log_p, p, all_kept)
+    return PreparedTeacher(valid, m, ids, top1, log_f, f, lt, log_keep, log_p, p, all_kept)
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,7 +96,8 @@ class KDRows(NamedTuple):
     kept: torch.Tensor
 
 
-def bucket_rows(kind: str, T: Teacher, lq: torch.Tensor, log_qo: Optional[torch.Tensor], renorm: bool) -> KDRows:
+def bucket_rows(kind: str, teacher: PreparedTeacher, lq: torch.Tensor, log_qo: Optional[torch.Tensor],
+                renorm: bool) -> KDRows:
     """Per-kind formulas over the buckets (supports `full` and `kept`); lq = log q_i at the kept
     ids: the full-vocabulary student, or (``renorm``) the student renormalised over the kept set;
     log_qo = log q_o (tail bucket only, never with ``renorm``).
@@ -127,11 +109,11 @@ def bucket_rows(kind: str, T: Teacher, lq: torch.Tensor, log_qo: Optional[torch.
     dL/ds = q (r_o - H) + scatter(h_i - q_i r_o) (full), or scatter(h_i - q_i H) (renormalised).
     Without tail P = F and t = 0.
     """
-    m = T.mask
+    m = teacher.mask
     zero = lq.new_zeros(())
     q = torch.where(m, lq.exp(), zero)
     if log_qo is None:  # no tail bucket
-        log_p, p = T.log_f, T.f
+        log_p, p = teacher.log_f, teacher.f
         if kind in ("forward_kl", "soft_ce"):
             if kind == "forward_kl":
                 loss = torch.where(m, p * (log_p - lq), zero).sum(-1)
@@ -150,10 +132,10 @@ def bucket_rows(kind: str, T: Teacher, lq: torch.Tensor, log_qo: Optional[torch.
         return KDRows(loss, None, h - q * h.sum(-1, keepdim=True))
 
     # ---- tail-aware: K kept buckets + one bucket o for everything else ----------------------
-    log_p, p, lt = T.log_p, T.p, T.lt
+    log_p, p, lt = teacher.log_p, teacher.p, teacher.lt
     t = lt.exp()
     has_t = t > 0
-    has_out = ~T.all_kept
+    has_out = ~teacher.all_kept
     if kind in ("forward_kl", "soft_ce"):
         # the bucket term t (log t - log q_o); log q_o floored at _LOG_FLOOR (then no gradient)
         active, live, lqo = _out_bucket(has_t, has_out, log_qo)
@@ -186,7 +168,7 @@ def bucket_rows(kind: str, T: Teacher, lq: torch.Tensor, log_qo: Optional[torch.
 
 
 
-def split_rows(kind: str, T: Teacher, tau: float, lq1: torch.Tensor, log_qk: torch.Tensor,
+def split_rows(kind: str, teacher: PreparedTeacher, tau: float, lq1: torch.Tensor, log_qk: torch.Tensor,
                log_qo: torch.Tensor, lqt: torch.Tensor) -> KDRows:
     """The chain-rule split (support `split`), in d/dx units (x: the raw logits).
 
@@ -207,16 +189,16 @@ def split_rows(kind: str, T: Teacher, tau: float, lq1: torch.Tensor, log_qk: tor
     teacher tail drops the t-terms (log t floored at -80 for reverse_kl); a student out-of-set
     mass below exp(-80) is floored there (its term then has no gradient).
     """
-    m = T.mask
+    m = teacher.mask
     zero = lq1.new_zeros(())
-    lt, lkeep = T.lt, T.log_keep
+    lt, lkeep = teacher.lt, teacher.log_keep
     t, keep = lt.exp(), lkeep.exp()
-    has_t, has_out = t > 0, ~T.all_kept
+    has_t, has_out = t > 0, ~teacher.all_kept
     q1 = torch.where(m, lq1.exp(), zero)
     r1 = torch.where(m, (lq1 - log_qk[:, None]).exp(), zero)  # q_i / Q
     qk = log_qk.exp()
     qt = torch.where(m, lqt.exp(), zero)
-    log_f, f = T.log_f, T.f
+    log_f, f = teacher.log_f, teacher.f
     if kind in ("forward_kl", "soft_ce"):
         active, live, lqo = _out_bucket(has_t, has_out, log_qo)
         if kind == "forward_kl":

@@ -1,7 +1,13 @@
 """Losses for pre-training distillation (pure torch).
 
 Shapes: B sequences, T positions, V vocabulary, K kept teacher entries per position (dense,
-padded; see `schemas.decode_dense`). Internally the B * T positions are N flat rows.
+padded: a `trainer.teacher_batch.TeacherBatch`). Internally the B * T positions are N flat rows.
+
+Signature: ``distill_loss(logits, labels, teacher, spec, alpha=...)``, ``kd_loss(logits, teacher,
+spec)``, ``lm_loss(logits, labels)``; ``spec`` is a `LossSpec` (the recipe, checked once), the
+teacher a `TeacherBatch` (from the collator or the live teacher). Each call runs three stages:
+prepare (checks, flat rows, the teacher side, the objective's weights), evaluate
+(`trainer.fused_loss`), finish (each term's per-token mean).
 
 Alignment: everything here is *already aligned*: ``logits[b, t]`` is scored against
 ``labels[b, t]`` and against the teacher distribution at ``[b, t]``. No shifting happens in this
@@ -29,17 +35,58 @@ How the value and gradient are computed in one pass without a [B, T, V] log-soft
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import torch
 
-from trainer.fused_loss import BLOCK_ELEMS, IGNORE_INDEX, FusedLoss, Spec, evaluate
-from trainer.kd_rows import SUPPORTS, prepare_teacher, teacher_inputs
+from trainer.fused_loss import BLOCK_ELEMS, IGNORE_INDEX, FusedInputs, FusedLoss, evaluate
+from trainer.kd_rows import SUPPORTS, prepare_teacher
+from trainer.teacher_batch import TeacherBatch
 
-__all__ = ["KD_KINDS", "SUPPORTS", "KDResult", "DistillResult", "lm_loss", "kd_loss", "distill_loss", "total_loss",
-           "count_positions"]
+__all__ = ["KD_KINDS", "SUPPORTS", "LossSpec", "TeacherBatch", "KDResult", "DistillResult", "lm_loss", "kd_loss",
+           "distill_loss", "total_loss", "count_positions"]
 
 KD_KINDS = ("forward_kl", "reverse_kl", "soft_ce", "mse")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The KD recipe: what the loss computes (alpha, which changes every step, is passed beside it).
+
+    kind: forward_kl | reverse_kl | soft_ce | mse; support: full | kept | split (the student side,
+    see `kd_loss`); tau: temperature (> 0, finite); tail: a tail bucket (support full only);
+    tau_squared: scale the KD term by tau^2; chunk_size: rows per block (None: as large as the 32 MB
+    block cap allows; results do not depend on it). Checked on construction (ValueError naming
+    the setting).
+    """
+
+    kind: str = "forward_kl"
+    support: str = "full"
+    tau: float = 1.0
+    tail: bool = False
+    tau_squared: bool = False
+    chunk_size: Optional[int] = None
+
+    def __post_init__(self):
+        if self.kind not in KD_KINDS:
+            raise ValueError(f"kind must be one of {KD_KINDS}, got {self.kind!r}")
+        if self.support not in SUPPORTS:
+            raise ValueError(f"support must be one of {SUPPORTS}, got {self.support!r}")
+        if self.tail and self.support != "full":
+            raise ValueError(f"tail=True (a tail bucket) only applies to support 'full', got support {self.support!r}")
+        tau = self.tau
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (tau > 0) or math.isinf(tau):
+            raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+        c = self.chunk_size
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+            raise ValueError(f"chunk_size must be a positive int or None, got {c!r}")
+        object.__setattr__(self, "tau", float(tau))
+        object.__setattr__(self, "tail", bool(self.tail))
+        object.__setattr__(self, "tau_squared", bool(self.tau_squared))
+
+
+LM_ONLY = LossSpec(kind="soft_ce")
 
 
 class KDResult(NamedTuple):
@@ -70,8 +117,19 @@ def total_loss(lm: torch.Tensor, kd: torch.Tensor, alpha: float) -> torch.Tensor
     return (1.0 - alpha) * lm + alpha * kd
 
 
+def count_positions(labels: torch.Tensor | None, teacher: TeacherBatch | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LM tokens, KD positions) the losses here average over: labels != -100, and the teacher's
+    valid positions (`TeacherBatch.valid_positions`). int64 scalars on the inputs' device."""
+    n_lm = (labels != IGNORE_INDEX).sum() if labels is not None else torch.zeros((), dtype=torch.int64)
+    n_kd = torch.zeros((), dtype=torch.int64, device=n_lm.device)
+    if teacher is not None:
+        n_kd = teacher.valid_positions().sum()
+    return n_lm, n_kd
+
+
 # --------------------------------------------------------------------------------------------
-# argument checks and the shared driver
+# one call in three stages: prepare (checks, flat rows, teacher side, weights), evaluate
+# (`trainer.fused_loss`), finish (the per-token means)
 
 
 def _check_logits(logits: torch.Tensor) -> int:
@@ -83,35 +141,8 @@ def _check_logits(logits: torch.Tensor) -> int:
 
 
 def _block_rows(chunk_size: int | None, n: int, v: int) -> int:
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     cap = max(1, BLOCK_ELEMS // max(v, 1))
     return max(1, min(chunk_size or n, cap, n))
-
-
-def _check_kd_args(kind: str, tau: float, support: str = "full", tail: bool = False) -> None:
-    if kind not in KD_KINDS:
-        raise ValueError(f"kind must be one of {KD_KINDS}, got {kind!r}")
-    if support not in SUPPORTS:
-        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
-    if tail and support != "full":
-        raise ValueError(f"tail=True (a tail bucket) only applies to support 'full', got support {support!r}")
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (tau > 0) or math.isinf(tau):
-        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
-
-
-def count_positions(labels: torch.Tensor | None, teacher_mask: torch.Tensor | None,
-                    position_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(LM tokens, KD positions) the losses here average over: labels != -100, and positions with
-    at least one kept teacher entry (and position_mask, if given). int64 scalars on the inputs' device."""
-    n_lm = (labels != IGNORE_INDEX).sum() if labels is not None else torch.zeros((), dtype=torch.int64)
-    n_kd = torch.zeros((), dtype=torch.int64, device=n_lm.device)
-    if teacher_mask is not None:
-        valid = teacher_mask.to(torch.bool).any(-1)
-        if position_mask is not None:
-            valid = valid & position_mask.to(torch.bool)
-        n_kd = valid.sum()
-    return n_lm, n_kd
 
 
 def _denominator(given, count: torch.Tensor, dtype) -> torch.Tensor:
@@ -121,41 +152,54 @@ def _denominator(given, count: torch.Tensor, dtype) -> torch.Tensor:
     return torch.where(d > 0, d, torch.ones_like(d))
 
 
-def _distill(student_logits, labels, teacher, *, alpha, kind, support, tau, tail, tau_squared, chunk_size,
-             lm_denominator=None, kd_denominator=None):
-    """Shared implementation: LM rows where labels != -100, KD rows where the teacher is valid.
+class _Prepared(NamedTuple):
+    inputs: FusedInputs
+    n_lm: torch.Tensor
+    n_kd: torch.Tensor
+    d_lm: torch.Tensor
+    d_kd: torch.Tensor
+    scale: float
 
+
+def _prepare(logits, labels, teacher: TeacherBatch | None, spec: LossSpec, alpha: float,
+             lm_denominator, kd_denominator) -> _Prepared:
+    """LM rows where labels != -100, KD rows where the teacher is valid; the objective's weights.
     Counts and weights stay on the device (no host synchronisation)."""
-    v = _check_logits(student_logits)
-    dev = student_logits.device
-    cdtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-    n_flat = student_logits.shape[0] * student_logits.shape[1]
+    v = _check_logits(logits)
+    dev = logits.device
+    cdtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    n_flat = logits.shape[0] * logits.shape[1]
     flat_labels = None
     n_lm = torch.zeros((), dtype=torch.int64, device=dev)
     if labels is not None:
-        if tuple(labels.shape) != tuple(student_logits.shape[:2]):
-            raise ValueError(f"labels must have shape {tuple(student_logits.shape[:2])}, got {tuple(labels.shape)}")
+        if tuple(labels.shape) != tuple(logits.shape[:2]):
+            raise ValueError(f"labels must have shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
         flat_labels = labels.reshape(-1).to(device=dev, dtype=torch.int64)
         n_lm = (flat_labels != IGNORE_INDEX).sum()
-    T = None
+    prepared = None
     n_kd = torch.zeros((), dtype=torch.int64, device=dev)
     if teacher is not None:
-        T = prepare_teacher(teacher, tau, tail or support == "split", v, cdtype)
-        n_kd = T.valid.sum()
-    scale = tau * tau if tau_squared else 1.0
+        prepared = prepare_teacher(teacher.flat(), spec.tau, spec.tail or spec.support == "split", v, cdtype)
+        n_kd = prepared.valid.sum()
+    scale = spec.tau * spec.tau if spec.tau_squared else 1.0
     d_lm = _denominator(lm_denominator, n_lm, cdtype)
     d_kd = _denominator(kd_denominator, n_kd, cdtype)
-    w_lm = (1.0 - alpha) / d_lm
-    w_kd = alpha * scale / d_kd
-    spec = Spec(flat_labels, T, kind, support, tau, w_lm, w_kd, _block_rows(chunk_size, n_flat, v))
-    if student_logits.requires_grad and torch.is_grad_enabled():
-        obj, lm_s, kd_s, agree = FusedLoss.apply(student_logits, spec)
+    inputs = FusedInputs(flat_labels, prepared, spec.kind, spec.support, spec.tau, (1.0 - alpha) / d_lm,
+                         alpha * scale / d_kd, _block_rows(spec.chunk_size, n_flat, v))
+    return _Prepared(inputs, n_lm, n_kd, d_lm, d_kd, scale)
+
+
+def _distill(logits, labels, teacher, spec: LossSpec, alpha: float, lm_denominator=None, kd_denominator=None
+             ) -> DistillResult:
+    p = _prepare(logits, labels, teacher, spec, alpha, lm_denominator, kd_denominator)
+    if logits.requires_grad and torch.is_grad_enabled():
+        obj, lm_s, kd_s, agree = FusedLoss.apply(logits, p.inputs)
     else:
-        (obj, lm_s, kd_s, agree), _ = evaluate(student_logits, spec, need_grad=False)
-    lm = lm_s / d_lm
-    kd = kd_s * scale / d_kd
-    agreement = agree / n_kd.clamp_min(1).to(cdtype)
-    return obj, lm, kd, agreement, n_lm, n_kd
+        (obj, lm_s, kd_s, agree), _ = evaluate(logits, p.inputs, need_grad=False)
+    lm = lm_s / p.d_lm
+    kd = kd_s * p.scale / p.d_kd
+    agreement = agree / p.n_kd.clamp_min(1).to(p.d_kd.dtype)
+    return DistillResult(obj, lm, kd, agreement, p.n_lm, p.n_kd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,34 +213,20 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, chunk_size: int | Non
     over the whole batch (sum / number of non-ignored labels); 0 when every label is ignored.
     No temperature. Gradient (q - onehot(label)) / n, computed in blocks of rows like `kd_loss`.
     """
-    obj, *_ = _distill(logits, labels, None, alpha=0.0, kind="soft_ce", support="full", tau=1.0, tail=False,
-                       tau_squared=False, chunk_size=chunk_size)
-    return obj
+    spec = LM_ONLY if chunk_size is None else LossSpec(kind="soft_ce", chunk_size=chunk_size)
+    return _distill(logits, labels, None, spec, alpha=0.0).loss
 
 
-def kd_loss(
-    student_logits: torch.Tensor,
-    teacher_ids: torch.Tensor,
-    teacher_logp: torch.Tensor,
-    teacher_mask: torch.Tensor,
-    teacher_log_tail: torch.Tensor,
-    position_mask: torch.Tensor | None,
-    *,
-    kind: str,
-    tau: float,
-    support: str = "full",
-    tail: bool = False,
-    tau_squared: bool = False,
-    chunk_size: int | None = None,
-    kd_denominator: torch.Tensor | float | None = None,
-) -> KDResult:
+def kd_loss(student_logits: torch.Tensor, teacher: TeacherBatch, spec: LossSpec, *,
+            kd_denominator: torch.Tensor | float | None = None) -> KDResult:
     """Distillation loss against the truncated teacher, per position then averaged.
 
     Notation at one position: x = student logits, s = x / tau; q = softmax(s) over the full
     vocabulary V (log q_i gathered at the kept ids i); q~ = softmax(s) restricted to the kept ids
     (the student renormalised over the kept set); F = softmax(teacher_logp / tau) over the kept
     entries -- the paper's F(z) = softmax(Truncate(z) / tau), since stored log-probs differ from
-    logits by a constant; t = exp(teacher_log_tail), the mass truncation dropped (never tempered).
+    logits by a constant; t = exp(teacher.log_tail), the mass truncation dropped (never tempered).
+    The recipe (kind, support, tau, tail, tau_squared, chunk_size) is ``spec`` (`LossSpec`).
 
     ``support`` says what the student side is (the paper leaves it open):
 
@@ -237,7 +267,7 @@ def kd_loss(
       exact KL over the K + 1 buckets. The out-of-set mass is pulled towards the teacher's t, not 0.
 
     Normalisation: mean over *valid positions of the whole batch* (per token, not per sequence):
-    valid = position_mask & (at least one kept entry); ``kd_denominator`` replaces the count (the
+    valid = teacher.position_mask & (at least one kept entry); ``kd_denominator`` replaces the count (the
     global count / world size with several processes). Scaled by tau**2 only when
     ``tau_squared=True`` (default False; with it, the whole KD term, the split included, is scaled).
     Computed in float32 (float64 for float64 logits) in blocks of at most ``chunk_size`` positions
@@ -247,32 +277,19 @@ def kd_loss(
 
     Returns KDResult(loss, agreement, num_positions).
     """
-    _check_kd_args(kind, tau, support, tail)
     _check_logits(student_logits)
-    teacher = teacher_inputs(student_logits, teacher_ids, teacher_logp, teacher_mask, teacher_log_tail, position_mask)
-    obj, _lm, _kd, agreement, _n_lm, n_kd = _distill(
-        student_logits, None, teacher, alpha=1.0, kind=kind, support=support, tau=float(tau), tail=bool(tail),
-        tau_squared=bool(tau_squared), chunk_size=chunk_size, kd_denominator=kd_denominator,
-    )
-    return KDResult(obj, agreement, n_kd)
+    teacher.check_against(student_logits)
+    res = _distill(student_logits, None, teacher, spec, alpha=1.0, kd_denominator=kd_denominator)
+    return KDResult(res.loss, res.agreement, res.num_positions)
 
 
 def distill_loss(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
-    teacher_ids: torch.Tensor,
-    teacher_logp: torch.Tensor,
-    teacher_mask: torch.Tensor,
-    teacher_log_tail: torch.Tensor,
-    position_mask: torch.Tensor | None,
+    teacher: TeacherBatch | None,
+    spec: LossSpec,
     *,
     alpha: float,
-    kind: str,
-    tau: float,
-    support: str = "full",
-    tail: bool = False,
-    tau_squared: bool = False,
-    chunk_size: int | None = None,
     lm_denominator: torch.Tensor | float | None = None,
     kd_denominator: torch.Tensor | float | None = None,
 ) -> DistillResult:
@@ -283,18 +300,17 @@ def distill_loss(
     global counts across processes); use this in training when memory matters: the separate
     functions each keep a [B, T, V] gradient buffer until backward, this keeps one. The LM and KD
     terms share the student's softmax when tau == 1 or support == "split" (and its exponential when
-    tau == 2 or 0.5). When alpha == 0 the teacher is not evaluated at all (kd and agreement are 0).
+    tau == 2 or 0.5). When alpha == 0 the teacher is not evaluated at all (it may be None; kd and
+    agreement are 0). alpha is beside ``spec``, not in it: a schedule changes it every step.
     """
-    _check_kd_args(kind, tau, support, tail)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 <= alpha <= 1.0):
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     _check_logits(student_logits)
-    teacher = None
     if alpha > 0:
-        teacher = teacher_inputs(student_logits, teacher_ids, teacher_logp, teacher_mask, teacher_log_tail, position_mask)
-    obj, lm, kd, agreement, n_lm, n_kd = _distill(
-        student_logits, labels, teacher, alpha=float(alpha), kind=kind, support=support, tau=float(tau),
-        tail=bool(tail), tau_squared=bool(tau_squared), chunk_size=chunk_size,
-        lm_denominator=lm_denominator, kd_denominator=kd_denominator,
-    )
-    return DistillResult(obj, lm, kd, agreement, n_lm, n_kd)
+        if teacher is None:
+            raise ValueError(f"alpha is {alpha} but no teacher signal was given")
+        teacher.check_against(student_logits)
+    else:
+        teacher = None
+    return _distill(student_logits, labels, teacher, spec, alpha=float(alpha), lm_denominator=lm_denominator,
+                    kd_denominator=kd_denominator)

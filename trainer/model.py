@@ -1,7 +1,8 @@
 """The distillation ComposerModel: an HF causal-LM student, its loss, an optional live teacher.
 
-Loss = (1 - alpha) * LM + alpha * KD (`trainer.losses.distill_loss`: one chunked pass, each term
-its own per-token mean). With several processes each term is the GLOBAL per-token mean: the LM
+Loss = (1 - alpha) * LM + alpha * KD (`trainer.losses.distill_loss(logits, labels, teacher, spec)`:
+one chunked pass, each term its own per-token mean; ``spec`` is the model's `LossSpec`, the teacher
+a `TeacherBatch`). With several processes each term is the GLOBAL per-token mean: the LM
 token and KD position counts are all-reduced (`composer.utils.dist`) and each rank divides its sum
 by (global count / world size), so that DDP's gradient averaging yields the gradient of the sum
 over all ranks / the global count, whatever the padding on each rank (a rank's logged lm / kd are
@@ -16,18 +17,18 @@ tensors with the logits (position t predicts token t + 1); the student gets no `
 shift them itself and materialise a full log-softmax), and logits are used unshifted.
 
 Modes:
-  offline  teacher signal read from the dataset (dense [B, T, K] from the collator);
+  offline  teacher signal read from the dataset (the collator's `TeacherBatch`, carried as batch
+           columns);
   live     a frozen teacher in the same process: its logits under no_grad, truncated per sequence
            with `schemas.truncate_tensor`, put in the codec's layout (ids sorted, log-probs
-           renormalised over the kept set), densified with `schemas.sample.to_dense`, then the
-           identical loss code path;
+           renormalised over the kept set), then `TeacherBatch.from_kept` (the collator's layout)
+           and the identical loss code path;
   none     LM only (alpha must be 0), no teacher read.
 """
 from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from composer.core import Callback, Event, State
 from composer.loggers import Logger
@@ -35,10 +36,11 @@ from composer.metrics import LanguageCrossEntropy, LanguagePerplexity
 from composer.models import ComposerModel
 from composer.utils import dist
 
-from schemas.codec import Decoded, lossless_decoded
-from schemas.sample import to_dense
+from schemas.codec import lossless_decoded
+from schemas.kept import KeptEntries
 from schemas.truncation import truncate_tensor
-from trainer.losses import count_positions, distill_loss
+from trainer.losses import LossSpec, count_positions, distill_loss
+from trainer.teacher_batch import TeacherBatch
 from trainer.schedules import training_progress
 
 MODES = ("offline", "live", "none")
@@ -71,8 +73,9 @@ class DistillationModel(ComposerModel):
         if mode == "live" and teacher is None:
             raise ValueError("distill.mode is live but no teacher model was given")
         self.student = student
-        self.mode, self.kind, self.support, self.tau, self.tail = mode, kind, support, float(tau), bool(tail)
-        self.tau_squared, self.chunk_size = bool(tau_squared), chunk_size
+        self.mode = mode
+        self.spec = LossSpec(kind=kind, support=support, tau=tau, tail=tail, tau_squared=tau_squared,
+                             chunk_size=chunk_size)
         self.top_p, self.top_k = float(top_p), int(top_k)
         self.alpha = float(alpha)
         # The teacher is kept OUT of the module tree: not trained, not in the optimizer, not in
@@ -85,33 +88,29 @@ class DistillationModel(ComposerModel):
     def forward(self, batch: dict) -> torch.Tensor:
         return self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
+    @property
+    def tau(self) -> float:
+        return self.spec.tau
+
     def loss(self, outputs: torch.Tensor, batch: dict, *args, **kwargs) -> dict[str, torch.Tensor]:
         alpha = 0.0 if self.mode == "none" else self.alpha
-        t = self._teacher_tensors(batch) if alpha > 0 else None
-        d_lm, d_kd = self._global_denominators(batch, t)
-        if t is None:
-            res = distill_loss(outputs, batch["labels"], None, None, None, None, None, alpha=0.0, kind=self.kind,
-                               tau=self.tau, chunk_size=self.chunk_size, lm_denominator=d_lm)
-        else:
-            res = distill_loss(
-                outputs, batch["labels"], t["teacher_ids"], t["teacher_logp"], t["teacher_mask"],
-                t["teacher_log_tail"], t["position_mask"], alpha=alpha, kind=self.kind, support=self.support,
-                tau=self.tau, tail=self.tail, tau_squared=self.tau_squared, chunk_size=self.chunk_size,
-                lm_denominator=d_lm, kd_denominator=d_kd,
-            )
+        teacher = self.teacher_batch(batch) if alpha > 0 else None
+        d_lm, d_kd = self._global_denominators(batch, teacher)
+        res = distill_loss(outputs, batch["labels"], teacher, self.spec, alpha=alpha, lm_denominator=d_lm,
+                           kd_denominator=d_kd)
+        if teacher is not None:
             n = float(res.num_positions)
             self._stats += torch.tensor([float(res.agreement) * n, n, 0.0], dtype=torch.float64)
         return {"total": res.loss, "lm": res.lm.detach(), "kd": res.kd.detach()}
 
     @staticmethod
-    def _global_denominators(batch: dict, t: Optional[dict]):
+    def _global_denominators(batch: dict, teacher: Optional[TeacherBatch]):
         """(LM, KD) denominators: this batch's counts on one process (None), else the counts summed
         over all ranks divided by the world size (one all-reduce of two numbers per step)."""
         world = dist.get_world_size()
         if world == 1:
             return None, None
-        n_lm, n_kd = count_positions(batch["labels"], t["teacher_mask"] if t else None,
-                                     t["position_mask"] if t else None)
+        n_lm, n_kd = count_positions(batch["labels"], teacher)
         counts = torch.stack([n_lm.to(batch["labels"].device), n_kd.to(batch["labels"].device)]).to(torch.float64)
         dist.all_reduce(counts)
         counts = counts / world
@@ -127,18 +126,19 @@ class DistillationModel(ComposerModel):
         metric.update(outputs, batch["labels"])
 
     # -- teacher signal ----------------------------------------------------------------------
-    def _teacher_tensors(self, batch: dict) -> Optional[dict]:
+    def teacher_batch(self, batch: dict) -> Optional[TeacherBatch]:
+        """The teacher for this batch: the collator's columns (offline) or a fresh pass (live)."""
         if self.mode == "offline":
             if "teacher_ids" not in batch:
                 raise ValueError("distill.mode is offline but the batch has no teacher columns")
-            return batch
+            return TeacherBatch.from_batch(batch)
         if self.mode == "live":
             return self.live_teacher_signal(batch)
         return None
 
     @torch.no_grad()
-    def live_teacher_signal(self, batch: dict) -> dict:
-        """Run the frozen teacher and build the same dense tensors the offline collator builds."""
+    def live_teacher_signal(self, batch: dict) -> TeacherBatch:
+        """Run the frozen teacher and build the same `TeacherBatch` the offline collator builds."""
         teacher = self._teacher[0]
         ids = batch["input_ids"]
         dev = ids.device
@@ -146,35 +146,13 @@ class DistillationModel(ComposerModel):
         if p is not None and p.device != dev:
             teacher.to(dev)
         logits = teacher(input_ids=ids, attention_mask=batch["attention_mask"]).logits
-        b, t = ids.shape
-        n_tok = batch["attention_mask"].sum(-1).tolist()
-        k = self.top_k
-        out_ids = np.zeros((b, t, k), np.int64)
-        out_logp = np.full((b, t, k), -np.inf, np.float32)
-        out_mask = np.zeros((b, t, k), bool)
-        out_tail = np.full((b, t), -np.inf, np.float32)
-        for i in range(b):
-            n = int(n_tok[i])
-            if n == 0:
-                continue
-            # the codec's layout (ids ascending per position, log-probs renormalised over the kept set)
-            dec = lossless_decoded(truncate_tensor(logits[i, :n], self.top_p, k))
-            dec = Decoded(  # padding positions: no teacher signal
-                counts=np.concatenate([dec.counts, np.zeros(t - n, np.int64)]),
-                ids=dec.ids,
-                logp=dec.logp,
-                log_tail=np.concatenate([dec.log_tail, np.full(t - n, -np.inf, np.float32)]),
-            )
-            dense = to_dense(dec, k)
-            out_ids[i], out_logp[i], out_mask[i], out_tail[i] = dense.ids, dense.logp, dense.mask, dense.log_tail
-        mask = torch.from_numpy(out_mask).to(dev)
-        return {
-            "teacher_ids": torch.from_numpy(out_ids).to(dev),
-            "teacher_logp": torch.from_numpy(out_logp).to(dev),
-            "teacher_mask": mask,
-            "teacher_log_tail": torch.from_numpy(out_tail).to(dev),
-            "position_mask": batch["attention_mask"].bool() & mask.any(-1),
-        }
+        attention = batch["attention_mask"].bool()
+        entries = []
+        for i, n in enumerate(attention.sum(-1).tolist()):
+            # the codec's layout: ids ascending per position, log-probs renormalised over the kept set
+            entries.append(lossless_decoded(truncate_tensor(logits[i, :n], self.top_p, self.top_k)) if n
+                           else KeptEntries.empty(0))
+        return TeacherBatch.from_kept(entries, ids.shape[1], self.top_k, attention.cpu().numpy()).to(dev)
 
     def pop_stats(self) -> tuple[float, float]:
         """(agreement sum weighted by positions, positions) since the last call."""
