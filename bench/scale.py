@@ -78,7 +78,7 @@ def stub_samples(unit: str) -> list[dict]:
     import numpy as np
 
     from schemas import build_sample, make_codec
-    from schemas.truncation import Truncated
+    from schemas.kept import KeptEntries
 
     rng = np.random.default_rng(0)
     codec = make_codec("compact", {})
@@ -91,7 +91,7 @@ def stub_samples(unit: str) -> list[dict]:
             p = rng.dirichlet(np.ones(c + 1))
             logp.append(np.log(p[:c]))
             tail.append(np.log(p[c]))
-        tr = Truncated(counts.astype(np.int64), ids, np.concatenate(logp).astype(np.float32), np.asarray(tail, np.float32))
+        tr = KeptEntries(counts.astype(np.int64), ids, np.concatenate(logp).astype(np.float32), np.asarray(tail, np.float32))
         out.append(build_sample(sample_id=s, tokens=rng.integers(0, VOCAB, SEQ_LEN), n_tokens=SEQ_LEN,
                                 doc_starts=np.asarray([0], np.uint32), truncated=tr, codec=codec, vocab_size=VOCAB,
                                 top_k=TOP_K, unit=unit))

@@ -5,7 +5,7 @@ import pytest
 from schemas import Compact2Codec, CompactCodec, build_sample, decode_dense, mds_columns, sample_id, truncate
 from schemas.identity import fingerprint_tokenizer, tokenizer_fingerprint
 from schemas.sample import token_dtype
-from schemas.truncation import Truncated
+from schemas.kept import KeptEntries
 
 streaming = pytest.importorskip("streaming")
 
@@ -19,7 +19,7 @@ def make_samples(n, seq_len=16, vocab=300, k=8, codec=None):
         z = rng.standard_normal((n_tok, vocab)).astype(np.float32) * 3
         tr = truncate(z, 0.9, k)
         pad = seq_len - n_tok
-        tr_full = Truncated(
+        tr_full = KeptEntries(
             np.concatenate([tr.counts, np.zeros(pad, np.int64)]),
             tr.ids,
             tr.logp,
