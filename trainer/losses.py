@@ -25,7 +25,7 @@ or over the kept set, or -- in the split -- only for the within-set term; see `k
 teacher's stored log-probs are divided by tau before a softmax over the kept set. Since the
 stored log-probs differ from the teacher's raw logits by a per-position constant, that equals the
 paper's F(z) = softmax(Truncate(z) / tau). The KD loss is *not* multiplied by tau^2 unless
-``tau_squared=True`` (the paper does not say; the default keeps the loss equal to the literal
+``LossSpec.tau_squared`` (the paper does not say; the default keeps the loss equal to the literal
 divergence, so its value is comparable across tau; with tau_squared the gradient magnitude is
 roughly tau-independent, as in Hinton et al.).
 
@@ -228,16 +228,16 @@ def kd_loss(student_logits: torch.Tensor, teacher: TeacherBatch, spec: LossSpec,
     logits by a constant; t = exp(teacher.log_tail), the mass truncation dropped (never tempered).
     The recipe (kind, support, tau, tail, tau_squared, chunk_size) is ``spec`` (`LossSpec`).
 
-    ``support`` says what the student side is (the paper leaves it open):
+    ``spec.support`` says what the student side is (the paper leaves it open):
 
-    support="full" (default; the only one with ``tail``). Without tail, sums over the kept entries:
+    support="full" (default; the only one with ``spec.tail``). Without tail, sums over the kept entries:
       forward_kl: sum_i F_i (log F_i - log q_i)   = KL(F || q) over the full vocabulary with F zero
                   outside the kept set: the student's out-of-set mass is pushed towards zero
                   (gradient (alpha / tau) q_out on it). d/ds = q - F (F scattered at the kept ids).
       soft_ce:    -sum_i F_i log q_i              (the paper's "NLL"; = forward_kl + H(F), same gradient).
       reverse_kl, mse: a full-vocabulary form is infinite / meaningless against a zero teacher,
                   so these use q~ exactly as support="kept" does.
-      With ``tail=True``, one extra bucket ("everything not kept") on both sides:
+      With ``spec.tail``, one extra bucket ("everything not kept") on both sides:
         teacher P_i = (1 - t) F_i, bucket t; student q_i (full vocabulary, tempered) and bucket
         q_o = 1 - sum_i q_i, summed exactly over the non-kept ids; then forward_kl = sum P (log P -
         log q), soft_ce = -sum P log q, reverse_kl = sum q (log q - log P), mse = sum (q - P)^2 over
@@ -269,8 +269,8 @@ def kd_loss(student_logits: torch.Tensor, teacher: TeacherBatch, spec: LossSpec,
     Normalisation: mean over *valid positions of the whole batch* (per token, not per sequence):
     valid = teacher.position_mask & (at least one kept entry); ``kd_denominator`` replaces the count (the
     global count / world size with several processes). Scaled by tau**2 only when
-    ``tau_squared=True`` (default False; with it, the whole KD term, the split included, is scaled).
-    Computed in float32 (float64 for float64 logits) in blocks of at most ``chunk_size`` positions
+    ``spec.tau_squared`` (default False; with it, the whole KD term, the split included, is scaled).
+    Computed in float32 (float64 for float64 logits) in blocks of at most ``spec.chunk_size`` positions
     (None: as large as the 32 MB block cap allows); results do not depend on it. Gradients flow to
     ``student_logits`` only. Agreement counts a position when the student's logit at the teacher's
     top-1 id equals its maximum (ties agree).
