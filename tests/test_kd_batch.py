@@ -97,7 +97,8 @@ def test_teacher_batch_columns_round_trip_and_errors():
     tr = lossless_decoded(truncate(logits_for(SEQ, 3), 0.9, K))
     tb = TeacherBatch.from_kept([tr, tr], SEQ, K, np.ones((2, SEQ), bool))
     back = TeacherBatch.from_batch({"labels": None, **tb.columns()})
-    assert all(torch.equal(getattr(back, f), getattr(tb, f)) for f in ("ids", "logp", "mask", "log_tail", "position_mask"))
+    fields = ("ids", "logp", "mask", "log_tail", "position_mask")
+    assert all(torch.equal(getattr(back, f), getattr(tb, f)) for f in fields)
     with pytest.raises(ValueError, match="no teacher signal .*teacher_logp"):
         TeacherBatch.from_batch({"teacher_ids": tb.ids})
     logits = torch.zeros(2, SEQ, V)
