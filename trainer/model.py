@@ -40,8 +40,8 @@ from schemas.codec import lossless_decoded
 from schemas.kept import KeptEntries
 from schemas.truncation import truncate_tensor
 from trainer.losses import LossSpec, count_positions, distill_loss
-from trainer.teacher_batch import TeacherBatch
 from trainer.schedules import training_progress
+from trainer.teacher_batch import TeacherBatch
 
 MODES = ("offline", "live", "none")
 
