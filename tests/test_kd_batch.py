@@ -80,9 +80,8 @@ def test_collator_and_live_teacher_build_the_same_teacher_batch():
         tr = truncate_tensor(logits[i, :n], 0.9, K) if n else KeptEntries.empty(0)
         raw = build_sample(sample_id=i, tokens=tokens[i].numpy(), n_tokens=n, doc_starts=np.array([0]),
                            truncated=tr.padded(SEQ), codec=codec, vocab_size=V, top_k=K, unit="u")
-        d = decode_dense(raw, codec, K)
-        samples.append({"tokens": tokens[i].numpy(), "n_tokens": n, "sample_id": i, "teacher_ids": d.ids,
-                        "teacher_logp": d.logp, "teacher_mask": d.mask, "teacher_log_tail": d.log_tail})
+        samples.append({"tokens": tokens[i].numpy(), "n_tokens": n, "sample_id": i,
+                        "teacher": decode_dense(raw, codec, K)})  # a DistillDataset item
     offline = TeacherBatch.from_batch(DistillCollator()(samples))
     live = _live_model(teacher).live_teacher_signal(batch)
     assert int(live.mask.sum(-1)[live.position_mask].min()) < K  # top-p cut somewhere before K

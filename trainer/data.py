@@ -39,7 +39,6 @@ from streaming import Stream, StreamingDataset
 from schemas import DatasetDir, IncompatibleDataset, Manifest, check_compatible, make_codec
 from schemas import storage
 from schemas.errors import CorruptDataset, IncompleteDataset  # noqa: F401  (part of this module's API)
-from schemas.kept import DenseTeacher
 from schemas.sample import decode_dense
 from trainer.config import ConfigError
 from trainer.fingerprint import dataset_identity
@@ -119,9 +118,9 @@ class DistillDataset(StreamingDataset):
     """A StreamingDataset over distillation datasets that yields decoded numpy samples.
 
     Each item: ``tokens`` int64 [T], ``n_tokens`` int, ``sample_id`` int (uint64 value) and, when
-    ``with_teacher``, the dense teacher signal (`schemas.decode_dense`, K = manifest top_k, the
-    largest over the streams): ``teacher_ids`` int64 [T, K], ``teacher_logp`` float32 [T, K] (-inf
-    where masked), ``teacher_mask`` bool [T, K], ``teacher_log_tail`` float32 [T].
+    ``with_teacher``, ``teacher``: the dense teacher signal, a `schemas.DenseTeacher`
+    (`schemas.decode_dense`, K = manifest top_k, the largest over the streams): ids int64 [T, K],
+    logp float32 [T, K] (-inf where masked), mask bool [T, K], log_tail float32 [T].
 
     ``batch_size`` is the PER-DEVICE batch size (streaming needs it for deterministic resumption).
     Build the dataset *after* any state load decision and never iterate it before Composer has
@@ -221,9 +220,7 @@ class DistillDataset(StreamingDataset):
         self.check_sample(raw, tokens, n)
         out = {"tokens": tokens, "n_tokens": n, "sample_id": int(raw.get("sample_id", -1))}
         if self.with_teacher:
-            dense = decode_dense(raw, self.codec, self.top_k)
-            out.update(teacher_ids=dense.ids, teacher_logp=dense.logp, teacher_mask=dense.mask,
-                       teacher_log_tail=dense.log_tail)
+            out["teacher"] = decode_dense(raw, self.codec, self.top_k)
         return out
 
     def raw(self, idx: int) -> dict:
@@ -305,9 +302,7 @@ class DistillCollator:
             "sample_id": torch.from_numpy(sid.copy()),
         }
         if self.with_teacher:
-            dense = [DenseTeacher(s["teacher_ids"], s["teacher_logp"], s["teacher_mask"], s["teacher_log_tail"])
-                     for s in samples]
-            out.update(TeacherBatch.from_dense(dense, attn).columns())
+            out.update(TeacherBatch.from_dense([s["teacher"] for s in samples], attn).columns())
         else:
             out["position_mask"] = torch.from_numpy(attn)
         return out
