@@ -23,3 +23,11 @@ class IncompleteDataset(IncompatibleDataset):
 
 class CorruptDataset(SchemaError):
     """A shard whose bytes do not match the hash recorded in the index."""
+
+
+class ConfigError(ValueError):
+    """A bad setting, from a file, a flag or an override; the message names the setting.
+
+    The one configuration error of the product: the trainer's and the pipeline's settings, the
+    runner options and the CLIs all raise (subclasses of) this type, and every CLI prints it as
+    one line with exit status 2."""

@@ -24,8 +24,12 @@ at ``t_max`` (default "1dur").
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Union
+from typing import Annotated, Literal, Union
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
+
+from schemas.settings import Refused, raise_first
 
 __all__ = [
     "ConstantAlpha", "LinearAlpha", "CosineAlpha", "WSDAlpha", "PeriodicAlpha", "AlphaSchedule",
@@ -80,76 +84,67 @@ def wsd_multiplier(x: float, warmup: float, decay: float, peak: float = 1.0, flo
     return peak
 
 
-@dataclass(frozen=True)
-class ConstantAlpha:
-    value: float = 0.9
+_STRICT = ConfigDict(extra="forbid")
+Fraction = Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
 
-    def __post_init__(self):
-        _num("value", self.value)
+
+@dataclass(frozen=True, config=_STRICT)
+class ConstantAlpha:
+    value: Fraction = 0.9
+    name: Literal["constant"] = "constant"
 
     def __call__(self, progress: float) -> float:
         return float(self.value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class LinearAlpha:
-    start: float = 0.0
-    end: float = 1.0
-
-    def __post_init__(self):
-        _num("start", self.start)
-        _num("end", self.end)
+    start: Fraction = 0.0
+    end: Fraction = 1.0
+    name: Literal["linear"] = "linear"
 
     def __call__(self, progress: float) -> float:
         p = _clamp01(progress)
         return float(self.start + (self.end - self.start) * p)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class CosineAlpha:
-    start: float = 1.0
-    end: float = 0.0
-
-    def __post_init__(self):
-        _num("start", self.start)
-        _num("end", self.end)
+    start: Fraction = 1.0
+    end: Fraction = 0.0
+    name: Literal["cosine"] = "cosine"
 
     def __call__(self, progress: float) -> float:
         return _cos_interp(float(self.start), float(self.end), _clamp01(progress))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class WSDAlpha:
-    peak: float = 0.9
-    floor: float = 0.0
-    warmup: float = 0.1
-    decay: float = 0.1
-    decay_shape: str = "cosine"
+    peak: Fraction = 0.9
+    floor: Fraction = 0.0
+    warmup: Fraction = 0.1
+    decay: Fraction = 0.1
+    decay_shape: Literal["cosine", "linear"] = "cosine"
+    name: Literal["wsd"] = "wsd"
 
-    def __post_init__(self):
-        for f in ("peak", "floor", "warmup", "decay"):
-            _num(f, getattr(self, f))
-        _choice("decay_shape", self.decay_shape, ("cosine", "linear"))
+    @model_validator(mode="after")
+    def _phases_fit(self):
         if self.warmup + self.decay > 1.0 + 1e-12:
-            raise ValueError(f"decay: warmup + decay must be <= 1, got {self.warmup} + {self.decay}")
+            raise Refused("decay", f"warmup + decay must be <= 1, got {self.warmup} + {self.decay}")
+        return self
 
     def __call__(self, progress: float) -> float:
         return wsd_multiplier(progress, float(self.warmup), float(self.decay), float(self.peak),
                               float(self.floor), self.decay_shape)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class PeriodicAlpha:
-    low: float = 0.5
-    high: float = 1.0
-    period: float = 0.1
-    shape: str = "cosine"
-
-    def __post_init__(self):
-        _num("low", self.low)
-        _num("high", self.high)
-        _num("period", self.period, 0.0, 1.0, open_lo=True)
-        _choice("shape", self.shape, ("cosine", "triangle"))
+    low: Fraction = 0.5
+    high: Fraction = 1.0
+    period: Annotated[float, Field(strict=True, gt=0.0, le=1.0)] = 0.1
+    shape: Literal["cosine", "triangle"] = "cosine"
+    name: Literal["periodic"] = "periodic"
 
     def __call__(self, progress: float) -> float:
         phase = (_clamp01(progress) / self.period) % 1.0  # 0 at each cycle start (value = high)
@@ -160,7 +155,9 @@ class PeriodicAlpha:
         return float(self.high + (self.low - self.high) * w)
 
 
-AlphaSchedule = Union[ConstantAlpha, LinearAlpha, CosineAlpha, WSDAlpha, PeriodicAlpha]
+# The tagged union: a config's `name` picks the schedule; its other keys are that schedule's fields.
+AlphaSchedule = Annotated[Union[ConstantAlpha, LinearAlpha, CosineAlpha, WSDAlpha, PeriodicAlpha],
+                          Field(discriminator="name")]
 ALPHA_SCHEDULES: dict[str, type] = {
     "constant": ConstantAlpha,
     "linear": LinearAlpha,
@@ -168,38 +165,19 @@ ALPHA_SCHEDULES: dict[str, type] = {
     "wsd": WSDAlpha,
     "periodic": PeriodicAlpha,
 }
-_FIELD_TYPES = {"str": (str,), "float": (int, float)}
+_ALPHA = TypeAdapter(AlphaSchedule)
 
 
 def make_alpha_schedule(cfg: dict, *, prefix: str = "alpha") -> AlphaSchedule:
     """Build an alpha schedule from ``{"name": <one of ALPHA_SCHEDULES>, **params}``.
 
-    Errors (ValueError) name the offending key as ``<prefix>.<key>``: a missing or unknown name,
+    Errors (`ConfigError`) name the offending key as ``<prefix>.<key>``: a missing or unknown name,
     an unknown parameter, a wrong type, or an out-of-range value.
     """
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{prefix} must be a mapping with a 'name' key, got {type(cfg).__name__}")
-    if "name" not in cfg:
-        raise ValueError(f"{prefix}.name is required (one of {sorted(ALPHA_SCHEDULES)})")
-    name = cfg["name"]
-    if name not in ALPHA_SCHEDULES:
-        raise ValueError(f"{prefix}.name must be one of {sorted(ALPHA_SCHEDULES)}, got {name!r}")
-    cls = ALPHA_SCHEDULES[name]
-    known = {f.name: f for f in fields(cls)}
-    kwargs = {}
-    for key, value in cfg.items():
-        if key == "name":
-            continue
-        if key not in known:
-            raise ValueError(f"{prefix}.{key}: unknown key for alpha schedule {name!r} (known: {sorted(known)})")
-        want = _FIELD_TYPES["str" if isinstance(known[key].default, str) else "float"]
-        if isinstance(value, bool) or not isinstance(value, want):
-            raise ValueError(f"{prefix}.{key}: must be {'a string' if want == (str,) else 'a number'}, got {value!r}")
-        kwargs[key] = value
     try:
-        return cls(**kwargs)
-    except ValueError as e:
-        raise ValueError(f"{prefix}.{e}") from None
+        return _ALPHA.validate_python(cfg)
+    except ValidationError as e:
+        raise_first(e, lambda p: f"{p.key}: {p.message}", ("",), prefix=prefix)
 
 
 # --------------------------------------------------------------------------------------------
