@@ -48,6 +48,7 @@ def dotted(loc: tuple) -> str:
 
 _KIND_TEXT = {"missing": "required key is missing", "union_tag_not_found": "required key is missing",
               "extra_forbidden": "unknown key", "unexpected_keyword_argument": "unknown key"}
+_MAPPING_KINDS = ("model_type", "dict_type", "dataclass_type", "model_attributes_type")
 
 
 def problems(error, tagged_unions: tuple[str, ...] = (), prefix: str = "") -> list[Problem]:
@@ -67,6 +68,8 @@ def problems(error, tagged_unions: tuple[str, ...] = (), prefix: str = "") -> li
             loc, msg = loc + tuple(cause.key.split(".")), cause.message
         elif kind == "union_tag_invalid":
             loc, msg = loc + ("name",), f"must be one of {e['ctx']['expected_tags']}, got {e['ctx']['tag']!r}"
+        elif kind in _MAPPING_KINDS:
+            msg = f"expected a mapping, got {e.get('input')!r}"
         elif kind in _KIND_TEXT:
             loc, msg = loc + (("name",) if kind == "union_tag_not_found" else ()), _KIND_TEXT[kind]
         else:

@@ -21,7 +21,6 @@ Composer's weight loading, before this check; `build_trainer` reports that as mo
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from typing import Any, Optional
@@ -69,7 +68,7 @@ def run_fingerprint(cfg, *, dataset_ids: list[str], student, tokenizer_fp: str) 
     fp["model.checkpoint"] = m.checkpoint
     fp["model.tokenizer"] = tokenizer_fp
     for section in ("distill", "optim", "scheduler"):
-        for k, v in dataclasses.asdict(getattr(cfg, section)).items():
+        for k, v in getattr(cfg, section).model_dump().items():
             if section == "distill" and k in FREE_DISTILL_KEYS:
                 continue
             fp[f"{section}.{k}"] = _sha(v) if isinstance(v, dict) else v
