@@ -146,10 +146,10 @@ def stub_manifest(n: int):
 # -- one step in its own process ----------------------------------------------------------------
 
 def _dataset(path: str, cache: str):
-    from trainer.data import DistillDataset, StreamSpec
+    from trainer.config import DataConfig
+    from trainer.data import DistillDataset
 
-    return DistillDataset([StreamSpec(path)], batch_size=BATCH, cache_dir=cache, shuffle=True,
-                          num_canonical_nodes=1)
+    return DistillDataset(DataConfig.of(path, shuffle=True, num_canonical_nodes=1), batch_size=BATCH, cache_dir=cache)
 
 
 def _first_batch(ds) -> int:

@@ -108,13 +108,11 @@ def write_dataset(out: str, bank, tokenizer_fp: str, *, n_samples: int, seq_len:
 
 def make_loader(data: str, cache: str, batch: int, state: dict | None = None):
     from trainer.config import load_config
-    from trainer.data import DistillDataset, StreamSpec, build_dataloader
+    from trainer.config import StreamConfig
+    from trainer.data import DistillDataset, Expect, build_dataloader
 
-    d = load_config("pd_best").data
-    ds = DistillDataset([StreamSpec(data)], batch_size=batch, cache_dir=cache, vocab_size=VOCAB,
-                        shuffle=d.shuffle, shuffle_seed=d.shuffle_seed, shuffle_algo=d.shuffle_algo,
-                        num_canonical_nodes=d.num_canonical_nodes, partition_algo=d.partition_algo,
-                        validate_hash=d.validate_hash)
+    d = load_config("pd_best").data.model_copy(update={"streams": [StreamConfig(uri=data)]})
+    ds = DistillDataset(d, batch_size=batch, cache_dir=cache, expect=Expect(vocab_size=VOCAB))
     if state is not None:
         ds.load_state_dict(state)
     return ds, build_dataloader(ds, batch_size=batch, num_workers=d.num_workers)

@@ -36,9 +36,10 @@ WHOLE, NOT_WHOLE = "whole", "NOT WHOLE"
 def read_samples(uri: str, cache: str, n: int) -> tuple[list[dict], int]:
     """The first `n` stored samples (undecoded) and the number of samples the index holds, read
     through the trainer's dataset (`trainer.data.DistillDataset`) with `cache` as its cache folder."""
-    from trainer.data import DistillDataset, StreamSpec
+    from trainer.config import DataConfig
+    from trainer.data import DistillDataset
 
-    ds = DistillDataset([StreamSpec(uri)], batch_size=1, cache_dir=cache, shuffle=False, validate_hash=None)
+    ds = DistillDataset(DataConfig.of(uri, shuffle=False, validate_hash=None), batch_size=1, cache_dir=cache)
     return [ds.raw(i) for i in range(min(n, len(ds)))], len(ds)
 
 

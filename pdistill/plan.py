@@ -25,7 +25,7 @@ ROWS = [  # (key, label, unit)
 
 
 def parser() -> argparse.ArgumentParser:
-    from pipelines.cli import FLAGS
+    from pipelines.cli import add_setting_flags
 
     ap = argparse.ArgumentParser(
         prog="pdistill plan",
@@ -33,9 +33,7 @@ def parser() -> argparse.ArgumentParser:
         "wall time, cost) from the real pipeline run on a sample of the lake. Takes the same settings as "
         "`pdistill logits`; unknown --flags go to Beam for the sample's run.")
     ap.add_argument("--config", help="YAML file of pipeline settings (as for `pdistill logits`)")
-    for flag, kw in FLAGS:
-        if flag not in ("--output", "--progress"):
-            ap.add_argument(flag, default=None, **kw)
+    add_setting_flags(ap, skip=("output", "progress"))
     g = ap.add_argument_group("plan")
     size = g.add_mutually_exclusive_group()
     size.add_argument("--sample-docs", type=int, help="documents drawn (instead of --sample-fraction)")
@@ -56,16 +54,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
+    from schemas.errors import ConfigError
+
     if args.sample_docs is not None and args.sample_docs < 1:
-        raise ValueError(f"--sample-docs must be >= 1, got {args.sample_docs}")
+        raise ConfigError(f"--sample-docs must be >= 1, got {args.sample_docs}")
     if not 0 < args.sample_fraction <= 1:
-        raise ValueError(f"--sample-fraction must be in (0, 1], got {args.sample_fraction}")
+        raise ConfigError(f"--sample-fraction must be in (0, 1], got {args.sample_fraction}")
     if args.max_units < 1:
-        raise ValueError(f"--max-units must be >= 1, got {args.max_units}")
+        raise ConfigError(f"--max-units must be >= 1, got {args.max_units}")
     if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.mfu is not None and args.gpu is None:
-        raise ValueError("--mfu applies to the FLOPs model: give --gpu too")
+        raise ConfigError("--mfu applies to the FLOPs model: give --gpu too")
 
 
 def make_plan(config, args, extra_args: list[str] | None = None) -> dict:
@@ -73,6 +73,7 @@ def make_plan(config, args, extra_args: list[str] | None = None) -> dict:
     from pdistill import plan_estimate as est
     from pdistill.plan_sample import draw
     from pipelines.job import prepare
+    from pipelines.sources import InputError
 
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="pdistill-plan-") as tmp:
@@ -83,7 +84,7 @@ def make_plan(config, args, extra_args: list[str] | None = None) -> dict:
         if not sample.docs:
             read = sum(r.documents for r in sample.read)
             dead = sum(r.dead_letters for r in sample.read)
-            raise ValueError(f"the sample holds no usable document ({dead} dead letters among {read} documents "
+            raise InputError(f"the sample holds no usable document ({dead} dead letters among {read} documents "
                              f"read from {len(sample.read)} units): nothing to measure")
         run = est.run_sample(config, sample, f"{tmp}/sample", extra_args)
         shape = est.teacher_shape(prep.teacher.local_dir)
@@ -166,16 +167,15 @@ def table(plan: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from pipelines.cli import config_from_args
-    from pipelines.config import ConfigError
-    from pipelines.job import SettingsMismatch
-    from pipelines.sources import InputError
-    from pipelines.teacher import TeacherError
+    from pipelines.config import ConfigError, PipelineConfig
+    from pipelines.errors import user_errors
 
     args, extra = parser().parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
         check_args(args)
-        ns = argparse.Namespace(**{k: v for k, v in vars(args).items() if k in _PIPELINE_KEYS})
+        keep = set(PipelineConfig.model_fields) | {"config", "runner_config_file"}
+        ns = argparse.Namespace(**{k: v for k, v in vars(args).items() if k in keep})
         ns.json, ns.output, ns.progress = False, None, None
         config = config_from_args(ns)
         for key in ("inputs", "teacher"):
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         from schemas import storage
 
         storage.write_text_atomic(args.plan, json.dumps(plan, indent=2, sort_keys=True))
-    except (ConfigError, InputError, TeacherError, SettingsMismatch, ValueError, OSError) as e:
+    except (*user_errors(), OSError) as e:  # OSError: the plan cannot be written
         print(f"pdistill plan: error: {e}", file=sys.stderr)
         return 2
     if args.json:
@@ -194,12 +194,6 @@ def main(argv: list[str] | None = None) -> int:
         print(table(plan))
         print(f"plan written to {args.plan}")
     return 0
-
-
-_PIPELINE_KEYS = {"config", "runner_config_file", "inputs", "teacher", "tokenizer", "format", "text_column", "seq_len",
-                  "selection", "top_p", "top_k", "num_draws", "seed", "codec", "codec_params", "separator", "add_bos",
-                  "rows_per_unit", "bytes_per_unit", "inference_args", "dtype", "batch_size", "device", "runner",
-                  "direct_running_mode", "direct_num_workers"}
 
 
 if __name__ == "__main__":
@@ -212,12 +206,13 @@ def planned_vs_actual(plan_uri: str, dataset_uri: str) -> tuple[str, dict]:
     """A table of the plan's estimates against a finished dataset's manifest and index, and the
     same as a dict {quantity: {planned, low, high, actual, error}} (error = planned / actual - 1)."""
     from schemas import INDEX_NAME, MANIFEST_NAME, Manifest, storage
+    from schemas.errors import ConfigError
 
     try:
         plan = json.loads(storage.read_text(plan_uri))
         pred = plan["predicted"]
     except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"plan {plan_uri}: not a plan written by `pdistill plan` ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"plan {plan_uri}: not a plan written by `pdistill plan` ({type(e).__name__}: {e})") from None
     m = Manifest.from_json(storage.read_text(storage.join(dataset_uri, MANIFEST_NAME)))
     index = json.loads(storage.read_text(storage.join(dataset_uri, INDEX_NAME)))
     stored = sum(int((s.get("zip_data") or s["raw_data"])["bytes"]) for s in index["shards"])
@@ -246,8 +241,10 @@ def planned_vs_actual(plan_uri: str, dataset_uri: str) -> tuple[str, dict]:
 
 def inspect_hook(plan_uri: str, dataset_uri: str, as_json: bool):
     """`pdistill inspect --plan`: the comparison as a dict (JSON output) or as a table (text)."""
+    from schemas.errors import ConfigError, SchemaError
+
     try:
         text, rows = planned_vs_actual(plan_uri, dataset_uri)
-    except (OSError, ValueError) as e:
+    except (OSError, ConfigError, SchemaError) as e:
         raise SystemExit(f"pdistill inspect: --plan: {e}") from None
     return rows if as_json else "\n" + text

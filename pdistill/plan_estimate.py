@@ -29,6 +29,7 @@ import numpy as np
 
 from pdistill.plan_sample import LakeSample
 from schemas import INDEX_NAME, storage
+from schemas.errors import ConfigError
 
 SHARD_SIZE_LIMIT = 1 << 26  # streaming.MDSWriter's default size_limit, which pipelines.sink uses
 BOOTSTRAP = 1000
@@ -194,17 +195,17 @@ def throughput(*, measured_tps: float, seq_len: int, shape: dict, tokens_per_sec
     base = {"flops_per_token": float(flops), **shape, "measured_tokens_per_s_here": measured_tps}
     if tokens_per_second is not None:
         if tokens_per_second <= 0:
-            raise ValueError(f"--tokens-per-second must be > 0, got {tokens_per_second}")
+            raise ConfigError(f"--tokens-per-second must be > 0, got {tokens_per_second}")
         return {**base, "model": "given", "tokens_per_s": float(tokens_per_second),
                 "how": f"--tokens-per-second {tokens_per_second:g} per accelerator, as given"}
     if gpu is not None:
         key = gpu.lower().replace("-", "").replace(" ", "").removesuffix("sxm")
         if key not in PEAK_TFLOPS:
-            raise ValueError(f"--gpu {gpu!r}: unknown accelerator (known: {', '.join(sorted(PEAK_TFLOPS))}); "
+            raise ConfigError(f"--gpu {gpu!r}: unknown accelerator (known: {', '.join(sorted(PEAK_TFLOPS))}); "
                              "give --tokens-per-second instead")
         mfu = DEFAULT_MFU if mfu is None else mfu
         if not 0 < mfu <= 1:
-            raise ValueError(f"--mfu must be in (0, 1], got {mfu}")
+            raise ConfigError(f"--mfu must be in (0, 1], got {mfu}")
         tps = PEAK_TFLOPS[key] * 1e12 * mfu / flops
         return {**base, "model": "flops", "gpu": key, "peak_tflops": PEAK_TFLOPS[key], "mfu": mfu,
                 "tokens_per_s": tps,

@@ -11,39 +11,47 @@ import json
 import logging
 import sys
 
-from pipelines.config import ConfigError, PipelineConfig
+from pipelines.config import PipelineConfig
+from pipelines.errors import user_errors
 from schemas.redact import redact_text, redact_uri
 
-# flag -> config key (argparse dest is the key); everything defaults to None = "not given"
-FLAGS = [
-    ("--input", dict(action="append", dest="inputs", help="input URI, glob or folder (repeatable or comma list)")),
-    ("--teacher", dict(help="teacher checkpoint: local folder or object-store URI")),
-    ("--tokenizer", dict(help="tokenizer folder/URI (default: the teacher's)")),
-    ("--output", dict(help="output dataset URI")),
-    ("--format", dict(help="auto | parquet | jsonl | text")),
-    ("--text-column", dict(dest="text_column", help="Parquet column / JSON key of the text (default text)")),
-    ("--seq-len", dict(dest="seq_len", type=int)),
-    ("--selection", dict(help="top_p_k | sample")),
-    ("--top-p", dict(dest="top_p", type=float)),
-    ("--top-k", dict(dest="top_k", type=int)),
-    ("--num-draws", dict(dest="num_draws", type=int, help="draws per position for --selection sample")),
-    ("--seed", dict(type=int)),
-    ("--codec", dict(help="compact3 (default) | compact2 | compact | exact")),
-    ("--codec-params", dict(dest="codec_params", type=json.loads, help="codec parameters as JSON")),
-    ("--separator", dict(help="separator token id or string (default: the tokenizer's EOS)")),
-    ("--add-bos", dict(dest="add_bos", action=argparse.BooleanOptionalAction, help="prepend BOS to every document")),
-    ("--rows-per-unit", dict(dest="rows_per_unit", type=int)),
-    ("--bytes-per-unit", dict(dest="bytes_per_unit", type=int)),
-    ("--inference-args", dict(dest="inference_args", type=json.loads, help="JSON kwargs for the model call")),
-    ("--dtype", dict(help="auto | float32 | bfloat16 | float16")),
-    ("--batch-size", dict(dest="batch_size", type=int)),
-    ("--device", dict(help="auto | cpu | cuda")),
-    ("--runner", dict(help="Beam runner (default DirectRunner)")),
-    ("--runner-config", dict(dest="runner_config_file", help="YAML/JSON file of runner settings")),
-    ("--direct-running-mode", dict(dest="direct_running_mode", help="in_memory | multi_threading | multi_processing")),
-    ("--direct-num-workers", dict(dest="direct_num_workers", type=int)),
-    ("--progress", dict(action=argparse.BooleanOptionalAction, help="progress display (default on)")),
-]
+# Flags whose name is not the setting's (`--<key with - for _>`), or that are not settings.
+FLAG_NAMES = {"inputs": "--input"}
+NOT_FLAGS = ("runner_config",)  # given as --runner-config FILE (a YAML/JSON file), see `parser`
+
+
+def _flag_kwargs(tp) -> dict:
+    """argparse keywords for a setting of type `tp`: numbers parsed, booleans as --x/--no-x,
+    mappings as JSON, lists repeatable; a value pydantic then checks as for YAML."""
+    import typing
+
+    args = typing.get_args(tp)
+    if tp is bool:
+        return dict(action=argparse.BooleanOptionalAction)
+    if tp in (int, float):
+        return dict(type=tp)
+    if tp is dict:
+        return dict(type=json.loads)
+    if typing.get_origin(tp) is list:
+        return dict(action="append")
+    if bool in args:  # e.g. share_model: true | false | auto
+        return dict(type=lambda text: {"true": True, "false": False}.get(text.lower(), text))
+    return {}
+
+
+def add_setting_flags(ap: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per `PipelineConfig` field, its help from the field (also used by `pdistill plan`)."""
+    from schemas.settings import type_label
+
+    group = ap.add_argument_group("settings (as in a --config file; a flag wins over the file)")
+    for key, info in PipelineConfig.model_fields.items():
+        if key in NOT_FLAGS or key in skip:
+            continue
+        default = info.get_default(call_default_factory=True)
+        text = f"{info.description or type_label(info.annotation)} (default {default!r})"
+        group.add_argument(FLAG_NAMES.get(key, "--" + key.replace("_", "-")), dest=key, default=None,
+                           help=text.replace("%", "%%"), **_flag_kwargs(info.annotation))
+    group.add_argument("--runner-config", dest="runner_config_file", help="YAML/JSON file of runner settings")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -56,25 +64,18 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", action="store_true", help="print the final report as JSON")
     ap.add_argument("--report-json", dest="report_json", metavar="PATH",
                     help="also write the final report as JSON to PATH (any fsspec URI)")
-    for flag, kw in FLAGS:
-        ap.add_argument(flag, default=None, **kw)
+    add_setting_flags(ap)
     return ap
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    base = {}
-    if args.config:
-        import dataclasses
+    """Defaults, then --config FILE, then the flags given."""
+    base = PipelineConfig.from_yaml(args.config).model_dump(exclude_unset=True) if args.config else {}
+    given = {k: v for k, v in vars(args).items() if v is not None and k in PipelineConfig.model_fields}
+    if getattr(args, "runner_config_file", None):
+        from pipelines.runner_options import load_runner_config
 
-        base = dataclasses.asdict(PipelineConfig.from_yaml(args.config))
-    given = {k: v for k, v in vars(args).items()
-             if v is not None and k not in ("config", "json", "report_json", "runner_config_file")}
-    if args.runner_config_file:
-        from schemas import storage
-
-        import yaml
-
-        given["runner_config"] = yaml.safe_load(storage.read_text(args.runner_config_file)) or {}
+        given["runner_config"] = load_runner_config(args.runner_config_file)
     return PipelineConfig.from_dict({**base, **given}, where="command line")
 
 
@@ -99,9 +100,7 @@ def print_report(report, stream=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.job import SettingsMismatch, run
-    from pipelines.sources import InputError
-    from pipelines.teacher import TeacherError
+    from pipelines.job import run
 
     args, extra = parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         report = run(config, extra)
-    except (ConfigError, InputError, TeacherError, SettingsMismatch, ValueError) as e:
+    except user_errors() as e:
         print(f"pdistill logits: error: {redact_text(str(e))}", file=sys.stderr)
         return 2
     print_report(report)

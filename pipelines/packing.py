@@ -27,6 +27,7 @@ from pipelines import faults
 from pipelines.readers import Doc, dead_letter, read_unit
 from pipelines.sources import Unit
 from schemas import sample_id, storage
+from schemas.errors import ConfigError
 
 TOKENIZE_CHUNK = 64  # documents per tokenizer call (the fast tokenizers batch in Rust)
 
@@ -49,7 +50,7 @@ def load_tokenizer(uri: str):
     try:
         tok = AutoTokenizer.from_pretrained(storage.fetch_dir(uri))
     except Exception as e:
-        raise ValueError(f"tokenizer {uri}: cannot load ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"tokenizer {uri}: cannot load ({type(e).__name__}: {e})") from None
     tok.model_max_length = 1 << 60  # we cut sequences ourselves; silence the long-input warning
     return tok
 
@@ -60,17 +61,17 @@ def resolve_separator(tokenizer, separator, where: str = "tokenizer") -> int:
     if separator is None:
         sep = tokenizer.eos_token_id
         if sep is None:
-            raise ValueError(f"{where} has no EOS token: set `separator` to a token id or string")
+            raise ConfigError(f"{where} has no EOS token: set `separator` to a token id or string")
         return int(sep)
     if isinstance(separator, str) and separator.lstrip("-").isdigit():
         separator = int(separator)
     if isinstance(separator, int):
         if not 0 <= separator < n:
-            raise ValueError(f"separator id {separator} is outside the tokenizer's {n} ids")
+            raise ConfigError(f"separator id {separator} is outside the tokenizer's {n} ids")
         return separator
     sep = tokenizer.convert_tokens_to_ids(separator)
     if sep is None or (sep == tokenizer.unk_token_id and separator != tokenizer.unk_token):
-        raise ValueError(f"separator {separator!r} is not a token of the {where}")
+        raise ConfigError(f"separator {separator!r} is not a token of the {where}")
     return int(sep)
 
 
@@ -78,7 +79,7 @@ def resolve_bos(tokenizer, add_bos: bool, where: str = "tokenizer") -> int | Non
     if not add_bos:
         return None
     if tokenizer.bos_token_id is None:
-        raise ValueError(f"add_bos is set but the {where} has no BOS token")
+        raise ConfigError(f"add_bos is set but the {where} has no BOS token")
     return int(tokenizer.bos_token_id)
 
 

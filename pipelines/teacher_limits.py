@@ -21,13 +21,14 @@ import os
 from dataclasses import dataclass
 
 from schemas.redact import redact_uri
+from schemas.errors import ConfigError
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "max_seq_len", "seq_length", "n_ctx")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GIB = float(1 << 30)
 
 
-class TeacherLimitError(ValueError):
+class TeacherLimitError(ConfigError):
     """The settings ask more of the teacher than it can do (context length or memory)."""
 
 

@@ -91,11 +91,12 @@ def student_state(trainer) -> dict:
 
 def test_collator_alignment(lake, tmp_path):
     from schemas import fingerprint_tokenizer
-    from trainer.data import DistillDataset, StreamSpec, as_uint64, build_dataloader
+    from trainer.config import DataConfig
+    from trainer.data import DistillDataset, Expect, as_uint64, build_dataloader
 
     tok = make_tokenizer()
-    ds = DistillDataset([StreamSpec(str(lake / "ds"))], batch_size=5, cache_dir=str(tmp_path / "c"), vocab_size=64,
-                        tokenizer_fingerprint=fingerprint_tokenizer(tok), seq_len=16, shuffle=False)
+    ds = DistillDataset(DataConfig.of(str(lake / "ds"), shuffle=False), batch_size=5, cache_dir=str(tmp_path / "c"),
+                        expect=Expect(vocab_size=64, tokenizer_fingerprint=fingerprint_tokenizer(tok), seq_len=16))
     assert len(ds) == N_SAMPLES and ds.top_k == 8
     b = next(iter(build_dataloader(ds, batch_size=5)))
     assert b["input_ids"].shape == (5, 16) and b["teacher_ids"].shape == (5, 16, 8)
@@ -113,19 +114,20 @@ def test_collator_alignment(lake, tmp_path):
 
 def test_streams_mix_and_must_agree(lake, tmp_path):
     from schemas import IncompatibleDataset, fingerprint_tokenizer
-    from trainer.data import DistillDataset, StreamSpec
+    from trainer.config import DataConfig, StreamConfig
+    from trainer.data import DistillDataset, Expect
 
-    fp = fingerprint_tokenizer(make_tokenizer())
-    two = [StreamSpec(str(lake / "ds"), proportion=0.75), StreamSpec(str(lake / "eval"), proportion=0.25)]
-    ds = DistillDataset(two, batch_size=4, cache_dir=str(tmp_path / "c"), vocab_size=64, tokenizer_fingerprint=fp,
-                        epoch_size=40)
+    expect = Expect(vocab_size=64, tokenizer_fingerprint=fingerprint_tokenizer(make_tokenizer()))
+    two = DataConfig(streams=[StreamConfig(uri=str(lake / "ds"), proportion=0.75),
+                              StreamConfig(uri=str(lake / "eval"), proportion=0.25)])
+    ds = DistillDataset(two, batch_size=4, cache_dir=str(tmp_path / "c"), expect=expect, epoch_size=40)
     ids = {int(ds[i]["sample_id"]) for i in range(ds.num_samples)}
     assert len(ds) == 40 and len(ids) > 8
     other = tmp_path / "long"
     write_dataset(str(other), make_tokenizer(), n_samples=4, units=1, seq_len=32)
     with pytest.raises(IncompatibleDataset, match="differ in seq_len: 16 vs 32"):
-        DistillDataset([StreamSpec(str(lake / "ds")), StreamSpec(str(other))], batch_size=4,
-                       cache_dir=str(tmp_path / "c2"), vocab_size=64, tokenizer_fingerprint=fp)
+        DistillDataset(DataConfig.of(str(lake / "ds"), str(other)), batch_size=4, cache_dir=str(tmp_path / "c2"),
+                       expect=expect)
 
 
 # ------------------------------------------------------------------------------------------------

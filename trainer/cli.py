@@ -1,9 +1,11 @@
-"""`pdistill train CONFIG.yaml [key=value ...]` (and `python -m trainer`, `composer -n N -m trainer`).
+"""`pdistill train CONFIG.yaml [key=value ...] [--key VALUE ...]` (and `python -m trainer`, `composer -n N -m trainer`).
 
 CONFIG is a YAML path or the name of a shipped config (pd_best, pd_vanilla, lm_only); overrides
-are dotted keys (`data.streams.0.uri=s3://bucket/ds run.max_duration=1000ba`). Configuration and
-dataset problems are reported as one line naming the key or URI, exit status 2, before training
-(and the same for a dataset found corrupt while training); only a bug in our code traces.
+are dotted keys (`data.streams.0.uri=s3://bucket/ds run.max_duration=1000ba`), or the same as
+flags (`--run.max_duration 1000ba`): one flag per setting, generated from `trainer.config`'s
+fields with their help. Configuration and dataset problems are reported as one line naming the
+key or URI, exit status 2, before training (and the same for a dataset found corrupt while
+training); only a bug in our code traces.
 Under the Composer launcher each process reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
 MASTER_PORT from the environment (Composer initialises torch.distributed).
 """
@@ -13,17 +15,47 @@ import argparse
 import logging
 import sys
 
-USAGE = "pdistill train CONFIG.yaml [key=value ...]"
+USAGE = "pdistill train CONFIG.yaml [key=value ...] [--key VALUE ...]"
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: CONFIG, dotted overrides, and one `--<dotted key>` flag per setting."""
+    from pydantic_core import PydanticUndefined
+
+    from schemas.settings import leaf_settings, type_label
+    from trainer.config import TrainConfig
+
+    ap = argparse.ArgumentParser(prog="pdistill train", usage=USAGE, description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", help="YAML config path or shipped config name")
+    ap.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    ap.add_argument("--print-config", action="store_true", help="print the validated config and exit")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for key, tp, info in leaf_settings(TrainConfig):
+        section = key.split(".")[0]
+        group = groups.get(section) or groups.setdefault(section, ap.add_argument_group(f"{section} settings"))
+        default = info.get_default(call_default_factory=True)
+        shown = "" if default is PydanticUndefined else f"; default {_yaml(default)}"
+        text = f"{type_label(tp)}{shown}" + (f". {info.description}" if info.description else "")
+        group.add_argument(f"--{key}", dest=key, metavar="VALUE", default=None, help=text.replace("%", "%%"))
+    return ap
+
+
+def _yaml(value) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
+    """Positional overrides, then the flags given (a flag wins over a positional override)."""
+    flags = [f"{k}={v}" for k, v in vars(args).items() if "." in k and v is not None]
+    return list(args.overrides) + flags
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="pdistill train", usage=USAGE, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML config path or shipped config name")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    parser.add_argument("--print-config", action="store_true", help="print the validated config and exit")
-    args = parser.parse_args(argv)
+    args = parser().parse_intermixed_args(argv)
 
     from trainer.config import ConfigError, load_config
     from trainer.errors import USER_ERRORS
@@ -32,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("composer", "streaming", "urllib3", "botocore", "s3fs", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides_from_args(args))
     except ConfigError as e:
         print(f"pdistill train: config error: {e}", file=sys.stderr)
         return 2

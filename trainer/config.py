@@ -104,6 +104,11 @@ class DataConfig(Section):
     eval_uri: Optional[Str] = Field(None, description="held-out dataset for student perplexity (null: no eval)")
     eval_batch_size: Optional[Int] = Field(None, gt=0, description="default: batch_size")
 
+    @classmethod
+    def of(cls, *uris: str, **settings) -> "DataConfig":
+        """A data section reading `uris` with the other settings given (for tools, benches and tests)."""
+        return cls(streams=[StreamConfig(uri=u) for u in uris], **settings)
+
     @model_validator(mode="after")
     def _proportions_all_or_none(self):
         with_prop = [st.proportion is not None for st in self.streams]

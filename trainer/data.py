@@ -30,17 +30,19 @@ teacher's prediction of the token after the sequence), which the LM loss cannot 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
 from streaming import Stream, StreamingDataset
+from streaming.base.hashing import get_hash
 
 from schemas import DatasetDir, IncompatibleDataset, Manifest, check_compatible, make_codec
 from schemas import storage
 from schemas.errors import CorruptDataset, IncompleteDataset  # noqa: F401  (part of this module's API)
 from schemas.sample import decode_dense
-from trainer.config import ConfigError
+from trainer.config import ConfigError, DataConfig
 from trainer.fingerprint import dataset_identity
 from trainer.teacher_batch import TeacherBatch
 
@@ -51,14 +53,13 @@ HASH_ALGO = "xxh3_64"
 
 
 @dataclass(frozen=True)
-class StreamSpec:
-    """One dataset in the mix. At most one of proportion / repeat / choose (streaming's meaning)."""
+class Expect:
+    """What every stream is checked against (None: not checked): the student's vocabulary and
+    tokenizer, and the sequence length another dataset (e.g. the training set) already fixed."""
 
-    uri: str
-    local: Optional[str] = None  # this stream's cache folder (default: <cache_dir>/<hash of uri>)
-    proportion: Optional[float] = None
-    repeat: Optional[float] = None
-    choose: Optional[int] = None
+    vocab_size: Optional[int] = None
+    tokenizer_fingerprint: Optional[str] = None
+    seq_len: Optional[int] = None
 
 
 @dataclass
@@ -127,68 +128,35 @@ class DistillDataset(StreamingDataset):
     loaded its checkpoint state (a state loaded into an iterated dataset is ignored).
     """
 
-    def __init__(
-        self,
-        streams: Sequence[StreamSpec],
-        *,
-        batch_size: int,
-        cache_dir: str,
-        with_teacher: bool = True,
-        vocab_size: Optional[int] = None,
-        tokenizer_fingerprint: Optional[str] = None,
-        seq_len: Optional[int] = None,
-        require_manifest: bool = True,
-        shuffle: bool = True,
-        shuffle_seed: int = 9176,
-        shuffle_algo: str = "py1e",
-        num_canonical_nodes: Optional[int] = None,
-        predownload: Optional[int] = None,
-        cache_limit: Optional[str | int] = None,
-        validate_hash: Optional[str] = HASH_ALGO,
-        partition_algo: str = "relaxed",
-        epoch_size: Optional[int] = None,
-        download_retry: int = 2,
-        download_timeout: float = 60,
-    ):
-        if not streams:
-            raise ConfigError("data.streams: at least one stream (dataset URI) is required")
-        infos = [inspect_stream(s.uri, require_manifest=require_manifest or with_teacher) for s in streams]
-        manifest = check_streams(
-            infos, vocab_size=vocab_size, tokenizer_fingerprint=tokenizer_fingerprint, seq_len=seq_len,
-            need_teacher=with_teacher,
-        )
-        if validate_hash:
+    def __init__(self, data: DataConfig, *, batch_size: int, cache_dir: str, with_teacher: bool = True,
+                 expect: Expect = Expect(), require_manifest: bool = True, epoch_size: Optional[int] = None):
+        """Read ``data.streams`` with the section's shuffle, partition, prefetch and hash settings."""
+        infos = [inspect_stream(s.uri, require_manifest=require_manifest or with_teacher) for s in data.streams]
+        manifest = check_streams(infos, vocab_size=expect.vocab_size, tokenizer_fingerprint=expect.tokenizer_fingerprint,
+                                 seq_len=expect.seq_len, need_teacher=with_teacher)
+        if data.validate_hash:
             for info in infos:
                 if storage.is_local(info.uri):
                     verify_local_shards(info)
-        self.uris = [s.uri for s in streams]
+        self.uris = [s.uri for s in data.streams]
         self.identities = [dataset_identity(i.manifest.to_json() if i.manifest else None, i.index) for i in infos]
         self.manifest = manifest
         self.with_teacher = with_teacher
-        self.seq_len = manifest.seq_len if manifest else seq_len
+        self.seq_len = manifest.seq_len if manifest else expect.seq_len
         if with_teacher:
             self.codec = make_codec(manifest.codec.name, manifest.codec.params)
             self.top_k = max(i.manifest.truncation.top_k for i in infos)
         else:
             self.codec, self.top_k = None, 0
-        self._vocab_limit = vocab_size or (manifest.vocab_size if manifest else None)
+        self._vocab_limit = expect.vocab_size or (manifest.vocab_size if manifest else None)
         self._bg_error: Optional[BaseException] = None
-        stream_objs = [Stream(**DatasetDir(s.uri).stream_args(cache_dir, s.local), proportion=s.proportion,
-                              repeat=s.repeat, choose=s.choose) for s in streams]
+        streams = [CheckedStream(**DatasetDir(s.uri).stream_args(cache_dir, s.local), proportion=s.proportion,
+                                 repeat=s.repeat, choose=s.choose) for s in data.streams]
         super().__init__(
-            streams=stream_objs,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            shuffle_seed=shuffle_seed,
-            shuffle_algo=shuffle_algo,
-            num_canonical_nodes=num_canonical_nodes,
-            predownload=predownload,
-            cache_limit=cache_limit,
-            validate_hash=validate_hash or None,
-            partition_algo=partition_algo,
-            epoch_size=epoch_size,
-            download_retry=download_retry,
-            download_timeout=download_timeout,
+            streams=streams, batch_size=batch_size, shuffle=data.shuffle, shuffle_seed=data.shuffle_seed,
+            shuffle_algo=data.shuffle_algo, num_canonical_nodes=data.num_canonical_nodes,
+            predownload=data.predownload, validate_hash=data.validate_hash or None,
+            partition_algo=data.partition_algo, epoch_size=epoch_size, download_retry=2, download_timeout=60,
         )
         self.check_first_samples()
 
@@ -225,14 +193,7 @@ class DistillDataset(StreamingDataset):
 
     def raw(self, idx: int) -> dict:
         """The stored sample as MDS columns (undecoded: `pdistill inspect` reads these)."""
-        try:
-            return super().__getitem__(idx)
-        except ValueError as e:
-            if "Checksum failure" in str(e):
-                raise CorruptDataset(f"dataset {', '.join(self.uris)}: {e} (hash validation is on)") from e
-            raise
-        except _zstd_error() as e:
-            raise CorruptDataset(f"dataset {', '.join(self.uris)}: a shard does not decompress ({e})") from e
+        return super().__getitem__(idx)  # damaged shards raise CorruptDataset (`CheckedStream`)
 
     def __getitem__(self, idx):  # type: ignore[override]
         return self.decode(self.raw(idx))
@@ -247,13 +208,13 @@ class DistillDataset(StreamingDataset):
     def __iter__(self):
         try:
             yield from super().__iter__()
-        except RuntimeError as e:
-            if "Background thread failed" in str(e) and self._bg_error is not None:
-                err = self._bg_error
-                corrupt = "Checksum failure" in str(err) or isinstance(err, _zstd_error())
-                kind = CorruptDataset if corrupt else IncompleteDataset if isinstance(err, FileNotFoundError) else RuntimeError
-                raise kind(f"reading dataset {', '.join(self.uris)} failed: {type(err).__name__}: {err}") from err
-            raise
+        except RuntimeError as e:  # streaming's "a background thread failed": report what failed there
+            err = self._bg_error
+            if isinstance(err, CorruptDataset):
+                raise CorruptDataset(f"reading dataset {', '.join(self.uris)} failed: {err}") from err
+            if isinstance(err, FileNotFoundError):
+                raise IncompleteDataset(f"reading dataset {', '.join(self.uris)} failed: {type(err).__name__}: {err}") from err
+            raise e
 
 
 def _zstd_error() -> tuple:
@@ -264,6 +225,41 @@ def _zstd_error() -> tuple:
         return (zstd.Error,)
     except ImportError:
         return ()
+
+
+class CheckedStream(Stream):
+    """A streaming `Stream` whose damaged shards raise `CorruptDataset`, naming the shard.
+
+    Streaming itself reports a hash mismatch as a bare ``ValueError("Checksum failure ...")`` and a
+    shard that does not decompress as the zstd binding's error; we check the hash ourselves, with
+    the same function and before streaming does, and catch the zstd error by its type."""
+
+    def _check_hash(self, info, filename: str) -> None:
+        algo = self.validate_hash
+        if not algo:
+            return
+        if algo not in info.hashes:
+            raise ConfigError(f"data.validate_hash: {algo!r} is not among the hashes the dataset {self.remote} "
+                              f"recorded for {info.basename} ({sorted(info.hashes)}); use one of those or null")
+        with open(filename, "rb") as fh:
+            if get_hash(algo, fh.read()) != info.hashes[algo]:
+                raise CorruptDataset(f"dataset {self.remote}: shard {info.basename} does not match the {algo} hash "
+                                     "in the index (hash validation is on)")
+
+    def _decompress_shard_part(self, zip_info, zip_filename, raw_filename, compression):  # type: ignore[override]
+        self._check_hash(zip_info, zip_filename)
+        try:
+            super()._decompress_shard_part(zip_info, zip_filename, raw_filename, compression)
+        except _zstd_error() as e:
+            raise CorruptDataset(f"dataset {self.remote}: shard {zip_info.basename} does not decompress ({e})") from e
+
+    def _prepare_shard_part(self, raw_info, zip_info=None, compression=None) -> int:  # type: ignore[override]
+        raw_filename = os.path.join(self.local, self.split, raw_info.basename)
+        if zip_info is None and not os.path.isfile(raw_filename):  # an uncompressed shard: fetch and check it here
+            self._download_file(raw_info.basename)
+            self._check_hash(raw_info, raw_filename)
+            return raw_info.bytes + super()._prepare_shard_part(raw_info, zip_info, compression)
+        return super()._prepare_shard_part(raw_info, zip_info, compression)
 
 
 class DistillCollator:

@@ -11,13 +11,14 @@ data.num_workers per rank.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
 from typing import Optional
 
 from schemas.identity import json_digest
-from trainer.config import TrainConfig, check_distill_for_datasets
+from trainer.config import StreamConfig, TrainConfig, check_distill_for_datasets
 from trainer.errors import SettingError
 
 log = logging.getLogger(__name__)
@@ -153,27 +154,19 @@ def per_device_batch(global_batch: int, world_size: int, key: str = "data.batch_
 
 
 def build_datasets(cfg: TrainConfig, *, vocab_size: int, tokenizer_fp: str, batch_size: int, cache_root: str):
-    from trainer.data import DistillDataset, StreamSpec
+    from trainer.data import DistillDataset, Expect
 
-    d = cfg.data
-    with_teacher = cfg.distill.mode == "offline"
-    common = dict(
-        vocab_size=vocab_size, tokenizer_fingerprint=tokenizer_fp, require_manifest=with_teacher,
-        validate_hash=d.validate_hash, num_canonical_nodes=d.num_canonical_nodes,
-        predownload=d.predownload, partition_algo=d.partition_algo,
-    )
-    train = DistillDataset(
-        [StreamSpec(s.uri, s.local, s.proportion, s.repeat, s.choose) for s in d.streams],
-        batch_size=batch_size, cache_dir=os.path.join(cache_root, "train"), with_teacher=with_teacher,
-        shuffle=d.shuffle, shuffle_seed=d.shuffle_seed, shuffle_algo=d.shuffle_algo, **common,
-    )
+    d, with_teacher = cfg.data, cfg.distill.mode == "offline"
+    expect = Expect(vocab_size=vocab_size, tokenizer_fingerprint=tokenizer_fp)
+    train = DistillDataset(d, batch_size=batch_size, cache_dir=os.path.join(cache_root, "train"),
+                           with_teacher=with_teacher, expect=expect, require_manifest=with_teacher)
     evald = None
     if d.eval_uri:
         eval_bs = per_device_batch(d.eval_batch_size or d.batch_size, _world_size(), "data.eval_batch_size")
-        evald = DistillDataset(
-            [StreamSpec(d.eval_uri)], batch_size=eval_bs, cache_dir=os.path.join(cache_root, "eval"),
-            with_teacher=False, shuffle=False, seq_len=train.seq_len, **common,
-        )
+        held_out = d.model_copy(update={"streams": [StreamConfig(uri=d.eval_uri)], "shuffle": False})
+        evald = DistillDataset(held_out, batch_size=eval_bs, cache_dir=os.path.join(cache_root, "eval"),
+                               with_teacher=False, expect=dataclasses.replace(expect, seq_len=train.seq_len),
+                               require_manifest=with_teacher)
     return train, evald
 
 
