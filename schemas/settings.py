@@ -48,7 +48,13 @@ def dotted(loc: tuple) -> str:
 
 _KIND_TEXT = {"missing": "required key is missing", "union_tag_not_found": "required key is missing",
               "extra_forbidden": "unknown key", "unexpected_keyword_argument": "unknown key"}
-_MAPPING_KINDS = ("model_type", "dict_type", "dataclass_type", "model_attributes_type")
+_BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"), "less_than": ("<", "lt"),
+           "less_than_equal": ("<=", "le"), "too_short": ("at least", "min_length"),
+           "too_long": ("at most", "max_length")}
+_EXPECTED = {"int_type": "an integer", "int_from_float": "an integer", "int_parsing": "an integer",
+             "float_type": "a number", "float_parsing": "a number", "bool_type": "a boolean",
+             "bool_parsing": "a boolean", "string_type": "a string", "list_type": "a list",
+             **dict.fromkeys(("model_type", "dict_type", "dataclass_type", "model_attributes_type"), "a mapping")}
 
 
 def problems(error, tagged_unions: tuple[str, ...] = (), prefix: str = "") -> list[Problem]:
@@ -68,8 +74,12 @@ def problems(error, tagged_unions: tuple[str, ...] = (), prefix: str = "") -> li
             loc, msg = loc + tuple(cause.key.split(".")), cause.message
         elif kind == "union_tag_invalid":
             loc, msg = loc + ("name",), f"must be one of {e['ctx']['expected_tags']}, got {e['ctx']['tag']!r}"
-        elif kind in _MAPPING_KINDS:
-            msg = f"expected a mapping, got {e.get('input')!r}"
+        elif kind in _BOUNDS:
+            op, limit = _BOUNDS[kind]
+            items = " item(s)" if kind.startswith("too_") else ""
+            msg = f"must {'hold' if items else 'be'} {op} {e['ctx'][limit]}{items}, got {e.get('input')!r}"
+        elif kind in _EXPECTED:
+            msg = f"expected {_EXPECTED[kind]}, got {e.get('input')!r}"
         elif kind in _KIND_TEXT:
             loc, msg = loc + (("name",) if kind == "union_tag_not_found" else ()), _KIND_TEXT[kind]
         else:
