@@ -17,7 +17,13 @@ from schemas.errors import CodecError, ConfigError
 from schemas.identity import fingerprint_json
 from schemas.settings import Problem, Refused, raise_first, type_label
 
-__all__ = ["ConfigError", "PipelineConfig"]
+__all__ = ["ConfigError", "PipelineConfig", "SELECTIONS", "TRAILING", "FORMATS", "DTYPES", "RUNNING_MODES"]
+
+SELECTIONS = ("top_p_k", "sample")
+TRAILING = ("pad",)
+FORMATS = ("auto", "parquet", "jsonl", "text")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
 
 Int = Annotated[int, Field(strict=True)]
 Bool = Annotated[bool, Field(strict=True)]
@@ -33,11 +39,11 @@ class PipelineConfig(BaseModel):
     teacher: Str = Field("", description="teacher checkpoint: local folder or object-store URI")
     output: Str = Field("", description="output dataset URI")
     tokenizer: Optional[Str] = Field(None, description="tokenizer folder/URI (default: the teacher's)")
-    format: Literal["auto", "parquet", "jsonl", "text"] = Field(
+    format: Literal[FORMATS] = Field(
         "auto", description="by extension: .parquet, .jsonl/.json/.ndjson[.gz|.zst], .txt")
     text_column: Str = Field("text", min_length=1, description="Parquet column / JSON key of the text")
     seq_len: Int = Field(2048, ge=2, description="tokens per packed sequence")
-    selection: Literal["top_p_k", "sample"] = Field("top_p_k", description="top_p_k (truncate) | sample (sparse logit sampling)")
+    selection: Literal[SELECTIONS] = Field("top_p_k", description="top_p_k (truncate) | sample (sparse logit sampling)")
     top_p: Float = Field(0.95, gt=0, le=1)
     top_k: Positive = 100
     num_draws: Positive = Field(64, description="draws per position for --selection sample")
@@ -46,17 +52,17 @@ class PipelineConfig(BaseModel):
     codec_params: dict = Field({}, description="codec parameters as JSON")
     separator: Union[Int, Str, None] = Field(None, description="separator token id or string (default: the tokenizer's EOS)")
     add_bos: Bool = Field(False, description="prepend the tokenizer's BOS to every document")
-    trailing: Literal["pad"] = Field("pad", description="last partial sequence of a unit: padded, padding masked")
+    trailing: Literal[TRAILING] = Field("pad", description="last partial sequence of a unit: padded, padding masked")
     rows_per_unit: Positive = Field(50_000, description="Parquet: row groups are grouped until a unit holds this many rows")
     bytes_per_unit: Positive = Field(64 << 20, description="uncompressed JSONL: byte-range size of a unit")
     inference_args: dict = Field({"use_cache": False}, description="JSON kwargs for the model call")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    dtype: Literal[DTYPES] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     # -- execution only (not part of the settings fingerprint) --
     batch_size: Positive = Field(8, description="sequences per teacher forward")
     device: Str = Field("auto", description="auto | cpu | cuda | cuda:N")
     share_model: Union[Bool, Literal["auto"]] = Field("auto", description="one model per machine/accelerator (auto: when on GPU)")
     runner: Str = Field("DirectRunner", description="Beam runner (default DirectRunner)")
-    direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "in_memory"
+    direct_running_mode: Literal[RUNNING_MODES] = "in_memory"
     direct_num_workers: Positive = 1
     runner_config: dict = Field({}, description="per-runner settings for pipelines.runner_options")
     progress: Bool = Field(True, description="progress display (default on)")

@@ -364,7 +364,7 @@ def test_flex_enums_match_the_code(metadata):
     assert enums["selection"] == list(config.SELECTIONS)
     assert sorted(enums["codec"]) == sorted(CODECS)
     assert enums["dtype"] == ["auto", "float32", "bfloat16", "float16"]
-    defaults = config.PipelineConfig.__dataclass_fields__
+    defaults = config.PipelineConfig.model_fields
     for p in metadata["parameters"]:
         if "defaultValue" in p:
             assert p["defaultValue"] == defaults[p["name"]].default, f"{p['name']}: default differs from PipelineConfig"

@@ -6,7 +6,7 @@ incomplete and corrupt datasets) become messages; anything else is a bug and kee
 from __future__ import annotations
 
 from schemas.errors import SchemaError
-from trainer.config import ConfigError
+from schemas.errors import ConfigError
 
 
 class SettingError(ConfigError):
