@@ -17,10 +17,11 @@ STORAGE = ["gcsfs", "s3fs"]  # fsspec back ends for gs:// and s3://
 TORCH = ["torch==2.7.0"]  # Composer 0.32.1 pins torch>=2.6,<2.7.1
 HF = ["transformers>=4.45,<5", "safetensors", "accelerate"]
 STREAMING = ["mosaicml-streaming==0.13.0"]
+SETTINGS = ["pydantic>=2.6,<3"]  # both sides' settings are typed models (trainer/config.py, pipelines/config.py)
 
 EXTRAS = {
-    "pipeline": ["apache-beam[gcp]==2.71.0", "crcmod", "pyarrow>=17", "tqdm"] + TORCH + HF + STREAMING + STORAGE,
-    "trainer": ["mosaicml==0.32.1", "torchvision==0.22.0"] + TORCH + HF + STREAMING + STORAGE,
+    "pipeline": ["apache-beam[gcp]==2.71.0", "crcmod", "pyarrow>=17", "tqdm"] + TORCH + HF + STREAMING + STORAGE + SETTINGS,
+    "trainer": ["mosaicml==0.32.1", "torchvision==0.22.0"] + TORCH + HF + STREAMING + STORAGE + SETTINGS,
     "demo": ["gguf>=0.10", "matplotlib>=3.8", "pyarrow>=17", "tqdm"],
     "test": [
         "pytest>=8",

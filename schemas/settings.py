@@ -15,7 +15,7 @@ from typing import Any, Iterator, Literal
 
 from schemas.errors import ConfigError
 
-__all__ = ["Problem", "Refused", "problems", "raise_first", "dotted", "leaf_settings", "type_label"]
+__all__ = ["Problem", "Refused", "problems", "raise_first", "dotted", "known_keys", "leaf_settings", "type_label"]
 
 
 class Refused(ValueError):
@@ -117,6 +117,21 @@ def _model_of(tp):
         models = [a for a in typing.get_args(tp) if hasattr(a, "model_fields")]
         return models[0] if len(models) == 1 and len(typing.get_args(tp)) <= 2 else None
     return None
+
+
+def known_keys(model, key: str) -> list[str]:
+    """The keys a model accepts beside the last part of dotted `key` (for "unknown key" hints);
+    empty where the path leads into a list of non-models, a mapping or a union."""
+    parts = [p for p in key.replace("[", ".[").split(".") if p and not p.startswith("[")]
+    for part in parts[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        tp = field.annotation
+        if typing.get_origin(tp) is list:
+            tp = typing.get_args(tp)[0]
+        model = _model_of(tp)
+    return sorted(getattr(model, "model_fields", {}))
 
 
 def leaf_settings(model, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:

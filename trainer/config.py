@@ -19,7 +19,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.errors import ConfigError
-from schemas.settings import Refused, raise_first
+from schemas.settings import Problem, Refused, known_keys, raise_first
 from trainer.schedules import AlphaSchedule, ConstantAlpha, WSDAlpha
 
 __all__ = [
@@ -315,7 +315,12 @@ def config_from_dict(raw: dict | None) -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw or {})
     except ValidationError as e:
-        raise_first(e, lambda p: f"{p.key}: {p.message}", TAGGED_UNIONS)
+        raise_first(e, _message, TAGGED_UNIONS)
+
+
+def _message(p: Problem) -> str:
+    known = known_keys(TrainConfig, p.key) if p.kind == "extra_forbidden" else []
+    return f"{p.key}: {p.message}" + (f" (known here: {', '.join(known)})" if known else "")
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> TrainConfig:

@@ -14,7 +14,11 @@ StreamingDataset exists:
     ids < vocab_size), and so is every sample as it is decoded (`CorruptDataset` otherwise).
 
 `DistillDataset` is the one `streaming.StreamingDataset` of pdistill (the trainer and `pdistill
-inspect` read through it), over one or several streams (proportion / repeat / choose). Every
+inspect` read through it), built from the config's data section (`trainer.config.DataConfig`: its
+streams with proportion / repeat / choose, shuffle, partition, prefetch and hash settings) and an
+`Expect` (the student's vocabulary and tokenizer). Damaged shards raise `CorruptDataset` from
+`CheckedStream`, which checks the hash itself before streaming does; streaming's own errors
+are never matched by their text. Every
 stream is read through a local cache folder (`DatasetDir.stream_args`: `remote` = the dataset URI,
 local or s3:// gs:// ..., `local` = `<cache_dir>/<key of the URI>`), so the dataset folder itself
 is never written to (streaming would otherwise decompress shards in place) and hash validation
