@@ -25,7 +25,7 @@ def _flag_kwargs(tp) -> dict:
     mappings as JSON, lists repeatable; a value pydantic then checks as for YAML."""
     import typing
 
-    args = typing.get_args(tp)
+    args = [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a for a in typing.get_args(tp)]
     if tp is bool:
         return dict(action=argparse.BooleanOptionalAction)
     if tp in (int, float):

@@ -95,6 +95,14 @@ class PipelineConfig(BaseModel):
             raise ValueError("must be auto|cpu|cuda")
         return value
 
+    @field_validator("runner")
+    @classmethod
+    def _runner(cls, value: str) -> str:
+        from pipelines.runner_keys import normalize_runner
+
+        normalize_runner(value)  # refuses an unknown or refused runner (ConfigError) before any work
+        return value
+
     @model_validator(mode="after")
     def _codec(self):
         from schemas import make_codec

@@ -1,6 +1,14 @@
 """What `pipelines.runner_options` accepts: runner names, each runner's config keys (Beam's own
-option names, mapped to their flags), and the Dataflow GPU / machine-family pairs it checks."""
+option names, mapped to their flags), and the Dataflow GPU / machine-family pairs it checks.
+No Beam import: `pipelines.config` checks the runner name with `normalize_runner` at load time."""
 from __future__ import annotations
+
+from schemas.errors import ConfigError
+
+
+class RunnerConfigError(ConfigError):
+    """A runner config that cannot produce a working job (the message names the field)."""
+
 
 # Runner names as users type them -> Beam's runner name.
 ALIASES = {
@@ -114,3 +122,14 @@ GPU_MACHINE_FAMILIES = {
     "nvidia-tesla-p4": ("n1-",),
 }
 ENVIRONMENT_TYPES = ("DOCKER", "PROCESS", "EXTERNAL", "LOOPBACK")
+
+
+def normalize_runner(runner: str) -> str:
+    """Beam's name for a runner as users type it; DaskRunner and unknown names are refused."""
+    key = (runner or "").strip()
+    low = key.lower()
+    if low in REFUSED or low == "dask":
+        raise RunnerConfigError(REFUSED["daskrunner"])
+    if low in ALIASES:
+        return ALIASES[low]
+    raise RunnerConfigError(f"runner {runner!r} is not supported; choose one of {', '.join(SUPPORTED)}")

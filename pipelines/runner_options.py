@@ -45,24 +45,10 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from pipelines.runner_keys import ALIASES, ENVIRONMENT_TYPES, GPU_MACHINE_FAMILIES, KEYS, REFUSED, SUPPORTED
-from schemas.errors import ConfigError
+from pipelines.runner_keys import (ENVIRONMENT_TYPES, GPU_MACHINE_FAMILIES, KEYS, REFUSED, SUPPORTED,  # noqa: F401
+                                   RunnerConfigError, normalize_runner)
 
 REPO_SETUP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
-
-
-class RunnerConfigError(ConfigError):
-    """A runner config that cannot produce a working job (the message names the field)."""
-
-
-def normalize_runner(runner: str) -> str:
-    key = (runner or "").strip()
-    low = key.lower()
-    if low in REFUSED or low == "dask":
-        raise RunnerConfigError(REFUSED["daskrunner"])
-    if low in ALIASES:
-        return ALIASES[low]
-    raise RunnerConfigError(f"runner {runner!r} is not supported; choose one of {', '.join(SUPPORTED)}")
 
 
 def accelerator_option(spec: str | dict) -> str:

@@ -82,6 +82,8 @@ def problems(error, tagged_unions: tuple[str, ...] = (), prefix: str = "") -> li
             msg = f"expected {_EXPECTED[kind]}, got {e.get('input')!r}"
         elif kind in _KIND_TEXT:
             loc, msg = loc + (("name",) if kind == "union_tag_not_found" else ()), _KIND_TEXT[kind]
+        elif isinstance(cause, ConfigError):  # a complete message from our own check
+            msg = str(cause)
         else:
             msg = msg.removeprefix("Value error, ")
             msg = f"{msg[0].lower() + msg[1:]}, got {e.get('input')!r}"

@@ -612,4 +612,4 @@ def test_shipped_pd_best_and_distill_settings(tmp_path):
     check_distill_for_datasets(k, [("s3://b/top", top)])  # top-p-k: any tau
     with pytest.raises(ConfigError, match=r"^distill\.tau: 2\.0 cannot be used with dataset s3://b/sampled: .*sampled"):
         check_distill_for_datasets(k, [("s3://b/top", top), ("s3://b/sampled", sampled)])
-    check_distill_for_datasets(dataclasses.replace(k, tau=1.0), [("s3://b/sampled", sampled)])
+    check_distill_for_datasets(k.model_copy(update={"tau": 1.0}), [("s3://b/sampled", sampled)])

@@ -1,0 +1,165 @@
+"""Settings on the command line: flags and --help generated from the typed configs, one ConfigError,
+our error types as messages and anything else as a traceback, damaged shards found by type."""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+import pytest
+
+pytest.importorskip("apache_beam")
+pytest.importorskip("streaming")
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+# -- pdistill train ------------------------------------------------------------------------------
+
+def test_train_help_lists_every_setting_from_the_fields(capsys):
+    from schemas.settings import leaf_settings
+    from trainer.cli import main
+    from trainer.config import TrainConfig
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    keys = [key for key, _, _ in leaf_settings(TrainConfig)]
+    assert {"data.streams", "distill.alpha", "distill.tau", "run.allow_changed", "model.hf_config"} <= set(keys)
+    for key in keys:
+        assert f"--{key} VALUE" in text, key
+    assert "temperature of the teacher" in text and "default 2.0" in text  # distill.tau's help and default
+
+
+def test_train_flags_are_overrides_and_win(capsys):
+    import yaml
+
+    from trainer.cli import main
+
+    assert main(["pd_best", "--print-config", "distill.tau=3", "--distill.tau", "1.5",
+                 "--data.streams", "[{uri: s3://b/ds, proportion: 1.0}]", "--distill.alpha",
+                 "{name: constant, value: 0.5}"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["distill"]["tau"] == 1.5 and cfg["data"]["streams"][0]["uri"] == "s3://b/ds"
+    assert cfg["distill"]["alpha"] == {"name": "constant", "value": 0.5}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--distill.tau", "hot"], "distill.tau: expected a number, got 'hot'"),
+    (["--distill.alpha", "{name: wsd, peak: 1.5}"], "distill.alpha.peak: must be <= 1.0, got 1.5"),
+    (["--distill.alpha", "{name: step}"], "distill.alpha.name: must be one of 'constant', 'linear'"),
+    (["--data.streams", "[{uri: a, colour: red}]"], "data.streams[0].colour: unknown key (known here: choose, local"),
+    (["--run.autoresume", "true"], "run.save_folder: required when run.autoresume is true"),
+])
+def test_train_bad_flag_names_the_dotted_key(capsys, argv, message):
+    from trainer.cli import main
+
+    assert main(["pd_best", "--print-config", *argv]) == 2
+    assert f"pdistill train: config error: {message}" in capsys.readouterr().err
+
+
+def test_train_bug_is_a_traceback(monkeypatch):
+    """A ValueError from our own code (not a ConfigError or SchemaError) is not a user's mistake."""
+    import trainer.train
+    from trainer.cli import main
+
+    def broken(cfg):
+        raise ValueError("a bug in build_trainer")
+
+    monkeypatch.setattr(trainer.train, "build_trainer", broken)
+    with pytest.raises(ValueError, match="a bug in build_trainer"):
+        main(["pd_best"])
+
+
+# -- pdistill logits -----------------------------------------------------------------------------
+
+def test_logits_flags_cover_every_setting_and_keep_their_names():
+    from pipelines.cli import config_from_args, parser
+    from pipelines.config import PipelineConfig
+
+    ap = parser()
+    dests = {a.dest for a in ap._actions}
+    assert set(PipelineConfig.model_fields) - {"runner_config"} <= dests
+    help_text = ap.format_help()
+    for flag in ("--input", "--text-column", "--seq-len", "--top-p", "--codec-params", "--add-bos", "--no-add-bos",
+                 "--runner-config", "--direct-running-mode", "--share-model", "--progress", "--no-progress"):
+        assert flag in help_text, flag
+    args, extra = ap.parse_known_args(["--input", "a.jsonl", "--input", "b.jsonl,c.jsonl", "--teacher", "t", "--output",
+                                       "o", "--codec-params", '{"step": 0.125}', "--codec", "compact", "--share-model",
+                                       "false", "--top-p", "0.9", "--no-progress", "--project=x"])
+    c = config_from_args(args)
+    assert c.inputs == ["a.jsonl", "b.jsonl", "c.jsonl"] and c.share_model is False and c.top_p == 0.9
+    assert c.codec_params == {"step": 0.125} and c.progress is False and extra == ["--project=x"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--top-p", "1.5"], "setting 'top_p': must be <= 1.0, got 1.5"),
+    (["--selection", "greedy"], "setting 'selection': input should be 'top_p_k' or 'sample', got 'greedy'"),
+    (["--device", "tpu"], "setting 'device': must be auto|cpu|cuda, got 'tpu'"),
+    (["--codec", "zip"], "setting 'codec': unknown codec 'zip'"),
+    (["--runner", "dask"], "DaskRunner is not supported"),
+])
+def test_logits_bad_settings_are_one_line(tmp_path, capsys, argv, message):
+    from pipelines.cli import main
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / "a.jsonl").write_text('{"text": "x"}\n')
+    rc = main(["--input", str(lake / "a.jsonl"), "--teacher", str(tmp_path / "t"), "--output", str(tmp_path / "o"),
+               *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("pdistill logits: error: ") and message in err and "Traceback" not in err, err
+
+
+def test_logits_bug_is_a_traceback(monkeypatch, capsys):
+    import pipelines.job
+    from pipelines.cli import main
+
+    def broken(config, extra):
+        raise ValueError("a bug in the job")
+
+    monkeypatch.setattr(pipelines.job, "run", broken)
+    with pytest.raises(ValueError, match="a bug in the job"):
+        main(["--input", "a", "--teacher", "t", "--output", "o"])
+
+
+# -- one error type ------------------------------------------------------------------------------
+
+def test_one_config_error_for_the_product():
+    import pipelines.config
+    import trainer.config
+    from pipelines.runner_options import RunnerConfigError
+    from pipelines.teacher_limits import TeacherLimitError
+    from schemas.errors import ConfigError
+    from trainer.errors import ResumeMismatch, SettingError
+
+    assert pipelines.config.ConfigError is trainer.config.ConfigError is ConfigError
+    for sub in (RunnerConfigError, TeacherLimitError, SettingError, ResumeMismatch):
+        assert issubclass(sub, ConfigError), sub
+    with pytest.raises(ConfigError, match="^setting 'top_k': must be >= 1, got 0"):
+        pipelines.config.PipelineConfig(top_k=0)  # direct construction too, not pydantic's own error
+
+
+# -- damaged shards are CorruptDataset by type, whatever streaming's message -------------------
+
+@pytest.mark.parametrize("validate_hash", ["xxh3_64", None])
+def test_damaged_shard_after_preflight_is_corrupt_dataset(tmp_path, validate_hash):
+    from make_dataset import make_tokenizer, write_dataset
+    from schemas.errors import CorruptDataset
+    from trainer.config import DataConfig
+    from trainer.data import DistillDataset
+
+    ds = tmp_path / "ds"
+    write_dataset(str(ds), make_tokenizer(), n_samples=8, units=1)
+    data = DataConfig.of(str(ds), shuffle=False, validate_hash=validate_hash)
+    reader = DistillDataset(data, batch_size=2, cache_dir=str(tmp_path / "cache"))  # preflight: whole
+    shard = sorted(glob.glob(str(ds / "parts" / "*" / "shard.*.mds.zstd")))[-1]
+    raw = open(shard, "rb").read()
+    open(shard, "wb").write(raw[: len(raw) // 2])  # damaged after the preflight, before streaming fetches it
+    for f in glob.glob(str(tmp_path / "cache" / "**" / os.path.basename(shard).replace(".zstd", "")), recursive=True):
+        os.remove(f)  # the first-sample check already decompressed the first shard into the cache
+    expect = "does not match the xxh3_64 hash" if validate_hash else "does not decompress"
+    with pytest.raises(CorruptDataset, match=expect):
+        for i in range(len(reader)):
+            reader.raw(i)
