@@ -121,11 +121,7 @@ def _manifest(plan: Plan) -> Manifest:
 def build(p: beam.Pipeline, plan: Plan, progress_folder: str | None = None) -> None:
     """The graph; with `progress_folder`, two counting branches report progress there (pipelines.progress)."""
     c = plan.config
-    handler = TeacherModelHandler(
-        c.teacher, selection=c.selection, top_p=c.top_p, top_k=c.top_k, num_draws=c.num_draws, seed=c.seed,
-        batch_size=c.batch_size, device=c.device, dtype=c.dtype, share_model=c.share_model,
-        min_vocab=plan.tokenizer_len,
-    )
+    handler = TeacherModelHandler(c, min_vocab=plan.tokenizer_len)
     vocab = plan.teacher.vocab_size
     read = (
         p

@@ -23,6 +23,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipelines import faults
+from pipelines.config import PipelineConfig
 from pipelines.packing import Packed
 from pipelines.teacher_limits import (DTYPE_BYTES, ForwardShape, available_memory, check_memory, check_positions,
                                       forward_shape)
@@ -196,15 +197,15 @@ class TeacherRunner:
 class TeacherModelHandler(ModelHandler[Packed, PredictionResult, TeacherRunner]):
     """RunInference handler: Packed sequences in, PredictionResult(Packed, KeptEntries) out."""
 
-    def __init__(self, model_uri: str, *, selection: str = "top_p_k", top_p: float = 0.95, top_k: int = 100,
-                 num_draws: int = 64, seed: int = 0, batch_size: int = 8, device: str = "auto",
-                 dtype: str = "auto", share_model: bool | str = "auto", min_vocab: int = 0):
+    def __init__(self, config: PipelineConfig, *, min_vocab: int = 0):
+        """The teacher, selection, batch, device and sharing settings come from the job's config."""
         super().__init__()
-        self.model_uri = model_uri
-        self.runner_kwargs = dict(selection=selection, top_p=top_p, top_k=top_k, num_draws=num_draws,
-                                  device=device, dtype=dtype, min_vocab=min_vocab)
-        self.seed, self.batch_size, self.device = seed, batch_size, device
-        self.share_model = share_model
+        c = config
+        self.model_uri = c.teacher
+        self.runner_kwargs = dict(selection=c.selection, top_p=c.top_p, top_k=c.top_k, num_draws=c.num_draws,
+                                  device=c.device, dtype=c.dtype, min_vocab=min_vocab)
+        self.seed, self.batch_size, self.device = c.seed, c.batch_size, c.device
+        self.share_model = c.share_model
         self._metrics = None
 
     def load_model(self) -> TeacherRunner:

@@ -175,7 +175,7 @@ def test_handler_forwards_inference_args_and_pads(tiny_teacher):
     from pipelines.packing import Packed
     from pipelines.teacher import TeacherModelHandler
 
-    handler = TeacherModelHandler(tiny_teacher, top_p=0.9, top_k=8, batch_size=2, share_model=False)
+    handler = TeacherModelHandler(PipelineConfig(teacher=tiny_teacher, top_p=0.9, top_k=8, batch_size=2, share_model=False))
     runner = handler.load_model()
     seen = []
     real_forward = runner.model.forward
