@@ -110,6 +110,7 @@ def write_dataset(
     source: str = "sha256:test-source",
     write_manifest: bool = True,
     write_root_index: bool = True,
+    compression: str | None = "zstd",
 ) -> dict:
     """Write a complete dataset; returns {"manifest", "sample_ids" (global order), "tokens"}.
 
@@ -127,7 +128,7 @@ def write_dataset(
     for u, count in enumerate(per_unit):
         unit = f"u{u:05d}-00000"
         part = os.path.join(out, PARTS_DIR, unit)
-        with MDSWriter(out=part, columns=columns, compression="zstd", hashes=["xxh3_64"], size_limit=size_limit) as w:
+        with MDSWriter(out=part, columns=columns, compression=compression, hashes=["xxh3_64"], size_limit=size_limit) as w:
             for i in range(count):
                 gi = len(ids)
                 n_tok = seq_len - 1 - (gi % 4) if pad_every and gi % pad_every == pad_every - 1 else seq_len
