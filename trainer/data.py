@@ -79,22 +79,15 @@ def inspect_stream(uri: str, *, require_manifest: bool = True) -> StreamInfo:
     return StreamInfo(uri=uri, manifest=manifest, index=index)
 
 
-def check_streams(
-    infos: Sequence[StreamInfo],
-    *,
-    vocab_size: Optional[int],
-    tokenizer_fingerprint: Optional[str],
-    seq_len: Optional[int],
-    need_teacher: bool,
-) -> Optional[Manifest]:
+def check_streams(infos: Sequence[StreamInfo], expect: Expect, *, need_teacher: bool) -> Optional[Manifest]:
     """Check every stream against the student and against each other; return the first manifest."""
     first = None
     for info in infos:
         m = info.manifest
         if m is None:
             continue
-        check_compatible(m, vocab_size=vocab_size, tokenizer_fingerprint=tokenizer_fingerprint, seq_len=seq_len,
-                         where=info.uri)
+        check_compatible(m, vocab_size=expect.vocab_size, tokenizer_fingerprint=expect.tokenizer_fingerprint,
+                         seq_len=expect.seq_len, where=info.uri)
         if first is None:
             first = (info.uri, m)
             continue
@@ -136,8 +129,7 @@ class DistillDataset(StreamingDataset):
                  expect: Expect = Expect(), require_manifest: bool = True, epoch_size: Optional[int] = None):
         """Read ``data.streams`` with the section's shuffle, partition, prefetch and hash settings."""
         infos = [inspect_stream(s.uri, require_manifest=require_manifest or with_teacher) for s in data.streams]
-        manifest = check_streams(infos, vocab_size=expect.vocab_size, tokenizer_fingerprint=expect.tokenizer_fingerprint,
-                                 seq_len=expect.seq_len, need_teacher=with_teacher)
+        manifest = check_streams(infos, expect, need_teacher=with_teacher)
         if data.validate_hash:
             for info in infos:
                 if storage.is_local(info.uri):
