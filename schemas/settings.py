@@ -8,6 +8,7 @@ through its ``errors()`` list and a model class through ``model_fields``.
 """
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any, Iterator, Literal
 
 from schemas.errors import ConfigError
 
-__all__ = ["Problem", "Refused", "problems", "raise_first", "dotted", "known_keys", "leaf_settings", "type_label"]
+__all__ = ["Problem", "Refused", "Setting", "problems", "raise_first", "dotted", "known_keys", "leaf_settings", "type_label"]
 
 
 class Refused(ValueError):
@@ -67,8 +68,9 @@ def problems(error, tagged_unions: tuple[str, ...] = (), prefix: str = "") -> li
     for e in error.errors(include_url=False):
         loc, kind, msg = tuple(e["loc"]), e["type"], e["msg"]
         cut = [i for i in range(len(loc)) if dotted(loc[:i]) in tagged_unions]
-        if cut and not kind.startswith("union_tag_"):
-            loc = loc[:cut[0]] + loc[cut[0] + 1:]
+        tag = None
+        if cut and not kind.startswith("union_tag_") and cut[0] < len(loc):
+            tag, loc = loc[cut[0]], loc[:cut[0]] + loc[cut[0] + 1:]
         cause = (e.get("ctx") or {}).get("error")
         if isinstance(cause, Refused):
             loc, msg = loc + tuple(cause.key.split(".")), cause.message
@@ -82,6 +84,8 @@ def problems(error, tagged_unions: tuple[str, ...] = (), prefix: str = "") -> li
             msg = f"expected {_EXPECTED[kind]}, got {e.get('input')!r}"
         elif kind in _KIND_TEXT:
             loc, msg = loc + (("name",) if kind == "union_tag_not_found" else ()), _KIND_TEXT[kind]
+            if tag is not None and msg == "unknown key":
+                msg = f"unknown key for name {tag!r} (each name takes its own keys)"
         elif isinstance(cause, ConfigError):  # a complete message from our own check
             msg = str(cause)
         else:
@@ -102,11 +106,11 @@ def type_label(tp) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(type_label(a) for a in args if a is not type(None)) + (
-            " or null" if type(None) in args else "")
+        labels = dict.fromkeys(type_label(a) for a in args if a is not type(None))  # in order, once each
+        return " or ".join(labels) + (" or null" if type(None) in args else "")
     if origin is list:
         return "a list"
-    if origin is dict or tp is dict or hasattr(tp, "model_fields"):
+    if origin is dict or tp is dict or _fields(tp):
         return "a mapping"
     return {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}.get(tp, getattr(tp, "__name__", str(tp)))
 
@@ -136,16 +140,65 @@ def known_keys(model, key: str) -> list[str]:
     return sorted(getattr(model, "model_fields", {}))
 
 
-def leaf_settings(model, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
-    """(dotted key, annotation, FieldInfo) of every setting that holds a value, sections walked
-    into (lists, mappings and tagged unions are leaves: they are given whole, as YAML)."""
-    for name, info in model.model_fields.items():
+@dataclass(frozen=True)
+class Setting:
+    """One setting as the command line offers it: dotted key, type, default (if any) and help."""
+
+    key: str
+    annotation: Any
+    has_default: bool
+    default: Any
+    description: str
+
+
+def _fields(cls) -> dict:
+    """A model's or pydantic dataclass's FieldInfos by name."""
+    return getattr(cls, "model_fields", None) or getattr(cls, "__pydantic_fields__", None) or {}
+
+
+def _tagged_members(info) -> list:
+    """The member classes of a tagged-union field (also inside Optional[Annotated[...]]), else []."""
+    tp = info.annotation
+    if not info.discriminator:
+        args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+        inner = args[0]
+        if len(args) != 1 or typing.get_origin(inner) is not typing.Annotated or not any(
+                getattr(m, "discriminator", None) for m in typing.get_args(inner)[1:]):
+            return []
+        tp = typing.get_args(inner)[0]
+    return [c for c in typing.get_args(tp) if _fields(c)]
+
+
+def _setting(key: str, info, note: str = "") -> Setting:
+    required = info.is_required()
+    default = None if required else info.get_default(call_default_factory=True)
+    return Setting(key, info.annotation, not required, default, note + (info.description or ""))
+
+
+def leaf_settings(model, prefix: str = "") -> Iterator[Setting]:
+    """Every setting that holds a value, sections walked into; a tagged union (a schedule picked by
+    its `name`) is offered whole and by each of its members' keys. Lists and mappings are leaves."""
+    for name, info in _fields(model).items():
         key = f"{prefix}.{name}" if prefix else name
         sub = _model_of(info.annotation)
-        if sub is not None and info.discriminator is None:
+        members = _tagged_members(info)
+        if sub is not None and not info.discriminator:
             yield from leaf_settings(sub, key)
-        else:
-            yield key, info.annotation, info
+            continue
+        yield _setting(key, info)
+        by_name: dict[str, list] = {}
+        for member in members:
+            tag = typing.get_args(_fields(member)["name"].annotation)[0]
+            for field, finfo in _fields(member).items():
+                by_name.setdefault(field, []).append((tag, finfo))
+        for field, uses in by_name.items():
+            tags = [t for t, _ in uses]
+            if field == "name":
+                yield Setting(f"{key}.name", Literal[tuple(tags)], False, None, "picks the schedule and its keys")
+            else:
+                st = _setting(f"{key}.{field}", uses[0][1], f"for name {'|'.join(tags)}. ")
+                agree = len({repr(_setting(key, f).default) for _, f in uses}) == 1
+                yield dataclasses.replace(st, has_default=st.has_default and agree, description=st.description.strip())
 
 
 def raise_first(error, fmt, tagged_unions: tuple[str, ...] = (), prefix: str = "") -> typing.NoReturn:

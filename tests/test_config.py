@@ -92,6 +92,8 @@ BAD = [
     ("optim.lr=-1", "optim.lr"),
     ("scheduler.name=step", "scheduler.name"),
     ("scheduler.t_warmup=10 batches", "scheduler.t_warmup"),
+    ("scheduler.name=cosine", "scheduler.t_decay"),  # pd_best's WSD keys do not belong to cosine
+    ("scheduler={name: constant, alpha_f: 0.1}", "scheduler.alpha_f"),
     ("run.max_duration=0.5dur", "run.max_duration"),
     ("run.loggers=[console, slack]", "run.loggers[1]"),
     ("run.autoresume=true", "run.save_folder"),
@@ -136,3 +138,17 @@ def test_exponent_floats_without_a_dot_are_numbers():
     assert cfg.optim.lr == 0.002 and cfg.distill.tau == 1.0
     with pytest.raises(ConfigError, match="optim.lr"):
         load_config("pd_best", ["optim.lr=fast"])
+
+
+def test_lr_schedule_is_a_tagged_union():
+    """Each LR schedule takes its own keys; a section without a name is WSD (as before)."""
+    from trainer.config import ConstantLR, CosineLR, WSDLR
+
+    assert isinstance(load_config("pd_vanilla").scheduler, CosineLR)
+    wsd = load_config("pd_best", ["scheduler={alpha_f: 0.5}"]).scheduler
+    assert isinstance(wsd, WSDLR) and (wsd.alpha_f, wsd.t_decay) == (0.5, "0.1dur")
+    cos = load_config("pd_best", ["scheduler={name: cosine, t_warmup: 5ba}"]).scheduler
+    assert isinstance(cos, CosineLR) and cos.model_dump() == {"name": "cosine", "t_warmup": "5ba", "alpha_f": 0.0}
+    assert isinstance(load_config("pd_best", ["scheduler={name: constant}"]).scheduler, ConstantLR)
+    with pytest.raises(ConfigError, match=r"^scheduler\.t_decay: unknown key for name 'cosine'"):
+        load_config("pd_best", ["scheduler.name=cosine"])

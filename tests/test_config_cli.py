@@ -24,12 +24,14 @@ def test_train_help_lists_every_setting_from_the_fields(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--help"])
     assert done.value.code == 0
-    text = capsys.readouterr().out
-    keys = [key for key, _, _ in leaf_settings(TrainConfig)]
-    assert {"data.streams", "distill.alpha", "distill.tau", "run.allow_changed", "model.hf_config"} <= set(keys)
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    keys = [st.key for st in leaf_settings(TrainConfig)]
+    assert {"data.streams", "distill.alpha", "distill.alpha.peak", "distill.alpha.name", "distill.tau",
+            "scheduler", "scheduler.t_decay", "run.allow_changed", "model.hf_config"} <= set(keys)
     for key in keys:
         assert f"--{key} VALUE" in text, key
     assert "temperature of the teacher" in text and "default 2.0" in text  # distill.tau's help and default
+    assert "for name wsd. length of the final decay" in text  # a key of one LR schedule only
 
 
 def test_train_flags_are_overrides_and_win(capsys):

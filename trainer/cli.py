@@ -20,8 +20,6 @@ USAGE = "pdistill train CONFIG.yaml [key=value ...] [--key VALUE ...]"
 
 def parser() -> argparse.ArgumentParser:
     """The command line: CONFIG, dotted overrides, and one `--<dotted key>` flag per setting."""
-    from pydantic_core import PydanticUndefined
-
     from schemas.settings import leaf_settings, type_label
     from trainer.config import TrainConfig
 
@@ -31,13 +29,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     ap.add_argument("--print-config", action="store_true", help="print the validated config and exit")
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for key, tp, info in leaf_settings(TrainConfig):
-        section = key.split(".")[0]
+    for st in leaf_settings(TrainConfig):
+        section = st.key.split(".")[0]
         group = groups.get(section) or groups.setdefault(section, ap.add_argument_group(f"{section} settings"))
-        default = info.get_default(call_default_factory=True)
-        shown = "" if default is PydanticUndefined else f"; default {_yaml(default)}"
-        text = f"{type_label(tp)}{shown}" + (f". {info.description}" if info.description else "")
-        group.add_argument(f"--{key}", dest=key, metavar="VALUE", default=None, help=text.replace("%", "%%"))
+        shown = f"; default {_yaml(st.default)}" if st.has_default and st.default != {} else ""
+        text = f"{type_label(st.annotation)}{shown}" + (f". {st.description}" if st.description else "")
+        group.add_argument(f"--{st.key}", dest=st.key, metavar="VALUE", default=None, help=text.replace("%", "%%"))
     return ap
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -24,13 +24,13 @@ from trainer.schedules import AlphaSchedule, ConstantAlpha, WSDAlpha
 
 __all__ = [
     "ConfigError", "StreamConfig", "DataConfig", "ModelConfig", "DistillConfig", "OptimConfig",
-    "SchedulerConfig", "RunConfig", "TrainConfig", "load_config", "config_from_dict", "apply_overrides",
+    "ConstantLR", "CosineLR", "WSDLR", "LRSchedule", "RunConfig", "TrainConfig", "load_config", "config_from_dict", "apply_overrides",
     "shipped_config_path", "CONFIG_DIR", "check_distill_for_datasets", "TAGGED_UNIONS",
 ]
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 LOGGERS = ("console", "file", "tensorboard", "mlflow", "wandb")
-TAGGED_UNIONS = ("distill.alpha",)  # keys holding a schedule picked by its `name`
+TAGGED_UNIONS = ("distill.alpha", "scheduler")  # keys holding a schedule picked by its `name`
 _TIME_RE = re.compile(r"^\d+(\.\d+)?(ep|ba|sp|tok|dur)$")
 _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -179,12 +179,29 @@ class OptimConfig(Section):
     grad_clip: Optional[Float] = Field(1.0, gt=0, description="max grad norm (null: off)")
 
 
-class SchedulerConfig(Section):
-    name: Literal["cosine", "wsd", "constant"] = "wsd"
-    t_warmup: Span = Field("0.1dur", description="Composer time string")
-    t_decay: Span = Field("0.1dur", description="wsd only: length of the final decay")
+class ConstantLR(Section):
+    name: Literal["constant"]
+    t_warmup: Span = Field("0.1dur", description="linear warmup (Composer time string)")
+
+
+class CosineLR(ConstantLR):
+    name: Literal["cosine"]
     alpha_f: Float = Field(0.0, ge=0, le=1, description="final LR multiplier")
-    decay_shape: Literal["cosine", "linear"] = Field("cosine", description="wsd only")
+
+
+class WSDLR(CosineLR):
+    name: Literal["wsd"] = "wsd"
+    t_decay: Span = Field("0.1dur", description="length of the final decay")
+    decay_shape: Literal["cosine", "linear"] = "cosine"
+
+
+def _wsd_by_default(value):
+    """A scheduler section without a name is WSD (the paper's best LR schedule)."""
+    return {**value, "name": "wsd"} if isinstance(value, dict) and "name" not in value else value
+
+
+# The learning-rate schedule, picked by `name`; each takes only its own keys (no t_decay for cosine).
+LRSchedule = Annotated[Union[ConstantLR, CosineLR, WSDLR], Field(discriminator="name"), BeforeValidator(_wsd_by_default)]
 
 
 class RunConfig(Section):
@@ -222,7 +239,8 @@ class TrainConfig(Section):
     model: ModelConfig = Field({}, validate_default=True)
     distill: DistillConfig = DistillConfig()
     optim: OptimConfig = OptimConfig()
-    scheduler: SchedulerConfig = SchedulerConfig()
+    scheduler: LRSchedule = Field({}, validate_default=True, description="the learning-rate schedule {name: "
+                                  "constant|cosine|wsd, ...} (a section without a name is wsd)")
     run: RunConfig = RunConfig()
 
     def to_dict(self) -> dict:
