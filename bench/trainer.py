@@ -134,9 +134,7 @@ def build_model(variant: str):
     cfg = load_config("pd_best" if variant == "kd" else "lm_only")
     reproducibility.seed_all(cfg.run.seed)
     student = build_student(cfg, None)
-    k = cfg.distill
-    model = DistillationModel(student, mode=k.mode, kind=k.kind, support=k.support, tau=k.tau, tail=k.tail, tau_squared=k.tau_squared,
-                              chunk_size=k.chunk_size, alpha=KD_ALPHA if variant == "kd" else 0.0)
+    model = DistillationModel(student, cfg.distill, alpha=KD_ALPHA if variant == "kd" else 0.0)
     return model, build_optimizer(cfg, model.parameters()), cfg
 
 

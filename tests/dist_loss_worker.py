@@ -25,10 +25,12 @@ class Student(torch.nn.Module):
 
 
 def make_model(support: str):
+    from trainer.config import DistillConfig
     from trainer.model import DistillationModel
 
     torch.manual_seed(0)
-    return DistillationModel(Student(), mode="offline", kind="forward_kl", support=support, tau=2.0, alpha=0.6)
+    distill = DistillConfig(mode="offline", kind="forward_kl", support=support, tau=2.0, chunk_size=None)
+    return DistillationModel(Student(), distill, alpha=0.6)
 
 
 def make_batch() -> dict:

@@ -48,9 +48,11 @@ def test_to_dense_lays_entries_out_in_stored_order_with_a_mask():
 
 
 def _live_model(teacher):
+    from trainer.config import DistillConfig
     from trainer.model import DistillationModel
 
-    return DistillationModel(torch.nn.Linear(1, 1), mode="live", teacher=teacher, top_p=0.9, top_k=K, alpha=0.5)
+    live = DistillConfig(mode="live", teacher="(loaded)", support="full", tau=1.0, chunk_size=None, top_p=0.9, top_k=K)
+    return DistillationModel(torch.nn.Linear(1, 1), live, teacher, alpha=0.5)
 
 
 def _tiny_teacher():

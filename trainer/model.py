@@ -39,11 +39,10 @@ from composer.utils import dist
 from schemas.codec import lossless_decoded
 from schemas.kept import KeptEntries
 from schemas.truncation import truncate_tensor
+from trainer.config import DistillConfig
 from trainer.losses import LossSpec, count_positions, distill_loss
 from trainer.schedules import training_progress
 from trainer.teacher_batch import TeacherBatch
-
-MODES = ("offline", "live", "none")
 
 
 def _unwrap(model):
@@ -51,32 +50,18 @@ def _unwrap(model):
 
 
 class DistillationModel(ComposerModel):
-    def __init__(
-        self,
-        student: torch.nn.Module,
-        *,
-        mode: str = "offline",
-        kind: str = "forward_kl",
-        support: str = "full",
-        tau: float = 1.0,
-        tail: bool = False,
-        tau_squared: bool = False,
-        chunk_size: Optional[int] = None,
-        teacher: Optional[torch.nn.Module] = None,
-        top_p: float = 0.95,
-        top_k: int = 50,
-        alpha: float = 0.0,
-    ):
+    def __init__(self, student: torch.nn.Module, distill: DistillConfig, teacher: Optional[torch.nn.Module] = None,
+                 alpha: float = 0.0):
+        """``distill``: the config's distill section (mode, loss, live truncation); ``teacher``: the
+        loaded live teacher (mode live only)."""
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"distill.mode must be one of {MODES}, got {mode!r}")
-        if mode == "live" and teacher is None:
+        if distill.mode == "live" and teacher is None:
             raise ValueError("distill.mode is live but no teacher model was given")
         self.student = student
-        self.mode = mode
-        self.spec = LossSpec(kind=kind, support=support, tau=tau, tail=tail, tau_squared=tau_squared,
-                             chunk_size=chunk_size)
-        self.top_p, self.top_k = float(top_p), int(top_k)
+        self.mode = distill.mode
+        self.spec = LossSpec(kind=distill.kind, support=distill.support, tau=distill.tau, tail=distill.tail,
+                             tau_squared=distill.tau_squared, chunk_size=distill.chunk_size)
+        self.top_p, self.top_k = float(distill.top_p), int(distill.top_k)
         self.alpha = float(alpha)
         # The teacher is kept OUT of the module tree: not trained, not in the optimizer, not in
         # checkpoints, not wrapped by DDP. It is moved to the batch's device on first use.

@@ -301,10 +301,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
                                     metric_names=["LanguageCrossEntropy", "LanguagePerplexity"]))
 
     # 3. model + loss
-    model = DistillationModel(
-        student, mode=k.mode, kind=k.kind, support=k.support, tau=k.tau, tail=k.tail, tau_squared=k.tau_squared,
-        chunk_size=k.chunk_size, teacher=teacher, top_p=k.top_p, top_k=k.top_k,
-    )
+    model = DistillationModel(student, k, teacher)
     optimizer = build_optimizer(cfg, model.parameters())
 
     fingerprint = run_fingerprint(cfg, dataset_ids=train_ds.identities, student=student, tokenizer_fp=tokenizer_fp)
