@@ -15,9 +15,11 @@ training time: softmax(logp / tau) over the kept set equals softmax(z / tau) ove
   Quantization error in the log domain with step s costs about s**2 / 24 nats of KL.
 * `compact2` see schemas.codec_compact2: values quantised on sqrt(p) for the KL they
   cost, ids against a per-sample dictionary, every stream entropy-coded (constriction's ANS).
-* `compact3` (default) see schemas.codec_compact3: compact2 with the next token (stored in the
+* `compact3` see schemas.codec_compact3: compact2 with the next token (stored in the
   sample's `tokens`) as a hint, so its id costs a few bits instead of ~10. Needs the tokens to
   encode and decode (`needs_tokens`; schemas.sample passes them).
+* `compact4` (default) see schemas.codec_compact4: compact3 plus the kept set at the last earlier
+  position with the same tokens, so a recurring id costs ~6 bits instead of ~8. Needs the tokens.
 """
 from __future__ import annotations
 
@@ -183,10 +185,12 @@ def _check_lengths(name, n, t, n_ids, n_vals, n_tail):
 # compact2/3 live in their own modules and build on renormalise above, hence the late import.
 from schemas.codec_compact2 import Compact2Codec  # noqa: E402
 from schemas.codec_compact3 import Compact3Codec  # noqa: E402
+from schemas.codec_compact4 import Compact4Codec  # noqa: E402
 
 # Every codec ever written stays here: a manifest names one of these and its parameters.
-CODECS = {"exact": ExactCodec, "compact": CompactCodec, "compact2": Compact2Codec, "compact3": Compact3Codec}
-DEFAULT_CODEC = "compact3"
+CODECS = {"exact": ExactCodec, "compact": CompactCodec, "compact2": Compact2Codec, "compact3": Compact3Codec,
+          "compact4": Compact4Codec}
+DEFAULT_CODEC = "compact4"
 
 
 def make_codec(name: str, params: dict | None = None):
