@@ -59,6 +59,9 @@ from schemas.truncation import Truncated
 
 _REPEAT_RANK_EDGES = np.array([1, 2, 4, 8, 16])  # rank buckets of a predictor's entries: 0, 1, 2-3, 4-7, 8-15, 16+
 _N_RB = len(_REPEAT_RANK_EDGES) + 1
+_RATIO_QUARTERS = (1, 2, 3, 4, 6)  # membership buckets: rank at s / count at t below 1/4, 1/2, 3/4, 1, 3/2, above
+_N_RATIO = len(_RATIO_QUARTERS) + 1
+_NEAR_RANKS = 4  # slots of s above this rank are placed against the same rank at t
 _N_KINDS = 2  # predictor kinds: the same two tokens, the same token
 
 
@@ -127,19 +130,33 @@ class _Layout:
     def predicted(self, s_of: np.ndarray, kind: np.ndarray):
         """The predictor slots: for each position t with a predictor, every slot of s in order.
         Returns (t of each slot, global slot index at s, membership context, placement context,
-        predicted group offset at t: the group holding the slot's rank at t)."""
+        predicted group offset at t, near: the slot's rank at s is below _NEAR_RANKS)."""
         has = np.flatnonzero((s_of >= 0) & (self.counts > 0))
         sizes = self.counts[s_of[has]]
         t_of = np.repeat(has, sizes)
         rank = np.arange(t_of.shape[0]) - np.repeat(np.cumsum(sizes) - sizes, sizes)
         slot = self.starts[s_of[t_of]] + rank
+        ct = self.counts[t_of]
+        # membership: the slot's rank at s against the count at t (r / count_t in quarters)
+        ratio = sum((4 * rank >= q * ct).astype(np.int64) for q in _RATIO_QUARTERS)
         rb = np.searchsorted(_REPEAT_RANK_EDGES, rank, side="right")
-        at = self.starts[t_of] + np.minimum(rank, self.counts[t_of] - 1)
+        at = self.starts[t_of] + np.minimum(rank, ct - 1)
         pred = self.gnum[at] - self.first_group[t_of] if t_of.size else rank
-        return t_of, slot, kind[t_of] * _N_RB + rb, rb, pred
+        return t_of, slot, kind[t_of] * _N_RATIO + ratio, rb, pred, rank < _NEAR_RANKS
 
 
-_N_CTX = _N_KINDS * _N_RB
+def _place_symbols(grp: np.ndarray, pred: np.ndarray, near: np.ndarray, n_groups: np.ndarray) -> np.ndarray:
+    """A repeat's level group at t: for the top slots of s, relative to the group holding the same
+    rank at t; for the others, counted from t's lowest group (most land in the long tied tail)."""
+    return np.where(near, _zigzag(grp - pred), n_groups - 1 - grp)
+
+
+def _place_groups(sym: np.ndarray, pred: np.ndarray, near: np.ndarray, n_groups: np.ndarray) -> np.ndarray:
+    return np.where(near, pred + _unzigzag(sym), n_groups - 1 - sym)
+
+
+_N_CTX = _N_KINDS * _N_RATIO
+_DBG = []  # DEBUG
 
 
 @dataclass(frozen=True)
@@ -195,7 +212,7 @@ class Compact4Codec(Compact3Codec):
             k = np.lexsort((sub[e], role[e], lay.gnum[e]))
             slot_ids[e] = ids[e][k]
         # the membership and placement symbols, slot by slot of each predictor
-        t_of, slot, ctx, pctx, pred = lay.predicted(s_of, kind)
+        t_of, slot, ctx, pctx, pred, near = lay.predicted(s_of, kind)
         kept_t = np.isin(t_of * (1 << 32) + slot_ids[slot], key[repeat])
         grp = np.zeros(t_of.shape[0], dtype=np.int64)
         if kept_t.any():
@@ -203,7 +220,8 @@ class Compact4Codec(Compact3Codec):
             rg = (lay.gnum - lay.first_group[pos])[repeat]
             ok = np.argsort(rkey)
             grp[kept_t] = rg[ok][np.searchsorted(rkey[ok], t_of[kept_t] * (1 << 32) + slot_ids[slot[kept_t]])]
-        place = _zigzag(grp[kept_t] - pred[kept_t])
+        place = _place_symbols(grp[kept_t], pred[kept_t], near[kept_t], lay.n_groups[t_of[kept_t]])
+        _DBG.append(dict(lay=lay, s_of=s_of, kind=kind, t_of=t_of, slot=slot, kept_t=kept_t, repeat=repeat, hinted=hinted, grp=grp, pred=pred, slot_ids=slot_ids, key=key, ids=ids, nxt=nxt))  # DEBUG
         pctx = pctx[kept_t]
         repeat_streams = ([(kept_t[ctx == c].astype(np.int64), None) for c in range(_N_CTX)]
                           + [(place[pctx == c], None) for c in range(_N_RB)])
@@ -247,7 +265,7 @@ class Compact4Codec(Compact3Codec):
         hint_g = lay.first_group[hp] + hint[hp] - 1
         # repeats: membership per predictor slot, then each repeat's level group at t
         s_of, kind = predictors(np.asarray(tokens).reshape(-1), counts)
-        t_of, slot, ctx, pctx, pred = lay.predicted(s_of, kind)
+        t_of, slot, ctx, pctx, pred, near = lay.predicted(s_of, kind)
         kept_t = np.zeros(t_of.shape[0], dtype=bool)
         for c in range(_N_CTX):
             sel = ctx == c
@@ -256,13 +274,14 @@ class Compact4Codec(Compact3Codec):
                 raise CodecError("compact4 codec: repeat flags do not match the predictors: corrupt sample")
             kept_t[sel] = got == 1
         r_t, r_src, pctx = t_of[kept_t], slot[kept_t], pctx[kept_t]
-        grp = pred[kept_t].copy()
+        place = np.zeros(r_t.shape[0], dtype=np.int64)
         for c in range(_N_RB):
             sel = pctx == c
             got = ids_in.next()
             if got.shape[0] != int(sel.sum()):
                 raise CodecError("compact4 codec: repeat placements of the wrong length: corrupt sample")
-            grp[sel] += _unzigzag(got)
+            place[sel] = got
+        grp = _place_groups(place, pred[kept_t], near[kept_t], lay.n_groups[r_t])
         if grp.size and ((grp < 0).any() or (grp >= lay.n_groups[r_t]).any()):
             raise CodecError("compact4 codec: a repeat outside its position's levels: corrupt sample")
         r_g = lay.first_group[r_t] + grp
