@@ -52,6 +52,7 @@ from schemas.codec_compact3 import (
     _group_start_rank,
     _groups,
     _next_tokens,
+    _split_cost,
     _split_streams,
 )
 from schemas.errors import CodecError
@@ -61,39 +62,31 @@ _REPEAT_RANK_EDGES = np.array([1, 2, 4, 8, 16])  # rank buckets of a predictor's
 _N_RB = len(_REPEAT_RANK_EDGES) + 1
 _RATIO_QUARTERS = (1, 2, 3, 4, 6)  # membership buckets: rank at s / count at t below 1/4, 1/2, 3/4, 1, 3/2, above
 _N_RATIO = len(_RATIO_QUARTERS) + 1
-_NEAR_RANKS = 4  # slots of s above this rank are placed against the same rank at t
-_N_KINDS = 2  # predictor kinds: the same two tokens, the same token
-
-
-FALLBACK = False
+_ORDER = 2  # predictor kinds: the same last 3, 2 or 1 tokens
+_N_KINDS = _ORDER
 
 
 def predictors(tokens: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[T] each position's predictor s (-1: none) and its kind (0: same two tokens, 1: same token),
-    from the tokens alone. Only positions with signal predict or are predicted."""
+    """[T] each position's predictor s (-1: none) and its kind (0: the same last _ORDER tokens,
+    ...,  _ORDER - 1: the same token), from the tokens alone. Only positions with signal predict
+    or are predicted."""
     tok = np.asarray(tokens, dtype=np.int64).tolist()
     sig = (np.asarray(counts) > 0).tolist()
     s_of = np.full(len(tok), -1, dtype=np.int64)
     kind = np.zeros(len(tok), dtype=np.int64)
-    last2: dict = {}
-    last1: dict = {}
-    prev = -1
-    last_sig = -1
-    for t, (a, has) in enumerate(zip(tok, sig)):
-        if has:
-            s = last2.get((prev, a))
+    last: list[dict] = [{} for _ in range(_ORDER)]
+    for t, has in enumerate(sig):
+        if not has:
+            continue
+        keys = [tuple(tok[max(t - m, 0) : t + 1]) if t >= m else None for m in range(_ORDER - 1, -1, -1)]
+        for j, key in enumerate(keys):
+            s = last[j].get(key) if key is not None else None
             if s is not None:
-                s_of[t] = s
-            else:
-                s = last1.get(a)
-                if s is not None:
-                    s_of[t], kind[t] = s, 1
-                elif FALLBACK and last_sig >= 0:
-                    s_of[t], kind[t] = last_sig, 2
-            last_sig = t
-            last2[(prev, a)] = t
-            last1[a] = t
-        prev = a
+                s_of[t], kind[t] = s, j
+                break
+        for j, key in enumerate(keys):
+            if key is not None:
+                last[j][key] = t
     return s_of, kind
 
 
@@ -130,7 +123,7 @@ class _Layout:
     def predicted(self, s_of: np.ndarray, kind: np.ndarray):
         """The predictor slots: for each position t with a predictor, every slot of s in order.
         Returns (t of each slot, global slot index at s, membership context, placement context,
-        predicted group offset at t, near: the slot's rank at s is below _NEAR_RANKS)."""
+        predicted group offset at t: the group holding the slot's rank at t)."""
         has = np.flatnonzero((s_of >= 0) & (self.counts > 0))
         sizes = self.counts[s_of[has]]
         t_of = np.repeat(has, sizes)
@@ -142,21 +135,37 @@ class _Layout:
         rb = np.searchsorted(_REPEAT_RANK_EDGES, rank, side="right")
         at = self.starts[t_of] + np.minimum(rank, ct - 1)
         pred = self.gnum[at] - self.first_group[t_of] if t_of.size else rank
-        return t_of, slot, kind[t_of] * _N_RATIO + ratio, rb, pred, rank < _NEAR_RANKS
+        return t_of, slot, kind[t_of] * _N_RATIO + ratio, rb, pred
 
 
-def _place_symbols(grp: np.ndarray, pred: np.ndarray, near: np.ndarray, n_groups: np.ndarray) -> np.ndarray:
-    """A repeat's level group at t: for the top slots of s, relative to the group holding the same
-    rank at t; for the others, counted from t's lowest group (most land in the long tied tail)."""
-    return np.where(near, _zigzag(grp - pred), n_groups - 1 - grp)
+def _place_streams(grp: np.ndarray, pred: np.ndarray, n_groups: np.ndarray, pctx: np.ndarray) -> list:
+    """Each repeat's level group at t, one stream per rank bucket at s, under the cheaper of two
+    rules (a flag per stream): relative to the group holding the same rank at t (an unchanged
+    distribution costs nothing), or counted from t's lowest group (on real text most tail repeats
+    land in the long tied tail while the distribution drifts)."""
+    rules, out = [], []
+    for c in range(_N_RB):
+        sel = pctx == c
+        options = (_zigzag(grp[sel] - pred[sel]), n_groups[sel] - 1 - grp[sel])
+        rule = min((0, 1), key=lambda r: (_split_cost(options[r], 0) if options[r].size else 0.0, r))
+        rules.append(rule)
+        out.append((options[rule], None))
+    return [(np.asarray(rules, dtype=np.int64), np.ones(2, dtype=np.int64))] + out
 
 
-def _place_groups(sym: np.ndarray, pred: np.ndarray, near: np.ndarray, n_groups: np.ndarray) -> np.ndarray:
-    return np.where(near, pred + _unzigzag(sym), n_groups - 1 - sym)
+def _decode_places(dec: entropy.Decoder, pred: np.ndarray, n_groups: np.ndarray, pctx: np.ndarray) -> np.ndarray:
+    rules = dec.next(np.ones(2, dtype=np.int64), _N_RB)
+    grp = np.zeros(pred.shape[0], dtype=np.int64)
+    for c in range(_N_RB):
+        sel = pctx == c
+        got = dec.next()
+        if got.shape[0] != int(sel.sum()):
+            raise CodecError("compact4 codec: repeat placements of the wrong length: corrupt sample")
+        grp[sel] = pred[sel] + _unzigzag(got) if rules[c] == 0 else n_groups[sel] - 1 - got
+    return grp
 
 
 _N_CTX = _N_KINDS * _N_RATIO
-_DBG = []  # DEBUG
 
 
 @dataclass(frozen=True)
@@ -212,7 +221,7 @@ class Compact4Codec(Compact3Codec):
             k = np.lexsort((sub[e], role[e], lay.gnum[e]))
             slot_ids[e] = ids[e][k]
         # the membership and placement symbols, slot by slot of each predictor
-        t_of, slot, ctx, pctx, pred, near = lay.predicted(s_of, kind)
+        t_of, slot, ctx, pctx, pred = lay.predicted(s_of, kind)
         kept_t = np.isin(t_of * (1 << 32) + slot_ids[slot], key[repeat])
         grp = np.zeros(t_of.shape[0], dtype=np.int64)
         if kept_t.any():
@@ -220,11 +229,8 @@ class Compact4Codec(Compact3Codec):
             rg = (lay.gnum - lay.first_group[pos])[repeat]
             ok = np.argsort(rkey)
             grp[kept_t] = rg[ok][np.searchsorted(rkey[ok], t_of[kept_t] * (1 << 32) + slot_ids[slot[kept_t]])]
-        place = _place_symbols(grp[kept_t], pred[kept_t], near[kept_t], lay.n_groups[t_of[kept_t]])
-        _DBG.append(dict(lay=lay, s_of=s_of, kind=kind, t_of=t_of, slot=slot, kept_t=kept_t, repeat=repeat, hinted=hinted, grp=grp, pred=pred, slot_ids=slot_ids, key=key, ids=ids, nxt=nxt))  # DEBUG
-        pctx = pctx[kept_t]
         repeat_streams = ([(kept_t[ctx == c].astype(np.int64), None) for c in range(_N_CTX)]
-                          + [(place[pctx == c], None) for c in range(_N_RB)])
+                          + _place_streams(grp[kept_t], pred[kept_t], lay.n_groups[t_of[kept_t]], pctx[kept_t]))
         # the remaining entries, as compact3
         pos_r, lv_r, srank_r = pos[rest], lv[rest], lay.start_rank[rest]
         o2 = _entry_order(pos_r, lv_r, x, t, uniq.shape[0])
@@ -251,7 +257,7 @@ class Compact4Codec(Compact3Codec):
         nxt = _next_tokens(tokens, t)
         lay = _Layout(counts, self._decode_levels(cols["teacher_values"], counts))
         n_grp = lay.gstart.shape[0]
-        ids_in = entropy.Decoder(cols["teacher_ids"], max(n, t) + 1)
+        ids_in = entropy.Decoder(cols["teacher_ids"], max(n, t, _N_RB) + 1)
         uniq, cls = _decode_dictionary(ids_in, np.unique(nxt[:-1]), n)
         sig = counts > 0
         hs = ids_in.next()
@@ -265,7 +271,7 @@ class Compact4Codec(Compact3Codec):
         hint_g = lay.first_group[hp] + hint[hp] - 1
         # repeats: membership per predictor slot, then each repeat's level group at t
         s_of, kind = predictors(np.asarray(tokens).reshape(-1), counts)
-        t_of, slot, ctx, pctx, pred, near = lay.predicted(s_of, kind)
+        t_of, slot, ctx, pctx, pred = lay.predicted(s_of, kind)
         kept_t = np.zeros(t_of.shape[0], dtype=bool)
         for c in range(_N_CTX):
             sel = ctx == c
@@ -274,14 +280,7 @@ class Compact4Codec(Compact3Codec):
                 raise CodecError("compact4 codec: repeat flags do not match the predictors: corrupt sample")
             kept_t[sel] = got == 1
         r_t, r_src, pctx = t_of[kept_t], slot[kept_t], pctx[kept_t]
-        place = np.zeros(r_t.shape[0], dtype=np.int64)
-        for c in range(_N_RB):
-            sel = pctx == c
-            got = ids_in.next()
-            if got.shape[0] != int(sel.sum()):
-                raise CodecError("compact4 codec: repeat placements of the wrong length: corrupt sample")
-            place[sel] = got
-        grp = _place_groups(place, pred[kept_t], near[kept_t], lay.n_groups[r_t])
+        grp = _decode_places(ids_in, pred[kept_t], lay.n_groups[r_t], pctx)
         if grp.size and ((grp < 0).any() or (grp >= lay.n_groups[r_t]).any()):
             raise CodecError("compact4 codec: a repeat outside its position's levels: corrupt sample")
         r_g = lay.first_group[r_t] + grp

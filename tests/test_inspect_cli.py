@@ -35,7 +35,7 @@ def test_inspect_reports_counts_and_fidelity(dataset, capsys):
     assert 1 <= report["kept_per_token"] <= 8
     assert report["stored_bytes_per_token"] > 0
     assert 0 < report["mean_tail_mass"] < 1
-    assert report["codec"].startswith("compact3") and report["stored_bytes_per_kept_entry"] > 0
+    assert report["codec"].startswith("compact4") and report["stored_bytes_per_kept_entry"] > 0
     # re-running the teacher reproduces the stored ids: only quantization error remains
     assert 0 <= report["codec_kl"] < report["codec_kl_bound"] * 2 <= 2e-3
     assert report["total_kl"] > report["codec_kl"]

@@ -29,9 +29,9 @@ def test_config_yaml_and_errors(tmp_path):
         PipelineConfig.from_dict({"top_p": 1.5})
     with pytest.raises(ConfigError, match="setting 'codec'"):
         PipelineConfig.from_dict({"codec": "nope"})
-    with pytest.raises(ConfigError, match=r"setting 'codec'.*bad parameters for codec 'compact3'"):
-        PipelineConfig.from_dict({"codec_params": {"step": 0.125}})  # compact's parameter, compact3's default
-    assert PipelineConfig().codec == "compact3"
+    with pytest.raises(ConfigError, match=r"setting 'codec'.*bad parameters for codec 'compact4'"):
+        PipelineConfig.from_dict({"codec_params": {"step": 0.125}})  # compact's parameter, compact4's default
+    assert PipelineConfig().codec == "compact4"
     with pytest.raises(ConfigError, match="setting 'teacher' is required"):
         PipelineConfig(inputs=["x"], output="o").require_io()
 
