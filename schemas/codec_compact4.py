@@ -52,6 +52,7 @@ from schemas.codec_compact3 import (
     _group_start_rank,
     _groups,
     _next_tokens,
+    _MAX_SHIFT,
     _split_cost,
     _split_streams,
 )
@@ -165,6 +166,36 @@ def _decode_places(dec: entropy.Decoder, pred: np.ndarray, n_groups: np.ndarray,
     return grp
 
 
+_LEVEL_EDGES = np.array([1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64])  # drop contexts: the level above it
+_N_LEVEL_CTX = len(_LEVEL_EDGES) + 1
+
+
+def _level_rounds(counts: np.ndarray):
+    """Rank by rank (1, 2, ...): the entries of that rank, over all positions that have one."""
+    starts = np.cumsum(counts) - counts
+    for r in range(1, int(counts.max()) if counts.size else 0):
+        yield starts[counts > r] + r
+
+
+def _level_streams(lv: np.ndarray, counts: np.ndarray) -> list:
+    """Levels, each position descending: the top levels (split as compact3), then each drop under
+    a model chosen by the level above it (a drop cannot exceed it: low levels drop by 0 or 1),
+    coded rank by rank so that the decoder knows every context when it needs it. The models'
+    histograms are written once, as numbers, before the drops."""
+    first = np.zeros(lv.shape[0], dtype=bool)
+    first[(np.cumsum(counts) - counts)[counts > 0]] = True
+    drop = _drops(lv, counts)
+    ctx = np.zeros(lv.shape[0], dtype=np.int64)
+    ctx[1:] = np.searchsorted(_LEVEL_EDGES, lv[:-1], side="right")
+    hists = [np.bincount(drop[~first & (ctx == c)]) for c in range(_N_LEVEL_CTX)]
+    packed = np.concatenate([entropy._pack_histogram(h) for h in hists]).astype(np.int64)
+    out = _split_streams([lv[first]]) + _encode_numbers(packed)
+    for idx in _level_rounds(counts):
+        for c in np.unique(ctx[idx]).tolist():
+            out.append((drop[idx[ctx[idx] == c]], hists[c]))
+    return out
+
+
 _N_CTX = _N_KINDS * _N_RATIO
 
 
@@ -188,7 +219,7 @@ class Compact4Codec(Compact3Codec):
         pos = lay.pos
         drop = _drops(lv, counts)
         first, _, rb = _structure(counts, drop)
-        level_streams = _split_streams([lv[first]] + [drop[~first & (rb == b)] for b in range(1, _N_RANK_BUCKETS)])
+        level_streams = _level_streams(lv, counts)
         hinted = ids == nxt[pos]
         hint = np.zeros(t, dtype=np.int64)
         hint[pos[hinted]] = lay.gnum[hinted] - lay.first_group[pos[hinted]] + 1
@@ -250,6 +281,42 @@ class Compact4Codec(Compact3Codec):
             "teacher_values": entropy.encode(level_streams),
             "teacher_tail": entropy.encode([(self._tail_symbols(tr.log_tail, lvl0, counts), None)]),
         }
+
+    def _decode_levels(self, buf: bytes, counts: np.ndarray) -> np.ndarray:
+        t, n = counts.shape[0], int(counts.sum())
+        # the longest stream: the packed drop histograms, at most 1 + 3 numbers per context and drop
+        dec = entropy.Decoder(buf, 3 * n + t + 2 * _N_LEVEL_CTX + (1 << _MAX_SHIFT))
+        shift = int(dec.next(np.ones(_MAX_SHIFT + 1, dtype=np.int64), 1)[0])
+        top = dec.next()
+        if shift:
+            top = (top << shift) | dec.next(np.ones(1 << shift, dtype=np.int64), top.shape[0])
+        starts = np.cumsum(counts) - counts
+        if top.shape[0] != int((counts > 0).sum()):
+            raise CodecError(f"compact4 codec: {top.shape[0]} top levels for {int((counts > 0).sum())} positions: corrupt sample")
+        packed = _decode_numbers(dec).astype(np.int64)
+        hists, at = [], 0
+        try:
+            for _ in range(_N_LEVEL_CTX):
+                h, at = entropy._unpack_histogram(packed, at, n)
+                hists.append(h)
+        except IndexError:
+            raise CodecError("compact4 codec: truncated level histograms: corrupt sample") from None
+        if at != packed.shape[0]:
+            raise CodecError("compact4 codec: level histograms do not match: corrupt sample")
+        lvl = np.zeros(n, dtype=np.int64)
+        lvl[starts[counts > 0]] = top
+        for idx in _level_rounds(counts):
+            above = lvl[idx - 1]
+            ctx = np.searchsorted(_LEVEL_EDGES, above, side="right")
+            for c in np.unique(ctx).tolist():
+                sel = ctx == c
+                if hists[c].sum() == 0:
+                    raise CodecError("compact4 codec: a drop without a model: corrupt sample")
+                lvl[idx[sel]] = above[sel] - dec.next(hists[c], int(sel.sum()))
+        dec.finish()
+        if n and lvl.min() < 0:
+            raise CodecError("compact4 codec: negative level: corrupt sample")
+        return lvl
 
     def decode(self, counts: np.ndarray, cols: dict[str, bytes], tokens=None) -> Decoded:
         counts = np.asarray(counts, dtype=np.int64)

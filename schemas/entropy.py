@@ -101,9 +101,17 @@ def encode(streams: list[tuple[np.ndarray, np.ndarray | None]]) -> bytes:
                 raise CodecError("entropy block: symbol outside its model's alphabet")
         models.append(counts)
     # a stack coder: encode the last stream first so that decoding runs in stream order
-    for (s, _), counts in zip(reversed(streams), reversed(models)):
+    built: dict = {}  # one model per given array (many streams may share one)
+    for (s, given), counts in zip(reversed(streams), reversed(models)):
         if counts.shape[0] > 1 and len(s):
-            coder.encode_reverse(np.asarray(s, dtype=np.int32), _model(counts))
+            key = id(given) if given is not None else None
+            if key is None or key not in built:
+                model = _model(counts)
+                if key is not None:
+                    built[key] = (model, given)  # hold `given`: its id stays unique while cached
+            else:
+                model = built[key][0]
+            coder.encode_reverse(np.asarray(s, dtype=np.int32), model)
     words = coder.get_compressed().astype("<u4")
     header.append(np.asarray([words.shape[0]], dtype=np.uint64))
     head = varint.encode(np.concatenate(header))
@@ -133,6 +141,7 @@ class Decoder:
         if len(body) != 4 * n_words:
             raise CodecError(f"entropy block: {len(body)} payload bytes, header says {4 * n_words}: corrupt sample")
         self._coder = constriction.stream.stack.AnsCoder(np.frombuffer(body, dtype="<u4").astype(np.uint32))
+        self._built: dict = {}  # one model per given array (many streams may share one)
 
     def next(self, given: np.ndarray | None = None, size: int | None = None) -> np.ndarray:
         """The next stream: under its written histogram (given None), or under the given model
@@ -154,8 +163,14 @@ class Decoder:
         self._read += 1
         if counts.shape[0] <= 1 or size == 0:
             return np.zeros(size, dtype=np.int64)
+        if given is not None:
+            if id(given) not in self._built:
+                self._built[id(given)] = (_model(counts), given)
+            model = self._built[id(given)][0]
+        else:
+            model = _model(counts)
         try:
-            return np.asarray(self._coder.decode(_model(counts), size), dtype=np.int64)
+            return np.asarray(self._coder.decode(model, size), dtype=np.int64)
         except Exception as e:  # constriction raises on exhausted or invalid data
             raise CodecError(f"entropy block: undecodable payload ({e}): corrupt sample") from None
 

@@ -12,7 +12,7 @@ from schemas import CodecError, Compact2Codec, Compact3Codec, Compact4Codec, bui
 from schemas.codec_compact4 import predictors
 from schemas.truncation import Truncated
 
-GOLDEN_COMPACT4 = "32926e0aa77d0948d39998b653a9b48d6c2683b74d1d8834c277bda6c7c665e4"  # compact4 format 1, constriction 0.5.0
+GOLDEN_COMPACT4 = "a4754bac3ff6e7ee4683171b2b74ed883428d483c1337db5bb6796e3eb521095"  # compact4 format 1, constriction 0.5.0
 
 
 def repeating_text(seed: int, t: int = 256, v: int = 3000, n_words: int = 40):
@@ -40,7 +40,8 @@ def test_compact4_decodes_what_compact2_decodes_in_fewer_bytes():
     cols3, cols4 = c3.encode(tr, tokens=tokens), c4.encode(tr, tokens=tokens)
     d2, d4 = c2.decode(tr.counts, c2.encode(tr)), c4.decode(tr.counts, cols4, tokens=tokens)
     assert _same_signal(d2, d4)
-    assert cols4["teacher_values"] == cols3["teacher_values"] and cols4["teacher_tail"] == cols3["teacher_tail"]
+    assert cols4["teacher_tail"] == cols3["teacher_tail"]
+    assert len(cols4["teacher_values"]) < len(cols3["teacher_values"])  # drops under the level above them
     # recurring contexts: ids kept before at the same tokens cost far less than dictionary ids
     saved_bits = 8 * (len(cols3["teacher_ids"]) - len(cols4["teacher_ids"]))
     assert saved_bits > 1.0 * tr.ids.shape[0]
