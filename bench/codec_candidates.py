@@ -17,6 +17,9 @@ ids of held-out text), for the id priors.
   - corpus unigram: token frequencies of held-out text (what a launcher could count cheaply);
   - teacher kept-id unigram, leave-one-sample-out (an oracle for a side table of the teacher's
     kept-id frequencies from a first part of the run).
+* compact3 + repeats (issue 13's third step, `AFTER_COMPACT3`): compact4's id block (the kept
+  set at the last earlier position with the same tokens) with compact3's levels block: what the
+  repeats alone buy before compact4's drops under the level above them.
 """
 from __future__ import annotations
 
@@ -130,6 +133,16 @@ def kept_unigram_held_out(tr, codec, tokens=None, kept_ids=None, **_):
     own = np.bincount(tr.ids, minlength=kept_ids.shape[0])
     return _with_global_order(tr, codec, (kept_ids - own[: kept_ids.shape[0]]).astype(np.float64))
 
+
+def compact3_plus_repeats(tr, codec, tokens=None, **_):
+    from schemas import Compact3Codec, Compact4Codec
+
+    params = codec.params()
+    return {**Compact4Codec(**params).encode(tr, tokens=tokens),
+            "teacher_values": Compact3Codec(**params).encode(tr, tokens=tokens)["teacher_values"]}
+
+
+AFTER_COMPACT3 = {"compact3 + repeats (compact3's levels)": compact3_plus_repeats}
 
 CANDIDATES = {
     "v1 id gaps + sqrt levels (zstd)": v1_ids_sqrt_levels,
