@@ -68,26 +68,24 @@ _N_KINDS = _ORDER
 
 
 def predictors(tokens: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[T] each position's predictor s (-1: none) and its kind (0: the same last _ORDER tokens,
-    ...,  _ORDER - 1: the same token), from the tokens alone. Only positions with signal predict
-    or are predicted."""
-    tok = np.asarray(tokens, dtype=np.int64).tolist()
-    sig = (np.asarray(counts) > 0).tolist()
-    s_of = np.full(len(tok), -1, dtype=np.int64)
-    kind = np.zeros(len(tok), dtype=np.int64)
-    last: list[dict] = [{} for _ in range(_ORDER)]
-    for t, has in enumerate(sig):
-        if not has:
-            continue
-        keys = [tuple(tok[max(t - m, 0) : t + 1]) if t >= m else None for m in range(_ORDER - 1, -1, -1)]
-        for j, key in enumerate(keys):
-            s = last[j].get(key) if key is not None else None
-            if s is not None:
-                s_of[t], kind[t] = s, j
-                break
-        for j, key in enumerate(keys):
-            if key is not None:
-                last[j][key] = t
+    """[T] each position's predictor s (-1: none) and its kind (0: the same two tokens
+    (tokens[s - 1], tokens[s]), 1: the same token), from the tokens alone: the last earlier match.
+    Only positions with signal predict or are predicted."""
+    tok = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    t = tok.shape[0]
+    s_of = np.full(t, -1, dtype=np.int64)
+    kind = np.zeros(t, dtype=np.int64)
+    sig = np.flatnonzero(np.asarray(counts) > 0)
+    if sig.size < 2:
+        return s_of, kind
+    prev = np.concatenate([[-1], tok[:-1]])[sig] + 1  # the token before (0: none), signal or not
+    _, one = np.unique(tok[sig], return_inverse=True)
+    _, two = np.unique(np.stack([prev, tok[sig]]), axis=1, return_inverse=True)
+    for k, key in ((1, one.reshape(-1)), (0, two.reshape(-1))):  # the two-token match wins
+        o = np.argsort(key, kind="stable")
+        same = np.flatnonzero(key[o][1:] == key[o][:-1]) + 1
+        s_of[sig[o[same]]] = sig[o[same - 1]]
+        kind[sig[o[same]]] = k
     return s_of, kind
 
 
@@ -177,11 +175,20 @@ def _level_rounds(counts: np.ndarray):
         yield starts[counts > r] + r
 
 
+def _level_table(hists: list[np.ndarray]) -> np.ndarray:
+    """[contexts, widest alphabet] the drop histograms as rows (zeros beyond each alphabet)."""
+    table = np.zeros((len(hists), max([h.shape[0] for h in hists] + [1])), dtype=np.int64)
+    for c, h in enumerate(hists):
+        table[c, : h.shape[0]] = h
+    return table
+
+
 def _level_streams(lv: np.ndarray, counts: np.ndarray) -> list:
     """Levels, each position descending: the top levels (split as compact3), then each drop under
     a model chosen by the level above it (a drop cannot exceed it: low levels drop by 0 or 1),
-    coded rank by rank so that the decoder knows every context when it needs it. The models'
-    histograms are written once, as numbers, before the drops."""
+    coded rank by rank so that the decoder knows every context when it needs it: one stream per
+    rank, one row of counts per drop (ordered by context). The models' histograms are written
+    once, as numbers, before the drops; a context that only ever drops by 0 costs nothing."""
     first = np.zeros(lv.shape[0], dtype=bool)
     first[(np.cumsum(counts) - counts)[counts > 0]] = True
     drop = _drops(lv, counts)
@@ -189,10 +196,12 @@ def _level_streams(lv: np.ndarray, counts: np.ndarray) -> list:
     ctx[1:] = np.searchsorted(_LEVEL_EDGES, lv[:-1], side="right")
     hists = [np.bincount(drop[~first & (ctx == c)]) for c in range(_N_LEVEL_CTX)]
     packed = np.concatenate([entropy._pack_histogram(h) for h in hists]).astype(np.int64)
+    table, coded = _level_table(hists), np.array([h.shape[0] > 1 for h in hists])
     out = _split_streams([lv[first]]) + _encode_numbers(packed)
     for idx in _level_rounds(counts):
-        for c in np.unique(ctx[idx]).tolist():
-            out.append((drop[idx[ctx[idx] == c]], hists[c]))
+        idx = idx[coded[ctx[idx]]]
+        idx = idx[np.argsort(ctx[idx], kind="stable")]
+        out.append((drop[idx], table[ctx[idx]]))
     return out
 
 
@@ -305,14 +314,18 @@ class Compact4Codec(Compact3Codec):
             raise CodecError("compact4 codec: level histograms do not match: corrupt sample")
         lvl = np.zeros(n, dtype=np.int64)
         lvl[starts[counts > 0]] = top
+        table = _level_table(hists)
+        seen, coded = table.sum(axis=1) > 0, np.array([h.shape[0] > 1 for h in hists])
         for idx in _level_rounds(counts):
-            above = lvl[idx - 1]
-            ctx = np.searchsorted(_LEVEL_EDGES, above, side="right")
-            for c in np.unique(ctx).tolist():
-                sel = ctx == c
-                if hists[c].sum() == 0:
-                    raise CodecError("compact4 codec: a drop without a model: corrupt sample")
-                lvl[idx[sel]] = above[sel] - dec.next(hists[c], int(sel.sum()))
+            ctx = np.searchsorted(_LEVEL_EDGES, lvl[idx - 1], side="right")
+            if not seen[ctx].all():
+                raise CodecError("compact4 codec: a drop without a model: corrupt sample")
+            lvl[idx] = lvl[idx - 1]  # drop 0 where the context never drops
+            sel = coded[ctx]
+            idx, ctx = idx[sel], ctx[sel]
+            o = np.argsort(ctx, kind="stable")
+            idx = idx[o]
+            lvl[idx] -= dec.next(table[ctx[o]], idx.shape[0])
         dec.finish()
         if n and lvl.min() < 0:
             raise CodecError("compact4 codec: negative level: corrupt sample")

@@ -77,10 +77,18 @@ def _unpack_histogram(vals: np.ndarray, at: int, max_size: int) -> tuple[np.ndar
     return counts, at
 
 
+def _family():
+    import constriction
+
+    return constriction.stream.model.Categorical(perfect=False)
+
+
 def encode(streams: list[tuple[np.ndarray, np.ndarray | None]]) -> bytes:
     """Code (symbols, model) pairs into one block. A model of None means: the stream's own
     histogram, written into the block; a given model (counts the decoder can rebuild, e.g. from
-    a dictionary) is not written, nor is the stream's length: the decoder must know both."""
+    a dictionary) is not written, nor is the stream's length: the decoder must know both. A
+    given 2-D model is one row of counts per symbol (symbols whose context the decoder learns
+    only as it goes, e.g. from the symbol before), coded in one call."""
     import constriction
 
     header: list[np.ndarray] = [np.asarray([len(streams)], dtype=np.uint64)]
@@ -97,12 +105,20 @@ def encode(streams: list[tuple[np.ndarray, np.ndarray | None]]) -> bytes:
             header.append(_pack_histogram(counts))
         else:
             counts = np.asarray(given, dtype=np.int64)
-            if s.size and s.max() >= counts.shape[0]:
+            if counts.ndim == 2:
+                rows = counts[np.arange(s.shape[0]), s] if s.size and s.max() < counts.shape[1] else None
+                if counts.shape[0] != s.shape[0] or (s.size and (rows is None or (rows <= 0).any())):
+                    raise CodecError("entropy block: symbol outside its model's alphabet")
+            elif s.size and s.max() >= counts.shape[0]:
                 raise CodecError("entropy block: symbol outside its model's alphabet")
         models.append(counts)
     # a stack coder: encode the last stream first so that decoding runs in stream order
     built: dict = {}  # one model per given array (many streams may share one)
     for (s, given), counts in zip(reversed(streams), reversed(models)):
+        if counts.ndim == 2:
+            if len(s):
+                coder.encode_reverse(np.asarray(s, dtype=np.int32), _family(), counts.astype(np.float64))
+            continue
         if counts.shape[0] > 1 and len(s):
             key = id(given) if given is not None else None
             if key is None or key not in built:
@@ -161,6 +177,15 @@ class Decoder:
         if self._at >= self._vals.shape[0]:
             raise CodecError("entropy block: truncated header: corrupt sample")
         self._read += 1
+        if counts.ndim == 2:  # one row of counts per symbol (constriction refuses an empty row)
+            if counts.shape[0] != size:
+                raise CodecError("entropy block: a symbol without a model: corrupt sample")
+            if size == 0:
+                return np.zeros(0, dtype=np.int64)
+            try:
+                return np.asarray(self._coder.decode(_family(), counts.astype(np.float64, copy=False)), dtype=np.int64)
+            except Exception as e:
+                raise CodecError(f"entropy block: undecodable payload ({e}): corrupt sample") from None
         if counts.shape[0] <= 1 or size == 0:
             return np.zeros(size, dtype=np.int64)
         if given is not None:
