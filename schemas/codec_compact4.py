@@ -187,8 +187,8 @@ def _level_streams(lv: np.ndarray, counts: np.ndarray) -> list:
     """Levels, each position descending: the top levels (split as compact3), then each drop under
     a model chosen by the level above it (a drop cannot exceed it: low levels drop by 0 or 1),
     coded rank by rank so that the decoder knows every context when it needs it: one stream per
-    rank, one row of counts per drop (ordered by context). The models' histograms are written
-    once, as numbers, before the drops; a context that only ever drops by 0 costs nothing."""
+    rank, one row of counts per drop. The models' histograms are written once, as numbers,
+    before the drops; a context that only ever drops by 0 costs (next to) nothing."""
     first = np.zeros(lv.shape[0], dtype=bool)
     first[(np.cumsum(counts) - counts)[counts > 0]] = True
     drop = _drops(lv, counts)
@@ -196,11 +196,9 @@ def _level_streams(lv: np.ndarray, counts: np.ndarray) -> list:
     ctx[1:] = np.searchsorted(_LEVEL_EDGES, lv[:-1], side="right")
     hists = [np.bincount(drop[~first & (ctx == c)]) for c in range(_N_LEVEL_CTX)]
     packed = np.concatenate([entropy._pack_histogram(h) for h in hists]).astype(np.int64)
-    table, coded = _level_table(hists), np.array([h.shape[0] > 1 for h in hists])
+    table = _level_table(hists)
     out = _split_streams([lv[first]]) + _encode_numbers(packed)
     for idx in _level_rounds(counts):
-        idx = idx[coded[ctx[idx]]]
-        idx = idx[np.argsort(ctx[idx], kind="stable")]
         out.append((drop[idx], table[ctx[idx]]))
     return out
 
@@ -314,18 +312,10 @@ class Compact4Codec(Compact3Codec):
             raise CodecError("compact4 codec: level histograms do not match: corrupt sample")
         lvl = np.zeros(n, dtype=np.int64)
         lvl[starts[counts > 0]] = top
-        table = _level_table(hists)
-        seen, coded = table.sum(axis=1) > 0, np.array([h.shape[0] > 1 for h in hists])
+        table = _level_table(hists).astype(np.float64)  # rows for constriction, built once
         for idx in _level_rounds(counts):
-            ctx = np.searchsorted(_LEVEL_EDGES, lvl[idx - 1], side="right")
-            if not seen[ctx].all():
-                raise CodecError("compact4 codec: a drop without a model: corrupt sample")
-            lvl[idx] = lvl[idx - 1]  # drop 0 where the context never drops
-            sel = coded[ctx]
-            idx, ctx = idx[sel], ctx[sel]
-            o = np.argsort(ctx, kind="stable")
-            idx = idx[o]
-            lvl[idx] -= dec.next(table[ctx[o]], idx.shape[0])
+            above = lvl[idx - 1]
+            lvl[idx] = above - dec.next(table[np.searchsorted(_LEVEL_EDGES, above, side="right")], idx.shape[0])
         dec.finish()
         if n and lvl.min() < 0:
             raise CodecError("compact4 codec: negative level: corrupt sample")

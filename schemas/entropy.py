@@ -161,9 +161,11 @@ class Decoder:
 
     def next(self, given: np.ndarray | None = None, size: int | None = None) -> np.ndarray:
         """The next stream: under its written histogram (given None), or under the given model
-        with the given length."""
+        with the given length (a 2-D model: one row of counts per symbol)."""
         if self._read >= self._n_streams:
             raise CodecError("entropy block: fewer streams than expected: corrupt sample")
+        if given is not None and np.ndim(given) == 2:
+            return self._next_rows(np.asarray(given, dtype=np.float64), size)
         try:
             if given is None:
                 counts, self._at = _unpack_histogram(self._vals, self._at, self._max_size)
@@ -177,15 +179,6 @@ class Decoder:
         if self._at >= self._vals.shape[0]:
             raise CodecError("entropy block: truncated header: corrupt sample")
         self._read += 1
-        if counts.ndim == 2:  # one row of counts per symbol (constriction refuses an empty row)
-            if counts.shape[0] != size:
-                raise CodecError("entropy block: a symbol without a model: corrupt sample")
-            if size == 0:
-                return np.zeros(0, dtype=np.int64)
-            try:
-                return np.asarray(self._coder.decode(_family(), counts.astype(np.float64, copy=False)), dtype=np.int64)
-            except Exception as e:
-                raise CodecError(f"entropy block: undecodable payload ({e}): corrupt sample") from None
         if counts.shape[0] <= 1 or size == 0:
             return np.zeros(size, dtype=np.int64)
         if given is not None:
@@ -197,6 +190,19 @@ class Decoder:
         try:
             return np.asarray(self._coder.decode(model, size), dtype=np.int64)
         except Exception as e:  # constriction raises on exhausted or invalid data
+            raise CodecError(f"entropy block: undecodable payload ({e}): corrupt sample") from None
+
+    def _next_rows(self, rows: np.ndarray, size: int | None) -> np.ndarray:
+        if size is None or rows.shape[0] != size or size > self._max_size:
+            raise CodecError("entropy block: a stream with a given model needs its length")
+        if self._at >= self._vals.shape[0]:
+            raise CodecError("entropy block: truncated header: corrupt sample")
+        self._read += 1
+        if size == 0:
+            return np.zeros(0, dtype=np.int64)
+        try:  # constriction refuses a row without counts
+            return self._coder.decode(_family(), rows).astype(np.int64)
+        except Exception as e:
             raise CodecError(f"entropy block: undecodable payload ({e}): corrupt sample") from None
 
     def finish(self) -> None:
