@@ -177,7 +177,7 @@ def _level_rounds(counts: np.ndarray):
 
 def _level_table(hists: list[np.ndarray]) -> np.ndarray:
     """[contexts, widest alphabet] the drop histograms as rows (zeros beyond each alphabet)."""
-    table = np.zeros((len(hists), max([h.shape[0] for h in hists] + [1])), dtype=np.int64)
+    table = np.zeros((len(hists), max([h.shape[0] for h in hists] + [2])), dtype=np.int64)  # constriction needs 2
     for c, h in enumerate(hists):
         table[c, : h.shape[0]] = h
     return table
