@@ -312,10 +312,12 @@ class Compact4Codec(Compact3Codec):
             raise CodecError("compact4 codec: level histograms do not match: corrupt sample")
         lvl = np.zeros(n, dtype=np.int64)
         lvl[starts[counts > 0]] = top
-        table = _level_table(hists).astype(np.float64)  # rows for constriction, built once
+        # each level's model row, built once (levels above the top edge share the last context)
+        by_level = _level_table(hists).astype(np.float64)[
+            np.searchsorted(_LEVEL_EDGES, np.arange(int(top.max()) + 1 if top.size else 1), side="right")]
         for idx in _level_rounds(counts):
             above = lvl[idx - 1]
-            lvl[idx] = above - dec.next(table[np.searchsorted(_LEVEL_EDGES, above, side="right")], idx.shape[0])
+            lvl[idx] = above - dec.next(by_level[above], idx.shape[0])
         dec.finish()
         if n and lvl.min() < 0:
             raise CodecError("compact4 codec: negative level: corrupt sample")
