@@ -312,6 +312,8 @@ class Compact4Codec(Compact3Codec):
             raise CodecError("compact4 codec: level histograms do not match: corrupt sample")
         lvl = np.zeros(n, dtype=np.int64)
         lvl[starts[counts > 0]] = top
+        if top.size and top.max() > 1.0 / self.sqrt_step(counts) + 1:  # sqrt(p) <= 1
+            raise CodecError("compact4 codec: a level above the scale: corrupt sample")
         # each level's model row, built once (levels above the top edge share the last context)
         by_level = _level_table(hists).astype(np.float64)[
             np.searchsorted(_LEVEL_EDGES, np.arange(int(top.max()) + 1 if top.size else 1), side="right")]
