@@ -147,7 +147,9 @@ def _place_streams(grp: np.ndarray, pred: np.ndarray, n_groups: np.ndarray, pctx
     """Each repeat's level group at t, one stream per rank bucket at s, under the cheaper of two
     rules (a flag per stream): relative to the group holding the same rank at t (an unchanged
     distribution costs nothing), or counted from t's lowest group (on real text most tail repeats
-    land in the long tied tail while the distribution drifts)."""
+    land in the long tied tail while the distribution drifts). The choice uses float cost
+    estimates, like compact3's split: in a near-tie another machine may pick the other rule; the
+    bytes then differ, the decoded signal does not."""
     rules, out = [], []
     for c in range(_N_RB):
         sel = pctx == c
