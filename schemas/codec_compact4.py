@@ -191,6 +191,12 @@ def _level_table(hists: list[np.ndarray]) -> np.ndarray:
     return table
 
 
+def _level_widths(hists: list[np.ndarray]) -> np.ndarray:
+    """[contexts] each model's row width: a rank's rows are cut to the widest model among them
+    (late ranks sit at low levels, whose drops are small: fewer zeros to copy and quantise)."""
+    return np.maximum([h.shape[0] for h in hists], 2)
+
+
 def _level_streams(lv: np.ndarray, counts: np.ndarray) -> list:
     """Levels, each position descending: the top levels (split as compact3), then each drop under
     a model chosen by the level above it (a drop cannot exceed it: low levels drop by 0 or 1),
@@ -204,10 +210,11 @@ def _level_streams(lv: np.ndarray, counts: np.ndarray) -> list:
     ctx[1:] = np.searchsorted(_LEVEL_EDGES, lv[:-1], side="right")
     hists = [np.bincount(drop[~first & (ctx == c)]) for c in range(_N_LEVEL_CTX)]
     packed = np.concatenate([entropy._pack_histogram(h) for h in hists]).astype(np.int64)
-    table = _level_table(hists)
+    table, width = _level_table(hists), _level_widths(hists)
     out = _split_streams([lv[first]]) + _encode_numbers(packed)
     for idx in _level_rounds(counts):
-        out.append((drop[idx], table[ctx[idx]]))
+        c = ctx[idx]
+        out.append((drop[idx], table[c, : width[c].max()]))
     return out
 
 
@@ -320,12 +327,12 @@ class Compact4Codec(Compact3Codec):
         lvl[starts[counts > 0]] = top
         if top.size and top.max() > 1.0 / self.sqrt_step(counts) + 1:  # sqrt(p) <= 1
             raise CodecError("compact4 codec: a level above the scale: corrupt sample")
-        # each level's model row, built once (levels above the top edge share the last context)
-        by_level = _level_table(hists).astype(np.float64)[
-            np.searchsorted(_LEVEL_EDGES, np.arange(int(top.max()) + 1 if top.size else 1), side="right")]
+        # each level's model row and width, built once (levels above the top edge share the last context)
+        ctx_of = np.searchsorted(_LEVEL_EDGES, np.arange(int(top.max()) + 1 if top.size else 1), side="right")
+        by_level, width = _level_table(hists).astype(np.float64)[ctx_of], _level_widths(hists)[ctx_of]
         for idx in _level_rounds(counts):
             above = lvl[idx - 1]
-            lvl[idx] = above - dec.next(by_level[above], idx.shape[0])
+            lvl[idx] = above - dec.rows(by_level[above, : width[above].max()])
         dec.finish()
         if n and lvl.min() < 0:
             raise CodecError("compact4 codec: negative level: corrupt sample")

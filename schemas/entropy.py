@@ -78,9 +78,15 @@ def _unpack_histogram(vals: np.ndarray, at: int, max_size: int) -> tuple[np.ndar
 
 
 def _family():
-    import constriction
+    global _FAMILY
+    if _FAMILY is None:
+        import constriction
 
-    return constriction.stream.model.Categorical(perfect=False)
+        _FAMILY = constriction.stream.model.Categorical(perfect=False)
+    return _FAMILY
+
+
+_FAMILY = None  # constriction's categorical model family (per-symbol rows), built once
 
 
 def encode(streams: list[tuple[np.ndarray, np.ndarray | None]]) -> bytes:
@@ -190,6 +196,19 @@ class Decoder:
         try:
             return np.asarray(self._coder.decode(model, size), dtype=np.int64)
         except Exception as e:  # constriction raises on exhausted or invalid data
+            raise CodecError(f"entropy block: undecodable payload ({e}): corrupt sample") from None
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """The next stream, given as a float64 C-contiguous 2-D model (one row of counts per
+        symbol): `next` without its checks on the model's type, for codecs that call it in a loop."""
+        if self._read >= self._n_streams or self._at >= self._vals.shape[0] or rows.shape[0] > self._max_size:
+            raise CodecError("entropy block: fewer streams than expected: corrupt sample")
+        self._read += 1
+        if not rows.shape[0]:
+            return np.zeros(0, dtype=np.int64)
+        try:  # constriction refuses a row without counts
+            return self._coder.decode(_family(), rows).astype(np.int64)
+        except Exception as e:
             raise CodecError(f"entropy block: undecodable payload ({e}): corrupt sample") from None
 
     def _next_rows(self, rows: np.ndarray, size: int | None) -> np.ndarray:

@@ -12,7 +12,7 @@ from schemas import CodecError, Compact2Codec, Compact3Codec, Compact4Codec, bui
 from schemas.codec_compact4 import predictors
 from schemas.truncation import Truncated
 
-GOLDEN_COMPACT4 = "a136f95530b9165b4c9e6bc0dc0faf3bff80084c25635f81df427abcb50eec3d"  # compact4 format 1, constriction 0.5.0
+GOLDEN_COMPACT4 = "7049d269108a4ba2f8059a7c5b1da1ac37b7b90a9db40f35afda198c606eff06"  # compact4 format 1, constriction 0.5.0
 
 
 def repeating_text(seed: int, t: int = 256, v: int = 3000, n_words: int = 40):
