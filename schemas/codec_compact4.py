@@ -84,10 +84,11 @@ def predictors(tokens: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.n
     sig = np.flatnonzero(np.asarray(counts) > 0)
     if sig.size < 2:
         return s_of, kind
-    prev = np.concatenate([[-1], tok[:-1]])[sig] + 1  # the token before (0: none), signal or not
-    _, one = np.unique(tok[sig], return_inverse=True)
-    _, two = np.unique(np.stack([prev, tok[sig]]), axis=1, return_inverse=True)
-    for k, key in ((1, one.reshape(-1)), (0, two.reshape(-1))):  # the two-token match wins
+    uniq, inv = np.unique(tok, return_inverse=True)
+    inv = inv.reshape(-1)
+    one = inv[sig]
+    two = (np.concatenate([[-1], inv[:-1]])[sig] + 1) * (uniq.shape[0] + 1) + one  # with the token before
+    for k, key in ((1, one), (0, two)):  # the two-token match wins
         o = np.argsort(key, kind="stable")
         same = np.flatnonzero(key[o][1:] == key[o][:-1]) + 1
         s_of[sig[o[same]]] = sig[o[same - 1]]
@@ -143,33 +144,49 @@ class _Layout:
         return t_of, slot, kind[t_of] * _N_RATIO + ratio, rb, pred
 
 
+def _context_streams(sym: np.ndarray, ctx: np.ndarray, n_ctx: int) -> list:
+    """Symbols under a model per context, in their own order: each context's histogram as a
+    header table, then one stream of per-symbol rows (one decoder call for all contexts)."""
+    hists = [np.bincount(sym[ctx == c]) for c in range(n_ctx)]
+    return [(entropy.TABLE, h) for h in hists] + [(sym, _rows_table(hists)[ctx])]
+
+
+def _decode_context_streams(dec: entropy.Decoder, ctx: np.ndarray, n_ctx: int, what: str) -> np.ndarray:
+    hists = [dec.table() for _ in range(n_ctx)]
+    if any(int(h.sum()) != int((ctx == c).sum()) for c, h in enumerate(hists)):
+        raise CodecError(f"compact4 codec: {what} do not match the predictors: corrupt sample")
+    return dec.next(_rows_table(hists).astype(np.float64)[ctx], ctx.shape[0])
+
+
+def _rows_table(hists: list[np.ndarray]) -> np.ndarray:
+    """[contexts, widest alphabet (at least 2: constriction's minimum)] histograms as rows."""
+    table = np.zeros((len(hists), max([h.shape[0] for h in hists] + [2])), dtype=np.int64)
+    for c, h in enumerate(hists):
+        table[c, : h.shape[0]] = h
+    return table
+
+
 def _place_streams(grp: np.ndarray, pred: np.ndarray, n_groups: np.ndarray, pctx: np.ndarray) -> list:
-    """Each repeat's level group at t, one stream per rank bucket at s, under the cheaper of two
-    rules (a flag per stream): relative to the group holding the same rank at t (an unchanged
-    distribution costs nothing), or counted from t's lowest group (on real text most tail repeats
-    land in the long tied tail while the distribution drifts). The choice uses float cost
-    estimates, like compact3's split: in a near-tie another machine may pick the other rule; the
-    bytes then differ, the decoded signal does not."""
-    rules, out = [], []
+    """Each repeat's level group at t, a model per rank bucket at s, under the cheaper of two
+    rules per bucket (a flag each): relative to the group holding the same rank at t (an
+    unchanged distribution costs nothing), or counted from t's lowest group (on real text most
+    tail repeats land in the long tied tail while the distribution drifts). The choice uses
+    float cost estimates, like compact3's split: in a near-tie another machine may pick the other
+    rule; the bytes then differ, the decoded signal does not."""
+    rules, sym = [], np.zeros(grp.shape[0], dtype=np.int64)
     for c in range(_N_RB):
         sel = pctx == c
         options = (_zigzag(grp[sel] - pred[sel]), n_groups[sel] - 1 - grp[sel])
         rule = min((0, 1), key=lambda r: (_split_cost(options[r], 0) if options[r].size else 0.0, r))
         rules.append(rule)
-        out.append((options[rule], None))
-    return [(np.asarray(rules, dtype=np.int64), np.ones(2, dtype=np.int64))] + out
+        sym[sel] = options[rule]
+    return [(np.asarray(rules, dtype=np.int64), np.ones(2, dtype=np.int64))] + _context_streams(sym, pctx, _N_RB)
 
 
 def _decode_places(dec: entropy.Decoder, pred: np.ndarray, n_groups: np.ndarray, pctx: np.ndarray) -> np.ndarray:
     rules = dec.next(np.ones(2, dtype=np.int64), _N_RB)
-    grp = np.zeros(pred.shape[0], dtype=np.int64)
-    for c in range(_N_RB):
-        sel = pctx == c
-        got = dec.next()
-        if got.shape[0] != int(sel.sum()):
-            raise CodecError("compact4 codec: repeat placements of the wrong length: corrupt sample")
-        grp[sel] = pred[sel] + _unzigzag(got) if rules[c] == 0 else n_groups[sel] - 1 - got
-    return grp
+    sym = _decode_context_streams(dec, pctx, _N_RB, "repeat placements")
+    return np.where(rules[pctx] == 0, pred + _unzigzag(sym), n_groups - 1 - sym)
 
 
 _LEVEL_EDGES = np.array([1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64])  # drop contexts: the level above it
@@ -181,14 +198,6 @@ def _level_rounds(counts: np.ndarray):
     starts = np.cumsum(counts) - counts
     for r in range(1, int(counts.max()) if counts.size else 0):
         yield starts[counts > r] + r
-
-
-def _level_table(hists: list[np.ndarray]) -> np.ndarray:
-    """[contexts, widest alphabet] the drop histograms as rows (zeros beyond each alphabet)."""
-    table = np.zeros((len(hists), max([h.shape[0] for h in hists] + [2])), dtype=np.int64)  # constriction needs 2
-    for c, h in enumerate(hists):
-        table[c, : h.shape[0]] = h
-    return table
 
 
 def _level_widths(hists: list[np.ndarray]) -> np.ndarray:
@@ -210,7 +219,7 @@ def _level_streams(lv: np.ndarray, counts: np.ndarray) -> list:
     ctx[1:] = np.searchsorted(_LEVEL_EDGES, lv[:-1], side="right")
     hists = [np.bincount(drop[~first & (ctx == c)]) for c in range(_N_LEVEL_CTX)]
     packed = np.concatenate([entropy._pack_histogram(h) for h in hists]).astype(np.int64)
-    table, width = _level_table(hists), _level_widths(hists)
+    table, width = _rows_table(hists), _level_widths(hists)
     out = _split_streams([lv[first]]) + _encode_numbers(packed)
     for idx in _level_rounds(counts):
         c = ctx[idx]
@@ -280,7 +289,7 @@ class Compact4Codec(Compact3Codec):
             rg = (lay.gnum - lay.first_group[pos])[repeat]
             ok = np.argsort(rkey)
             grp[kept_t] = rg[ok][np.searchsorted(rkey[ok], t_of[kept_t] * (1 << 32) + slot_ids[slot[kept_t]])]
-        repeat_streams = ([(kept_t[ctx == c].astype(np.int64), None) for c in range(_N_CTX)]
+        repeat_streams = (_context_streams(kept_t.astype(np.int64), ctx, _N_CTX)
                           + _place_streams(grp[kept_t], pred[kept_t], lay.n_groups[t_of[kept_t]], pctx[kept_t]))
         # the remaining entries, as compact3
         pos_r, lv_r, srank_r = pos[rest], lv[rest], lay.start_rank[rest]
@@ -329,7 +338,7 @@ class Compact4Codec(Compact3Codec):
             raise CodecError("compact4 codec: a level above the scale: corrupt sample")
         # each level's model row and width, built once (levels above the top edge share the last context)
         ctx_of = np.searchsorted(_LEVEL_EDGES, np.arange(int(top.max()) + 1 if top.size else 1), side="right")
-        by_level, width = _level_table(hists).astype(np.float64)[ctx_of], _level_widths(hists)[ctx_of]
+        by_level, width = _rows_table(hists).astype(np.float64)[ctx_of], _level_widths(hists)[ctx_of]
         for idx in _level_rounds(counts):
             above = lvl[idx - 1]
             lvl[idx] = above - dec.rows(by_level[above, : width[above].max()])
@@ -359,13 +368,7 @@ class Compact4Codec(Compact3Codec):
         # repeats: membership per predictor slot, then each repeat's level group at t
         s_of, kind = predictors(np.asarray(tokens).reshape(-1), counts)
         t_of, slot, ctx, pctx, pred = lay.predicted(s_of, kind)
-        kept_t = np.zeros(t_of.shape[0], dtype=bool)
-        for c in range(_N_CTX):
-            sel = ctx == c
-            got = ids_in.next()
-            if got.shape[0] != int(sel.sum()) or (got.size and got.max() > 1):
-                raise CodecError("compact4 codec: repeat flags do not match the predictors: corrupt sample")
-            kept_t[sel] = got == 1
+        kept_t = _decode_context_streams(ids_in, ctx, _N_CTX, "repeat flags") == 1
         r_t, r_src, pctx = t_of[kept_t], slot[kept_t], pctx[kept_t]
         grp = _decode_places(ids_in, pred[kept_t], lay.n_groups[r_t], pctx)
         if grp.size and ((grp < 0).any() or (grp >= lay.n_groups[r_t]).any()):

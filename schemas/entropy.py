@@ -77,6 +77,9 @@ def _unpack_histogram(vals: np.ndarray, at: int, max_size: int) -> tuple[np.ndar
     return counts, at
 
 
+TABLE = "table"  # (TABLE, counts) among a block's streams: a histogram in the header, no symbols
+
+
 def _family():
     global _FAMILY
     if _FAMILY is None:
@@ -94,13 +97,19 @@ def encode(streams: list[tuple[np.ndarray, np.ndarray | None]]) -> bytes:
     histogram, written into the block; a given model (counts the decoder can rebuild, e.g. from
     a dictionary) is not written, nor is the stream's length: the decoder must know both. A
     given 2-D model is one row of counts per symbol (symbols whose context the decoder learns
-    only as it goes, e.g. from the symbol before), coded in one call."""
+    only as it goes, e.g. from the symbol before, or many small contexts in one call). An entry
+    (TABLE, counts) writes a histogram into the header for the decoder to read back
+    (`Decoder.table`) and codes nothing: the histograms of such contexts."""
     import constriction
 
     header: list[np.ndarray] = [np.asarray([len(streams)], dtype=np.uint64)]
     coder = constriction.stream.stack.AnsCoder()
     models = []
     for s, given in streams:
+        if isinstance(s, str) and s == TABLE:  # a histogram for later streams, in the header only
+            header.append(_pack_histogram(np.asarray(given, dtype=np.int64)))
+            models.append(np.zeros(0, dtype=np.int64))
+            continue
         s = np.asarray(s, dtype=np.int64)
         if s.size and s.min() < 0:
             raise CodecError("entropy block: negative symbol")
@@ -121,6 +130,8 @@ def encode(streams: list[tuple[np.ndarray, np.ndarray | None]]) -> bytes:
     # a stack coder: encode the last stream first so that decoding runs in stream order
     built: dict = {}  # one model per given array (many streams may share one)
     for (s, given), counts in zip(reversed(streams), reversed(models)):
+        if isinstance(s, str):  # a TABLE: nothing to code
+            continue
         if counts.ndim == 2:
             if len(s):
                 coder.encode_reverse(np.asarray(s, dtype=np.int32), _family(), counts.astype(np.float64))
@@ -197,6 +208,19 @@ class Decoder:
             return np.asarray(self._coder.decode(model, size), dtype=np.int64)
         except Exception as e:  # constriction raises on exhausted or invalid data
             raise CodecError(f"entropy block: undecodable payload ({e}): corrupt sample") from None
+
+    def table(self) -> np.ndarray:
+        """The next entry, written as (TABLE, counts): the counts (for 2-D models built from them)."""
+        if self._read >= self._n_streams:
+            raise CodecError("entropy block: fewer streams than expected: corrupt sample")
+        try:
+            counts, self._at = _unpack_histogram(self._vals, self._at, self._max_size)
+        except IndexError:
+            raise CodecError("entropy block: truncated header: corrupt sample") from None
+        if self._at >= self._vals.shape[0]:
+            raise CodecError("entropy block: truncated header: corrupt sample")
+        self._read += 1
+        return counts
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """The next stream, given as a float64 C-contiguous 2-D model (one row of counts per

@@ -12,7 +12,7 @@ from schemas import CodecError, Compact2Codec, Compact3Codec, Compact4Codec, bui
 from schemas.codec_compact4 import predictors
 from schemas.truncation import Truncated
 
-GOLDEN_COMPACT4 = "7049d269108a4ba2f8059a7c5b1da1ac37b7b90a9db40f35afda198c606eff06"  # compact4 format 1, constriction 0.5.0
+GOLDEN_COMPACT4 = "4b51b4fdf02f4a9609a0f1132d1e21466c54296eafebf510c96b11b600c9e3b7"  # compact4 format 1, constriction 0.5.0
 
 
 def repeating_text(seed: int, t: int = 256, v: int = 3000, n_words: int = 40):
