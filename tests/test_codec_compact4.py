@@ -155,3 +155,24 @@ def test_compact4_large_vocabularies(vocab):
         c4 = Compact4Codec()
         d = c4.decode(tr.counts, c4.encode(tr, tokens=np.array(tokens)), tokens=np.array(tokens))
         assert d.ids.tolist() == [0, 7, vocab - 1, 3, 9, vocab - 1, 0, 7, vocab - 1]
+
+
+def test_entropy_tables_and_per_symbol_models():
+    """compact4's entropy pieces: histograms carried in the header, symbols each under its own
+    row of counts, decoded in order; a row without counts is refused, not mis-decoded."""
+    from schemas import entropy
+
+    rows = np.array([[3, 1, 0], [0, 2, 5], [1, 1, 1], [9, 1, 0]])
+    sym = np.array([0, 2, 1, 0])
+    buf = entropy.encode([(entropy.TABLE, np.array([4, 0, 2])), (sym, rows), (np.array([1, 1, 0]), None)])
+    dec = entropy.Decoder(buf, 8)
+    assert dec.table().tolist() == [4, 0, 2]
+    assert dec.rows(rows.astype(np.float64)).tolist() == sym.tolist()
+    assert dec.next().tolist() == [1, 1, 0]
+    dec.finish()
+    with pytest.raises(CodecError, match="outside its model"):
+        entropy.encode([(np.array([2]), np.array([[1, 1, 0]]))])  # a symbol its row gives no count
+    dec = entropy.Decoder(buf, 8)
+    dec.table()
+    with pytest.raises(CodecError, match="corrupt sample"):
+        dec.rows(np.zeros((4, 3)))
