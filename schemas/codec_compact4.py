@@ -266,7 +266,6 @@ class Compact4Codec(Compact3Codec):
         slot_ids = np.empty(n, dtype=np.int64)
         starts, cnt = lay.starts.tolist(), counts.tolist()
         sl = s_of.tolist()
-        rep_pos = {}
         for p in range(t):
             a, c = starts[p], cnt[p]
             if not c:
@@ -277,7 +276,6 @@ class Compact4Codec(Compact3Codec):
                 order_src = np.argsort(src, kind="stable")
                 r = np.flatnonzero(repeat[e]) + a
                 sub[r] = order_src[np.searchsorted(src[order_src], ids[r])]
-                rep_pos[p] = r
             k = np.lexsort((sub[e], role[e], lay.gnum[e]))
             slot_ids[e] = ids[e][k]
         # the membership and placement symbols, slot by slot of each predictor
