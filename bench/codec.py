@@ -37,8 +37,8 @@ import zstandard
 from bench.codec_candidates import AFTER_COMPACT3, CANDIDATES
 from schemas import Compact2Codec, Compact3Codec, Compact4Codec, CompactCodec, ExactCodec, build_sample, mds_columns, sample_select, truncate_tensor
 from schemas import fidelity
-from schemas.codec import Decoded
-from schemas.truncation import Truncated
+from schemas.codec import KeptEntries
+from schemas.truncation import KeptEntries
 
 KL_TARGETS = (2e-4, 4e-4, 7.5e-4, 2e-3, 5e-3)  # compact4 precisions swept in the Pareto table
 
@@ -103,9 +103,9 @@ def peers(tr, k, vocab, n_tok):
     return len(megatron) / n_tok, len(distillkit) / n_tok
 
 
-def rows_of(tr: Truncated, start: int, stop: int) -> Truncated:
+def rows_of(tr: KeptEntries, start: int, stop: int) -> KeptEntries:
     offs = tr.offsets()
-    return Truncated(tr.counts[start:stop], tr.ids[offs[start] : offs[stop]], tr.logp[offs[start] : offs[stop]],
+    return KeptEntries(tr.counts[start:stop], tr.ids[offs[start] : offs[stop]], tr.logp[offs[start] : offs[stop]],
                      tr.log_tail[start:stop])
 
 
@@ -122,7 +122,7 @@ class _Layout:
         return self.fn(tr, self.codec, tokens, **self.context)
 
 
-def stored_bytes_per_token(subs: list[Truncated], toks: list[np.ndarray], codec, vocab: int, k: int, seq_len: int,
+def stored_bytes_per_token(subs: list[KeptEntries], toks: list[np.ndarray], codec, vocab: int, k: int, seq_len: int,
                            tokens_only: float) -> float:
     """Teacher bytes/token in real zstd MDS shards: shard bytes minus those of the same samples
     with their tokens but without teacher signal (ids + values + counts + tail)."""
@@ -139,22 +139,17 @@ def tokens_only_bytes(toks: list[np.ndarray], vocab: int, k: int, seq_len: int) 
     return mds_bytes(rows, mds_columns(vocab, k))
 
 
-def round_trip(codec, subs: list[Truncated], toks: list[np.ndarray]) -> tuple[Decoded, float]:
-    """Decoded signal of all samples (concatenated) and the encode+decode seconds."""
+def round_trip(codec, subs: list[KeptEntries], toks: list[np.ndarray]) -> tuple[KeptEntries, float]:
+    """KeptEntries signal of all samples (concatenated) and the encode+decode seconds."""
     t0 = time.perf_counter()
     if getattr(codec, "needs_tokens", False):
         decs = [codec.decode(s.counts, codec.encode(s, tokens=tk), tokens=tk) for s, tk in zip(subs, toks)]
     else:
         decs = [codec.decode(s.counts, codec.encode(s)) for s in subs]
     sec = time.perf_counter() - t0
-    cat = Decoded(np.concatenate([d.counts for d in decs]), np.concatenate([d.ids for d in decs]),
+    cat = KeptEntries(np.concatenate([d.counts for d in decs]), np.concatenate([d.ids for d in decs]),
                   np.concatenate([d.logp for d in decs]), np.concatenate([d.log_tail for d in decs]))
     return cat, sec
-
-
-def head_rows(dec: Decoded, n: int) -> Decoded:
-    offs = dec.offsets()
-    return Decoded(dec.counts[:n], dec.ids[: offs[n]], dec.logp[: offs[n]], dec.log_tail[:n])
 
 
 def write_png(path: str, pareto: list[dict]) -> None:
@@ -234,7 +229,7 @@ def main(argv=None) -> int:
         d1, _ = round_trip(c1, subs, toks)
         all_rows = rows_of(tr, 0, n_samples * seq_len)
         kl4, kl1 = fidelity.codec_kl(all_rows, d4), fidelity.codec_kl(all_rows, d1)
-        tkl4 = fidelity.total_kl(kl_rows, head_rows(d4, args.kl_rows)) if method == "top_p_k" else float("nan")
+        tkl4 = fidelity.total_kl(kl_rows, d4.head(args.kl_rows)) if method == "top_p_k" else float("nan")
         mg, dk = peers(tr, k, vocab, n_tok)
         tps = n_samples * seq_len / sec4
         results[(method, p, k)] = dict(kept=kept, b4=b4, kl4=kl4, frac=fwd_tps / tps)
@@ -244,14 +239,14 @@ def main(argv=None) -> int:
         if method != "top_p_k":
             continue
         pareto.append(dict(codec="compact (v1)", p=p, k=k, bytes=b1, codec_kl=kl1,
-                           total_kl=fidelity.total_kl(kl_rows, head_rows(d1, args.kl_rows))))
+                           total_kl=fidelity.total_kl(kl_rows, d1.head(args.kl_rows))))
         for target in KL_TARGETS:
             c = Compact4Codec(kl_target=target)
             d = d4 if target == c4.kl_target else round_trip(c, subs, toks)[0]
             b = b4 if target == c4.kl_target else stored_bytes_per_token(subs, toks, c, vocab, k, seq_len, base)
             pareto.append(dict(codec=f"compact4 kl_target={target:g}", p=p, k=k, bytes=b,
                                codec_kl=fidelity.codec_kl(all_rows, d),
-                               total_kl=fidelity.total_kl(kl_rows, head_rows(d, args.kl_rows))))
+                               total_kl=fidelity.total_kl(kl_rows, d.head(args.kl_rows))))
         if p == 0.95 and k in (50, 100):
             candidates.append((p, k, kept, b1, kl1, None))
             unigram = np.bincount(tr.ids, minlength=vocab)  # for the held-out id prior candidates

@@ -38,15 +38,15 @@ from schemas.codec_compact2 import (
     _fresh_streams,
     _structure,
 )
-from schemas.truncation import Truncated
+from schemas.truncation import KeptEntries
 
 
-def _levels(codec: Compact2Codec, tr: Truncated) -> np.ndarray:
+def _levels(codec: Compact2Codec, tr: KeptEntries) -> np.ndarray:
     h = codec.sqrt_step(tr.counts)
     return np.floor(np.sqrt(np.exp(tr.logp.astype(np.float64))) / h).astype(np.int64)
 
 
-def v1_ids_sqrt_levels(tr: Truncated, codec: Compact2Codec, tokens=None, **_) -> dict[str, bytes]:
+def v1_ids_sqrt_levels(tr: KeptEntries, codec: Compact2Codec, tokens=None, **_) -> dict[str, bytes]:
     counts = np.asarray(tr.counts, dtype=np.int64)
     ids, logp = _sorted_by_id(tr)
     starts = (np.cumsum(counts) - counts)[counts > 0]
@@ -55,13 +55,13 @@ def v1_ids_sqrt_levels(tr: Truncated, codec: Compact2Codec, tokens=None, **_) ->
         gaps[0] = ids[0]
         gaps[1:] = ids[1:] - ids[:-1] - 1
         gaps[starts] = ids[starts]
-    lv = _levels(codec, Truncated(counts, ids, logp, tr.log_tail))
+    lv = _levels(codec, KeptEntries(counts, ids, logp, tr.log_tail))
     return {"teacher_ids": varint.encode(gaps.astype(np.uint64)),
             "teacher_values": varint.encode(lv.astype(np.uint64)),
             "teacher_tail": tr.log_tail.astype("<f2").tobytes()}
 
 
-def dictionary_zstd(tr: Truncated, codec: Compact2Codec, tokens=None, **_) -> dict[str, bytes]:
+def dictionary_zstd(tr: KeptEntries, codec: Compact2Codec, tokens=None, **_) -> dict[str, bytes]:
     counts = np.asarray(tr.counts, dtype=np.int64)
     pos = np.repeat(np.arange(counts.shape[0]), counts)
     lvl = _levels(codec, tr)
@@ -85,7 +85,7 @@ def dictionary_zstd(tr: Truncated, codec: Compact2Codec, tokens=None, **_) -> di
             "teacher_tail": tr.log_tail.astype("<f2").tobytes()}
 
 
-def _with_global_order(tr: Truncated, codec: Compact2Codec, score: np.ndarray) -> dict[str, bytes]:
+def _with_global_order(tr: KeptEntries, codec: Compact2Codec, score: np.ndarray) -> dict[str, bytes]:
     """compact2's streams with the vocabulary ordered by `score` (higher first, then id)."""
     cols = codec.encode(tr)  # values and tail blocks are compact2's
     counts = np.asarray(tr.counts, dtype=np.int64)

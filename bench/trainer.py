@@ -47,7 +47,7 @@ KD_ALPHA = 0.9  # pd_best: WSD on alpha, peak 0.9 (the stable phase)
 
 
 def _teacher_bank(teacher: str | None, n_seq: int, seq_len: int, seed: int = 0):
-    """[(tokens int64 [seq_len], Truncated)] from the real teacher on prose, or random logits."""
+    """[(tokens int64 [seq_len], KeptEntries)] from the real teacher on prose, or random logits."""
     import torch
 
     from schemas import truncate_tensor

@@ -32,11 +32,6 @@ from schemas.errors import CodecError
 from schemas.kept import KeptEntries
 
 
-# The old name of what codecs decode (`schemas.kept.KeptEntries`, the record truncation also
-# returns); kept for code written against it, new code says KeptEntries.
-Decoded = KeptEntries
-
-
 def segment_logsumexp(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """[T] logsumexp of each position's entries (-inf for positions with no entries)."""
     counts = np.asarray(counts, dtype=np.int64)

@@ -19,7 +19,7 @@ Three ideas, each measured in bench/codec against the alternatives:
   (schemas.entropy): samples stay self-contained and decode with a handful of vectorised calls.
 
 Columns: teacher_values = levels block, teacher_ids = dictionary + id block, teacher_tail =
-log tail mass quantised to `tail_step` nats (0 = no tail) in its own block. Decoded ids are
+log tail mass quantised to `tail_step` nats (0 = no tail) in its own block. KeptEntries ids are
 ascending within each position, like the other codecs. Any vocabulary up to 2^32. The step h
 comes from `kl_target` and the counts, so the decoder needs nothing else. Deterministic: the
 same log-probs give the same bytes on a machine (a level boundary could round differently under
@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from schemas import entropy
-from schemas.codec import Decoded, renormalise
+from schemas.codec import KeptEntries, renormalise
 from schemas.errors import CodecError
-from schemas.truncation import Truncated
+from schemas.truncation import KeptEntries
 
 # Rank buckets: 0 (the top level itself), then the drops at rank 1, 2-3, 4-7, 8-15, 16-31, 32-63, 64+.
 _RANK_EDGES = np.array([1, 2, 4, 8, 16, 32, 64])
@@ -207,7 +207,7 @@ class Compact2Codec:
         return float(np.sqrt(6.0 * float(self.kl_target) / mean))
 
     # -- encode --------------------------------------------------------------------------------
-    def encode(self, tr: Truncated) -> dict[str, bytes]:
+    def encode(self, tr: KeptEntries) -> dict[str, bytes]:
         counts = np.asarray(tr.counts, dtype=np.int64)
         ids = np.asarray(tr.ids, dtype=np.int64)
         t, n = counts.shape[0], ids.shape[0]
@@ -274,7 +274,7 @@ class Compact2Codec:
             raise CodecError(f"{self.name} codec: negative level: corrupt sample")
         return lvl
 
-    def decode(self, counts: np.ndarray, cols: dict[str, bytes]) -> Decoded:
+    def decode(self, counts: np.ndarray, cols: dict[str, bytes]) -> KeptEntries:
         counts = np.asarray(counts, dtype=np.int64)
         t, n = counts.shape[0], int(counts.sum())
         limit = max(n, t) + 1  # no stream holds more symbols than entries or positions
@@ -305,7 +305,7 @@ class Compact2Codec:
         o = np.argsort(pos * (1 << 32) + ids, kind="stable")
         ids, lvl = ids[o], lvl[o]
         logq = (2.0 * np.log((lvl + 0.5) * self.sqrt_step(counts))).astype(np.float32)
-        return Decoded(counts, ids, renormalise(logq, counts), self._tail_decode(cols["teacher_tail"], t))
+        return KeptEntries(counts, ids, renormalise(logq, counts), self._tail_decode(cols["teacher_tail"], t))
 
     def _tail_decode(self, buf: bytes, t: int) -> np.ndarray:
         (lv,) = entropy.decode(buf, 1, max(t, int(64 / self.tail_step) + 2))

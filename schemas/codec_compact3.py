@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from schemas import entropy, varint
-from schemas.codec import Decoded, renormalise
+from schemas.codec import KeptEntries, renormalise
 from schemas.codec_compact2 import (
     Compact2Codec,
     _decode_fresh,
@@ -59,7 +59,7 @@ from schemas.codec_compact2 import (
     _structure,
 )
 from schemas.errors import CodecError
-from schemas.truncation import Truncated
+from schemas.truncation import KeptEntries
 
 
 _LN2 = 0.6931471805599453  # ln 2, as a literal: the tail prediction uses no libm
@@ -151,7 +151,7 @@ class Compact3Codec(Compact2Codec):
     name: str = field(default="compact3", init=False)
     needs_tokens = True  # class attribute: build_sample / decode_sample pass the sample's tokens
 
-    def encode(self, tr: Truncated, tokens=None) -> dict[str, bytes]:
+    def encode(self, tr: KeptEntries, tokens=None) -> dict[str, bytes]:
         counts = np.asarray(tr.counts, dtype=np.int64)
         ids = np.asarray(tr.ids, dtype=np.int64)
         t, n = counts.shape[0], ids.shape[0]
@@ -208,7 +208,7 @@ class Compact3Codec(Compact2Codec):
 
         return next_stream
 
-    def decode(self, counts: np.ndarray, cols: dict[str, bytes], tokens=None) -> Decoded:
+    def decode(self, counts: np.ndarray, cols: dict[str, bytes], tokens=None) -> KeptEntries:
         counts = np.asarray(counts, dtype=np.int64)
         t, n = counts.shape[0], int(counts.sum())
         nxt = _next_tokens(tokens, t)
@@ -258,7 +258,7 @@ class Compact3Codec(Compact2Codec):
         if n > 1 and ((ids[1:] == ids[:-1]) & (pos[1:] == pos[:-1])).any():
             raise CodecError("compact3 codec: an id kept twice at one position: corrupt sample")
         logq = (2.0 * np.log((lvl + 0.5) * self.sqrt_step(counts))).astype(np.float32)
-        return Decoded(counts, ids, renormalise(logq, counts), self._tail_from(cols["teacher_tail"], lvl, counts))
+        return KeptEntries(counts, ids, renormalise(logq, counts), self._tail_from(cols["teacher_tail"], lvl, counts))
 
     # -- tail: the stored level against the one the kept levels predict ---------------------------
     def _tail_prediction(self, lvl: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from schemas import entropy
-from schemas.codec import Decoded, renormalise
+from schemas.codec import KeptEntries, renormalise
 from schemas.codec_compact2 import (
     _decode_fresh,
     _decode_numbers,
@@ -64,7 +64,7 @@ from schemas.codec_compact3 import (
     _split_streams,
 )
 from schemas.errors import CodecError
-from schemas.truncation import Truncated
+from schemas.truncation import KeptEntries
 
 _REPEAT_RANK_EDGES = np.array([1, 2, 4, 8, 16])  # rank buckets of a predictor's entries: 0, 1, 2-3, 4-7, 8-15, 16+
 _N_RB = len(_REPEAT_RANK_EDGES) + 1
@@ -234,7 +234,7 @@ _N_CTX = _N_KINDS * _N_RATIO
 class Compact4Codec(Compact3Codec):
     name: str = field(default="compact4", init=False)
 
-    def encode(self, tr: Truncated, tokens=None) -> dict[str, bytes]:
+    def encode(self, tr: KeptEntries, tokens=None) -> dict[str, bytes]:
         counts = np.asarray(tr.counts, dtype=np.int64)
         ids = np.asarray(tr.ids, dtype=np.int64)
         t, n = counts.shape[0], ids.shape[0]
@@ -345,7 +345,7 @@ class Compact4Codec(Compact3Codec):
             raise CodecError("compact4 codec: negative level: corrupt sample")
         return lvl
 
-    def decode(self, counts: np.ndarray, cols: dict[str, bytes], tokens=None) -> Decoded:
+    def decode(self, counts: np.ndarray, cols: dict[str, bytes], tokens=None) -> KeptEntries:
         counts = np.asarray(counts, dtype=np.int64)
         t, n = counts.shape[0], int(counts.sum())
         nxt = _next_tokens(tokens, t)
@@ -409,4 +409,4 @@ class Compact4Codec(Compact3Codec):
         if n > 1 and ((ids[1:] == ids[:-1]) & (pos[1:] == pos[:-1])).any():
             raise CodecError("compact4 codec: an id kept twice at one position: corrupt sample")
         logq = (2.0 * np.log((lvl + 0.5) * self.sqrt_step(counts))).astype(np.float32)
-        return Decoded(counts, ids, renormalise(logq, counts), self._tail_from(cols["teacher_tail"], lvl, counts))
+        return KeptEntries(counts, ids, renormalise(logq, counts), self._tail_from(cols["teacher_tail"], lvl, counts))

@@ -31,10 +31,6 @@ from schemas.kept import KeptEntries
 TAIL_FLOOR = 2.0**-30
 
 
-# The old name of the record truncation returns (`schemas.kept.KeptEntries`); new code says KeptEntries.
-Truncated = KeptEntries
-
-
 def validate_params(top_p: float, top_k: int, vocab_size: int | None = None) -> None:
     """Raise CodecError naming the setting when (top_p, top_k) cannot be applied."""
     if not isinstance(top_p, (int, float)) or not (0.0 < float(top_p) <= 1.0):

@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 from schemas import CodecError, Compact2Codec, CompactCodec, ExactCodec, make_codec, truncate
 from schemas import fidelity, varint
 from schemas.codec import renormalise
-from schemas.truncation import Truncated
+from schemas.truncation import KeptEntries
 
 
 def sort_by_id(tr):
@@ -82,7 +82,7 @@ def test_vocabularies_beyond_17_and_18_bits(vocab):
 
 def test_ids_up_to_2_pow_32():
     ids = np.array([0, 5, (1 << 32) - 1], dtype=np.int64)
-    tr = Truncated(np.array([3]), ids, np.log(np.array([0.5, 0.3, 0.2], dtype=np.float32)), np.array([-np.inf], np.float32))
+    tr = KeptEntries(np.array([3]), ids, np.log(np.array([0.5, 0.3, 0.2], dtype=np.float32)), np.array([-np.inf], np.float32))
     for codec in (ExactCodec(), CompactCodec(), Compact2Codec()):
         assert codec.decode(tr.counts, codec.encode(tr)).ids.tolist() == ids.tolist()
 
@@ -90,7 +90,7 @@ def test_ids_up_to_2_pow_32():
 def test_padding_positions_have_no_entries():
     z = np.random.default_rng(2).standard_normal((4, 50)).astype(np.float32)
     tr = truncate(z, 0.9, 10)
-    padded = Truncated(
+    padded = KeptEntries(
         np.concatenate([tr.counts, [0, 0]]), tr.ids, tr.logp, np.concatenate([tr.log_tail, [-np.inf, -np.inf]]).astype(np.float32)
     )
     for codec in (CompactCodec(), Compact2Codec()):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from schemas import CodecError, Compact2Codec, Compact3Codec, build_sample, decode_sample, make_codec, truncate
-from schemas.truncation import Truncated
+from schemas.truncation import KeptEntries
 
 GOLDEN_COMPACT3 = "9cb8e7fd6af3a4710ce26a6bb25ae0f2a87ae500cf103148c2099bc24ab717a4"  # compact3 format 1, constriction 0.5.0
 
@@ -73,7 +73,7 @@ def test_compact3_through_the_sample_with_padding():
     z, tokens = text_like(1, t=40)
     tr = truncate(z[:32], 0.95, 30)
     pad = 8
-    padded = Truncated(np.concatenate([tr.counts, np.zeros(pad, np.int64)]), tr.ids, tr.logp,
+    padded = KeptEntries(np.concatenate([tr.counts, np.zeros(pad, np.int64)]), tr.ids, tr.logp,
                        np.concatenate([tr.log_tail, np.full(pad, -np.inf, np.float32)]))
     codec = make_codec("compact3")
     s = build_sample(sample_id=1, tokens=tokens, n_tokens=32, doc_starts=np.zeros(1), truncated=padded, codec=codec,
@@ -127,7 +127,7 @@ def test_compact3_damaged_bytes_fail_cleanly(col, where, byte):
 def test_compact3_large_vocabularies(vocab):
     """Ids up to 2^32 - 1, hinted or not."""
     ids = np.array([0, 7, vocab - 1, 3, vocab - 1, 9], dtype=np.int64)
-    tr = Truncated(np.array([3, 3]), ids, np.log(np.array([0.5, 0.3, 0.2, 0.6, 0.3, 0.1], np.float32)),
+    tr = KeptEntries(np.array([3, 3]), ids, np.log(np.array([0.5, 0.3, 0.2, 0.6, 0.3, 0.1], np.float32)),
                    np.array([-np.inf, -np.inf], np.float32))
     for tokens in ([0, vocab - 1], [0, 1]):
         c3 = Compact3Codec()

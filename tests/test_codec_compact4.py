@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 from schemas import CodecError, Compact2Codec, Compact3Codec, Compact4Codec, build_sample, decode_sample, make_codec, truncate
 from schemas.codec_compact4 import predictors
-from schemas.truncation import Truncated
+from schemas.truncation import KeptEntries
 
 GOLDEN_COMPACT4 = "4b51b4fdf02f4a9609a0f1132d1e21466c54296eafebf510c96b11b600c9e3b7"  # compact4 format 1, constriction 0.5.0
 
@@ -76,7 +76,7 @@ def test_compact4_round_trip(z, p, k, words, pad, kl):
     t, v = z.shape
     tr = truncate(z, p, min(k, v))
     tokens = np.array(words[:t]) % v
-    tr = Truncated(np.concatenate([tr.counts, np.zeros(pad, np.int64)]), tr.ids, tr.logp,
+    tr = KeptEntries(np.concatenate([tr.counts, np.zeros(pad, np.int64)]), tr.ids, tr.logp,
                    np.concatenate([tr.log_tail, np.full(pad, -np.inf, np.float32)]))
     tokens = np.concatenate([tokens, np.zeros(pad, np.int64)])
     c2, c4 = Compact2Codec(kl_target=kl), Compact4Codec(kl_target=kl)
@@ -150,7 +150,7 @@ def test_compact4_large_vocabularies(vocab):
     """Ids up to 2^32 - 1, hinted, repeated or from the dictionary."""
     ids = np.array([0, 7, vocab - 1, 3, vocab - 1, 9, vocab - 1, 7, 0], dtype=np.int64)
     p = np.log(np.array([0.5, 0.3, 0.2, 0.6, 0.3, 0.1, 0.5, 0.3, 0.2], np.float32))
-    tr = Truncated(np.array([3, 3, 3]), ids, p, np.full(3, -np.inf, np.float32))
+    tr = KeptEntries(np.array([3, 3, 3]), ids, p, np.full(3, -np.inf, np.float32))
     for tokens in ([5, vocab - 1, 5], [5, 1, 5], [vocab - 1, vocab - 1, vocab - 1]):
         c4 = Compact4Codec()
         d = c4.decode(tr.counts, c4.encode(tr, tokens=np.array(tokens)), tokens=np.array(tokens))
