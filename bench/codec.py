@@ -37,8 +37,7 @@ import zstandard
 from bench.codec_candidates import AFTER_COMPACT3, CANDIDATES
 from schemas import Compact2Codec, Compact3Codec, Compact4Codec, CompactCodec, ExactCodec, build_sample, mds_columns, sample_select, truncate_tensor
 from schemas import fidelity
-from schemas.codec import KeptEntries
-from schemas.truncation import KeptEntries
+from schemas.kept import KeptEntries
 
 KL_TARGETS = (2e-4, 4e-4, 7.5e-4, 2e-3, 5e-3)  # compact4 precisions swept in the Pareto table
 

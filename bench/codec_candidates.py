@@ -38,7 +38,7 @@ from schemas.codec_compact2 import (
     _fresh_streams,
     _structure,
 )
-from schemas.truncation import KeptEntries
+from schemas.kept import KeptEntries
 
 
 def _levels(codec: Compact2Codec, tr: KeptEntries) -> np.ndarray:

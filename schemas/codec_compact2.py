@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from schemas import entropy
-from schemas.codec import KeptEntries, renormalise
+from schemas.codec import renormalise
 from schemas.errors import CodecError
-from schemas.truncation import KeptEntries
+from schemas.kept import KeptEntries
 
 # Rank buckets: 0 (the top level itself), then the drops at rank 1, 2-3, 4-7, 8-15, 16-31, 32-63, 64+.
 _RANK_EDGES = np.array([1, 2, 4, 8, 16, 32, 64])

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from schemas import entropy, varint
-from schemas.codec import KeptEntries, renormalise
+from schemas.codec import renormalise
 from schemas.codec_compact2 import (
     Compact2Codec,
     _decode_fresh,
@@ -59,7 +59,7 @@ from schemas.codec_compact2 import (
     _structure,
 )
 from schemas.errors import CodecError
-from schemas.truncation import KeptEntries
+from schemas.kept import KeptEntries
 
 
 _LN2 = 0.6931471805599453  # ln 2, as a literal: the tail prediction uses no libm
@@ -151,16 +151,21 @@ class Compact3Codec(Compact2Codec):
     name: str = field(default="compact3", init=False)
     needs_tokens = True  # class attribute: build_sample / decode_sample pass the sample's tokens
 
-    def encode(self, tr: KeptEntries, tokens=None) -> dict[str, bytes]:
+    def entry_levels(self, tr: KeptEntries, tokens) -> tuple[np.ndarray, ...]:
+        """What every encoder from compact3 on starts from: counts, ids (checked to fit 32 bits),
+        the next token of each position, each entry's position and its sqrt(p) level."""
         counts = np.asarray(tr.counts, dtype=np.int64)
         ids = np.asarray(tr.ids, dtype=np.int64)
         t, n = counts.shape[0], ids.shape[0]
         if n and (ids.min() < 0 or ids.max() >= 1 << 32):
-            raise CodecError("compact3 codec: ids must be in [0, 2^32)")
-        nxt = _next_tokens(tokens, t)
+            raise CodecError(f"{self.name} codec: ids must be in [0, 2^32)")
         h = self.sqrt_step(counts)
-        pos = np.repeat(np.arange(t), counts)
         lvl = np.floor(np.sqrt(np.exp(np.asarray(tr.logp, dtype=np.float64))) / h).astype(np.int64)
+        return counts, ids, _next_tokens(tokens, t), np.repeat(np.arange(t), counts), lvl
+
+    def encode(self, tr: KeptEntries, tokens=None) -> dict[str, bytes]:
+        counts, ids, nxt, pos, lvl = self.entry_levels(tr, tokens)
+        t, n = counts.shape[0], ids.shape[0]
         # levels: per position descending (ties in any order: they are equal), as compact2
         o = _entry_order(pos, lvl, np.zeros(n, dtype=np.int64), t, 1)
         lv_s, pos_s, hit_s = lvl[o], pos[o], ids[o] == nxt[pos[o]]

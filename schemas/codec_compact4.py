@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from schemas import entropy
-from schemas.codec import KeptEntries, renormalise
+from schemas.codec import renormalise
 from schemas.codec_compact2 import (
     _decode_fresh,
     _decode_numbers,
@@ -64,7 +64,7 @@ from schemas.codec_compact3 import (
     _split_streams,
 )
 from schemas.errors import CodecError
-from schemas.truncation import KeptEntries
+from schemas.kept import KeptEntries
 
 _REPEAT_RANK_EDGES = np.array([1, 2, 4, 8, 16])  # rank buckets of a predictor's entries: 0, 1, 2-3, 4-7, 8-15, 16+
 _N_RB = len(_REPEAT_RANK_EDGES) + 1
@@ -235,15 +235,8 @@ class Compact4Codec(Compact3Codec):
     name: str = field(default="compact4", init=False)
 
     def encode(self, tr: KeptEntries, tokens=None) -> dict[str, bytes]:
-        counts = np.asarray(tr.counts, dtype=np.int64)
-        ids = np.asarray(tr.ids, dtype=np.int64)
+        counts, ids, nxt, pos0, lvl0 = self.entry_levels(tr, tokens)
         t, n = counts.shape[0], ids.shape[0]
-        if n and (ids.min() < 0 or ids.max() >= 1 << 32):
-            raise CodecError("compact4 codec: ids must be in [0, 2^32)")
-        nxt = _next_tokens(tokens, t)
-        h = self.sqrt_step(counts)
-        pos0 = np.repeat(np.arange(t), counts)
-        lvl0 = np.floor(np.sqrt(np.exp(np.asarray(tr.logp, dtype=np.float64))) / h).astype(np.int64)
         o = _entry_order(pos0, lvl0, ids, t, int(ids.max()) + 1 if n else 1)  # by position, level desc, id
         lv, ids = lvl0[o], ids[o]
         lay = _Layout(counts, lv)

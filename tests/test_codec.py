@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 from schemas import CodecError, Compact2Codec, CompactCodec, ExactCodec, make_codec, truncate
 from schemas import fidelity, varint
 from schemas.codec import renormalise
-from schemas.truncation import KeptEntries
+from schemas.kept import KeptEntries
 
 
 def sort_by_id(tr):

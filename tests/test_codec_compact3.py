@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from schemas import CodecError, Compact2Codec, Compact3Codec, build_sample, decode_sample, make_codec, truncate
-from schemas.truncation import KeptEntries
+from schemas.kept import KeptEntries
 
 GOLDEN_COMPACT3 = "9cb8e7fd6af3a4710ce26a6bb25ae0f2a87ae500cf103148c2099bc24ab717a4"  # compact3 format 1, constriction 0.5.0
 

@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 from schemas import CodecError, Compact2Codec, Compact3Codec, Compact4Codec, build_sample, decode_sample, make_codec, truncate
 from schemas.codec_compact4 import predictors
-from schemas.truncation import KeptEntries
+from schemas.kept import KeptEntries
 
 GOLDEN_COMPACT4 = "4b51b4fdf02f4a9609a0f1132d1e21466c54296eafebf510c96b11b600c9e3b7"  # compact4 format 1, constriction 0.5.0
 
