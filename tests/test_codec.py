@@ -216,3 +216,19 @@ def test_compact2_damaged_bytes_fail_cleanly(col, where, byte):
     except CodecError:
         return
     assert d.ids.shape[0] == tr.counts.sum() and d.log_tail.shape == tr.log_tail.shape
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: compact2's level step assumes the kept set holds ~all "
+                   "the mass; the KL after renormalisation scales as 1/kept_mass (fix pending)")
+def test_compact2_kl_bound_holds_when_the_kept_set_is_a_small_part_of_the_mass():
+    """Found by an unseeded hypothesis run: one position, logits [0.5, 0 x 21], top-1.0-5. The kept
+    set holds 25 % of the mass, so a step h on sqrt(p) is a step h / sqrt(0.25) on the kept set's
+    own sqrt-probabilities: 4x the KL the h^2 / 6 rule plans for (measured 6.2e-3 nats)."""
+    z = np.zeros((1, 22), np.float32)
+    z[0, 0] = 0.5
+    tr = truncate(z, 1.0, 5)
+    for name in ("compact2", "compact3", "compact4"):
+        codec = make_codec(name)
+        kw = {"tokens": np.zeros(1, np.int64)} if name != "compact2" else {}
+        d = codec.decode(tr.counts, codec.encode(tr, **kw), **kw)
+        assert fidelity.codec_kl(tr, d) <= 5 * Compact2Codec().kl_target  # the property test's per-position bound
