@@ -287,7 +287,7 @@ class Compact3Codec(Compact2Codec):
         """0 = no tail, else 1 + the zigzag of (stored level - predicted level)."""
         lv = self._tail_levels(log_tail)
         d = lv - self._tail_prediction(lvl, counts)
-        return np.where(lv == 0, 0, 1 + np.where(d >= 0, 2 * d, -2 * d - 1))
+        return np.where(lv == 0, 0, 1 + varint.zigzag(d))
 
     def _tail_from(self, buf: bytes, lvl: np.ndarray, counts: np.ndarray) -> np.ndarray:
         t = counts.shape[0]
@@ -295,7 +295,7 @@ class Compact3Codec(Compact2Codec):
         if sym.shape[0] != t or (sym.size and sym.max() > 4 * (64 / self.tail_step) + 8):
             raise CodecError(f"{self.name} codec: {sym.shape[0]} tail values for {t} positions: corrupt sample")
         z = sym - 1
-        lv = np.where(sym == 0, 0, self._tail_prediction(lvl, counts) + np.where(z % 2 == 0, z // 2, -(z + 1) // 2))
+        lv = np.where(sym == 0, 0, self._tail_prediction(lvl, counts) + varint.unzigzag(z))
         if (lv[sym > 0] < 1).any():
             raise CodecError(f"{self.name} codec: a tail level below the scale: corrupt sample")
         return self._tail_values(lv)

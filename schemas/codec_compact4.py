@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas import entropy
+from schemas import entropy, varint
 from schemas.codec import renormalise
 from schemas.codec_compact2 import (
     _decode_fresh,
@@ -94,14 +94,6 @@ def predictors(tokens: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.n
         s_of[sig[o[same]]] = sig[o[same - 1]]
         kind[sig[o[same]]] = k
     return s_of, kind
-
-
-def _zigzag(d: np.ndarray) -> np.ndarray:
-    return np.where(d >= 0, 2 * d, -2 * d - 1)
-
-
-def _unzigzag(z: np.ndarray) -> np.ndarray:
-    return np.where(z % 2 == 0, z // 2, -(z + 1) // 2)
 
 
 class _Layout:
@@ -176,7 +168,7 @@ def _place_streams(grp: np.ndarray, pred: np.ndarray, n_groups: np.ndarray, pctx
     rules, sym = [], np.zeros(grp.shape[0], dtype=np.int64)
     for c in range(_N_RB):
         sel = pctx == c
-        options = (_zigzag(grp[sel] - pred[sel]), n_groups[sel] - 1 - grp[sel])
+        options = (varint.zigzag(grp[sel] - pred[sel]), n_groups[sel] - 1 - grp[sel])
         rule = min((0, 1), key=lambda r: (_split_cost(options[r], 0) if options[r].size else 0.0, r))
         rules.append(rule)
         sym[sel] = options[rule]
@@ -186,7 +178,7 @@ def _place_streams(grp: np.ndarray, pred: np.ndarray, n_groups: np.ndarray, pctx
 def _decode_places(dec: entropy.Decoder, pred: np.ndarray, n_groups: np.ndarray, pctx: np.ndarray) -> np.ndarray:
     rules = dec.next(np.ones(2, dtype=np.int64), _N_RB)
     sym = _decode_context_streams(dec, pctx, _N_RB, "repeat placements")
-    return np.where(rules[pctx] == 0, pred + _unzigzag(sym), n_groups - 1 - sym)
+    return np.where(rules[pctx] == 0, pred + varint.unzigzag(sym), n_groups - 1 - sym)
 
 
 _LEVEL_EDGES = np.array([1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64])  # drop contexts: the level above it

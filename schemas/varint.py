@@ -1,4 +1,5 @@
-"""Vectorised unsigned LEB128 varints: small numbers in one byte, any uint32 in at most five."""
+"""Vectorised unsigned LEB128 varints: small numbers in one byte, any uint32 in at most five;
+and the zigzag map that lets signed differences use them (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...)."""
 from __future__ import annotations
 
 import numpy as np
@@ -41,3 +42,12 @@ def decode(buf: bytes, count: int) -> np.ndarray:
         m = lens > b
         out[m] |= (a[starts[m] + b] & 0x7F).astype(np.uint64) << np.uint64(7 * b)
     return out
+
+
+def zigzag(d: np.ndarray) -> np.ndarray:
+    """Signed to unsigned, small magnitudes first: 0, -1, 1, -2, 2 -> 0, 1, 2, 3, 4."""
+    return np.where(d >= 0, 2 * d, -2 * d - 1)
+
+
+def unzigzag(z: np.ndarray) -> np.ndarray:
+    return np.where(z % 2 == 0, z // 2, -(z + 1) // 2)
