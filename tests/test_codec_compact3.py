@@ -10,6 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 from schemas import CodecError, Compact2Codec, Compact3Codec, build_sample, decode_sample, make_codec, truncate
 from schemas.kept import KeptEntries
+from codec_damage import assert_damage_fails_cleanly
 
 GOLDEN_COMPACT3 = "9cb8e7fd6af3a4710ce26a6bb25ae0f2a87ae500cf103148c2099bc24ab717a4"  # compact3 format 1, constriction 0.5.0
 
@@ -109,18 +110,7 @@ def test_compact3_needs_the_tokens():
        byte=st.integers(0, 255))
 def test_compact3_damaged_bytes_fail_cleanly(col, where, byte):
     z, tokens = text_like(8, t=24, v=400)
-    tr = truncate(z, 0.95, 30)
-    codec = Compact3Codec()
-    cols = codec.encode(tr, tokens=tokens)
-    buf = bytearray(cols[col])
-    i = min(int(where * len(buf)), len(buf) - 1)
-    buf[i] = byte
-    cols[col] = bytes(buf)
-    try:
-        d = codec.decode(tr.counts, cols, tokens=tokens)
-    except CodecError:
-        return
-    assert d.ids.shape[0] == tr.counts.sum() and d.log_tail.shape == tr.log_tail.shape
+    assert_damage_fails_cleanly(Compact3Codec(), truncate(z, 0.95, 30), tokens, col, where, byte)
 
 
 @pytest.mark.parametrize("vocab", [(1 << 18) + 5, 1 << 32])
