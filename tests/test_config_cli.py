@@ -167,3 +167,35 @@ def test_damaged_shard_after_preflight_is_corrupt_dataset(tmp_path, validate_has
     with pytest.raises(CorruptDataset, match=expect):
         for i in range(len(reader)):
             reader.raw(i)
+
+
+@pytest.mark.parametrize("compression", ["zstd", None])
+def test_validated_shards_are_hashed_once(tmp_path, monkeypatch, compression):
+    """With data.validate_hash on, each shard is read and hashed once on its way to the cache:
+    CheckedStream checks it and streaming does not check it again (a second pass over every byte
+    of the dataset on every rank otherwise)."""
+    import streaming.base.stream
+    import trainer.data
+    from make_dataset import make_tokenizer, write_dataset
+    from streaming.base.hashing import get_hash
+    from trainer.config import DataConfig
+    from trainer.data import DistillDataset
+
+    ds = tmp_path / "ds"
+    write_dataset(str(ds), make_tokenizer(), n_samples=16, units=1, size_limit=1 << 10, compression=compression)
+    hashed: list[int] = []
+
+    def counting_get_hash(algo, data):
+        hashed.append(len(data))
+        return get_hash(algo, data)
+
+    monkeypatch.setattr(trainer.data, "get_hash", counting_get_hash)
+    monkeypatch.setattr(streaming.base.stream, "get_hash", counting_get_hash)
+    reader = DistillDataset(DataConfig.of(str(ds), shuffle=False, validate_hash="xxh3_64"), batch_size=2,
+                            cache_dir=str(tmp_path / "cache"))  # its preflight reads a first shard
+    for i in range(len(reader)):
+        reader.raw(i)
+    suffix = ".mds.zstd" if compression else ".mds"
+    shards = sorted(glob.glob(str(ds / "parts" / "*" / f"shard.*{suffix}")))
+    assert len(shards) > 1
+    assert sorted(hashed) == sorted(os.path.getsize(s) for s in shards)
