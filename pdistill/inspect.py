@@ -5,7 +5,8 @@ recorded size and hash; `--skip-hash` checks sizes only, for huge datasets), par
 the manifest's unit count, and the manifest's counts against the index (`schemas.DatasetDir.verify`).
 Any problem is printed with the file it concerns, and the exit status is 1.
 Then statistics from the first samples: kept entries/token, stored teacher bytes/token (shard
-bytes on storage), mean dropped tail mass, and the codec's KL bound. With `--teacher URI`: re-runs
+bytes on storage), mean dropped tail mass, the codec KL the codec guarantees (`codec_kl_bound`)
+and, where it differs, the one it is designed for (`codec_kl_design`). With `--teacher URI`: re-runs
 the teacher on those samples and measures the codec KL (fresh truncation vs what decodes from
 storage) and the total KL (full teacher vs stored + tail).
 
@@ -25,7 +26,7 @@ import tempfile
 
 import numpy as np
 
-from schemas import CodecError, DatasetDir, Manifest, fidelity, make_codec, storage
+from schemas import CodecError, DatasetDir, Manifest, fidelity, make_stored_codec, storage
 from schemas.errors import SchemaError
 from schemas.integrity import Problem, Verification
 from schemas.sample import decode_sample
@@ -100,7 +101,7 @@ def sample_fields(uri: str, samples: list[dict], m: Manifest, codec, index: dict
         "stored_bytes_per_token": fidelity.bytes_per_token(DatasetDir(uri).stored_bytes(index), m.counts.tokens),
         "mean_tail_mass": float(np.concatenate(tails).mean()) if tails else float("nan"),
     }
-    out.update(fidelity.storage_report(codec, out["stored_bytes_per_token"], out["kept_per_token"]))
+    out.update(fidelity.storage_report(codec, out["stored_bytes_per_token"], out["kept_per_token"], m.truncation.top_k))
     return out
 
 
@@ -117,7 +118,7 @@ def build_report(args: argparse.Namespace) -> dict:
     if not v.whole or m is None:
         return report  # statistics of a damaged dataset would describe the damage, not the data
     try:
-        codec = make_codec(m.codec.name, m.codec.params)
+        codec = make_stored_codec(m.codec.name, m.codec.params)
     except CodecError as e:  # e.g. a codec this pdistill does not know: a message, not a verdict on the data
         raise SystemExit(f"pdistill inspect: {args.dataset}: {e}") from None
     with tempfile.TemporaryDirectory(prefix="pdistill-inspect-") as cache:

@@ -78,10 +78,20 @@ class ExactCodec:
     def params(self) -> dict:
         return {"value_dtype": self.value_dtype}
 
-    def kl_bound(self) -> float:
+    def kl_design(self) -> float:
         """Design codec KL, nats/token: none for float32; float16 rounds log-probs in [-16, 0] to
         at most 2^-7, about ulp^2 / 24."""
         return 0.0 if self.value_dtype == "float32" else 2.0**-14 / 24
+
+    def kl_bound(self, max_kept: int | None = None) -> float:
+        """Guaranteed codec KL, nats/token, averaged over a sample's positions with signal, for
+        samples keeping at most `max_kept` entries per position (default: any, 2^32). float32: none
+        (beyond float32 rounding). float16 stores l = ln r with relative error e <= 2^-11, so by
+        KL(r || q) <= sum r (e^d - 1 - d), d = e l: each entry costs at most
+        2^-23 max_r r^(1 - 2^-11) ln^2 r = 2^-23 * 0.542 (at ln r ~ -2)."""
+        if self.value_dtype == "float32":
+            return 0.0
+        return 2.0**-23 * 0.542 * float(max_kept or 2**32)
 
     def encode(self, tr: KeptEntries) -> dict[str, bytes]:
         ref = lossless_decoded(tr)
@@ -113,9 +123,18 @@ class CompactCodec:
     def params(self) -> dict:
         return {"step": float(self.step)}
 
-    def kl_bound(self) -> float:
+    def kl_design(self) -> float:
         """Design codec KL, nats/token: log-domain rounding with step s costs about s^2 / 24."""
         return float(self.step) ** 2 / 24
+
+    def kl_bound(self, max_kept: int | None = None) -> float:
+        """Guaranteed codec KL, nats/token, averaged over a sample's positions with signal, for
+        samples keeping at most `max_kept` entries per position (default: any, 2^32): s^2 / 8 +
+        (max_kept - 1) e^(-255 s). An entry within 255 steps of the top moves by d in [-s/2, s/2]
+        in the log domain (Hoeffding: ln E e^d <= E d + s^2 / 8); one clipped at 255 steps keeps at
+        most e^(-255 s) of the top's mass, which renormalisation takes from the others."""
+        s = float(self.step)
+        return s * s / 8 + (float(max_kept or 2**32) - 1) * float(np.exp(-255 * s))
 
     def encode(self, tr: KeptEntries) -> dict[str, bytes]:
         counts = np.asarray(tr.counts, dtype=np.int64)
@@ -196,3 +215,13 @@ def make_codec(name: str, params: dict | None = None):
         return CODECS[name](**(params or {}))
     except TypeError as e:
         raise CodecError(f"bad parameters for codec {name!r}: {params!r} ({e})") from None
+
+
+def make_stored_codec(name: str, params: dict | None = None):
+    """The codec a manifest names, as its data was written: compact2/3/4 manifests without
+    `mass_floor` were written by the format-1 encoder (mass_floor 0; same decoder, no guaranteed
+    KL bound). New datasets record the encoder's mass_floor; `make_codec` is for writing."""
+    params = dict(params or {})
+    if name in ("compact2", "compact3", "compact4"):
+        params.setdefault("mass_floor", 0.0)
+    return make_codec(name, params)

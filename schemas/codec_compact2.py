@@ -3,12 +3,13 @@
 Three ideas, each measured in bench/codec against the alternatives:
 
 * Values are quantised for the KL they cost. KL(p || q) ~ 2 * sum (sqrt q - sqrt p)^2 for small
-  errors, so a uniform step h on sqrt(p) (p under the full teacher softmax) costs about h^2 / 6
-  nats per kept entry whatever the entry's size: low-probability entries get coarse steps in the
-  log domain, the top ones fine steps. Level L = floor(sqrt(p) / h), decoded at (L + 1/2) * h,
-  then renormalised over the kept set. Within a position the levels, taken in descending order,
-  are non-increasing: stored as the top level and the (>= 0) drops, each rank bucket under its
-  own model.
+  errors, so a uniform step h on sqrt(p) costs about h^2 / 6 nats per kept entry whatever the
+  entry's size: low-probability entries get coarse steps in the log domain, the top ones fine
+  steps. Level L = floor(sqrt(p) / h), decoded at (L + 1/2) * h, then renormalised over the kept
+  set; p is the full softmax's probability, scaled up where the kept set holds less than 3/4 of
+  the mass (`sqrt_levels`: what makes `kl_bound` a guarantee). Within a position the levels,
+  taken in descending order, are non-increasing: stored as the top level and the (>= 0) drops,
+  each rank bucket under its own model.
 * Ids are coded against a per-sample dictionary: the distinct kept ids of the sequence, with how
   often each is kept to within a factor of two (its class), ordered most often kept first. An
   entry whose level differs from its predecessor's is coded as its class (one model per rank
@@ -37,9 +38,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from schemas import entropy
-from schemas.codec import renormalise
+from schemas.codec import renormalise, segment_logsumexp
 from schemas.errors import CodecError
 from schemas.kept import KeptEntries
+
+# max over one entry of the generalised KL its level costs, in units of h^2 (`sqrt_levels`)
+WORST_ENTRY_KL = 2 * np.log(2) - 0.75
 
 # Rank buckets: 0 (the top level itself), then the drops at rank 1, 2-3, 4-7, 8-15, 16-31, 32-63, 64+.
 _RANK_EDGES = np.array([1, 2, 4, 8, 16, 32, 64])
@@ -182,6 +186,10 @@ def _decode_fresh(dec: entropy.Decoder, rb: np.ndarray, bounds: np.ndarray) -> n
 class Compact2Codec:
     kl_target: float = 7.5e-4
     tail_step: float = 1.0 / 16.0
+    # the least kept mass a position's levels stand for (`sqrt_levels`); encoder-only: the decoder
+    # never reads it. 0 = format 1 (sqrt(p) of the full softmax, no guaranteed bound): what a
+    # manifest without it was written with (`schemas.codec.make_stored_codec`).
+    mass_floor: float = 0.75
     name: str = field(default="compact2", init=False)
 
     def __post_init__(self):
@@ -189,14 +197,62 @@ class Compact2Codec:
             raise CodecError(f"compact2 codec kl_target must be in [1e-7, 0.1] nats/token, got {self.kl_target!r}")
         if not (0.0 < float(self.tail_step) <= 1.0):
             raise CodecError(f"compact2 codec tail_step must be in (0, 1] nats, got {self.tail_step!r}")
+        if not (0.0 <= float(self.mass_floor) <= 1.0):
+            raise CodecError(f"compact2 codec mass_floor must be in [0, 1], got {self.mass_floor!r}")
 
     def params(self) -> dict:
-        return {"kl_target": float(self.kl_target), "tail_step": float(self.tail_step)}
+        return {"kl_target": float(self.kl_target), "tail_step": float(self.tail_step), "mass_floor": float(self.mass_floor)}
 
-    def kl_bound(self) -> float:
-        """Design codec KL, nats/token: the target (bench/codec measures 1.1-1.2x of it on a real
-        teacher: the h^2 / 6 rule is first order)."""
+    def kl_design(self) -> float:
+        """Design codec KL, nats/token: the target the step is set for (bench/codec measures
+        ~1.1x of it on a real teacher at top-0.95: `sqrt_levels`)."""
         return float(self.kl_target)
+
+    def kl_bound(self, max_kept: int | None = None) -> float:
+        """Guaranteed codec KL, nats/token, for every input: KL(kept set's own distribution ||
+        decoded), averaged over a sample's positions with signal, is at most
+        6 (2 ln 2 - 3/4) / mass_floor * kl_target (5.09 * kl_target at the default 3/4; proof:
+        `sqrt_levels`), whatever the counts (`max_kept` is for codecs whose bound depends on them).
+        inf for format 1 (mass_floor 0), whose KL grows as 1 / (kept mass)."""
+        if not self.mass_floor:
+            return float("inf")
+        return float(6.0 * WORST_ENTRY_KL / self.mass_floor * self.kl_target)
+
+    def sqrt_levels(self, logp: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """[N] each entry's level L = floor(a / h), a = sqrt(p * s / m): p the entry's probability,
+        m its position's kept mass, s = max(m, mass_floor); h = `sqrt_step(counts)`.
+
+        Why s: the decoder returns q = b^2 / sum b^2, b = (L + 1/2) h, renormalised over the kept
+        set, so only the kept set's own distribution r = p / m is reproduced, and a step h on
+        sqrt(p) is a step h / sqrt(m) on sqrt(r): the KL grows as 1 / m (format 1, mass_floor 0,
+        used s = m: a kept set holding 25 % of the mass cost 8x the target). With s = m wherever
+        m >= mass_floor (default 3/4) the
+        levels are format 1's there, bit for bit (so the decoded mass still predicts the tail,
+        compact3); where the kept set holds less they stand for its own sqrt-probabilities scaled
+        to mass 3/4. Encoding sqrt(r) itself (s = 1 everywhere) breaks that tail prediction:
+        +0.01-0.03 B per kept entry at the same measured KL (bench/codec on a real teacher).
+
+        The guarantee (exact arithmetic; float32 log-probs add rounding of ~1e-7 relative). Write
+        x = sqrt(r), y = b / sqrt(s), h' = h / sqrt(s) <= h / sqrt(mass_floor): y is x rounded
+        down to a multiple of h', plus h' / 2. For any y > 0, as sum x^2 = 1 and ln u <= u - 1,
+          KL(r || y^2 / sum y^2) = sum r ln(r / y^2) + ln sum y^2 <= sum_i (y_i^2 - x_i^2 - x_i^2 ln(y_i^2 / x_i^2)).
+        Each term is h'^2 F(alpha), alpha = x / h' in [L, L + 1), beta = L + 1/2,
+        F = beta^2 - alpha^2 - 2 alpha^2 ln(beta / alpha): F falls to 0 at alpha = beta and rises
+        to either end, and over all L its largest value is at L = 0, alpha -> 1: 2 ln 2 - 3/4 =
+        0.636 (tending to 1/2, i.e. 2 (h'/2)^2, for high levels; alpha uniform in a high level gives
+        the h^2 / 6 the step is designed for). So a position with k entries costs at most
+        0.636 k h^2 / mass_floor: relative to k, which may be far above the sample's mean
+        count k_bar; averaged over the sample's positions with signal, h^2 = 6 kl_target / k_bar
+        makes it 6 * 0.636 / 0.75 * kl_target whatever the counts. The worst case needs every entry
+        just below a level boundary and kept sets of 3/4 of the mass; real text measures ~1.1x."""
+        counts = np.asarray(counts, dtype=np.int64)
+        lp = np.asarray(logp, dtype=np.float64)
+        log_m = segment_logsumexp(lp, counts)
+        shift = np.zeros(counts.shape[0])
+        if self.mass_floor > 0:
+            low = np.isfinite(log_m) & (log_m < np.log(self.mass_floor))
+            shift[low] = np.log(self.mass_floor) - log_m[low]  # 0 elsewhere: format 1's levels, bit for bit
+        return np.floor(np.sqrt(np.exp(lp + np.repeat(shift, counts))) / self.sqrt_step(counts)).astype(np.int64)
 
     def sqrt_step(self, counts: np.ndarray) -> float:
         """The step h on sqrt(p) that spends kl_target nats/token: h^2 / 6 per kept entry, over the
@@ -213,9 +269,8 @@ class Compact2Codec:
         t, n = counts.shape[0], ids.shape[0]
         if n and (ids.min() < 0 or ids.max() >= 1 << 32):
             raise CodecError("compact2 codec: ids must be in [0, 2^32)")
-        h = self.sqrt_step(counts)
         pos = np.repeat(np.arange(t), counts)
-        lvl = np.floor(np.sqrt(np.exp(np.asarray(tr.logp, dtype=np.float64))) / h).astype(np.int64)
+        lvl = self.sqrt_levels(tr.logp, counts)
         uniq, cls, bounds, x = _dictionary(ids)
         o = _entry_order(pos, lvl, x, t, uniq.shape[0])
         lvl, x = lvl[o], x[o]

@@ -159,9 +159,7 @@ class Compact3Codec(Compact2Codec):
         t, n = counts.shape[0], ids.shape[0]
         if n and (ids.min() < 0 or ids.max() >= 1 << 32):
             raise CodecError(f"{self.name} codec: ids must be in [0, 2^32)")
-        h = self.sqrt_step(counts)
-        lvl = np.floor(np.sqrt(np.exp(np.asarray(tr.logp, dtype=np.float64))) / h).astype(np.int64)
-        return counts, ids, _next_tokens(tokens, t), np.repeat(np.arange(t), counts), lvl
+        return counts, ids, _next_tokens(tokens, t), np.repeat(np.arange(t), counts), self.sqrt_levels(tr.logp, counts)
 
     def encode(self, tr: KeptEntries, tokens=None) -> dict[str, bytes]:
         counts, ids, nxt, pos, lvl = self.entry_levels(tr, tokens)

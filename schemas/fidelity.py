@@ -1,7 +1,7 @@
 """Fidelity metrics of stored teacher signal (nats per token, entries and bytes per token).
 
 * codec KL: KL(truncated-renormalised teacher || decoded), the error the codec alone adds.
-* storage_report: bytes per kept entry and the codec's design KL bound, for any codec.
+* storage_report: bytes per kept entry, the codec's guaranteed KL bound and its design KL, for any codec.
 * total KL: KL(full teacher || decoded with tail bucket), where the decoded distribution gives
   each kept id (1 - tail) * q_i and spreads the tail mass uniformly over the V - n other ids.
   That is the error of truncation and codec together, finite whenever the tail is stored.
@@ -67,10 +67,15 @@ def bytes_per_token(num_bytes: int, num_tokens: int) -> float:
     return num_bytes / max(num_tokens, 1)
 
 
-def storage_report(codec, stored_bytes_per_token: float, kept_per_token: float) -> dict:
+def storage_report(codec, stored_bytes_per_token: float, kept_per_token: float, max_kept: int | None = None) -> dict:
     """What `pdistill inspect` prints about any codec: stored bytes per kept entry (every shard
-    byte, tokens included, over the kept entries) and the codec's design KL bound."""
-    return {
+    byte, tokens included, over the kept entries), the codec KL it guarantees for every sample
+    (`codec_kl_bound`, with at most `max_kept` entries per position: the manifest's top_k) and,
+    where it differs, the KL the codec is designed for (`codec_kl_design`)."""
+    out = {
         "stored_bytes_per_kept_entry": stored_bytes_per_token / kept_per_token if kept_per_token else float("nan"),
-        "codec_kl_bound": float(codec.kl_bound()),
+        "codec_kl_bound": float(codec.kl_bound(max_kept)),
     }
+    if codec.kl_design() != out["codec_kl_bound"]:
+        out["codec_kl_design"] = float(codec.kl_design())
+    return out

@@ -12,7 +12,8 @@ from schemas import CodecError, Compact2Codec, Compact3Codec, build_sample, deco
 from schemas.kept import KeptEntries
 from codec_damage import assert_damage_fails_cleanly
 
-GOLDEN_COMPACT3 = "9cb8e7fd6af3a4710ce26a6bb25ae0f2a87ae500cf103148c2099bc24ab717a4"  # compact3 format 1, constriction 0.5.0
+GOLDEN_COMPACT3 = "e5c2f0ecca832efa3606a9291919fd59c622780d435aeca5a91542711b74b631"  # compact3, mass_floor 0.75, constriction 0.5.0
+GOLDEN_COMPACT3_FORMAT1 = "9cb8e7fd6af3a4710ce26a6bb25ae0f2a87ae500cf103148c2099bc24ab717a4"  # mass_floor 0
 
 
 def text_like(seed: int, t: int = 64, v: int = 3000, follow: float = 0.6):
@@ -87,8 +88,9 @@ def test_compact3_through_the_sample_with_padding():
 
 def test_compact3_bytes_are_pinned():
     z, tokens = text_like(6, t=64, v=2000)
-    cols = Compact3Codec(kl_target=7.5e-4, tail_step=1 / 16).encode(truncate(z, 0.95, 50), tokens=tokens)
-    assert hashlib.sha256(b"".join(cols[k] for k in sorted(cols))).hexdigest() == GOLDEN_COMPACT3
+    for mass_floor, golden in ((0.75, GOLDEN_COMPACT3), (0.0, GOLDEN_COMPACT3_FORMAT1)):
+        cols = Compact3Codec(kl_target=7.5e-4, tail_step=1 / 16, mass_floor=mass_floor).encode(truncate(z, 0.95, 50), tokens=tokens)
+        assert hashlib.sha256(b"".join(cols[k] for k in sorted(cols))).hexdigest() == golden
 
 
 def test_compact3_needs_the_tokens():

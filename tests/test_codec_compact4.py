@@ -13,7 +13,8 @@ from schemas.codec_compact4 import predictors
 from schemas.kept import KeptEntries
 from codec_damage import assert_damage_fails_cleanly
 
-GOLDEN_COMPACT4 = "4b51b4fdf02f4a9609a0f1132d1e21466c54296eafebf510c96b11b600c9e3b7"  # compact4 format 1, constriction 0.5.0
+# compact4, constriction 0.5.0; the same with mass_floor 0 (format 1): no position of this input keeps < 3/4 of the mass
+GOLDEN_COMPACT4 = "4b51b4fdf02f4a9609a0f1132d1e21466c54296eafebf510c96b11b600c9e3b7"
 
 
 def repeating_text(seed: int, t: int = 256, v: int = 3000, n_words: int = 40):
@@ -37,7 +38,8 @@ def _same_signal(a, b):
 def test_compact4_decodes_what_compact2_decodes_in_fewer_bytes():
     z, tokens = repeating_text(0, v=1500)
     tr = truncate(z, 0.95, 50)
-    c2, c3, c4 = Compact2Codec(), Compact3Codec(), Compact4Codec()
+    c4 = Compact4Codec()
+    c2, c3 = Compact2Codec(kl_target=c4.kl_target), Compact3Codec(kl_target=c4.kl_target)  # compact4's own default
     cols3, cols4 = c3.encode(tr, tokens=tokens), c4.encode(tr, tokens=tokens)
     d2, d4 = c2.decode(tr.counts, c2.encode(tr)), c4.decode(tr.counts, cols4, tokens=tokens)
     assert _same_signal(d2, d4)
@@ -92,10 +94,11 @@ def test_compact4_repeats_of_repeats():
     z = np.tile(rng.standard_normal(300).astype(np.float32) * 3, (64, 1))
     tokens = np.full(64, 7)
     tr = truncate(z, 0.99, 40)
-    c2, c4 = Compact2Codec(), Compact4Codec()
+    c4 = Compact4Codec()
+    c2 = Compact2Codec(kl_target=c4.kl_target)
     cols = c4.encode(tr, tokens=tokens)
     assert _same_signal(c2.decode(tr.counts, c2.encode(tr)), c4.decode(tr.counts, cols, tokens=tokens))
-    assert len(cols["teacher_ids"]) < 0.2 * len(Compact3Codec().encode(tr, tokens=tokens)["teacher_ids"])  # ~0.1
+    assert len(cols["teacher_ids"]) < 0.2 * len(Compact3Codec(kl_target=c4.kl_target).encode(tr, tokens=tokens)["teacher_ids"])  # ~0.1
 
 
 def test_compact4_through_the_sample():
@@ -104,13 +107,15 @@ def test_compact4_through_the_sample():
     codec = make_codec("compact4")
     s = build_sample(sample_id=1, tokens=tokens, n_tokens=48, doc_starts=np.zeros(1), truncated=tr, codec=codec,
                      vocab_size=600, top_k=30, unit="u")
-    assert _same_signal(decode_sample(s, codec), Compact2Codec().decode(tr.counts, Compact2Codec().encode(tr)))
+    c2 = Compact2Codec(kl_target=codec.kl_target)
+    assert _same_signal(decode_sample(s, codec), c2.decode(tr.counts, c2.encode(tr)))
 
 
 def test_compact4_bytes_are_pinned():
     z, tokens = repeating_text(6, t=64, v=800)
-    cols = Compact4Codec(kl_target=7.5e-4, tail_step=1 / 16).encode(truncate(z, 0.95, 50), tokens=tokens)
-    assert hashlib.sha256(b"".join(cols[k] for k in sorted(cols))).hexdigest() == GOLDEN_COMPACT4
+    for mass_floor in (0.75, 0.0):
+        cols = Compact4Codec(kl_target=7.5e-4, tail_step=1 / 16, mass_floor=mass_floor).encode(truncate(z, 0.95, 50), tokens=tokens)
+        assert hashlib.sha256(b"".join(cols[k] for k in sorted(cols))).hexdigest() == GOLDEN_COMPACT4
 
 
 def test_compact4_needs_the_tokens():

@@ -43,10 +43,12 @@ def test_v1_dataset_inspects_with_its_codec_bound(v1, tmp_path, capsys):
     assert rc == 0
     assert report["codec"] == "compact {'step': 0.0625}"
     assert report["counts_reconcile"] and report["sequences_in_index"] == 12
-    assert report["codec_kl_bound"] == pytest.approx(0.0625**2 / 24)
+    # designed for step^2 / 24; guaranteed step^2 / 8 plus what top_k = 8 entries clipped at 255 steps can hold
+    assert report["codec_kl_design"] == pytest.approx(0.0625**2 / 24)
+    assert report["codec_kl_bound"] == pytest.approx(0.0625**2 / 8 + 7 * np.exp(-255 / 16))
     assert report["stored_bytes_per_kept_entry"] > 0
     # the stored v1 bytes decode to what a fresh teacher run gives, up to the 1/16-nat step
-    assert 0 <= report["codec_kl"] < 4 * report["codec_kl_bound"]
+    assert 0 <= report["codec_kl"] <= report["codec_kl_bound"]
 
 
 def test_v1_dataset_decodes_through_streaming(v1):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from schemas import make_codec
+from schemas import make_stored_codec
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "codec_format1")
 COLUMNS = ("teacher_ids", "teacher_tail", "teacher_values")
@@ -24,7 +24,8 @@ def test_format1_bytes_decode_as_they_did(name):
     f = np.load(os.path.join(FIXTURES, f"{name}.npz"))
     cols = {c: f[c].tobytes() for c in COLUMNS}
     assert hashlib.sha256(b"".join(cols[c] for c in COLUMNS)).hexdigest() == FORMAT1_DIGESTS[name]
-    codec = make_codec(name, {"kl_target": 7.5e-4, "tail_step": 1 / 16})
+    codec = make_stored_codec(name, {"kl_target": 7.5e-4, "tail_step": 1 / 16})  # a format-1 manifest's params
+    assert codec.mass_floor == 0 and codec.kl_bound() == float("inf")  # written before the guarantee
     kw = {"tokens": f["tokens"]} if name != "compact2" else {}
     d = codec.decode(f["counts"], cols, **kw)
     assert np.array_equal(d.counts, f["counts"])
@@ -32,3 +33,4 @@ def test_format1_bytes_decode_as_they_did(name):
     assert np.array_equal(d.log_tail, f["log_tail"])
     # log-probs come from libm's log and exp (an ulp may differ on another CPU); a changed level is ~1e-2
     np.testing.assert_array_max_ulp(d.logp, f["logp"], maxulp=1)
+

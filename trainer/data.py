@@ -43,7 +43,7 @@ from streaming import Stream, StreamingDataset
 from streaming.base.compression import decompress
 from streaming.base.hashing import get_hash
 
-from schemas import DatasetDir, IncompatibleDataset, Manifest, check_compatible, make_codec
+from schemas import DatasetDir, IncompatibleDataset, Manifest, check_compatible, make_stored_codec
 from schemas import storage
 from schemas.errors import CorruptDataset, IncompleteDataset  # noqa: F401  (part of this module's API)
 from schemas.sample import decode_dense
@@ -141,7 +141,7 @@ class DistillDataset(StreamingDataset):
         self.with_teacher = with_teacher
         self.seq_len = manifest.seq_len if manifest else expect.seq_len
         if with_teacher:
-            self.codec = make_codec(manifest.codec.name, manifest.codec.params)
+            self.codec = make_stored_codec(manifest.codec.name, manifest.codec.params)
             self.top_k = max(i.manifest.truncation.top_k for i in infos)
         else:
             self.codec, self.top_k = None, 0
