@@ -25,6 +25,7 @@ from schemas import (
     make_codec,
     mds_columns,
     sample_id,
+    sample_select,
     truncate,
 )
 from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
@@ -111,11 +112,14 @@ def write_dataset(
     write_manifest: bool = True,
     write_root_index: bool = True,
     compression: str | None = "zstd",
+    selection: str = "top_p_k",
 ) -> dict:
     """Write a complete dataset; returns {"manifest", "sample_ids" (global order), "tokens"}.
 
     Teacher signal from `teacher` (an HF causal LM, run per sequence on its real tokens) or from
     random logits. Every `pad_every`-th sequence is short (padded), the rest are full.
+    ``selection="sample"`` stores sampled teacher signal as `pdistill logits --selection sample
+    --num-draws top_k` does (`schemas.sample_select`, log(count / draws), no tail).
     """
     from streaming import MDSWriter
 
@@ -138,7 +142,10 @@ def write_dataset(
                     if teacher is not None
                     else rng.standard_normal((n_tok, vocab_size)).astype(np.float32) * 3
                 )
-                tr = truncate(logits, top_p, top_k).padded(seq_len)
+                if selection == "sample":
+                    tr = sample_select(logits, top_k, seed=gi).padded(seq_len)
+                else:
+                    tr = truncate(logits, top_p, top_k).padded(seq_len)
                 tokens = np.concatenate([toks, np.zeros(seq_len - n_tok, np.int64)])
                 sid = sample_id(source, unit, i)
                 w.write(
@@ -165,7 +172,7 @@ def write_dataset(
         tokenizer=Tokenizer(fingerprint=fp, separator_id=0, add_bos=False),
         vocab_size=vocab_size,
         seq_len=seq_len,
-        truncation=Truncation(method="top_p_k", top_p=top_p, top_k=top_k),
+        truncation=Truncation(method=selection, top_p=1.0 if selection == "sample" else top_p, top_k=top_k),
         codec=Codec(name=cdc.name, params=cdc.params()),
         sources=[Source(uri="memory://test", fingerprint=source)],
         source_fingerprint=source,

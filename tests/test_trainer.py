@@ -232,6 +232,28 @@ def test_refuses_bad_config_via_cli(lake, tmp_path, capsys):
     assert not (tmp_path / "samples").exists()
 
 
+def test_refuses_tau_on_a_sampled_dataset(lake, tmp_path, capsys):
+    """A dataset written with --selection sample stores log(count / draws): tempering that is not
+    tempering the teacher, so `pdistill train` refuses tau != 1 on it before anything is built (one
+    line naming the setting and the dataset, exit 2), and trains on it at tau = 1."""
+    ds = tmp_path / "sampled"
+    write_dataset(str(ds), make_tokenizer(), n_samples=8, units=1, selection="sample")
+    assert json.load(open(ds / "manifest.json"))["truncation"]["method"] == "sample"
+    raw = base_cfg(lake, tmp_path, data={"streams": [{"uri": str(ds)}]})
+    assert raw["distill"]["tau"] == 2.0
+    rc = _cli(tmp_path, raw)
+    err = capsys.readouterr().err
+    assert rc == 2, err[-2000:]
+    assert f"pdistill train: refused: distill.tau: 2.0 cannot be used with dataset {ds}: its teacher signal is " \
+           "sampled" in err and "set distill.tau=1.0" in err, err[-2000:]
+    assert "Traceback" not in err and not (tmp_path / "samples").exists()
+    raw["distill"]["tau"] = 1.0
+    raw["run"]["max_duration"] = "2ba"
+    trainer = run(raw)
+    assert int(trainer.state.timestamp.batch) == 2
+    assert [r["step"] for r in read_log(tmp_path / "samples")] == [0, 1]
+
+
 # ------------------------------------------------------------------------------------------------
 # live teacher and LM-only
 
