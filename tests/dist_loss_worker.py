@@ -1,7 +1,10 @@
 """Run under `composer -n 2` by tests/test_losses.py: each rank scores its share of one fixed batch
-(unequal padding across ranks) through DDP and rank 0 saves the averaged gradients and loss.
+(unequal padding across ranks and across its microbatches) and rank 0 saves the averaged gradients.
 
-`make_batch` / `make_model` are also what the test uses for the single-process reference."""
+Modes: ``ddp`` (the model's loss through DDP, one backward; also the mean loss) and ``trainer`` (one
+step of a real composer.Trainer with microbatches of one sequence and SGD at lr 1, so the update is
+the gradient). `make_batch` / `make_model` / `trainer_gradient` are also what the test uses for the
+single-process reference."""
 from __future__ import annotations
 
 import sys
@@ -49,7 +52,30 @@ def make_batch() -> dict:
             "teacher_mask": t_mask, "teacher_log_tail": t_tail, "position_mask": attn.bool()}
 
 
-def main(out_path: str, support: str) -> None:
+def trainer_gradient(model, batch: dict, microbatch: int) -> dict:
+    """One step of a real composer.Trainer over the global ``batch`` (Composer's distributed sampler
+    deals its sequences to the ranks: with 2, rank 0 gets lengths 1 and 6, rank 1 2 and 6) with
+    microbatches of ``microbatch`` sequences, the model's `BatchCounts` callback and SGD at lr 1:
+    returns the update, i.e. the gradient the Trainer applied (averaged over ranks by DDP)."""
+    from composer import Trainer
+    from composer.utils import dist
+    from torch.utils.data import DataLoader
+
+    from trainer.model import BatchCounts
+
+    rows = [{k: v[i] for k, v in batch.items()} for i in range(batch["input_ids"].shape[0])]
+    loader = DataLoader(rows, batch_size=len(rows) // dist.get_world_size(), sampler=dist.get_sampler(rows, shuffle=False),
+                        collate_fn=lambda xs: {k: torch.stack([x[k] for x in xs]) for k in xs[0]})
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = Trainer(model=model, train_dataloader=loader, max_duration="1ba",
+                      optimizers=torch.optim.SGD(model.parameters(), lr=1.0), device="cpu",
+                      device_train_microbatch_size=microbatch, callbacks=[BatchCounts()], loggers=[],
+                      progress_bar=False, log_to_console=False)
+    trainer.fit()
+    return {n: before[n] - p.detach() for n, p in model.named_parameters()}
+
+
+def main(out_path: str, support: str, mode: str = "ddp") -> None:
     from composer.devices import DeviceCPU
     from composer.utils import dist
 
@@ -58,6 +84,11 @@ def main(out_path: str, support: str) -> None:
     model = make_model(support)
     per = B // world
     shard = {k: v[rank * per:(rank + 1) * per] for k, v in make_batch().items()}
+    if mode == "trainer":
+        grads = trainer_gradient(model, make_batch(), microbatch=1)
+        if rank == 0:
+            torch.save({"grads": grads}, out_path)
+        return
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     loss = model.loss(ddp(shard), shard)["total"]
     loss.backward()  # DDP averages the gradients over the ranks
@@ -72,4 +103,4 @@ def main(out_path: str, support: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -541,45 +541,85 @@ def test_leaf_logits_repeated_backward_and_zero_grad():
 # several processes: the objective is the global per-token mean
 
 
-@pytest.mark.slow
-def test_two_processes_give_the_global_per_token_mean(tmp_path):
-    """2 ranks with unequal padding (composer -n 2, gloo, DDP): the averaged gradient and the mean
-    loss equal the single-process per-token mean over the whole batch (not a mean of rank means)."""
+def _worker():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    import dist_loss_worker
+
+    return dist_loss_worker
+
+
+def _reference_gradient(w, batch):
+    """The single-process objective on the whole batch: its value and gradient."""
+    model = w.make_model("split")
+    loss = model.loss(model(batch), batch)["total"]
+    loss.backward()
+    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _launch_two_ranks(tmp_path, mode: str) -> dict:
+    """`composer -n 2 tests/dist_loss_worker.py OUT split MODE` (gloo, DDP); rank 0's saved result."""
     import os
     import socket
     import subprocess
     import sys
 
-    sys.path.insert(0, os.path.dirname(__file__))
-    import dist_loss_worker as w
-
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for support in ("split",):
-        model = w.make_model(support)
-        model.alpha = 0.6
-        batch = w.make_batch()
-        loss = model.loss(model(batch), batch)["total"]
-        loss.backward()
-        single = {n: p.grad.clone() for n, p in model.named_parameters()}
-        # the naive objective (mean of the two ranks' own means) is different on this batch
-        halves = [{k: v[i * 2:(i + 1) * 2] for k, v in batch.items()} for i in range(2)]
-        naive = sum(float(model.loss(model(h), h)["total"]) for h in halves) / 2
-        assert abs(naive - float(loss)) > 0.02
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        out = tmp_path / f"{support}.pt"
-        env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-        composer = os.path.join(os.path.dirname(sys.executable), "composer")
-        cmd = [composer, "-n", "2", "--master_port", str(port), os.path.join(os.path.dirname(__file__), "dist_loss_worker.py"),
-               str(out), support]
-        p = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-        got = torch.load(out)
-        assert got["loss"] == pytest.approx(float(loss), rel=1e-6)
-        assert got["rank_losses"][0] != pytest.approx(got["rank_losses"][1])
-        for n, g in single.items():
-            torch.testing.assert_close(got["grads"][n], g, rtol=1e-5, atol=1e-7)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / f"{mode}.pt"
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    composer = os.path.join(os.path.dirname(sys.executable), "composer")
+    cmd = [composer, "-n", "2", "--master_port", str(port), os.path.join(os.path.dirname(__file__), "dist_loss_worker.py"),
+           str(out), "split", mode]
+    p = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return torch.load(out)
+
+
+def test_microbatches_give_the_per_token_mean_of_the_device_batch():
+    """One process, a real composer.Trainer splitting the batch (sequence lengths 1, 2, 6, 6) into
+    microbatches of one sequence: the update is the gradient of the per-token mean over the whole
+    batch, not of the mean of the microbatches' own means (which differs on this batch)."""
+    w = _worker()
+    batch = w.make_batch()
+    loss, single = _reference_gradient(w, batch)
+    model = w.make_model("split")  # the naive objective: the mean of the four sequences' own means
+    for i in range(w.B):
+        one = {k: v[i:i + 1] for k, v in batch.items()}
+        (model.loss(model(one), one)["total"] / w.B).backward()
+    naive = {n: p.grad for n, p in model.named_parameters()}
+    assert max(float((naive[n] - g).abs().max()) for n, g in single.items()) > 1e-2
+    got = w.trainer_gradient(w.make_model("split"), batch, microbatch=1)
+    for n, g in single.items():
+        torch.testing.assert_close(got[n], g, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_global_per_token_mean(tmp_path):
+    """2 ranks with unequal padding (composer -n 2, gloo): the averaged gradient and the mean loss
+    equal the single-process per-token mean over the whole batch (not a mean of rank means), through
+    DDP directly and through a real composer.Trainer that also splits each rank's batch into
+    microbatches of one sequence."""
+    w = _worker()
+    batch = w.make_batch()
+    loss, single = _reference_gradient(w, batch)
+    # the naive objective (mean of the two ranks' own means) is different on this batch
+    model = w.make_model("split")
+    halves = [{k: v[i * 2:(i + 1) * 2] for k, v in batch.items()} for i in range(2)]
+    naive = sum(float(model.loss(model(h), h)["total"]) for h in halves) / 2
+    assert abs(naive - loss) > 0.02
+    got = _launch_two_ranks(tmp_path, "ddp")
+    assert got["loss"] == pytest.approx(loss, rel=1e-6)
+    assert got["rank_losses"][0] != pytest.approx(got["rank_losses"][1])
+    for n, g in single.items():
+        torch.testing.assert_close(got["grads"][n], g, rtol=1e-5, atol=1e-7)
+    got = _launch_two_ranks(tmp_path, "trainer")
+    for n, g in single.items():
+        torch.testing.assert_close(got["grads"][n], g, rtol=1e-5, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,15 +2,17 @@
 
 Loss = (1 - alpha) * LM + alpha * KD (`trainer.losses.distill_loss(logits, labels, teacher, spec)`:
 one chunked pass, each term its own per-token mean; ``spec`` is the model's `LossSpec`, the teacher
-a `TeacherBatch`). With several processes each term is the GLOBAL per-token mean: the LM
-token and KD position counts are all-reduced (`composer.utils.dist`) and each rank divides its sum
-by (global count / world size), so that DDP's gradient averaging yields the gradient of the sum
-over all ranks / the global count, whatever the padding on each rank (a rank's logged lm / kd are
-then its share scaled by the world size; their mean over ranks is the global mean). With
-microbatches (data.microbatch_size) Composer weights each microbatch by its share of samples:
-the per-token mean then holds within a microbatch only. alpha is a plain attribute set every
-batch by the `AlphaCallback` from the schedule and Composer's training progress (timestamp / max_duration),
-so a resumed run recomputes it from the restored timestamp.
+a `TeacherBatch`). Each term is the per-token mean over the GLOBAL batch (every rank, every
+microbatch), whatever the padding: `BatchCounts` counts the LM tokens, KD positions and samples of
+each device batch before Composer splits it into microbatches and all-reduces them
+(`composer.utils.dist`); a microbatch then divides its sum by C * b / S (C the global count, b its
+samples, S the global samples). Composer scales a microbatch's loss by b / (S / world size) and DDP
+averages over ranks, so the gradient is that of (sum over every rank and microbatch) / C. Without
+microbatches that denominator is C / world size (a rank's logged lm / kd are its share scaled by the
+world size; their mean over ranks is the global mean). Called outside a Trainer (no counts
+recorded) the loss all-reduces the counts of the batch it is given. alpha is a plain attribute set
+every batch by the `AlphaCallback` from the schedule and Composer's training progress (timestamp /
+max_duration), so a resumed run recomputes it from the restored timestamp.
 
 Alignment: the collator (`trainer.data.DistillCollator`) already aligned labels and teacher
 tensors with the logits (position t predicts token t + 1); the student gets no `labels` (HF would
@@ -67,6 +69,7 @@ class DistillationModel(ComposerModel):
         # checkpoints, not wrapped by DDP. It is moved to the batch's device on first use.
         self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []
         self._stats = torch.zeros(3, dtype=torch.float64)  # agreement sum (weighted), positions, batches
+        self._batch_counts: Optional[torch.Tensor] = None  # global (LM tokens, KD positions, samples), `BatchCounts`
         self.eval_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(), "LanguagePerplexity": LanguagePerplexity()}
 
     # -- Composer API ------------------------------------------------------------------------
@@ -88,10 +91,14 @@ class DistillationModel(ComposerModel):
             self._stats += torch.tensor([float(res.agreement) * n, n, 0.0], dtype=torch.float64)
         return {"total": res.loss, "lm": res.lm.detach(), "kd": res.kd.detach()}
 
-    @staticmethod
-    def _global_denominators(batch: dict, teacher: Optional[TeacherBatch]):
-        """(LM, KD) denominators: this batch's counts on one process (None), else the counts summed
-        over all ranks divided by the world size (one all-reduce of two numbers per step)."""
+    def _global_denominators(self, batch: dict, teacher: Optional[TeacherBatch]):
+        """(LM, KD) denominators: C * b / S from the device batch's global counts (`BatchCounts`); without
+        them, this batch's counts on one process (None), else its counts summed over all ranks divided
+        by the world size (one all-reduce of two numbers)."""
+        if self._batch_counts is not None:
+            c_lm, c_kd, samples = self._batch_counts
+            share = batch["labels"].shape[0] / samples  # this microbatch's share of the global samples
+            return c_lm * share, c_kd * share
         world = dist.get_world_size()
         if world == 1:
             return None, None
@@ -100,6 +107,26 @@ class DistillationModel(ComposerModel):
         dist.all_reduce(counts)
         counts = counts / world
         return counts[0], counts[1]
+
+    def record_batch_counts(self, batch: Optional[dict]) -> None:
+        """Count the device batch's LM tokens, KD positions and samples, summed over all ranks (None:
+        forget them). KD positions as the loss will see them: the stored teacher's valid positions, or
+        (live) every attended position, where the live teacher always keeps at least one id."""
+        if batch is None:
+            self._batch_counts = None
+            return
+        labels = batch["labels"]
+        stored = TeacherBatch.from_batch(batch) if self.mode == "offline" and "teacher_ids" in batch else None
+        n_lm, n_kd = count_positions(labels, stored)
+        if self.mode == "live":
+            n_kd = batch["attention_mask"].to(torch.bool).sum()
+        # the batch is still on the host here (Composer moves each microbatch); the all-reduce runs
+        # where the model is (NCCL takes device tensors only)
+        dev = next(self.parameters()).device
+        counts = torch.stack([n_lm.cpu(), n_kd.cpu(), torch.tensor(labels.shape[0])]).to(dev, torch.float64)
+        if dist.get_world_size() > 1:
+            dist.all_reduce(counts)
+        self._batch_counts = counts
 
     def eval_forward(self, batch: dict, outputs: Optional[Any] = None):
         return outputs if outputs is not None else self.forward(batch)
@@ -173,6 +200,19 @@ class AlphaCallback(Callback):
             if t[1] > 0:
                 metrics["distill/agreement"] = float(t[0] / t[1])
             logger.log_metrics(metrics)
+
+
+class BatchCounts(Callback):
+    """Records the global counts of each device batch before Composer splits it into microbatches
+    (AFTER_DATALOADER), so that every microbatch's loss is its part of the global per-token mean
+    (`DistillationModel._global_denominators`); forgets them at BATCH_END. One all-reduce of three
+    numbers per step."""
+
+    def run_event(self, event: Event, state: State, logger: Logger) -> None:
+        if event == Event.AFTER_DATALOADER:
+            _unwrap(state.model).record_batch_counts(state.batch)
+        elif event == Event.BATCH_END:
+            _unwrap(state.model).record_batch_counts(None)
 
 
 class StopAfter(Callback):

@@ -244,7 +244,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
 
     from schemas import fingerprint_tokenizer
     from trainer.data import build_dataloader, num_tokens_in_batch
-    from trainer.model import AlphaCallback, DistillationModel, SampleLog, StopAfter
+    from trainer.model import AlphaCallback, BatchCounts, DistillationModel, SampleLog, StopAfter
 
     from schemas import storage
     from trainer.checkpoints import recover_checkpoints
@@ -306,7 +306,7 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
 
     fingerprint = run_fingerprint(cfg, dataset_ids=train_ds.identities, student=student, tokenizer_fp=tokenizer_fp)
     callbacks = [RunFingerprint(fingerprint, r.allow_changed, cfg.optim), AlphaCallback(k.alpha_schedule()),
-                 SpeedMonitor(window_size=10), LRMonitor()]
+                 BatchCounts(), SpeedMonitor(window_size=10), LRMonitor()]
     if r.stop_after:
         callbacks.append(StopAfter(r.stop_after))
     if r.sample_log_dir:
