@@ -19,6 +19,7 @@ import json
 import math
 import platform
 import statistics
+import textwrap
 import time
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     hi = max(m + e for m, e in zip(means, errs))
     ax.set_xlim(lo - 0.1 * (hi - lo + 1e-3), hi + 0.1 * (hi - lo + 1e-3))
     ax.set_xlabel("held-out cross-entropy (nats/token), lower is better")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 120), fontsize=8)  # the whole header: scale, date, machine
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     print(head)
     print(text)
     (out / "results.json").write_text(json.dumps({"header": head, "rows": rows, "runs": results}, indent=1))
-    plot(rows, out / "recipes.png", head[:110])
+    plot(rows, out / "recipes.png", head)
     print(f"[recipes] wrote {out / 'results.json'} and {out / 'recipes.png'}")
     return 0
 
