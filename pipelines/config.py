@@ -156,8 +156,14 @@ class PipelineConfig(BaseModel):
     def shaping_settings(self) -> dict:
         """Every setting that changes the output's bytes, except the identities of the inputs,
         teacher and tokenizer, which enter the fingerprint as content fingerprints (a copy of the
-        corpus or of the checkpoint at another URI is the same input)."""
+        corpus or of the checkpoint at another URI is the same input). The codec's parameters as
+        its encoder resolves them, defaults included: a pdistill whose encoder defaults changed
+        (compact4's kl_target, the KL guarantee's mass_floor) must not resume a run another one
+        started, since decoders derive the value step from the manifest's parameters."""
+        from schemas import make_codec
+
         d = self.model_dump(exclude=set(self.EXECUTION_ONLY) | {"inputs", "teacher", "tokenizer"})
+        d["codec_params"] = make_codec(self.codec, self.codec_params).params()
         if self.selection == "sample":
             d["top_p"], d["top_k"] = 1.0, self.num_draws
         else:

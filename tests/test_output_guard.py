@@ -146,6 +146,43 @@ def test_publish_refuses_a_part_written_with_other_settings(clean, lake, tiny_te
     assert digest(out) == clean["digest"]
 
 
+def test_a_run_resumed_by_an_encoder_with_other_defaults_is_refused(clean, lake, tiny_teacher, tmp_path, monkeypatch):
+    """An upgrade mid-run: parts written by the encoder before compact4's KL guarantee (kl_target 7.5e-4,
+    no mass_floor) must not be published under today's defaults (8e-4, 3/4). The decoders derive the
+    value step from the manifest's kl_target: published that way, the old parts would decode to
+    values ~3 % off, silently. The claim fingerprints the parameters as the encoder resolves them, not
+    as the config spells them (`codec_params: {}` both times); spelling out the old ones resumes."""
+    import dataclasses
+
+    from schemas import Manifest, codec as codec_module
+
+    @dataclasses.dataclass(frozen=True)
+    class OlderCompact4(codec_module.Compact4Codec):  # the encoder of the pdistill that started the run
+        kl_target: float = 7.5e-4
+        mass_floor: float = 0.0
+
+    out = tmp_path / "ds"
+    with monkeypatch.context() as m:
+        m.setitem(codec_module.CODECS, "compact4", OlderCompact4)
+        m.setenv("PDISTILL_TEST_FAULTS", json.dumps(
+            {"stage": "publish", "units": ["root"], "mode": "once", "marker_dir": str(tmp_path)}))
+        with pytest.raises(Exception, match="injected failure at publish"):
+            run(cfg(lake, out, tiny_teacher))
+    assert (out / "_settings.json").exists() and not (out / "manifest.json").exists()
+
+    with pytest.raises(SettingsMismatch, match=r"codec_params\.kl_target: 0\.00075 -> 0\.0008.*codec_params\.mass_floor: 0\.0 -> 0\.75"):
+        run(cfg(lake, out, tiny_teacher))
+    assert not (out / "manifest.json").exists()
+
+    run(cfg(lake, out, tiny_teacher, codec_params={"kl_target": 7.5e-4, "mass_floor": 0.0}))
+    params = Manifest.from_json((out / "manifest.json").read_text()).codec.params
+    assert params["kl_target"] == 7.5e-4 and params["mass_floor"] == 0.0
+    # the defaults spelled out are the defaults: same fingerprint, so the clean run's output is done
+    spelled = codec_module.make_codec("compact4").params()
+    assert cfg(lake, out, tiny_teacher, codec_params=spelled).settings_fingerprint() == \
+        cfg(lake, out, tiny_teacher).settings_fingerprint()
+
+
 # ---------------------------------------------------------------- foreign outputs
 
 
