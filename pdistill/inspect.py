@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 
@@ -144,15 +145,30 @@ def _zstd_errors() -> tuple:
         return ()
 
 
+def finite_or_none(value):
+    """A report value with every inf / nan replaced by None: `codec_kl_bound` of a dataset written
+    before the KL guarantee is unbounded, and strict JSON (jq, most parsers) has no Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
 def print_report(report: dict, as_json: bool, out=None) -> None:
     out = out or sys.stdout
+    report = finite_or_none(report)
     if as_json:
-        print(json.dumps(report, indent=2), file=out)
+        print(json.dumps(report, indent=2, allow_nan=False), file=out)
         return
     for k, v in report.items():
         if k == "problems":
             for p in v:
                 print(f"{'problem':>24}: {p}", file=out)
+        elif k == "codec_kl_bound" and v is None:
+            print(f"{k:>24}: none (written by an encoder without the KL guarantee)", file=out)
         else:
             print(f"{k:>24}: {v}", file=out)
 

@@ -44,6 +44,23 @@ def test_inspect_reports_counts_and_fidelity(dataset, capsys):
     assert report["total_kl"] > report["codec_kl"]
 
 
+def test_a_dataset_without_a_kl_guarantee_reports_no_bound_in_strict_json(tmp_path, capsys):
+    """compact2/3/4 data written before the KL guarantee (mass_floor 0: the format-1 encoder) has no
+    bound: `--json` says null, not Infinity, which jq and strict parsers refuse; the text says why."""
+    out = str(tmp_path / "ds")
+    write_dataset(out, make_tokenizer(), n_samples=2, codec="compact4", codec_params={"mass_floor": 0.0})
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    rc = inspect.main([out, "--json"])
+    report = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert rc == 0 and report["verdict"] == "whole"
+    assert report["codec_kl_bound"] is None and report["codec_kl_design"] == pytest.approx(8e-4)
+    assert inspect.main([out]) == 0
+    assert "codec_kl_bound: none (written by an encoder without the KL guarantee)" in capsys.readouterr().out
+
+
 def test_inspect_refuses_an_incomplete_dataset(tmp_path, capsys):
     tok = make_tokenizer()
     out = str(tmp_path / "ds")
