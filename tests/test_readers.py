@@ -228,3 +228,25 @@ def test_lines_of_matches_a_plain_split_whatever_the_chunking():
         assert list(lines_of(iter(chunks), limit=limit)) == expected
 
     check()
+
+
+def test_reading_parquet_starts_no_arrow_threads(tmp_path):
+    """pyarrow's thread pool can outlive the interpreter (apache/arrow#34314): with threaded
+    row-group reads, 3-6 of 20 processes that read one unit aborted at exit here ("terminate called
+    without an active exception", exit 134) after finishing their work, so a worker or `pdistill plan`
+    reported a failure for work it had done. The reader reads row groups on the calling thread: a
+    process that read Parquet has no more OS threads than before (threaded reads added 2 here)."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": make_texts(48, seed=7)}), tmp_path / "b.parquet", row_group_size=8)
+    code = ("import os, sys; from pipelines.sources import expand_inputs, plan_units; from pipelines.readers import "
+            "read_unit; units = plan_units(expand_inputs([sys.argv[1]]), rows_per_unit=8, bytes_per_unit=1200); "
+            "before = len(os.listdir('/proc/self/task')); n = sum(1 for u in units for _ in read_unit(u, 'text')); "
+            "print(n, len(os.listdir('/proc/self/task')) - before)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b.parquet")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.split() == ["48", "0"]
