@@ -72,6 +72,40 @@ def check_vocab(teacher_vocab: int, tokenizer_len: int, teacher: str, tokenizer:
         )
 
 
+def check_weight_shapes(uri: str, config, shapes: dict) -> None:
+    """The safetensors headers against the model config.json describes (built on the meta device:
+    no memory, no weights read), so weights from another model fail here with the tensor named,
+    not as a `size mismatch` deep inside the first worker's model load."""
+    if not shapes:
+        return  # only .bin/.pt weights: their shapes are known once loaded
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as e:
+        raise TeacherError(f"teacher {uri}: config.json does not describe a causal LM transformers can build "
+                           f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]})") from None
+    prefix = f"{getattr(model, 'base_model_prefix', '') or '-'}."  # checkpoints of the bare base model lack it
+
+    def bare(k: str) -> str:
+        return k[len(prefix):] if k.startswith(prefix) else k
+
+    expected = {bare(k): tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = {bare(k): v for k, v in shapes.items()}
+    common = [k for k in shapes if k in expected]
+    if not common:
+        raise TeacherError(f"teacher {uri}: none of the {len(shapes)} tensors in its weight files is a parameter of "
+                           f"the {type(model).__name__} its config.json describes (e.g. {next(iter(shapes))!r}): "
+                           "weights and config.json are from different models")
+    for k in common:
+        if shapes[k][0] != expected[k]:
+            raise TeacherError(f"teacher {uri}: tensor {k} in {shapes[k][1]} has shape {list(shapes[k][0])} but "
+                               f"config.json makes it {list(expected[k])}: weights and config.json are from "
+                               "different models")
+
+
 def prefetch_revision(uri: str):
     """Start fetching the checkpoint and hashing its weights (a sha256 over hundreds of MB) in a
     background thread, so the launcher's other checks overlap it; hand the future to
@@ -102,24 +136,34 @@ def inspect_teacher(uri: str, tokenizer_len: int, tokenizer_uri: str, revision=N
             pass  # reported below, by the same calls, in order
     try:
         local = storage.fetch_dir(uri)
-        config = AutoConfig.from_pretrained(local)
     except Exception as e:
         raise TeacherError(f"teacher {uri}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
+    if not os.path.isfile(os.path.join(local, "config.json")):
+        raise TeacherError(f"teacher {uri}: no config.json in the checkpoint (a teacher is a Hugging Face model folder: "
+                           "config.json and weight files)")
+    try:
+        config = AutoConfig.from_pretrained(local)
+    except Exception as e:
+        raise TeacherError(f"teacher {uri}: cannot read its config.json "
+                           f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]})") from None
     weights = _weight_files(local)
     if not weights:
         raise TeacherError(f"teacher {uri}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) in the checkpoint")
-    params = 0
+    params, shapes = 0, {}
     for name in weights:
         if name.endswith(".safetensors"):
             try:
                 from safetensors import safe_open
 
                 with safe_open(os.path.join(local, name), framework="numpy") as f:
-                    params += sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
+                    for k in f.keys():
+                        shapes[k] = (tuple(f.get_slice(k).get_shape()), name)
             except Exception as e:
                 raise TeacherError(f"teacher {uri}: weight file {name} is unreadable ({type(e).__name__}: {e})") from None
         else:
             params += os.path.getsize(os.path.join(local, name)) // 4
+    params += sum(int(np.prod(shape)) for shape, _ in shapes.values())
+    check_weight_shapes(uri, config, shapes)
     vocab = logits_dim(config)
     check_vocab(vocab, tokenizer_len, uri, tokenizer_uri)
     return TeacherInfo(local, vocab, rev or teacher_revision(local), forward_shape(config, vocab), params)

@@ -215,3 +215,38 @@ def test_vocab_check_fails_fast(tmp_path, tiny_teacher):
     (tmp_path / "corrupt" / "model.safetensors").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(TeacherError, match="model.safetensors is unreadable"):
         inspect_teacher(str(tmp_path / "corrupt"), 320, tiny_teacher)
+
+
+def test_a_wrong_teacher_is_refused_with_the_reason_before_any_work(tmp_path, tiny_teacher):
+    """Weights from another model, no config.json, an architecture transformers does not know:
+    each named before the job starts, not as a `size mismatch` traceback from the first worker."""
+    import json
+    import shutil
+
+    from pipelines.teacher import TeacherError, inspect_teacher
+
+    def variant(name: str, **changes) -> str:
+        d = tmp_path / name
+        shutil.copytree(tiny_teacher, d)
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**cfg, **changes}))
+        return str(d)
+
+    wider = variant("wider", hidden_size=64)  # config.json of a wider sibling, weights of the tiny one
+    with pytest.raises(TeacherError, match=r"tensor .* in model.safetensors has shape \[320, 32\] but config.json "
+                                           r"makes it \[320, 64\]: weights and config.json are from different"):
+        inspect_teacher(wider, 320, tiny_teacher)
+    with pytest.raises(TeacherError, match="cannot read its config.json .*model type `no_such_arch`"):
+        inspect_teacher(variant("alien", model_type="no_such_arch"), 320, tiny_teacher)
+    bare = variant("bare")
+    os.remove(os.path.join(bare, "config.json"))
+    with pytest.raises(TeacherError, match="no config.json in the checkpoint"):
+        inspect_teacher(bare, 320, tiny_teacher)
+    # a checkpoint of the base model alone (tensor names without the `model.` prefix) is the same model
+    from safetensors.torch import load_file, save_file
+
+    base = variant("base")
+    tensors = load_file(os.path.join(base, "model.safetensors"))
+    save_file({k.removeprefix("model."): v.contiguous() for k, v in tensors.items()},
+              os.path.join(base, "model.safetensors"))
+    assert inspect_teacher(base, 320, tiny_teacher).vocab_size == 320
