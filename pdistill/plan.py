@@ -113,6 +113,8 @@ def make_plan(config, args, extra_args: list[str] | None = None) -> dict:
             "draws": sum(sample.draws),
             "keys": [f"{u}#{i}" for u, i, _ in sample.docs],
         },
+        "document_tokens": est.document_lengths(run.doc_tokens, run.doc_bytes, sample.draws, config.seq_len,
+                                                1 + (1 if config.add_bos else 0)),
         "throughput": tp,
         "workers": args.workers,
         "price_per_hour": args.price_per_hour,
@@ -140,6 +142,15 @@ def fmt(value: float, unit: str = "") -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
+def doc_length_line(dl: dict) -> list[str]:
+    if not dl:
+        return []
+    return [f"documents: {dl['mean']:,.0f} tokens on average, median {dl['p50']:,.0f} (10-90 %: {dl['p10']:,.0f}"
+            f"-{dl['p90']:,.0f}, 99 %: {dl['p99']:,.0f}); {100 * dl['share_longer_than_seq_len']:.1f} % are longer "
+            f"than seq-len {dl['seq_len']} and hold {100 * dl['token_share_in_longer_than_seq_len']:.0f} % of the "
+            f"tokens (split over sequences)"]
+
+
 def table(plan: dict) -> str:
     lk, sm, tp, pr = plan["lake"], plan["sample"], plan["throughput"], plan["predicted"]
     formats = ", ".join(f"{k}: {v['files']} files {fmt(v['bytes'], 'B')}" for k, v in sorted(lk["formats"].items()))
@@ -149,6 +160,7 @@ def table(plan: dict) -> str:
         f"sample: {sm['documents']} documents of {sm['documents_read']} read (seed {sm['seed']}), {sm['tokens']:,} "
         f"tokens, {sm['sequences']} sequences, teacher pass {sm['teacher_pass_seconds']:.0f} s at "
         f"{sm['teacher_tokens_per_s']:.0f} tokens/s here",
+        *doc_length_line(plan.get("document_tokens") or {}),
         f"throughput: {tp['tokens_per_s']:.4g} tokens/s per accelerator ({tp['how']})",
         "",
         f"| {'quantity':<20} | {'estimate':>12} | {'90 % interval':>25} |",

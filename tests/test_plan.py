@@ -11,7 +11,7 @@ pytest.importorskip("apache_beam")
 
 from fixtures_models import make_texts  # noqa: E402
 from pdistill import plan as plan_cli  # noqa: E402
-from pdistill.plan_estimate import throughput, time_and_cost  # noqa: E402
+from pdistill.plan_estimate import document_lengths, throughput, time_and_cost  # noqa: E402
 from pdistill.plan_sample import choose_units, draw  # noqa: E402
 from pipelines.sources import expand_inputs, plan_units  # noqa: E402
 
@@ -52,6 +52,46 @@ def test_sample_is_deterministic_and_stratified(lake):
     assert len({u.uri for u in chosen}) == 4
     assert {u.name for u in choose_units(list(reversed(units)), 4, seed=3)} == {u.name for u in chosen}
     assert sum(draw(files, units, "text", seed=3, sample_docs=7).draws) == 7
+
+
+def test_sample_is_the_same_in_processes_with_other_hash_seeds(lake):
+    """Names, not Python's per-process string hashing or listing order, decide the sample."""
+    import subprocess
+    import sys
+
+    code = ("import json, os, sys; from pdistill.plan_sample import draw; "
+            "from pipelines.sources import expand_inputs, plan_units; "
+            "files = expand_inputs([os.path.join(sys.argv[1], '*')]); "
+            "units = plan_units(files, rows_per_unit=8, bytes_per_unit=1200); "
+            "s = draw(files, units, 'text', seed=3, max_units=3, sample_fraction=0.1); "
+            "print(json.dumps([[u, i] for u, i, _ in s.docs]))")
+    keys = []
+    for hash_seed in ("0", "1", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run([sys.executable, "-c", code, lake], env=env, capture_output=True, text=True, check=True)
+        keys.append(out.stdout.strip())
+    assert keys[0] == keys[1] == keys[2] and keys[0] != "[]"
+
+
+def test_document_lengths_speak_for_the_lake_not_the_size_proportional_sample(tmp_path):
+    """200 short documents (10 words) and 20 long ones (500 words): by bytes the sample is mostly
+    long documents; reweighted it must give the lake's median (10), not the sample's (500)."""
+    d = tmp_path / "lake"
+    d.mkdir()
+    texts = [" ".join(["short"] * 10)] * 200 + [" ".join(["long"] * 500)] * 20
+    order = sorted(range(len(texts)), key=lambda i: (i * 7919) % len(texts))  # long ones spread out
+    (d / "a.jsonl").write_text("".join(json.dumps({"text": texts[i]}) + "\n" for i in order))
+    files = expand_inputs([str(d / "*")])
+    s = draw(files, plan_units(files, rows_per_unit=1000, bytes_per_unit=1 << 20), "text", seed=1,
+             sample_fraction=0.2)
+    words = [len(t.split()) + 1 for _, _, t in s.docs]  # a whitespace "tokenizer", + 1 separator
+    nbytes = [len(t.encode()) for _, _, t in s.docs]
+    assert sorted(words)[len(words) // 2] == 501  # the sample itself: mostly long documents
+    dl = document_lengths(words, nbytes, s.draws, seq_len=64, extra=1)
+    assert dl["p50"] == 10 and dl["p10"] == 10 and dl["p99"] == 500
+    assert dl["share_longer_than_seq_len"] == pytest.approx(20 / 220, rel=0.25)  # 9 % of documents
+    assert dl["token_share_in_longer_than_seq_len"] == pytest.approx(10000 / 12000, rel=0.1)  # 83 % of tokens
+    assert dl["mean"] == pytest.approx(12000 / 220, rel=0.25)
 
 
 def test_throughput_model_is_stated_and_overridable():
@@ -117,8 +157,10 @@ def test_plan_counts_dead_letters_like_the_run(tiny_teacher, tmp_path, capsys):
     assert plan_cli.main(common + ["--sample-fraction", "0.25", "--plan", str(plan_path), "--gpu", "l4",
                                    "--price-per-hour", "0.8", "--workers", "4"]) == 0
     table = capsys.readouterr().out
-    assert "dead letters" in table and "FLOPs model" in table
+    assert "dead letters" in table and "FLOPs model" in table and "tokens on average, median" in table
     plan = json.loads(plan_path.read_text())
+    dl = plan["document_tokens"]
+    assert dl["seq_len"] == 32 and dl["p10"] <= dl["p50"] <= dl["p90"] <= dl["p99"] <= dl["sampled_max"]
     run(PipelineConfig(inputs=[str(d / "*")], teacher=tiny_teacher, output=str(tmp_path / "ds"), seq_len=32, top_k=16,
                        rows_per_unit=4, bytes_per_unit=1500, progress=False))
     m = json.loads((tmp_path / "ds" / "manifest.json").read_text())["counts"]
