@@ -113,8 +113,7 @@ def make_plan(config, args, extra_args: list[str] | None = None) -> dict:
             "draws": sum(sample.draws),
             "keys": [f"{u}#{i}" for u, i, _ in sample.docs],
         },
-        "document_tokens": est.document_lengths(run.doc_tokens, run.doc_bytes, sample.draws, config.seq_len,
-                                                1 + (1 if config.add_bos else 0)),
+        "document_tokens": est.document_lengths(sample.doc_bytes, pred["tokens_per_byte"]["estimate"], config.seq_len),
         "throughput": tp,
         "workers": args.workers,
         "price_per_hour": args.price_per_hour,
@@ -145,7 +144,7 @@ def fmt(value: float, unit: str = "") -> str:
 def doc_length_line(dl: dict) -> list[str]:
     if not dl:
         return []
-    return [f"documents: {dl['mean']:,.0f} tokens on average, median {dl['p50']:,.0f} (10-90 %: {dl['p10']:,.0f}"
+    return [f"documents ({dl['documents']:,} read): {dl['mean']:,.0f} tokens on average, median {dl['p50']:,.0f} (10-90 %: {dl['p10']:,.0f}"
             f"-{dl['p90']:,.0f}, 99 %: {dl['p99']:,.0f}); {100 * dl['share_longer_than_seq_len']:.1f} % are longer "
             f"than seq-len {dl['seq_len']} and hold {100 * dl['token_share_in_longer_than_seq_len']:.0f} % of the "
             f"tokens (split over sequences)"]

@@ -62,6 +62,7 @@ class LakeSample:
     docs: list[tuple[str, int, str]]  # drawn (unit, index in unit's usable docs, text), each once
     draws: list[int]  # times each of `docs` was drawn (>= 1)
     seed: int
+    doc_bytes: list[int] = field(default_factory=list)  # UTF-8 bytes of every usable document read
 
     def incomplete_files(self) -> float:
         """Files not readable to their end, as the run counts them; files not read in proportion."""
@@ -168,11 +169,13 @@ def draw(files: list[SourceFile], units: list[Unit], text_column: str, *, seed: 
     read = read_units(choose_units(units, max_units, seed), unit_bytes, text_column)
     pool = [(r.name, i, t) for r in read for i, t in enumerate(r.texts)]
     want = sample_docs if sample_docs is not None else math.ceil(sample_fraction * len(pool) - 1e-9)
-    hits = systematic_pps([len(t.encode("utf-8")) for _, _, t in pool], want, seed)
+    sizes = [len(t.encode("utf-8")) for _, _, t in pool]
+    hits = systematic_pps(sizes, want, seed)
     counts: dict[int, int] = {}
     for h in hits:
         counts[h] = counts.get(h, 0) + 1
     order = sorted(counts)
     for r in read:
         r.texts = []
-    return LakeSample(files, units, unit_bytes, read, [pool[i] for i in order], [counts[i] for i in order], seed)
+    return LakeSample(files, units, unit_bytes, read, [pool[i] for i in order], [counts[i] for i in order], seed,
+                      sizes)

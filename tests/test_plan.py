@@ -73,9 +73,9 @@ def test_sample_is_the_same_in_processes_with_other_hash_seeds(lake):
     assert keys[0] == keys[1] == keys[2] and keys[0] != "[]"
 
 
-def test_document_lengths_speak_for_the_lake_not_the_size_proportional_sample(tmp_path):
-    """200 short documents (10 words) and 20 long ones (500 words): by bytes the sample is mostly
-    long documents; reweighted it must give the lake's median (10), not the sample's (500)."""
+def test_document_lengths_speak_for_the_lake_not_the_size_proportional_draws(tmp_path):
+    """200 short documents (10 words) and 20 long ones (500 words): the draws, by bytes, are mostly
+    long documents; the plan's distribution must be the lake's (median 10 words), not theirs (500)."""
     d = tmp_path / "lake"
     d.mkdir()
     texts = [" ".join(["short"] * 10)] * 200 + [" ".join(["long"] * 500)] * 20
@@ -83,15 +83,16 @@ def test_document_lengths_speak_for_the_lake_not_the_size_proportional_sample(tm
     (d / "a.jsonl").write_text("".join(json.dumps({"text": texts[i]}) + "\n" for i in order))
     files = expand_inputs([str(d / "*")])
     s = draw(files, plan_units(files, rows_per_unit=1000, bytes_per_unit=1 << 20), "text", seed=1,
-             sample_fraction=0.2)
-    words = [len(t.split()) + 1 for _, _, t in s.docs]  # a whitespace "tokenizer", + 1 separator
-    nbytes = [len(t.encode()) for _, _, t in s.docs]
-    assert sorted(words)[len(words) // 2] == 501  # the sample itself: mostly long documents
-    dl = document_lengths(words, nbytes, s.draws, seq_len=64, extra=1)
-    assert dl["p50"] == 10 and dl["p10"] == 10 and dl["p99"] == 500
-    assert dl["share_longer_than_seq_len"] == pytest.approx(20 / 220, rel=0.25)  # 9 % of documents
-    assert dl["token_share_in_longer_than_seq_len"] == pytest.approx(10000 / 12000, rel=0.1)  # 83 % of tokens
-    assert dl["mean"] == pytest.approx(12000 / 220, rel=0.25)
+             sample_fraction=0.05)
+    words = [len(t.split()) for _, _, t in s.docs]  # a whitespace "tokenizer"
+    assert sorted(words)[len(words) // 2] == 500  # the draws themselves: mostly long documents
+    per_byte = sum(w * n for w, n in zip(words, s.draws)) / sum(len(t) * n for (_, _, t), n in zip(s.docs, s.draws))
+    dl = document_lengths(s.doc_bytes, per_byte, seq_len=64)
+    # one tokens/byte for all (here 0.17 words/byte for the short ones, 0.2 for the long): within 20 %
+    assert dl["documents"] == 220 and dl["p50"] == pytest.approx(10, rel=0.2) and dl["p99"] == pytest.approx(500, rel=0.2)
+    assert dl["share_longer_than_seq_len"] == pytest.approx(20 / 220)  # 9 % of documents
+    assert dl["token_share_in_longer_than_seq_len"] == pytest.approx(10000 / 12000, rel=0.05)  # 83 % of tokens
+    assert dl["mean"] == pytest.approx(12000 / 220, rel=0.2)
 
 
 def test_throughput_model_is_stated_and_overridable():
@@ -160,7 +161,7 @@ def test_plan_counts_dead_letters_like_the_run(tiny_teacher, tmp_path, capsys):
     assert "dead letters" in table and "FLOPs model" in table and "tokens on average, median" in table
     plan = json.loads(plan_path.read_text())
     dl = plan["document_tokens"]
-    assert dl["seq_len"] == 32 and dl["p10"] <= dl["p50"] <= dl["p90"] <= dl["p99"] <= dl["sampled_max"]
+    assert dl["seq_len"] == 32 and dl["p10"] <= dl["p50"] <= dl["p90"] <= dl["p99"] <= dl["max"]
     run(PipelineConfig(inputs=[str(d / "*")], teacher=tiny_teacher, output=str(tmp_path / "ds"), seq_len=32, top_k=16,
                        rows_per_unit=4, bytes_per_unit=1500, progress=False))
     m = json.loads((tmp_path / "ds" / "manifest.json").read_text())["counts"]
