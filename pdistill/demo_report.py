@@ -4,11 +4,12 @@ Pure presentation of the numbers the demo's stages recorded; nothing here runs a
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from schemas import strict_json
 
 if TYPE_CHECKING:
     from pdistill.demo_scale import Scale
@@ -97,7 +98,7 @@ def build_report(lake: Path, scale: Scale, recs: dict, wall: dict) -> dict:
     rows = _table_rows(summary)
     md = _markdown(summary, rows, scale, recs, png.name)
     (lake / "report.md").write_text(md)
-    (lake / "report.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    (lake / "report.json").write_text(strict_json.dumps(summary, indent=2, sort_keys=True))
     return {"summary": summary, "rows": rows}
 
 

@@ -20,14 +20,12 @@ prints it as text or JSON, and the exit status comes from `report["verdict"]`.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import tempfile
 
 import numpy as np
 
-from schemas import CodecError, DatasetDir, Manifest, fidelity, make_stored_codec, storage
+from schemas import CodecError, DatasetDir, Manifest, fidelity, make_stored_codec, storage, strict_json
 from schemas.errors import SchemaError
 from schemas.integrity import Problem, Verification
 from schemas.sample import decode_sample
@@ -145,23 +143,11 @@ def _zstd_errors() -> tuple:
         return ()
 
 
-def finite_or_none(value):
-    """A report value with every inf / nan replaced by None: `codec_kl_bound` of a dataset written
-    before the KL guarantee is unbounded, and strict JSON (jq, most parsers) has no Infinity."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite_or_none(v) for v in value]
-    return value
-
-
 def print_report(report: dict, as_json: bool, out=None) -> None:
     out = out or sys.stdout
-    report = finite_or_none(report)
+    report = strict_json.finite_or_none(report)
     if as_json:
-        print(json.dumps(report, indent=2, allow_nan=False), file=out)
+        print(strict_json.dumps(report, indent=2), file=out)
         return
     for k, v in report.items():
         if k == "problems":

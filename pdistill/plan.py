@@ -14,6 +14,8 @@ import sys
 import tempfile
 import time
 
+from schemas import storage, strict_json
+
 PLAN_VERSION = 1
 ROWS = [  # (key, label, unit)
     ("documents", "documents", ""), ("dead_letters", "dead letters", ""),
@@ -193,14 +195,12 @@ def main(argv: list[str] | None = None) -> int:
             if not getattr(config, key):
                 raise ConfigError(f"setting '{key}' is required (--{key.rstrip('s')} on the command line)")
         plan = make_plan(config, args, extra)
-        from schemas import storage
-
-        storage.write_text_atomic(args.plan, json.dumps(plan, indent=2, sort_keys=True))
+        storage.write_text_atomic(args.plan, strict_json.dumps(plan, indent=2, sort_keys=True))
     except (*user_errors(), OSError) as e:  # OSError: the plan cannot be written
         print(f"pdistill plan: error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(plan, indent=2, sort_keys=True))
+        print(strict_json.dumps(plan, indent=2, sort_keys=True))
     else:
         print(table(plan))
         print(f"plan written to {args.plan}")

@@ -13,6 +13,7 @@ import sys
 
 from pipelines.config import PipelineConfig
 from pipelines.errors import user_errors
+from schemas import strict_json
 from schemas.redact import redact_text, redact_uri
 
 # Flags whose name is not the setting's (`--<key with - for _>`), or that are not settings.
@@ -114,11 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print_report(report)
     if args.json:
-        print(json.dumps(report.as_dict(), sort_keys=True, default=str))
+        print(strict_json.dumps(report.as_dict(), sort_keys=True, default=str))
     if args.report_json:
         from schemas import storage
 
-        storage.write_text_atomic(args.report_json, json.dumps(report.as_dict(), indent=2, sort_keys=True, default=str))
+        storage.write_text_atomic(args.report_json, strict_json.dumps(report.as_dict(), indent=2, sort_keys=True,
+                                                                      default=str))
     return 0
 
 
