@@ -14,7 +14,9 @@ import sys
 from pipelines.config import PipelineConfig
 from pipelines.errors import user_errors
 from schemas import strict_json
+from schemas.errors import ConfigError
 from schemas.redact import redact_text, redact_uri
+from schemas.settings import file_problem
 
 # Flags whose name is not the setting's (`--<key with - for _>`), or that are not settings.
 FLAG_NAMES = {"inputs": "--input"}
@@ -69,14 +71,34 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def read_file_setting(flag: str, uri: str, load):
+    """`load(uri)` for a file named on the command line; one that cannot be read (missing, a
+    folder, no permission) is a ConfigError naming the flag and the file, not a traceback."""
+    try:
+        return load(uri)
+    except OSError as e:
+        raise ConfigError(f"{flag} {redact_uri(uri)}: cannot read it ({file_problem(e)})") from None
+
+
+def check_report_path(uri: str | None) -> None:
+    """Refuse, before any work, a --report-json path that cannot be written (`storage.unwritable`)."""
+    from schemas import storage
+
+    problem = storage.unwritable(uri, "file")
+    if problem:
+        raise ConfigError(f"--report-json {redact_uri(uri)}: cannot write to it ({problem})")
+
+
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Defaults, then --config FILE, then the flags given."""
-    base = PipelineConfig.from_yaml(args.config).model_dump(exclude_unset=True) if args.config else {}
+    base = {}
+    if args.config:
+        base = read_file_setting("--config", args.config, PipelineConfig.from_yaml).model_dump(exclude_unset=True)
     given = {k: v for k, v in vars(args).items() if v is not None and k in PipelineConfig.model_fields}
     if getattr(args, "runner_config_file", None):
         from pipelines.runner_options import load_runner_config
 
-        given["runner_config"] = load_runner_config(args.runner_config_file)
+        given["runner_config"] = read_file_setting("--runner-config", args.runner_config_file, load_runner_config)
     return PipelineConfig.from_dict({**base, **given}, where="command line")
 
 
@@ -108,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("apache_beam", "streaming", "urllib3", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        check_report_path(args.report_json)
         config = config_from_args(args)
         report = run(config, extra)
     except user_errors() as e:
@@ -119,8 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_json:
         from schemas import storage
 
-        storage.write_text_atomic(args.report_json, strict_json.dumps(report.as_dict(), indent=2, sort_keys=True,
-                                                                      default=str))
+        try:
+            storage.write_text_atomic(args.report_json, strict_json.dumps(report.as_dict(), indent=2, sort_keys=True,
+                                                                          default=str))
+        except OSError as e:  # checked before the run; a remote path fails only here
+            print(f"pdistill logits: error: --report-json {redact_uri(args.report_json)}: cannot write to it "
+                  f"({e.strerror or type(e).__name__}); the dataset itself is complete", file=sys.stderr)
+            return 2
     return 0
 
 

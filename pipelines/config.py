@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from schemas.errors import CodecError, ConfigError
 from schemas.identity import fingerprint_json
-from schemas.settings import Problem, Refused, raise_first, type_label
+from schemas.redact import redact_uri
+from schemas.settings import Problem, Refused, file_problem, raise_first, type_label
 
 __all__ = ["ConfigError", "PipelineConfig", "SELECTIONS", "TRAILING", "FORMATS", "DTYPES", "RUNNING_MODES"]
 
@@ -131,8 +132,11 @@ class PipelineConfig(BaseModel):
 
         from schemas import storage
 
-        raw = yaml.safe_load(storage.read_text(path)) or {}
-        return cls.from_dict(raw, where=path)
+        try:
+            raw = yaml.safe_load(storage.read_text(path)) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{redact_uri(path)}: a config file must be YAML ({file_problem(e)})") from None
+        return cls.from_dict(raw, where=redact_uri(path))
 
     def replace(self, **changes) -> "PipelineConfig":
         return PipelineConfig.from_dict({**self.model_dump(), **changes})

@@ -255,8 +255,10 @@ def load_runner_config(uri: str) -> dict:
 
     try:
         data = yaml.safe_load(storage.read_text(uri)) or {}  # YAML reads JSON too
-    except yaml.YAMLError as e:
-        raise RunnerConfigError(f"{uri}: a runner config must be YAML or JSON ({e})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        from schemas.settings import file_problem
+
+        raise RunnerConfigError(f"{uri}: a runner config must be YAML or JSON ({file_problem(e)})") from None
     if not isinstance(data, dict):
         raise RunnerConfigError(f"{uri}: a runner config is a mapping of option names to values")
     return data

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Literal
 
 from schemas.errors import ConfigError
 
-__all__ = ["Problem", "Refused", "Setting", "problems", "raise_first", "dotted", "known_keys", "leaf_settings", "type_label"]
+__all__ = ["Problem", "Refused", "Setting", "problems", "raise_first", "dotted", "known_keys", "leaf_settings", "type_label", "file_problem"]
 
 
 class Refused(ValueError):
@@ -204,3 +204,17 @@ def leaf_settings(model, prefix: str = "") -> Iterator[Setting]:
 def raise_first(error, fmt, tagged_unions: tuple[str, ...] = (), prefix: str = "") -> typing.NoReturn:
     """Raise ConfigError for the first problem of a ValidationError, formatted by ``fmt(Problem)``."""
     raise ConfigError(fmt(problems(error, tagged_unions, prefix)[0])) from None
+
+
+def file_problem(error: Exception) -> str:
+    """One line saying why a settings file could not be read or parsed: the OS's reason, a YAML
+    error's problem and line/column (PyYAML's own message spans lines with a caret), or bytes
+    that are not UTF-8. Read through attributes, so yaml is not imported here."""
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {error.start})"
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"not valid YAML: {problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return "not valid YAML: " + " ".join(str(error).split())

@@ -58,6 +58,34 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
+def unwritable(uri: str | None, kind: str = "folder") -> str | None:
+    """Why a local `kind` ("folder" or "file") at `uri` cannot be created or written, or None.
+
+    Checked before a command starts so that a bad output path is one message naming it, not a
+    `NotADirectoryError` / `PermissionError` traceback after the work (the trainer's save_folder,
+    `pdistill logits --report-json`). Leaves nothing behind: a probe folder is made in the nearest
+    existing ancestor and removed. Remote URIs are checked by their first write (None here)."""
+    import errno
+
+    if not uri or not is_local(uri):
+        return None
+    path = os.path.abspath(local_path(uri))
+    if kind == "file":
+        if os.path.isdir(path):
+            return f"{os.strerror(errno.EISDIR)}: {path} is a folder"
+        path = os.path.dirname(path)
+    base = path
+    while not os.path.exists(base):
+        base = os.path.dirname(base)
+    if not os.path.isdir(base):
+        return f"{os.strerror(errno.ENOTDIR)}: {base} is a file"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=base, prefix=".pdistill-write-check-"))
+    except OSError as e:
+        return f"{e.strerror or e}: {base}"
+    return None
+
+
 def write_temp_beside(path: str, data: bytes) -> str:
     """Write `data` durably to `<path>.tmp-<32 hex>` (creating the folder) and return that name:
     the first half of every local atomic write (rename or link it into place)."""

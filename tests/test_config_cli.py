@@ -61,6 +61,25 @@ def test_train_bad_flag_names_the_dotted_key(capsys, argv, message):
     assert f"pdistill train: config error: {message}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("case, reason", [
+    ("missing", "config file not found"),
+    ("folder", "cannot read it as a config (Is a directory)"),
+    ("not-yaml", "cannot read it as a config (not valid YAML: expected ',' or ']', but got '<stream end>' at line 2"),
+    ("binary", "cannot read it as a config (not UTF-8 text"),
+    ("bad-override", "distill.tau: cannot parse override value '[1' (not valid YAML: expected ',' or ']'"),
+])
+def test_train_unreadable_config_is_one_line(tmp_path, capsys, case, reason):
+    from trainer.cli import main
+
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "not-yaml").write_text("run: [unclosed\n")
+    (tmp_path / "binary").write_bytes(b"\xff\xfe\x00garbage")
+    path = "pd_best" if case == "bad-override" else str(tmp_path / case)
+    assert main([path, "--print-config"] + (["distill.tau=[1"] if case == "bad-override" else [])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pdistill train: config error: ") and reason in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_train_bug_is_a_traceback(monkeypatch):
     """A ValueError from our own code (not a ConfigError or SchemaError) is not a user's mistake."""
     import trainer.train
@@ -112,6 +131,88 @@ def test_logits_bad_settings_are_one_line(tmp_path, capsys, argv, message):
                *argv])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("pdistill logits: error: ") and message in err and "Traceback" not in err, err
+
+
+def _sysfs_folder() -> str:
+    """A folder that cannot be created even by root (sysfs), or skip."""
+    folder = "/sys/pdistill-check"
+    try:
+        os.mkdir(folder)
+        os.rmdir(folder)
+        pytest.skip("/sys takes new folders here")
+    except FileNotFoundError:
+        pytest.skip("no /sys here")
+    except OSError:
+        pass
+    return folder
+
+
+@pytest.mark.parametrize("case", ["config-missing", "config-folder", "config-not-yaml", "config-binary",
+                                  "runner-config-missing", "runner-config-folder", "report-under-a-file",
+                                  "report-is-a-folder", "report-read-only"])
+def test_logits_unusable_files_are_one_line_naming_them(tmp_path, capsys, case):
+    """A --config / --runner-config that cannot be read and a --report-json that cannot be written
+    are one line naming the flag and the file (exit 2) before anything is written: no traceback,
+    and the output is not even created."""
+    from pipelines.cli import main
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / "a.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "plain").write_text("not a folder")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "bad.yaml").write_text("top_k: [unclosed\n")
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    missing = str(tmp_path / "none.yaml")
+    flag, path, reason = {
+        "config-missing": ("--config", missing, "cannot read it (No such file or directory)"),
+        "config-folder": ("--config", str(tmp_path / "folder"), "cannot read it (Is a directory)"),
+        "config-not-yaml": ("--config", str(tmp_path / "bad.yaml"), "a config file must be YAML (not valid YAML: "
+                            "expected ',' or ']', but got '<stream end>' at line 2, column 1)"),
+        "config-binary": ("--config", str(tmp_path / "binary.yaml"), "a config file must be YAML (not UTF-8 text"),
+        "runner-config-missing": ("--runner-config", missing, "cannot read it (No such file or directory)"),
+        "runner-config-folder": ("--runner-config", str(tmp_path / "folder"), "cannot read it (Is a directory)"),
+        "report-under-a-file": ("--report-json", str(tmp_path / "plain" / "r.json"),
+                                f"cannot write to it (Not a directory: {tmp_path / 'plain'} is a file)"),
+        "report-is-a-folder": ("--report-json", str(tmp_path / "folder"), "cannot write to it (Is a directory"),
+        "report-read-only": ("--report-json", None, ": /sys)"),  # the OS says why (EPERM or EROFS)
+    }[case]
+    if path is None:
+        path = _sysfs_folder() + "/r.json"
+    out = tmp_path / "out"
+    rc = main(["--input", str(lake / "a.jsonl"), "--teacher", str(tmp_path / "t"), "--output", str(out), flag, path])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert err.startswith("pdistill logits: error: ") and len(err.strip().splitlines()) == 1, err
+    assert path in err and reason in err, err
+    if flag != "--config":
+        assert f"{flag} {path}" in err, err
+    assert not out.exists()
+
+
+def test_one_writable_check_for_trainer_and_logits(tmp_path, monkeypatch):
+    """`schemas.storage.unwritable` is the check both commands use (trainer save_folder and friends,
+    logits --report-json): a folder under a file, a file that is a folder, a writable path, remote."""
+    import trainer.train
+    from schemas import storage
+
+    (tmp_path / "plain").write_text("x")
+    assert storage.unwritable(str(tmp_path / "plain" / "a" / "b")) == f"Not a directory: {tmp_path / 'plain'} is a file"
+    assert storage.unwritable(str(tmp_path / "plain"), "file") is None
+    assert storage.unwritable(str(tmp_path), "file").startswith("Is a directory")
+    assert storage.unwritable(str(tmp_path / "new" / "deeper")) is None and not (tmp_path / "new").exists()
+    assert storage.unwritable("s3://bucket/x") is None and storage.unwritable(None) is None
+    assert sorted(os.listdir(tmp_path)) == ["plain"]  # the probe leaves nothing
+    seen = []
+    monkeypatch.setattr(storage, "unwritable", lambda uri, kind="folder": seen.append((uri, kind)) or "probe says no")
+    with pytest.raises(trainer.train.SettingError, match="run.save_folder: cannot write to /x \\(probe says no\\)"):
+        trainer.train.check_writable_folder("run.save_folder", "/x")
+    from pipelines.cli import check_report_path
+    from schemas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--report-json /y.json: cannot write to it \\(probe says no\\)"):
+        check_report_path("/y.json")
+    assert seen == [("/x", "folder"), ("/y.json", "file")]
 
 
 def test_logits_bug_is_a_traceback(monkeypatch, capsys):

@@ -19,7 +19,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.errors import ConfigError
-from schemas.settings import Problem, Refused, known_keys, raise_first
+from schemas.settings import Problem, Refused, file_problem, known_keys, raise_first
 from trainer.schedules import AlphaSchedule, ConstantAlpha, WSDAlpha
 
 __all__ = [
@@ -296,7 +296,7 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{key}: cannot parse override value {text!r} ({e})") from None
+            raise ConfigError(f"{key}: cannot parse override value {text!r} ({file_problem(e)})") from None
         path = _parse_key(key)
         node: Any = out
         for i, part in enumerate(path[:-1]):
@@ -350,8 +350,8 @@ def load_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
             raw = yaml.safe_load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:  # a folder, no permission, not YAML
+        raise ConfigError(f"{path}: cannot read it as a config ({file_problem(e)})") from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return config_from_dict(apply_overrides(raw or {}, overrides))

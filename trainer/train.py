@@ -50,25 +50,12 @@ def fetch_model_dir(key: str, uri: str, cache_root: Optional[str]) -> str:
 
 def check_writable_folder(key: str, uri: Optional[str]) -> None:
     """Refuse, before training, a local output folder that cannot be created or written (Composer
-    would raise NotADirectoryError / PermissionError mid-setup). Leaves nothing behind: a probe
-    folder is made in the nearest existing ancestor and removed. Remote URIs are checked by their
-    first write."""
-    import errno
-
+    would raise NotADirectoryError / PermissionError mid-setup): `schemas.storage.unwritable`."""
     from schemas import storage
 
-    if not uri or not storage.is_local(uri):
-        return
-    path = os.path.abspath(storage.local_path(uri))
-    base = path
-    while not os.path.exists(base):
-        base = os.path.dirname(base)
-    if not os.path.isdir(base):
-        raise SettingError(f"{key}: cannot write to {uri} ({os.strerror(errno.ENOTDIR)}: {base} is a file)")
-    try:
-        os.rmdir(tempfile.mkdtemp(dir=base, prefix=".pdistill-write-check-"))
-    except OSError as e:
-        raise SettingError(f"{key}: cannot write to {uri} ({e.strerror or e}: {base})") from None
+    problem = storage.unwritable(uri, "folder")
+    if problem:
+        raise SettingError(f"{key}: cannot write to {uri} ({problem})")
 
 
 def load_tokenizer(cfg: TrainConfig, cache_root: Optional[str]):
