@@ -157,16 +157,19 @@ def http_lake(tmp_path):
     server.server_close()
 
 
-def test_credentials_in_input_uris_are_never_persisted(tiny_teacher, tmp_path, http_lake, capsys):
+def test_credentials_in_input_uris_are_never_persisted(tiny_teacher, tmp_path, http_lake, capsys, caplog):
+    import logging
+
     from pipelines.cli import main
 
+    caplog.set_level(logging.DEBUG)  # every log record of every library, not only what reaches stderr
     host, root = http_lake
     (root / "a.jsonl").write_bytes(jsonl(make_texts(4, seed=6)) + b'{"text": 7}\n')
     uri = f"http://reader:s3cr3t-pw@{host}/a.jsonl?X-Amz-Signature=SIGSECRET&token=TOKSECRET&v=2"
     out = tmp_path / "ds"
     assert main(["--input", uri, "--teacher", tiny_teacher, "--output", str(out), "--format", "jsonl",
                  "--seq-len", "32", "--top-k", "8", "--no-progress"]) == 0
-    printed = "".join(capsys.readouterr())
+    printed = "".join(capsys.readouterr()) + caplog.text
     written = {os.path.relpath(os.path.join(r, f), out): open(os.path.join(r, f), "rb").read()
                for r, _, fs in os.walk(out) for f in fs}
     for secret in (b"s3cr3t-pw", b"SIGSECRET", b"TOKSECRET"):
@@ -187,6 +190,7 @@ def test_credentials_in_input_uris_are_never_persisted(tiny_teacher, tmp_path, h
                  str(tmp_path / "ds2"), "--format", "jsonl"]) == 2
     err = capsys.readouterr().err
     assert "gone.jsonl" in err and "s3cr3t-pw" not in err and "TOKSECRET" not in err
+    assert caplog.records and not [s for s in ("s3cr3t-pw", "SIGSECRET", "TOKSECRET") if s in caplog.text]
 
 
 def test_seq_len_beyond_the_teachers_positions_is_refused(tiny_teacher, tmp_path, capsys):
