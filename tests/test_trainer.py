@@ -461,6 +461,10 @@ def test_unusable_save_folder_is_a_message(lake, tmp_path, capsys, where):
     ("run.precision=amp_bf16", "run.precision: amp_bf16 needs a GPU"),
     ("data.batch_size=0", "data.batch_size: must be > 0"),
     ("run.allow_changed=[optim.nonsense_prefix_ok, bogus]", "run.allow_changed[1]: 'bogus' is not a key"),
+    ("run.max_duration=0ba", "run.max_duration: must be more than 0, got '0ba'"),  # Composer refused it in fit()
+    ("run.eval_interval=0ba", "run.eval_interval: must be more than 0"),
+    # builds, but its first forward fails (key/value heads must divide the query heads)
+    ("model.hf_config.num_attention_heads=3", "model.hf_config: the student it describes cannot run a forward pass"),
 ])
 def test_bad_settings_are_messages(lake, tmp_path, capsys, override, message):
     import torch as _torch

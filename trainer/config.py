@@ -44,13 +44,18 @@ def _yaml11_float(value):
     return float(value) if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()) else value
 
 
-def _time(units: tuple[str, ...]):
+def _time(units: tuple[str, ...], positive: bool = False):
+    """A Composer time string in `units`; `positive`: zero is refused (a run of 0 batches, an
+    interval of 0, which Composer rejects only when fit() starts)."""
     def check(value: str) -> str:
         m = _TIME_RE.match(value)
         if not m or m.group(2) not in units:
             raise ValueError(f"expected a Composer time string like '100ba' or '0.1dur' (units {', '.join(units)})")
-        if m.group(2) == "dur" and float(value[:-3]) > 1.0:
+        amount = float(value[: -len(m.group(2))])
+        if m.group(2) == "dur" and amount > 1.0:
             raise ValueError("a 'dur' fraction must be <= 1")
+        if positive and amount <= 0:
+            raise ValueError("must be more than 0")
         return value
     return AfterValidator(check)
 
@@ -59,9 +64,9 @@ Int = Annotated[int, Field(strict=True)]
 Bool = Annotated[bool, Field(strict=True)]
 Str = Annotated[str, Field(strict=True)]
 Float = Annotated[float, BeforeValidator(_yaml11_float), Field(strict=True, allow_inf_nan=False)]
-Time = Annotated[str, Field(strict=True), _time(("ep", "ba", "sp", "tok", "dur"))]
-Span = Annotated[str, Field(strict=True), _time(("ba", "sp", "tok", "dur"))]  # a schedule's part
-Duration = Annotated[str, Field(strict=True), _time(("ep", "ba", "sp", "tok"))]  # no 'dur': it is the unit
+Time = Annotated[str, Field(strict=True), _time(("ep", "ba", "sp", "tok", "dur"), positive=True)]  # an interval
+Span = Annotated[str, Field(strict=True), _time(("ba", "sp", "tok", "dur"))]  # a schedule's part (0: none)
+Duration = Annotated[str, Field(strict=True), _time(("ep", "ba", "sp", "tok"), positive=True)]  # no 'dur': it is the unit
 
 
 class Section(BaseModel):

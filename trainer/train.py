@@ -43,7 +43,8 @@ def fetch_model_dir(key: str, uri: str, cache_root: Optional[str]) -> str:
     from schemas import storage
 
     try:
-        return storage.fetch_dir(uri, cache_root)
+        with storage.access(f"{key} {uri}"):
+            return storage.fetch_dir(uri, cache_root)
     except FileNotFoundError as e:
         raise SettingError(f"{key}: {e}") from None
 
@@ -85,14 +86,36 @@ def build_student(cfg: TrainConfig, cache_root: Optional[str]):
         model_type = raw.pop("model_type")
         try:
             hf_cfg = AutoConfig.for_model(model_type, **raw)
-            return AutoModelForCausalLM.from_config(hf_cfg)
+            student = AutoModelForCausalLM.from_config(hf_cfg)
         except (ValueError, TypeError, KeyError) as e:
             raise SettingError(f"model.hf_config: {e}") from None
+        check_student_runs("model.hf_config", student)
+        return student
     path = fetch_model_dir("model.checkpoint", cfg.model.checkpoint, cache_root)
     try:
-        return AutoModelForCausalLM.from_pretrained(path)
+        student = AutoModelForCausalLM.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise SettingError(f"model.checkpoint: cannot load a causal LM from {cfg.model.checkpoint} ({e})") from None
+    check_student_runs("model.checkpoint", student)
+    return student
+
+
+def check_student_runs(key: str, student) -> None:
+    """One forward of two tokens, in eval mode (no dropout: the RNG is not touched) and without
+    gradients, before any data is read: a config that builds but cannot run (e.g. attention heads
+    that key/value heads do not divide) is the setting's fault, not a traceback at step 1."""
+    import torch
+
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            student(input_ids=torch.zeros(1, 2, dtype=torch.long))
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise SettingError(f"{key}: the student it describes cannot run a forward pass ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())})") from None
+    finally:
+        student.train(was_training)
 
 
 def build_teacher(cfg: TrainConfig, cache_root: Optional[str], student_fp: str):
