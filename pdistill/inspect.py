@@ -28,6 +28,7 @@ import numpy as np
 from schemas import CodecError, DatasetDir, Manifest, fidelity, make_stored_codec, storage, strict_json
 from schemas.errors import SchemaError
 from schemas.integrity import Problem, Verification
+from schemas.redact import redact_uri
 from schemas.sample import decode_sample
 
 WHOLE, NOT_WHOLE = "whole", "NOT WHOLE"
@@ -109,7 +110,11 @@ READ_ERRORS = (SchemaError, ValueError, OSError, EOFError)
 
 
 def build_report(args: argparse.Namespace) -> dict:
-    v = DatasetDir(args.dataset).verify(hashes=not args.skip_hash)
+    try:
+        with storage.access(f"dataset {redact_uri(args.dataset)}"):
+            v = DatasetDir(args.dataset).verify(hashes=not args.skip_hash)
+    except storage.StoreRefused as e:  # no credentials: a message, not a verdict on the data
+        raise SystemExit(f"pdistill inspect: {e}") from None
     report = {"uri": args.dataset, **verdict_fields(v)}
     m = v.manifest
     if m is not None:

@@ -33,7 +33,7 @@ from pipelines.sink import EncodeSample, WritePart, finalize
 from pipelines.sources import SourceFile, Unit, expand_inputs, plan_units, source_fingerprint, source_versions
 from pipelines.teacher_limits import check_fits
 from pipelines.teacher import TeacherInfo, TeacherModelHandler, inspect_teacher, prefetch_revision
-from schemas import DatasetDir, Manifest, fingerprint_tokenizer, make_codec
+from schemas import DatasetDir, Manifest, fingerprint_tokenizer, make_codec, storage
 from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
 from schemas.redact import redact_uri
 from schemas.truncation import validate_params
@@ -83,11 +83,12 @@ def prepare(config: PipelineConfig) -> Plan:
     fp = config.settings_fingerprint(resolved)
     plan = Plan(config, files, units, [], src_fp, sep_id, bos_id, len(tok), teacher, settings, fp)
     plan.manifest = _manifest(plan)
-    plan.complete = claim_output(config.output, fp, settings, source_versions(files))
-    if not plan.complete:
-        done = DatasetDir(config.output).finished_units()
-        plan.todo = [u for u in units if u.name not in done]
-        clean_orphans(config.output, {u.name for u in plan.todo})
+    with storage.access(f"output {redact_uri(config.output)}"):
+        plan.complete = claim_output(config.output, fp, settings, source_versions(files))
+        if not plan.complete:
+            done = DatasetDir(config.output).finished_units()
+            plan.todo = [u for u in units if u.name not in done]
+            clean_orphans(config.output, {u.name for u in plan.todo})
     return plan
 
 

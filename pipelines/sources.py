@@ -150,7 +150,7 @@ def expand_inputs(patterns: list[str], forced_format: str = "auto") -> list[Sour
                 paths = [path]
             else:
                 paths = []
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError) + storage.refusals() as e:  # no credentials is not an OSError
             raise InputError(redact_text(f"input {pattern}: cannot list ({type(e).__name__}: {e})")) from None
         if not paths:
             raise InputError(f"input {redact_uri(pattern)}: no such file, or the glob matches no files")
@@ -170,7 +170,7 @@ def expand_inputs(patterns: list[str], forced_format: str = "auto") -> list[Sour
         fs, p, uri, size, version, fmt, comp, name, _ = job
         try:
             content = content_hash(fs, p, size)
-        except (OSError, ValueError) as e:  # unreadable: the unit's reader dead-letters it; identity by version
+        except (OSError, ValueError) + storage.refusals() as e:  # unreadable: dead-lettered on read; identity by version
             content = f"unreadable:{type(e).__name__}:{version}"
         return SourceFile(uri, size, version, fmt, comp, name, content)
 

@@ -6,18 +6,56 @@ AWS_ENDPOINT_URL / S3_ENDPOINT_URL for s3fs and streaming), never from code.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import shutil
 import tempfile
 import uuid
 
-from schemas.errors import SchemaError
+from schemas.errors import ConfigError, SchemaError
 from schemas.identity import hasher
 
 
 class UnsafeObjectName(SchemaError):
     """A remote object whose name would land outside the folder it is downloaded into."""
+
+
+class StoreRefused(ConfigError):
+    """The store refused us or could not be reached (no or wrong credentials, no permission): a
+    setting of the environment, reported naming the URI the command was touching."""
+
+
+def refusals() -> tuple[type[BaseException], ...]:
+    """What a store raises when it refuses access: PermissionError (s3fs and gcsfs map 401/403 to
+    it) and the SDKs' credential errors, which are not OSErrors (botocore's NoCredentialsError and
+    ClientError, google-auth's DefaultCredentialsError). Only the SDKs installed are imported, and
+    only when an exception is being matched (`except storage.refusals()`)."""
+    errors: list[type[BaseException]] = [PermissionError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:
+        pass
+    try:
+        from google.auth.exceptions import GoogleAuthError
+
+        errors.append(GoogleAuthError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def access(what: str):
+    """Run a block that touches a store; a refusal becomes one `StoreRefused` naming `what`
+    (e.g. "output s3://b/ds", redacted by the caller) instead of an SDK traceback."""
+    try:
+        yield
+    except refusals() as e:
+        raise StoreRefused(f"{what}: access refused ({type(e).__name__}: {' '.join(str(e).split())}); "
+                           "check the credentials and permissions for it") from None
 
 
 def is_local(uri: str) -> bool:

@@ -76,7 +76,11 @@ class StreamInfo:
 
 def inspect_stream(uri: str, *, require_manifest: bool = True) -> StreamInfo:
     """Read and validate one dataset's root index and manifest; refuse an incomplete dataset."""
-    index, manifest = DatasetDir(uri).open_checked(require_manifest)
+    from schemas import storage
+    from schemas.redact import redact_uri
+
+    with storage.access(f"dataset {redact_uri(uri)}"):
+        index, manifest = DatasetDir(uri).open_checked(require_manifest)
     return StreamInfo(uri=uri, manifest=manifest, index=index)
 
 
