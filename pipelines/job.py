@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.config import PipelineConfig
 from pipelines.output import (  # noqa: F401  (SettingsMismatch, OutputError: part of this module's API)
-    OutputError, SettingsMismatch, claim_output, clean_orphans, refuse_overlap,
+    OutputError, SettingsMismatch, claim_output, clean_orphans, refuse_overlap, refuse_unwritable,
 )
 from pipelines.packing import ReadAndPack, load_tokenizer, resolve_bos, resolve_separator
 from pipelines.progress import Progress, RecordProgress
@@ -60,6 +60,7 @@ class Plan:
 def prepare(config: PipelineConfig) -> Plan:
     config.require_io()
     refuse_overlap(config.output, config.inputs)
+    refuse_unwritable(config.output)
     revision = prefetch_revision(config.teacher)  # overlaps the sha256 of the weights with the checks below
     files = expand_inputs(config.inputs, config.format)
     units = plan_units(files, config.rows_per_unit, config.bytes_per_unit)

@@ -87,6 +87,17 @@ def refuse_overlap(output: str, inputs: list[str]) -> None:
                                     "holds no input")
 
 
+def refuse_unwritable(output: str) -> None:
+    """A local output that cannot be created or written (under a file, a read-only disk) is
+    refused before any work (`storage.unwritable`), not a NotADirectoryError at the claim. An
+    output that is itself a file is left to the claim, which refuses it as foreign, naming it."""
+    if storage.is_local(output) and os.path.isfile(storage.local_path(output)):
+        return
+    problem = storage.unwritable(output)
+    if problem:
+        raise OutputError(f"output {redact_uri(output)}: cannot write to it ({problem})")
+
+
 # ---------------------------------------------------------------- the claim
 
 

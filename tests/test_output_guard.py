@@ -226,6 +226,34 @@ def test_foreign_local_output_is_refused(lake, tiny_teacher, tmp_path, capsys):
     assert prepare(cfg(lake, empty, tiny_teacher)).todo  # an empty folder is fine
 
 
+@pytest.mark.parametrize("where", ["under-a-file", "read-only"])
+def test_unwritable_output_is_refused_before_any_work(where, lake, tiny_teacher, tmp_path, capsys):
+    """An output below a file (or on a disk that takes no new folders) is one line naming it, exit
+    2, before the teacher is loaded; it used to be a NotADirectoryError traceback at the claim."""
+    from pipelines.cli import main
+
+    if where == "under-a-file":
+        (tmp_path / "plain").write_text("mine")
+        out, reason = str(tmp_path / "plain" / "ds"), f"Not a directory: {tmp_path / 'plain'} is a file"
+    else:
+        out, reason = "/sys/pdistill-output/ds", ": /sys)"  # sysfs: no new folders, even for root
+        try:
+            os.makedirs("/sys/pdistill-output")
+            os.rmdir("/sys/pdistill-output")
+            pytest.skip("/sys takes new folders here")
+        except FileNotFoundError:
+            pytest.skip("no /sys here")
+        except OSError:
+            pass
+    assert main(["--input", os.path.join(lake, "*.jsonl"), "--teacher", tiny_teacher, "--output", out,
+                 "--seq-len", "32", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pdistill logits: error: output {out}: cannot write to it (") and reason in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    if where == "under-a-file":
+        assert (tmp_path / "plain").read_text() == "mine"
+
+
 def test_claimed_output_with_foreign_files_is_refused(clean, lake, tiny_teacher, tmp_path):
     out = tmp_path / "ds"
     os.makedirs(out)
