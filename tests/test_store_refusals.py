@@ -73,3 +73,32 @@ def test_trainer_dataset_and_model_refused(refusing_bucket, tmp_path):
     with pytest.raises(USER_ERRORS, match=rf"^model.tokenizer {tok}: access refused \(NoCredentialsError"):
         fetch_model_dir("model.tokenizer", tok, str(tmp_path / "cache"))
     assert not os.path.exists(tmp_path / "cache") or not os.listdir(tmp_path / "cache")
+
+
+def test_train_with_a_refused_remote_save_folder_is_a_message(refusing_bucket, tmp_path):
+    """Composer touches a remote save_folder while the Trainer is built: one line, exit 2. In a
+    subprocess: Beam, imported by this test module, breaks Composer's remote uploader in-process
+    (docs/design.md, pitfalls)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from make_dataset import make_tokenizer, tiny_llama_config, write_dataset
+
+    tok = str(tmp_path / "tok")
+    write_dataset(str(tmp_path / "ds"), make_tokenizer(tok), n_samples=8, units=1)
+    folder = storage.join(refusing_bucket, "ckpt")
+    raw = {"data": {"streams": [{"uri": str(tmp_path / "ds")}], "batch_size": 4, "num_canonical_nodes": 1,
+                    "local_cache": str(tmp_path / "cache")},
+           "model": {"hf_config": tiny_llama_config(), "tokenizer": tok},
+           "run": {"max_duration": "2ba", "device": "cpu", "loggers": [], "save_folder": folder,
+                   "sample_log_dir": str(tmp_path / "samples")}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-m", "trainer", str(tmp_path / "cfg.yaml")], cwd=tmp_path, text=True,
+                          env={**os.environ, "PYTHONPATH": repo}, capture_output=True, timeout=300)
+    err = "\n".join(line for line in done.stderr.splitlines() if " INFO " not in line and " WARNING " not in line)
+    assert done.returncode == 2, done.stderr[-3000:]
+    _one_line(err, "pdistill train: refused: ", f"run.save_folder {folder}: access refused", "NoCredentialsError")
+    assert not (tmp_path / "samples").exists()  # not a step trained

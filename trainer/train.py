@@ -11,6 +11,7 @@ data.num_workers per rank.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -18,6 +19,7 @@ import tempfile
 from typing import Optional
 
 from schemas.identity import json_digest
+from schemas.redact import redact_uri
 from trainer.config import StreamConfig, TrainConfig, check_distill_for_datasets
 from trainer.errors import SettingError
 
@@ -324,35 +326,39 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
     callbacks += list(extra_callbacks or []) + kill_callbacks(r.save_folder)
     algorithms = [GradientClipping(clipping_type="norm", clipping_threshold=cfg.optim.grad_clip)] if cfg.optim.grad_clip else []
 
-    return make_trainer(
-        r.autoresume,
-        model=model,
-        train_dataloader=train_dl,
-        eval_dataloader=evaluators or None,
-        eval_interval=r.eval_interval if evaluators else 1,
-        max_duration=r.max_duration,
-        optimizers=optimizer,
-        schedulers=build_scheduler(cfg),
-        step_schedulers_every_batch=True,
-        algorithms=algorithms,
-        callbacks=callbacks,
-        loggers=build_loggers(cfg),
-        run_name=r.run_name,
-        save_folder=r.save_folder,
-        save_interval=r.save_interval,
-        save_num_checkpoints_to_keep=r.save_num_checkpoints_to_keep,
-        save_overwrite=not r.autoresume,
-        autoresume=r.autoresume,
-        device=device,
-        precision=r.precision,
-        device_train_microbatch_size=d.microbatch_size or batch,
-        seed=r.seed,
-        deterministic_mode=r.deterministic,
-        progress_bar=False,
-        log_to_console=False,
-        console_stream="stderr",
-        python_log_level=None,
-    )
+    # Composer touches a remote save_folder while it builds the Trainer (autoresume, its upload check)
+    refusals = contextlib.nullcontext() if storage.is_local(r.save_folder or "") else \
+        storage.access(f"run.save_folder {redact_uri(r.save_folder)}")
+    with refusals:
+        return make_trainer(
+            r.autoresume,
+            model=model,
+            train_dataloader=train_dl,
+            eval_dataloader=evaluators or None,
+            eval_interval=r.eval_interval if evaluators else 1,
+            max_duration=r.max_duration,
+            optimizers=optimizer,
+            schedulers=build_scheduler(cfg),
+            step_schedulers_every_batch=True,
+            algorithms=algorithms,
+            callbacks=callbacks,
+            loggers=build_loggers(cfg),
+            run_name=r.run_name,
+            save_folder=r.save_folder,
+            save_interval=r.save_interval,
+            save_num_checkpoints_to_keep=r.save_num_checkpoints_to_keep,
+            save_overwrite=not r.autoresume,
+            autoresume=r.autoresume,
+            device=device,
+            precision=r.precision,
+            device_train_microbatch_size=d.microbatch_size or batch,
+            seed=r.seed,
+            deterministic_mode=r.deterministic,
+            progress_bar=False,
+            log_to_console=False,
+            console_stream="stderr",
+            python_log_level=None,
+        )
 
 
 def make_trainer(resuming: bool, **kwargs):
