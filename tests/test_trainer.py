@@ -465,6 +465,7 @@ def test_unusable_save_folder_is_a_message(lake, tmp_path, capsys, where):
     ("run.eval_interval=0ba", "run.eval_interval: must be more than 0"),
     # builds, but its first forward fails (key/value heads must divide the query heads)
     ("model.hf_config.num_attention_heads=3", "model.hf_config: the student it describes cannot run a forward pass"),
+    ("model.hf_config.hidden_size=0", "model.hf_config: 0.0 cannot be raised to a negative power"),  # ZeroDivisionError
 ])
 def test_bad_settings_are_messages(lake, tmp_path, capsys, override, message):
     import torch as _torch

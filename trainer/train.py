@@ -89,7 +89,7 @@ def build_student(cfg: TrainConfig, cache_root: Optional[str]):
         try:
             hf_cfg = AutoConfig.for_model(model_type, **raw)
             student = AutoModelForCausalLM.from_config(hf_cfg)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, ArithmeticError) as e:  # e.g. hidden_size 0: ZeroDivisionError
             raise SettingError(f"model.hf_config: {e}") from None
         check_student_runs("model.hf_config", student)
         return student
@@ -113,7 +113,7 @@ def check_student_runs(key: str, student) -> None:
     try:
         with torch.no_grad():
             student(input_ids=torch.zeros(1, 2, dtype=torch.long))
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+    except (RuntimeError, ValueError, TypeError, IndexError, ArithmeticError) as e:
         raise SettingError(f"{key}: the student it describes cannot run a forward pass ({type(e).__name__}: "
                            f"{' '.join(str(e).split())})") from None
     finally:
