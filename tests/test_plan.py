@@ -131,6 +131,15 @@ def test_unreachable_lake_and_wrong_teacher_fail_clearly(tiny_teacher, lake, tmp
     assert f"teacher {bad}" in err and "Traceback" not in err and not out.exists()
     assert plan_cli.main(["--input", os.path.join(lake, "*"), "--teacher", tiny_teacher, "--sample-fraction", "0"]) == 2
     assert "--sample-fraction" in capsys.readouterr().err
+    (tmp_path / "plain").write_text("mine")  # a --plan below a file: refused before the sample is read
+    blocked = tmp_path / "plain" / "plan.json"
+    assert plan_cli.main(["--input", os.path.join(lake, "*"), "--teacher", tiny_teacher, "--plan", str(blocked)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pdistill plan: error: --plan {blocked}: cannot write to it (Not a directory") and \
+        "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert plan_cli.main(["--input", os.path.join(lake, "*"), "--teacher", tiny_teacher, "--config",
+                          str(tmp_path / "none.yaml")]) == 2
+    assert f"--config {tmp_path / 'none.yaml'}: cannot read it (No such file or directory)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
