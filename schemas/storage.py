@@ -27,10 +27,11 @@ class StoreRefused(ConfigError):
 
 
 def refusals() -> tuple[type[BaseException], ...]:
-    """What a store raises when it refuses access: PermissionError (s3fs and gcsfs map 401/403 to
-    it) and the SDKs' credential errors, which are not OSErrors (botocore's NoCredentialsError and
-    ClientError, google-auth's DefaultCredentialsError). Only the SDKs installed are imported, and
-    only when an exception is being matched (`except storage.refusals()`)."""
+    """What a store raises when it refuses access: PermissionError (s3fs maps 403 to it; gcsfs
+    raises OSError("Forbidden: ..."), see `access`) and the SDKs' errors, which are not OSErrors
+    (botocore's NoCredentialsError and ClientError, google-auth's DefaultCredentialsError, gcsfs's
+    HttpError). Only the SDKs installed are imported, and only when an exception is being matched
+    (`except storage.refusals()`)."""
     errors: list[type[BaseException]] = [PermissionError]
     try:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -44,7 +45,18 @@ def refusals() -> tuple[type[BaseException], ...]:
         errors.append(GoogleAuthError)
     except ImportError:
         pass
+    try:
+        from gcsfs.retry import HttpError  # gcsfs: 401 and other API refusals
+
+        errors.append(HttpError)
+    except ImportError:
+        pass
     return tuple(errors)
+
+
+def _forbidden(e: OSError) -> bool:
+    """gcsfs reports a 403 as a plain OSError("Forbidden: <path> ...")."""
+    return str(e).startswith("Forbidden:")
 
 
 @contextlib.contextmanager
@@ -53,7 +65,9 @@ def access(what: str):
     (e.g. "output s3://b/ds", redacted by the caller) instead of an SDK traceback."""
     try:
         yield
-    except refusals() as e:
+    except (OSError,) + refusals() as e:
+        if isinstance(e, OSError) and not isinstance(e, PermissionError) and not _forbidden(e):
+            raise
         raise StoreRefused(f"{what}: access refused ({type(e).__name__}: {' '.join(str(e).split())}); "
                            "check the credentials and permissions for it") from None
 

@@ -102,3 +102,18 @@ def test_train_with_a_refused_remote_save_folder_is_a_message(refusing_bucket, t
     assert done.returncode == 2, done.stderr[-3000:]
     _one_line(err, "pdistill train: refused: ", f"run.save_folder {folder}: access refused", "NoCredentialsError")
     assert not (tmp_path / "samples").exists()  # not a step trained
+
+
+def test_access_converts_refusals_only():
+    """Refusals become StoreRefused naming the URI; a missing object and other I/O errors keep
+    their own handling (callers turn FileNotFoundError into "no such dataset" and the like)."""
+    for raised, converted in ((PermissionError(13, "Permission denied"), True),
+                              (OSError("Forbidden: b/ds/index.json\nno storage.objects.get"), True),  # gcsfs 403
+                              (FileNotFoundError(2, "No such file"), False), (OSError(5, "I/O error"), False)):
+        try:
+            with storage.access("dataset gs://b/ds"):
+                raise raised
+        except storage.StoreRefused as e:
+            assert converted and str(e).startswith("dataset gs://b/ds: access refused (") and "\n" not in str(e)
+        except OSError as e:
+            assert not converted and e is raised
