@@ -145,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             storage.write_text_atomic(args.report_json, strict_json.dumps(report.as_dict(), indent=2, sort_keys=True,
                                                                           default=str))
-        except OSError as e:  # checked before the run; a remote path fails only here
+        except (OSError,) + storage.refusals() as e:  # checked before the run; a remote path fails only here
             print(f"pdistill logits: error: --report-json {redact_uri(args.report_json)}: cannot write to it "
-                  f"({e.strerror or type(e).__name__}); the dataset itself is complete", file=sys.stderr)
+                  f"({type(e).__name__}: {' '.join(str(e).split())}); the dataset itself is complete", file=sys.stderr)
             return 2
     return 0
 

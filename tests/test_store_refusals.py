@@ -47,6 +47,12 @@ def test_logits_input_and_output_refused(refusing_bucket, tiny_teacher, tmp_path
     assert main(["--input", str(lake), "--output", remote_out, *common]) == 2
     _one_line(capsys.readouterr().err, "pdistill logits: error: ", f"output {remote_out}: access refused",
               "NoCredentialsError", "check the credentials")
+    # a remote --report-json can only be tried at the end: the dataset is complete, the report is not
+    report = storage.join(refusing_bucket, "report.json")
+    assert main(["--input", str(lake), "--output", str(tmp_path / "ds"), "--report-json", report, *common]) == 2
+    _one_line(capsys.readouterr().err, "pdistill logits: error: ", f"--report-json {report}: cannot write to it",
+              "NoCredentialsError", "the dataset itself is complete")
+    assert (tmp_path / "ds" / "manifest.json").exists()
 
 
 def test_inspect_refused_is_a_message(refusing_bucket, capsys):
