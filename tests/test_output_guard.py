@@ -263,10 +263,11 @@ def test_claimed_output_with_foreign_files_is_refused(clean, lake, tiny_teacher,
         prepare(cfg(lake, out, tiny_teacher))
 
 
-def test_foreign_s3_output_is_refused(s3_bucket, lake, tiny_teacher, tmp_path):
+@pytest.mark.parametrize("store", ["s3_bucket", "gcs_bucket"])
+def test_foreign_remote_output_is_refused(store, request, lake, tiny_teacher, tmp_path):
     local = tmp_path / "plain"
     write_plain_mds(local)
-    out = storage.join(s3_bucket, "plain")
+    out = storage.join(request.getfixturevalue(store), "plain")
     storage.upload_dir(str(local), out, last=("index.json",))
     index = storage.read_bytes(storage.join(out, "index.json"))
     with pytest.raises(ForeignOutput, match=r"index\.json"):
