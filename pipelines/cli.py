@@ -120,6 +120,10 @@ def print_report(report, stream=None) -> None:
     if s.get("incomplete_files"):
         print(f"warning: {s['incomplete_files']} input files were not read to their end (truncated, corrupt or "
               "unreadable): see `complete`/`problem` of the manifest's sources and dead_letter/", file=stream)
+    if s.get("unscored_sequences"):
+        print(f"warning: the teacher could not score {s['unscored_sequences']} sequences ({s.get('unscored_tokens')} "
+              "tokens; non-finite logits): not written; their tokens are in dead_letter/ (kind teacher_unscored)",
+              file=stream)
 
 
 def main(argv: list[str] | None = None) -> int:

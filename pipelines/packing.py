@@ -24,7 +24,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipelines import faults
-from pipelines.readers import Doc, dead_letter, read_unit
+from pipelines.readers import Doc, dead_letter, letter_file, read_unit
 from pipelines.sources import Unit
 from schemas import sample_id, storage
 from schemas.errors import ConfigError
@@ -228,5 +228,5 @@ class ReadAndPack(beam.DoFn):
         for k, v in stats.items():
             self.m[k].inc(v)
         self.m["units_read"].inc()
-        summary = {**stats, "dead": dead, "source": unit.source, "incomplete": incomplete}
+        summary = {**stats, "dead": dead, "source": unit.source, "file": letter_file(unit.uri), "incomplete": incomplete}
         yield beam.pvalue.TaggedOutput(self.META, (unit.name, ("m", summary)))

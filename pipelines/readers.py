@@ -51,12 +51,17 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
+def letter_file(uri: str) -> str:
+    """How a dead letter names its file: redacted, and printable whatever the name's bytes."""
+    return _printable(redact_uri(uri))
+
+
 def dead_letter(unit, position: dict, kind: str, reason: str, raw: bytes | str | None = None,
                 documents: int = 1, incomplete: bool = False) -> dict:
     if isinstance(raw, bytes):
         raw = raw[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
     return {
-        "file": _printable(redact_uri(unit.uri)),
+        "file": letter_file(unit.uri),
         "unit": unit.name,
         "position": position,
         "kind": kind,

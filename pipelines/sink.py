@@ -27,11 +27,13 @@ from apache_beam.metrics import Metrics
 
 from pipelines import faults
 from pipelines.output import PartMismatch
+from pipelines.teacher import Unscored
 from schemas import DatasetDir, build_sample, make_codec, mds_columns
 from schemas.manifest import Counts, Manifest
 from schemas.redact import redact_uri
 
-COUNT_KEYS = ("documents", "packed_documents", "dead_letters", "sequences", "tokens")
+COUNT_KEYS = ("documents", "packed_documents", "dead_letters", "sequences", "tokens", "unscored_sequences",
+              "unscored_tokens")
 
 
 class EncodeSample(beam.DoFn):
@@ -46,6 +48,11 @@ class EncodeSample(beam.DoFn):
 
     def process(self, result):
         p, tr = result.example, result.inference
+        if isinstance(tr, Unscored):  # not written; WritePart makes it a dead letter with its tokens
+            yield p.unit, ("x", p.index, {"n_tokens": int(p.n_tokens), "sample_id": int(p.sample_id),
+                                          "tokens": p.tokens[: p.n_tokens].tolist(),
+                                          "doc_starts": [int(d) for d in p.doc_starts], "reason": tr.reason})
+            return
         sample = build_sample(sample_id=p.sample_id, tokens=p.tokens, n_tokens=p.n_tokens, doc_starts=p.doc_starts,
                               truncated=tr, codec=self.codec, vocab_size=self.vocab_size, top_k=self.kept_k, unit=p.unit)
         yield p.unit, ("s", p.index, sample)
@@ -59,13 +66,16 @@ class WritePart(beam.DoFn):
 
     def setup(self):
         self.parts_done = Metrics.counter("pdistill", "parts_written")
+        self.unscored = Metrics.counter("pdistill", "unscored_sequences")
 
     def process(self, element):
         unit, items = element
-        samples, meta = [], None
+        samples, unscored, meta = [], [], None
         for item in items:
             if item[0] == "s":
                 samples.append((item[1], item[2]))
+            elif item[0] == "x":
+                unscored.append((item[1], item[2]))
             else:
                 meta = item[1]
         if meta is None:
@@ -76,12 +86,18 @@ class WritePart(beam.DoFn):
             yield unit, out.read_stats(unit)
             return
         samples.sort(key=lambda s: s[0])
-        indexes = [i for i, _ in samples]
+        unscored.sort(key=lambda s: s[0])
+        indexes = sorted(i for i, _ in samples + unscored)
         if indexes != list(range(meta["sequences"])):
             raise RuntimeError(f"unit {unit}: got sequence indexes {indexes[:10]}..., expected 0..{meta['sequences'] - 1}")
-        dead = meta.get("dead", [])
-        stats = {"unit": unit, "settings_fingerprint": self.settings_fp, **{k: meta[k] for k in COUNT_KEYS},
+        dead = meta.get("dead", []) + [unscored_letter(unit, meta, i, u) for i, u in unscored]
+        lost_tokens = sum(u["n_tokens"] for _, u in unscored)
+        stats = {"unit": unit, "settings_fingerprint": self.settings_fp, **{k: meta.get(k, 0) for k in COUNT_KEYS},
                  "source": meta.get("source"), "incomplete": meta.get("incomplete", [])}
+        stats.update(sequences=meta["sequences"] - len(unscored), tokens=meta["tokens"] - lost_tokens,
+                     unscored_sequences=len(unscored), unscored_tokens=lost_tokens)
+        if unscored:
+            self.unscored.inc(len(unscored))
         if dead:
             out.write_dead_letters(unit, dead)
         with tempfile.TemporaryDirectory(prefix=f"pdistill-{unit}-") as tmp:
@@ -91,6 +107,14 @@ class WritePart(beam.DoFn):
                              before_commit=lambda name: faults.maybe_fail("write", unit))
         self.parts_done.inc()
         yield unit, stats
+
+
+def unscored_letter(unit: str, meta: dict, index: int, u: dict) -> dict:
+    """The dead letter of a sequence the teacher could not score: its tokens, so nothing is lost
+    (`documents` 0: its documents were packed and are counted there)."""
+    return {"file": meta.get("file", ""), "unit": unit, "kind": "teacher_unscored", "reason": u["reason"],
+            "position": {"sequence": index, "sample_id": u["sample_id"], "doc_starts": u["doc_starts"]},
+            "excerpt": "", "tokens": u["tokens"], "documents": 0, "incomplete": False}
 
 
 def write_mds(local_dir: str, samples: list[dict], vocab_size: int, kept_k: int) -> None:
@@ -120,7 +144,7 @@ def build_root_index(output: str, units: list[str], settings_fp: str) -> tuple[d
                 f"the dataset's are {settings_fp}; refusing to publish a mixed dataset: delete that part folder "
                 "and re-run the same command to recompute it")
         for k in COUNT_KEYS:
-            totals[k] += int(stats[k])
+            totals[k] += int(stats.get(k, 0))  # parts written before a key existed: 0
     return out.root_index(units), totals, per_unit
 
 

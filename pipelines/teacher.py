@@ -39,6 +39,15 @@ class TeacherError(ValueError):
 
 
 @dataclass(frozen=True)
+class Unscored:
+    """A sequence the teacher could not score: its logits are not finite (a half-precision overflow
+    on some input, a broken checkpoint row). It becomes a dead letter of its part, with its tokens,
+    instead of failing the job on every re-run."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class TeacherInfo:
     local_dir: str
     vocab_size: int  # logits dimension
@@ -220,16 +229,22 @@ class TeacherRunner:
         return {"pid": os.getpid(), "device": str(self.device), "dtype": str(self.dtype)}
 
     def predict(self, tokens: np.ndarray, n_tokens: Sequence[int], seeds: Sequence[int],
-                inference_args: dict | None = None) -> list[KeptEntries]:
+                inference_args: dict | None = None) -> list[KeptEntries | Unscored]:
         import torch
 
         self.check_limits(*np.shape(tokens))
         with torch.inference_mode():
             ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=self.device)
             logits = self.model(input_ids=ids, **(inference_args or {})).logits
+            bad_rows = (~torch.isfinite(logits)).any(-1).cpu().numpy()  # [B, T]: one cheap pass
             out = []
             for b, n in enumerate(n_tokens):
                 z = logits[b, : int(n)]
+                bad = np.flatnonzero(bad_rows[b, : int(n)])
+                if len(bad):
+                    out.append(Unscored(f"the teacher's logits are not finite at {len(bad)} of {int(n)} positions "
+                                        f"(first: position {int(bad[0])}; dtype {str(self.dtype).replace('torch.', '')})"))
+                    continue
                 if self.selection == "sample":
                     tr = sample_select(z.float().cpu().numpy(), self.num_draws, int(seeds[b]))
                 else:

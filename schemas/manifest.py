@@ -62,6 +62,9 @@ class Counts:
     tokens: int  # real (non-padding) tokens in sequences
     units: int
     incomplete_files: int = 0  # input files not read to their end: documents past the break are not counted
+    # sequences the teacher could not score (non-finite logits): not written; dead_letter/ holds their tokens
+    unscored_sequences: int = 0
+    unscored_tokens: int = 0
 
     def reconciles(self) -> bool:
         return self.documents == self.packed_documents + self.dead_letters
@@ -117,7 +120,7 @@ _SPEC = {
     "source_fingerprint": str,
     "settings_fingerprint": str,
     "counts": {**{k: int for k in ("documents", "packed_documents", "dead_letters", "sequences", "tokens", "units")},
-               "incomplete_files": Opt(int)},
+               "incomplete_files": Opt(int), "unscored_sequences": Opt(int), "unscored_tokens": Opt(int)},
     "extra": dict,
 }
 

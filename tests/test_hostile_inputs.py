@@ -216,3 +216,54 @@ def test_a_forward_that_cannot_fit_in_memory_is_refused(tiny_teacher, tmp_path, 
     err = capsys.readouterr().err
     assert "'batch_size' 16777216 x 'seq_len' 512" in err and "GiB" in err and "logits 10240.00" in err
     assert not out.exists()
+
+
+def test_a_sequence_the_teacher_cannot_score_is_a_dead_letter_not_a_failed_job(tiny_teacher, tmp_path, capsys):
+    """A teacher that overflows on one input (non-finite logits, as a half-precision teacher can)
+    used to fail the job on every re-run. The sequence becomes a dead letter with its tokens; the
+    rest of the dataset is written, and the counts say what was not scored."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipelines.cli import print_report
+    from schemas import DatasetDir
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher, teacher)
+    tok = AutoTokenizer.from_pretrained(str(teacher))
+    poison = tok("~", add_special_tokens=False)["input_ids"]
+    assert len(poison) == 1
+    model = AutoModelForCausalLM.from_pretrained(str(teacher))
+    with torch.no_grad():
+        model.model.embed_tokens.weight[poison[0]] = float("inf")  # overflows wherever "~" is read
+    model.save_pretrained(str(teacher), safe_serialization=True)
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    texts = make_texts(30, seed=5)
+    texts[17] = texts[17] + " ~ " + texts[3]
+    (lake / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    common = dict(inputs=[str(lake / "*.jsonl")], seq_len=32, top_k=8, rows_per_unit=10, bytes_per_unit=1 << 20,
+                  progress=False)
+    report = run(PipelineConfig(teacher=str(teacher), output=str(tmp_path / "ds"), **common))
+    clean = run(PipelineConfig(teacher=tiny_teacher, output=str(tmp_path / "clean"), **common))
+    c = Manifest.from_json((tmp_path / "ds" / "manifest.json").read_text()).counts
+    ref = Manifest.from_json((tmp_path / "clean" / "manifest.json").read_text()).counts
+    assert c.unscored_sequences >= 1 and ref.unscored_sequences == 0
+    # nothing lost: written + unscored is what the clean run wrote; documents still reconcile
+    assert c.sequences + c.unscored_sequences == ref.sequences
+    assert c.tokens + c.unscored_tokens == ref.tokens
+    assert c.reconciles() and (c.documents, c.packed_documents, c.dead_letters) == (30, 30, 0)
+    letters = [json.loads(line) for f in sorted((tmp_path / "ds" / "dead_letter").glob("*.jsonl"))
+               for line in f.read_text().splitlines()]
+    unscored = [d for d in letters if d["kind"] == "teacher_unscored"]
+    assert len(unscored) == len(letters) == c.unscored_sequences
+    assert sum(len(d["tokens"]) for d in unscored) == c.unscored_tokens
+    assert all(d["documents"] == 0 and "not finite" in d["reason"] and d["file"].endswith("a.jsonl") for d in unscored)
+    assert any(poison[0] in d["tokens"] for d in unscored)
+    assert DatasetDir(str(tmp_path / "ds")).verify().whole
+    print_report(report)
+    assert f"could not score {c.unscored_sequences} sequences" in capsys.readouterr().out
+    assert clean.summary["unscored_sequences"] == 0
