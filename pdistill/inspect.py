@@ -178,7 +178,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    ap = make_parser()
+    args = ap.parse_args(argv)
+    if args.samples < 0:
+        ap.error(f"--samples must be >= 0, got {args.samples}")
     report = build_report(args)
     if args.plan and report["verdict"] == WHOLE:  # planned vs actual (pdistill.plan)
         from pdistill.plan import inspect_hook

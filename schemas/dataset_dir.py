@@ -280,6 +280,8 @@ class DatasetDir:
             problems, v.shards_checked, v.bytes_checked = check_shards(self.uri, v.index, listing,
                                                                        index_name=INDEX_NAME, hashes=hashes)
             v.problems += problems + _check_parts(v.index, v.manifest, listing)
+            if hashes:  # deep check: also the files a re-publish reads (one small read per part)
+                v.problems += self._check_part_files(v.index, listing)
         if v.manifest is not None:
             c = v.manifest.counts
             if not c.reconciles():
@@ -290,6 +292,41 @@ class DatasetDir:
                 if in_index != c.sequences:
                     v.problems.append(Problem(INDEX_NAME, f"lists {in_index} sequences, {MANIFEST_NAME} counts {c.sequences}"))
         return v
+
+    def _check_part_files(self, index: dict, listing: dict[str, int]) -> list[Problem]:
+        """Each published part's index.json parses and lists the shards the root index takes from
+        it, and its stats.json (the counts a re-publish sums), where there is one, parses. (A
+        missing stats.json is not reported: datasets built by other tools, like the test fixtures,
+        have none, and reading and training never need it.)"""
+        problems = []
+        expected: dict[str, int] = {}
+        for shard in index.get("shards") or []:
+            parts = ((stored_file(shard) if isinstance(shard, dict) else None) or {}).get("basename", "").split("/")
+            if len(parts) == 3 and parts[0] == PARTS_DIR:
+                expected[parts[1]] = expected.get(parts[1], 0) + 1
+        for unit, n in sorted(expected.items()):
+            where = f"{PARTS_DIR}/{unit}"
+            if f"{where}/{INDEX_NAME}" not in listing:
+                continue  # reported by _check_parts
+            try:
+                part = json.loads(storage.read_text(storage.join(self.part_uri(unit), INDEX_NAME)))
+                listed = len(part["shards"]) if isinstance(part, dict) and isinstance(part.get("shards"), list) else None
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                problems.append(Problem(f"{where}/{INDEX_NAME}", f"not valid JSON ({e})"))
+                listed = n
+            if listed is None:
+                problems.append(Problem(f"{where}/{INDEX_NAME}", "has no list of shards"))
+            elif listed != n:
+                problems.append(Problem(f"{where}/{INDEX_NAME}", f"lists {listed} shards, {INDEX_NAME} takes {n} from it"))
+            if f"{where}/{STATS_NAME}" not in listing:
+                continue
+            try:
+                stats = json.loads(storage.read_text(storage.join(self.part_uri(unit), STATS_NAME)))
+                if not isinstance(stats, dict):
+                    problems.append(Problem(f"{where}/{STATS_NAME}", "is not a JSON object"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                problems.append(Problem(f"{where}/{STATS_NAME}", f"not valid JSON ({e})"))
+        return problems
 
     def check_shards(self, index: dict) -> None:
         """Every shard the index lists exists with its recorded size and hash; raises

@@ -125,7 +125,15 @@ def _damaged(dataset, tmp_path, damage):
     (lambda d: shutil.rmtree(d / "parts" / "u00001-00000"), f"{SHARD}: missing"),
     (lambda d: (d / "index.json").write_text('{"shards": [tru'), "index.json: not valid JSON"),
     (lambda d: (d / "manifest.json").write_text("{"), "manifest.json: not valid JSON"),
-], ids=["deleted-shard", "truncated-shard", "bit-flip", "deleted-part", "bad-index-json", "bad-manifest-json"])
+    # the files a re-publish reads (a resumed or extended run), checked with the hashes
+    (lambda d: (d / "parts" / "u00001-00000" / "index.json").write_text('{"shards": [tru'),
+     "parts/u00001-00000/index.json: not valid JSON"),
+    (lambda d: (d / "parts" / "u00001-00000" / "index.json").write_text('{"version": 2, "shards": []}'),
+     "parts/u00001-00000/index.json: lists 0 shards, index.json takes 1 from it"),
+    (lambda d: (d / "parts" / "u00001-00000" / "stats.json").write_text("{"),
+     "parts/u00001-00000/stats.json: not valid JSON"),
+], ids=["deleted-shard", "truncated-shard", "bit-flip", "deleted-part", "bad-index-json", "bad-manifest-json",
+        "bad-part-index", "part-index-without-its-shards", "bad-part-stats"])
 def test_inspect_verdict_names_the_damaged_file(dataset, tmp_path, capsys, damage, problem):
     bad = _damaged(dataset, tmp_path, damage)
     rc, report = run_inspect(capsys, bad)
@@ -152,6 +160,13 @@ def test_inspect_skip_hash_checks_sizes_only(dataset, tmp_path, capsys):
     cut = _damaged(dataset, tmp_path / "cut", lambda d: os.truncate(d / SHARD, 100))
     rc, report = run_inspect(capsys, cut, "--skip-hash")
     assert rc == 1 and report["problems"][0].startswith(f"{SHARD}: size 100 bytes")
+
+
+def test_inspect_refuses_a_negative_sample_count(dataset, capsys):
+    out, _, _ = dataset
+    with pytest.raises(SystemExit) as e:
+        inspect.main([out, "--samples", "-3"])
+    assert e.value.code == 2 and "--samples must be >= 0, got -3" in capsys.readouterr().err
 
 
 def test_inspect_counts_part_folders_against_the_manifest(dataset, tmp_path, capsys):
