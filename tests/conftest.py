@@ -30,3 +30,4 @@ def real_teacher(tmp_path_factory):
         pytest.skip(str(e))
     out = tmp_path_factory.mktemp("real-teacher") / "teacher"
     return out, teacher.import_gguf(out, log=lambda *a: None)
+

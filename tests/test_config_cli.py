@@ -12,6 +12,7 @@ pytest.importorskip("apache_beam")
 pytest.importorskip("streaming")
 
 sys.path.insert(0, os.path.dirname(__file__))
+from unwritable import sysfs_folder  # noqa: E402
 
 
 # -- pdistill train ------------------------------------------------------------------------------
@@ -133,20 +134,6 @@ def test_logits_bad_settings_are_one_line(tmp_path, capsys, argv, message):
     assert rc == 2 and err.startswith("pdistill logits: error: ") and message in err and "Traceback" not in err, err
 
 
-def _sysfs_folder() -> str:
-    """A folder that cannot be created even by root (sysfs), or skip."""
-    folder = "/sys/pdistill-check"
-    try:
-        os.mkdir(folder)
-        os.rmdir(folder)
-        pytest.skip("/sys takes new folders here")
-    except FileNotFoundError:
-        pytest.skip("no /sys here")
-    except OSError:
-        pass
-    return folder
-
-
 @pytest.mark.parametrize("case", ["config-missing", "config-folder", "config-not-yaml", "config-binary",
                                   "runner-config-missing", "runner-config-folder", "report-under-a-file",
                                   "report-is-a-folder", "report-read-only"])
@@ -178,7 +165,7 @@ def test_logits_unusable_files_are_one_line_naming_them(tmp_path, capsys, case):
         "report-read-only": ("--report-json", None, ": /sys)"),  # the OS says why (EPERM or EROFS)
     }[case]
     if path is None:
-        path = _sysfs_folder() + "/r.json"
+        path = sysfs_folder("pdistill-check") + "/r.json"
     out = tmp_path / "out"
     rc = main(["--input", str(lake / "a.jsonl"), "--teacher", str(tmp_path / "t"), "--output", str(out), flag, path])
     err = capsys.readouterr().err

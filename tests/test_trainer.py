@@ -21,6 +21,7 @@ pytest.importorskip("composer")
 pytest.importorskip("streaming")
 
 from make_dataset import make_teacher, make_tokenizer, tiny_llama_config, write_dataset  # noqa: E402
+from unwritable import sysfs_folder  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_SAMPLES = 48
@@ -439,16 +440,7 @@ def test_unusable_save_folder_is_a_message(lake, tmp_path, capsys, where):
         (tmp_path / "plain").write_text("not a folder")
         folder, reason = tmp_path / "plain" / "ckpt", "Not a directory"
     else:
-        folder = "/sys/pdistill-ckpt"  # sysfs: no new folders, even for root
-        try:
-            os.mkdir(folder)
-            os.rmdir(folder)
-            pytest.skip("/sys takes new folders here")
-        except FileNotFoundError:
-            pytest.skip("no /sys here")
-        except OSError:
-            pass
-        reason = ""
+        folder, reason = sysfs_folder("pdistill-ckpt"), ""
     rc = _cli(tmp_path, base_cfg(lake, tmp_path), f"run.save_folder={folder}")
     err = capsys.readouterr().err
     assert rc == 2 and f"pdistill train: refused: run.save_folder: cannot write to {folder} ({reason}" in err
