@@ -299,12 +299,7 @@ class DatasetDir:
         missing stats.json is not reported: datasets built by other tools, like the test fixtures,
         have none, and reading and training never need it.)"""
         problems = []
-        expected: dict[str, int] = {}
-        for shard in index.get("shards") or []:
-            parts = ((stored_file(shard) if isinstance(shard, dict) else None) or {}).get("basename", "").split("/")
-            if len(parts) == 3 and parts[0] == PARTS_DIR:
-                expected[parts[1]] = expected.get(parts[1], 0) + 1
-        for unit, n in sorted(expected.items()):
+        for unit, n in sorted(_shards_per_part(index).items()):
             where = f"{PARTS_DIR}/{unit}"
             if f"{where}/{INDEX_NAME}" not in listing:
                 continue  # reported by _check_parts
@@ -354,15 +349,21 @@ class DatasetDir:
         return {"remote": self.remote, "local": local or os.path.join(cache_dir, self.cache_key)}
 
 
-def _check_parts(index: dict, manifest: Optional[Manifest], listing: dict[str, int]) -> list[Problem]:
-    """Part folders: each one a shard lives in keeps its index.json; their number is counts.units."""
-    problems = []
-    referenced = set()
+def _shards_per_part(index: dict) -> dict[str, int]:
+    """Part folder (unit) -> how many of the root index's shards live in it."""
+    out: dict[str, int] = {}
     for shard in index.get("shards") or []:
         entry = stored_file(shard) if isinstance(shard, dict) else None
         parts = (entry or {}).get("basename", "").split("/")
         if len(parts) == 3 and parts[0] == PARTS_DIR:
-            referenced.add(parts[1])
+            out[parts[1]] = out.get(parts[1], 0) + 1
+    return out
+
+
+def _check_parts(index: dict, manifest: Optional[Manifest], listing: dict[str, int]) -> list[Problem]:
+    """Part folders: each one a shard lives in keeps its index.json; their number is counts.units."""
+    problems = []
+    referenced = set(_shards_per_part(index))
     published = {p.split("/")[1] for p in listing if p.startswith(PARTS_DIR + "/") and p.endswith("/" + INDEX_NAME)
                  and p.count("/") == 2}
     for unit in sorted(referenced - published):
