@@ -81,6 +81,11 @@ def check_vocab(teacher_vocab: int, tokenizer_len: int, teacher: str, tokenizer:
         )
 
 
+def _first_line(e: Exception) -> str:
+    """transformers' errors run to many lines (a list of 300 model types, upgrade advice): the first."""
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
 def check_weight_shapes(uri: str, config, shapes: dict) -> None:
     """The safetensors headers against the model config.json describes (built on the meta device:
     no memory, no weights read), so weights from another model fail here with the tensor named,
@@ -95,7 +100,7 @@ def check_weight_shapes(uri: str, config, shapes: dict) -> None:
             model = AutoModelForCausalLM.from_config(config)
     except Exception as e:
         raise TeacherError(f"teacher {uri}: config.json does not describe a causal LM transformers can build "
-                           f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]})") from None
+                           f"({type(e).__name__}: {_first_line(e)})") from None
     prefix = f"{getattr(model, 'base_model_prefix', '') or '-'}."  # checkpoints of the bare base model lack it
 
     def bare(k: str) -> str:
@@ -154,7 +159,7 @@ def inspect_teacher(uri: str, tokenizer_len: int, tokenizer_uri: str, revision=N
         config = AutoConfig.from_pretrained(local)
     except Exception as e:
         raise TeacherError(f"teacher {uri}: cannot read its config.json "
-                           f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]})") from None
+                           f"({type(e).__name__}: {_first_line(e)})") from None
     weights = _weight_files(local)
     if not weights:
         raise TeacherError(f"teacher {uri}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) in the checkpoint")
