@@ -179,7 +179,7 @@ def table(plan: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import config_from_args
+    from pipelines.cli import check_writable_file, config_from_args
     from pipelines.config import ConfigError, PipelineConfig
     from pipelines.errors import user_errors
 
@@ -194,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("inputs", "teacher"):
             if not getattr(config, key):
                 raise ConfigError(f"setting '{key}' is required (--{key.rstrip('s')} on the command line)")
-        problem = storage.unwritable(args.plan, "file")  # before the sample's teacher pass, not after it
-        if problem:
-            raise ConfigError(f"--plan {args.plan}: cannot write to it ({problem})")
+        check_writable_file("--plan", args.plan)  # before the sample's teacher pass, not after it
         plan = make_plan(config, args, extra)
         storage.write_text_atomic(args.plan, strict_json.dumps(plan, indent=2, sort_keys=True))
     except (*user_errors(), OSError) as e:  # OSError: the plan cannot be written

@@ -80,13 +80,17 @@ def read_file_setting(flag: str, uri: str, load):
         raise ConfigError(f"{flag} {redact_uri(uri)}: cannot read it ({file_problem(e)})") from None
 
 
-def check_report_path(uri: str | None) -> None:
-    """Refuse, before any work, a --report-json path that cannot be written (`storage.unwritable`)."""
+def check_writable_file(flag: str, uri: str | None) -> None:
+    """Refuse, before any work, a file named by `flag` that cannot be written (`storage.unwritable`)."""
     from schemas import storage
 
     problem = storage.unwritable(uri, "file")
     if problem:
-        raise ConfigError(f"--report-json {redact_uri(uri)}: cannot write to it ({problem})")
+        raise ConfigError(f"{flag} {redact_uri(uri)}: cannot write to it ({problem})")
+
+
+def check_report_path(uri: str | None) -> None:
+    check_writable_file("--report-json", uri)
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
