@@ -98,6 +98,28 @@ def predictors(tokens: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.n
     return s_of, kind
 
 
+@dataclass(frozen=True)
+class _Sources:
+    """Where predictors point: q *known* positions (a prime's: `schemas.codec_compact5`; their
+    ids, in slot order, known to both sides before the sample) followed by the sample's own T
+    positions. Slot indices run over the known slots first, then the sample's entries."""
+
+    q: int
+    counts: np.ndarray  # [q + T]
+    starts: np.ndarray  # [q + T] each source position's first slot
+    known_pos: np.ndarray  # [known slots] the source position of each known slot
+    known_ids: np.ndarray  # [known slots] their ids
+
+    @classmethod
+    def own(cls, counts: np.ndarray, known_counts=None, known_ids=None) -> "_Sources":
+        """The sample's own positions, after `known_counts` known ones (default none)."""
+        kc = np.zeros(0, dtype=np.int64) if known_counts is None else np.asarray(known_counts, dtype=np.int64)
+        allc = np.concatenate([kc, counts])
+        return cls(q=kc.shape[0], counts=allc, starts=np.cumsum(allc) - allc,
+                   known_pos=np.repeat(np.arange(kc.shape[0]), kc),
+                   known_ids=np.zeros(0, dtype=np.int64) if known_ids is None else np.asarray(known_ids, dtype=np.int64))
+
+
 class _Layout:
     """The levels' structure, from the counts and the (descending) levels alone: what both sides
     know before any id."""
@@ -120,15 +142,15 @@ class _Layout:
         self.n_groups = np.bincount(self.gpos, minlength=self.t) if self.n else np.zeros(self.t, dtype=np.int64)
         self.start_rank = _group_start_rank(self.new, counts)
 
-    def predicted(self, s_of: np.ndarray, kind: np.ndarray):
+    def predicted(self, s_of: np.ndarray, kind: np.ndarray, src: "_Sources"):
         """The predictor slots: for each position t with a predictor, every slot of s in order.
-        Returns (t of each slot, global slot index at s, membership context, placement context,
-        predicted group offset at t: the group holding the slot's rank at t)."""
+        Returns (t of each slot, slot index at s in the sources' slot space, membership context,
+        placement context, predicted group offset at t: the group holding the slot's rank at t)."""
         has = np.flatnonzero((s_of >= 0) & (self.counts > 0))
-        sizes = self.counts[s_of[has]]
+        sizes = src.counts[s_of[has]]
         t_of = np.repeat(has, sizes)
         rank = np.arange(t_of.shape[0]) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        slot = self.starts[s_of[t_of]] + rank
+        slot = src.starts[s_of[t_of]] + rank
         ct = self.counts[t_of]
         # membership: the slot's rank at s against the count at t (r / count_t in quarters)
         ratio = sum((4 * rank >= q * ct).astype(np.int64) for q in _RATIO_QUARTERS)
@@ -242,33 +264,36 @@ class Compact4Codec(Compact3Codec):
         hint = np.zeros(t, dtype=np.int64)
         hint[pos[hinted]] = lay.gnum[hinted] - lay.first_group[pos[hinted]] + 1
         # repeats: kept at t, kept at its predictor s, not hinted (order-free: membership only)
-        s_of, kind = predictors(np.asarray(tokens).reshape(-1), counts)
+        s_of, kind, src = self._sources(tokens, counts)
+        qs = src.known_ids.shape[0]  # slots of the known (primed) positions come first
         key = pos * (1 << 32) + ids
+        src_key = np.concatenate([src.known_pos * (1 << 32) + src.known_ids, (pos + src.q) * (1 << 32) + ids])
         ps = s_of[pos]
-        repeat = (ps >= 0) & ~hinted & np.isin(np.where(ps >= 0, ps, 0) * (1 << 32) + ids, key)
+        repeat = (ps >= 0) & ~hinted & np.isin(np.where(ps >= 0, ps, 0) * (1 << 32) + ids, src_key)
         rest = ~hinted & ~repeat
         uniq, cls, bounds, x = _dictionary(ids[rest])
         # slots: per group the hinted entry, the repeats by their slot at s, the rest by dictionary index
         sub = np.zeros(n, dtype=np.int64)
         sub[rest] = x
         role = np.where(hinted, 0, np.where(repeat, 1, 2))
-        slot_ids = np.empty(n, dtype=np.int64)
+        slot_ids = np.empty(qs + n, dtype=np.int64)
+        slot_ids[:qs] = src.known_ids
         starts, cnt = lay.starts.tolist(), counts.tolist()
-        sl = s_of.tolist()
+        sl, sst, scnt = s_of.tolist(), src.starts.tolist(), src.counts.tolist()
         for p in range(t):
             a, c = starts[p], cnt[p]
             if not c:
                 continue
             e = slice(a, a + c)
             if sl[p] >= 0 and repeat[e].any():
-                src = slot_ids[starts[sl[p]] : starts[sl[p]] + cnt[sl[p]]]
-                order_src = np.argsort(src, kind="stable")
+                at = slot_ids[sst[sl[p]] : sst[sl[p]] + scnt[sl[p]]]
+                order_src = np.argsort(at, kind="stable")
                 r = np.flatnonzero(repeat[e]) + a
-                sub[r] = order_src[np.searchsorted(src[order_src], ids[r])]
+                sub[r] = order_src[np.searchsorted(at[order_src], ids[r])]
             k = np.lexsort((sub[e], role[e], lay.gnum[e]))
-            slot_ids[e] = ids[e][k]
+            slot_ids[qs + a : qs + a + c] = ids[e][k]
         # the membership and placement symbols, slot by slot of each predictor
-        t_of, slot, ctx, pctx, pred = lay.predicted(s_of, kind)
+        t_of, slot, ctx, pctx, pred = lay.predicted(s_of, kind, src)
         kept_t = np.isin(t_of * (1 << 32) + slot_ids[slot], key[repeat])
         grp = np.zeros(t_of.shape[0], dtype=np.int64)
         if kept_t.any():
@@ -297,6 +322,12 @@ class Compact4Codec(Compact3Codec):
             "teacher_values": entropy.encode(level_streams),
             "teacher_tail": entropy.encode([(self._tail_symbols(tr.log_tail, lvl0, counts), None)]),
         }
+
+    def _sources(self, tokens, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, _Sources]:
+        """Each position's predictor (as a source index, -1: none), its kind, and the sources:
+        here the sample's own positions only (compact5 puts a prime's in front)."""
+        s_of, kind = predictors(np.asarray(tokens).reshape(-1), counts)
+        return s_of, kind, _Sources.own(counts)
 
     def _decode_levels(self, buf: bytes, counts: np.ndarray) -> np.ndarray:
         t, n = counts.shape[0], int(counts.sum())
@@ -340,7 +371,11 @@ class Compact4Codec(Compact3Codec):
         nxt = _next_tokens(tokens, t)
         lay = _Layout(counts, self._decode_levels(cols["teacher_values"], counts))
         n_grp = lay.gstart.shape[0]
-        ids_in = entropy.Decoder(cols["teacher_ids"], max(n, t, _N_RB) + 1)
+        s_of, kind, src = self._sources(tokens, counts)
+        t_of, slot, ctx, pctx, pred = lay.predicted(s_of, kind, src)
+        # the longest stream: the repeat flags, one per predictor slot, can outnumber the entries
+        # (one position may predict two, by its two tokens and by its token alone)
+        ids_in = entropy.Decoder(cols["teacher_ids"], max(n, t, _N_RB, t_of.shape[0]) + 1)
         uniq, cls = _decode_dictionary(ids_in, np.unique(nxt[:-1]), n)
         sig = counts > 0
         hs = ids_in.next()
@@ -353,8 +388,6 @@ class Compact4Codec(Compact3Codec):
             raise CodecError("compact4 codec: a hint outside its position's levels: corrupt sample")
         hint_g = lay.first_group[hp] + hint[hp] - 1
         # repeats: membership per predictor slot, then each repeat's level group at t
-        s_of, kind = predictors(np.asarray(tokens).reshape(-1), counts)
-        t_of, slot, ctx, pctx, pred = lay.predicted(s_of, kind)
         kept_t = _decode_context_streams(ids_in, ctx, _N_CTX, "repeat flags") == 1
         r_t, r_src, pctx = t_of[kept_t], slot[kept_t], pctx[kept_t]
         grp = _decode_places(ids_in, pred[kept_t], lay.n_groups[r_t], pctx)
@@ -383,15 +416,18 @@ class Compact4Codec(Compact3Codec):
         role = np.repeat([0, 1, 2], [hint_g.shape[0], r_g.shape[0], rest_g.shape[0]])
         sub = np.concatenate([np.zeros(hint_g.shape[0], np.int64), np.arange(r_g.shape[0]), np.arange(rest_g.shape[0])])
         order = np.lexsort((sub, role, g_all))
-        val = np.concatenate([nxt[hp], np.full(r_g.shape[0], -1, np.int64), uniq[by_freq][x] if x.size else x])[order]
-        ptr = np.arange(n)
-        ptr[role[order] == 1] = r_src[sub[order][role[order] == 1]]
+        qs = src.known_ids.shape[0]  # slots of the known (primed) positions come first
+        val = np.concatenate([src.known_ids, np.concatenate(
+            [nxt[hp], np.full(r_g.shape[0], -1, np.int64), uniq[by_freq][x] if x.size else x])[order]])
+        ptr = np.arange(qs + n)
+        is_rep = role[order] == 1
+        ptr[qs:][is_rep] = r_src[sub[order][is_rep]]
         while True:  # a repeat of a repeat: pointer jumping (predictors lie earlier, so it ends)
             nptr = ptr[ptr]
             if np.array_equal(nptr, ptr):
                 break
             ptr = nptr
-        ids = val[ptr]
+        ids = val[ptr][qs:]
         pos, lvl = lay.pos, lay.lvl
         o = np.argsort(pos * (1 << 32) + ids, kind="stable")
         ids, lvl = ids[o], lvl[o]

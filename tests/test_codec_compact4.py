@@ -101,6 +101,25 @@ def test_compact4_repeats_of_repeats():
     assert len(cols["teacher_ids"]) < 0.2 * len(Compact3Codec(kl_target=c4.kl_target).encode(tr, tokens=tokens)["teacher_ids"])  # ~0.1
 
 
+def test_compact4_one_position_predicting_two():
+    """A position kept with 50 ids is the predictor of two later ones (of "7 3" by its two tokens,
+    of "9 3" by its token alone): 101 repeat flags for 55 entries. The decoder once capped every
+    stream at the entry count and refused this valid sample as corrupt (a written dataset that no
+    trainer could read)."""
+    tokens = np.array([7, 3, 9, 3, 7, 3])
+    z = np.full((6, 300), -30.0, dtype=np.float32)
+    z[1, :50] = np.linspace(3.0, 0.0, 50)  # position 1: 50 ids kept
+    for i in (0, 2, 3, 4, 5):
+        z[i, 100 + i] = 10.0  # the others: one
+    tr = truncate(z, 0.999, 60)
+    assert tr.counts.tolist() == [1, 50, 1, 1, 1, 1]
+    s_of, _ = predictors(tokens, tr.counts)
+    assert s_of[3] == 1 and s_of[5] == 1
+    c4 = Compact4Codec()
+    c2 = Compact2Codec(kl_target=c4.kl_target)
+    assert _same_signal(c2.decode(tr.counts, c2.encode(tr)), c4.decode(tr.counts, c4.encode(tr, tokens=tokens), tokens=tokens))
+
+
 def test_compact4_through_the_sample():
     z, tokens = repeating_text(1, t=48, v=600)
     tr = truncate(z, 0.95, 30)
