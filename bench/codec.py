@@ -13,15 +13,18 @@ One run prints four tables, all on the same teacher logits and truncations:
 2. Candidates at top-0.95-100 and top-0.95-50: each step from compact to compact4 (value
    quantiser, dictionary layout, entropy coder, next-token hint, repeats, level contexts, and the
    id priors measured and not built: bench/codec_candidates.py), bytes per kept entry and codec
-   KL; and compact2, compact3 and compact4 on the same tokens as one long sample (the pipeline's
+   KL; compact5 (compact4 primed with the teacher's signal on the --prime-tokens held-out tokens
+   that follow the bench's: schemas/codec_compact5.py); and compact2, compact3, compact4 and
+   compact5 on the same tokens as one long sample (the pipeline's
    default seq_len is 2048; the bench's rows use 512-token samples, where the per-sample
    dictionary weighs more and fewer tokens recur).
 3. Pareto: bytes/token against TOTAL KL (truncation + codec) for every (p, k) and compact4 KL
    target, plus compact; written as a PNG too (--png).
 4. Targets: pass/fail lines for the issue's targets, on 512-token samples and on one sample of
-   the pipeline's default seq_len (2048).
+   the pipeline's default seq_len (2048), for compact4 and for compact5 (its prime's size printed
+   beside it: written once per dataset).
 
-Usage: python -m bench.codec [--teacher demo-lake/teacher] [--tokens 2048] [--png bench/codec_pareto.png]
+Usage: python -m bench.codec [--teacher demo-lake/teacher] [--tokens 2048] [--prime-tokens 8192] [--png bench/codec_pareto.png]
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ import zstandard
 from bench.codec_candidates import AFTER_COMPACT3, CANDIDATES
 from schemas import Compact2Codec, Compact3Codec, Compact4Codec, CompactCodec, ExactCodec, build_sample, mds_columns, sample_select, truncate_tensor
 from schemas import fidelity
+from schemas.codec_compact5 import Compact5Codec, Prime
 from schemas.kept import KeptEntries
 
 KL_TARGETS = (2e-4, 4e-4, 8e-4, 2e-3, 5e-3)  # compact4 precisions swept in the Pareto table (8e-4: the default)
@@ -100,6 +104,23 @@ def peers(tr, k, vocab, n_tok):
     bf16 = (lp.view(np.uint32) >> 16).astype(np.uint16)
     distillkit = bitpack(ids, math.ceil(math.log2(vocab))) + bf16.tobytes()
     return len(megatron) / n_tok, len(distillkit) / n_tok
+
+
+def prime_signal(teacher_dir: str, ids: np.ndarray, settings: list[tuple[float, int]], seq_len: int = 512) -> dict:
+    """compact5's prime per (p, k): the teacher's truncated signal on `ids` (held-out text: the
+    tokens after the bench's), a window of seq_len at a time (no full logits kept)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir, torch_dtype=torch.float32).eval()
+    chunks = {key: [] for key in settings}
+    with torch.no_grad():
+        for a in range(0, (len(ids) // seq_len) * seq_len, seq_len):
+            window = torch.tensor(ids[a : a + seq_len]).reshape(1, -1)
+            logits = model(window).logits[0]
+            for p, k in settings:
+                chunks[(p, k)].append((ids[a : a + seq_len], truncate_tensor(logits, p, k)))
+    return {key: Prime.from_signal(parts) for key, parts in chunks.items()}
 
 
 def rows_of(tr: KeptEntries, start: int, stop: int) -> KeptEntries:
@@ -190,6 +211,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default="demo-lake/teacher")
     ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--prime-tokens", type=int, default=8192, help="compact5's prime: teacher signal on this many held-out tokens")
     ap.add_argument("--kl-rows", type=int, default=512, help="positions used for the (slow) total KL")
     ap.add_argument("--png", default="bench/codec_pareto.png", help="where to write the Pareto plot")
     args = ap.parse_args(argv)
@@ -199,6 +221,7 @@ def main(argv=None) -> int:
         teacher.main(["import-gguf", "--output", args.teacher])
     logits, fwd_tps, seq_len, token_ids, held_out = teacher_logits(args.teacher, args.tokens)
     n_tok, vocab = logits.shape
+    primes = prime_signal(args.teacher, held_out[: args.prime_tokens], [(0.95, 50), (0.95, 100)])
     np_logits = logits.numpy()
     kl_rows = np_logits[: args.kl_rows]
     n_samples = n_tok // seq_len
@@ -258,15 +281,23 @@ def main(argv=None) -> int:
                 b = stored_bytes_per_token(subs, toks, _Layout(fn, c2), vocab, k, seq_len, base)
                 candidates.append((p, k, kept, b, kl4, name))
             candidates.append((p, k, kept, b4, kl4, "compact4 (+ repeats, drops by level above)"))
+            c5 = Compact5Codec(prime=primes[(p, k)])
+            b5 = stored_bytes_per_token(subs, toks, c5, vocab, k, seq_len, base)
+            d5 = round_trip(c5, subs, toks)[0]
+            kl5 = fidelity.codec_kl(all_rows, d5)
+            candidates.append((p, k, kept, b5, kl5, f"compact5 (+ a {args.prime_tokens}-token prime)"))
+            results[("c5", p, k)] = dict(b4=b5, kept=kept, kl4=kl5, seq=seq_len, prime=len(c5.prime.to_bytes()))
             long = n_samples * seq_len  # the same tokens as one sample (pipeline default seq_len 2048)
             if long >= 2048:
                 one, one_tok = [rows_of(tr, 0, long)], [token_ids[:long]]
-                for c in (c2, c3, c4):
+                for c in (c2, c3, c4, c5):
                     b = stored_bytes_per_token(one, one_tok, c, vocab, k, long, tokens_only_bytes(one_tok, vocab, k, long))
                     candidates.append((p, k, kept, b, fidelity.codec_kl(all_rows, round_trip(c, one, one_tok)[0]),
                                        f"{c.name}, one {long}-token sample"))
                     if c is c4:
                         results[("long", p, k)] = dict(b4=b, kept=kept, kl4=candidates[-1][4], seq=long)
+                    if c is c5:
+                        results[("c5long", p, k)] = dict(b4=b, kept=kept, kl4=candidates[-1][4], seq=long, prime=results[("c5", p, k)]["prime"])
 
     print("\n2. candidates, top-0.95-k: one step at a time from compact (v1) to compact4")
     print(f"{'p':>5} {'k':>4} {'layout':<56} {'B/tok':>7} {'B/entry':>8} {'codec KL':>9}")
@@ -282,14 +313,17 @@ def main(argv=None) -> int:
     write_png(args.png, pareto)
     print(f"(plot: {args.png})")
 
-    print("\n4. targets (compact4)")
+    print("\n4. targets (compact4; compact5 with its prime)")
     for k in (100, 50):
-        for key, where in ((("top_p_k", 0.95, k), f"{n_samples} samples of {seq_len}"), (("long", 0.95, k), "one sample of 2048")):
+        for key, where in ((("top_p_k", 0.95, k), f"compact4, {n_samples} samples of {seq_len}"), (("long", 0.95, k), "compact4, one sample of 2048"),
+                           (("c5", 0.95, k), f"compact5, {n_samples} samples of {seq_len}"), (("c5long", 0.95, k), "compact5, one sample of 2048")):
             if key not in results:
                 continue
             r = results[key]
             ok = r["b4"] / r["kept"] <= 1.3 and r["kl4"] <= 1e-3
-            print(f"top-0.95-{k}, {where}: {r['b4'] / r['kept']:.3f} B/kept entry (target <= 1.3, stretch 1.2) at codec KL "
+            prime = (f" (+ its prime, {r['prime'] / 1e3:,.0f} kB once per dataset: {r['prime'] / 1e9 / r['kept']:.1e} B per kept "
+                     f"entry over a billion tokens)") if "prime" in r else ""
+            print(f"top-0.95-{k}, {where}: {r['b4'] / r['kept']:.3f} B/kept entry{prime} (target <= 1.3, stretch 1.2) at codec KL "
                   f"{r['kl4']:.2e} (<= 1e-3; {r['kl4'] / c4.kl_design():.2f}x the design {c4.kl_design():.1e}, guaranteed "
                   f"<= {c4.kl_bound():.2e}): {'PASS' if ok else 'MISS'}")
     worst = max(r["frac"] for r in results.values() if "frac" in r)

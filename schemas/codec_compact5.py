@@ -1,0 +1,203 @@
+"""`compact5`: compact4 primed with a per-dataset *prime*, teacher signal both sides already hold.
+
+compact4's predictors only look back inside the sample: a 512-token sample finds an earlier
+position with the same token at 60 % of its positions and pays for its own id dictionary
+(1.04 bit per kept entry at top-0.95-50, against 0.46 on 2048-token samples). A *prime* is a few
+thousand positions of the same teacher's signal on the same corpus (tokens, and each position's
+kept ids from most to least probable), written once per dataset: every sample may point into it
+as if it were text seen before the sample's first token. A position's predictor is then the last
+match of its two tokens, else its token, in prime + sample (the sample's own matches are later,
+so they win); the prime's positions cost nothing to code, and a repeat from them is coded exactly
+as a repeat from inside the sample (a flag per slot, a placement).
+
+Measured (bench/codec, SmolLM2-135M on pydoc prose, a prime of the 16,384 tokens that follow the
+bench's 2,048): see the README's codec section. Everything else (levels, hint, dictionary, tail)
+is compact4's: it decodes exactly compact2's signal.
+
+The prime is data, not a parameter: the codec's `params()` name it by its SHA-256 (`Prime.digest`)
+so a decoder handed another prime refuses instead of decoding garbage. Its bytes
+(`Prime.to_bytes`): magic, then zstd over little-endian P, N, tokens int32[P] (-1 between
+documents), counts uint32[P], ids uint32[N].
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from schemas import entropy
+from schemas.codec_compact2 import _count_classes, _decode_numbers, _encode_numbers
+from schemas.codec_compact4 import Compact4Codec, _context_streams, _decode_context_streams, _Sources, predictors
+from schemas.errors import CodecError
+from schemas.kept import KeptEntries
+
+_MAGIC = b"PDPRIME1"
+_N_PRIME_CLS = 8  # dictionary contexts: not in the prime, or its class there (1 .. 6, 7+), times "a token of the sample"
+_MAX_PRIME = 1 << 24  # positions or kept entries a prime file may declare (a corrupt header cannot ask more)
+
+
+@dataclass(frozen=True, eq=False)
+class Prime:
+    """Teacher signal shared by every sample of a dataset: tokens [P] (-1 between documents, where
+    counts are 0), counts [P], and each position's kept ids from most to least probable (ties by
+    id) [sum(counts)]."""
+
+    tokens: np.ndarray
+    counts: np.ndarray
+    ids: np.ndarray
+
+    def __post_init__(self):
+        tokens, counts, ids = (np.asarray(a, dtype=np.int64).reshape(-1) for a in (self.tokens, self.counts, self.ids))
+        if tokens.shape != counts.shape:
+            raise CodecError(f"codec prime: {tokens.shape[0]} tokens but {counts.shape[0]} counts")
+        if counts.size and counts.min() < 0 or int(counts.sum()) != ids.shape[0]:
+            raise CodecError(f"codec prime: counts sum to {int(counts.sum())}, not the {ids.shape[0]} ids")
+        if ids.size and (ids.min() < 0 or ids.max() >= 1 << 32) or tokens.size and tokens.min() < -1:
+            raise CodecError("codec prime: an id or token outside [0, 2^32)")
+        pos = np.repeat(np.arange(counts.shape[0]), counts)
+        key = np.sort(pos * (1 << 32) + ids)
+        if key.size > 1 and (key[1:] == key[:-1]).any():
+            raise CodecError("codec prime: an id kept twice at one position")
+        for name, a in (("tokens", tokens), ("counts", counts), ("ids", ids)):
+            object.__setattr__(self, name, a)
+
+    @classmethod
+    def from_signal(cls, samples: list[tuple[np.ndarray, KeptEntries]]) -> "Prime":
+        """A prime from (tokens, kept entries) of whole samples, in order, a separator between them."""
+        tokens, counts, ids = [], [], []
+        for tk, tr in samples:
+            tk = np.asarray(tk, dtype=np.int64).reshape(-1)
+            if tk.shape[0] != tr.counts.shape[0]:
+                raise CodecError(f"codec prime: a sample of {tk.shape[0]} tokens has {tr.counts.shape[0]} positions")
+            pos = np.repeat(np.arange(tr.counts.shape[0]), tr.counts)
+            o = np.lexsort((tr.ids, -tr.logp.astype(np.float64), pos))
+            tokens += [tk, [-1]]
+            counts += [np.asarray(tr.counts, dtype=np.int64), [0]]
+            ids.append(np.asarray(tr.ids, dtype=np.int64)[o])
+        cat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
+        return cls(cat(tokens), cat(counts), cat(ids))
+
+    def to_bytes(self) -> bytes:
+        import zstandard
+
+        return _MAGIC + zstandard.ZstdCompressor(level=19).compress(self._payload)
+
+    @classmethod
+    def from_bytes(cls, buf: bytes, where: str = "codec prime") -> "Prime":
+        import zstandard
+
+        if buf[: len(_MAGIC)] != _MAGIC:
+            raise CodecError(f"{where}: not a pdistill codec prime (magic {buf[:len(_MAGIC)]!r})")
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(buf[len(_MAGIC):], max_output_size=16 * _MAX_PRIME)
+        except zstandard.ZstdError as e:
+            raise CodecError(f"{where}: corrupt ({e})") from None
+        if len(raw) < 16:
+            raise CodecError(f"{where}: truncated")
+        p, n = struct.unpack_from("<QQ", raw)
+        if p > _MAX_PRIME or n > _MAX_PRIME or len(raw) != 16 + 8 * p + 4 * n:
+            raise CodecError(f"{where}: {len(raw)} bytes do not hold {p} positions and {n} ids: truncated or corrupt")
+        tokens = np.frombuffer(raw, "<i4", p, 16)
+        counts = np.frombuffer(raw, "<u4", p, 16 + 4 * p)
+        ids = np.frombuffer(raw, "<u4", n, 16 + 8 * p)
+        return cls(tokens, counts, ids)
+
+    @cached_property
+    def _payload(self) -> bytes:
+        return (struct.pack("<QQ", self.tokens.shape[0], self.ids.shape[0]) + self.tokens.astype("<i4").tobytes()
+                + self.counts.astype("<u4").tobytes() + self.ids.astype("<u4").tobytes())
+
+    @cached_property
+    def digest(self) -> str:
+        """SHA-256 of the prime's content (not of its zstd bytes: any zstd version agrees)."""
+        return hashlib.sha256(self._payload).hexdigest()
+
+    @cached_property
+    def starts(self) -> np.ndarray:
+        return np.cumsum(self.counts) - self.counts
+
+    @cached_property
+    def kept_classes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct kept ids ascending, how often each is kept to a factor of two)."""
+        uniq, cnt = np.unique(self.ids, return_counts=True)
+        return uniq, _count_classes(cnt)
+
+
+@dataclass(frozen=True)
+class Compact5Codec(Compact4Codec):
+    prime: Prime | None = field(default=None, compare=False, repr=False)
+    name: str = field(default="compact5", init=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.prime, Prime):
+            raise CodecError("compact5 codec: needs its dataset's prime (schemas.codec_compact5.Prime)")
+
+    def params(self) -> dict:
+        return {**super().params(), "prime": self.prime.digest}
+
+    def _candidates(self, nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ids the dictionary is coded against, ascending: the prime's kept ids and the
+        sample's tokens; and each one's context: its class in the prime (0: not in it), and
+        whether the sample's text holds it."""
+        kept, kcls = self.prime.kept_classes
+        toks = np.unique(nxt[:-1])
+        toks = toks[toks >= 0]
+        cand = np.union1d(kept, toks)
+        at = np.searchsorted(kept, cand)
+        in_prime = at < kept.shape[0]
+        in_prime[in_prime] = kept[at[in_prime]] == cand[in_prime]
+        ctx = np.where(in_prime, 1 + np.minimum(kcls[np.minimum(at, kept.shape[0] - 1)], _N_PRIME_CLS - 2), 0)
+        return cand, ctx + _N_PRIME_CLS * np.isin(cand, toks)
+
+    def _dictionary_streams(self, uniq: np.ndarray, cls: np.ndarray, nxt: np.ndarray) -> list:
+        """Per candidate id one symbol under a model per context: 0 (not in the sample's
+        dictionary) or 1 + its count class; the other ids as gaps, their classes in one stream."""
+        cand, ctx = self._candidates(nxt)
+        at = np.searchsorted(uniq, cand)
+        hit = at < uniq.shape[0]
+        hit[hit] = uniq[at[hit]] == cand[hit]
+        sym = np.where(hit, 1 + cls[np.minimum(at, max(uniq.shape[0] - 1, 0))], 0) if uniq.size else np.zeros(cand.shape[0], np.int64)
+        other = ~np.isin(uniq, cand)
+        return (_context_streams(sym.astype(np.int64), ctx, 2 * _N_PRIME_CLS)
+                + _encode_numbers(np.diff(uniq[other], prepend=-1) - 1) + [(cls[other], None)])
+
+    def _decode_dictionary(self, dec: entropy.Decoder, nxt: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        cand, ctx = self._candidates(nxt)
+        sym = _decode_context_streams(dec, ctx, 2 * _N_PRIME_CLS, "dictionary symbols")
+        other = np.cumsum(_decode_numbers(dec).astype(np.int64) + 1) - 1
+        ocls = dec.next()
+        if ocls.shape[0] != other.shape[0]:
+            raise CodecError("compact5 codec: dictionary classes of the wrong length: corrupt sample")
+        got = cand[sym > 0]
+        uniq = np.union1d(got, other)
+        if uniq.shape[0] != got.shape[0] + other.shape[0] or uniq.shape[0] > n or (uniq.size and uniq[-1] >= 1 << 32):
+            raise CodecError("compact5 codec: dictionary does not match the counts: corrupt sample")
+        cls = np.zeros(uniq.shape[0], dtype=np.int64)
+        cls[np.searchsorted(uniq, got)] = sym[sym > 0] - 1
+        cls[np.searchsorted(uniq, other)] = ocls
+        if cls.size and cls.max() > 32:
+            raise CodecError("compact5 codec: a dictionary class out of range: corrupt sample")
+        return uniq, cls
+
+    def _dictionary_candidates(self, nxt: np.ndarray) -> int:
+        return self._candidates(nxt)[0].shape[0]
+
+    def _sources(self, tokens, counts: np.ndarray):
+        """Predictors over prime + separator + sample; the prime positions a sample points at
+        become its known sources, in prime order."""
+        pr = self.prime
+        p = pr.tokens.shape[0]
+        tk = np.concatenate([pr.tokens, [-1], np.asarray(tokens, dtype=np.int64).reshape(-1)])
+        s_all, kind_all = predictors(tk, np.concatenate([pr.counts, [0], counts]))
+        s_of, kind = s_all[p + 1:], kind_all[p + 1:]
+        primed = (s_of >= 0) & (s_of < p)
+        used = np.unique(s_of[primed])
+        q = used.shape[0]
+        s_src = np.where(primed, np.searchsorted(used, s_of), np.where(s_of >= 0, s_of - (p + 1) + q, -1))
+        kc = pr.counts[used]
+        first = np.repeat(pr.starts[used], kc) + (np.arange(int(kc.sum())) - np.repeat(np.cumsum(kc) - kc, kc))
+        return s_src, kind, _Sources.own(counts, kc, pr.ids[first])
