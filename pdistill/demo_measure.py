@@ -32,7 +32,7 @@ def stage_measure(lake: Path, scale: Scale) -> dict:
     torch.set_num_threads(os.cpu_count() or 2)
     teacher = AutoModelForCausalLM.from_pretrained(str(lake / "teacher"), torch_dtype=torch.float32).eval()
     man = schemas.DatasetDir(str(lake / "heldout")).read_manifest()
-    codec = schemas.make_stored_codec(man.codec.name, man.codec.params)
+    codec = schemas.DatasetDir(str(lake / "heldout")).stored_codec(man)
     held = read_samples(lake / "heldout")
     train = read_samples(lake / "logits")  # for the storage figures
 

@@ -122,7 +122,7 @@ def build_report(args: argparse.Namespace) -> dict:
     if not v.whole or m is None:
         return report  # statistics of a damaged dataset would describe the damage, not the data
     try:
-        codec = make_stored_codec(m.codec.name, m.codec.params)
+        codec = DatasetDir(args.dataset).stored_codec(m)
     except CodecError as e:  # e.g. a codec this pdistill does not know: a message, not a verdict on the data
         raise SystemExit(f"pdistill inspect: {args.dataset}: {e}") from None
     with tempfile.TemporaryDirectory(prefix="pdistill-inspect-") as cache:

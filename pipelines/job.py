@@ -9,6 +9,8 @@ leaves them out of the work, so neither the tokenizer nor the teacher sees them 
 
 Graph:  units -> Reshuffle -> ReadAndPack -> RunInference(teacher) -> EncodeSample
         -> (+ each unit's read summary) GroupByKey(unit) -> WritePart -> ToList -> Finalize
+With a codec that has a prime (compact5), `pipelines.prime`'s small branch computes and publishes
+it first; encoder, part writer and final step take its stored bytes as a side input.
 On the DirectRunner, encoded samples and read summaries also feed the progress counters
 (`pipelines.progress`).
 """
@@ -28,6 +30,7 @@ from pipelines.output import (  # noqa: F401  (SettingsMismatch, OutputError: pa
     OutputError, SettingsMismatch, claim_output, clean_orphans, refuse_overlap, refuse_unwritable,
 )
 from pipelines.packing import ReadAndPack, load_tokenizer, resolve_bos, resolve_separator
+from pipelines.prime import needs_prime, prime_input
 from pipelines.progress import Progress, RecordProgress
 from pipelines.sink import EncodeSample, WritePart, finalize
 from pipelines.sources import SourceFile, Unit, expand_inputs, plan_units, source_fingerprint, source_versions
@@ -55,6 +58,7 @@ class Plan:
     settings_fp: str
     complete: bool = False  # the output already has a manifest with these settings
     manifest: Manifest | None = None  # what finalize publishes, once it has filled in sources and counts
+    prime: bytes | None = None  # the codec prime already stored in the output (a resumed compact5 run)
 
 
 def prepare(config: PipelineConfig) -> Plan:
@@ -90,7 +94,28 @@ def prepare(config: PipelineConfig) -> Plan:
             done = DatasetDir(config.output).finished_units()
             plan.todo = [u for u in units if u.name not in done]
             clean_orphans(config.output, {u.name for u in plan.todo})
+            if needs_prime(make_codec(config.codec, config.codec_params)):
+                plan.prime = stored_prime(config.output, done)
     return plan
+
+
+def stored_prime(output: str, done: set[str]) -> bytes | None:
+    """The output's codec prime, if a run wrote one; refuses parts without their prime."""
+    out = DatasetDir(output)
+    data = out.read_prime()
+    if data is None and done:
+        raise OutputError(f"output {redact_uri(output)}: {len(done)} parts are published but the codec prime "
+                          f"{redact_uri(out.prime_uri)} they were coded against is missing; they cannot be decoded: "
+                          "restore that file, or delete the output and run again")
+    if data is not None:
+        from schemas.codec_compact5 import Prime
+        from schemas.errors import CodecError
+
+        try:
+            Prime.from_bytes(data, where=redact_uri(out.prime_uri))
+        except CodecError as e:
+            raise OutputError(f"output {redact_uri(output)}: {e}; delete the output and run again") from None
+    return data
 
 
 def _manifest(plan: Plan) -> Manifest:
@@ -132,18 +157,20 @@ def build(p: beam.Pipeline, plan: Plan, progress_folder: str | None = None) -> N
         | "ReadAndPack" >> beam.ParDo(ReadAndPack(c.tokenizer_uri, c.text_column, c.seq_len, plan.sep_id,
                                                   plan.bos_id, plan.source_fp)).with_outputs(ReadAndPack.META, main="seqs")
     )
+    codec = make_codec(c.codec, c.codec_params)
+    prime = {"prime": beam.pvalue.AsSingleton(prime_input(p, plan, codec))} if needs_prime(codec) else {}
     encoded = (
         read.seqs
         | "Teacher" >> RunInference(handler, inference_args=dict(c.inference_args))
-        | "Encode" >> beam.ParDo(EncodeSample(c.codec, c.codec_params, vocab, c.kept_k))
+        | "Encode" >> beam.ParDo(EncodeSample(c.codec, c.codec_params, vocab, c.kept_k), **prime)
     )
     (
         (encoded, read[ReadAndPack.META])
         | "Join" >> beam.Flatten()
         | "ByUnit" >> beam.GroupByKey()
-        | "WriteParts" >> beam.ParDo(WritePart(c.output, vocab, c.kept_k, plan.settings_fp))
+        | "WriteParts" >> beam.ParDo(WritePart(c.output, vocab, c.kept_k, plan.settings_fp), **prime)
         | "AllParts" >> beam.combiners.ToList()
-        | "Finalize" >> beam.Map(finalize, c.output, [u.name for u in plan.units], plan.manifest)
+        | "Finalize" >> beam.Map(finalize, c.output, [u.name for u in plan.units], plan.manifest, **prime)
     )
     if progress_folder:
         _ = encoded | "CountTeacher" >> beam.ParDo(RecordProgress(progress_folder, "teacher"))

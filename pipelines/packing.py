@@ -179,13 +179,15 @@ class ReadAndPack(beam.DoFn):
     META = "meta"
 
     def __init__(self, tokenizer_uri: str, text_column: str, seq_len: int, sep_id: int,
-                 bos_id: int | None, source_fp: str):
+                 bos_id: int | None, source_fp: str, metric_prefix: str = ""):
+        """`metric_prefix` names its counters apart (the codec prime re-reads the first units: "prime_")."""
         self.tokenizer_uri, self.text_column, self.seq_len = tokenizer_uri, text_column, seq_len
         self.sep_id, self.bos_id, self.source_fp = sep_id, bos_id, source_fp
+        self.metric_prefix = metric_prefix
 
     def setup(self):
         self.tokenizer = load_tokenizer(self.tokenizer_uri)
-        self.m = {k: Metrics.counter("pdistill", k)
+        self.m = {k: Metrics.counter("pdistill", self.metric_prefix + k)
                   for k in ("documents", "packed_documents", "dead_letters", "sequences", "tokens", "units_read")}
 
     def process(self, unit: Unit):

@@ -29,6 +29,8 @@ from pipelines import faults
 from pipelines.output import PartMismatch
 from pipelines.teacher import Unscored
 from schemas import DatasetDir, build_sample, make_codec, mds_columns
+from schemas.codec_compact5 import Prime
+from schemas.dataset_dir import PRIME_NAME
 from schemas.manifest import Counts, Manifest
 from schemas.redact import redact_uri
 
@@ -44,9 +46,15 @@ class EncodeSample(beam.DoFn):
         self.vocab_size, self.kept_k = vocab_size, kept_k
 
     def setup(self):
-        self.codec = make_codec(self.codec_name, self.codec_params)
+        self.codec = self.base = make_codec(self.codec_name, self.codec_params)
+        self.prime_bytes = None
 
-    def process(self, result):
+    def process(self, result, prime: bytes | None = None):
+        """`prime`: the codec prime's stored bytes (a side input, for a codec that has one)."""
+        if prime is not None and prime is not self.prime_bytes:
+            if self.prime_bytes is None or prime != self.prime_bytes:
+                self.codec = self.base.with_prime(Prime.from_bytes(prime))
+            self.prime_bytes = prime
         p, tr = result.example, result.inference
         if isinstance(tr, Unscored):  # not written; WritePart makes it a dead letter with its tokens
             yield p.unit, ("x", p.index, {"n_tokens": int(p.n_tokens), "sample_id": int(p.sample_id),
@@ -68,7 +76,9 @@ class WritePart(beam.DoFn):
         self.parts_done = Metrics.counter("pdistill", "parts_written")
         self.unscored = Metrics.counter("pdistill", "unscored_sequences")
 
-    def process(self, element):
+    def process(self, element, prime: bytes | None = None):
+        """`prime`: the codec prime's stored bytes (a side input, for a codec that has one): its
+        SHA-256 goes into the part's stats, so the final step refuses parts coded against another."""
         unit, items = element
         samples, unscored, meta = [], [], None
         for item in items:
@@ -96,6 +106,8 @@ class WritePart(beam.DoFn):
                  "source": meta.get("source"), "incomplete": meta.get("incomplete", [])}
         stats.update(sequences=meta["sequences"] - len(unscored), tokens=meta["tokens"] - lost_tokens,
                      unscored_sequences=len(unscored), unscored_tokens=lost_tokens)
+        if prime is not None:
+            stats["codec_prime_sha256"] = prime_digest(prime)
         if unscored:
             self.unscored.inc(len(unscored))
         if dead:
@@ -148,12 +160,27 @@ def build_root_index(output: str, units: list[str], settings_fp: str) -> tuple[d
     return out.root_index(units), totals, per_unit
 
 
-def finalize(_computed, output: str, units: list[str], manifest: Manifest) -> dict:
+def prime_digest(prime: bytes) -> str:
+    return Prime.from_bytes(prime).digest
+
+
+def finalize(_computed, output: str, units: list[str], manifest: Manifest, prime: bytes | None = None) -> dict:
     """Root index.json, then manifest.json (last). Runs once, after every part is published.
-    `manifest` is the plan's, whose sources and counts are filled in here from the parts' stats."""
+    `manifest` is the plan's, whose sources and counts are filled in here from the parts' stats;
+    with a codec prime, its SHA-256 joins the codec's parameters and every part must carry it."""
     from pipelines.accounting import account_sources
 
     index, totals, per_unit = build_root_index(output, units, manifest.settings_fingerprint)
+    if prime is not None:
+        digest = prime_digest(prime)
+        for stats in per_unit:
+            if stats.get("codec_prime_sha256") != digest:
+                raise PartMismatch(
+                    f"part {redact_uri(DatasetDir(output).part_uri(stats['unit']))} was coded against codec prime "
+                    f"{stats.get('codec_prime_sha256')}, the output's {PRIME_NAME} is {digest}; refusing to publish a "
+                    "dataset it cannot decode: delete that part folder and re-run the same command to recompute it")
+        manifest = dataclasses.replace(manifest, codec=dataclasses.replace(
+            manifest.codec, params={**manifest.codec.params, "prime_sha256": digest}))
     sources, incomplete_files = account_sources(manifest.sources, per_unit)
     counts = Counts(units=len(units), incomplete_files=incomplete_files, **totals)
     if not counts.reconciles():

@@ -261,9 +261,11 @@ class TeacherRunner:
 class TeacherModelHandler(ModelHandler[Packed, PredictionResult, TeacherRunner]):
     """RunInference handler: Packed sequences in, PredictionResult(Packed, KeptEntries) out."""
 
-    def __init__(self, config: PipelineConfig, *, min_vocab: int = 0):
-        """The teacher, selection, batch, device and sharing settings come from the job's config."""
+    def __init__(self, config: PipelineConfig, *, min_vocab: int = 0, metric_prefix: str = ""):
+        """The teacher, selection, batch, device and sharing settings come from the job's config;
+        `metric_prefix` names its counters apart (the codec prime's teacher calls: "prime_")."""
         super().__init__()
+        self.metric_prefix = metric_prefix
         c = config
         self.model_uri = c.teacher
         self.runner_kwargs = dict(selection=c.selection, top_p=c.top_p, top_k=c.top_k, num_draws=c.num_draws,
@@ -300,9 +302,10 @@ class TeacherModelHandler(ModelHandler[Packed, PredictionResult, TeacherRunner])
     def run_inference(self, batch: Sequence[Packed], model: TeacherRunner,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
         if self._metrics is None:
-            self._metrics = (Metrics.counter(NAMESPACE, "teacher_tokens"), Metrics.counter(NAMESPACE, "teacher_micros"),
-                             Metrics.counter(NAMESPACE, "teacher_batches"),
-                             Metrics.distribution(NAMESPACE, "teacher_batch_ms"))
+            m = self.metric_prefix
+            self._metrics = (Metrics.counter(NAMESPACE, f"{m}teacher_tokens"), Metrics.counter(NAMESPACE, f"{m}teacher_micros"),
+                             Metrics.counter(NAMESPACE, f"{m}teacher_batches"),
+                             Metrics.distribution(NAMESPACE, f"{m}teacher_batch_ms"))
         for p in batch:
             faults.maybe_fail("teacher", p.unit)
         faults.log_teacher_call(sorted({p.unit for p in batch}), model.describe)

@@ -20,6 +20,10 @@ training time: softmax(logp / tau) over the kept set equals softmax(z / tau) ove
   encode and decode (`needs_tokens`; schemas.sample passes them).
 * `compact4` (default) see schemas.codec_compact4: compact3 plus the kept set at the last earlier
   position with the same tokens, so a recurring id costs ~6 bits instead of ~8. Needs the tokens.
+* `compact5` see schemas.codec_compact5: compact4 primed with the dataset's prime (teacher signal
+  on a few thousand tokens of the same corpus, one file per dataset): more positions find a
+  predictor, and the dictionary is coded against the prime's kept ids. Needs the tokens and the
+  prime (`needs_prime`; `schemas.DatasetDir.stored_codec` loads it).
 """
 from __future__ import annotations
 
@@ -200,10 +204,11 @@ def _check_lengths(name, n, t, n_ids, n_vals, n_tail):
 from schemas.codec_compact2 import Compact2Codec  # noqa: E402
 from schemas.codec_compact3 import Compact3Codec  # noqa: E402
 from schemas.codec_compact4 import Compact4Codec  # noqa: E402
+from schemas.codec_compact5 import Compact5Codec  # noqa: E402
 
 # Every codec ever written stays here: a manifest names one of these and its parameters.
 CODECS = {"exact": ExactCodec, "compact": CompactCodec, "compact2": Compact2Codec, "compact3": Compact3Codec,
-          "compact4": Compact4Codec}
+          "compact4": Compact4Codec, "compact5": Compact5Codec}
 DEFAULT_CODEC = "compact4"
 
 

@@ -14,14 +14,17 @@ Measured (bench/codec, SmolLM2-135M on pydoc prose, a prime of the 16,384 tokens
 bench's 2,048): see the README's codec section. Everything else (levels, hint, dictionary, tail)
 is compact4's: it decodes exactly compact2's signal.
 
-The prime is data, not a parameter: the codec's `params()` name it by its SHA-256 (`Prime.digest`)
-so a decoder handed another prime refuses instead of decoding garbage. Its bytes
+The prime is data, not a parameter: the codec's `params()` name it by its SHA-256 (`prime_sha256`,
+`Prime.digest`) so a decoder handed another prime refuses instead of decoding garbage; a writer's
+settings name only its size (`prime_tokens`), the digest joins the manifest when the prime exists. Its bytes
 (`Prime.to_bytes`): magic, then zstd over little-endian P, N, tokens int32[P] (-1 between
 documents), counts uint32[P], ids uint32[N].
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
 import struct
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -36,7 +39,9 @@ from schemas.kept import KeptEntries
 
 _MAGIC = b"PDPRIME1"
 _N_PRIME_CLS = 8  # dictionary contexts: not in the prime, or its class there (1 .. 6, 7+), times "a token of the sample"
-_MAX_PRIME = 1 << 24  # positions or kept entries a prime file may declare (a corrupt header cannot ask more)
+_MAX_PRIME = 1 << 24
+DEFAULT_PRIME_TOKENS = 8192  # bench/codec: 4,096 -> 8,192 -> 16,384 tokens gain 0.013 then 0.004 B per kept entry
+_MAX_PRIME_TOKENS = 1 << 20  # positions or kept entries a prime file may declare (a corrupt header cannot ask more)
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,22 +133,50 @@ class Prime:
 
 @dataclass(frozen=True)
 class Compact5Codec(Compact4Codec):
+    """compact4 with a prime. Built without one it only states its parameters (a writer's
+    settings, before the prime exists); encode and decode need `with_prime`."""
+
+    prime_tokens: int = DEFAULT_PRIME_TOKENS  # how many tokens of teacher signal the writer puts in the prime
+    prime_sha256: str | None = None  # the prime the data was coded against (`Prime.digest`), as a manifest names it
     prime: Prime | None = field(default=None, compare=False, repr=False)
     name: str = field(default="compact5", init=False)
+    needs_prime = True  # class attribute: readers and writers must hand it its dataset's prime
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.prime, Prime):
-            raise CodecError("compact5 codec: needs its dataset's prime (schemas.codec_compact5.Prime)")
+        if not isinstance(self.prime_tokens, int) or isinstance(self.prime_tokens, bool) or not 1 <= self.prime_tokens <= _MAX_PRIME_TOKENS:
+            raise CodecError(f"compact5 codec prime_tokens must be an integer in [1, {_MAX_PRIME_TOKENS}], got {self.prime_tokens!r}")
+        if self.prime is not None and not isinstance(self.prime, Prime):
+            raise CodecError(f"compact5 codec: prime must be a schemas.codec_compact5.Prime, got {type(self.prime).__name__}")
+        if self.prime_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", str(self.prime_sha256)):
+            raise CodecError(f"compact5 codec prime_sha256 must be 64 hex digits, got {self.prime_sha256!r}")
+        if self.prime is not None and self.prime_sha256 is None:
+            object.__setattr__(self, "prime_sha256", self.prime.digest)
+        if self.prime is not None and self.prime.digest != self.prime_sha256:
+            raise CodecError(f"compact5 codec: the prime's SHA-256 is {self.prime.digest}, not {self.prime_sha256}")
+
+    def with_prime(self, prime: Prime, where: str = "codec prime") -> "Compact5Codec":
+        """This codec holding `prime`, which must be the one its `prime_sha256` names (if it names one)."""
+        if self.prime_sha256 is not None and prime.digest != self.prime_sha256:
+            raise CodecError(f"{where}: its SHA-256 {prime.digest[:16]}... is not the {self.prime_sha256[:16]}... the "
+                             "manifest names: the dataset's samples were coded against another prime")
+        return dataclasses.replace(self, prime=prime, prime_sha256=prime.digest)
 
     def params(self) -> dict:
-        return {**super().params(), "prime": self.prime.digest}
+        out = {**super().params(), "prime_tokens": int(self.prime_tokens)}
+        return {**out, "prime_sha256": self.prime_sha256} if self.prime_sha256 is not None else out
+
+    def _primed(self) -> Prime:
+        if self.prime is None:
+            raise CodecError("compact5 codec: no prime loaded (read the dataset's codec prime: "
+                             "schemas.DatasetDir.stored_codec)")
+        return self.prime
 
     def _candidates(self, nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ids the dictionary is coded against, ascending: the prime's kept ids and the
         sample's tokens; and each one's context: its class in the prime (0: not in it), and
         whether the sample's text holds it."""
-        kept, kcls = self.prime.kept_classes
+        kept, kcls = self._primed().kept_classes
         toks = np.unique(nxt[:-1])
         toks = toks[toks >= 0]
         cand = np.union1d(kept, toks)
@@ -189,7 +222,7 @@ class Compact5Codec(Compact4Codec):
     def _sources(self, tokens, counts: np.ndarray):
         """Predictors over prime + separator + sample; the prime positions a sample points at
         become its known sources, in prime order."""
-        pr = self.prime
+        pr = self._primed()
         p = pr.tokens.shape[0]
         tk = np.concatenate([pr.tokens, [-1], np.asarray(tokens, dtype=np.int64).reshape(-1)])
         s_all, kind_all = predictors(tk, np.concatenate([pr.counts, [0], counts]))

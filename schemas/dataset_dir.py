@@ -7,6 +7,8 @@ A dataset is a folder (local path, file://, s3://, gs://, anything fsspec knows)
     parts/<unit>/stats.json     the unit's counts and settings fingerprint (published before ...)
     parts/<unit>/index.json     ... the part's index, its commit marker
     dead_letter/<unit>.jsonl    the unit's rejected documents, with reasons
+    codec_prime.bin             the codec's prime, when the codec has one (compact5): written once,
+                                before any part, by whichever run creates it first
     index.json                  root MDS index over every part (basenames `parts/<unit>/...`)
     manifest.json               written last: the dataset's commit marker and identity card
 
@@ -40,7 +42,8 @@ INDEX_NAME = "index.json"
 PARTS_DIR = "parts"
 DEAD_LETTER_DIR = "dead_letter"
 STATS_NAME = "stats.json"
-OUR_NAMES = (SETTINGS_NAME, MANIFEST_NAME, INDEX_NAME, PARTS_DIR, DEAD_LETTER_DIR)  # the top level we write
+PRIME_NAME = "codec_prime.bin"
+OUR_NAMES = (SETTINGS_NAME, MANIFEST_NAME, INDEX_NAME, PARTS_DIR, DEAD_LETTER_DIR, PRIME_NAME)  # the top level we write
 TMP_RE = re.compile(r"\.tmp-[0-9a-f]{32}$")  # schemas.storage.write_bytes_atomic / schemas.claim temp names
 
 
@@ -81,6 +84,7 @@ class DatasetDir:
     manifest_uri = property(lambda self: self._at(MANIFEST_NAME), doc="`manifest.json`, written last")
     index_uri = property(lambda self: self._at(INDEX_NAME), doc="the root MDS index")
     parts_uri = property(lambda self: self._at(PARTS_DIR), doc="the folder of the parts")
+    prime_uri = property(lambda self: self._at(PRIME_NAME), doc="the codec's prime (`schemas.codec_compact5`)")
 
     def part_uri(self, unit: str) -> str:
         return self._at(PARTS_DIR, unit)
@@ -213,7 +217,42 @@ class DatasetDir:
         """Write manifest.json: call last, after the root index (it marks the dataset complete)."""
         storage.write_text_atomic(self.manifest_uri, manifest.to_json())
 
+    def publish_prime(self, data: bytes) -> bytes:
+        """Create the codec prime only if absent, then return the one stored: of runs racing for
+        this output exactly one writes it, and every run codes against that one."""
+        from schemas.claim import create_if_absent
+
+        create_if_absent(self.prime_uri, data)
+        self._fs()[0].invalidate_cache()
+        return storage.read_bytes(self.prime_uri)
+
     # -- reading -------------------------------------------------------------------------------
+    def read_prime(self) -> Optional[bytes]:
+        """The codec prime's bytes, None when there is none."""
+        self._fs()[0].invalidate_cache()
+        return storage.read_bytes(self.prime_uri) if storage.exists(self.prime_uri) else None
+
+    def stored_codec(self, manifest: Manifest):
+        """The codec this dataset's manifest names, as its data was written, holding the dataset's
+        prime when the codec has one (checked against the manifest's `prime_sha256`)."""
+        from schemas.codec import make_stored_codec
+        from schemas.codec_compact5 import Prime
+        from schemas.errors import CodecError
+
+        codec = make_stored_codec(manifest.codec.name, manifest.codec.params)
+        if not getattr(codec, "needs_prime", False):
+            return codec
+        if codec.prime_sha256 is None:
+            raise CorruptDataset(f"dataset {self.uri}: its manifest names codec {codec.name} without the prime_sha256 "
+                                 "of its prime")
+        data = self.read_prime()
+        if data is None:
+            raise CorruptDataset(f"dataset {self.uri}: codec {codec.name} needs its prime {PRIME_NAME}, which is missing")
+        try:
+            return codec.with_prime(Prime.from_bytes(data, where=self.prime_uri), where=self.prime_uri)
+        except CodecError as e:
+            raise CorruptDataset(str(e)) from None
+
     def read_manifest(self) -> Manifest:
         """The manifest, validated (`ManifestError` naming the field; FileNotFoundError if absent)."""
         self._fs()[0].invalidate_cache()  # it may have been written by another process
@@ -223,8 +262,12 @@ class DatasetDir:
         return json.loads(storage.read_text(self.index_uri))
 
     def stored_bytes(self, index: Optional[dict] = None) -> int:
-        """Bytes of the shard files the root index lists, as stored (compressed when zstd)."""
-        return sum(int(stored_file(s)["bytes"]) for s in (index or self.read_index())["shards"])
+        """Bytes of the shard files the root index lists, as stored (compressed when zstd), plus
+        the codec prime's where there is one: what storing the teacher signal costs."""
+        shards = sum(int(stored_file(s)["bytes"]) for s in (index or self.read_index())["shards"])
+        fs, path = self._fs()
+        prime = self._at(PRIME_NAME)
+        return shards + (int(fs.size(storage.fs_and_path(prime)[1])) if storage.exists(prime) else 0)
 
     def open_checked(self, require_manifest: bool = True) -> tuple[dict, Optional[Manifest]]:
         """(root index, manifest or None): refuses an incomplete dataset (`IncompleteDataset`)."""
@@ -291,7 +334,27 @@ class DatasetDir:
                 in_index = sum(int(s.get("samples", 0)) for s in v.index["shards"] if isinstance(s, dict))
                 if in_index != c.sequences:
                     v.problems.append(Problem(INDEX_NAME, f"lists {in_index} sequences, {MANIFEST_NAME} counts {c.sequences}"))
+            v.problems += self._check_prime(v.manifest, listing)
         return v
+
+    def _check_prime(self, manifest: Manifest, listing: dict[str, int]) -> list[Problem]:
+        """A codec with a prime (compact5): the prime is there, well-formed, and the one the
+        manifest names (samples coded against another prime decode to garbage)."""
+        from schemas.codec_compact5 import Prime
+        from schemas.errors import CodecError
+
+        if manifest.codec.name != "compact5":
+            return []
+        expected = manifest.codec.params.get("prime_sha256")
+        if PRIME_NAME not in listing:
+            return [Problem(PRIME_NAME, f"missing: codec {manifest.codec.name} cannot decode a sample without it")]
+        try:
+            prime = Prime.from_bytes(storage.read_bytes(self.prime_uri), where=PRIME_NAME)
+        except CodecError as e:
+            return [Problem(PRIME_NAME, str(e).removeprefix(f"{PRIME_NAME}: "))]
+        if prime.digest != expected:
+            return [Problem(PRIME_NAME, f"SHA-256 {prime.digest} is not the {expected} {MANIFEST_NAME} names")]
+        return []
 
     def _check_part_files(self, index: dict, listing: dict[str, int]) -> list[Problem]:
         """Each published part's index.json parses and lists the shards the root index takes from

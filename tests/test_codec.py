@@ -150,7 +150,7 @@ def test_corrupt_payload_is_an_error():
 
 
 def test_codec_settings_errors():
-    with pytest.raises(CodecError, match=r"unknown codec 'zip'; known: \['compact', 'compact2', 'compact3', 'compact4', 'exact'\]"):
+    with pytest.raises(CodecError, match=r"unknown codec 'zip'; known: \['compact', 'compact2', 'compact3', 'compact4', 'compact5', 'exact'\]"):
         make_codec("zip")
     with pytest.raises(CodecError, match="kl_target"):
         make_codec("compact2", {"kl_target": 0.0})

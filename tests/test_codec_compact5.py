@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from schemas import CodecError, Compact2Codec, Compact4Codec, truncate
+from schemas import CodecError, Compact2Codec, Compact4Codec, make_codec, make_stored_codec, truncate
 from schemas.codec_compact5 import Compact5Codec, Prime
 from schemas.kept import KeptEntries
 from codec_damage import assert_damage_fails_cleanly
@@ -41,12 +41,26 @@ def test_compact5_decodes_compact2s_signal_in_fewer_bytes_than_compact4():
 
 
 def test_compact5_params_name_the_prime():
-    prime, _, _ = _split(1, 64, 8)
+    """A writer's settings name the prime's size; a manifest adds its SHA-256, and a reader handed
+    another prime, or none, refuses instead of decoding against it."""
+    prime, tr, tokens = _split(1, 64, 8)
     other, _, _ = _split(2, 64, 8)
-    assert Compact5Codec(prime=prime).params()["prime"] == prime.digest != other.digest
+    settings = make_codec("compact5", {"prime_tokens": 4096})
+    assert settings.params() == {"kl_target": 8e-4, "tail_step": 1 / 16, "mass_floor": 0.75, "prime_tokens": 4096}
+    primed = settings.with_prime(prime)
+    assert primed.params()["prime_sha256"] == prime.digest != other.digest
     assert Prime.from_bytes(prime.to_bytes()).digest == prime.digest
-    with pytest.raises(CodecError, match="needs its dataset's prime"):
-        Compact5Codec()
+    stored = make_stored_codec("compact5", primed.params())  # as a reader builds it from the manifest
+    cols = primed.encode(tr, tokens=tokens)
+    assert _same_signal(stored.with_prime(prime).decode(tr.counts, cols, tokens=tokens), primed.decode(tr.counts, cols, tokens=tokens))
+    with pytest.raises(CodecError, match="no prime loaded"):
+        stored.decode(tr.counts, cols, tokens=tokens)
+    with pytest.raises(CodecError, match="gs://b/ds/codec_prime.bin: its SHA-256 .* coded against another prime"):
+        stored.with_prime(other, where="gs://b/ds/codec_prime.bin")
+    with pytest.raises(CodecError, match="prime_tokens must be an integer"):
+        make_codec("compact5", {"prime_tokens": 0})
+    with pytest.raises(CodecError, match="prime_sha256 must be 64 hex digits"):
+        make_codec("compact5", {"prime_sha256": "abc"})
 
 
 @settings(max_examples=80, deadline=None)

@@ -94,7 +94,7 @@ def test_unknown_codec_is_refused_with_the_known_list(v1, capsys):
         raw = json.load(f)
     raw["codec"] = {"name": "compact9", "params": {}}
     (v1 / "manifest.json").write_text(json.dumps(raw))
-    with pytest.raises(SystemExit, match=r"unknown codec 'compact9'; known: \['compact', 'compact2', 'compact3', 'compact4', 'exact'\]"):
+    with pytest.raises(SystemExit, match=r"unknown codec 'compact9'; known: \['compact', 'compact2', 'compact3', 'compact4', 'compact5', 'exact'\]"):
         inspect.main([str(v1)])
     pytest.importorskip("composer")  # the trainer's reader refuses it too, with a message
     from trainer import cli
@@ -107,4 +107,4 @@ def test_unknown_codec_is_refused_with_the_known_list(v1, capsys):
     }))
     make_tokenizer(str(v1.parent / "tok"))
     assert cli.main([str(cfg)]) == 2
-    assert "unknown codec 'compact9'; known: ['compact', 'compact2', 'compact3', 'compact4', 'exact']" in capsys.readouterr().err
+    assert "unknown codec 'compact9'; known: ['compact', 'compact2', 'compact3', 'compact4', 'compact5', 'exact']" in capsys.readouterr().err

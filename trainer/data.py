@@ -6,7 +6,7 @@ StreamingDataset exists:
     last; without either the dataset is incomplete and is refused, naming the URI);
   * the manifest is parsed and validated (`schemas.Manifest.from_json`) and checked against the
     student (`schemas.check_compatible`: vocab size, tokenizer fingerprint, seq_len);
-  * all streams must share vocab size, tokenizer, seq_len and codec;
+  * all streams must share vocab size, tokenizer and seq_len (each decodes with its own codec and codec prime);
   * with hash validation on, every shard of a *local* dataset is checked against the size and
     xxh3_64 recorded in the root index (`DatasetDir.check_shards`; remote shards are checked by streaming
     as they are downloaded);
@@ -43,7 +43,7 @@ from streaming import Stream, StreamingDataset
 from streaming.base.compression import decompress
 from streaming.base.hashing import get_hash
 
-from schemas import DatasetDir, IncompatibleDataset, Manifest, check_compatible, make_stored_codec
+from schemas import DatasetDir, IncompatibleDataset, Manifest, check_compatible
 from schemas import storage
 from schemas.errors import CorruptDataset, IncompleteDataset  # noqa: F401  (part of this module's API)
 from schemas.sample import decode_dense
@@ -101,9 +101,8 @@ def check_streams(infos: Sequence[StreamInfo], expect: Expect, *, need_teacher: 
             ("vocab_size", m0.vocab_size, m.vocab_size),
             ("tokenizer fingerprint", m0.tokenizer.fingerprint, m.tokenizer.fingerprint),
             ("seq_len", m0.seq_len, m.seq_len),
-            ("codec", (m0.codec.name, m0.codec.params), (m.codec.name, m.codec.params)),
-        ):
-            if a != b and (need_teacher or name != "codec"):
+        ):  # codecs may differ: each stream decodes with its own
+            if a != b:
                 raise IncompatibleDataset(f"streams {u0} and {info.uri} differ in {name}: {a!r} vs {b!r}")
     if need_teacher and any(i.manifest is None for i in infos):
         bad = next(i.uri for i in infos if i.manifest is None)
@@ -144,11 +143,16 @@ class DistillDataset(StreamingDataset):
         self.manifest = manifest
         self.with_teacher = with_teacher
         self.seq_len = manifest.seq_len if manifest else expect.seq_len
-        if with_teacher:
-            self.codec = make_stored_codec(manifest.codec.name, manifest.codec.params)
+        if with_teacher:  # each stream decodes with its own codec (and its own codec prime)
+            from schemas.redact import redact_uri
+
+            self.codecs = []
+            for i in infos:
+                with storage.access(f"dataset {redact_uri(i.uri)}"):
+                    self.codecs.append(DatasetDir(i.uri).stored_codec(i.manifest))
             self.top_k = max(i.manifest.truncation.top_k for i in infos)
         else:
-            self.codec, self.top_k = None, 0
+            self.codecs, self.top_k = [], 0
         self._vocab_limit = expect.vocab_size or (manifest.vocab_size if manifest else None)
         self._bg_error: Optional[BaseException] = None
         streams = [CheckedStream(**DatasetDir(s.uri).stream_args(cache_dir, s.local), proportion=s.proportion,
@@ -183,13 +187,14 @@ class DistillDataset(StreamingDataset):
                                  f"tokens {tokens.shape[0]}")
 
     # -- decoding -----------------------------------------------------------------------------
-    def decode(self, raw: dict) -> dict[str, Any]:
+    def decode(self, raw: dict, stream: int = 0) -> dict[str, Any]:
+        """The stored sample `raw` of stream number `stream`, decoded."""
         tokens = np.asarray(raw["tokens"]).astype(np.int64)
         n = int(raw["n_tokens"]) if "n_tokens" in raw else int(tokens.shape[0])
         self.check_sample(raw, tokens, n)
         out = {"tokens": tokens, "n_tokens": n, "sample_id": int(raw.get("sample_id", -1))}
         if self.with_teacher:
-            out["teacher"] = decode_dense(raw, self.codec, self.top_k)
+            out["teacher"] = decode_dense(raw, self.codecs[stream], self.top_k)
         return out
 
     def raw(self, idx: int) -> dict:
@@ -197,7 +202,11 @@ class DistillDataset(StreamingDataset):
         return super().__getitem__(idx)  # damaged shards raise CorruptDataset (`CheckedStream`)
 
     def __getitem__(self, idx):  # type: ignore[override]
-        return self.decode(self.raw(idx))
+        return self.decode(self.raw(idx), self.stream_of(idx))
+
+    def stream_of(self, idx: int) -> int:
+        """Which of ``data.streams`` sample ``idx`` lives in."""
+        return int(self.stream_per_shard[self.spanner[idx][0]])
 
     # -- clearer errors from streaming's background download threads --------------------------
     def on_exception(self, future) -> None:  # type: ignore[override]
