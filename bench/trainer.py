@@ -19,7 +19,7 @@ root index, manifest) with top-0.95-50 truncation. Teacher signal: the real Smol
 random logits (`--teacher none`); a bank of `--bank` teacher sequences is cycled over the samples.
 
 Usage: python -m bench.trainer [--teacher auto|none|DIR] [--samples 256] [--seq-len 128]
-                               [--batch 8] [--rounds 5]
+                               [--batch 8] [--rounds 5] [--codec NAME]
 """
 from __future__ import annotations
 
@@ -74,17 +74,22 @@ def _teacher_bank(teacher: str | None, n_seq: int, seq_len: int, seed: int = 0):
 
 
 def write_dataset(out: str, bank, tokenizer_fp: str, *, n_samples: int, seq_len: int, units: int = 4,
-                  size_limit: int = 1 << 18) -> None:
-    """The pipeline's layout: parts/<unit>/ MDS sub-datasets, root index, manifest written last."""
+                  size_limit: int = 1 << 18, codec_name: str | None = None, prime_bank=()) -> None:
+    """The pipeline's layout: parts/<unit>/ MDS sub-datasets, root index, manifest written last;
+    with a codec that has a prime (compact5), the prime from `prime_bank`, written first."""
     from streaming import MDSWriter
 
     from schemas import DEFAULT_CODEC, DatasetDir, Manifest, build_sample, make_codec, mds_columns, sample_id
+    from schemas.codec_compact5 import Prime
     from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
 
-    codec = make_codec(DEFAULT_CODEC, {})  # what the pipeline writes today
+    codec = make_codec(codec_name or DEFAULT_CODEC, {})  # default: what the pipeline writes today
+    dataset = DatasetDir(out)
+    if getattr(codec, "needs_prime", False):
+        codec = codec.with_prime(Prime.from_bytes(dataset.publish_prime(Prime.from_signal(list(prime_bank)).to_bytes())))
     columns = mds_columns(VOCAB, TOP_K)
     source = "sha256:bench-trainer"
-    dataset, names, gi = DatasetDir(out), [f"u{u:05d}-00000" for u in range(units)], 0
+    names, gi = [f"u{u:05d}-00000" for u in range(units)], 0
     for unit in names:
         part = dataset.part_uri(unit)
         with MDSWriter(out=part, columns=columns, compression="zstd", hashes=["xxh3_64"], size_limit=size_limit) as w:
@@ -227,6 +232,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bank", type=int, default=8, help="teacher sequences cycled over the samples")
     ap.add_argument("--batch", type=int, default=8, help="sequences per step (pd_best: 8)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timed steps per variant")
+    ap.add_argument("--codec", default=None, help="the dataset's codec (default: the pipeline's default)")
     ap.add_argument("--resume-trials", type=int, default=3)
     ap.add_argument("--_memory", help=argparse.SUPPRESS)
     ap.add_argument("--_data", help=argparse.SUPPRESS)
@@ -257,18 +263,22 @@ def _run(args, teacher, work: str, t_start: float) -> int:
     import torch
 
     data = os.path.join(work, "data")
-    bank, tok = _teacher_bank(teacher, args.bank, args.seq_len)
+    from schemas import DEFAULT_CODEC, make_codec
+
+    codec = args.codec or DEFAULT_CODEC
+    n_prime = -(-make_codec(codec, {}).prime_tokens // args.seq_len) if getattr(make_codec(codec, {}), "needs_prime", False) else 0
+    bank, tok = _teacher_bank(teacher, args.bank + n_prime, args.seq_len)
+    bank, prime_bank = bank[: args.bank], bank[args.bank:]  # the prime: the text after the bank's
     if tok is not None:
         from schemas import fingerprint_tokenizer
 
         fp = fingerprint_tokenizer(tok)
     else:
         fp = "sha256:random-teacher"
-    write_dataset(data, bank, fp, n_samples=args.samples, seq_len=args.seq_len)
+    write_dataset(data, bank, fp, n_samples=args.samples, seq_len=args.seq_len, codec_name=codec, prime_bank=prime_bank)
     kept = float(np.mean([tr.counts.mean() for _, tr in bank]))
-    from schemas import DEFAULT_CODEC
 
-    print(f"dataset: {args.samples} samples x {args.seq_len} tokens, vocab {VOCAB}, top-{TOP_P}-{TOP_K}, {DEFAULT_CODEC} "
+    print(f"dataset: {args.samples} samples x {args.seq_len} tokens, vocab {VOCAB}, top-{TOP_P}-{TOP_K}, {codec} "
           f"(~{kept:.1f} kept/token), teacher: {teacher or 'random logits'}  [{time.perf_counter() - t_start:.0f} s]")
 
     # (a) step time, interleaved, same batches

@@ -311,7 +311,7 @@ class Compact4Codec(Compact3Codec):
         gap = np.zeros(x.shape[0], dtype=np.int64)
         gap[1:] = x[1:] - x[:-1] - 1
         id_streams = (
-            self._dictionary_streams(uniq, cls, nxt)
+            self._dictionary_streams(uniq, cls, self._basis(nxt))
             + [(hint[counts > 0], None)]
             + repeat_streams
             + _fresh_streams(x[fresh], _rank_bucket(srank_r[fresh]), bounds)
@@ -329,16 +329,19 @@ class Compact4Codec(Compact3Codec):
         s_of, kind = predictors(np.asarray(tokens).reshape(-1), counts)
         return s_of, kind, _Sources.own(counts)
 
-    def _dictionary_streams(self, uniq: np.ndarray, cls: np.ndarray, nxt: np.ndarray) -> list:
-        """The sample's dictionary (ids, count classes): compact3's, against the sample's tokens."""
-        return _dictionary_streams(uniq, cls, np.unique(nxt[:-1]))
+    def _basis(self, nxt: np.ndarray):
+        """What the dictionary is coded against: here the sample's distinct tokens (compact3's)."""
+        return np.unique(nxt[:-1])
 
-    def _decode_dictionary(self, dec: entropy.Decoder, nxt: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        return _decode_dictionary(dec, np.unique(nxt[:-1]), n)
+    def _basis_size(self, basis) -> int:
+        return basis.shape[0]
 
-    def _dictionary_candidates(self, nxt: np.ndarray) -> int:
-        """How many ids the dictionary is coded against, if that can outnumber the entries (compact5)."""
-        return 0
+    def _dictionary_streams(self, uniq: np.ndarray, cls: np.ndarray, basis) -> list:
+        """The sample's dictionary (ids, count classes) against `basis`."""
+        return _dictionary_streams(uniq, cls, basis)
+
+    def _decode_dictionary(self, dec: entropy.Decoder, basis, n: int) -> tuple[np.ndarray, np.ndarray]:
+        return _decode_dictionary(dec, basis, n)
 
     def _decode_levels(self, buf: bytes, counts: np.ndarray) -> np.ndarray:
         t, n = counts.shape[0], int(counts.sum())
@@ -386,8 +389,9 @@ class Compact4Codec(Compact3Codec):
         t_of, slot, ctx, pctx, pred = lay.predicted(s_of, kind, src)
         # the longest stream: the repeat flags, one per predictor slot, can outnumber the entries
         # (one position may predict two, by its two tokens and by its token alone)
-        ids_in = entropy.Decoder(cols["teacher_ids"], max(n, t, _N_RB, t_of.shape[0], self._dictionary_candidates(nxt)) + 1)
-        uniq, cls = self._decode_dictionary(ids_in, nxt, n)
+        basis = self._basis(nxt)  # its flags can outnumber the entries (compact5: the prime's kept ids)
+        ids_in = entropy.Decoder(cols["teacher_ids"], max(n, t, _N_RB, t_of.shape[0], self._basis_size(basis)) + 1)
+        uniq, cls = self._decode_dictionary(ids_in, basis, n)
         sig = counts > 0
         hs = ids_in.next()
         if hs.shape[0] != int(sig.sum()):

@@ -18,7 +18,7 @@ The prime is data, not a parameter: the codec's `params()` name it by its SHA-25
 `Prime.digest`) so a decoder handed another prime refuses instead of decoding garbage; a writer's
 settings name only its size (`prime_tokens`), the digest joins the manifest when the prime exists. Its bytes
 (`Prime.to_bytes`): magic, then zstd over little-endian P, N, tokens int32[P] (-1 between
-documents), counts uint32[P], ids uint32[N].
+documents), int64 here), counts uint32[P], ids uint32[N].
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class Prime:
             raise CodecError(f"codec prime: {tokens.shape[0]} tokens but {counts.shape[0]} counts")
         if counts.size and counts.min() < 0 or int(counts.sum()) != ids.shape[0]:
             raise CodecError(f"codec prime: counts sum to {int(counts.sum())}, not the {ids.shape[0]} ids")
-        if ids.size and (ids.min() < 0 or ids.max() >= 1 << 32) or tokens.size and tokens.min() < -1:
+        if ids.size and (ids.min() < 0 or ids.max() >= 1 << 32) or tokens.size and (tokens.min() < -1 or tokens.max() >= 1 << 32):
             raise CodecError("codec prime: an id or token outside [0, 2^32)")
         pos = np.repeat(np.arange(counts.shape[0]), counts)
         key = np.sort(pos * (1 << 32) + ids)
@@ -103,16 +103,16 @@ class Prime:
         if len(raw) < 16:
             raise CodecError(f"{where}: truncated")
         p, n = struct.unpack_from("<QQ", raw)
-        if p > _MAX_PRIME or n > _MAX_PRIME or len(raw) != 16 + 8 * p + 4 * n:
+        if p > _MAX_PRIME or n > _MAX_PRIME or len(raw) != 16 + 12 * p + 4 * n:
             raise CodecError(f"{where}: {len(raw)} bytes do not hold {p} positions and {n} ids: truncated or corrupt")
-        tokens = np.frombuffer(raw, "<i4", p, 16)
-        counts = np.frombuffer(raw, "<u4", p, 16 + 4 * p)
-        ids = np.frombuffer(raw, "<u4", n, 16 + 8 * p)
+        tokens = np.frombuffer(raw, "<i8", p, 16)
+        counts = np.frombuffer(raw, "<u4", p, 16 + 8 * p)
+        ids = np.frombuffer(raw, "<u4", n, 16 + 12 * p)
         return cls(tokens, counts, ids)
 
     @cached_property
     def _payload(self) -> bytes:
-        return (struct.pack("<QQ", self.tokens.shape[0], self.ids.shape[0]) + self.tokens.astype("<i4").tobytes()
+        return (struct.pack("<QQ", self.tokens.shape[0], self.ids.shape[0]) + self.tokens.astype("<i8").tobytes()
                 + self.counts.astype("<u4").tobytes() + self.ids.astype("<u4").tobytes())
 
     @cached_property
@@ -125,10 +125,58 @@ class Prime:
         return np.cumsum(self.counts) - self.counts
 
     @cached_property
-    def kept_classes(self) -> tuple[np.ndarray, np.ndarray]:
-        """(distinct kept ids ascending, how often each is kept to a factor of two)."""
+    def kept_context(self) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct kept ids ascending, each one's dictionary context: 1 + how often it is kept,
+        to a factor of two, capped)."""
         uniq, cnt = np.unique(self.ids, return_counts=True)
-        return uniq, _count_classes(cnt)
+        return uniq, 1 + np.minimum(_count_classes(cnt), _N_PRIME_CLS - 2)
+
+    @cached_property
+    def last_match(self) -> "_LastMatch":
+        return _LastMatch.of(self.tokens, self.counts)
+
+
+@dataclass(frozen=True)
+class _LastMatch:
+    """The prime's last position (with signal) for each token and each pair (previous token,
+    token), the first position's previous token being the separator -1: built once per prime,
+    so a sample's predictors into the prime are lookups."""
+
+    tokens: np.ndarray  # distinct tokens of the prime, -1 included, ascending
+    single: np.ndarray  # token index -> last position (-1: none)
+    pair_keys: np.ndarray  # previous index * len(tokens) + token index, ascending
+    pair_pos: np.ndarray  # their last positions
+
+    @classmethod
+    def of(cls, tokens: np.ndarray, counts: np.ndarray) -> "_LastMatch":
+        utok = np.union1d(tokens, [-1])
+        ti = np.searchsorted(utok, tokens)
+        pi = np.concatenate([[np.searchsorted(utok, -1)], ti[:-1]])
+        sig = np.flatnonzero(counts > 0)
+        single = np.full(utok.shape[0], -1, dtype=np.int64)
+        single[ti[sig]] = sig  # ascending positions: the last write wins
+        keys = pi[sig] * utok.shape[0] + ti[sig]
+        rk, first = np.unique(keys[::-1], return_index=True)  # first in reverse: the last position
+        return cls(utok, single, rk, sig[::-1][first])
+
+    def lookup(self, tokens: np.ndarray, sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[T] each position's last pair match and last token match in the prime (-1: none),
+        for the positions `sig` (the sample's first position follows a separator)."""
+        u = self.tokens.shape[0]
+        at = np.minimum(np.searchsorted(self.tokens, tokens), u - 1)
+        ti = np.where(self.tokens[at] == tokens, at, -1)
+        pi = np.concatenate([[np.searchsorted(self.tokens, -1)], ti[:-1]])
+        one = np.full(tokens.shape[0], -1, dtype=np.int64)
+        two = np.full(tokens.shape[0], -1, dtype=np.int64)
+        known = sig[ti[sig] >= 0]
+        one[known] = self.single[ti[known]]
+        both = known[pi[known] >= 0]
+        if both.size and self.pair_keys.size:
+            key = pi[both] * u + ti[both]
+            k = np.minimum(np.searchsorted(self.pair_keys, key), self.pair_keys.shape[0] - 1)
+            hit = self.pair_keys[k] == key
+            two[both[hit]] = self.pair_pos[k[hit]]
+        return two, one
 
 
 @dataclass(frozen=True)
@@ -172,24 +220,28 @@ class Compact5Codec(Compact4Codec):
                              "schemas.DatasetDir.stored_codec)")
         return self.prime
 
-    def _candidates(self, nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _basis(self, nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ids the dictionary is coded against, ascending: the prime's kept ids and the
         sample's tokens; and each one's context: its class in the prime (0: not in it), and
         whether the sample's text holds it."""
-        kept, kcls = self._primed().kept_classes
+        kept, kctx = self._primed().kept_context
         toks = np.unique(nxt[:-1])
         toks = toks[toks >= 0]
-        cand = np.union1d(kept, toks)
-        at = np.searchsorted(kept, cand)
-        in_prime = at < kept.shape[0]
-        in_prime[in_prime] = kept[at[in_prime]] == cand[in_prime]
-        ctx = np.where(in_prime, 1 + np.minimum(kcls[np.minimum(at, kept.shape[0] - 1)], _N_PRIME_CLS - 2), 0)
-        return cand, ctx + _N_PRIME_CLS * np.isin(cand, toks)
+        at = np.searchsorted(kept, toks)
+        new = toks[(at >= kept.shape[0]) | (kept[np.minimum(at, max(kept.shape[0] - 1, 0))] != toks)] if kept.size else toks
+        where = np.searchsorted(kept, new)
+        cand = np.insert(kept, where, new)
+        ctx = np.insert(kctx, where, 0)
+        ctx[np.searchsorted(cand, toks)] += _N_PRIME_CLS
+        return cand, ctx
 
-    def _dictionary_streams(self, uniq: np.ndarray, cls: np.ndarray, nxt: np.ndarray) -> list:
+    def _basis_size(self, basis) -> int:
+        return basis[0].shape[0]
+
+    def _dictionary_streams(self, uniq: np.ndarray, cls: np.ndarray, basis) -> list:
         """Per candidate id one symbol under a model per context: 0 (not in the sample's
         dictionary) or 1 + its count class; the other ids as gaps, their classes in one stream."""
-        cand, ctx = self._candidates(nxt)
+        cand, ctx = basis
         at = np.searchsorted(uniq, cand)
         hit = at < uniq.shape[0]
         hit[hit] = uniq[at[hit]] == cand[hit]
@@ -198,8 +250,8 @@ class Compact5Codec(Compact4Codec):
         return (_context_streams(sym.astype(np.int64), ctx, 2 * _N_PRIME_CLS)
                 + _encode_numbers(np.diff(uniq[other], prepend=-1) - 1) + [(cls[other], None)])
 
-    def _decode_dictionary(self, dec: entropy.Decoder, nxt: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        cand, ctx = self._candidates(nxt)
+    def _decode_dictionary(self, dec: entropy.Decoder, basis, n: int) -> tuple[np.ndarray, np.ndarray]:
+        cand, ctx = basis
         sym = _decode_context_streams(dec, ctx, 2 * _N_PRIME_CLS, "dictionary symbols")
         other = np.cumsum(_decode_numbers(dec).astype(np.int64) + 1) - 1
         ocls = dec.next()
@@ -216,21 +268,23 @@ class Compact5Codec(Compact4Codec):
             raise CodecError("compact5 codec: a dictionary class out of range: corrupt sample")
         return uniq, cls
 
-    def _dictionary_candidates(self, nxt: np.ndarray) -> int:
-        return self._candidates(nxt)[0].shape[0]
-
     def _sources(self, tokens, counts: np.ndarray):
-        """Predictors over prime + separator + sample; the prime positions a sample points at
-        become its known sources, in prime order."""
+        """Each position's predictor, in this order: its two tokens' last match in the sample, in
+        the prime, its token's last match in the sample, in the prime. The prime positions the
+        sample points at become its known sources, in prime order."""
         pr = self._primed()
-        p = pr.tokens.shape[0]
-        tk = np.concatenate([pr.tokens, [-1], np.asarray(tokens, dtype=np.int64).reshape(-1)])
-        s_all, kind_all = predictors(tk, np.concatenate([pr.counts, [0], counts]))
-        s_of, kind = s_all[p + 1:], kind_all[p + 1:]
-        primed = (s_of >= 0) & (s_of < p)
-        used = np.unique(s_of[primed])
+        tok = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        s_of, kind = predictors(tok, counts)
+        two, one = pr.last_match.lookup(tok, np.flatnonzero(np.asarray(counts) > 0))
+        in_two, in_one = (s_of >= 0) & (kind == 0), (s_of >= 0) & (kind == 1)
+        use_two = ~in_two & (two >= 0)
+        use_one = ~in_two & ~use_two & ~in_one & (one >= 0)
+        from_prime = use_two | use_one
+        s_of = np.where(use_two, two, np.where(use_one, one, s_of))
+        kind = np.where(use_two, 0, np.where(use_one, 1, kind))
+        used = np.unique(s_of[from_prime])
         q = used.shape[0]
-        s_src = np.where(primed, np.searchsorted(used, s_of), np.where(s_of >= 0, s_of - (p + 1) + q, -1))
+        s_src = np.where(from_prime, np.searchsorted(used, s_of), np.where(s_of >= 0, s_of + q, -1))
         kc = pr.counts[used]
         first = np.repeat(pr.starts[used], kc) + (np.arange(int(kc.sum())) - np.repeat(np.cumsum(kc) - kc, kc))
         return s_src, kind, _Sources.own(counts, kc, pr.ids[first])

@@ -63,6 +63,21 @@ def test_compact5_params_name_the_prime():
         make_codec("compact5", {"prime_sha256": "abc"})
 
 
+def test_predictors_reach_into_the_prime():
+    """Two tokens before one, the sample before the prime: the sample's first position follows a
+    separator, like a document start in the prime."""
+    one = lambda i: KeptEntries(np.array([1]), np.array([i]), np.array([0.0], np.float32), np.array([-np.inf], np.float32))  # noqa: E731
+    cat = lambda parts: KeptEntries(np.concatenate([p.counts for p in parts]), np.concatenate([p.ids for p in parts]),  # noqa: E731
+                                    np.concatenate([p.logp for p in parts]), np.concatenate([p.log_tail for p in parts]))
+    prime = Prime.from_signal([(np.array([5, 6, 7]), cat([one(50), one(60), one(70)])), (np.array([6, 7]), cat([one(61), one(71)]))])
+    assert prime.tokens.tolist() == [5, 6, 7, -1, 6, 7, -1]
+    c5 = Compact5Codec(prime=prime)
+    s_src, kind, src = c5._sources(np.array([6, 7, 9, 7]), np.array([1, 1, 1, 1]))
+    # t0 (-1, 6): the prime's position 4; t1 (6, 7): position 5; t2: none; t3 (9, 7): no pair, token 7 at t1
+    assert s_src.tolist() == [0, 1, -1, 2 + 1] and kind.tolist() == [0, 0, 0, 1]
+    assert src.known_ids.tolist() == [61, 71] and src.q == 2
+
+
 @settings(max_examples=80, deadline=None)
 @given(z=hnp.arrays(np.float32, st.tuples(st.integers(2, 24), st.integers(2, 40)), elements=st.floats(-30, 30, width=32)),
        p=st.floats(0.05, 1.0), k=st.integers(1, 40), words=st.lists(st.integers(0, 4), min_size=24, max_size=24),
