@@ -49,7 +49,7 @@ class PipelineConfig(BaseModel):
     top_k: Positive = 100
     num_draws: Positive = Field(64, description="draws per position for --selection sample")
     seed: Int = Field(0, description="mixes into the per-sample seed of --selection sample")
-    codec: Str = Field("compact4", description="compact4 (default) | compact3 | compact2 | compact | exact")
+    codec: Str = Field("compact4", description="compact4 (default) | compact5 (with a codec prime) | compact3 | compact2 | compact | exact")
     codec_params: dict = Field({}, description="codec parameters as JSON")
     separator: Union[Int, Str, None] = Field(None, description="separator token id or string (default: the tokenizer's EOS)")
     add_bos: Bool = Field(False, description="prepend the tokenizer's BOS to every document")

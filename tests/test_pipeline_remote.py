@@ -22,7 +22,7 @@ pytest.importorskip("streaming")
 from fixtures_models import make_texts  # noqa: E402
 from pipelines.config import PipelineConfig  # noqa: E402
 from pipelines.job import SettingsMismatch, run  # noqa: E402
-from schemas import INDEX_NAME, MANIFEST_NAME, Manifest, decode_dense, make_codec, sample_id, storage  # noqa: E402
+from schemas import INDEX_NAME, MANIFEST_NAME, DatasetDir, Manifest, decode_dense, sample_id, storage  # noqa: E402
 
 SETTINGS = dict(seq_len=32, top_p=0.9, top_k=16, batch_size=4, bytes_per_unit=1500, rows_per_unit=8, progress=False)
 
@@ -44,7 +44,7 @@ def rows_of(local_ds_dir, remote=None):
     from streaming import StreamingDataset
 
     m = Manifest.from_json(storage.read_text(storage.join(remote or local_ds_dir, MANIFEST_NAME)))
-    codec = make_codec(m.codec.name, m.codec.params)
+    codec = DatasetDir(remote or str(local_ds_dir)).stored_codec(m)  # with its codec prime, if it has one
     ds = StreamingDataset(remote=remote, local=str(local_ds_dir), batch_size=1, shuffle=False)
     rows = []
     for i in range(len(ds)):
@@ -100,7 +100,8 @@ def run_remote(bucket, local_run, tiny_teacher, tmp_path, monkeypatch, **kw):
         assert 0 < report.metrics["teacher_tokens"] < c.tokens
     # location-independent identity: same sources, teacher, tokenizer and settings as the local run
     lm = local_run["manifest"]
-    assert m.source_fingerprint == lm.source_fingerprint and m.settings_fingerprint == lm.settings_fingerprint
+    assert m.source_fingerprint == lm.source_fingerprint
+    assert (m.settings_fingerprint == lm.settings_fingerprint) == ("codec" not in kw)  # the codec is a setting
     assert m.teacher.revision == lm.teacher.revision and m.tokenizer.fingerprint == lm.tokenizer.fingerprint
     assert [s.uri for s in m.sources] == [storage.join(bucket, "lake", n) for n in ("a.jsonl", "c.parquet")]
     return config, m
@@ -165,5 +166,22 @@ def test_s3_multi_process_resume(s3_bucket, local_run, tiny_teacher, tmp_path, m
     called = {u for line in log.read_text().splitlines() for u in json.loads(line)["units"]}
     assert "u00001-00000" in called and not called & published
     assert {json.loads(line)["pid"] for line in log.read_text().splitlines()} != {os.getpid()}
+    _, rows = rows_of(tmp_path / "read", remote=config.output)
+    check_same_as_local(m, rows, local_run)
+
+
+@pytest.mark.slow
+def test_s3_compact5_publishes_and_reads_its_prime_on_the_store(s3_bucket, local_run, tiny_teacher, tmp_path, monkeypatch):
+    """compact5 with worker processes: the prime is created on s3 (create-if-absent), is a side
+    input in fresh interpreters, and readers take it from the bucket; the decoded signal is the
+    local compact4 run's."""
+    from schemas.codec_compact5 import Prime
+    from schemas.dataset_dir import PRIME_NAME
+
+    config, m = run_remote(s3_bucket, local_run, tiny_teacher, tmp_path, monkeypatch, codec="compact5",
+                           codec_params={"prime_tokens": 64}, direct_running_mode="multi_processing", direct_num_workers=2)
+    assert PRIME_NAME in remote_keys(config.output)
+    prime = Prime.from_bytes(storage.read_bytes(storage.join(config.output, PRIME_NAME)))
+    assert m.codec.name == "compact5" and m.codec.params["prime_sha256"] == prime.digest
     _, rows = rows_of(tmp_path / "read", remote=config.output)
     check_same_as_local(m, rows, local_run)
