@@ -91,7 +91,7 @@ def _extra_pieces(v: np.ndarray, cls: np.ndarray) -> list[tuple[np.ndarray, np.n
         sel = v[order[ends[c] : ends[c + 1]]]
         for shift, w in pieces:
             sym = ((sel >> np.uint64(shift)) & np.uint64((1 << w) - 1)).astype(np.int64)
-            streams.append((sym, np.ones(1 << w, dtype=np.int64)))
+            streams.append((sym, entropy.uniform(1 << w)))
     return streams
 
 
@@ -116,7 +116,7 @@ def _decode_numbers(dec: entropy.Decoder, n: int | None = None) -> np.ndarray:
     for c, pieces in _piece_layout(int(cls.max()) if cls.size else 0).items():
         idx = order[ends[c] : ends[c + 1]]
         for shift, w in pieces:
-            sym = dec.next(np.ones(1 << w, dtype=np.int64), idx.shape[0])
+            sym = dec.next(entropy.uniform(1 << w), idx.shape[0])
             v[idx] |= sym.astype(np.uint64) << np.uint64(shift)
     return v
 
@@ -160,7 +160,7 @@ def _fresh_streams(x: np.ndarray, rb: np.ndarray, bounds: np.ndarray):
     streams = [(k[rb == b], None) for b in range(_N_RANK_BUCKETS)]
     for c in range(bounds.shape[0] - 1):
         size = int(bounds[c + 1] - bounds[c])
-        streams.append((x[k == c] - bounds[c], np.ones(max(size, 1), dtype=np.int64)))
+        streams.append((x[k == c] - bounds[c], entropy.uniform(max(size, 1))))
     return streams
 
 
@@ -178,7 +178,7 @@ def _decode_fresh(dec: entropy.Decoder, rb: np.ndarray, bounds: np.ndarray) -> n
     for c in range(bounds.shape[0] - 1):
         sel = k == c
         size = int(bounds[c + 1] - bounds[c])
-        x[sel] = dec.next(np.ones(max(size, 1), dtype=np.int64), int(sel.sum())) + bounds[c]
+        x[sel] = dec.next(entropy.uniform(max(size, 1)), int(sel.sum())) + bounds[c]
     return x
 
 

@@ -138,11 +138,11 @@ def _split_streams(arrays: list[np.ndarray]) -> list:
     histogram and `shift` low bits uniform, the shift (0-4) chosen per stream by the encoder and
     written first (one uniform symbol per stream)."""
     shifts = [min(range(_MAX_SHIFT + 1), key=lambda s: (_split_cost(a, s), s)) if a.size else 0 for a in arrays]
-    out = [(np.asarray(shifts, dtype=np.int64), np.ones(_MAX_SHIFT + 1, dtype=np.int64))]
+    out = [(np.asarray(shifts, dtype=np.int64), entropy.uniform(_MAX_SHIFT + 1))]
     for a, sh in zip(arrays, shifts):
         out.append((a >> sh, None))
         if sh:
-            out.append((a & ((1 << sh) - 1), np.ones(1 << sh, dtype=np.int64)))
+            out.append((a & ((1 << sh) - 1), entropy.uniform(1 << sh)))
     return out
 
 
@@ -200,14 +200,14 @@ class Compact3Codec(Compact2Codec):
         }
 
     def _level_reader(self, dec: entropy.Decoder):
-        shifts = iter(dec.next(np.ones(_MAX_SHIFT + 1, dtype=np.int64), _N_RANK_BUCKETS).tolist())
+        shifts = iter(dec.next(entropy.uniform(_MAX_SHIFT + 1), _N_RANK_BUCKETS).tolist())
 
         def next_stream() -> np.ndarray:
             sh = next(shifts, 0)
             hi = dec.next()
             if not sh:
                 return hi
-            return (hi << sh) | dec.next(np.ones(1 << sh, dtype=np.int64), hi.shape[0])
+            return (hi << sh) | dec.next(entropy.uniform(1 << sh), hi.shape[0])
 
         return next_stream
 

@@ -196,11 +196,11 @@ def _place_streams(grp: np.ndarray, pred: np.ndarray, n_groups: np.ndarray, pctx
         rule = min((0, 1), key=lambda r: (_split_cost(options[r], 0) if options[r].size else 0.0, r))
         rules.append(rule)
         sym[sel] = options[rule]
-    return [(np.asarray(rules, dtype=np.int64), np.ones(2, dtype=np.int64))] + _context_streams(sym, pctx, _N_RB)
+    return [(np.asarray(rules, dtype=np.int64), entropy.uniform(2))] + _context_streams(sym, pctx, _N_RB)
 
 
 def _decode_places(dec: entropy.Decoder, pred: np.ndarray, n_groups: np.ndarray, pctx: np.ndarray) -> np.ndarray:
-    rules = dec.next(np.ones(2, dtype=np.int64), _N_RB)
+    rules = dec.next(entropy.uniform(2), _N_RB)
     sym = _decode_context_streams(dec, pctx, _N_RB, "repeat placements")
     return np.where(rules[pctx] == 0, pred + varint.unzigzag(sym), n_groups - 1 - sym)
 
@@ -347,14 +347,14 @@ class Compact4Codec(Compact3Codec):
         t, n = counts.shape[0], int(counts.sum())
         # the longest stream: the packed drop histograms, at most 1 + 3 numbers per context and drop
         dec = entropy.Decoder(buf, 3 * n + t + 2 * _N_LEVEL_CTX + (1 << _MAX_SHIFT))
-        shift = int(dec.next(np.ones(_MAX_SHIFT + 1, dtype=np.int64), 1)[0])
+        shift = int(dec.next(entropy.uniform(_MAX_SHIFT + 1), 1)[0])
         top = dec.next()
         if shift:
-            top = (top << shift) | dec.next(np.ones(1 << shift, dtype=np.int64), top.shape[0])
+            top = (top << shift) | dec.next(entropy.uniform(1 << shift), top.shape[0])
         starts = np.cumsum(counts) - counts
         if top.shape[0] != int((counts > 0).sum()):
             raise CodecError(f"compact4 codec: {top.shape[0]} top levels for {int((counts > 0).sum())} positions: corrupt sample")
-        packed = _decode_numbers(dec).astype(np.int64)
+        packed = _decode_numbers(dec).astype(np.int64).tolist()  # Python ints for _unpack_histogram
         hists, at = [], 0
         try:
             for _ in range(_N_LEVEL_CTX):
@@ -362,7 +362,7 @@ class Compact4Codec(Compact3Codec):
                 hists.append(h)
         except IndexError:
             raise CodecError("compact4 codec: truncated level histograms: corrupt sample") from None
-        if at != packed.shape[0]:
+        if at != len(packed):
             raise CodecError("compact4 codec: level histograms do not match: corrupt sample")
         lvl = np.zeros(n, dtype=np.int64)
         lvl[starts[counts > 0]] = top

@@ -53,18 +53,21 @@ def _pack_histogram(counts: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.uint64)
 
 
-def _unpack_histogram(vals: np.ndarray, at: int, max_size: int) -> tuple[np.ndarray, int]:
+def _unpack_histogram(vals, at: int, max_size: int) -> tuple[np.ndarray, int]:
+    """One histogram from `vals` (a list of ints: a Python loop over numpy scalars is ~5x slower)
+    starting at `at`; returns it and where the next value is."""
     a = int(vals[at])
     at += 1
     if a > max(max_size + 1, MAX_ALPHABET):
         raise CodecError(f"entropy block: an alphabet of {a} symbols: corrupt sample")
     counts = np.zeros(a, dtype=np.int64)
-    i = 0
+    i = total = 0
     while i < a:
         c = int(vals[at])
         at += 1
         if c:
             counts[i] = c
+            total += c
             i += 1
         else:
             run = int(vals[at])
@@ -72,9 +75,26 @@ def _unpack_histogram(vals: np.ndarray, at: int, max_size: int) -> tuple[np.ndar
             if run < 1 or i + run > a:
                 raise CodecError("entropy block: bad zero run in a histogram: corrupt sample")
             i += run
-    if counts.sum() > max_size:
-        raise CodecError(f"entropy block: a stream of {int(counts.sum())} symbols, more than {max_size}: corrupt sample")
+    if total > max_size:
+        raise CodecError(f"entropy block: a stream of {total} symbols, more than {max_size}: corrupt sample")
     return counts, at
+
+
+def uniform(n: int) -> np.ndarray:
+    """The uniform model over n symbols (all counts 1). For the few sizes that recur in every
+    sample (powers of two up to 2^16, and up to 64) one array per size, whose constriction model
+    is built once per process instead of once per stream; other sizes get a fresh array."""
+    got = _UNIFORM.get(n)
+    if got is None:
+        got = np.ones(n, dtype=np.int64)
+        if 2 <= n <= 64 or (n <= 1 << 16 and n & (n - 1) == 0 and n >= 2):
+            _UNIFORM[n] = got
+            _UNIFORM_MODELS[id(got)] = _model(got)
+    return got
+
+
+_UNIFORM: dict[int, np.ndarray] = {}
+_UNIFORM_MODELS: dict[int, object] = {}  # id of a `uniform` array (kept alive in _UNIFORM) -> its model
 
 
 TABLE = "table"  # (TABLE, counts) among a block's streams: a histogram in the header, no symbols
@@ -138,7 +158,9 @@ def encode(streams: list[tuple[np.ndarray, np.ndarray | None]]) -> bytes:
             continue
         if counts.shape[0] > 1 and len(s):
             key = id(given) if given is not None else None
-            if key is None or key not in built:
+            if key in _UNIFORM_MODELS:
+                model = _UNIFORM_MODELS[key]
+            elif key is None or key not in built:
                 model = _model(counts)
                 if key is not None:
                     built[key] = (model, given)  # hold `given`: its id stays unique while cached
@@ -167,7 +189,8 @@ class Decoder:
         head = np.frombuffer(buf[4 : 4 + hlen], dtype=np.uint8)
         if head.shape[0] != hlen or hlen == 0:
             raise CodecError("entropy block: truncated header: corrupt sample")
-        self._vals = varint.decode(head.tobytes(), int((head < 0x80).sum()))
+        self._vals = varint.decode(head.tobytes(), int((head < 0x80).sum())).tolist()  # Python ints: read one by one
+        self._n_vals = len(self._vals)
         self._n_streams, self._read, self._at = int(self._vals[0]), 0, 1
         n_words = int(self._vals[-1])
         body = buf[4 + hlen :]
@@ -193,15 +216,17 @@ class Decoder:
                     raise CodecError("entropy block: a stream with a given model needs its length")
         except IndexError:
             raise CodecError("entropy block: truncated header: corrupt sample") from None
-        if self._at >= self._vals.shape[0]:
+        if self._at >= self._n_vals:
             raise CodecError("entropy block: truncated header: corrupt sample")
         self._read += 1
         if counts.shape[0] <= 1 or size == 0:
             return np.zeros(size, dtype=np.int64)
         if given is not None:
-            if id(given) not in self._built:
-                self._built[id(given)] = (_model(counts), given)
-            model = self._built[id(given)][0]
+            model = _UNIFORM_MODELS.get(id(given))
+            if model is None:
+                if id(given) not in self._built:
+                    self._built[id(given)] = (_model(counts), given)
+                model = self._built[id(given)][0]
         else:
             model = _model(counts)
         try:
@@ -217,7 +242,7 @@ class Decoder:
             counts, self._at = _unpack_histogram(self._vals, self._at, self._max_size)
         except IndexError:
             raise CodecError("entropy block: truncated header: corrupt sample") from None
-        if self._at >= self._vals.shape[0]:
+        if self._at >= self._n_vals:
             raise CodecError("entropy block: truncated header: corrupt sample")
         self._read += 1
         return counts
@@ -225,7 +250,7 @@ class Decoder:
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """The next stream, given as a float64 C-contiguous 2-D model (one row of counts per
         symbol): `next` without its checks on the model's type, for codecs that call it in a loop."""
-        if self._read >= self._n_streams or self._at >= self._vals.shape[0] or rows.shape[0] > self._max_size:
+        if self._read >= self._n_streams or self._at >= self._n_vals or rows.shape[0] > self._max_size:
             raise CodecError("entropy block: fewer streams than expected: corrupt sample")
         self._read += 1
         if not rows.shape[0]:
@@ -238,7 +263,7 @@ class Decoder:
     def _next_rows(self, rows: np.ndarray, size: int | None) -> np.ndarray:
         if size is None or rows.shape[0] != size or size > self._max_size:
             raise CodecError("entropy block: a stream with a given model needs its length")
-        if self._at >= self._vals.shape[0]:
+        if self._at >= self._n_vals:
             raise CodecError("entropy block: truncated header: corrupt sample")
         self._read += 1
         if size == 0:
@@ -250,7 +275,7 @@ class Decoder:
 
     def finish(self) -> None:
         """Refuse a block with streams or words left over."""
-        if self._read != self._n_streams or self._at != self._vals.shape[0] - 1 or not self._coder.is_empty():
+        if self._read != self._n_streams or self._at != self._n_vals - 1 or not self._coder.is_empty():
             raise CodecError("entropy block: data left over after the last stream: corrupt sample")
 
 
