@@ -169,7 +169,7 @@ def _context_streams(sym: np.ndarray, ctx: np.ndarray, n_ctx: int) -> list:
 
 def _decode_context_streams(dec: entropy.Decoder, ctx: np.ndarray, n_ctx: int, what: str) -> np.ndarray:
     hists = [dec.table() for _ in range(n_ctx)]
-    if any(int(h.sum()) != int((ctx == c).sum()) for c, h in enumerate(hists)):
+    if [int(h.sum()) for h in hists] != np.bincount(ctx, minlength=n_ctx).tolist():
         raise CodecError(f"compact4 codec: {what} do not match the predictors: corrupt sample")
     return dec.next(_rows_table(hists).astype(np.float64)[ctx], ctx.shape[0])
 
