@@ -33,6 +33,7 @@ position's count, or class steps inside tied sets, cost more in histograms than 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,8 +71,10 @@ def _classes(values: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, np.
     return cls, _extra_pieces(v, cls)
 
 
-def _piece_layout(max_class: int):
-    """For each class c >= 2: the (shift, width) pieces of its c - 1 extra bits."""
+@functools.lru_cache(maxsize=None)
+def _piece_layout(max_class: int) -> dict:
+    """For each class c >= 2: the (shift, width) pieces of its c - 1 extra bits (built once per
+    size: every number stream of every sample asks for one). Read-only."""
     out = {}
     for c in range(2, max_class + 1):
         bits, pieces, shift = c - 1, [], 0
@@ -79,13 +82,13 @@ def _piece_layout(max_class: int):
             w = min(_PIECE_BITS, bits - shift)
             pieces.append((shift, w))
             shift += w
-        out[c] = pieces
+        out[c] = tuple(pieces)
     return out
 
 
 def _extra_pieces(v: np.ndarray, cls: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     streams = []
-    order = np.argsort(cls, kind="stable")
+    order = np.argsort(cls.astype(np.uint8), kind="stable")  # classes <= 64: radix sort
     ends = np.searchsorted(cls[order], np.arange(int(cls.max()) + 2 if cls.size else 1), side="left")
     for c, pieces in _piece_layout(int(cls.max()) if cls.size else 0).items():
         sel = v[order[ends[c] : ends[c + 1]]]
@@ -106,18 +109,25 @@ def _decode_numbers(dec: entropy.Decoder, n: int | None = None) -> np.ndarray:
     n = cls.shape[0] if n is None else n
     if cls.shape[0] != n:
         raise CodecError(f"compact2 codec: {cls.shape[0]} numbers stored, expected {n}: corrupt sample")
-    if n and cls.max() > 33:  # nothing coded here exceeds 2^32
+    if not n:
+        return np.zeros(0, dtype=np.uint64)
+    top = int(cls.max())
+    if top > 33:  # nothing coded here exceeds 2^32
         raise CodecError("compact2 codec: a number of more than 33 bits: corrupt sample")
-    v = np.zeros(n, dtype=np.uint64)
-    nz = cls > 0
-    v[nz] = np.left_shift(np.uint64(1), (cls[nz] - 1).astype(np.uint64))
-    order = np.argsort(cls, kind="stable")  # the extras come class by class, in entry order
-    ends = np.searchsorted(cls[order], np.arange(int(cls.max()) + 2 if cls.size else 1), side="left")
-    for c, pieces in _piece_layout(int(cls.max()) if cls.size else 0).items():
-        idx = order[ends[c] : ends[c + 1]]
+    order = np.argsort(cls.astype(np.uint8), kind="stable")  # the extras come class by class, in entry order
+    ends = np.searchsorted(cls[order], np.arange(top + 2), side="left").tolist()
+    # in class order: the leading one, then each piece's bits in place (slices, not scatters)
+    sv = np.zeros(n, dtype=np.uint64)
+    for c, pieces in _piece_layout(top).items():
+        a, b = ends[c], ends[c + 1]
+        sv[a:b] = np.uint64(1 << (c - 1))
         for shift, w in pieces:
-            sym = dec.next(entropy.uniform(1 << w), idx.shape[0])
-            v[idx] |= sym.astype(np.uint64) << np.uint64(shift)
+            sym = dec.next(entropy.uniform(1 << w), b - a)
+            sv[a:b] |= sym.astype(np.uint64) << np.uint64(shift)
+    if top >= 1:
+        sv[ends[1] : ends[2]] = 1
+    v = np.empty(n, dtype=np.uint64)
+    v[order] = sv
     return v
 
 

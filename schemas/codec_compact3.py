@@ -110,7 +110,8 @@ def _decode_dictionary(dec: entropy.Decoder, seen: np.ndarray, n: int) -> tuple[
     uniq = np.union1d(from_seen, other)
     if uniq.shape[0] != from_seen.shape[0] + other.shape[0] or uniq.shape[0] > n or (uniq.size and uniq[-1] >= 1 << 32):
         raise CodecError("compact3 codec: dictionary does not match the counts: corrupt sample")
-    in_seen = np.isin(uniq, from_seen)
+    in_seen = np.zeros(uniq.shape[0], dtype=bool)  # from_seen lies in uniq: mark where
+    in_seen[np.searchsorted(uniq, from_seen)] = True
     cls = np.zeros(uniq.shape[0], dtype=np.int64)
     for sel in (in_seen, ~in_seen):
         got = dec.next()

@@ -60,24 +60,21 @@ def _unpack_histogram(vals, at: int, max_size: int) -> tuple[np.ndarray, int]:
     at += 1
     if a > max(max_size + 1, MAX_ALPHABET):
         raise CodecError(f"entropy block: an alphabet of {a} symbols: corrupt sample")
-    counts = np.zeros(a, dtype=np.int64)
-    i = total = 0
-    while i < a:
-        c = int(vals[at])
+    out: list[int] = []
+    while len(out) < a:
+        c = vals[at]
         at += 1
         if c:
-            counts[i] = c
-            total += c
-            i += 1
+            out.append(c)
         else:
-            run = int(vals[at])
+            run = vals[at]
             at += 1
-            if run < 1 or i + run > a:
+            if run < 1 or len(out) + run > a:
                 raise CodecError("entropy block: bad zero run in a histogram: corrupt sample")
-            i += run
-    if total > max_size:
-        raise CodecError(f"entropy block: a stream of {total} symbols, more than {max_size}: corrupt sample")
-    return counts, at
+            out.extend([0] * run)
+    if sum(out) > max_size:
+        raise CodecError(f"entropy block: a stream of {sum(out)} symbols, more than {max_size}: corrupt sample")
+    return np.array(out, dtype=np.int64), at
 
 
 def uniform(n: int) -> np.ndarray:
@@ -204,6 +201,19 @@ class Decoder:
         with the given length (a 2-D model: one row of counts per symbol)."""
         if self._read >= self._n_streams:
             raise CodecError("entropy block: fewer streams than expected: corrupt sample")
+        uniform_model = _UNIFORM_MODELS.get(id(given)) if given is not None else None
+        if uniform_model is not None:  # the common case, checked first: a `uniform` model
+            if size is None or size < 0 or size > self._max_size:
+                raise CodecError("entropy block: a stream with a given model needs its length")
+            if self._at >= self._n_vals:
+                raise CodecError("entropy block: truncated header: corrupt sample")
+            self._read += 1
+            if size == 0:
+                return np.zeros(0, dtype=np.int64)
+            try:
+                return self._coder.decode(uniform_model, size).astype(np.int64)
+            except Exception as e:  # constriction raises on exhausted or invalid data
+                raise CodecError(f"entropy block: undecodable payload ({e}): corrupt sample") from None
         if given is not None and np.ndim(given) == 2:
             return self._next_rows(np.asarray(given, dtype=np.float64), size)
         try:
