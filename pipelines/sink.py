@@ -151,13 +151,17 @@ def build_root_index(output: str, units: list[str], settings_fp: str) -> tuple[d
     totals = dict.fromkeys(COUNT_KEYS, 0)
     for stats in per_unit:
         if stats.get("settings_fingerprint") != settings_fp:
-            raise PartMismatch(
-                f"part {redact_uri(out.part_uri(stats['unit']))} was written with settings {stats.get('settings_fingerprint')}, "
-                f"the dataset's are {settings_fp}; refusing to publish a mixed dataset: delete that part folder "
-                "and re-run the same command to recompute it")
+            raise _part_mismatch(output, stats["unit"], f"was written with settings {stats.get('settings_fingerprint')}, "
+                                 f"the dataset's are {settings_fp}; refusing to publish a mixed dataset")
         for k in COUNT_KEYS:
             totals[k] += int(stats.get(k, 0))  # parts written before a key existed: 0
     return out.root_index(units), totals, per_unit
+
+
+def _part_mismatch(output: str, unit: str, what: str) -> PartMismatch:
+    """A part that cannot join the dataset, and what to do about it."""
+    return PartMismatch(f"part {redact_uri(DatasetDir(output).part_uri(unit))} {what}: delete that part folder and "
+                        "re-run the same command to recompute it")
 
 
 def prime_digest(prime: bytes) -> str:
@@ -175,10 +179,8 @@ def finalize(_computed, output: str, units: list[str], manifest: Manifest, prime
         digest = prime_digest(prime)
         for stats in per_unit:
             if stats.get("codec_prime_sha256") != digest:
-                raise PartMismatch(
-                    f"part {redact_uri(DatasetDir(output).part_uri(stats['unit']))} was coded against codec prime "
-                    f"{stats.get('codec_prime_sha256')}, the output's {PRIME_NAME} is {digest}; refusing to publish a "
-                    "dataset it cannot decode: delete that part folder and re-run the same command to recompute it")
+                raise _part_mismatch(output, stats["unit"], f"was coded against codec prime {stats.get('codec_prime_sha256')}, "
+                                     f"the output's {PRIME_NAME} is {digest}; refusing to publish a dataset it cannot decode")
         manifest = dataclasses.replace(manifest, codec=dataclasses.replace(
             manifest.codec, params={**manifest.codec.params, "prime_sha256": digest}))
     sources, incomplete_files = account_sources(manifest.sources, per_unit)

@@ -208,12 +208,7 @@ class Decoder:
             if self._at >= self._n_vals:
                 raise CodecError("entropy block: truncated header: corrupt sample")
             self._read += 1
-            if size == 0:
-                return np.zeros(0, dtype=np.int64)
-            try:
-                return self._coder.decode(uniform_model, size).astype(np.int64)
-            except Exception as e:  # constriction raises on exhausted or invalid data
-                raise CodecError(f"entropy block: undecodable payload ({e}): corrupt sample") from None
+            return self._decoded(uniform_model, size) if size else np.zeros(0, dtype=np.int64)
         if given is not None and np.ndim(given) == 2:
             return self._next_rows(np.asarray(given, dtype=np.float64), size)
         try:
@@ -239,9 +234,14 @@ class Decoder:
                 model = self._built[id(given)][0]
         else:
             model = _model(counts)
+        return self._decoded(model, size)
+
+    def _decoded(self, model, arg) -> np.ndarray:
+        """constriction's decode (`arg`: a length, or the rows of a 2-D model), as int64; its
+        errors (it raises on exhausted or invalid data, or a row without counts) as CodecError."""
         try:
-            return np.asarray(self._coder.decode(model, size), dtype=np.int64)
-        except Exception as e:  # constriction raises on exhausted or invalid data
+            return np.asarray(self._coder.decode(model, arg), dtype=np.int64)
+        except Exception as e:
             raise CodecError(f"entropy block: undecodable payload ({e}): corrupt sample") from None
 
     def table(self) -> np.ndarray:
@@ -263,12 +263,7 @@ class Decoder:
         if self._read >= self._n_streams or self._at >= self._n_vals or rows.shape[0] > self._max_size:
             raise CodecError("entropy block: fewer streams than expected: corrupt sample")
         self._read += 1
-        if not rows.shape[0]:
-            return np.zeros(0, dtype=np.int64)
-        try:  # constriction refuses a row without counts
-            return self._coder.decode(_family(), rows).astype(np.int64)
-        except Exception as e:
-            raise CodecError(f"entropy block: undecodable payload ({e}): corrupt sample") from None
+        return self._decoded(_family(), rows) if rows.shape[0] else np.zeros(0, dtype=np.int64)
 
     def _next_rows(self, rows: np.ndarray, size: int | None) -> np.ndarray:
         if size is None or rows.shape[0] != size or size > self._max_size:
@@ -276,12 +271,7 @@ class Decoder:
         if self._at >= self._n_vals:
             raise CodecError("entropy block: truncated header: corrupt sample")
         self._read += 1
-        if size == 0:
-            return np.zeros(0, dtype=np.int64)
-        try:  # constriction refuses a row without counts
-            return self._coder.decode(_family(), rows).astype(np.int64)
-        except Exception as e:
-            raise CodecError(f"entropy block: undecodable payload ({e}): corrupt sample") from None
+        return self._decoded(_family(), rows) if size else np.zeros(0, dtype=np.int64)
 
     def finish(self) -> None:
         """Refuse a block with streams or words left over."""
