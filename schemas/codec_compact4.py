@@ -331,7 +331,6 @@ class Compact4Codec(Compact3Codec):
         hint[pos[hinted]] = lay.gnum[hinted] - lay.first_group[pos[hinted]] + 1
         # repeats: kept at t, kept at its predictor s, not hinted (order-free: membership only)
         s_of, kind, src = self._sources(tokens, counts)
-        qs = src.known_ids.shape[0]  # slots of the known (primed) positions come first
         key = pos * (1 << 32) + ids
         src_key = np.concatenate([src.known_pos * (1 << 32) + src.known_ids, (pos + src.q) * (1 << 32) + ids])
         ps = s_of[pos]
