@@ -25,7 +25,7 @@ import tempfile
 
 import numpy as np
 
-from schemas import CodecError, DatasetDir, Manifest, fidelity, make_stored_codec, storage, strict_json
+from schemas import CodecError, DatasetDir, Manifest, fidelity, storage, strict_json
 from schemas.errors import SchemaError
 from schemas.integrity import Problem, Verification
 from schemas.redact import redact_uri
