@@ -19,7 +19,7 @@ root index, manifest) with top-0.95-50 truncation. Teacher signal: the real Smol
 random logits (`--teacher none`); a bank of `--bank` teacher sequences is cycled over the samples.
 
 Usage: python -m bench.trainer [--teacher auto|none|DIR] [--samples 256] [--seq-len 128]
-                               [--batch 8] [--rounds 9] [--codec NAME]
+                               [--batch 8] [--rounds 9] [--codec NAME] [--workers N]
 """
 from __future__ import annotations
 
@@ -111,12 +111,15 @@ def write_dataset(out: str, bank, tokenizer_fp: str, *, n_samples: int, seq_len:
     dataset.publish_manifest(manifest)
 
 
-def make_loader(data: str, cache: str, batch: int, state: dict | None = None):
+def make_loader(data: str, cache: str, batch: int, state: dict | None = None, workers: int | None = None):
+    """pd_best's loader over `data`; `workers`: its data.num_workers instead of pd_best's (0)."""
     from trainer.config import load_config
     from trainer.config import StreamConfig
     from trainer.data import DistillDataset, Expect, build_dataloader
 
     d = load_config("pd_best").data.model_copy(update={"streams": [StreamConfig(uri=data)]})
+    if workers is not None:
+        d = d.model_copy(update={"num_workers": workers})
     ds = DistillDataset(d, batch_size=batch, cache_dir=cache, expect=Expect(vocab_size=VOCAB))
     if state is not None:
         ds.load_state_dict(state)
@@ -233,6 +236,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="sequences per step (pd_best: 8)")
     ap.add_argument("--rounds", type=int, default=9, help="interleaved timed steps per variant")
     ap.add_argument("--codec", default=None, help="the dataset's codec (default: the pipeline's default)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="(b) also with this many DataLoader worker processes (data.num_workers; pd_best: 0)")
     ap.add_argument("--resume-trials", type=int, default=3)
     ap.add_argument("--_memory", help=argparse.SUPPRESS)
     ap.add_argument("--_data", help=argparse.SUPPRESS)
@@ -330,6 +335,17 @@ def _run(args, teacher, work: str, t_start: float) -> int:
     ratio_l = loader_sps / train_sps
     print(f"(b) loader {loader_sps:.0f} samples/s (decode + collate, {n} samples), KD training consumes {train_sps:.1f} samples/s")
     print(f"    loader / training          {ratio_l:6.1f}x   target >= 10x    {_verdict(ratio_l >= 10)}")
+    if args.workers:  # the lever for decode-bound loaders: decoding in worker processes
+        ds, dl = make_loader(data, os.path.join(work, "cache-loader-workers"), args.batch, workers=args.workers)
+        it = iter(dl)
+        next(it)  # start-up: the workers' processes and first shards
+        t0 = time.perf_counter()
+        n = sum(b["input_ids"].shape[0] for b in it)
+        sps = n / (time.perf_counter() - t0)
+        del it, dl, ds
+        gc.collect()
+        print(f"    with {args.workers} DataLoader workers: loader {sps:.0f} samples/s ({n} samples), "
+              f"{sps / train_sps:.1f}x training (info: on {os.cpu_count()} cores, where training would share them)")
 
     # (c) time to first batch after resume, cold cache, fresh dataset/loader each time
     n_samples = args.samples
