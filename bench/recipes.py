@@ -83,7 +83,7 @@ def summarise(results: list[dict]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"| recipe | seeds | held-out CE (mean ± std) | Δ % vs LM-only |", "|---|---|---|---|"]
+    lines = ["| recipe | seeds | held-out CE (mean ± std) | Δ % vs LM-only |", "|---|---|---|---|"]
     for r in rows:
         std = "" if math.isnan(r["std"]) else f" ± {r['std']:.3f}"
         delta = "—" if r["name"] == "LM-only" else f"{r['delta_pct']:+.2f} %"
@@ -141,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
             rec = json.loads(line)
             done[rec["id"]] = rec
     todo = recipes(seeds, args.quick)
-    t0 = time.perf_counter()
     results = []
     for i, r in enumerate(todo, 1):
         rec = done.get(_run_id(r))

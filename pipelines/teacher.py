@@ -203,7 +203,6 @@ class TeacherRunner:
 
     def __init__(self, model_uri: str, *, selection: str, top_p: float, top_k: int, num_draws: int,
                  device: str = "auto", dtype: str = "auto", min_vocab: int = 0):
-        import torch
         from transformers import AutoModelForCausalLM
 
         self.device, self.dtype = resolve_device_dtype(device, dtype)
