@@ -4,9 +4,10 @@
       tau = 2, chunk_size 1024, alpha at its 0.9 peak) against LM-only training (distill.mode none)
       of the same student (pd_best's hf_config, vocab 49,152) on the same collated batches:
       step time (forward, `DistillationModel.loss`, backward, grad clipping, AdamW), both
-      variants interleaved in this process, the median of each round's KD / LM-only ratio; peak memory as the rise of the peak RSS
-      (VmHWM, reset at the baseline) over the RSS after set-up, in a fresh subprocess per
-      variant (CPU), or the rise of torch.cuda.max_memory_allocated on CUDA.              targets: time <= 1.15x, memory <= 1.10x
+      variants interleaved in this process, the median of each round's KD / LM-only ratio;
+      peak memory as the rise of the peak RSS (VmHWM, reset at the baseline) over the RSS
+      after set-up, in a fresh subprocess per variant (CPU), or the rise of
+      torch.cuda.max_memory_allocated on CUDA.                  targets: time <= 1.15x, memory <= 1.10x
   (b) loader samples/s (`DistillDataset` + `build_dataloader`, the real StreamingDataset and
       collator, num_workers 0 as pd_best) against training consumption (batch / KD step time).
                                                              target: >= 10x
@@ -158,6 +159,20 @@ def train_step(model, opt, cfg, batch) -> None:
     opt.step()
     opt.zero_grad(set_to_none=True)
     del out, loss
+
+
+def loader_rate(data: str, cache: str, batch: int, workers: int | None = None) -> tuple[float, int]:
+    """(samples/s, samples) of one epoch after the first batch: start-up (workers, shard fetch)
+    is (c)'s subject; this is the steady state."""
+    ds, dl = make_loader(data, cache, batch, workers=workers)
+    it = iter(dl)
+    next(it)
+    t0 = time.perf_counter()
+    n = sum(b["input_ids"].shape[0] for b in it)
+    sps = n / (time.perf_counter() - t0)
+    del it, dl, ds
+    gc.collect()
+    return sps, n
 
 
 def load_batches(data: str, batch: int, n: int, cache: str) -> list[dict]:
@@ -323,27 +338,13 @@ def _run(args, teacher, work: str, t_start: float) -> int:
     print(f"    KD / LM-only peak memory   {ratio_m:6.3f}x   target <= 1.10x  {_verdict(ratio_m <= 1.10)}")
 
     # (b) loader throughput against training consumption
-    ds, dl = make_loader(data, os.path.join(work, "cache-loader"), args.batch)
-    it = iter(dl)
-    next(it)  # start-up (shard fetch) is (c)'s subject; measure steady state
-    t0 = time.perf_counter()
-    n = sum(b["input_ids"].shape[0] for b in it)
-    loader_sps = n / (time.perf_counter() - t0)
-    del it, dl, ds
-    gc.collect()
+    loader_sps, n = loader_rate(data, os.path.join(work, "cache-loader"), args.batch)
     train_sps = args.batch / t_kd
     ratio_l = loader_sps / train_sps
     print(f"(b) loader {loader_sps:.0f} samples/s (decode + collate, {n} samples), KD training consumes {train_sps:.1f} samples/s")
     print(f"    loader / training          {ratio_l:6.1f}x   target >= 10x    {_verdict(ratio_l >= 10)}")
     if args.workers:  # the lever for decode-bound loaders: decoding in worker processes
-        ds, dl = make_loader(data, os.path.join(work, "cache-loader-workers"), args.batch, workers=args.workers)
-        it = iter(dl)
-        next(it)  # start-up: the workers' processes and first shards
-        t0 = time.perf_counter()
-        n = sum(b["input_ids"].shape[0] for b in it)
-        sps = n / (time.perf_counter() - t0)
-        del it, dl, ds
-        gc.collect()
+        sps, n = loader_rate(data, os.path.join(work, "cache-loader-workers"), args.batch, workers=args.workers)
         print(f"    with {args.workers} DataLoader workers: loader {sps:.0f} samples/s ({n} samples), "
               f"{sps / train_sps:.1f}x training (info: on {os.cpu_count()} cores, where training would share them)")
 
