@@ -41,8 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"pdistill: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    from schemas.redact import redact_process_output, redact_text
+
+    redact_process_output(argv[1:])  # every command: no secret of its URIs in what it prints or logs
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(argv[1:]) or 0)
+    try:
+        return int(module.main(argv[1:]) or 0)
+    except SystemExit as e:  # a refusal's message may hold a library's text
+        if isinstance(e.code, str):
+            raise SystemExit(redact_text(e.code)) from None
+        raise
 
 
 if __name__ == "__main__":

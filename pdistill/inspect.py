@@ -2,7 +2,9 @@
 
 First a verdict: every shard the root index lists is checked against storage (exists, has the
 recorded size and hash; `--skip-hash` checks sizes only, for huge datasets), part folders against
-the manifest's unit count, and the manifest's counts against the index (`schemas.DatasetDir.verify`).
+the manifest's unit count, and the manifest's counts against the index (`schemas.DatasetDir.verify`)
+and against the records stored: each part's stats.json and dead-letter file, and all dead letters
+against the manifest (`schemas/dead_letters.py`; `--skip-hash`: only what the listing shows).
 Any problem is printed with the file it concerns, and the exit status is 1.
 Then statistics from the first samples: kept entries/token, stored teacher bytes/token (shard
 bytes on storage), mean dropped tail mass, the codec KL the codec guarantees (`codec_kl_bound`)
@@ -28,7 +30,7 @@ import numpy as np
 from schemas import CodecError, DatasetDir, Manifest, fidelity, storage, strict_json
 from schemas.errors import SchemaError
 from schemas.integrity import Problem, Verification
-from schemas.redact import redact_uri
+from schemas.redact import redact_process_output, redact_text, redact_uri
 from schemas.sample import decode_sample
 
 WHOLE, NOT_WHOLE = "whole", "NOT WHOLE"
@@ -152,16 +154,16 @@ def print_report(report: dict, as_json: bool, out=None) -> None:
     out = out or sys.stdout
     report = strict_json.finite_or_none(report)
     if as_json:
-        print(strict_json.dumps(report, indent=2), file=out)
+        print(redact_text(strict_json.dumps(report, indent=2)), file=out)
         return
-    for k, v in report.items():
+    for k, v in report.items():  # every line redacted: a URI's query string or userinfo is never printed
         if k == "problems":
             for p in v:
-                print(f"{'problem':>24}: {p}", file=out)
+                print(redact_text(f"{'problem':>24}: {p}"), file=out)
         elif k == "codec_kl_bound" and v is None:
             print(f"{k:>24}: none (written by an encoder without the KL guarantee)", file=out)
         else:
-            print(f"{k:>24}: {v}", file=out)
+            print(redact_text(f"{k:>24}: {v}"), file=out)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -178,6 +180,16 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    redact_process_output(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except SystemExit as e:  # our refusals exit with their message: it may hold a library's text
+        if isinstance(e.code, str):
+            raise SystemExit(redact_text(e.code)) from None
+        raise
+
+
+def _main(argv: list[str] | None) -> int:
     ap = make_parser()
     args = ap.parse_args(argv)
     if args.samples < 0:
@@ -189,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         report["planned_vs_actual"] = inspect_hook(args.plan, args.dataset, args.json)
     print_report(report, args.json)
     if report["verdict"] != WHOLE:
-        print(f"pdistill inspect: {args.dataset} is not whole: {len(report['problems'])} problem(s), "
-              f"first: {report['problems'][0]}", file=sys.stderr)
+        print(redact_text(f"pdistill inspect: {args.dataset} is not whole: {len(report['problems'])} problem(s), "
+                          f"first: {report['problems'][0]}"), file=sys.stderr)
         return 1
     return 0

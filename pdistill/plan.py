@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import tempfile
 import time
 
 from schemas import storage, strict_json
+from schemas.redact import redact_process_output, redact_text, redact_uri, remember_secrets
 
 PLAN_VERSION = 1
 ROWS = [  # (key, label, unit)
@@ -68,6 +70,14 @@ def check_args(args) -> None:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.mfu is not None and args.gpu is None:
         raise ConfigError("--mfu applies to the FLOPs model: give --gpu too")
+    # a price, a rate or a utilisation out of range would print a cost or a time that cannot be
+    # (negative, infinite, nan): refused like the other flags, before any work
+    for flag, value, inside, bounds in (
+            ("--price-per-hour", args.price_per_hour, lambda v: v >= 0, ">= 0"),
+            ("--tokens-per-second", args.tokens_per_second, lambda v: v > 0, "> 0"),
+            ("--mfu", args.mfu, lambda v: 0 < v <= 1, "in (0, 1]")):
+        if value is not None and not (math.isfinite(value) and inside(value)):
+            raise ConfigError(f"{flag} must be a finite number {bounds}, got {value!r}")
 
 
 def make_plan(config, args, extra_args: list[str] | None = None) -> dict:
@@ -105,14 +115,14 @@ def make_plan(config, args, extra_args: list[str] | None = None) -> dict:
         "teacher": {"uri": config.teacher, "revision": prep.teacher.revision},
         "settings": config.shaping_settings(),
         "settings_fingerprint": prep.settings_fp,
-        "lake": sample.listing(),
+        "lake": {**sample.listing(), "hidden_files_skipped": len(prep.hidden)},
         "sample": {
             "seed": args.sample_seed, "documents": len(sample.docs), "text_bytes": int(run.doc_bytes.sum()),
             "tokens": int(run.seq_tokens.sum()), "sequences": int(len(run.seq_tokens)),
             "stored_bytes": run.stored_bytes, "dead_letters_read": sum(r.dead_letters for r in sample.read),
             "dead_letter_kinds": dead_kinds, "documents_read": sum(r.documents for r in sample.read),
             "teacher_tokens_per_s": run.tokens_per_s, "teacher_pass_seconds": run.seconds,
-            "draws": sum(sample.draws),
+            "draws": sum(sample.draws), "requested_draws": sample.requested,
             "keys": [f"{u}#{i}" for u, i, _ in sample.docs],
         },
         "document_tokens": est.document_lengths(sample.doc_bytes, pred["tokens_per_byte"]["estimate"], config.seq_len),
@@ -161,6 +171,10 @@ def table(plan: dict) -> str:
         f"sample: {sm['documents']} documents of {sm['documents_read']} read (seed {sm['seed']}), {sm['tokens']:,} "
         f"tokens, {sm['sequences']} sequences, teacher pass {sm['teacher_pass_seconds']:.0f} s at "
         f"{sm['teacher_tokens_per_s']:.0f} tokens/s here",
+        *([f"sample: --sample-docs {sm['requested_draws']} is more than the {sm['draws']} usable documents read: "
+           f"{sm['draws']} drawn"] if sm.get("requested_draws", 0) > sm["draws"] else []),
+        *([f"lake: skipped {lk['hidden_files_skipped']} hidden files (a name, or a folder below the input, starting "
+           "with '.' or '_'; name them in --input to read them)"] if lk.get("hidden_files_skipped") else []),
         *doc_length_line(plan.get("document_tokens") or {}),
         f"throughput: {tp['tokens_per_s']:.4g} tokens/s per accelerator ({tp['how']})",
         "",
@@ -183,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.config import ConfigError, PipelineConfig
     from pipelines.errors import user_errors
 
+    redact_process_output(sys.argv[1:] if argv is None else argv)
     args, extra = parser().parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -191,20 +206,22 @@ def main(argv: list[str] | None = None) -> int:
         ns = argparse.Namespace(**{k: v for k, v in vars(args).items() if k in keep})
         ns.json, ns.output, ns.progress = False, None, None
         config = config_from_args(ns)
+        remember_secrets(config.model_dump())  # URIs of a --config file too
         for key in ("inputs", "teacher"):
             if not getattr(config, key):
                 raise ConfigError(f"setting '{key}' is required (--{key.rstrip('s')} on the command line)")
         check_writable_file("--plan", args.plan)  # before the sample's teacher pass, not after it
         plan = make_plan(config, args, extra)
-        storage.write_text_atomic(args.plan, strict_json.dumps(plan, indent=2, sort_keys=True))
+        text = redact_text(strict_json.dumps(plan, indent=2, sort_keys=True))  # inputs and teacher URIs
+        storage.write_text_atomic(args.plan, text)
     except (*user_errors(), OSError) as e:  # OSError: the plan cannot be written
-        print(f"pdistill plan: error: {e}", file=sys.stderr)
+        print(f"pdistill plan: error: {redact_text(str(e))}", file=sys.stderr)
         return 2
     if args.json:
-        print(strict_json.dumps(plan, indent=2, sort_keys=True))
+        print(text)
     else:
-        print(table(plan))
-        print(f"plan written to {args.plan}")
+        print(redact_text(table(plan)))
+        print(f"plan written to {redact_uri(args.plan)}")
     return 0
 
 

@@ -64,7 +64,7 @@ def write_sample_lake(docs: list[tuple[str, int, str]], path: str) -> None:
 def run_sample(config, sample: LakeSample, workdir: str, extra_args: list[str] | None = None) -> SampleRun:
     """The real teacher pass over the sampled documents into `workdir` (one work unit)."""
     from pipelines.job import run
-    from pipelines.packing import load_tokenizer
+    from pipelines.packing import encode_texts, load_tokenizer
 
     os.makedirs(workdir, exist_ok=True)
     lake = os.path.join(workdir, "sample.jsonl")
@@ -77,7 +77,7 @@ def run_sample(config, sample: LakeSample, workdir: str, extra_args: list[str] |
     tok = load_tokenizer(config.tokenizer_uri)
     texts = [t for _, _, t in sample.docs]
     per_doc_extra = 1 + (1 if config.add_bos else 0)
-    ids = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+    ids = encode_texts(texts, tok) if texts else []  # as the pipeline tokenizes them
     doc_tokens = np.asarray([len(i) + per_doc_extra for i in ids], dtype=np.float64)
     doc_bytes = np.asarray([len(t.encode("utf-8")) for t in texts], dtype=np.float64)
     index = json.loads(storage.read_text(os.path.join(out, INDEX_NAME)))

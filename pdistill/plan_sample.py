@@ -17,7 +17,8 @@ timing), so the same lake and seed give the same sample on any machine:
      tokens/byte over the draws estimates the lake's tokens/byte without bias (Hansen-Hurwitz):
      on the demo corpus, over 200 seeds, a 5 % sample's tokens erred by 3.4 % on average and
      never by more than 15 %, against 4.3 % and 1.5 % of seeds for equal-probability documents
-     (`python -m bench.plan_sampling`).
+     (`python -m bench.plan_sampling`). More draws than the usable documents read are not made:
+     the request is capped at their number (`LakeSample.requested` keeps what was asked; plan says so).
 Units not read are represented by the read ones in proportion to their bytes on storage. The
 read units' texts are held in memory while the sample is drawn; `max_units` bounds that.
 """
@@ -63,6 +64,7 @@ class LakeSample:
     draws: list[int]  # times each of `docs` was drawn (>= 1)
     seed: int
     doc_bytes: list[int] = field(default_factory=list)  # UTF-8 bytes of every usable document read
+    requested: int = 0  # draws asked for; more than the usable documents read is capped at them
 
     def incomplete_files(self) -> float:
         """Files not readable to their end, as the run counts them; files not read in proportion."""
@@ -168,7 +170,8 @@ def draw(files: list[SourceFile], units: list[Unit], text_column: str, *, seed: 
     unit_bytes = unit_storage_bytes(files, units)
     read = read_units(choose_units(units, max_units, seed), unit_bytes, text_column)
     pool = [(r.name, i, t) for r in read for i, t in enumerate(r.texts)]
-    want = sample_docs if sample_docs is not None else math.ceil(sample_fraction * len(pool) - 1e-9)
+    requested = sample_docs if sample_docs is not None else math.ceil(sample_fraction * len(pool) - 1e-9)
+    want = min(requested, len(pool))  # one draw per document there at most (the draws loop is O(draws))
     sizes = [len(t.encode("utf-8")) for _, _, t in pool]
     hits = systematic_pps(sizes, want, seed)
     counts: dict[int, int] = {}
@@ -178,4 +181,4 @@ def draw(files: list[SourceFile], units: list[Unit], text_column: str, *, seed: 
     for r in read:
         r.texts = []
     return LakeSample(files, units, unit_bytes, read, [pool[i] for i in order], [counts[i] for i in order], seed,
-                      sizes)
+                      sizes, requested)

@@ -12,10 +12,10 @@ import logging
 import sys
 
 from pipelines.config import PipelineConfig
-from pipelines.errors import user_errors
+from pipelines.errors import quiet_user_errors_in_beam_logs, user_errors, without_step
 from schemas import strict_json
 from schemas.errors import ConfigError
-from schemas.redact import redact_text, redact_uri
+from schemas.redact import redact_process_output, redact_text, redact_uri, remember_secrets
 from schemas.settings import file_problem
 
 # Flags whose name is not the setting's (`--<key with - for _>`), or that are not settings.
@@ -121,6 +121,9 @@ def print_report(report, stream=None) -> None:
         f"{report.computed_units}/{report.units} units computed in this run ({report.seconds:.1f} s)",
         file=stream,
     )
+    if report.hidden_files_skipped:
+        print(f"note: skipped {report.hidden_files_skipped} hidden files (a name, or a folder below the input, "
+              "starting with '.' or '_', as Spark and pyarrow do; name them in --input to read them)", file=stream)
     if s.get("incomplete_files"):
         print(f"warning: {s['incomplete_files']} input files were not read to their end (truncated, corrupt or "
               "unreadable): see `complete`/`problem` of the manifest's sources and dead_letter/", file=stream)
@@ -133,29 +136,33 @@ def print_report(report, stream=None) -> None:
 def main(argv: list[str] | None = None) -> int:
     from pipelines.job import run
 
+    redact_process_output(sys.argv[1:] if argv is None else argv)
     args, extra = parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("apache_beam", "streaming", "urllib3", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_user_errors_in_beam_logs()  # a refusal in the final step is one line below, not a traceback above it
     try:
         check_report_path(args.report_json)
         config = config_from_args(args)
+        remember_secrets(config.model_dump())  # URIs of a --config file too
         report = run(config, extra)
     except user_errors() as e:
-        print(f"pdistill logits: error: {redact_text(str(e))}", file=sys.stderr)
+        print(f"pdistill logits: error: {redact_text(without_step(str(e)))}", file=sys.stderr)
         return 2
     print_report(report)
     if args.json:
-        print(strict_json.dumps(report.as_dict(), sort_keys=True, default=str))
+        print(redact_text(strict_json.dumps(report.as_dict(), sort_keys=True, default=str)))
     if args.report_json:
         from schemas import storage
 
         try:
-            storage.write_text_atomic(args.report_json, strict_json.dumps(report.as_dict(), indent=2, sort_keys=True,
-                                                                          default=str))
+            storage.write_text_atomic(args.report_json, redact_text(strict_json.dumps(
+                report.as_dict(), indent=2, sort_keys=True, default=str)))
         except (OSError,) + storage.refusals() as e:  # checked before the run; a remote path fails only here
             print(f"pdistill logits: error: --report-json {redact_uri(args.report_json)}: cannot write to it "
-                  f"({type(e).__name__}: {' '.join(str(e).split())}); the dataset itself is complete", file=sys.stderr)
+                  f"({type(e).__name__}: {redact_text(' '.join(str(e).split()))}); the dataset itself is complete",
+                  file=sys.stderr)
             return 2
     return 0
 

@@ -36,7 +36,9 @@ Positive = Annotated[int, Field(strict=True, ge=1)]
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[Str] = Field([], description="input URI, glob or folder (repeatable or comma list; local, file://, gs://, s3://)")
+    inputs: list[Str] = Field([], description="input URI, glob or folder (repeatable or comma list; local, file://, gs://, s3://); "
+                              "below a folder or a glob's folder, names starting with '.' or '_' are skipped (and "
+                              "counted in the report) unless the input names them")
     teacher: Str = Field("", description="teacher checkpoint: local folder or object-store URI")
     output: Str = Field("", description="output dataset URI")
     tokenizer: Optional[Str] = Field(None, description="tokenizer folder/URI (default: the teacher's)")

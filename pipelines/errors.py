@@ -13,3 +13,30 @@ def user_errors() -> tuple[type[Exception], ...]:
     from schemas.errors import ConfigError, SchemaError
 
     return (ConfigError, SchemaError, InputError, TeacherError, OutputError)
+
+
+class _QuietUserErrors:
+    """A logging filter: drops the record Beam logs (with its traceback) of an exception it then
+    re-raises (`apache_beam.runners.common`, `_reraise_augmented`) when that exception is one of
+    ours the CLI prints as one line (a `PartMismatch` in the final step); a bug keeps its log."""
+
+    def filter(self, record) -> bool:
+        errors = user_errors()
+        raised = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(record.msg, errors) or isinstance(raised, errors))
+
+
+def quiet_user_errors_in_beam_logs() -> None:
+    """Install `_QuietUserErrors` on the logger Beam uses for a failed element (in this process)."""
+    import logging
+
+    logger = logging.getLogger("apache_beam.runners.common")
+    if not any(isinstance(f, _QuietUserErrors) for f in logger.filters):
+        logger.addFilter(_QuietUserErrors())
+
+
+def without_step(message: str) -> str:
+    """A user error's message without the " [while running 'Step']" Beam appends when it re-raises it."""
+    import re
+
+    return re.sub(r" \[while running '[^']*'\]$", "", message)

@@ -27,15 +27,16 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.config import PipelineConfig
 from pipelines.output import (  # noqa: F401  (SettingsMismatch, OutputError: part of this module's API)
-    OutputError, SettingsMismatch, claim_output, clean_orphans, refuse_overlap, refuse_unwritable,
+    OutputError, SettingsMismatch, claim_output, clean_orphans, refuse_overlap, refuse_unwritable, verify_finished,
 )
-from pipelines.packing import ReadAndPack, load_tokenizer, resolve_bos, resolve_separator
+from pipelines.packing import TEXT_ENCODING, ReadAndPack, load_tokenizer, resolve_bos, resolve_separator
 from pipelines.prime import needs_prime, prime_input
 from pipelines.progress import Progress, RecordProgress
 from pipelines.sink import EncodeSample, WritePart, finalize
-from pipelines.sources import SourceFile, Unit, expand_inputs, plan_units, source_fingerprint, source_versions
+from pipelines.sources import SourceFile, Unit, list_inputs, plan_units, source_fingerprint, source_versions
 from pipelines.teacher_limits import check_fits
-from pipelines.teacher import TeacherInfo, TeacherModelHandler, inspect_teacher, prefetch_revision
+from pipelines.teacher import (TeacherInfo, TeacherModelHandler, check_tokenizer_fits, inspect_teacher,
+                               prefetch_revision)
 from schemas import DatasetDir, Manifest, fingerprint_tokenizer, make_codec, storage
 from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
 from schemas.redact import redact_uri
@@ -59,6 +60,7 @@ class Plan:
     complete: bool = False  # the output already has a manifest with these settings
     manifest: Manifest | None = None  # what finalize publishes, once it has filled in sources and counts
     prime: bytes | None = None  # the codec prime already stored in the output (a resumed compact5 run)
+    hidden: list[str] = dataclasses.field(default_factory=list)  # input files skipped for a hidden name
 
 
 def prepare(config: PipelineConfig) -> Plan:
@@ -66,13 +68,16 @@ def prepare(config: PipelineConfig) -> Plan:
     refuse_overlap(config.output, config.inputs)
     refuse_unwritable(config.output)
     revision = prefetch_revision(config.teacher)  # overlaps the sha256 of the weights with the checks below
-    files = expand_inputs(config.inputs, config.format)
+    listing = list_inputs(config.inputs, config.format)
+    files = listing.files
     units = plan_units(files, config.rows_per_unit, config.bytes_per_unit)
     src_fp = source_fingerprint(files)
     tok = load_tokenizer(config.tokenizer_uri)
     sep_id = resolve_separator(tok, config.separator, f"tokenizer {config.tokenizer_uri}")
     bos_id = resolve_bos(tok, config.add_bos, f"tokenizer {config.tokenizer_uri}")
     teacher = inspect_teacher(config.teacher, len(tok), config.tokenizer_uri, revision)
+    check_tokenizer_fits(teacher, tok, redact_uri(config.teacher), redact_uri(config.tokenizer_uri),
+                         own_checked=config.tokenizer_uri != config.teacher)
     check_fits(teacher, config)  # seq_len within the teacher's positions; the forward fits in memory
     if config.selection == "top_p_k":
         validate_params(config.top_p, config.top_k, teacher.vocab_size)
@@ -83,14 +88,18 @@ def prepare(config: PipelineConfig) -> Plan:
         "separator_id": sep_id,
         "bos_id": bos_id,
         "vocab_size": teacher.vocab_size,
+        "text_encoding": TEXT_ENCODING,  # a pdistill that encoded them as control ids must not resume this run
     }
     settings = {"settings": config.shaping_settings(), "resolved": resolved}
     fp = config.settings_fingerprint(resolved)
-    plan = Plan(config, files, units, [], src_fp, sep_id, bos_id, len(tok), teacher, settings, fp)
+    plan = Plan(config, files, units, [], src_fp, sep_id, bos_id, len(tok), teacher, settings, fp,
+                hidden=listing.hidden)
     plan.manifest = _manifest(plan)
     with storage.access(f"output {redact_uri(config.output)}"):
         plan.complete = claim_output(config.output, fp, settings, source_versions(files))
-        if not plan.complete:
+        if plan.complete:
+            verify_finished(config.output)  # "nothing to do" vouches for the dataset: damage is refused
+        else:
             done = DatasetDir(config.output).finished_units()
             plan.todo = [u for u in units if u.name not in done]
             clean_orphans(config.output, {u.name for u in plan.todo})
@@ -136,7 +145,7 @@ def _manifest(plan: Plan) -> Manifest:
         counts=Counts(documents=0, packed_documents=0, dead_letters=0, sequences=0, tokens=0, units=0),
         extra={
             "trailing": c.trailing, "pad_id": plan.sep_id, "pad_log_tail": "-inf", "bos_id": plan.bos_id,
-            "packing": "separator after every document; units packed independently",
+            "packing": f"separator after every document; {TEXT_ENCODING}; units packed independently",
             "tokenizer_uri": redact_uri(c.tokenizer_uri), "text_column": c.text_column, "format": c.format,
             "num_draws": c.num_draws if sample else None, "seed": c.seed if sample else None,
             "inference_args": c.inference_args, "dtype": c.dtype,
@@ -224,6 +233,7 @@ class RunReport:
     seconds: float
     output: str
     summary: dict
+    hidden_files_skipped: int = 0  # input files not read for a hidden name (`.`/`_`: pipelines.sources)
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -235,7 +245,7 @@ def run(config: PipelineConfig, extra_args: list[str] | None = None, options: Pi
     plan = prepare(config)
     if plan.complete:
         return RunReport(True, len(plan.units), 0, {}, time.time() - t0, config.output,
-                         dataclasses.asdict(DatasetDir(config.output).read_manifest().counts))
+                         dataclasses.asdict(DatasetDir(config.output).read_manifest().counts), len(plan.hidden))
     log.info("%d units planned over %d files, %d to compute (%d already published under %s)", len(plan.units),
              len(plan.files), len(plan.todo), len(plan.units) - len(plan.todo), redact_uri(DatasetDir(config.output).parts_uri))
     options = options or make_options(config, extra_args or [])
@@ -248,4 +258,4 @@ def run(config: PipelineConfig, extra_args: list[str] | None = None, options: Pi
         result.wait_until_finish()
     manifest = DatasetDir(config.output).read_manifest()  # written by a worker (read_manifest drops listing caches)
     return RunReport(False, len(plan.units), len(plan.todo), collect_metrics(result), time.time() - t0,
-                     config.output, dataclasses.asdict(manifest.counts))
+                     config.output, dataclasses.asdict(manifest.counts), len(plan.hidden))

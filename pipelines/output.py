@@ -19,7 +19,8 @@ import os
 import re
 
 from schemas import storage
-from schemas.dataset_dir import SETTINGS_NAME, DatasetDir, TopLevel
+from schemas.claim import ClaimError
+from schemas.dataset_dir import PARTS_DIR, SETTINGS_NAME, DatasetDir, TopLevel
 from schemas.redact import redact_uri
 
 log = logging.getLogger("pdistill.pipeline")
@@ -45,6 +46,10 @@ class OutputInsideInput(OutputError):
 
 class PartMismatch(OutputError):
     """A published part was not written with the dataset's settings."""
+
+
+class DamagedOutput(OutputError):
+    """A finished dataset whose files are not what its manifest and indexes record."""
 
 
 # ---------------------------------------------------------------- output vs inputs
@@ -138,7 +143,12 @@ def claim_output(output: str, fp: str, settings: dict, versions: dict | None = N
             log.info("claimed output %s (%s)", redact_uri(output), SETTINGS_NAME)
             return False
         # another run created the claim between our listing and our write: its settings decide
-    old = out.read_claim()
+    try:
+        old = out.read_claim()
+    except ClaimError as e:
+        raise ForeignOutput(f"output {redact_uri(output)}: its {SETTINGS_NAME} is not the settings record this pipeline "
+                            f"writes ({str(e).removeprefix(redact_uri(out.settings_uri) + ': ')}): damaged, or not ours; "
+                            "refusing to write: choose a new (empty) output") from None
     if old is not None and old.get("settings_fingerprint") != fp:
         changes = _diff(old.get("settings", {}), settings)
         raise SettingsMismatch(
@@ -164,6 +174,26 @@ def claim_output(output: str, fp: str, settings: dict, versions: dict | None = N
                 + (f"; {len(changed) - 1} more" if len(changed) > 1 else "") + "); refusing to mix old and new "
                 "content: choose a new output (or restore the input)")
     return False
+
+
+def verify_finished(output: str) -> None:
+    """A finished run's re-run reports the dataset complete, so it checks what it vouches for
+    first, with the checks of `pdistill inspect --skip-hash` (`DatasetDir.verify(hashes=False)`):
+    one listing gives every shard's recorded size, every part's index.json and stats.json, and
+    dead-letter records where the manifest counts some; manifest and root index parse and agree;
+    the codec prime is read and its SHA-256 must be the one the manifest names (a damaged prime
+    makes every sample undecodable). Shard contents are not hashed, which would read the whole
+    dataset on every re-run: `pdistill inspect` does that. Damage is refused, naming the file."""
+    v = DatasetDir(output).verify(hashes=False)
+    if v.whole:
+        return
+    first = v.problems[0]
+    more = (f" (and {len(v.problems) - 1} more problems: `pdistill inspect {redact_uri(output)}` lists them)"
+            if len(v.problems) > 1 else "")
+    fix = ("delete that part folder and manifest.json, then re-run the same command to recompute the part"
+           if first.file.startswith(PARTS_DIR + "/") else
+           "re-create the dataset into a new output (or restore the file from a copy)")
+    raise DamagedOutput(f"output {redact_uri(output)} holds a finished dataset that is damaged: {first}{more}; {fix}")
 
 
 # ---------------------------------------------------------------- orphans of a killed run

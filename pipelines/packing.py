@@ -3,7 +3,8 @@
 Layout of the token stream of one work unit, in file order:
     [BOS] doc_0 SEP [BOS] doc_1 SEP ... [BOS] doc_n SEP
 (BOS only with add_bos; the separator, by default the tokenizer's EOS, ends every document, so
-the teacher also scores the end of each document.) The stream is cut every `seq_len` tokens;
+the teacher also scores the end of each document. A document's own text never yields a control
+id: special-token strings in it are encoded as text, `encode_texts`.) The stream is cut every `seq_len` tokens;
 a document may continue into the next sequence. `doc_starts` lists the offsets inside a
 sequence where a document begins (its BOS, or its first token).
 
@@ -30,6 +31,7 @@ from schemas import sample_id, storage
 from schemas.errors import ConfigError
 
 TOKENIZE_CHUNK = 64  # documents per tokenizer call (the fast tokenizers batch in Rust)
+TEXT_ENCODING = "special-token strings in a text encoded as text"  # what `encode_texts` does (in the manifest)
 
 
 @dataclass
@@ -123,18 +125,27 @@ class Packer:
         return out
 
 
+def encode_texts(texts, tokenizer) -> list[list[int]]:
+    """Token ids of document texts, encoded as text: no special tokens added, and a special token's
+    string inside a text (`<|endoftext|>`, `<|im_start|>`: a document quoting a chat log or code) is
+    encoded as the characters it is, not as its control id, so no document ends or restarts in its
+    middle. The separator and BOS this pipeline inserts (`Packer`) are the only control ids.
+    `pdistill plan` counts tokens with this same call."""
+    return tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
 def tokenize_documents(texts, tokenizer) -> list[list[int] | Exception]:
-    """Token ids of each text, or the exception the tokenizer raised on it. One batched call;
-    when it fails (a poison pill anywhere in the batch), each text again on its own, so one bad
-    document costs itself and not its neighbours, in the same order (deterministic)."""
+    """Token ids of each text (`encode_texts`), or the exception the tokenizer raised on it. One
+    batched call; when it fails (a poison pill anywhere in the batch), each text again on its own,
+    so one bad document costs itself and not its neighbours, in the same order (deterministic)."""
     try:
-        return list(tokenizer(list(texts), add_special_tokens=False)["input_ids"])
+        return [list(ids) for ids in encode_texts(texts, tokenizer)]
     except Exception:
         pass
     out: list[list[int] | Exception] = []
     for text in texts:
         try:
-            out.append(list(tokenizer([text], add_special_tokens=False)["input_ids"][0]))
+            out.append(list(encode_texts([text], tokenizer)[0]))
         except Exception as e:
             out.append(e)
     return out

@@ -255,6 +255,11 @@ def _read_parquet(unit, column: str) -> Iterator[Doc | dict]:
 
 def read_unit(unit, column: str) -> Iterator[Doc | dict]:
     """The unit's documents in file order, and a dead letter for each one that cannot be used."""
+    if unit.problem:  # found unreadable while listing (a FIFO, an unlistable folder): never opened
+        kind = "unreadable_folder" if unit.fmt == "folder" else "unreadable_file"
+        yield dead_letter(unit, {"range": [unit.start, unit.end]}, kind, f"{unit.problem}; its documents are not "
+                          "counted", documents=0, incomplete=True)
+        return
     if unit.fmt == "parquet":
         reader = _read_parquet(unit, column)
     elif unit.fmt == "jsonl":

@@ -147,7 +147,10 @@ def build_root_index(output: str, units: list[str], settings_fp: str) -> tuple[d
     if missing:
         raise RuntimeError(f"{len(missing)} parts are missing under {out.parts_uri} "
                            f"(first: {missing[0]}); re-run the same command to compute them")
-    per_unit = [out.read_stats(unit) for unit in sorted(units)]
+    stats, problems = out.part_stats(sorted(units))
+    if problems:  # missing or unreadable: counts a manifest would have to invent
+        raise _part_mismatch(output, problems[0].file.split("/")[1], f"cannot be counted ({problems[0]})")
+    per_unit = [stats[unit] for unit in sorted(units)]
     totals = dict.fromkeys(COUNT_KEYS, 0)
     for stats in per_unit:
         if stats.get("settings_fingerprint") != settings_fp:
@@ -175,6 +178,10 @@ def finalize(_computed, output: str, units: list[str], manifest: Manifest, prime
     from pipelines.accounting import account_sources
 
     index, totals, per_unit = build_root_index(output, units, manifest.settings_fingerprint)
+    _, problems = DatasetDir(output).check_dead_letters(dict(zip(sorted(units), per_unit)))
+    if problems:  # the records the counts stand for are gone or damaged: never publish counts without them
+        raise _part_mismatch(output, problems[0].file.split("/")[-1].removesuffix(".jsonl"),
+                             f"does not reconcile with its dead letters ({problems[0]})")
     if prime is not None:
         digest = prime_digest(prime)
         for stats in per_unit:

@@ -12,6 +12,19 @@ Formats (by extension unless `format` is forced):
   * Plain text (`.txt`, `.text`, `.md`, optionally `.gz`/`.zst`): one document per file (a text
     file has no reliable record separator; a file is what its author meant as a unit).
 
+Hidden names are not input, the same for a folder and a glob: a file whose name, or a folder's
+below the input's root, starts with `.` or `_` (Spark's `_SUCCESS` and `_temporary/`, `.crc`
+files; Hadoop's and `pyarrow.dataset`'s rule) is skipped and counted (`Listing.hidden`; the run's
+report says how many), unless the input names such a component itself (`lake/_part.jsonl`,
+`lake/_*.jsonl`).
+
+What is listed but cannot be read is a source like any other, flagged, never dropped: a local
+sub-folder that cannot be listed (permissions), a dangling symlink or a symlink loop, and anything
+that is not a regular file (a FIFO would block `open()` forever; it is never opened) become a
+`SourceFile` with a `problem`, one unit that reads as one dead letter (`unreadable_folder` /
+`unreadable_file`, 0 documents, incomplete), so the manifest flags it. An input folder or a glob's
+folder that cannot be listed at all is refused.
+
 Units are named `u<file>-<part>` with zero padding, so sorted names are the intended global
 order. Files are ordered by input pattern, then by their name relative to the pattern's root
 (the folder before the first glob character, the folder itself, or a file's parent folder).
@@ -32,11 +45,15 @@ except the secret query parameters of a signed URL: its signature rotates, the f
 """
 from __future__ import annotations
 
+import errno
+import fnmatch
+import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pipelines.readers import Doc, dead_letter, read_unit  # noqa: F401  (re-exported)
+from pipelines.streams import irregular_kind
 from schemas import fingerprint_of, storage
 from schemas.identity import hasher, tagged
 from schemas.storage import object_version
@@ -49,6 +66,7 @@ EXTENSIONS = {
 }
 COMPRESSIONS = {".gz": "gz", ".zst": "zst", ".zstd": "zst"}
 GLOB_CHARS = "*?["
+HIDDEN_PREFIXES = (".", "_")  # hidden names: never input unless the input names them (module docstring)
 SAMPLE_BYTES = 64 << 10  # content fingerprint: this many bytes from each end of a file
 FINGERPRINT_THREADS = 16
 
@@ -66,6 +84,7 @@ class SourceFile:
     compression: str | None  # gz | zst | None
     name: str = ""  # path relative to its input pattern's root (location-independent)
     content: str = ""  # sha256 of the sampled content (see the module docstring)
+    problem: str = ""  # why it cannot be read, found while listing (then fmt is "unreadable" or "folder")
 
     @property
     def fingerprint(self) -> str:
@@ -83,6 +102,13 @@ class Unit:
     end: int  # exclusive; -1 = to the end of the file
     first_row: int = 0  # parquet: absolute index of the first row of the range
     source: int = 0  # index of the unit's file in the planned (manifest) source list
+    problem: str = ""  # its file's listing problem: read as one dead letter, storage never touched
+
+
+@dataclass(frozen=True)
+class Listing:
+    files: list[SourceFile]  # what the inputs name, in order; unreadable ones flagged with a `problem`
+    hidden: list[str]  # files skipped for a hidden name (redacted URIs)
 
 
 # -- expanding inputs -----------------------------------------------------------------------------
@@ -129,45 +155,130 @@ def content_hash(fs, path: str, size: int) -> str:
     return tagged(h)
 
 
-def expand_inputs(patterns: list[str], forced_format: str = "auto") -> list[SourceFile]:
+def _hidden(name: str, pattern_below_root: str) -> bool:
+    """A name with a component starting with `.` or `_`, unless the pattern spells such a component."""
+    if any(part.startswith(HIDDEN_PREFIXES) for part in pattern_below_root.split("/")):
+        return False
+    return any(part.startswith(HIDDEN_PREFIXES) for part in name.split("/"))
+
+
+def _could_hold(folder: str, pattern_below_root: str) -> bool:
+    """Whether files the pattern matches could lie in `folder` (relative to the pattern's root)."""
+    if not pattern_below_root:  # a folder input: everything below it
+        return True
+    parts = pattern_below_root.split("/")
+    for i, name in enumerate(folder.split("/")):
+        if "**" in parts[min(i, len(parts) - 1)]:  # any depth from here
+            return True
+        if i >= len(parts) - 1:  # the pattern's last component names files, not folders
+            return False
+        if not fnmatch.fnmatchcase(name, parts[i]):
+            return False
+    return True
+
+
+def _unlistable_folders(root: str, below: str) -> list[OSError]:
+    """The errors of local folders under `root` that cannot be listed and could hold matches:
+    fsspec's walk omits them silently (and does not pass its `on_error` down to sub-folders)."""
+    errors: list[OSError] = []
+
+    def unlisted(e: OSError) -> None:
+        if not isinstance(e, FileNotFoundError):  # gone (or never there): no files lost; "no such file" follows
+            errors.append(e)
+
+    for folder, dirs, _ in os.walk(root or ".", onerror=unlisted):
+        rel = os.path.relpath(folder, root or ".")
+        dirs[:] = [d for d in dirs if not _hidden(d, below) and
+                   _could_hold(d if rel == "." else posixpath.join(rel, d), below)]
+    return errors
+
+
+def _stat_problem(p: str, local: bool, e: Exception) -> str:
+    """Why a listed name cannot be looked at: a dangling symlink, a symlink loop, or the error."""
+    if local and os.path.islink(p):
+        try:
+            target = os.readlink(p)
+        except OSError:
+            target = "?"
+        what = "a symlink loop" if isinstance(e, OSError) and e.errno == errno.ELOOP else "a dangling symlink"
+        return redact_text(f"{what} (to {target}): {type(e).__name__}: {e.strerror or e}")
+    return redact_text(f"cannot look at it ({type(e).__name__}: {e})")
+
+
+def list_inputs(patterns: list[str], forced_format: str = "auto") -> Listing:
     """All files matched by the input URIs/globs/folders, in pattern order then by relative name;
-    fail fast on no match. A file matched by two patterns is taken once, where first matched."""
+    fail fast on no match. A file matched by two patterns is taken once, where first matched. What
+    cannot be read is listed with a `problem`; hidden names are skipped and counted (module docstring)."""
     if not patterns:
         raise InputError("no input given (--input URI_OR_GLOB)")
     seen: set[str] = set()
-    jobs = []  # (fs, path, uri, size, version, fmt, comp, name, order)
+    hidden: list[str] = []
+    jobs = []  # (fs, path, uri, size, version, fmt, comp, name, order, problem)
     for pi, pattern in enumerate(patterns):
         fs, path = storage.fs_and_path(pattern)
+        local = storage.is_local(pattern)
+        globbed = any(c in pattern for c in GLOB_CHARS)
         is_dir = False
         try:
             fs.invalidate_cache()  # listings cached by an earlier call (or another process's writes) go stale
-            if any(c in pattern for c in GLOB_CHARS):
+            if globbed:
                 paths = [p for p in fs.glob(path) if not fs.isdir(p)]
             elif fs.isdir(path):
                 is_dir = True
-                paths = [p for p in fs.find(path) if not posixpath.basename(p).startswith((".", "_"))]
-            elif fs.exists(path):
+                paths = fs.find(path)
+            elif fs.exists(path) or (local and fs.lexists(path)):  # a dangling symlink: listed, flagged
                 paths = [path]
             else:
                 paths = []
         except (OSError, ValueError) + storage.refusals() as e:  # no credentials is not an OSError
             raise InputError(redact_text(f"input {pattern}: cannot list ({type(e).__name__}: {e})")) from None
+        root = _pattern_root(path, pattern, is_dir)
+        below = path[len(root):].strip("/") if globbed else ""  # the pattern below its root
+        unlisted = _unlistable_folders(root, below) if local and (globbed or is_dir) else []
+        unlisted_problem: dict[str, str] = {}  # folder -> why it could not be listed
+        for e in unlisted:
+            folder = e.filename.rstrip("/") if isinstance(e.filename, str) else ""
+            if not folder or folder in (root.rstrip("/"), path.rstrip("/")):  # the input itself
+                raise InputError(redact_text(f"input {pattern}: cannot list ({type(e).__name__}: {e})")) from None
+            name = posixpath.relpath(folder, root)
+            if name.startswith("..") or _hidden(name, below) or not _could_hold(name, below):
+                continue
+            paths.append(folder)
+            unlisted_problem[folder] = redact_text(f"cannot list the folder ({type(e).__name__}: {e.strerror or e}): "
+                                                   "the files in it are not read")
         if not paths:
             raise InputError(f"input {redact_uri(pattern)}: no such file, or the glob matches no files")
-        root = _pattern_root(path, pattern, is_dir)
         for p in sorted(paths):
             uri = _full_uri(fs, p, pattern)
+            name = posixpath.relpath(p, root) if root else p
+            if (globbed or is_dir) and _hidden(name, below):
+                hidden.append(redact_uri(uri))
+                continue
             if uri in seen:
                 continue
             seen.add(uri)
-            info = fs.info(p)
-            fmt, comp = detect_format(uri, forced_format)
-            name = posixpath.relpath(p, root) if root else p
             name = redact_query(name) if "://" in uri else name  # a rotated signature is the same input
-            jobs.append((fs, p, uri, int(info.get("size") or 0), object_version(info), fmt, comp, name, (pi, name)))
+            order = (pi, name)
+            if p in unlisted_problem:
+                jobs.append((fs, p, uri, 0, "unlisted", "folder", None, name, order, unlisted_problem[p]))
+                continue
+            try:
+                info = fs.info(p)
+                kind = irregular_kind(p) if local else ("not a file" if info.get("type") == "other" else "")
+            except (OSError, ValueError) + storage.refusals() as e:  # a dangling symlink, a loop, vanished
+                jobs.append((fs, p, uri, 0, "unreadable", "unreadable", None, name, order, _stat_problem(p, local, e)))
+                continue
+            if kind:
+                problem = f"not a regular file ({kind}): never opened, it could block or never end"
+                jobs.append((fs, p, uri, 0, object_version(info), "unreadable", None, name, order, problem))
+                continue
+            fmt, comp = detect_format(uri, forced_format)
+            jobs.append((fs, p, uri, int(info.get("size") or 0), object_version(info), fmt, comp, name, order, ""))
 
     def one(job):
-        fs, p, uri, size, version, fmt, comp, name, _ = job
+        fs, p, uri, size, version, fmt, comp, name, _, problem = job
+        if problem:
+            return SourceFile(uri, size, version, fmt, comp, name, f"unreadable:{version}", problem)
         try:
             content = content_hash(fs, p, size)
         except (OSError, ValueError) + storage.refusals() as e:  # unreadable: dead-lettered on read; identity by version
@@ -177,7 +288,12 @@ def expand_inputs(patterns: list[str], forced_format: str = "auto") -> list[Sour
     with ThreadPoolExecutor(max_workers=min(FINGERPRINT_THREADS, max(1, len(jobs)))) as pool:
         files = list(pool.map(one, jobs))
     order = {f.uri: j[8] for f, j in zip(files, jobs)}
-    return sorted(files, key=lambda f: order[f.uri])
+    return Listing(sorted(files, key=lambda f: order[f.uri]), sorted(set(hidden)))
+
+
+def expand_inputs(patterns: list[str], forced_format: str = "auto") -> list[SourceFile]:
+    """`list_inputs(...).files`."""
+    return list_inputs(patterns, forced_format).files
 
 
 def source_fingerprint(files: list[SourceFile]) -> str:
@@ -229,5 +345,6 @@ def plan_units(files: list[SourceFile], rows_per_unit: int, bytes_per_unit: int)
             ranges = [(0, -1, 0)]
         pw = max(5, len(str(len(ranges))))
         for pi, (start, end, first) in enumerate(ranges):
-            units.append(Unit(f"u{fi:0{width}d}-{pi:0{pw}d}", f.uri, f.fmt, f.compression, start, end, first, fi))
+            units.append(Unit(f"u{fi:0{width}d}-{pi:0{pw}d}", f.uri, f.fmt, f.compression, start, end, first, fi,
+                              f.problem))
     return units

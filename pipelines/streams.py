@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 import zlib
 from typing import Iterator
@@ -30,8 +31,27 @@ class StreamError(Exception):
         self.kind, self.offset, self.decoded = kind, offset, decoded
 
 
+IRREGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+
+
+def irregular_kind(path: str) -> str:
+    """What a local path is when not a regular file ("a FIFO"; symlinks followed), else "": opening a
+    FIFO blocks until a writer comes, a device may never end; neither is input."""
+    mode = os.stat(path).st_mode
+    return next((what for test, what in IRREGULAR if test(mode)), "" if stat.S_ISREG(mode) else "not a file")
+
+
+def refuse_irregular(path: str) -> None:
+    kind = irregular_kind(path)
+    if kind:
+        raise OSError(f"not a regular file ({kind}): not opened")
+
+
 def open_unit(unit):
     fs, path = storage.fs_and_path(unit.uri)
+    if storage.is_local(unit.uri):
+        refuse_irregular(storage.local_path(unit.uri))  # replaced by a FIFO since planning: fail, never block
     return fs.open(path, "rb")
 
 
@@ -39,6 +59,7 @@ def open_unit(unit):
 def local_copy(unit) -> Iterator[str]:
     """A local path holding the unit's file: the file itself, or a spooled copy of a remote one."""
     if storage.is_local(unit.uri):
+        refuse_irregular(storage.local_path(unit.uri))
         yield storage.local_path(unit.uri)
         return
     with tempfile.TemporaryDirectory(prefix="pdistill-read-") as tmp:

@@ -9,7 +9,8 @@ cross the process boundary, never logits.
 `TeacherModelHandler` is what `RunInference` drives: it batches `Packed` sequences, forwards
 `inference_args` to the model call, and records Beam metrics (teacher tokens and seconds).
 `inspect_teacher` runs on the launcher before anything is scheduled: the checkpoint must be
-readable and its output vocabulary must cover the tokenizer.
+readable and its output vocabulary must cover the tokenizer; `check_tokenizer_fits` then refuses
+a --tokenizer that is not the teacher's (against the tokenizer saved in the checkpoint).
 """
 from __future__ import annotations
 
@@ -79,6 +80,37 @@ def check_vocab(teacher_vocab: int, tokenizer_len: int, teacher: str, tokenizer:
             f"teacher {teacher} produces logits over {teacher_vocab} ids but tokenizer {tokenizer} has "
             f"{tokenizer_len} tokens: the teacher cannot score every token; use the teacher's own tokenizer"
         )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_tokenizer_fits(teacher: "TeacherInfo", tokenizer, teacher_uri: str, tokenizer_uri: str,
+                         own_checked: bool) -> None:
+    """The tokenizer that encodes the corpus must speak the teacher's vocabulary, or the teacher
+    scores ids that mean other tokens to it and nothing says so. Refused: an id the tokenizer can
+    produce beyond the teacher's logits; and, when `own_checked` (a --tokenizer other than the
+    teacher's URI) and the checkpoint ships its own tokenizer, any id the two tokenizers both
+    have but spell differently. Not refused: logits padded beyond the tokenizer (usual), a
+    tokenizer copied elsewhere, or one that only adds or lacks tokens at ids the other lacks."""
+    vocab = tokenizer.get_vocab()
+    check_vocab(teacher.vocab_size, max(len(tokenizer), max(vocab.values(), default=-1) + 1), teacher_uri,
+                tokenizer_uri)
+    if not own_checked or not any(os.path.isfile(os.path.join(teacher.local_dir, n)) for n in TOKENIZER_FILES):
+        return
+    from transformers import AutoTokenizer
+
+    try:
+        own = AutoTokenizer.from_pretrained(teacher.local_dir).get_vocab()
+    except Exception:  # tokenizer files transformers cannot load: nothing to compare with
+        return
+    token_of = {i: t for t, i in own.items()}
+    for token, i in sorted(vocab.items(), key=lambda item: item[1]):
+        if token_of.get(i, token) != token:
+            raise TeacherError(
+                f"tokenizer {tokenizer_uri} is not the tokenizer of teacher {teacher_uri}: id {i} is {token!r} in "
+                f"it but {token_of[i]!r} in the tokenizer saved with the teacher, so the teacher would score "
+                "another vocabulary; use the teacher's own tokenizer (leave --tokenizer unset)")
 
 
 def _first_line(e: Exception) -> str:

@@ -6,7 +6,9 @@ error deep in the model); a batch whose logits do not fit is killed by the kerne
 message. Both are refused up front with an error naming the setting and the numbers: on the
 launcher (`check_fits`, from the checkpoint's config; memory only for the local DirectRunner,
 whose workers share the launcher's machine) and again on each worker after the model is loaded
-(`TeacherRunner`), where the device and its free memory are known.
+(`TeacherRunner`), where the device and its free memory are known. A CUDA `device` that the
+launcher's machine lacks is refused there too under the DirectRunner (`check_device`), instead of
+torch's driver traceback.
 
 The memory figure is a lower bound of what one forward holds at its peak, not a prediction:
 the [batch, seq_len, vocab] logits in the model's dtype, the per-sequence float32 working copy
@@ -170,13 +172,33 @@ def concurrent_forwards(config) -> int:
     return max(1, int(config.direct_num_workers or os.cpu_count() or 1))
 
 
+def check_device(device: str) -> None:
+    """A CUDA device asked for must exist here (the DirectRunner's workers share this machine):
+    otherwise torch fails in the first allocation with a driver traceback."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise TeacherLimitError(f"setting 'device' is {device!r} but torch sees no CUDA device on this machine "
+                                "(no GPU, or no driver); use --device cpu or auto")
+    index = device.partition(":")[2]
+    if index and (not index.isdigit() or int(index) >= count):
+        raise TeacherLimitError(f"setting 'device' is {device!r} but this machine has {count} CUDA device(s) "
+                                f"(cuda:0 to cuda:{count - 1})")
+
+
 def check_fits(teacher, config) -> None:
     """Launcher-side checks (see the module docstring); `teacher` is `pipelines.teacher.TeacherInfo`."""
+    local = config.runner.lower() in ("directrunner", "direct", "bundlebaseddirectrunner")
+    if local:
+        check_device(config.device)
     shape = teacher.shape
     if shape is None:
         return
     check_positions(config.seq_len, shape, config.teacher)
-    if config.runner.lower() not in ("directrunner", "direct", "bundlebaseddirectrunner"):
+    if not local:
         return  # remote workers check their own device (TeacherRunner)
     device = local_device(config.device)
     elt = local_dtype_bytes(device, config.dtype)

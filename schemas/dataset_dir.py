@@ -18,8 +18,9 @@ preflight; `pdistill inspect`; the demo) goes through it, so the layout is named
 
 Decision on samples: `schemas` imports numpy and the standard library only (fsspec inside
 functions), and mosaicml-streaming imports torch, so `DatasetDir` does not open samples itself;
-`stream_args(cache_dir)` gives the `remote`/`local` arguments of a `streaming.Stream` (remote
-read through `<cache_dir>/<key of the URI>`, so the dataset folder is never written to), and the
+`stream_args(cache_dir, identity=...)` gives the `remote`/`local` arguments of a `streaming.Stream`
+(remote read through `<cache_dir>/<key of the URI and the dataset's content>`, so the dataset folder
+is never written to and a changed dataset never reads an old cache), and the
 trainer's `trainer.data` constructs the one `StreamingDataset` that trainer and inspect use.
 """
 from __future__ import annotations
@@ -35,6 +36,8 @@ from schemas.errors import CorruptDataset, IncompleteDataset, ManifestError
 from schemas.identity import hex_digest
 from schemas.integrity import Problem, Verification, check_shards, list_files, stored_file
 from schemas.manifest import Manifest
+from schemas.redact import redact_uri
+from schemas.shard_names import check_names, name_problems
 
 SETTINGS_NAME = "_settings.json"
 MANIFEST_NAME = "manifest.json"
@@ -105,7 +108,22 @@ class DatasetDir:
         return create_if_absent(self.settings_uri, body.encode("utf-8"))
 
     def read_claim(self) -> Optional[dict]:
-        return json.loads(storage.read_text(self.settings_uri)) if storage.exists(self.settings_uri) else None
+        """The claim's record, None when there is none; `schemas.claim.ClaimError` (naming the
+        file) when it is not a JSON object: empty, cut short, not UTF-8, or someone else's file."""
+        from schemas.claim import ClaimError
+
+        if not storage.exists(self.settings_uri):
+            return None
+        data = storage.read_bytes(self.settings_uri)
+        try:
+            record = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            what = "empty" if not data.strip() else f"not valid JSON ({e})"
+            raise ClaimError(f"{redact_uri(self.settings_uri)}: {what}") from None
+        if not isinstance(record, dict):
+            kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(record), "number")
+            raise ClaimError(f"{redact_uri(self.settings_uri)}: not a settings record (a JSON {kind}, not an object)")
+        return record
 
     def top_level(self) -> TopLevel:
         """Names at the top of the folder ([] when absent; [its own name] when the URI is a file)."""
@@ -195,7 +213,11 @@ class DatasetDir:
         return json.loads(storage.read_text(storage.join(self.part_uri(unit), STATS_NAME)))
 
     def read_part_index(self, unit: str) -> dict:
-        return json.loads(storage.read_text(storage.join(self.part_uri(unit), INDEX_NAME)))
+        """A part's index; CorruptDataset when a shard name in it is not a plain file name."""
+        uri = storage.join(self.part_uri(unit), INDEX_NAME)
+        index = json.loads(storage.read_text(uri))
+        check_names(index, None, where=redact_uri(uri))
+        return index
 
     # -- publishing ----------------------------------------------------------------------------
     def root_index(self, units: list[str]) -> dict:
@@ -285,6 +307,7 @@ class DatasetDir:
             raise IncompleteDataset(f"dataset {self.uri}: {INDEX_NAME} is not valid JSON ({e})") from None
         if not isinstance(index, dict) or not isinstance(index.get("shards"), list) or not index["shards"]:
             raise IncompleteDataset(f"dataset {self.uri}: {INDEX_NAME} lists no shards")
+        check_names(index, PARTS_DIR, where=f"dataset {redact_uri(self.uri)}: {INDEX_NAME}")  # before any shard is read
         manifest = Manifest.from_json(storage.read_text(self.manifest_uri), where=self.manifest_uri) if has_manifest else None
         return index, manifest
 
@@ -294,7 +317,8 @@ class DatasetDir:
         manifest and root index exist and parse; every listed shard exists with its size and
         (unless `hashes=False`) hash; every part folder a shard lives in keeps its index and their
         number is the manifest's `counts.units`; the index's sample total is `counts.sequences`
-        and the counts reconcile (documents = packed + dead letters)."""
+        and the counts reconcile (documents = packed + dead letters), also with the dead-letter
+        records on storage (`_check_records`; read only with `hashes`, else from the listing)."""
         v = Verification(uri=self.uri, hashed=hashes)
         listing = list_files(self.uri)
         if not listing:
@@ -319,6 +343,9 @@ class DatasetDir:
             if v.index is not None and not (isinstance(v.index, dict) and isinstance(v.index.get("shards"), list)):
                 v.problems.append(Problem(INDEX_NAME, "has no list of shards"))
                 v.index = None
+            if v.index is not None and name_problems(v.index, PARTS_DIR):  # nothing is read by such names
+                v.problems += [Problem(INDEX_NAME, p) for p in name_problems(v.index, PARTS_DIR)]
+                v.index = None
         if v.index is not None:
             problems, v.shards_checked, v.bytes_checked = check_shards(self.uri, v.index, listing,
                                                                        index_name=INDEX_NAME, hashes=hashes)
@@ -335,6 +362,7 @@ class DatasetDir:
                 if in_index != c.sequences:
                     v.problems.append(Problem(INDEX_NAME, f"lists {in_index} sequences, {MANIFEST_NAME} counts {c.sequences}"))
             v.problems += self._check_prime(v.manifest, listing)
+        v.problems += self._check_records(listing, v.manifest, deep=hashes)
         return v
 
     def _check_prime(self, manifest: Manifest, listing: dict[str, int]) -> list[Problem]:
@@ -358,9 +386,7 @@ class DatasetDir:
 
     def _check_part_files(self, index: dict, listing: dict[str, int]) -> list[Problem]:
         """Each published part's index.json parses and lists the shards the root index takes from
-        it, and its stats.json (the counts a re-publish sums), where there is one, parses. (A
-        missing stats.json is not reported: datasets built by other tools, like the test fixtures,
-        have none, and reading and training never need it.)"""
+        it (its stats.json: `_check_records`)."""
         problems = []
         for unit, n in sorted(_shards_per_part(index).items()):
             where = f"{PARTS_DIR}/{unit}"
@@ -369,6 +395,7 @@ class DatasetDir:
             try:
                 part = json.loads(storage.read_text(storage.join(self.part_uri(unit), INDEX_NAME)))
                 listed = len(part["shards"]) if isinstance(part, dict) and isinstance(part.get("shards"), list) else None
+                problems += [Problem(f"{where}/{INDEX_NAME}", p) for p in name_problems(part, None)]
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 problems.append(Problem(f"{where}/{INDEX_NAME}", f"not valid JSON ({e})"))
                 listed = n
@@ -376,15 +403,86 @@ class DatasetDir:
                 problems.append(Problem(f"{where}/{INDEX_NAME}", "has no list of shards"))
             elif listed != n:
                 problems.append(Problem(f"{where}/{INDEX_NAME}", f"lists {listed} shards, {INDEX_NAME} takes {n} from it"))
-            if f"{where}/{STATS_NAME}" not in listing:
+        return problems
+
+    def _check_records(self, listing: dict[str, int], manifest: Optional[Manifest], deep: bool) -> list[Problem]:
+        """The counts a re-publish sums and the dead letters they count (`schemas.dead_letters`).
+        From the listing: every published part of a pipeline output (one with our claim, or whose
+        manifest accounts per source) keeps its stats.json (other tools' datasets, like the test
+        fixtures, have none; reading and training never need it), and a manifest that counts dead
+        letters has dead_letter/ records. `deep` (one small read per part and per dead-letter
+        file): each stats.json parses, each unit's records reconcile with it, all with the manifest."""
+        from schemas.dead_letters import Tally, against_manifest, tally
+
+        published = sorted(_published_parts(listing))
+        ours = SETTINGS_NAME in listing or (manifest is not None and any(s.documents is not None for s in manifest.sources))
+        stats, problems = self.part_stats([u for u in published if ours or self._stats_where(u) in listing], listing,
+                                          read=deep)
+        letter_files = sorted(p for p in listing if p.startswith(DEAD_LETTER_DIR + "/"))
+        if not deep:
+            if manifest is not None and not letter_files:
+                problems += against_manifest(Tally(), manifest.counts, DEAD_LETTER_DIR, MANIFEST_NAME)
+            return problems
+        total, bad = self.check_dead_letters(stats, listing, units=published)
+        problems += bad
+        for name in sorted(set(letter_files) - {self._letters_where(u) for u in published}):
+            found, bad = tally(storage.read_bytes(self._at(*name.split("/"))), name)  # a unit without its part
+            total, problems = total + found, problems + bad
+        if manifest is not None:
+            problems += against_manifest(total, manifest.counts, DEAD_LETTER_DIR, MANIFEST_NAME)
+        return problems
+
+    @staticmethod
+    def _stats_where(unit: str) -> str:
+        return f"{PARTS_DIR}/{unit}/{STATS_NAME}"
+
+    @staticmethod
+    def _letters_where(unit: str) -> str:
+        return f"{DEAD_LETTER_DIR}/{unit}.jsonl"
+
+    def part_stats(self, units: list[str], listing: Optional[dict[str, int]] = None,
+                   read: bool = True) -> tuple[dict[str, dict], list[Problem]]:
+        """The units' stats.json (the counts a publish sums), each checked: missing, not JSON or
+        not an object is a `Problem` naming it. `listing`: `list_files` of the dataset, if at hand."""
+        listing = list_files(self.uri) if listing is None else listing
+        stats, problems = {}, []
+        for unit in units:
+            where = self._stats_where(unit)
+            if where not in listing:
+                problems.append(Problem(where, "missing: the part's counts, which the manifest sums (a re-publish "
+                                               "reads it)"))
+                continue
+            if not read:
                 continue
             try:
-                stats = json.loads(storage.read_text(storage.join(self.part_uri(unit), STATS_NAME)))
-                if not isinstance(stats, dict):
-                    problems.append(Problem(f"{where}/{STATS_NAME}", "is not a JSON object"))
+                stats[unit] = json.loads(storage.read_text(storage.join(self.part_uri(unit), STATS_NAME)))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                problems.append(Problem(f"{where}/{STATS_NAME}", f"not valid JSON ({e})"))
-        return problems
+                problems.append(Problem(where, f"not valid JSON ({e})"))
+                continue
+            if not isinstance(stats[unit], dict):
+                problems.append(Problem(where, "is not a JSON object"))
+                del stats[unit]
+        return stats, problems
+
+    def check_dead_letters(self, stats: dict[str, dict], listing: Optional[dict[str, int]] = None,
+                           units: Optional[list[str]] = None):
+        """(`schemas.dead_letters.Tally` of the records read, problems): each unit's dead-letter
+        records (of `units`, default those of `stats`) parse and reconcile with its stats.json,
+        where `stats` holds it. `listing`: `list_files` of the dataset, if at hand."""
+        from schemas.dead_letters import Tally, against_stats, tally
+
+        if listing is None:
+            listing = {f"{DEAD_LETTER_DIR}/{n}": size for n, size in list_files(self._at(DEAD_LETTER_DIR)).items()}
+        total, problems = Tally(), []
+        for unit in sorted(stats) if units is None else units:
+            where, found, bad = self._letters_where(unit), None, []
+            if where in listing:
+                found, bad = tally(storage.read_bytes(self.dead_letter_uri(unit)), where)
+                total += found
+            problems += bad
+            if unit in stats and not bad:
+                problems += against_stats(found, stats[unit], where, self._stats_where(unit))
+        return total, problems
 
     def check_shards(self, index: dict) -> None:
         """Every shard the index lists exists with its recorded size and hash; raises
@@ -401,15 +499,18 @@ class DatasetDir:
         """The URI as streaming's `remote` (an absolute path for a local dataset)."""
         return os.path.abspath(storage.local_path(self.uri)) if storage.is_local(self.uri) else self.uri
 
-    @property
-    def cache_key(self) -> str:
-        """This dataset's folder name inside a cache (equal for equal locations)."""
-        uri = os.path.abspath(storage.local_path(self.uri)) if storage.is_local(self.uri) else self.uri
-        return hex_digest(uri, 16)
+    def cache_key(self, identity: str) -> str:
+        """This dataset's folder name inside a cache: its location and its content identity
+        (`schemas.identity.dataset_identity`, manifest and root index with every shard's hash),
+        so a dataset replaced at one location never meets the old one's cached shards or index
+        (streaming reuses whatever a cache folder holds under a shard's name)."""
+        return hex_digest(f"{self.remote}\n{identity}", 16)
 
-    def stream_args(self, cache_dir: str, local: Optional[str] = None) -> dict:
-        """`remote` and `local` for a `streaming.Stream` reading this dataset through `cache_dir`."""
-        return {"remote": self.remote, "local": local or os.path.join(cache_dir, self.cache_key)}
+    def stream_args(self, cache_dir: str, local: Optional[str] = None, *, identity: str) -> dict:
+        """`remote` and `local` for a `streaming.Stream` reading this dataset (content `identity`)
+        through `cache_dir`, or through the stream's own `local` folder: either way in the
+        sub-folder `cache_key(identity)`, never in the folder itself."""
+        return {"remote": self.remote, "local": os.path.join(local or cache_dir, self.cache_key(identity))}
 
 
 def _shards_per_part(index: dict) -> dict[str, int]:
@@ -421,6 +522,12 @@ def _shards_per_part(index: dict) -> dict[str, int]:
         if len(parts) == 3 and parts[0] == PARTS_DIR:
             out[parts[1]] = out.get(parts[1], 0) + 1
     return out
+
+
+def _published_parts(listing: dict[str, int]) -> set[str]:
+    """Units whose part folder holds its index.json (the part's commit marker)."""
+    return {p.split("/")[1] for p in listing if p.startswith(PARTS_DIR + "/") and p.endswith("/" + INDEX_NAME)
+            and p.count("/") == 2}
 
 
 def _check_parts(index: dict, manifest: Optional[Manifest], listing: dict[str, int]) -> list[Problem]:

@@ -44,6 +44,14 @@ def fingerprint_json(obj: Any, *, default=None, digits: int | None = None) -> st
     return PREFIX + json_digest(obj, default=default, digits=digits)
 
 
+def dataset_identity(manifest_json: str | None, index: dict) -> str:
+    """Content identity of a dataset: its manifest and root index (shard names, sizes and hashes),
+    not its URI. Autoresume compares it, and the shard cache is keyed by it, so a dataset replaced
+    at the same location is neither resumed into nor read from the old one's cache."""
+    return fingerprint_json({"manifest": json.loads(manifest_json) if manifest_json else None, "index": index},
+                            default=str, digits=16)
+
+
 def fingerprint_files(named_paths: Iterable[tuple[bytes, str]], block: int = 1 << 22) -> str:
     """sha256 over (prefix bytes, file content) pairs in order: each prefix, then the file's bytes."""
     h = hasher()

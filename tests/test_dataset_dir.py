@@ -66,11 +66,13 @@ def test_a_part_is_published_with_its_index_last(dataset, tmp_path):
 
 def test_samples_are_read_through_a_cache_folder_outside_the_dataset(tmp_path):
     path = str(tmp_path / "ds")
-    a, b = DatasetDir(path).stream_args(str(tmp_path / "cache")), DatasetDir("file://" + path).stream_args(str(tmp_path / "cache"))
+    ident = "sha256:0123456789abcdef"
+    a = DatasetDir(path).stream_args(str(tmp_path / "cache"), identity=ident)
+    b = DatasetDir("file://" + path).stream_args(str(tmp_path / "cache"), identity=ident)
     assert a == b and a["remote"] == path
     assert os.path.dirname(a["local"]) == str(tmp_path / "cache")
-    assert DatasetDir(path).stream_args("/c", local="/mine")["local"] == "/mine"
-    assert DatasetDir("s3://bucket/ds").stream_args("/c")["remote"] == "s3://bucket/ds"
+    assert os.path.dirname(DatasetDir(path).stream_args("/c", local="/mine", identity=ident)["local"]) == "/mine"
+    assert DatasetDir("s3://bucket/ds").stream_args("/c", identity=ident)["remote"] == "s3://bucket/ds"
 
 
 def test_one_claim_wins_and_holds_the_first_record(tmp_path):

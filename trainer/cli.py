@@ -52,6 +52,9 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from schemas.redact import redact_process_output, redact_text, remember_secrets
+
+    redact_process_output(argv)
     args = parser().parse_intermixed_args(argv)
 
     from trainer.config import ConfigError, load_config
@@ -63,12 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides_from_args(args))
     except ConfigError as e:
-        print(f"pdistill train: config error: {e}", file=sys.stderr)
+        print(f"pdistill train: config error: {redact_text(str(e))}", file=sys.stderr)
         return 2
+    remember_secrets(cfg.to_dict())  # URIs of the config file too
     if args.print_config:
         import yaml
 
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        print(redact_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
         return 0
 
     from trainer.train import build_trainer
@@ -76,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = build_trainer(cfg)
     except USER_ERRORS as e:
-        print(f"pdistill train: refused: {e}", file=sys.stderr)
+        print(f"pdistill train: refused: {redact_text(str(e))}", file=sys.stderr)
         return 2
     try:
         trainer.fit()
     except USER_ERRORS as e:  # e.g. a shard found corrupt while streaming
-        print(f"pdistill train: stopped: {e}", file=sys.stderr)
+        print(f"pdistill train: stopped: {redact_text(str(e))}", file=sys.stderr)
         return 2
     finally:
         trainer.close()

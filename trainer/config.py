@@ -79,7 +79,9 @@ class Section(BaseModel):
 
 class StreamConfig(Section):
     uri: Str = Field(min_length=1, description="dataset root written by the pipeline (local path, file://, s3://, gs://)")
-    local: Optional[Str] = Field(None, description="local cache dir for this stream (default: <data.local_cache>/<n>)")
+    local: Optional[Str] = Field(None, description="local cache folder for this stream (default: under data.local_cache); "
+                                 "its shards are kept in a sub-folder named after the dataset's location and content "
+                                 "(manifest and root index), so a changed dataset never reads an old cache")
     proportion: Optional[Float] = Field(None, ge=0, description="share of each epoch (all streams or none)")
     repeat: Optional[Float] = Field(None, ge=0, description="or: up/down-sampling factor")
     choose: Optional[Int] = Field(None, ge=0, description="or: exact number of samples per epoch")
@@ -95,7 +97,10 @@ class StreamConfig(Section):
 class DataConfig(Section):
     streams: list[StreamConfig] = Field([], min_length=1, validate_default=True,
                                         description="one or more datasets (YAML list of {uri, ...})")
-    local_cache: Optional[Str] = Field(None, description="root for local shard caches (null: a temp dir per run)")
+    local_cache: Optional[Str] = Field(None, description="root of the local shard caches, kept between runs (null: "
+                                       "<system temp dir>/pdistill-cache/<run.run_name or config digest>); each dataset "
+                                       "is cached in a folder named after its location and content (manifest and root "
+                                       "index with every shard's hash), so a changed dataset is never read from an old cache")
     batch_size: Int = Field(8, gt=0, description="GLOBAL batch (sequences per optimizer step), divided by world size")
     microbatch_size: Optional[Int] = Field(None, gt=0, description="per-device microbatch (null: whole device batch)")
     shuffle: Bool = True
@@ -136,6 +141,13 @@ class ModelConfig(Section):
         return self
 
 
+def _wsd_by_default(value):
+    """A schedule section without a name is WSD (the paper's best LR schedule, and PD*'s alpha):
+    so `distill.alpha.peak=0.5` on a config without an alpha section is the default schedule with
+    that peak, and an out-of-range value names its range, not a missing `name`."""
+    return {**value, "name": "wsd"} if isinstance(value, dict) and "name" not in value else value
+
+
 class DistillConfig(Section):
     mode: Literal["offline", "live", "none"] = Field("offline", description="none = LM only, no teacher read")
     kind: Literal["forward_kl", "reverse_kl", "soft_ce", "mse"] = "forward_kl"
@@ -146,8 +158,9 @@ class DistillConfig(Section):
     tail: Bool = Field(False, description="support full only: dropped teacher mass as one extra bucket")
     tau_squared: Bool = Field(False, description="multiply the KD loss by tau^2")
     chunk_size: Optional[Int] = Field(1024, gt=0, description="positions per chunk in the loss (null: all at once)")
-    alpha: Optional[AlphaSchedule] = Field(None, description="alpha schedule {name: constant|linear|cosine|wsd|periodic, "
-                                           "...} (null: PD* WSD, or constant 0 for mode none)")
+    alpha: Annotated[Optional[AlphaSchedule], BeforeValidator(_wsd_by_default)] = Field(
+        None, description="alpha schedule {name: constant|linear|cosine|wsd|periodic, ...} (null: PD* WSD, or "
+        "constant 0 for mode none; a section without a name is wsd)")
     teacher: Optional[Str] = Field(None, description="live mode: teacher checkpoint dir/URI")
     top_p: Float = Field(0.95, gt=0, le=1, description="live mode truncation (offline: fixed by the dataset)")
     top_k: Int = Field(50, gt=0)
@@ -198,11 +211,6 @@ class WSDLR(CosineLR):
     name: Literal["wsd"] = "wsd"
     t_decay: Span = Field("0.1dur", description="length of the final decay")
     decay_shape: Literal["cosine", "linear"] = "cosine"
-
-
-def _wsd_by_default(value):
-    """A scheduler section without a name is WSD (the paper's best LR schedule)."""
-    return {**value, "name": "wsd"} if isinstance(value, dict) and "name" not in value else value
 
 
 # The learning-rate schedule, picked by `name`; each takes only its own keys (no t_decay for cosine).

@@ -20,9 +20,11 @@ streams with proportion / repeat / choose, shuffle, partition, prefetch and hash
 `CheckedStream`, which checks the hash itself before streaming does; streaming's own errors
 are never matched by their text. Every
 stream is read through a local cache folder (`DatasetDir.stream_args`: `remote` = the dataset URI,
-local or s3:// gs:// ..., `local` = `<cache_dir>/<key of the URI>`), so the dataset folder itself
-is never written to (streaming would otherwise decompress shards in place) and hash validation
-applies uniformly.
+local or s3:// gs:// ..., `local` = `<cache_dir or the stream's local>/<key of the URI and the
+dataset's content identity>`), so the dataset folder itself is never written to (streaming would
+otherwise decompress shards in place), hash validation applies uniformly, and a dataset replaced
+at the same URI never reads the old one's cached index or shards. No shard name from an index
+leads out of the cache (`schemas.shard_names`, and `CheckedStream` where files are written).
 
 Alignment (see `DistillCollator`): the stored teacher signal at position t is the teacher's
 distribution of token t + 1 given tokens[: t + 1], which is exactly what the student's logits at t
@@ -42,13 +44,16 @@ import numpy as np
 from streaming import Stream, StreamingDataset
 from streaming.base.compression import decompress
 from streaming.base.hashing import get_hash
+from streaming.base.format import get_index_basename
 
-from schemas import DatasetDir, IncompatibleDataset, Manifest, check_compatible
+from schemas import PARTS_DIR, DatasetDir, IncompatibleDataset, Manifest, check_compatible
 from schemas import storage
-from schemas.errors import CorruptDataset, IncompleteDataset  # noqa: F401  (part of this module's API)
+from schemas.errors import CodecError, CorruptDataset, IncompleteDataset  # noqa: F401  (part of this module's API)
+from schemas.identity import dataset_identity
+from schemas.redact import redact_uri
 from schemas.sample import decode_dense
+from schemas.shard_names import check_names
 from trainer.config import ConfigError, DataConfig
-from trainer.fingerprint import dataset_identity
 from trainer.teacher_batch import TeacherBatch
 
 log = logging.getLogger(__name__)
@@ -155,8 +160,9 @@ class DistillDataset(StreamingDataset):
             self.codecs, self.top_k = [], 0
         self._vocab_limit = expect.vocab_size or (manifest.vocab_size if manifest else None)
         self._bg_error: Optional[BaseException] = None
-        streams = [CheckedStream(**DatasetDir(s.uri).stream_args(cache_dir, s.local), proportion=s.proportion,
-                                 repeat=s.repeat, choose=s.choose) for s in data.streams]
+        streams = [CheckedStream(**DatasetDir(s.uri).stream_args(cache_dir, s.local, identity=ident), index=info.index,
+                                 proportion=s.proportion, repeat=s.repeat, choose=s.choose)
+                   for s, info, ident in zip(data.streams, infos, self.identities)]
         super().__init__(
             streams=streams, batch_size=batch_size, shuffle=data.shuffle, shuffle_seed=data.shuffle_seed,
             shuffle_algo=data.shuffle_algo, num_canonical_nodes=data.num_canonical_nodes,
@@ -202,7 +208,19 @@ class DistillDataset(StreamingDataset):
         return super().__getitem__(idx)  # damaged shards raise CorruptDataset (`CheckedStream`)
 
     def __getitem__(self, idx):  # type: ignore[override]
-        return self.decode(self.raw(idx), self.stream_of(idx))
+        raw, stream = self.raw(idx), self.stream_of(idx)
+        try:
+            return self.decode(raw, stream)
+        except CorruptDataset:
+            raise
+        except (CodecError, ValueError, IndexError) as e:  # bytes that pass no hash check (validate_hash off)
+            raise CorruptDataset(f"dataset {self.uris[stream]}: shard {self.shard_name(idx)}: sample "
+                                 f"{int(raw.get('sample_id', -1))} does not decode ({type(e).__name__}: {e})") from None
+
+    def shard_name(self, idx: int) -> str:
+        """The stored file (relative to its dataset) of the shard sample ``idx`` lives in."""
+        raw_info, zip_info = self.shards[int(self.spanner[idx][0])].file_pairs[0]
+        return (zip_info or raw_info).basename
 
     def stream_of(self, idx: int) -> int:
         """Which of ``data.streams`` sample ``idx`` lives in."""
@@ -244,7 +262,53 @@ class CheckedStream(Stream):
     shard that does not decompress as the zstd binding's error. We read each fetched shard once,
     check its hash with streaming's own function and decompress it here, so a shard is hashed once
     (streaming would hash it a second time) and each failure has its type and the shard's name.
-    Overrides two private methods of mosaicml-streaming 0.13.0 (pinned); recheck on an upgrade."""
+    It also keeps every file it writes inside its cache folder: the index streaming reads is the
+    one the preflight checked and keyed the cache by (`index`, written here, never fetched again),
+    its shard names are checked (`schemas.shard_names`) before any shard is fetched, and each path
+    is checked against the cache folder where it is written (`_download_file`, decompression).
+    Overrides private methods of mosaicml-streaming 0.13.0 (pinned); recheck on an upgrade."""
+
+    def __init__(self, *, index: Optional[dict] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.index = index
+
+    @property
+    def root(self) -> str:
+        """The folder this stream may write in: streaming's `<local>/<split>`."""
+        return os.path.join(self.local, self.split)
+
+    def inside(self, path: str, root: str, what: str, resolve: bool = True) -> str:
+        """`path`, unless it lies outside `root` (CorruptDataset naming the dataset and path); with
+        `resolve`, after following symbolic links (a link planted in the cache may not lead out)."""
+        norm = os.path.realpath if resolve else (lambda p: os.path.normpath(os.path.abspath(p)))
+        if os.path.commonpath([norm(root), norm(path)]) != norm(root):
+            raise CorruptDataset(f"dataset {redact_uri(self.remote or '')}: {what} {path!r} is outside {root}; refused")
+        return path
+
+    def get_shards(self, world, allow_unsafe_types: bool) -> list:  # type: ignore[override]
+        """streaming's index reading, over the preflight's index and after its names are checked."""
+        import json
+
+        filename = os.path.join(self.root, get_index_basename())
+        if self.index is not None and world.is_local_leader and not os.path.exists(filename):
+            os.makedirs(self.root, exist_ok=True)
+            tmp = f"{filename}.tmp-{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(self.index, f)
+            os.replace(tmp, filename)
+        self.index = None  # written; not carried into DataLoader workers
+        shards = super().get_shards(world, allow_unsafe_types)  # builds readers; reads no shard
+        names = [{key: {"basename": info.basename} for key, info in zip(("raw_data", "zip_data"), pair) if info}
+                 for shard in shards for pair in shard.file_pairs]
+        check_names({"shards": names}, PARTS_DIR, where=f"dataset {redact_uri(self.remote or '')}: {filename}")
+        return shards
+
+    def _download_file(self, from_basename: str, to_basename: Optional[str] = None) -> str:  # type: ignore[override]
+        self.inside(os.path.join(self.root, to_basename or from_basename), self.root, "cache file")
+        if self.remote and storage.is_local(self.remote):
+            self.inside(os.path.join(self.remote, self.split, from_basename), os.path.join(self.remote, self.split),
+                        "shard file", resolve=False)  # a dataset may link its shard files from elsewhere
+        return super()._download_file(from_basename, to_basename)
 
     def _check_hash(self, info, data: bytes) -> None:
         algo = self.validate_hash
@@ -267,6 +331,7 @@ class CheckedStream(Stream):
             data = decompress(compression, data)
         except _zstd_error() as e:
             raise CorruptDataset(f"dataset {self.remote}: shard {zip_info.basename} does not decompress ({e})") from e
+        self.inside(raw_filename, self.root, "cache file")
         tmp_filename = raw_filename + ".tmp"
         with open(tmp_filename, "wb") as out:
             out.write(data)

@@ -6,7 +6,7 @@ resume with another dataset, loss, batch or learning rate would silently continu
 run (or, for the LR, silently keep the old one). So the run's fingerprint, a flat mapping of
 dotted keys, is saved with each checkpoint (a Composer callback's state) and compared on load:
 
-  data.streams[i].dataset   content identity of each dataset (its manifest and root index)
+  data.streams[i].dataset   content identity of each dataset (`schemas.identity.dataset_identity`)
   data.streams[i].{proportion,repeat,choose}, data.{batch_size (GLOBAL), shuffle, shuffle_seed,
     shuffle_algo, num_canonical_nodes, partition_algo, num_workers}   the sample order
   model.shape, model.hf_config, model.checkpoint, model.tokenizer     the student
@@ -21,7 +21,6 @@ Composer's weight loading, before this check; `build_trainer` reports that as mo
 """
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Optional
 
@@ -41,11 +40,6 @@ FINGERPRINT_SECTIONS = ("data.streams", "data", "model", "distill", "optim", "sc
 
 def _sha(obj: Any) -> str:
     return fingerprint_json(obj, default=str, digits=16)
-
-
-def dataset_identity(manifest_json: Optional[str], index: dict) -> str:
-    """Content identity of a dataset: its manifest and root index (shard hashes), not its URI."""
-    return _sha({"manifest": json.loads(manifest_json) if manifest_json else None, "index": index})
 
 
 def model_shape(student) -> str:

@@ -145,10 +145,13 @@ def build_teacher(cfg: TrainConfig, cache_root: Optional[str], student_fp: str):
 
 
 def cache_root_for(cfg: TrainConfig) -> str:
-    """Local shard cache root: data.local_cache, else a temp folder named after the run.
+    """Local cache root (shards, fetched models): data.local_cache, else a folder under the system
+    temp dir named after the run, kept between runs.
 
     Ranks on one node must agree on it (streaming shares one cache per node), so the default is
-    derived from the run name (or the config), never from the process.
+    derived from the run name (or the config), never from the process. Reusing it is safe: each
+    dataset is cached in a folder keyed by its content (`DatasetDir.stream_args`), so a dataset
+    replaced at the same URI is fetched again, never read from the old one's cache.
     """
     if cfg.data.local_cache:
         return cfg.data.local_cache
