@@ -14,7 +14,7 @@ One run prints four tables, all on the same teacher logits and truncations:
    quantiser, dictionary layout, entropy coder, next-token hint, repeats, level contexts, and the
    id priors measured and not built: bench/codec_candidates.py), bytes per kept entry and codec
    KL; compact5 (compact4 primed with the teacher's signal on the --prime-tokens held-out tokens
-   that follow the bench's: schemas/codec_compact5.py); and compact2, compact3, compact4 and
+   that follow the bench's: schemas/codecs/prime.py); and compact2, compact3, compact4 and
    compact5 on the same tokens as one long sample (the pipeline's
    default seq_len is 2048; the bench's rows use 512-token samples, where the per-sample
    dictionary weighs more and fewer tokens recur).
@@ -40,7 +40,7 @@ import zstandard
 from bench.codec_candidates import AFTER_COMPACT3, CANDIDATES
 from schemas import Compact2Codec, Compact3Codec, Compact4Codec, CompactCodec, ExactCodec, build_sample, mds_columns, sample_select, truncate_tensor
 from schemas import fidelity
-from schemas.codec_compact5 import Compact5Codec, Prime
+from schemas.codecs import Compact5Codec, Prime
 from schemas.kept import KeptEntries
 
 KL_TARGETS = (2e-4, 4e-4, 8e-4, 2e-3, 5e-3)  # compact4 precisions swept in the Pareto table (8e-4: the default)
@@ -162,7 +162,7 @@ def tokens_only_bytes(toks: list[np.ndarray], vocab: int, k: int, seq_len: int) 
 def round_trip(codec, subs: list[KeptEntries], toks: list[np.ndarray]) -> tuple[KeptEntries, float]:
     """KeptEntries signal of all samples (concatenated) and the encode+decode seconds."""
     t0 = time.perf_counter()
-    if getattr(codec, "needs_tokens", False):
+    if codec.needs_tokens:
         decs = [codec.decode(s.counts, codec.encode(s, tokens=tk), tokens=tk) for s, tk in zip(subs, toks)]
     else:
         decs = [codec.decode(s.counts, codec.encode(s)) for s in subs]

@@ -25,19 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas import entropy, varint
-from schemas.codec import _sorted_by_id
-from schemas.codec_compact2 import (
-    Compact2Codec,
-    _classes,
-    _count_classes,
-    _dictionary_order,
-    _drops,
-    _encode_numbers,
-    _entry_order,
-    _fresh_streams,
-    _structure,
-)
+from schemas.codecs import Compact2Codec, Compact3Codec, Compact4Codec, entropy, varint
+from schemas.codecs.dictionary import dictionary_order, fresh_streams
+from schemas.codecs.numbers import classes, count_classes, encode_numbers
+from schemas.codecs.segments import sorted_by_id
+from schemas.codecs.structure import drops, entry_order, structure
 from schemas.kept import KeptEntries
 
 
@@ -48,7 +40,7 @@ def _levels(codec: Compact2Codec, tr: KeptEntries) -> np.ndarray:
 
 def v1_ids_sqrt_levels(tr: KeptEntries, codec: Compact2Codec, tokens=None, **_) -> dict[str, bytes]:
     counts = np.asarray(tr.counts, dtype=np.int64)
-    ids, logp = _sorted_by_id(tr)
+    ids, logp = sorted_by_id(tr)
     starts = (np.cumsum(counts) - counts)[counts > 0]
     gaps = np.empty_like(ids)
     if ids.shape[0]:
@@ -66,15 +58,15 @@ def dictionary_zstd(tr: KeptEntries, codec: Compact2Codec, tokens=None, **_) -> 
     pos = np.repeat(np.arange(counts.shape[0]), counts)
     lvl = _levels(codec, tr)
     uniq, inv, dcnt = np.unique(tr.ids, return_inverse=True, return_counts=True)
-    cls = _count_classes(dcnt)
-    by_freq, _ = _dictionary_order(uniq, cls)
+    cls = count_classes(dcnt)
+    by_freq, _ = dictionary_order(uniq, cls)
     rank_of = np.empty(uniq.shape[0], dtype=np.int64)
     rank_of[by_freq] = np.arange(uniq.shape[0])
     x = rank_of[inv.reshape(-1)]
     o = np.lexsort((x, -lvl, pos))
     lvl, x = lvl[o], x[o]
-    drop = _drops(lvl, counts)
-    first, tied, _ = _structure(counts, drop)
+    drop = drops(lvl, counts)
+    first, tied, _ = structure(counts, drop)
     gap = np.zeros_like(x)
     gap[1:] = x[1:] - x[:-1] - 1
     vals = np.where(first, lvl, drop)
@@ -97,26 +89,26 @@ def _with_global_order(tr: KeptEntries, codec: Compact2Codec, score: np.ndarray)
     lvl = _levels(codec, tr)
     pos = np.repeat(np.arange(t), counts)
     uniq, inv, dcnt = np.unique(tr.ids, return_inverse=True, return_counts=True)
-    cls = _count_classes(dcnt)
+    cls = count_classes(dcnt)
     gr = grank[uniq]
     by = np.lexsort((gr, -cls))
     bounds = np.concatenate([[0], np.cumsum(np.bincount(cls, minlength=int(cls.max()) + 1 if cls.size else 0)[::-1])])
     rank_of = np.empty(uniq.shape[0], dtype=np.int64)
     rank_of[by] = np.arange(uniq.shape[0])
     x = rank_of[inv.reshape(-1)]
-    o = _entry_order(pos, lvl, x, t, uniq.shape[0])
+    o = entry_order(pos, lvl, x, t, uniq.shape[0])
     lvl, x = lvl[o], x[o]
-    first, tied, rb = _structure(counts, _drops(lvl, counts))
+    first, tied, rb = structure(counts, drops(lvl, counts))
     gap = np.zeros(n, dtype=np.int64)
     gap[1:] = x[1:] - x[:-1] - 1
     # the dictionary as gaps in global order: gap classes and count classes per global-rank octave
     sg = np.sort(gr)
     octave = np.searchsorted(1 << np.arange(33), np.concatenate([[0], sg[:-1]]), side="right")
-    g_cls, g_extra = _classes(np.diff(sg, prepend=-1) - 1)
+    g_cls, g_extra = classes(np.diff(sg, prepend=-1) - 1)
     cls_by_rank = cls[np.argsort(gr)]
     dict_streams = [(g_cls[octave == b], None) for b in range(34)] + g_extra
     dict_streams += [(cls_by_rank[octave == b], None) for b in range(34)]
-    id_streams = dict_streams + _fresh_streams(x[~tied], rb[~tied], bounds) + _encode_numbers(gap[tied])
+    id_streams = dict_streams + fresh_streams(x[~tied], rb[~tied], bounds) + encode_numbers(gap[tied])
     return {**cols, "teacher_ids": entropy.encode(id_streams)}
 
 
@@ -135,8 +127,6 @@ def kept_unigram_held_out(tr, codec, tokens=None, kept_ids=None, **_):
 
 
 def compact3_plus_repeats(tr, codec, tokens=None, **_):
-    from schemas import Compact3Codec, Compact4Codec
-
     params = codec.params()
     return {**Compact4Codec(**params).encode(tr, tokens=tokens),
             "teacher_values": Compact3Codec(**params).encode(tr, tokens=tokens)["teacher_values"]}

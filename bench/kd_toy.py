@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from schemas.codec import lossless_decoded
+from schemas.codecs import lossless_decoded
 from schemas.truncation import truncate_tensor
 from trainer.losses import LossSpec, TeacherBatch, distill_loss
 

@@ -117,7 +117,7 @@ def stored_prime(output: str, done: set[str]) -> bytes | None:
                           f"{redact_uri(out.prime_uri)} they were coded against is missing; they cannot be decoded: "
                           "restore that file, or delete the output and run again")
     if data is not None:
-        from schemas.codec_compact5 import Prime
+        from schemas.codecs import Prime
         from schemas.errors import CodecError
 
         try:

@@ -1,6 +1,6 @@
 """The codec prime (compact5): teacher signal on the corpus's first tokens, written once per output.
 
-compact5 codes every sample against a *prime* (`schemas.codec_compact5`): the teacher's kept ids
+compact5 codes every sample against a *prime* (`schemas.codecs.prime`): the teacher's kept ids
 on a few thousand tokens of the same corpus. It must exist before the first sample is encoded
 and never change afterwards, so it is its own small branch of the graph, whose one output is a
 side input of the encoder, the part writer and the final step:
@@ -26,13 +26,14 @@ from apache_beam.ml.inference.base import RunInference
 from pipelines.packing import ReadAndPack
 from pipelines.teacher import TeacherModelHandler, Unscored
 from schemas import DatasetDir
-from schemas.codec_compact5 import Prime
+from schemas.codecs import Prime
 
 PRIME_UNITS = 8  # the first units (in plan order) the prime is taken from
 
 
 def needs_prime(codec) -> bool:
-    return bool(getattr(codec, "needs_prime", False))
+    """Whether the codec codes against a dataset prime (`schemas.codecs.PrimedCodec`)."""
+    return codec.needs_prime
 
 
 def first_sequences(seqs: list, unit_order: dict[str, int], n_seqs: int) -> list:

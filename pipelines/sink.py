@@ -29,7 +29,7 @@ from pipelines import faults
 from pipelines.output import PartMismatch
 from pipelines.teacher import Unscored
 from schemas import DatasetDir, build_sample, make_codec, mds_columns
-from schemas.codec_compact5 import Prime
+from schemas.codecs import Prime
 from schemas.dataset_dir import PRIME_NAME
 from schemas.manifest import Counts, Manifest
 from schemas.redact import redact_uri

@@ -3,7 +3,7 @@
 Imports numpy and the standard library only, so that both the Beam pipeline and the Composer
 trainer (and any reader of the datasets) can depend on it without pulling in the other side.
 """
-from schemas.codec import DEFAULT_CODEC, Compact2Codec, Compact3Codec, Compact4Codec, Compact5Codec, CompactCodec, ExactCodec, make_codec, make_stored_codec
+from schemas.codecs import DEFAULT_CODEC, Compact2Codec, Compact3Codec, Compact4Codec, Compact5Codec, CompactCodec, ExactCodec, make_codec, make_stored_codec
 from schemas.dataset_dir import DEAD_LETTER_DIR, INDEX_NAME, MANIFEST_NAME, PARTS_DIR, DatasetDir
 from schemas.errors import CodecError, CorruptDataset, IncompatibleDataset, IncompleteDataset, ManifestError, SchemaError
 from schemas.identity import fingerprint_of, fingerprint_tokenizer, sample_id, tokenizer_fingerprint

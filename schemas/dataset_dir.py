@@ -87,7 +87,7 @@ class DatasetDir:
     manifest_uri = property(lambda self: self._at(MANIFEST_NAME), doc="`manifest.json`, written last")
     index_uri = property(lambda self: self._at(INDEX_NAME), doc="the root MDS index")
     parts_uri = property(lambda self: self._at(PARTS_DIR), doc="the folder of the parts")
-    prime_uri = property(lambda self: self._at(PRIME_NAME), doc="the codec's prime (`schemas.codec_compact5`)")
+    prime_uri = property(lambda self: self._at(PRIME_NAME), doc="the codec's prime (`schemas.codecs.prime`)")
 
     def part_uri(self, unit: str) -> str:
         return self._at(PARTS_DIR, unit)
@@ -257,12 +257,11 @@ class DatasetDir:
     def stored_codec(self, manifest: Manifest):
         """The codec this dataset's manifest names, as its data was written, holding the dataset's
         prime when the codec has one (checked against the manifest's `prime_sha256`)."""
-        from schemas.codec import make_stored_codec
-        from schemas.codec_compact5 import Prime
+        from schemas.codecs import Prime, make_stored_codec
         from schemas.errors import CodecError
 
         codec = make_stored_codec(manifest.codec.name, manifest.codec.params)
-        if not getattr(codec, "needs_prime", False):
+        if not codec.needs_prime:
             return codec
         if codec.prime_sha256 is None:
             raise CorruptDataset(f"dataset {self.uri}: its manifest names codec {codec.name} without the prime_sha256 "
@@ -368,7 +367,7 @@ class DatasetDir:
     def _check_prime(self, manifest: Manifest, listing: dict[str, int]) -> list[Problem]:
         """A codec with a prime (compact5): the prime is there, well-formed, and the one the
         manifest names (samples coded against another prime decode to garbage)."""
-        from schemas.codec_compact5 import Prime
+        from schemas.codecs import Prime
         from schemas.errors import CodecError
 
         if manifest.codec.name != "compact5":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.codec import lossless_decoded
+from schemas.codecs import lossless_decoded
 from schemas.kept import KeptEntries
 from schemas.truncation import log_normalizer
 

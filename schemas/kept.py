@@ -4,7 +4,7 @@
 densifies: per position the number of kept ids, the kept ids and their log-probabilities, stored
 flat (CSR by position), plus the log of the mass truncation dropped. Whether the log-probabilities
 are under the full teacher softmax (fresh from truncation) or renormalised over the kept set (as
-every codec decodes them, `schemas.codec.lossless_decoded`) is a property of where the record comes
+every codec decodes them, `schemas.codecs.lossless_decoded`) is a property of where the record comes
 from, not of its layout; the losses renormalise over the kept set either way.
 
 Padding has one definition, here: a padding position keeps no entry and has no tail

@@ -7,7 +7,7 @@ Columns (MDS encodings; the token and count dtypes follow the vocab size and top
   doc_starts      json            list of offsets where a document begins inside this sequence (may be
                                   empty: a sequence inside a long document; MDS ndarrays cannot be empty)
   teacher_counts  ndarray:<cnt>   [seq_len] kept entries per position (0 on padding)
-  teacher_ids     bytes           codec payload (see schemas.codec)
+  teacher_ids     bytes           codec payload (see schemas.codecs)
   teacher_values  bytes           codec payload
   teacher_tail    bytes           codec payload
   unit            str             the work unit that produced the sample (provenance)
@@ -74,7 +74,7 @@ def build_sample(
         "n_tokens": np.uint32(n_tokens),
         "doc_starts": [int(x) for x in np.asarray(doc_starts).reshape(-1)],
         "teacher_counts": np.asarray(truncated.counts, dtype=count_dtype(top_k)),
-        **(codec.encode(truncated, tokens=tokens) if getattr(codec, "needs_tokens", False) else codec.encode(truncated)),
+        **(codec.encode(truncated, tokens=tokens) if codec.needs_tokens else codec.encode(truncated)),
         "unit": unit,
     }
 
@@ -82,7 +82,7 @@ def build_sample(
 def decode_sample(sample: dict, codec) -> KeptEntries:
     counts = np.asarray(sample["teacher_counts"], dtype=np.int64)
     cols = {k: sample[k] for k in ("teacher_ids", "teacher_values", "teacher_tail")}
-    if getattr(codec, "needs_tokens", False):  # compact3: the next token is part of the code
+    if codec.needs_tokens:  # compact3 on: the next token is part of the code (`schemas.codecs.Codec`)
         return codec.decode(counts, cols, tokens=sample["tokens"])
     return codec.decode(counts, cols)
 
