@@ -1,7 +1,7 @@
 """How far off is `pdistill plan`'s token estimate from a small sample? Measured over many seeds.
 
 Tokeniser only (no teacher): on a lake (default: the demo corpus, built if missing), every usable
-document of the read units is tokenised once; then, for each seed, `pdistill.plan_sample.draw`
+document of the read units is tokenised once; then, for each seed, `pdistill.plan.sample.draw`
 draws the sample exactly as `pdistill plan` does, and the plan's estimator (mean tokens/byte over
 the size-proportional draws x the read units' text bytes + one separator per document) is
 compared with the true total. The same is done for an equal-probability systematic sample of as
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from pdistill import corpus
-    from pdistill.plan_sample import draw, seeded_rank
+    from pdistill.plan.sample import draw, seeded_rank
     from pipelines.packing import load_tokenizer
     from pipelines.readers import Doc, read_unit
     from pipelines.sources import expand_inputs, plan_units

@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     body = corpus(args.documents)
     tmp = tempfile.mkdtemp(prefix="bench-reading-")
     print(f"corpus: {args.documents} documents, {len(body) / 1e6:.1f} MB of JSONL")
-    from pipelines.readers import _count_lines
+    from pipelines.readers import count_lines
 
     print("| input | read_unit documents/s | integrity pass alone (s) | share of read_unit time |")
     print("|---|---|---|---|")
@@ -76,7 +76,7 @@ def main(argv=None) -> None:
         with open(path, "wb") as f:
             f.write(data)
         t_read, n = timed(lambda: read_all(path))
-        t_check, m = timed(lambda: _count_lines(path, comp))
+        t_check, m = timed(lambda: count_lines(path, comp))
         assert n == m == args.documents
         print(f"| .jsonl.{comp} ({len(data) / 1e6:.1f} MB) | {n / t_read:,.0f} | {t_check:.3f} | {t_check / t_read:.0%} |")
 

@@ -23,10 +23,10 @@ import textwrap
 import time
 from pathlib import Path
 
-from pdistill.demo_pipeline import stage_corpus, stage_pipeline, stage_teacher
-from pdistill.demo_scale import FULL, TINY, Scale
-from pdistill.demo_stages import Stages, run_stage
-from pdistill.demo_students import curves, run_student
+from pdistill.demo.pipeline import stage_corpus, stage_pipeline, stage_teacher
+from pdistill.demo.scale import FULL, TINY, Scale
+from pdistill.demo.stages import Stages, run_stage
+from pdistill.demo.students import curves, run_student
 
 TAUS = (0.5, 1.0, 2.0)
 SUPPORTS = ("full", "kept", "split")

@@ -28,7 +28,7 @@ import tempfile
 import numpy as np
 
 from schemas import CodecError, DatasetDir, Manifest, fidelity, storage, strict_json
-from schemas.errors import SchemaError
+from schemas.errors import SchemaError, zstd_errors
 from schemas.integrity import Problem, Verification
 from schemas.redact import redact_process_output, redact_text, redact_uri
 from schemas.sample import decode_sample
@@ -132,22 +132,13 @@ def build_report(args: argparse.Namespace) -> dict:
             samples, in_index = read_samples(args.dataset, cache, args.samples)
             report["sequences_in_index"] = in_index
             report.update(sample_fields(args.dataset, samples, m, codec, v.index))
-        except READ_ERRORS + _zstd_errors() as e:
+        except READ_ERRORS + zstd_errors() as e:
             report["problems"].append(str(Problem(".", f"reading samples failed: {type(e).__name__}: {e}")))
             report["verdict"] = NOT_WHOLE
             return report
         if args.teacher:
             report["codec_kl"], report["total_kl"] = teacher_fidelity(args.teacher, samples, m, codec)
     return report
-
-
-def _zstd_errors() -> tuple:
-    try:
-        import zstd
-
-        return (zstd.Error,)
-    except ImportError:
-        return ()
 
 
 def print_report(report: dict, as_json: bool, out=None) -> None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from pipelines.sources import SourceFile, Unit, _parquet_row_groups
+from pipelines.sources import SourceFile, Unit, parquet_row_groups
 from schemas import DatasetDir
 
 log = logging.getLogger("pdistill.pipeline")
@@ -96,7 +96,7 @@ def unit_weights(files: list[SourceFile], units: list[Unit]) -> dict[str, float]
     for u in units:
         size = sizes.get(u.uri, 0)
         if u.fmt == "parquet" and u.end >= 0:
-            groups = rows.setdefault(u.uri, _parquet_row_groups(u.uri))
+            groups = rows.setdefault(u.uri, parquet_row_groups(u.uri))
             out[u.name] = size * sum(groups[u.start:u.end]) / max(sum(groups), 1) if groups else float(size)
         elif u.end >= 0:
             out[u.name] = float(u.end - u.start)

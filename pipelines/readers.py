@@ -156,7 +156,7 @@ def _json_record(unit, position: dict, raw: bytes, body: bytes, column: str) -> 
     return dead_letter(unit, position, kind, reason, body)
 
 
-def _count_lines(path: str, compression: str | None) -> int:
+def count_lines(path: str, compression: str | None) -> int:
     """Non-empty lines of a whole compressed file (raises StreamError, with `.lines` set)."""
     n = 0
     with open(path, "rb") as f:
@@ -177,7 +177,7 @@ def _broken_stream(unit, e: StreamError, documents: int, what: str) -> dict:
 def _read_jsonl_stream(unit, column: str) -> Iterator[Doc | dict]:
     with local_copy(unit) as path:
         try:
-            _count_lines(path, unit.compression)
+            count_lines(path, unit.compression)
         except StreamError as e:
             yield _broken_stream(unit, e, e.lines, f"the {e.lines} lines read before the break are counted here "
                                  "and not packed (a partial file is not used)")

@@ -309,7 +309,7 @@ def source_versions(files: list[SourceFile]) -> dict[str, str]:
 
 # -- planning --------------------------------------------------------------------------------------
 
-def _parquet_row_groups(uri: str) -> list[int] | None:
+def parquet_row_groups(uri: str) -> list[int] | None:
     import pyarrow.parquet as pq
 
     fs, path = storage.fs_and_path(uri)
@@ -328,7 +328,7 @@ def plan_units(files: list[SourceFile], rows_per_unit: int, bytes_per_unit: int)
     for fi, f in enumerate(files):
         ranges: list[tuple[int, int, int]] = []  # (start, end, first_row)
         if f.fmt == "parquet":
-            groups = _parquet_row_groups(f.uri)
+            groups = parquet_row_groups(f.uri)
             if groups is None:
                 ranges = [(0, -1, 0)]
             else:

@@ -31,3 +31,13 @@ class ConfigError(ValueError):
     The one configuration error of the product: the trainer's and the pipeline's settings, the
     runner options and the CLIs all raise (subclasses of) this type, and every CLI prints it as
     one line with exit status 2."""
+
+
+def zstd_errors() -> tuple[type[Exception], ...]:
+    """The `zstd` binding's error type (streaming decompresses shards with it), where installed:
+    what a damaged compressed shard raises when it is read."""
+    try:
+        import zstd
+    except ImportError:
+        return ()
+    return (zstd.Error,)

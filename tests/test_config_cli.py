@@ -263,7 +263,7 @@ def test_validated_shards_are_hashed_once(tmp_path, monkeypatch, compression):
     CheckedStream checks it and streaming does not check it again (a second pass over every byte
     of the dataset on every rank otherwise)."""
     import streaming.base.stream
-    import trainer.data
+    import trainer.checked_stream
     from make_dataset import make_tokenizer, write_dataset
     from streaming.base.hashing import get_hash
     from trainer.config import DataConfig
@@ -277,7 +277,7 @@ def test_validated_shards_are_hashed_once(tmp_path, monkeypatch, compression):
         hashed.append(len(data))
         return get_hash(algo, data)
 
-    monkeypatch.setattr(trainer.data, "get_hash", counting_get_hash)
+    monkeypatch.setattr(trainer.checked_stream, "get_hash", counting_get_hash)
     monkeypatch.setattr(streaming.base.stream, "get_hash", counting_get_hash)
     reader = DistillDataset(DataConfig.of(str(ds), shuffle=False, validate_hash="xxh3_64"), batch_size=2,
                             cache_dir=str(tmp_path / "cache"))  # its preflight reads a first shard

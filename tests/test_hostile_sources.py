@@ -233,7 +233,7 @@ def test_a_regular_file_replaced_by_a_fifo_after_planning_is_not_opened(tmp_path
 # -- item 8: a sample larger than the lake ---------------------------------------------------------
 
 def test_sample_docs_beyond_the_lake_is_capped_and_says_so(tiny_teacher, tmp_path, capsys):
-    from pdistill.plan_sample import draw
+    from pdistill.plan.sample import draw
     from pipelines.sources import plan_units
 
     lake = tmp_path / "lake"

@@ -11,8 +11,8 @@ pytest.importorskip("apache_beam")
 
 from fixtures_models import make_texts  # noqa: E402
 from pdistill import plan as plan_cli  # noqa: E402
-from pdistill.plan_estimate import document_lengths, throughput, time_and_cost  # noqa: E402
-from pdistill.plan_sample import choose_units, draw  # noqa: E402
+from pdistill.plan.estimate import document_lengths, throughput, time_and_cost  # noqa: E402
+from pdistill.plan.sample import choose_units, draw  # noqa: E402
 from pipelines.sources import expand_inputs, plan_units  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def test_sample_is_the_same_in_processes_with_other_hash_seeds(lake):
     import subprocess
     import sys
 
-    code = ("import json, os, sys; from pdistill.plan_sample import draw; "
+    code = ("import json, os, sys; from pdistill.plan.sample import draw; "
             "from pipelines.sources import expand_inputs, plan_units; "
             "files = expand_inputs([os.path.join(sys.argv[1], '*')]); "
             "units = plan_units(files, rows_per_unit=8, bytes_per_unit=1200); "

@@ -29,7 +29,8 @@ def test_every_user_facing_json_writer_goes_through_strict_json():
     demo's report.json: none may call json.dumps directly."""
     import inspect as pyinspect
 
-    from pdistill import demo_report, plan
+    from pdistill import plan
+    from pdistill.demo import report as demo_report
     from pdistill import inspect as pd_inspect
     from pipelines import cli
 

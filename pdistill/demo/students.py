@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pdistill.demo_scale import Scale
-from pdistill.demo_stages import Stages, child_env, pdistill_cmd, run_logged, say
+from pdistill.demo.scale import Scale
+from pdistill.demo.stages import Stages, child_env, pdistill_cmd, run_logged, say
 from trainer.metrics_log import FILENAME, last_step, read_metrics, series
 
 EVAL_LOSS = "metrics/eval/LanguageCrossEntropy"

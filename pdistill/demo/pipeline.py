@@ -18,8 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pdistill import corpus as corpus_mod
-from pdistill.demo_scale import SEPARATOR, Scale
-from pdistill.demo_stages import child_env, pdistill_cmd, run_logged, say
+from pdistill.demo.scale import SEPARATOR, Scale
+from pdistill.demo.stages import child_env, pdistill_cmd, run_logged, say
 
 PROGRESS_MARK = "teacher pass: "  # what starts a progress line of `pdistill logits` (pipelines.progress)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from schemas import strict_json
 
 if TYPE_CHECKING:
-    from pdistill.demo_scale import Scale
+    from pdistill.demo.scale import Scale
 
 
 def _fmt_bytes_per_token(x: float) -> str:

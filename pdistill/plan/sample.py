@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, field
 
 from pipelines.readers import Doc, read_unit
-from pipelines.sources import SourceFile, Unit, _parquet_row_groups
+from pipelines.sources import SourceFile, Unit, parquet_row_groups
 
 
 def seeded_rank(seed: int, key: str) -> float:
@@ -97,7 +97,7 @@ def unit_storage_bytes(files: list[SourceFile], units: list[Unit]) -> dict[str, 
             out[u.name] = size[u.uri]
         elif u.fmt == "parquet" and u.end >= 0:
             if u.uri not in groups:
-                groups[u.uri] = _parquet_row_groups(u.uri)
+                groups[u.uri] = parquet_row_groups(u.uri)
             g = groups[u.uri]
             total = sum(g) if g else 0
             out[u.name] = round(size[u.uri] * sum(g[u.start:u.end]) / total) if total else size[u.uri]

@@ -24,12 +24,12 @@ train`) and reads what they write as data: the pipeline's report (`--report-json
 the trainer's JSON-lines metrics (`trainer.metrics_log`), the datasets through the trainer's
 reader. One module per stage group:
 
-  pdistill.demo_scale      the two sizes (full, tiny)
-  pdistill.demo_stages     stage records under <lake>/stages/, running a command with its log
-  pdistill.demo_pipeline   corpus, teacher, logits, heldout
-  pdistill.demo_measure    measure
-  pdistill.demo_students   baseline, distilled, vanilla, seed<s>
-  pdistill.demo_report     report
+  pdistill.demo.scale      the two sizes (full, tiny)
+  pdistill.demo.stages     stage records under <lake>/stages/, running a command with its log
+  pdistill.demo.pipeline   corpus, teacher, logits, heldout
+  pdistill.demo.measure    measure
+  pdistill.demo.students   baseline, distilled, vanilla, seed<s>
+  pdistill.demo.report     report
 """
 from __future__ import annotations
 
@@ -38,12 +38,12 @@ import sys
 import time
 from pathlib import Path
 
-from pdistill.demo_measure import stage_measure
-from pdistill.demo_pipeline import stage_corpus, stage_pipeline, stage_teacher
-from pdistill.demo_report import build_report, print_table
-from pdistill.demo_scale import FULL, TINY, Scale
-from pdistill.demo_stages import Stages, run_stage, say
-from pdistill.demo_students import stage_baseline, stage_distilled, stage_seed, stage_vanilla
+from pdistill.demo.measure import stage_measure
+from pdistill.demo.pipeline import stage_corpus, stage_pipeline, stage_teacher
+from pdistill.demo.report import build_report, print_table
+from pdistill.demo.scale import FULL, TINY, Scale
+from pdistill.demo.stages import Stages, run_stage, say
+from pdistill.demo.students import stage_baseline, stage_distilled, stage_seed, stage_vanilla
 
 def run(lake: Path, scale: Scale) -> dict:
     lake = lake.resolve()

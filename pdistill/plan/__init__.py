@@ -1,8 +1,8 @@
 """`pdistill plan`: the teacher pass's tokens, bytes, accelerator-hours and cost, before the run.
 
-It lists the lake, reads a deterministic stratified sample (`pdistill.plan_sample`), runs the
+It lists the lake, reads a deterministic stratified sample (`pdistill.plan.sample`), runs the
 real `pdistill logits` job on the sampled documents into a temporary output, and extrapolates
-with a bootstrap interval (`pdistill.plan_estimate`). It prints a table and writes plan.json;
+with a bootstrap interval (`pdistill.plan.estimate`). It prints a table and writes plan.json;
 `pdistill inspect DATASET --plan plan.json` later prints planned against actual.
 """
 from __future__ import annotations
@@ -82,8 +82,8 @@ def check_args(args) -> None:
 
 def make_plan(config, args, extra_args: list[str] | None = None) -> dict:
     """List, sample, run the sample, extrapolate: the plan as a JSON-able dict."""
-    from pdistill import plan_estimate as est
-    from pdistill.plan_sample import draw
+    from pdistill.plan import estimate as est
+    from pdistill.plan.sample import draw
     from pipelines.job import prepare
     from pipelines.sources import InputError
 

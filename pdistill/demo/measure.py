@@ -11,8 +11,8 @@ import os
 import time
 from pathlib import Path
 
-from pdistill.demo_pipeline import dataset_bytes, read_samples
-from pdistill.demo_scale import Scale
+from pdistill.demo.pipeline import dataset_bytes, read_samples
+from pdistill.demo.scale import Scale
 
 
 def _batches(samples: list[dict], batch: int):

@@ -7,7 +7,7 @@ token on storage with the chosen codec, and tokens/s come from the pipeline's ow
 metrics, not from a re-implementation.
 
 Estimators (all ratios, so long and short documents weigh by their size):
-  * text bytes, documents, dead letters of the units read are exact (`plan_sample`); units not
+  * text bytes, documents, dead letters of the units read are exact (`pdistill.plan.sample`); units not
     read take the read units' values per byte on storage;
   * tokens = (mean text tokens per UTF-8 byte over the size-proportional draws) x text bytes
     + one separator (and BOS) per usable document;
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pdistill.plan_sample import LakeSample
+from pdistill.plan.sample import LakeSample
 from schemas import INDEX_NAME, storage
 from schemas.errors import ConfigError
 

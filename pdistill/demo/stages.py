@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pdistill.demo_scale import Scale
+from pdistill.demo.scale import Scale
 
 
 def say(msg: str) -> None:
