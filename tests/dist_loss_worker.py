@@ -15,25 +15,45 @@ import torch
 V, K, T, B = 11, 3, 6, 4
 
 
-class Student(torch.nn.Module):
-    """Embedding -> linear: enough parameters for a gradient to compare."""
-
+class Decoder(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.emb = torch.nn.Embedding(V, 8)
-        self.out = torch.nn.Linear(8, V)
+        self.mix = torch.nn.Linear(8, 8)
 
     def forward(self, input_ids, attention_mask):
-        return SimpleNamespace(logits=self.out(self.emb(input_ids)))
+        return SimpleNamespace(last_hidden_state=torch.tanh(self.mix(self.emb(input_ids))))
 
 
-def make_model(support: str):
+class Student(torch.nn.Module):
+    """Embedding -> linear -> output projection (``tied``: the embedding's weight, no bias), laid
+    out as a Hugging Face causal LM (get_decoder, get_output_embeddings) for the fused head."""
+
+    def __init__(self, tied: bool = False):
+        super().__init__()
+        self.decoder = Decoder()
+        self.out = torch.nn.Linear(8, V, bias=not tied)
+        if tied:
+            self.out.weight = self.decoder.emb.weight
+
+    def get_decoder(self):
+        return self.decoder
+
+    def get_output_embeddings(self):
+        return self.out
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(logits=self.out(self.decoder(input_ids, attention_mask).last_hidden_state))
+
+
+def make_model(support: str, fused_head: bool = True, tied: bool = False):
     from trainer.config import DistillConfig
     from trainer.model import DistillationModel
 
     torch.manual_seed(0)
-    distill = DistillConfig(mode="offline", kind="forward_kl", support=support, tau=2.0, chunk_size=None)
-    return DistillationModel(Student(), distill, alpha=0.6)
+    distill = DistillConfig(mode="offline", kind="forward_kl", support=support, tau=2.0, chunk_size=None,
+                            fused_head=fused_head)
+    return DistillationModel(Student(tied), distill, alpha=0.6)
 
 
 def make_batch() -> dict:
@@ -75,13 +95,14 @@ def trainer_gradient(model, batch: dict, microbatch: int) -> dict:
     return {n: before[n] - p.detach() for n, p in model.named_parameters()}
 
 
-def main(out_path: str, support: str, mode: str = "ddp") -> None:
+def main(out_path: str, support: str, mode: str = "ddp", head: str = "fused") -> None:
+    """``head``: fused | unfused | fused-tied | unfused-tied (`make_model`'s fused_head and tied)."""
     from composer.devices import DeviceCPU
     from composer.utils import dist
 
     dist.initialize_dist(DeviceCPU())
     rank, world = dist.get_global_rank(), dist.get_world_size()
-    model = make_model(support)
+    model = make_model(support, fused_head=head.startswith("fused"), tied=head.endswith("tied"))
     per = B // world
     shard = {k: v[rank * per:(rank + 1) * per] for k, v in make_batch().items()}
     if mode == "trainer":

@@ -51,7 +51,8 @@ def _live_model(teacher):
     from trainer.config import DistillConfig
     from trainer.model import DistillationModel
 
-    live = DistillConfig(mode="live", teacher="(loaded)", support="full", tau=1.0, chunk_size=None, top_p=0.9, top_k=K)
+    live = DistillConfig(mode="live", teacher="(loaded)", support="full", tau=1.0, chunk_size=None, top_p=0.9, top_k=K,
+                         fused_head=False)  # the stand-in student has no decoder / output projection
     return DistillationModel(torch.nn.Linear(1, 1), live, teacher, alpha=0.5)
 
 

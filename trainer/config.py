@@ -150,7 +150,12 @@ def _wsd_by_default(value):
 
 class DistillConfig(Section):
     mode: Literal["offline", "live", "none"] = Field("offline", description="none = LM only, no teacher read")
-    kind: Literal["forward_kl", "reverse_kl", "soft_ce", "mse"] = "forward_kl"
+    kind: Literal["forward_kl", "reverse_kl", "soft_ce", "mse", "jsd"] = Field(
+        "forward_kl", description="the divergence (trainer.losses.kd_loss); jsd: generalised Jensen-Shannon, "
+        "see distill.beta")
+    beta: Optional[Float] = Field(None, ge=0, le=1, description="kind jsd only, in [0, 1]: the teacher's weight in the "
+                                  "mixture M = beta teacher + (1 - beta) student (TRL GKD / Axolotl kd_beta); "
+                                  "0 = forward KL, 1 = reverse KL (null: 0.5)")
     support: Literal["full", "kept", "split"] = Field(
         "split", description="the student side of the KD term against the truncated teacher (trainer.losses.kd_loss): "
         "full = full vocabulary; kept = renormalised over the kept set; split = chain-rule split")
@@ -158,6 +163,9 @@ class DistillConfig(Section):
     tail: Bool = Field(False, description="support full only: dropped teacher mass as one extra bucket")
     tau_squared: Bool = Field(False, description="multiply the KD loss by tau^2")
     chunk_size: Optional[Int] = Field(1024, gt=0, description="positions per chunk in the loss (null: all at once)")
+    fused_head: Bool = Field(True, description="compute the loss from the student's last hidden state and output "
+                             "projection, chunk_size positions at a time, never the [B, T, V] logits "
+                             "(false: the student's full logits, as its own forward returns them)")
     alpha: Annotated[Optional[AlphaSchedule], BeforeValidator(_wsd_by_default)] = Field(
         None, description="alpha schedule {name: constant|linear|cosine|wsd|periodic, ...} (null: PD* WSD, or "
         "constant 0 for mode none; a section without a name is wsd)")
@@ -167,6 +175,8 @@ class DistillConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.beta is not None and self.kind != "jsd":
+            raise Refused("beta", f"only applies with distill.kind: jsd (kind is {self.kind!r})")
         if self.tail and self.support != "full":
             why = "already uses the tail mass" if self.support == "split" else "ignores it"
             raise Refused("tail", f"the tail bucket only applies with distill.support: full (support {self.support!r} {why})")

@@ -10,7 +10,7 @@ dotted keys, is saved with each checkpoint (a Composer callback's state) and com
   data.streams[i].{proportion,repeat,choose}, data.{batch_size (GLOBAL), shuffle, shuffle_seed,
     shuffle_algo, num_canonical_nodes, partition_algo, num_workers}   the sample order
   model.shape, model.hf_config, model.checkpoint, model.tokenizer     the student
-  distill.* (but chunk_size), optim.*, scheduler.*, run.seed           the loss and the optimisation
+  distill.* (but chunk_size, fused_head), optim.*, scheduler.*, run.seed           the loss and the optimisation
 
 A difference is refused (`ResumeMismatch`, listing each key old -> new) unless the key is named in
 run.allow_changed (a key, or a prefix such as `optim`). An allowed change of optim.* takes effect:
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 DATA_ORDER_KEYS = ("batch_size", "shuffle", "shuffle_seed", "shuffle_algo", "num_canonical_nodes",
                    "partition_algo", "num_workers")
-FREE_DISTILL_KEYS = ("chunk_size",)  # numerics only: how the loss is chunked, not what it is
+FREE_DISTILL_KEYS = ("chunk_size", "fused_head")  # numerics only: how the loss is computed, not what it is
 FINGERPRINT_SECTIONS = ("data.streams", "data", "model", "distill", "optim", "scheduler", "run.seed")
 
 

@@ -125,13 +125,13 @@ class _Plan(NamedTuple):
 class _Workspace:
     """The flat logits, the gradient buffer and block-sized scratch of one evaluation."""
 
-    def __init__(self, logits: torch.Tensor, block: int, need_grad: bool):
+    def __init__(self, logits: torch.Tensor, block: int, need_grad: bool, grad_out: Optional[torch.Tensor] = None):
         n_rows, self.v = logits.shape[0] * logits.shape[1], logits.shape[-1]
         self.n_rows = n_rows
         self.flat = logits.detach().reshape(n_rows, self.v)
         self.cdtype = torch.float64 if self.flat.dtype == torch.float64 else torch.float32
         self.dev = self.flat.device
-        self.grad = torch.empty_like(self.flat) if need_grad else None
+        self.grad = (grad_out if grad_out is not None else torch.empty_like(self.flat)) if need_grad else None
         self.in_place = need_grad and self.flat.dtype == self.cdtype  # the stored exponential lives in the buffer
         self.block = block
         self._scratch: dict[str, torch.Tensor] = {}
@@ -301,12 +301,22 @@ def _write_gradient(ws: _Workspace, inputs: FusedInputs, plan: _Plan, st: _RowSt
             ws.grad[s:e].copy_(out)
 
 
-def evaluate(logits: torch.Tensor, inputs: FusedInputs, need_grad: bool):
+def gradient_may_overwrite_logits(inputs: FusedInputs, dtype: torch.dtype) -> bool:
+    """Whether `evaluate` may be given the logits themselves as ``grad_out``: pass 1 reads each block's
+    logits before it writes that block's exponential over them, and pass 2 reads only the buffer,
+    unless the logits are upcast per block (bfloat16/float16) or a second exponential is recomputed
+    from them in pass 2 (a tau other than 1, 2, 0.5 beside the LM term)."""
+    cdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    return dtype == cdtype and _Plan.of(inputs).exps.extra is None
+
+
+def evaluate(logits: torch.Tensor, inputs: FusedInputs, need_grad: bool, grad_out: Optional[torch.Tensor] = None):
     """(objective, lm_sum, kd_sum, agree_count) in the compute dtype, and the gradient buffer of
-    the objective w.r.t. logits (flat [N, V], logits' dtype; None when not `need_grad`).
+    the objective w.r.t. logits (flat [N, V], logits' dtype; None when not `need_grad`), written
+    into ``grad_out`` when given (`trainer.fused_head` reuses one chunk-sized buffer).
 
     Stages: plan the terms, pass 1 (row statistics), per-row terms, pass 2 (the gradient)."""
-    ws = _Workspace(logits, inputs.block, need_grad)
+    ws = _Workspace(logits, inputs.block, need_grad, grad_out)
     plan = _Plan.of(inputs)
     stats = _row_statistics(ws, inputs, plan)
     terms = _row_terms(inputs, plan, stats)

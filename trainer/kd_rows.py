@@ -14,9 +14,18 @@ Student support (``support``), i.e. what the student side of the KD term is:
          (1 - t, t) against the student's untempered kept / out-of-set mass) plus a tempered,
          renormalised within-kept-set term weighted by the kept mass; the within-tail term,
          unknowable from a truncated teacher, is dropped.
+
+Kind `jsd` (the generalised Jensen-Shannon divergence of GKD, Agarwal et al. 2024, Eq. 1, as TRL's
+`GKDTrainer.generalized_jsd_loss` and Axolotl's `kd_beta` compute it): with teacher P, student q
+and the mixture M = beta P + (1 - beta) q,
+    JSD_beta(P || q) = beta KL(P || M) + (1 - beta) KL(q || M),
+so dL/dq_b = (1 - beta) log(q_b / M_b). Here only 0 < beta < 1: at the endpoints the mixture
+form tends to 0, and beta = 0 / 1 *means* forward / reverse KL (TRL and Axolotl branch the same
+way); `trainer.losses.LossSpec.row_kind` hands those to the forward_kl / reverse_kl formulas.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -34,6 +43,25 @@ def _out_bucket(has_t, has_out, log_qo):
     gradient (log q_o above the floor), and log q_o floored at _LOG_FLOOR."""
     active = has_t & has_out
     return active, active & (log_qo > _LOG_FLOOR), log_qo.clamp_min(_LOG_FLOOR)
+
+
+def _jsd_buckets(beta: float, log_p, log_q, present):
+    """Generalised JSD per bucket, in log space: (loss_b, h_b, G_b) with M_b = beta P_b + (1 - beta) q_b,
+    loss_b = beta P_b log(P_b / M_b) + (1 - beta) q_b log(q_b / M_b), G_b = dL/dq_b = (1 - beta) log(q_b / M_b),
+    h_b = q_b G_b. A zero mass (log -inf) contributes 0 and needs no floor (M_b >= beta P_b, (1 - beta) q_b);
+    G_b is set to 0 where q_b = 0 (it only ever multiplies q); all three are 0 outside ``present``."""
+    zero = log_q.new_zeros(())
+    p_live = present & (log_p > float("-inf"))
+    q_live = present & (log_q > float("-inf"))
+    lp = torch.where(p_live, log_p, zero)
+    lq = torch.where(q_live, log_q, zero)
+    log_m = torch.logaddexp(torch.where(p_live, lp + math.log(beta), float("-inf")),
+                            torch.where(q_live, lq + math.log1p(-beta), float("-inf")))
+    log_m = torch.where(p_live | q_live, log_m, zero)
+    g = torch.where(q_live, (1.0 - beta) * (lq - log_m), zero)
+    h = torch.where(q_live, lq.exp(), zero) * g
+    loss = beta * torch.where(p_live, lp.exp() * (lp - log_m), zero) + h
+    return loss, h, g
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,11 +83,13 @@ class PreparedTeacher(NamedTuple):
     log_p: Optional[torch.Tensor]  # [N, K] log P (log(1 - t) floored at _LOG_FLOOR)
     p: Optional[torch.Tensor]  # [N, K] P
     all_kept: Optional[torch.Tensor]  # [N] bool: the kept set is the whole vocabulary
+    beta: Optional[float] = None  # kind jsd only: the teacher's weight in the mixture M, 0 < beta < 1
 
 
-def prepare_teacher(flat_rows, tau: float, tail: bool, vocab: int, dtype: torch.dtype) -> PreparedTeacher:
+def prepare_teacher(flat_rows, tau: float, tail: bool, vocab: int, dtype: torch.dtype,
+                    beta: Optional[float] = None) -> PreparedTeacher:
     """Teacher tensors for one call from `TeacherBatch.flat()`; ``tail``: also the dropped mass (tail
-    bucket and split)."""
+    bucket and split); ``beta``: the jsd mixture weight (kind jsd only)."""
     ids, logp, mask, log_tail, valid = flat_rows
     # Rows that do not contribute get a harmless stand-in teacher (one entry in slot 0, finite
     # values) so every intermediate stays finite; their weight is 0 (zero gradient).
@@ -80,7 +110,7 @@ def prepare_teacher(flat_rows, tau: float, tail: bool, vocab: int, dtype: torch.
         log_p = torch.where(m, log_f + log_keep[:, None], zero)
         p = torch.where(m, log_p.exp(), zero)
         all_kept = m.sum(-1) >= vocab  # kept ids are distinct: no vocabulary left outside
-    return PreparedTeacher(valid, m, ids, top1, log_f, f, lt, log_keep, log_p, p, all_kept)
+    return PreparedTeacher(valid, m, ids, top1, log_f, f, lt, log_keep, log_p, p, all_kept, beta)
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,14 +136,28 @@ def bucket_rows(kind: str, teacher: PreparedTeacher, lq: torch.Tensor, log_qo: O
       forward_kl, soft_ce: h_i = -P_i, h_o = -t, r_o = -t / q_o (same gradient: they differ by H(P));
       reverse_kl:          h_b = q_b (log q_b - log P_b + 1), r_o = log q_o - log t + 1;
       mse:                 h_b = 2 q_b (q_b - P_b),          r_o = 2 (q_o - t);
+      jsd:                 h_b = (1 - beta) q_b log(q_b / M_b), r_o = (1 - beta) log(q_o / M_o),
+                           M = beta P + (1 - beta) q;
     dL/ds = q (r_o - H) + scatter(h_i - q_i r_o) (full), or scatter(h_i - q_i H) (renormalised).
-    Without tail P = F and t = 0.
+    Without tail P = F and t = 0; jsd is then still over the full vocabulary (not renormalised):
+    every id outside the kept set has P = 0, so M = (1 - beta) q there and G = -(1 - beta) log(1 - beta)
+    =: c for each of them, i.e. exactly one bucket o with t = 0: loss term c q_o, r_o = c, and
+    r_o - H = c sum_i q_i - sum_i h_i (no q_o needed for the gradient; the loss uses 1 - sum_i q_i).
     """
     m = teacher.mask
     zero = lq.new_zeros(())
     q = torch.where(m, lq.exp(), zero)
     if log_qo is None:  # no tail bucket
         log_p, p = teacher.log_f, teacher.f
+        if kind == "jsd":
+            loss_i, h, _ = _jsd_buckets(teacher.beta, torch.where(m, log_p, float("-inf")), lq, m)
+            loss = loss_i.sum(-1)
+            if renorm:
+                return KDRows(loss, None, h - q * h.sum(-1, keepdim=True))
+            c = -(1.0 - teacher.beta) * math.log1p(-teacher.beta)  # G at every id outside the kept set
+            q_kept = q.sum(-1)
+            loss = loss + c * (1.0 - q_kept).clamp_min(0.0)
+            return KDRows(loss, c * q_kept - h.sum(-1), h - c * q)
         if kind in ("forward_kl", "soft_ce"):
             if kind == "forward_kl":
                 loss = torch.where(m, p * (log_p - lq), zero).sum(-1)
@@ -156,6 +200,10 @@ def bucket_rows(kind: str, teacher: PreparedTeacher, lq: torch.Tensor, log_qo: O
         h = torch.where(m, q * (lq - log_p + 1.0), zero)
         h_o = qo * (lqo - lt_floor + 1.0)
         r_o = torch.where(live, lqo - lt_floor + 1.0, zero)
+    elif kind == "jsd":  # no floors needed; with the whole vocabulary kept the bucket is dropped
+        loss_i, h, _ = _jsd_buckets(teacher.beta, torch.where(m, log_p, float("-inf")), lq, m)
+        loss_o, h_o, r_o = _jsd_buckets(teacher.beta, lt, log_qo, has_out)
+        loss = loss_i.sum(-1) + loss_o
     else:  # mse
         qo = torch.where(has_out, log_qo.exp(), zero)
         loss = torch.where(m, (q - p) ** 2, zero).sum(-1) + (qo - t) ** 2
@@ -182,6 +230,9 @@ def split_rows(kind: str, teacher: PreparedTeacher, tau: float, lq1: torch.Tenso
       soft_ce     -(1 - t) log Q - t log Q_o + (1 - t) H(F, q~)       (same gradient)
       reverse_kl  Q log(Q / (1 - t)) + Q_o log(Q_o / t) + Q KL(q~ || F)
       mse         (Q - (1 - t))^2 + (Q_o - t)^2 + (1 - t) sum_i (q~_i - F_i)^2   (by analogy)
+      jsd         JSD_beta((1 - t, t) || (Q, Q_o)) + beta (1 - t) KL(F || M~) + (1 - beta) Q KL(q~ || M~),
+                  M~ = (beta (1 - t) F + (1 - beta) Q q~) / (beta (1 - t) + (1 - beta) Q): the mixture's
+                  own split; both KLs of the JSD by the chain rule (exact at tau = 1: the K + 1 bucket JSD)
 
     Gradient: with hQ = Q dL/dQ, hO = Q_o dL/dQ_o, r_o = dL/dQ_o, the split part is
     dL/dx = q (r_o - hQ - hO) + scatter(q_i / Q hQ - q_i r_o); the within part is the
@@ -224,6 +275,22 @@ def split_rows(kind: str, teacher: PreparedTeacher, tau: float, lq1: torch.Tenso
         h_o = qo * r_o
         h = torch.where(m, qt * (lqt - log_f + 1.0), zero)
         w_grad = qk[:, None] * (h - qt * h.sum(-1, keepdim=True))
+    elif kind == "jsd":
+        # within = a KL(F || M~) + b KL(q~ || M~), a = beta (1 - t), b = (1 - beta) Q: dW/dQ = (1 - beta) KL(q~ || M~),
+        # dW/dq~_i = b log(q~_i / M~_i) (up to a constant, which the renormalised gradient drops)
+        beta = teacher.beta
+        la, lb = lkeep + math.log(beta), log_qk + math.log1p(-beta)
+        log_mk = torch.logaddexp(la, lb)
+        log_mt = torch.where(m, torch.logaddexp(la[:, None] + log_f, lb[:, None] + lqt) - log_mk[:, None], zero)
+        kl_f = torch.where(m, f * (log_f - log_mt), zero).sum(-1)
+        kl_q = torch.where(m, qt * (lqt - log_mt), zero).sum(-1)
+        b = lb.exp()
+        loss_k, h_k, _ = _jsd_buckets(beta, lkeep, log_qk, torch.ones_like(has_out))
+        loss_o, h_o, r_o = _jsd_buckets(beta, lt, log_qo, has_out)
+        loss = loss_k + loss_o + la.exp() * kl_f + b * kl_q
+        h_k = h_k + b * kl_q
+        h = torch.where(m, b[:, None] * qt * (lqt - log_mt), zero)
+        w_grad = h - qt * h.sum(-1, keepdim=True)
     else:  # mse
         qo = torch.where(has_out, log_qo.exp(), zero)
         within = torch.where(m, (qt - f) ** 2, zero).sum(-1)

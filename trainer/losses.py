@@ -30,7 +30,8 @@ divergence, so its value is comparable across tau; with tau_squared the gradient
 roughly tau-independent, as in Hinton et al.).
 
 How the value and gradient are computed in one pass without a [B, T, V] log-softmax: see
-`trainer.fused_loss`.
+`trainer.fused_loss`. ``distill_loss_from_hidden(hidden, weight, bias, ...)`` computes the same from
+the student's last hidden state and output projection without the logits at all (`trainer.fused_head`).
 """
 from __future__ import annotations
 
@@ -40,25 +41,26 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from trainer.fused_head import FusedHeadLoss, evaluate_head
 from trainer.fused_loss import BLOCK_ELEMS, IGNORE_INDEX, FusedInputs, FusedLoss, evaluate
 from trainer.kd_rows import SUPPORTS, prepare_teacher
 from trainer.teacher_batch import TeacherBatch
 
 __all__ = ["KD_KINDS", "SUPPORTS", "LossSpec", "TeacherBatch", "KDResult", "DistillResult", "lm_loss", "kd_loss",
-           "distill_loss", "total_loss", "count_positions"]
+           "distill_loss", "distill_loss_from_hidden", "total_loss", "count_positions"]
 
-KD_KINDS = ("forward_kl", "reverse_kl", "soft_ce", "mse")
+KD_KINDS = ("forward_kl", "reverse_kl", "soft_ce", "mse", "jsd")
 
 
 @dataclass(frozen=True)
 class LossSpec:
     """The KD recipe: what the loss computes (alpha, which changes every step, is passed beside it).
 
-    kind: forward_kl | reverse_kl | soft_ce | mse; support: full | kept | split (the student side,
+    kind: forward_kl | reverse_kl | soft_ce | mse | jsd; support: full | kept | split (the student side,
     see `kd_loss`); tau: temperature (> 0, finite); tail: a tail bucket (support full only);
     tau_squared: scale the KD term by tau^2; chunk_size: rows per block (None: as large as the 32 MB
-    block cap allows; results do not depend on it). Checked on construction (ValueError naming
-    the setting).
+    block cap allows; results do not depend on it); beta: kind jsd only, in [0, 1] (None: 0.5; set
+    for another kind: refused). Checked on construction (ValueError naming the setting).
     """
 
     kind: str = "forward_kl"
@@ -67,10 +69,18 @@ class LossSpec:
     tail: bool = False
     tau_squared: bool = False
     chunk_size: Optional[int] = None
+    beta: Optional[float] = None
 
     def __post_init__(self):
         if self.kind not in KD_KINDS:
             raise ValueError(f"kind must be one of {KD_KINDS}, got {self.kind!r}")
+        b = self.beta
+        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not (0.0 <= b <= 1.0)):
+            raise ValueError(f"beta must be a number in [0, 1], got {b!r}")
+        if b is not None and self.kind != "jsd":
+            raise ValueError(f"beta only applies to kind 'jsd', got kind {self.kind!r} with beta {b!r}")
+        if self.kind == "jsd":
+            object.__setattr__(self, "beta", 0.5 if b is None else float(b))
         if self.support not in SUPPORTS:
             raise ValueError(f"support must be one of {SUPPORTS}, got {self.support!r}")
         if self.tail and self.support != "full":
@@ -84,6 +94,14 @@ class LossSpec:
         object.__setattr__(self, "tau", float(tau))
         object.__setattr__(self, "tail", bool(self.tail))
         object.__setattr__(self, "tau_squared", bool(self.tau_squared))
+
+    @property
+    def row_kind(self) -> str:
+        """The formulas `trainer.kd_rows` evaluates: jsd at beta 0 / 1 IS forward_kl / reverse_kl (the
+        mixture form tends to 0 there), so those endpoints run exactly the forward_kl / reverse_kl code."""
+        if self.kind == "jsd" and self.beta in (0.0, 1.0):
+            return "forward_kl" if self.beta == 0.0 else "reverse_kl"
+        return self.kind
 
 
 LM_ONLY = LossSpec(kind="soft_ce")
@@ -162,10 +180,11 @@ class _Prepared(NamedTuple):
 
 
 def _prepare(logits, labels, teacher: TeacherBatch | None, spec: LossSpec, alpha: float,
-             lm_denominator, kd_denominator) -> _Prepared:
+             lm_denominator, kd_denominator, vocab: int | None = None) -> _Prepared:
     """LM rows where labels != -100, KD rows where the teacher is valid; the objective's weights.
-    Counts and weights stay on the device (no host synchronisation)."""
-    v = _check_logits(logits)
+    Counts and weights stay on the device (no host synchronisation). ``vocab``: the fused head's
+    vocabulary, ``logits`` then being the hidden states [B, T, H] (only their rows are read here)."""
+    v = _check_logits(logits) if vocab is None else vocab
     dev = logits.device
     cdtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     n_flat = logits.shape[0] * logits.shape[1]
@@ -179,12 +198,13 @@ def _prepare(logits, labels, teacher: TeacherBatch | None, spec: LossSpec, alpha
     prepared = None
     n_kd = torch.zeros((), dtype=torch.int64, device=dev)
     if teacher is not None:
-        prepared = prepare_teacher(teacher.flat(), spec.tau, spec.tail or spec.support == "split", v, cdtype)
+        prepared = prepare_teacher(teacher.flat(), spec.tau, spec.tail or spec.support == "split", v, cdtype,
+                                   beta=spec.beta)
         n_kd = prepared.valid.sum()
     scale = spec.tau * spec.tau if spec.tau_squared else 1.0
     d_lm = _denominator(lm_denominator, n_lm, cdtype)
     d_kd = _denominator(kd_denominator, n_kd, cdtype)
-    inputs = FusedInputs(flat_labels, prepared, spec.kind, spec.support, spec.tau, (1.0 - alpha) / d_lm,
+    inputs = FusedInputs(flat_labels, prepared, spec.row_kind, spec.support, spec.tau, (1.0 - alpha) / d_lm,
                          alpha * scale / d_kd, _block_rows(spec.chunk_size, n_flat, v))
     return _Prepared(inputs, n_lm, n_kd, d_lm, d_kd, scale)
 
@@ -226,7 +246,16 @@ def kd_loss(student_logits: torch.Tensor, teacher: TeacherBatch, spec: LossSpec,
     (the student renormalised over the kept set); F = softmax(teacher_logp / tau) over the kept
     entries -- the paper's F(z) = softmax(Truncate(z) / tau), since stored log-probs differ from
     logits by a constant; t = exp(teacher.log_tail), the mass truncation dropped (never tempered).
-    The recipe (kind, support, tau, tail, tau_squared, chunk_size) is ``spec`` (`LossSpec`).
+    The recipe (kind, support, tau, tail, tau_squared, chunk_size, beta) is ``spec`` (`LossSpec`).
+
+    kind="jsd" is the generalised Jensen-Shannon divergence of GKD (Agarwal et al., Eq. 1), with
+    TRL's (`GKDTrainer.generalized_jsd_loss`) and Axolotl's (`kd_beta`) convention: teacher P,
+    student q, mixture M = beta P + (1 - beta) q (beta weighs the TEACHER in the mixture),
+    JSD_beta = beta KL(P || M) + (1 - beta) KL(q || M); beta = 0 is forward_kl and beta = 1 is
+    reverse_kl exactly (the same code, in every support; the mixture form itself tends to 0 at both
+    ends, so the loss jumps there, as in TRL and Axolotl); 0.5 is the symmetric JSD (<= log 2). It
+    needs no floors: a zero teacher or student mass keeps M > 0 elsewhere. Tau and the per-token
+    mean as for every kind (both sides tempered; not multiplied by tau^2 unless tau_squared).
 
     ``spec.support`` says what the student side is (the paper leaves it open):
 
@@ -237,11 +266,15 @@ def kd_loss(student_logits: torch.Tensor, teacher: TeacherBatch, spec: LossSpec,
       soft_ce:    -sum_i F_i log q_i              (the paper's "NLL"; = forward_kl + H(F), same gradient).
       reverse_kl, mse: a full-vocabulary form is infinite / meaningless against a zero teacher,
                   so these use q~ exactly as support="kept" does.
+      jsd:        JSD_beta(F || q) over the full vocabulary, F zero outside the kept set (finite: there
+                  M = (1 - beta) q); the out-of-set ids add -(1 - beta) log(1 - beta) q_out, so their
+                  mass is pushed towards zero, like forward_kl. (beta = 1: reverse_kl, i.e. over q~.)
       With ``spec.tail``, one extra bucket ("everything not kept") on both sides:
         teacher P_i = (1 - t) F_i, bucket t; student q_i (full vocabulary, tempered) and bucket
         q_o = 1 - sum_i q_i, summed exactly over the non-kept ids; then forward_kl = sum P (log P -
         log q), soft_ce = -sum P log q, reverse_kl = sum q (log q - log P), mse = sum (q - P)^2 over
-        the K + 1 buckets. Zero teacher mass contributes 0 to forward_kl / soft_ce; for reverse_kl
+        the K + 1 buckets, and jsd = JSD_beta(P || q) over them. Zero teacher mass contributes 0 to
+        forward_kl / soft_ce / jsd; for reverse_kl
         a zero teacher bucket is floored at log-mass -80; for forward_kl / soft_ce the student's
         bucket log-mass is floored at -80 (then no gradient). With the whole vocabulary kept the
         bucket term is dropped. Gradient: q (r_o - H) + scatter(h_i - q_i r_o), `trainer.fused_loss`.
@@ -252,6 +285,7 @@ def kd_loss(student_logits: torch.Tensor, teacher: TeacherBatch, spec: LossSpec,
       reverse_kl: sum_i q~_i (log q~_i - log F_i), d/ds_i = q~_i (log q~_i - log F_i - loss);
       mse:        sum_i (q~_i - F_i)^2 (a sum over the kept entries), d/ds_i = h_i - q~_i sum_j h_j,
                   h_i = 2 q~_i (q~_i - F_i). All gradients are at the kept ids only.
+      jsd:        JSD_beta(F || q~), d/ds_i = h_i - q~_i sum_j h_j, h_i = (1 - beta) q~_i log(q~_i / M_i).
 
     support="split": the chain rule KL(p || q) = KL(in/out split) + (1 - t) KL(within the kept set)
       + t KL(within the tail); the last is unknowable from a truncated teacher and dropped. The
@@ -261,6 +295,10 @@ def kd_loss(student_logits: torch.Tensor, teacher: TeacherBatch, spec: LossSpec,
       soft_ce:    -(1 - t) log Q - t log Q_o + (1 - t) H(F, q~)          (same gradient)
       reverse_kl: Q log(Q / (1 - t)) + Q_o log(Q_o / t) + Q KL(q~ || F)  (log t floored at -80)
       mse:        (Q - (1 - t))^2 + (Q_o - t)^2 + (1 - t) sum_i (q~_i - F_i)^2   (by analogy)
+      jsd:        JSD_beta((1 - t, t) || (Q, Q_o)) + beta (1 - t) KL(F || M~) + (1 - beta) Q KL(q~ || M~),
+                  M~ = (beta (1 - t) F + (1 - beta) Q q~) / (beta (1 - t) + (1 - beta) Q): the chain rule
+                  applied to both KLs of the JSD (the mixture splits the same way); at tau = 1 it is
+                  the exact JSD over the K + 1 buckets
       Gradient (forward_kl / soft_ce): dL/dx = q1 (1 - t / Q_o) + scatter_i(t q1_i / Q_o
       - (1 - t) q1_i / Q + (1 - t)(q~_i - F_i) / tau), q1 = softmax(x); the others in
       `trainer.kd_rows.split_rows`. At tau = 1 forward_kl equals the tail-bucket forward_kl: the
@@ -314,3 +352,51 @@ def distill_loss(
         teacher = None
     return _distill(student_logits, labels, teacher, spec, alpha=float(alpha), lm_denominator=lm_denominator,
                     kd_denominator=kd_denominator)
+
+
+def distill_loss_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    teacher: TeacherBatch | None,
+    spec: LossSpec,
+    *,
+    alpha: float,
+    lm_denominator: torch.Tensor | float | None = None,
+    kd_denominator: torch.Tensor | float | None = None,
+) -> DistillResult:
+    """`distill_loss` of the logits hidden @ weight.T + bias, without ever holding them: hidden
+    [B, T, H] (the student's last hidden state), weight [V, H] (its output projection, tied or not),
+    bias [V] or None. Rows are walked in chunks of ``spec.chunk_size`` (None: all at once), each
+    chunk's logits and gradient live only in two [chunk, V] buffers (`trainer.fused_head`); values
+    and gradients (w.r.t. hidden, weight, bias) are those of `distill_loss` on the full logits.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 <= alpha <= 1.0):
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    if hidden.dim() != 3 or not hidden.is_floating_point():
+        raise ValueError(f"hidden must be a floating-point [B, T, H] tensor, got {hidden.dtype} {tuple(hidden.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight must have shape [V, {hidden.shape[-1]}], got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if alpha > 0:
+        if teacher is None:
+            raise ValueError(f"alpha is {alpha} but no teacher signal was given")
+        teacher.check_against(hidden)  # [B, T] and K only
+    else:
+        teacher = None
+    v = int(weight.shape[0])
+    p = _prepare(hidden, labels, teacher, spec, float(alpha), lm_denominator, kd_denominator, vocab=v)
+    n = hidden.shape[0] * hidden.shape[1]
+    flat = hidden.reshape(n, hidden.shape[-1])
+    rows = spec.chunk_size or max(n, 1)
+    grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if grads:
+        obj, lm_s, kd_s, agree = FusedHeadLoss.apply(flat, weight, bias, p.inputs, rows)
+    else:
+        (obj, lm_s, kd_s, agree), _ = evaluate_head(flat, weight, bias, p.inputs, rows)
+    lm = lm_s / p.d_lm
+    kd = kd_s * p.scale / p.d_kd
+    agreement = agree / p.n_kd.clamp_min(1).to(p.d_kd.dtype)
+    return DistillResult(obj, lm, kd, agreement, p.n_lm, p.n_kd)
