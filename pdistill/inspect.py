@@ -2,7 +2,7 @@
 
 First a verdict: every shard the root index lists is checked against storage (exists, has the
 recorded size and hash; `--skip-hash` checks sizes only, for huge datasets), part folders against
-the manifest's unit count, and the manifest's counts against the index (`schemas.DatasetDir.verify`)
+the manifest's unit count, and the manifest's counts against the index (`schemas.integrity.verify`)
 and against the records stored: each part's stats.json and dead-letter file, and all dead letters
 against the manifest (`schemas/dead_letters.py`; `--skip-hash`: only what the listing shows).
 Any problem is printed with the file it concerns, and the exit status is 1.

@@ -31,6 +31,7 @@ from pipelines.teacher import Unscored
 from schemas import DatasetDir, build_sample, make_codec, mds_columns
 from schemas.codecs import Prime
 from schemas.dataset_dir import PRIME_NAME
+from schemas.integrity import check_dead_letters, part_stats
 from schemas.manifest import Counts, Manifest
 from schemas.redact import redact_uri
 
@@ -147,7 +148,7 @@ def build_root_index(output: str, units: list[str], settings_fp: str) -> tuple[d
     if missing:
         raise RuntimeError(f"{len(missing)} parts are missing under {out.parts_uri} "
                            f"(first: {missing[0]}); re-run the same command to compute them")
-    stats, problems = out.part_stats(sorted(units))
+    stats, problems = part_stats(out, sorted(units))
     if problems:  # missing or unreadable: counts a manifest would have to invent
         raise _part_mismatch(output, problems[0].file.split("/")[1], f"cannot be counted ({problems[0]})")
     per_unit = [stats[unit] for unit in sorted(units)]
@@ -178,7 +179,7 @@ def finalize(_computed, output: str, units: list[str], manifest: Manifest, prime
     from pipelines.accounting import account_sources
 
     index, totals, per_unit = build_root_index(output, units, manifest.settings_fingerprint)
-    _, problems = DatasetDir(output).check_dead_letters(dict(zip(sorted(units), per_unit)))
+    _, problems = check_dead_letters(DatasetDir(output), dict(zip(sorted(units), per_unit)))
     if problems:  # the records the counts stand for are gone or damaged: never publish counts without them
         raise _part_mismatch(output, problems[0].file.split("/")[-1].removesuffix(".jsonl"),
                              f"does not reconcile with its dead letters ({problems[0]})")

@@ -1,4 +1,4 @@
-"""`DatasetDir`: the one owner of a dataset's layout on storage.
+"""`DatasetDir`: the one owner of a dataset's layout on storage: paths, claim, publish, read.
 
 A dataset is a folder (local path, file://, s3://, gs://, anything fsspec knows):
 
@@ -14,7 +14,9 @@ A dataset is a folder (local path, file://, s3://, gs://, anything fsspec knows)
 
 Like mosaicml-streaming's `Stream`, a `DatasetDir` is a small value that knows its URIs; every
 module that reads or writes a dataset (the pipeline's claim, parts and publish; the trainer's
-preflight; `pdistill inspect`; the demo) goes through it, so the layout is named here only.
+preflight; `pdistill inspect`; the demo) goes through it, so the layout is named here only (the
+file names themselves sit in `schemas.layout`, shared with the checks). Whether what is stored is
+whole is `schemas.integrity`'s: `verify` and `check_shards` here delegate to it.
 
 Decision on samples: `schemas` imports numpy and the standard library only (fsspec inside
 functions), and mosaicml-streaming imports torch, so `DatasetDir` does not open samples itself;
@@ -31,21 +33,18 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from schemas import storage
-from schemas.errors import CorruptDataset, IncompleteDataset, ManifestError
+from schemas import integrity, storage
+from schemas.claim import ClaimError, create_if_absent
+from schemas.codecs import Prime, make_stored_codec
+from schemas.errors import CodecError, CorruptDataset, IncompleteDataset
 from schemas.identity import hex_digest
-from schemas.integrity import Problem, Verification, check_shards, list_files, stored_file
+from schemas.integrity import Verification, stored_file
+from schemas.layout import (  # importable from here and from `schemas` too
+    DEAD_LETTER_DIR, INDEX_NAME, MANIFEST_NAME, PARTS_DIR, PRIME_NAME, SETTINGS_NAME, STATS_NAME)
 from schemas.manifest import Manifest
 from schemas.redact import redact_uri
-from schemas.shard_names import check_names, name_problems
+from schemas.shard_names import check_names
 
-SETTINGS_NAME = "_settings.json"
-MANIFEST_NAME = "manifest.json"
-INDEX_NAME = "index.json"
-PARTS_DIR = "parts"
-DEAD_LETTER_DIR = "dead_letter"
-STATS_NAME = "stats.json"
-PRIME_NAME = "codec_prime.bin"
 OUR_NAMES = (SETTINGS_NAME, MANIFEST_NAME, INDEX_NAME, PARTS_DIR, DEAD_LETTER_DIR, PRIME_NAME)  # the top level we write
 TMP_RE = re.compile(r"\.tmp-[0-9a-f]{32}$")  # schemas.storage.write_bytes_atomic / schemas.claim temp names
 
@@ -102,16 +101,12 @@ class DatasetDir:
     def claim(self, record: dict) -> bool:
         """Create `_settings.json` holding `record` only if absent (`schemas.claim`): True when
         this call created it; of concurrent callers exactly one does."""
-        from schemas.claim import create_if_absent
-
         body = json.dumps(record, indent=2, sort_keys=True)
         return create_if_absent(self.settings_uri, body.encode("utf-8"))
 
     def read_claim(self) -> Optional[dict]:
         """The claim's record, None when there is none; `schemas.claim.ClaimError` (naming the
         file) when it is not a JSON object: empty, cut short, not UTF-8, or someone else's file."""
-        from schemas.claim import ClaimError
-
         if not storage.exists(self.settings_uri):
             return None
         data = storage.read_bytes(self.settings_uri)
@@ -242,8 +237,6 @@ class DatasetDir:
     def publish_prime(self, data: bytes) -> bytes:
         """Create the codec prime only if absent, then return the one stored: of runs racing for
         this output exactly one writes it, and every run codes against that one."""
-        from schemas.claim import create_if_absent
-
         create_if_absent(self.prime_uri, data)
         self._fs()[0].invalidate_cache()
         return storage.read_bytes(self.prime_uri)
@@ -257,9 +250,6 @@ class DatasetDir:
     def stored_codec(self, manifest: Manifest):
         """The codec this dataset's manifest names, as its data was written, holding the dataset's
         prime when the codec has one (checked against the manifest's `prime_sha256`)."""
-        from schemas.codecs import Prime, make_stored_codec
-        from schemas.errors import CodecError
-
         codec = make_stored_codec(manifest.codec.name, manifest.codec.params)
         if not codec.needs_prime:
             return codec
@@ -310,187 +300,15 @@ class DatasetDir:
         manifest = Manifest.from_json(storage.read_text(self.manifest_uri), where=self.manifest_uri) if has_manifest else None
         return index, manifest
 
-    # -- integrity (checks in schemas.integrity) -----------------------------------------------
+    # -- integrity (the checks are schemas.integrity's) -----------------------------------------
     def verify(self, hashes: bool = True) -> Verification:
-        """Is the dataset whole? Never raises for a broken dataset (see `Verification.problems`):
-        manifest and root index exist and parse; every listed shard exists with its size and
-        (unless `hashes=False`) hash; every part folder a shard lives in keeps its index and their
-        number is the manifest's `counts.units`; the index's sample total is `counts.sequences`
-        and the counts reconcile (documents = packed + dead letters), also with the dead-letter
-        records on storage (`_check_records`; read only with `hashes`, else from the listing)."""
-        v = Verification(uri=self.uri, hashed=hashes)
-        listing = list_files(self.uri)
-        if not listing:
-            v.problems.append(Problem(".", "no such dataset (nothing stored under this URI)"))
-            return v
-        for name in (INDEX_NAME, MANIFEST_NAME):
-            if name not in listing:
-                v.problems.append(Problem(name, "missing: the dataset is incomplete (the pipeline writes the root "
-                                                f"{INDEX_NAME}, then {MANIFEST_NAME} last)"))
-        if MANIFEST_NAME in listing:
-            try:
-                v.manifest = Manifest.from_json(storage.read_bytes(self.manifest_uri).decode("utf-8"), where=MANIFEST_NAME)
-            except UnicodeDecodeError as e:
-                v.problems.append(Problem(MANIFEST_NAME, f"not valid JSON ({e})"))
-            except ManifestError as e:
-                v.problems.append(Problem(MANIFEST_NAME, str(e).removeprefix(f"{MANIFEST_NAME}: ")))
-        if INDEX_NAME in listing:
-            try:
-                v.index = self.read_index()
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                v.problems.append(Problem(INDEX_NAME, f"not valid JSON ({e})"))
-            if v.index is not None and not (isinstance(v.index, dict) and isinstance(v.index.get("shards"), list)):
-                v.problems.append(Problem(INDEX_NAME, "has no list of shards"))
-                v.index = None
-            if v.index is not None and name_problems(v.index, PARTS_DIR):  # nothing is read by such names
-                v.problems += [Problem(INDEX_NAME, p) for p in name_problems(v.index, PARTS_DIR)]
-                v.index = None
-        if v.index is not None:
-            problems, v.shards_checked, v.bytes_checked = check_shards(self.uri, v.index, listing,
-                                                                       index_name=INDEX_NAME, hashes=hashes)
-            v.problems += problems + _check_parts(v.index, v.manifest, listing)
-            if hashes:  # deep check: also the files a re-publish reads (one small read per part)
-                v.problems += self._check_part_files(v.index, listing)
-        if v.manifest is not None:
-            c = v.manifest.counts
-            if not c.reconciles():
-                v.problems.append(Problem(MANIFEST_NAME, f"counts do not reconcile: documents {c.documents} != packed "
-                                                         f"{c.packed_documents} + dead letters {c.dead_letters}"))
-            if v.index is not None:
-                in_index = sum(int(s.get("samples", 0)) for s in v.index["shards"] if isinstance(s, dict))
-                if in_index != c.sequences:
-                    v.problems.append(Problem(INDEX_NAME, f"lists {in_index} sequences, {MANIFEST_NAME} counts {c.sequences}"))
-            v.problems += self._check_prime(v.manifest, listing)
-        v.problems += self._check_records(listing, v.manifest, deep=hashes)
-        return v
-
-    def _check_prime(self, manifest: Manifest, listing: dict[str, int]) -> list[Problem]:
-        """A codec with a prime (compact5): the prime is there, well-formed, and the one the
-        manifest names (samples coded against another prime decode to garbage)."""
-        from schemas.codecs import Prime
-        from schemas.errors import CodecError
-
-        if manifest.codec.name != "compact5":
-            return []
-        expected = manifest.codec.params.get("prime_sha256")
-        if PRIME_NAME not in listing:
-            return [Problem(PRIME_NAME, f"missing: codec {manifest.codec.name} cannot decode a sample without it")]
-        try:
-            prime = Prime.from_bytes(storage.read_bytes(self.prime_uri), where=PRIME_NAME)
-        except CodecError as e:
-            return [Problem(PRIME_NAME, str(e).removeprefix(f"{PRIME_NAME}: "))]
-        if prime.digest != expected:
-            return [Problem(PRIME_NAME, f"SHA-256 {prime.digest} is not the {expected} {MANIFEST_NAME} names")]
-        return []
-
-    def _check_part_files(self, index: dict, listing: dict[str, int]) -> list[Problem]:
-        """Each published part's index.json parses and lists the shards the root index takes from
-        it (its stats.json: `_check_records`)."""
-        problems = []
-        for unit, n in sorted(_shards_per_part(index).items()):
-            where = f"{PARTS_DIR}/{unit}"
-            if f"{where}/{INDEX_NAME}" not in listing:
-                continue  # reported by _check_parts
-            try:
-                part = json.loads(storage.read_text(storage.join(self.part_uri(unit), INDEX_NAME)))
-                listed = len(part["shards"]) if isinstance(part, dict) and isinstance(part.get("shards"), list) else None
-                problems += [Problem(f"{where}/{INDEX_NAME}", p) for p in name_problems(part, None)]
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                problems.append(Problem(f"{where}/{INDEX_NAME}", f"not valid JSON ({e})"))
-                listed = n
-            if listed is None:
-                problems.append(Problem(f"{where}/{INDEX_NAME}", "has no list of shards"))
-            elif listed != n:
-                problems.append(Problem(f"{where}/{INDEX_NAME}", f"lists {listed} shards, {INDEX_NAME} takes {n} from it"))
-        return problems
-
-    def _check_records(self, listing: dict[str, int], manifest: Optional[Manifest], deep: bool) -> list[Problem]:
-        """The counts a re-publish sums and the dead letters they count (`schemas.dead_letters`).
-        From the listing: every published part of a pipeline output (one with our claim, or whose
-        manifest accounts per source) keeps its stats.json (other tools' datasets, like the test
-        fixtures, have none; reading and training never need it), and a manifest that counts dead
-        letters has dead_letter/ records. `deep` (one small read per part and per dead-letter
-        file): each stats.json parses, each unit's records reconcile with it, all with the manifest."""
-        from schemas.dead_letters import Tally, against_manifest, tally
-
-        published = sorted(_published_parts(listing))
-        ours = SETTINGS_NAME in listing or (manifest is not None and any(s.documents is not None for s in manifest.sources))
-        stats, problems = self.part_stats([u for u in published if ours or self._stats_where(u) in listing], listing,
-                                          read=deep)
-        letter_files = sorted(p for p in listing if p.startswith(DEAD_LETTER_DIR + "/"))
-        if not deep:
-            if manifest is not None and not letter_files:
-                problems += against_manifest(Tally(), manifest.counts, DEAD_LETTER_DIR, MANIFEST_NAME)
-            return problems
-        total, bad = self.check_dead_letters(stats, listing, units=published)
-        problems += bad
-        for name in sorted(set(letter_files) - {self._letters_where(u) for u in published}):
-            found, bad = tally(storage.read_bytes(self._at(*name.split("/"))), name)  # a unit without its part
-            total, problems = total + found, problems + bad
-        if manifest is not None:
-            problems += against_manifest(total, manifest.counts, DEAD_LETTER_DIR, MANIFEST_NAME)
-        return problems
-
-    @staticmethod
-    def _stats_where(unit: str) -> str:
-        return f"{PARTS_DIR}/{unit}/{STATS_NAME}"
-
-    @staticmethod
-    def _letters_where(unit: str) -> str:
-        return f"{DEAD_LETTER_DIR}/{unit}.jsonl"
-
-    def part_stats(self, units: list[str], listing: Optional[dict[str, int]] = None,
-                   read: bool = True) -> tuple[dict[str, dict], list[Problem]]:
-        """The units' stats.json (the counts a publish sums), each checked: missing, not JSON or
-        not an object is a `Problem` naming it. `listing`: `list_files` of the dataset, if at hand."""
-        listing = list_files(self.uri) if listing is None else listing
-        stats, problems = {}, []
-        for unit in units:
-            where = self._stats_where(unit)
-            if where not in listing:
-                problems.append(Problem(where, "missing: the part's counts, which the manifest sums (a re-publish "
-                                               "reads it)"))
-                continue
-            if not read:
-                continue
-            try:
-                stats[unit] = json.loads(storage.read_text(storage.join(self.part_uri(unit), STATS_NAME)))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                problems.append(Problem(where, f"not valid JSON ({e})"))
-                continue
-            if not isinstance(stats[unit], dict):
-                problems.append(Problem(where, "is not a JSON object"))
-                del stats[unit]
-        return stats, problems
-
-    def check_dead_letters(self, stats: dict[str, dict], listing: Optional[dict[str, int]] = None,
-                           units: Optional[list[str]] = None):
-        """(`schemas.dead_letters.Tally` of the records read, problems): each unit's dead-letter
-        records (of `units`, default those of `stats`) parse and reconcile with its stats.json,
-        where `stats` holds it. `listing`: `list_files` of the dataset, if at hand."""
-        from schemas.dead_letters import Tally, against_stats, tally
-
-        if listing is None:
-            listing = {f"{DEAD_LETTER_DIR}/{n}": size for n, size in list_files(self._at(DEAD_LETTER_DIR)).items()}
-        total, problems = Tally(), []
-        for unit in sorted(stats) if units is None else units:
-            where, found, bad = self._letters_where(unit), None, []
-            if where in listing:
-                found, bad = tally(storage.read_bytes(self.dead_letter_uri(unit)), where)
-                total += found
-            problems += bad
-            if unit in stats and not bad:
-                problems += against_stats(found, stats[unit], where, self._stats_where(unit))
-        return total, problems
+        """Is the dataset whole? `schemas.integrity.verify` (never raises for a broken dataset)."""
+        return integrity.verify(self, hashes=hashes)
 
     def check_shards(self, index: dict) -> None:
         """Every shard the index lists exists with its recorded size and hash; raises
-        IncompleteDataset / CorruptDataset naming the first bad shard."""
-        problems, _, _ = check_shards(self.uri, index, list_files(self.uri), index_name=INDEX_NAME, hashes=True)
-        for p in problems:
-            if p.what.startswith("missing"):
-                raise IncompleteDataset(f"dataset {self.uri}: shard {p.file} is listed in {INDEX_NAME} but missing")
-            raise CorruptDataset(f"dataset {self.uri}: shard {p.file} is corrupt ({p.what})")
+        IncompleteDataset / CorruptDataset naming the first bad shard (`schemas.integrity`)."""
+        integrity.require_whole_shards(self, index)
 
     # -- samples -------------------------------------------------------------------------------
     @property
@@ -511,34 +329,3 @@ class DatasetDir:
         sub-folder `cache_key(identity)`, never in the folder itself."""
         return {"remote": self.remote, "local": os.path.join(local or cache_dir, self.cache_key(identity))}
 
-
-def _shards_per_part(index: dict) -> dict[str, int]:
-    """Part folder (unit) -> how many of the root index's shards live in it."""
-    out: dict[str, int] = {}
-    for shard in index.get("shards") or []:
-        entry = stored_file(shard) if isinstance(shard, dict) else None
-        parts = (entry or {}).get("basename", "").split("/")
-        if len(parts) == 3 and parts[0] == PARTS_DIR:
-            out[parts[1]] = out.get(parts[1], 0) + 1
-    return out
-
-
-def _published_parts(listing: dict[str, int]) -> set[str]:
-    """Units whose part folder holds its index.json (the part's commit marker)."""
-    return {p.split("/")[1] for p in listing if p.startswith(PARTS_DIR + "/") and p.endswith("/" + INDEX_NAME)
-            and p.count("/") == 2}
-
-
-def _check_parts(index: dict, manifest: Optional[Manifest], listing: dict[str, int]) -> list[Problem]:
-    """Part folders: each one a shard lives in keeps its index.json; their number is counts.units."""
-    problems = []
-    referenced = set(_shards_per_part(index))
-    published = {p.split("/")[1] for p in listing if p.startswith(PARTS_DIR + "/") and p.endswith("/" + INDEX_NAME)
-                 and p.count("/") == 2}
-    for unit in sorted(referenced - published):
-        problems.append(Problem(f"{PARTS_DIR}/{unit}/{INDEX_NAME}", "missing (the part folder's commit marker)"))
-    if manifest is not None and (referenced or published):
-        have = len(published | referenced)
-        if have != manifest.counts.units:
-            problems.append(Problem(PARTS_DIR, f"{have} part folders, {MANIFEST_NAME} counts {manifest.counts.units} units"))
-    return problems

@@ -8,7 +8,7 @@ of a file not read to its end); the manifest's counts are the sums over the part
 records behind it (a deleted dead_letter/ folder, a truncated file) claims documents the dataset
 cannot show; records no count stands for are documents the manifest does not count. Either way
 the dataset does not reconcile, and `Problem`s name the file and both numbers:
-`schemas.DatasetDir.verify` reports them (`pdistill inspect`), and the pipeline's re-publish
+`schemas.integrity.verify` reports them (`pdistill inspect`), and the pipeline's re-publish
 (`pipelines.sink.finalize`) refuses to write a manifest over them.
 
 Standard library only.
@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
-from schemas.integrity import Problem
+from schemas.problem import Problem
 
 UNSCORED_KIND = "teacher_unscored"
 
