@@ -33,76 +33,33 @@ How the value and gradient are computed in one pass without a [B, T, V] log-soft
 `trainer.fused_loss`. ``distill_loss_from_hidden(hidden, weight, bias, ...)`` computes the same from
 the student's last hidden state and output projection without the logits at all (`trainer.fused_head`).
 """
+
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
 from trainer.fused_head import FusedHeadLoss, evaluate_head
 from trainer.fused_loss import BLOCK_ELEMS, IGNORE_INDEX, FusedInputs, FusedLoss, evaluate
 from trainer.kd_rows import SUPPORTS, prepare_teacher
+from trainer.loss_spec import KD_KINDS, LossSpec
 from trainer.teacher_batch import TeacherBatch
 
-__all__ = ["KD_KINDS", "SUPPORTS", "LossSpec", "TeacherBatch", "KDResult", "DistillResult", "lm_loss", "kd_loss",
-           "distill_loss", "distill_loss_from_hidden", "total_loss", "count_positions"]
-
-KD_KINDS = ("forward_kl", "reverse_kl", "soft_ce", "mse", "jsd")
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """The KD recipe: what the loss computes (alpha, which changes every step, is passed beside it).
-
-    kind: forward_kl | reverse_kl | soft_ce | mse | jsd; support: full | kept | split (the student side,
-    see `kd_loss`); tau: temperature (> 0, finite); tail: a tail bucket (support full only);
-    tau_squared: scale the KD term by tau^2; chunk_size: rows per block (None: as large as the 32 MB
-    block cap allows; results do not depend on it); beta: kind jsd only, in [0, 1] (None: 0.5; set
-    for another kind: refused). Checked on construction (ValueError naming the setting).
-    """
-
-    kind: str = "forward_kl"
-    support: str = "full"
-    tau: float = 1.0
-    tail: bool = False
-    tau_squared: bool = False
-    chunk_size: Optional[int] = None
-    beta: Optional[float] = None
-
-    def __post_init__(self):
-        if self.kind not in KD_KINDS:
-            raise ValueError(f"kind must be one of {KD_KINDS}, got {self.kind!r}")
-        b = self.beta
-        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not (0.0 <= b <= 1.0)):
-            raise ValueError(f"beta must be a number in [0, 1], got {b!r}")
-        if b is not None and self.kind != "jsd":
-            raise ValueError(f"beta only applies to kind 'jsd', got kind {self.kind!r} with beta {b!r}")
-        if self.kind == "jsd":
-            object.__setattr__(self, "beta", 0.5 if b is None else float(b))
-        if self.support not in SUPPORTS:
-            raise ValueError(f"support must be one of {SUPPORTS}, got {self.support!r}")
-        if self.tail and self.support != "full":
-            raise ValueError(f"tail=True (a tail bucket) only applies to support 'full', got support {self.support!r}")
-        tau = self.tau
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (tau > 0) or math.isinf(tau):
-            raise ValueError(f"tau must be a positive finite number, got {tau!r}")
-        c = self.chunk_size
-        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
-            raise ValueError(f"chunk_size must be a positive int or None, got {c!r}")
-        object.__setattr__(self, "tau", float(tau))
-        object.__setattr__(self, "tail", bool(self.tail))
-        object.__setattr__(self, "tau_squared", bool(self.tau_squared))
-
-    @property
-    def row_kind(self) -> str:
-        """The formulas `trainer.kd_rows` evaluates: jsd at beta 0 / 1 IS forward_kl / reverse_kl (the
-        mixture form tends to 0 there), so those endpoints run exactly the forward_kl / reverse_kl code."""
-        if self.kind == "jsd" and self.beta in (0.0, 1.0):
-            return "forward_kl" if self.beta == 0.0 else "reverse_kl"
-        return self.kind
-
+__all__ = [
+    "KD_KINDS",
+    "SUPPORTS",
+    "LossSpec",
+    "TeacherBatch",
+    "KDResult",
+    "DistillResult",
+    "lm_loss",
+    "kd_loss",
+    "distill_loss",
+    "distill_loss_from_hidden",
+    "total_loss",
+    "count_positions",
+]
 
 LM_ONLY = LossSpec(kind="soft_ce")
 
@@ -179,8 +136,16 @@ class _Prepared(NamedTuple):
     scale: float
 
 
-def _prepare(logits, labels, teacher: TeacherBatch | None, spec: LossSpec, alpha: float,
-             lm_denominator, kd_denominator, vocab: int | None = None) -> _Prepared:
+def _prepare(
+    logits,
+    labels,
+    teacher: TeacherBatch | None,
+    spec: LossSpec,
+    alpha: float,
+    lm_denominator,
+    kd_denominator,
+    vocab: int | None = None,
+) -> _Prepared:
     """LM rows where labels != -100, KD rows where the teacher is valid; the objective's weights.
     Counts and weights stay on the device (no host synchronisation). ``vocab``: the fused head's
     vocabulary, ``logits`` then being the hidden states [B, T, H] (only their rows are read here)."""
@@ -198,19 +163,29 @@ def _prepare(logits, labels, teacher: TeacherBatch | None, spec: LossSpec, alpha
     prepared = None
     n_kd = torch.zeros((), dtype=torch.int64, device=dev)
     if teacher is not None:
-        prepared = prepare_teacher(teacher.flat(), spec.tau, spec.tail or spec.support == "split", v, cdtype,
-                                   beta=spec.beta)
+        prepared = prepare_teacher(
+            teacher.flat(), spec.tau, spec.tail or spec.support == "split", v, cdtype, beta=spec.beta
+        )
         n_kd = prepared.valid.sum()
     scale = spec.tau * spec.tau if spec.tau_squared else 1.0
     d_lm = _denominator(lm_denominator, n_lm, cdtype)
     d_kd = _denominator(kd_denominator, n_kd, cdtype)
-    inputs = FusedInputs(flat_labels, prepared, spec.row_kind, spec.support, spec.tau, (1.0 - alpha) / d_lm,
-                         alpha * scale / d_kd, _block_rows(spec.chunk_size, n_flat, v))
+    inputs = FusedInputs(
+        flat_labels,
+        prepared,
+        spec.row_kind,
+        spec.support,
+        spec.tau,
+        (1.0 - alpha) / d_lm,
+        alpha * scale / d_kd,
+        _block_rows(spec.chunk_size, n_flat, v),
+    )
     return _Prepared(inputs, n_lm, n_kd, d_lm, d_kd, scale)
 
 
-def _distill(logits, labels, teacher, spec: LossSpec, alpha: float, lm_denominator=None, kd_denominator=None
-             ) -> DistillResult:
+def _distill(
+    logits, labels, teacher, spec: LossSpec, alpha: float, lm_denominator=None, kd_denominator=None
+) -> DistillResult:
     p = _prepare(logits, labels, teacher, spec, alpha, lm_denominator, kd_denominator)
     if logits.requires_grad and torch.is_grad_enabled():
         obj, lm_s, kd_s, agree = FusedLoss.apply(logits, p.inputs)
@@ -237,8 +212,13 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, chunk_size: int | Non
     return _distill(logits, labels, None, spec, alpha=0.0).loss
 
 
-def kd_loss(student_logits: torch.Tensor, teacher: TeacherBatch, spec: LossSpec, *,
-            kd_denominator: torch.Tensor | float | None = None) -> KDResult:
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher: TeacherBatch,
+    spec: LossSpec,
+    *,
+    kd_denominator: torch.Tensor | float | None = None,
+) -> KDResult:
     """Distillation loss against the truncated teacher, per position then averaged.
 
     Notation at one position: x = student logits, s = x / tau; q = softmax(s) over the full
@@ -350,8 +330,15 @@ def distill_loss(
         teacher.check_against(student_logits)
     else:
         teacher = None
-    return _distill(student_logits, labels, teacher, spec, alpha=float(alpha), lm_denominator=lm_denominator,
-                    kd_denominator=kd_denominator)
+    return _distill(
+        student_logits,
+        labels,
+        teacher,
+        spec,
+        alpha=float(alpha),
+        lm_denominator=lm_denominator,
+        kd_denominator=kd_denominator,
+    )
 
 
 def distill_loss_from_hidden(

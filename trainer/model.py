@@ -36,14 +36,14 @@ Modes:
            and the identical loss code path;
   none     LM only (alpha must be 0), no teacher read.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from composer.core import Callback, Event, State
 from composer.loggers import Logger
-from composer.metrics import LanguageCrossEntropy, LanguagePerplexity
 from composer.models import ComposerModel
 from composer.utils import dist
 
@@ -54,6 +54,14 @@ from trainer.config import DistillConfig
 from trainer.errors import SettingError
 from trainer.losses import LossSpec, count_positions, distill_loss, distill_loss_from_hidden
 from trainer.schedules import training_progress
+from trainer.student_head import (
+    HeldOutCrossEntropy,
+    HeldOutPerplexity,
+    check_plain_head,
+    is_sharded,
+    last_hidden,
+    student_decoder,
+)
 from trainer.teacher_batch import TeacherBatch
 
 
@@ -61,104 +69,14 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
-# config attributes of Hugging Face students whose logits are not hidden @ W^T + b
-_HEAD_ATTRIBUTES = (
-    ("final_logit_softcapping", None),  # Gemma 2: tanh soft-capping
-    ("logit_softcapping", None),
-    ("logit_scale", 1.0),  # Cohere: logits * logit_scale
-    ("logits_scaling", 1.0),  # Granite: logits / logits_scaling
-)
-
-
-class _FromLossSums:
-    """A Composer language metric that also takes the fused head's {"lm_sum", "tokens"} (`eval_forward`)
-    in place of logits: the same states (summed cross-entropy, token count), no [B, T, V] tensor."""
-
-    def update(self, output, target) -> None:
-        if isinstance(output, dict) and "lm_sum" in output:
-            self.sum_loss += output["lm_sum"].to(self.sum_loss)
-            self.total_items += output["tokens"].to(self.total_items)
-            return
-        super().update(output, target)
-
-
-class _CrossEntropy(_FromLossSums, LanguageCrossEntropy):
-    pass
-
-
-class _Perplexity(_FromLossSums, LanguagePerplexity):
-    pass
-
-
-def _last_hidden(out) -> torch.Tensor:
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-
-
-def student_decoder(student: torch.nn.Module) -> Optional[torch.nn.Module]:
-    """The student without its output projection: a Hugging Face model's `base_model` (LlamaModel
-    for LlamaForCausalLM), else its `get_decoder()`; None when neither is a proper submodule."""
-    base = getattr(student, "base_model", None)
-    if isinstance(base, torch.nn.Module) and base is not student:
-        return base
-    get = getattr(student, "get_decoder", None)
-    decoder = get() if callable(get) else None
-    return decoder if isinstance(decoder, torch.nn.Module) and decoder is not student else None
-
-
-def _sharded(weight: torch.Tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch without distributed
-        DTensor = ()
-    return isinstance(weight, DTensor) or weight.dim() != 2 or weight.numel() == 0
-
-
-def check_plain_head(student: torch.nn.Module) -> None:
-    """Refuse (SettingError naming the attribute) a student whose logits are not its decoder's last
-    hidden state times its output projection: the fused head would compute another loss. Checked on
-    the config's known attributes, the head's type, then numerically on a 4-token probe."""
-    fix = "; set distill.fused_head: false to train on the student's own logits"
-    if student_decoder(student) is None:
-        raise SettingError(f"distill.fused_head: the student ({type(student).__name__}) has no base_model or "
-                           f"get_decoder() (the fused head needs its last hidden state){fix}")
-    if not callable(getattr(student, "get_output_embeddings", None)):
-        raise SettingError(f"distill.fused_head: the student ({type(student).__name__}) has no "
-                           f"get_output_embeddings() (the fused head needs its output projection){fix}")
-    config = getattr(student, "config", None)
-    for attr, neutral in _HEAD_ATTRIBUTES:
-        value = getattr(config, attr, None)
-        if value is not None and value != neutral:
-            raise SettingError(f"distill.fused_head: the student's config sets {attr}={value!r}, so its logits are "
-                               f"not a plain linear projection of the last hidden state{fix}")
-    head = student.get_output_embeddings()
-    if type(head) is not torch.nn.Linear:
-        raise SettingError(f"distill.fused_head: the student's get_output_embeddings() is "
-                           f"{type(head).__name__}, not a plain torch.nn.Linear{fix}")
-    p = next(student.parameters(), None)
-    if p is None or p.device.type == "meta":
-        return
-    v = head.weight.shape[0]
-    ids = (torch.arange(4, device=p.device) * 7919 % v)[None]
-    attention = torch.ones_like(ids)
-    training = student.training
-    try:
-        student.eval()
-        with torch.no_grad():
-            logits = student(input_ids=ids, attention_mask=attention).logits.float()
-            hidden = _last_hidden(student_decoder(student)(input_ids=ids, attention_mask=attention))
-            fused = head(hidden).float() if hidden.shape[-1] == head.in_features else None
-    finally:
-        student.train(training)
-    if fused is None or logits.shape != fused.shape or not torch.allclose(
-            logits, fused, rtol=1e-4, atol=1e-4 * float(fused.abs().max()) + 1e-6):
-        raise SettingError(f"distill.fused_head: the student's logits ({type(student).__name__}) are not "
-                           f"get_output_embeddings() applied to its base model's last hidden state (checked on a "
-                           f"probe input){fix}")
-
-
 class DistillationModel(ComposerModel):
-    def __init__(self, student: torch.nn.Module, distill: DistillConfig, teacher: Optional[torch.nn.Module] = None,
-                 alpha: float = 0.0):
+    def __init__(
+        self,
+        student: torch.nn.Module,
+        distill: DistillConfig,
+        teacher: torch.nn.Module | None = None,
+        alpha: float = 0.0,
+    ):
         """``distill``: the config's distill section (mode, loss, live truncation); ``teacher``: the
         loaded live teacher (mode live only)."""
         super().__init__()
@@ -169,32 +87,41 @@ class DistillationModel(ComposerModel):
         self.fused_head = bool(distill.fused_head)
         if self.fused_head:
             check_plain_head(student)
-        self.spec = LossSpec(kind=distill.kind, support=distill.support, tau=distill.tau, tail=distill.tail,
-                             tau_squared=distill.tau_squared, chunk_size=distill.chunk_size, beta=distill.beta)
+        self.spec = LossSpec(
+            kind=distill.kind,
+            support=distill.support,
+            tau=distill.tau,
+            tail=distill.tail,
+            tau_squared=distill.tau_squared,
+            chunk_size=distill.chunk_size,
+            beta=distill.beta,
+        )
         self.top_p, self.top_k = float(distill.top_p), int(distill.top_k)
         self.alpha = float(alpha)
         # The teacher is kept OUT of the module tree: not trained, not in the optimizer, not in
         # checkpoints, not wrapped by DDP. It is moved to the batch's device on first use.
         self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []
         self._stats = torch.zeros(3, dtype=torch.float64)  # agreement sum (weighted), positions, batches
-        self._batch_counts: Optional[torch.Tensor] = None  # global (LM tokens, KD positions, samples), `BatchCounts`
-        self.eval_metrics = {"LanguageCrossEntropy": _CrossEntropy(), "LanguagePerplexity": _Perplexity()}
+        self._batch_counts: torch.Tensor | None = None  # global (LM tokens, KD positions, samples), `BatchCounts`
+        self.eval_metrics = {"LanguageCrossEntropy": HeldOutCrossEntropy(), "LanguagePerplexity": HeldOutPerplexity()}
 
     # -- Composer API ------------------------------------------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:
         """The student's last hidden state [B, T, H] (fused head) or its logits [B, T, V]."""
         if self.fused_head:
             out = student_decoder(self.student)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            return _last_hidden(out)
+            return last_hidden(out)
         return self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
-    def _head(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The output projection's weight [V, H] and bias (or None), as the loss sees them."""
         head = self.student.get_output_embeddings()
         weight = head.weight
-        if _sharded(weight):
-            raise SettingError("distill.fused_head: the output projection's weight is sharded outside the student's "
-                               "forward (FSDP); set distill.fused_head: false")
+        if is_sharded(weight):
+            raise SettingError(
+                "distill.fused_head: the output projection's weight is sharded outside the student's "
+                "forward (FSDP); set distill.fused_head: false"
+            )
         return weight, head.bias
 
     def _distill_loss(self, outputs: torch.Tensor, labels, teacher, spec: LossSpec, **kw):
@@ -211,14 +138,15 @@ class DistillationModel(ComposerModel):
         alpha = 0.0 if self.mode == "none" else self.alpha
         teacher = self.teacher_batch(batch) if alpha > 0 else None
         d_lm, d_kd = self._global_denominators(batch, teacher)
-        res = self._distill_loss(outputs, batch["labels"], teacher, self.spec, alpha=alpha, lm_denominator=d_lm,
-                                 kd_denominator=d_kd)
+        res = self._distill_loss(
+            outputs, batch["labels"], teacher, self.spec, alpha=alpha, lm_denominator=d_lm, kd_denominator=d_kd
+        )
         if teacher is not None:
             n = float(res.num_positions)
             self._stats += torch.tensor([float(res.agreement) * n, n, 0.0], dtype=torch.float64)
         return {"total": res.loss, "lm": res.lm.detach(), "kd": res.kd.detach()}
 
-    def _global_denominators(self, batch: dict, teacher: Optional[TeacherBatch]):
+    def _global_denominators(self, batch: dict, teacher: TeacherBatch | None):
         """(LM, KD) denominators: C * b / S from the device batch's global counts (`BatchCounts`); without
         them, this batch's counts on one process (None), else its counts summed over all ranks divided
         by the world size (one all-reduce of two numbers)."""
@@ -235,7 +163,7 @@ class DistillationModel(ComposerModel):
         counts = counts / world
         return counts[0], counts[1]
 
-    def record_batch_counts(self, batch: Optional[dict]) -> None:
+    def record_batch_counts(self, batch: dict | None) -> None:
         """Count the device batch's LM tokens, KD positions and samples, summed over all ranks (None:
         forget them). KD positions as the loss will see them: the stored teacher's valid positions, or
         (live) every attended position, where the live teacher always keeps at least one id."""
@@ -255,7 +183,7 @@ class DistillationModel(ComposerModel):
             dist.all_reduce(counts)
         self._batch_counts = counts
 
-    def eval_forward(self, batch: dict, outputs: Optional[Any] = None):
+    def eval_forward(self, batch: dict, outputs: Any | None = None):
         """The logits (unfused), or (fused head) {"lm_sum", "tokens"}: the batch's summed next-token
         cross-entropy and its token count, computed chunk by chunk from the hidden state."""
         outputs = outputs if outputs is not None else self.forward(batch)
@@ -272,7 +200,7 @@ class DistillationModel(ComposerModel):
         metric.update(outputs, batch["labels"])
 
     # -- teacher signal ----------------------------------------------------------------------
-    def teacher_batch(self, batch: dict) -> Optional[TeacherBatch]:
+    def teacher_batch(self, batch: dict) -> TeacherBatch | None:
         """The teacher for this batch: the collator's columns (offline) or a fresh pass (live)."""
         if self.mode == "offline":
             if "teacher_ids" not in batch:
@@ -296,8 +224,9 @@ class DistillationModel(ComposerModel):
         entries = []
         for i, n in enumerate(attention.sum(-1).tolist()):
             # the codec's layout: ids ascending per position, log-probs renormalised over the kept set
-            entries.append(lossless_decoded(truncate_tensor(logits[i, :n], self.top_p, self.top_k)) if n
-                           else KeptEntries.empty(0))
+            entries.append(
+                lossless_decoded(truncate_tensor(logits[i, :n], self.top_p, self.top_k)) if n else KeptEntries.empty(0)
+            )
         return TeacherBatch.from_kept(entries, ids.shape[1], self.top_k, attention.cpu().numpy()).to(dev)
 
     def pop_stats(self) -> tuple[float, float]:
@@ -345,8 +274,10 @@ class BatchCounts(Callback):
     def run_event(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.FIT_START and getattr(_unwrap(state.model), "fused_head", False) and state.fsdp_enabled:
             # FSDP shards the output projection outside the student's forward, where the fused loss runs
-            raise SettingError("distill.fused_head: not supported with FSDP (the output projection's weight is "
-                               "sharded outside the student's forward); set distill.fused_head: false")
+            raise SettingError(
+                "distill.fused_head: not supported with FSDP (the output projection's weight is "
+                "sharded outside the student's forward); set distill.fused_head: false"
+            )
         if event == Event.AFTER_DATALOADER:
             _unwrap(state.model).record_batch_counts(state.batch)
         elif event == Event.BATCH_END:
