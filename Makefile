@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast demo demo-tiny bench install clean checkov-venv
+.PHONY: test test-fast lint demo demo-tiny bench install clean checkov-venv
 CHECKOV_VENV := .venv-checkov
 CHECKOV_VERSION := 3.3.30
 
@@ -29,7 +29,11 @@ $(CHECKOV_VENV)/bin/checkov:
 
 checkov-venv: $(CHECKOV_VENV)/bin/checkov
 
-test: $(STAMP) $(CHECKOV_VENV)/bin/checkov
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(STAMP) $(CHECKOV_VENV)/bin/checkov lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

@@ -4,6 +4,7 @@ Beam ships this file to workers with --setup_file, so it declares the three top-
 the extras split by role (a Dataflow worker image may move to a newer Beam than the trainer's).
 Exact versions that resolve together live in constraints.txt (pip install -c constraints.txt).
 """
+
 from setuptools import find_packages, setup
 
 CORE = [
@@ -20,7 +21,12 @@ STREAMING = ["mosaicml-streaming==0.13.0"]
 SETTINGS = ["pydantic>=2.6,<3"]  # both sides' settings are typed models (trainer/config.py, pipelines/config.py)
 
 EXTRAS = {
-    "pipeline": ["apache-beam[gcp]==2.71.0", "crcmod", "pyarrow>=17", "tqdm"] + TORCH + HF + STREAMING + STORAGE + SETTINGS,
+    "pipeline": ["apache-beam[gcp]==2.71.0", "crcmod", "pyarrow>=17", "tqdm"]
+    + TORCH
+    + HF
+    + STREAMING
+    + STORAGE
+    + SETTINGS,
     "trainer": ["mosaicml==0.32.1", "torchvision==0.22.0"] + TORCH + HF + STREAMING + STORAGE + SETTINGS,
     "demo": ["gguf>=0.10", "matplotlib>=3.8", "pyarrow>=17", "tqdm"],
     "test": [
@@ -30,6 +36,7 @@ EXTRAS = {
         "moto[server]>=5",
         "gcp-storage-emulator",
         "python-hcl2",
+        "ruff",  # lint + format check, run by `make test` (ruff.toml)
     ],
 }
 EXTRAS["dev"] = sorted({r for k in ("pipeline", "trainer", "demo", "test") for r in EXTRAS[k]})

@@ -26,6 +26,7 @@ One run prints four tables, all on the same teacher logits and truncations:
 
 Usage: python -m bench.codec [--teacher demo-lake/teacher] [--tokens 2048] [--prime-tokens 8192] [--png bench/codec_pareto.png]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,18 @@ import numpy as np
 import zstandard
 
 from bench.codec_candidates import AFTER_COMPACT3, CANDIDATES
-from schemas import Compact2Codec, Compact3Codec, Compact4Codec, CompactCodec, ExactCodec, build_sample, mds_columns, sample_select, truncate_tensor
-from schemas import fidelity
+from schemas import (
+    Compact2Codec,
+    Compact3Codec,
+    Compact4Codec,
+    CompactCodec,
+    ExactCodec,
+    build_sample,
+    fidelity,
+    mds_columns,
+    sample_select,
+    truncate_tensor,
+)
 from schemas.codecs import Compact5Codec, Prime
 from schemas.kept import KeptEntries
 
@@ -125,8 +136,12 @@ def prime_signal(teacher_dir: str, ids: np.ndarray, settings: list[tuple[float, 
 
 def rows_of(tr: KeptEntries, start: int, stop: int) -> KeptEntries:
     offs = tr.offsets()
-    return KeptEntries(tr.counts[start:stop], tr.ids[offs[start] : offs[stop]], tr.logp[offs[start] : offs[stop]],
-                     tr.log_tail[start:stop])
+    return KeptEntries(
+        tr.counts[start:stop],
+        tr.ids[offs[start] : offs[stop]],
+        tr.logp[offs[start] : offs[stop]],
+        tr.log_tail[start:stop],
+    )
 
 
 class _Layout:
@@ -142,20 +157,42 @@ class _Layout:
         return self.fn(tr, self.codec, tokens, **self.context)
 
 
-def stored_bytes_per_token(subs: list[KeptEntries], toks: list[np.ndarray], codec, vocab: int, k: int, seq_len: int,
-                           tokens_only: float) -> float:
+def stored_bytes_per_token(
+    subs: list[KeptEntries], toks: list[np.ndarray], codec, vocab: int, k: int, seq_len: int, tokens_only: float
+) -> float:
     """Teacher bytes/token in real zstd MDS shards: shard bytes minus those of the same samples
     with their tokens but without teacher signal (ids + values + counts + tail)."""
-    rows = [build_sample(sample_id=i, tokens=tk, n_tokens=seq_len, doc_starts=np.zeros(1),
-                         truncated=sub, codec=codec, vocab_size=vocab, top_k=k, unit="b") for i, (sub, tk) in enumerate(zip(subs, toks))]
+    rows = [
+        build_sample(
+            sample_id=i,
+            tokens=tk,
+            n_tokens=seq_len,
+            doc_starts=np.zeros(1),
+            truncated=sub,
+            codec=codec,
+            vocab_size=vocab,
+            top_k=k,
+            unit="b",
+        )
+        for i, (sub, tk) in enumerate(zip(subs, toks))
+    ]
     return (mds_bytes(rows, mds_columns(vocab, k)) - tokens_only) / (len(subs) * seq_len)
 
 
 def tokens_only_bytes(toks: list[np.ndarray], vocab: int, k: int, seq_len: int) -> int:
     empty = {"teacher_ids": b"", "teacher_values": b"", "teacher_tail": b""}
-    rows = [{"sample_id": np.uint64(i), "tokens": np.asarray(tk, np.uint16 if vocab <= 65536 else np.uint32),
-             "n_tokens": np.uint32(seq_len), "doc_starts": [0], "teacher_counts": np.zeros(seq_len, np.uint8), "unit": "b",
-             **empty} for i, tk in enumerate(toks)]
+    rows = [
+        {
+            "sample_id": np.uint64(i),
+            "tokens": np.asarray(tk, np.uint16 if vocab <= 65536 else np.uint32),
+            "n_tokens": np.uint32(seq_len),
+            "doc_starts": [0],
+            "teacher_counts": np.zeros(seq_len, np.uint8),
+            "unit": "b",
+            **empty,
+        }
+        for i, tk in enumerate(toks)
+    ]
     return mds_bytes(rows, mds_columns(vocab, k))
 
 
@@ -167,8 +204,12 @@ def round_trip(codec, subs: list[KeptEntries], toks: list[np.ndarray]) -> tuple[
     else:
         decs = [codec.decode(s.counts, codec.encode(s)) for s in subs]
     sec = time.perf_counter() - t0
-    cat = KeptEntries(np.concatenate([d.counts for d in decs]), np.concatenate([d.ids for d in decs]),
-                  np.concatenate([d.logp for d in decs]), np.concatenate([d.log_tail for d in decs]))
+    cat = KeptEntries(
+        np.concatenate([d.counts for d in decs]),
+        np.concatenate([d.ids for d in decs]),
+        np.concatenate([d.logp for d in decs]),
+        np.concatenate([d.log_tail for d in decs]),
+    )
     return cat, sec
 
 
@@ -211,7 +252,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default="demo-lake/teacher")
     ap.add_argument("--tokens", type=int, default=2048)
-    ap.add_argument("--prime-tokens", type=int, default=8192, help="compact5's prime: teacher signal on this many held-out tokens")
+    ap.add_argument(
+        "--prime-tokens", type=int, default=8192, help="compact5's prime: teacher signal on this many held-out tokens"
+    )
     ap.add_argument("--kl-rows", type=int, default=512, help="positions used for the (slow) total KL")
     ap.add_argument("--png", default="bench/codec_pareto.png", help="where to write the Pareto plot")
     args = ap.parse_args(argv)
@@ -227,12 +270,16 @@ def main(argv=None) -> int:
     n_samples = n_tok // seq_len
     toks = [token_ids[s : s + seq_len] for s in range(0, n_samples * seq_len, seq_len)]
     c4, c3, c2, c1, ex = Compact4Codec(), Compact3Codec(), Compact2Codec(), CompactCodec(), ExactCodec()
-    print(f"teacher forward: {fwd_tps:,.0f} tokens/s on {n_tok} tokens ({n_samples} samples of {seq_len}), vocab {vocab}; "
-          f"compact4 {c4.params()}")
+    print(
+        f"teacher forward: {fwd_tps:,.0f} tokens/s on {n_tok} tokens ({n_samples} samples of {seq_len}), vocab {vocab}; "
+        f"compact4 {c4.params()}"
+    )
     print(f"full fp32 logits: {4 * vocab:,} B/token\n")
-    hdr = (f"{'select':>8} {'p':>5} {'k':>4} {'kept/tok':>8} {'c4 B/tok':>8} {'c4 B/entry':>10} {'c3 B/entry':>10} "
-           f"{'c2 B/entry':>10} {'v1 B/tok':>8} {'exact B/tok':>11} {'naive B/tok':>11} {'naive/c4':>8} {'megatron':>8} "
-           f"{'distillkit':>10} {'c4 codecKL':>10} {'v1 codecKL':>10} {'c4 totalKL':>10} {'c4 enc+dec tok/s':>16} {'vs fwd':>6}")
+    hdr = (
+        f"{'select':>8} {'p':>5} {'k':>4} {'kept/tok':>8} {'c4 B/tok':>8} {'c4 B/entry':>10} {'c3 B/entry':>10} "
+        f"{'c2 B/entry':>10} {'v1 B/tok':>8} {'exact B/tok':>11} {'naive B/tok':>11} {'naive/c4':>8} {'megatron':>8} "
+        f"{'distillkit':>10} {'c4 codecKL':>10} {'v1 codecKL':>10} {'c4 totalKL':>10} {'c4 enc+dec tok/s':>16} {'vs fwd':>6}"
+    )
     print("1. codecs per truncation (bytes after MDS zstd; KL in nats/token)")
     print(hdr)
     rows = [("top_p_k", p, k) for p in (0.9, 0.95, 1.0) for k in (20, 50, 100)] + [("sample", 1.0, 50)]
@@ -255,25 +302,45 @@ def main(argv=None) -> int:
         mg, dk = peers(tr, k, vocab, n_tok)
         tps = n_samples * seq_len / sec4
         results[(method, p, k)] = dict(kept=kept, b4=b4, kl4=kl4, frac=fwd_tps / tps)
-        print(f"{method:>8} {p:>5} {k:>4} {kept:>8.1f} {b4:>8.1f} {b4 / kept:>10.3f} {b3 / kept:>10.3f} {b2 / kept:>10.3f} "
-              f"{b1:>8.1f} {be:>11.1f} {8 * k:>11} {8 * k / b4:>8.1f} {mg:>8.1f} {dk:>10.1f} {kl4:>10.2e} {kl1:>10.2e} "
-              f"{tkl4:>10.3f} {tps:>16,.0f} {fwd_tps / tps:>6.1%}", flush=True)
+        print(
+            f"{method:>8} {p:>5} {k:>4} {kept:>8.1f} {b4:>8.1f} {b4 / kept:>10.3f} {b3 / kept:>10.3f} {b2 / kept:>10.3f} "
+            f"{b1:>8.1f} {be:>11.1f} {8 * k:>11} {8 * k / b4:>8.1f} {mg:>8.1f} {dk:>10.1f} {kl4:>10.2e} {kl1:>10.2e} "
+            f"{tkl4:>10.3f} {tps:>16,.0f} {fwd_tps / tps:>6.1%}",
+            flush=True,
+        )
         if method != "top_p_k":
             continue
-        pareto.append(dict(codec="compact (v1)", p=p, k=k, bytes=b1, codec_kl=kl1,
-                           total_kl=fidelity.total_kl(kl_rows, d1.head(args.kl_rows))))
+        pareto.append(
+            dict(
+                codec="compact (v1)",
+                p=p,
+                k=k,
+                bytes=b1,
+                codec_kl=kl1,
+                total_kl=fidelity.total_kl(kl_rows, d1.head(args.kl_rows)),
+            )
+        )
         for target in KL_TARGETS:
             c = Compact4Codec(kl_target=target)
             d = d4 if target == c4.kl_target else round_trip(c, subs, toks)[0]
             b = b4 if target == c4.kl_target else stored_bytes_per_token(subs, toks, c, vocab, k, seq_len, base)
-            pareto.append(dict(codec=f"compact4 kl_target={target:g}", p=p, k=k, bytes=b,
-                               codec_kl=fidelity.codec_kl(all_rows, d),
-                               total_kl=fidelity.total_kl(kl_rows, d.head(args.kl_rows))))
+            pareto.append(
+                dict(
+                    codec=f"compact4 kl_target={target:g}",
+                    p=p,
+                    k=k,
+                    bytes=b,
+                    codec_kl=fidelity.codec_kl(all_rows, d),
+                    total_kl=fidelity.total_kl(kl_rows, d.head(args.kl_rows)),
+                )
+            )
         if p == 0.95 and k in (50, 100):
             candidates.append((p, k, kept, b1, kl1, None))
             unigram = np.bincount(tr.ids, minlength=vocab)  # for the held-out id prior candidates
             for name, fn in CANDIDATES.items():
-                b = stored_bytes_per_token(subs, toks, _Layout(fn, c2, kept_ids=unigram, corpus=held_out), vocab, k, seq_len, base)
+                b = stored_bytes_per_token(
+                    subs, toks, _Layout(fn, c2, kept_ids=unigram, corpus=held_out), vocab, k, seq_len, base
+                )
                 candidates.append((p, k, kept, b, kl4, name))
             candidates.append((p, k, kept, b2, kl4, "compact2 (ANS)"))
             candidates.append((p, k, kept, b3, kl4, "compact3 (+ hint, token dictionary, tail, split)"))
@@ -286,53 +353,91 @@ def main(argv=None) -> int:
             d5, sec5 = round_trip(c5, subs, toks)
             kl5 = fidelity.codec_kl(all_rows, d5)
             candidates.append((p, k, kept, b5, kl5, f"compact5 (+ a {args.prime_tokens}-token prime)"))
-            results[("c5", p, k)] = dict(b4=b5, kept=kept, kl4=kl5, seq=seq_len, prime=len(c5.prime.to_bytes()),
-                                         frac5=fwd_tps / (n_samples * seq_len / sec5))
+            results[("c5", p, k)] = dict(
+                b4=b5,
+                kept=kept,
+                kl4=kl5,
+                seq=seq_len,
+                prime=len(c5.prime.to_bytes()),
+                frac5=fwd_tps / (n_samples * seq_len / sec5),
+            )
             long = n_samples * seq_len  # the same tokens as one sample (pipeline default seq_len 2048)
             if long >= 2048:
                 one, one_tok = [rows_of(tr, 0, long)], [token_ids[:long]]
                 for c in (c2, c3, c4, c5):
-                    b = stored_bytes_per_token(one, one_tok, c, vocab, k, long, tokens_only_bytes(one_tok, vocab, k, long))
-                    candidates.append((p, k, kept, b, fidelity.codec_kl(all_rows, round_trip(c, one, one_tok)[0]),
-                                       f"{c.name}, one {long}-token sample"))
+                    b = stored_bytes_per_token(
+                        one, one_tok, c, vocab, k, long, tokens_only_bytes(one_tok, vocab, k, long)
+                    )
+                    candidates.append(
+                        (
+                            p,
+                            k,
+                            kept,
+                            b,
+                            fidelity.codec_kl(all_rows, round_trip(c, one, one_tok)[0]),
+                            f"{c.name}, one {long}-token sample",
+                        )
+                    )
                     if c is c4:
                         results[("long", p, k)] = dict(b4=b, kept=kept, kl4=candidates[-1][4], seq=long)
                     if c is c5:
-                        results[("c5long", p, k)] = dict(b4=b, kept=kept, kl4=candidates[-1][4], seq=long, prime=results[("c5", p, k)]["prime"])
+                        results[("c5long", p, k)] = dict(
+                            b4=b, kept=kept, kl4=candidates[-1][4], seq=long, prime=results[("c5", p, k)]["prime"]
+                        )
 
     print("\n2. candidates, top-0.95-k: one step at a time from compact (v1) to compact4")
     print(f"{'p':>5} {'k':>4} {'layout':<56} {'B/tok':>7} {'B/entry':>8} {'codec KL':>9}")
     for p, k, kept, b, kl, name in candidates:
-        print(f"{p:>5} {k:>4} {name or 'compact (v1): 1/16-nat bytes, varints':<56} {b:>7.1f} {b / kept:>8.3f} {kl:>9.2e}")
+        print(
+            f"{p:>5} {k:>4} {name or 'compact (v1): 1/16-nat bytes, varints':<56} {b:>7.1f} {b / kept:>8.3f} {kl:>9.2e}"
+        )
 
     print("\n3. Pareto: bytes/token vs TOTAL KL (truncation + codec), top-p-k x codec precision")
     print(f"{'p':>5} {'k':>4} {'codec':<30} {'B/tok':>7} {'codec KL':>9} {'total KL':>9} {'front':>5}")
     front = set(_front([(r["bytes"], r["total_kl"]) for r in pareto]))
     for r in sorted(pareto, key=lambda r: r["bytes"]):
         on = "*" if (r["bytes"], r["total_kl"]) in front else ""
-        print(f"{r['p']:>5} {r['k']:>4} {r['codec']:<30} {r['bytes']:>7.1f} {r['codec_kl']:>9.2e} {r['total_kl']:>9.3f} {on:>5}")
+        print(
+            f"{r['p']:>5} {r['k']:>4} {r['codec']:<30} {r['bytes']:>7.1f} {r['codec_kl']:>9.2e} {r['total_kl']:>9.3f} {on:>5}"
+        )
     write_png(args.png, pareto)
     print(f"(plot: {args.png})")
 
     print("\n4. targets (compact4; compact5 with its prime)")
     for k in (100, 50):
-        for key, where in ((("top_p_k", 0.95, k), f"compact4, {n_samples} samples of {seq_len}"), (("long", 0.95, k), "compact4, one sample of 2048"),
-                           (("c5", 0.95, k), f"compact5, {n_samples} samples of {seq_len}"), (("c5long", 0.95, k), "compact5, one sample of 2048")):
+        for key, where in (
+            (("top_p_k", 0.95, k), f"compact4, {n_samples} samples of {seq_len}"),
+            (("long", 0.95, k), "compact4, one sample of 2048"),
+            (("c5", 0.95, k), f"compact5, {n_samples} samples of {seq_len}"),
+            (("c5long", 0.95, k), "compact5, one sample of 2048"),
+        ):
             if key not in results:
                 continue
             r = results[key]
             ok = r["b4"] / r["kept"] <= 1.3 and r["kl4"] <= 1e-3
-            prime = (f" (+ its prime, {r['prime'] / 1e3:,.0f} kB once per dataset: {r['prime'] / 1e9 / r['kept']:.1e} B per kept "
-                     f"entry over a billion tokens)") if "prime" in r else ""
-            print(f"top-0.95-{k}, {where}: {r['b4'] / r['kept']:.3f} B/kept entry{prime} (target <= 1.3, stretch 1.2) at codec KL "
-                  f"{r['kl4']:.2e} (<= 1e-3; {r['kl4'] / c4.kl_design():.2f}x the design {c4.kl_design():.1e}, guaranteed "
-                  f"<= {c4.kl_bound():.2e}): {'PASS' if ok else 'MISS'}")
+            prime = (
+                (
+                    f" (+ its prime, {r['prime'] / 1e3:,.0f} kB once per dataset: {r['prime'] / 1e9 / r['kept']:.1e} B per kept "
+                    f"entry over a billion tokens)"
+                )
+                if "prime" in r
+                else ""
+            )
+            print(
+                f"top-0.95-{k}, {where}: {r['b4'] / r['kept']:.3f} B/kept entry{prime} (target <= 1.3, stretch 1.2) at codec KL "
+                f"{r['kl4']:.2e} (<= 1e-3; {r['kl4'] / c4.kl_design():.2f}x the design {c4.kl_design():.1e}, guaranteed "
+                f"<= {c4.kl_bound():.2e}): {'PASS' if ok else 'MISS'}"
+            )
     worst = max(r["frac"] for r in results.values() if "frac" in r)
-    print(f"compact4 encode+decode, worst row: {worst:.1%} of the teacher forward (target <= 5%): "
-          f"{'PASS' if worst <= 0.05 else 'MISS'}")
+    print(
+        f"compact4 encode+decode, worst row: {worst:.1%} of the teacher forward (target <= 5%): "
+        f"{'PASS' if worst <= 0.05 else 'MISS'}"
+    )
     worst5 = max(r["frac5"] for r in results.values() if "frac5" in r)
-    print(f"compact5 encode+decode, worst of top-0.95-50/-100: {worst5:.1%} of the teacher forward (target <= 5%): "
-          f"{'PASS' if worst5 <= 0.05 else 'MISS'}")
+    print(
+        f"compact5 encode+decode, worst of top-0.95-50/-100: {worst5:.1%} of the teacher forward (target <= 5%): "
+        f"{'PASS' if worst5 <= 0.05 else 'MISS'}"
+    )
     return 0
 
 

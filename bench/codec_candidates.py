@@ -21,6 +21,7 @@ ids of held-out text), for the id priors.
   set at the last earlier position with the same tokens) with compact3's levels block: what the
   repeats alone buy before compact4's drops under the level above them.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,9 +49,11 @@ def v1_ids_sqrt_levels(tr: KeptEntries, codec: Compact2Codec, tokens=None, **_) 
         gaps[1:] = ids[1:] - ids[:-1] - 1
         gaps[starts] = ids[starts]
     lv = _levels(codec, KeptEntries(counts, ids, logp, tr.log_tail))
-    return {"teacher_ids": varint.encode(gaps.astype(np.uint64)),
-            "teacher_values": varint.encode(lv.astype(np.uint64)),
-            "teacher_tail": tr.log_tail.astype("<f2").tobytes()}
+    return {
+        "teacher_ids": varint.encode(gaps.astype(np.uint64)),
+        "teacher_values": varint.encode(lv.astype(np.uint64)),
+        "teacher_tail": tr.log_tail.astype("<f2").tobytes(),
+    }
 
 
 def dictionary_zstd(tr: KeptEntries, codec: Compact2Codec, tokens=None, **_) -> dict[str, bytes]:
@@ -72,9 +75,11 @@ def dictionary_zstd(tr: KeptEntries, codec: Compact2Codec, tokens=None, **_) -> 
     vals = np.where(first, lvl, drop)
     id_sym = np.where(tied, gap, x)
     head = np.concatenate([np.diff(uniq, prepend=-1) - 1, cls])
-    return {"teacher_ids": varint.encode(np.concatenate([head, id_sym]).astype(np.uint64)),
-            "teacher_values": varint.encode(vals.astype(np.uint64)),
-            "teacher_tail": tr.log_tail.astype("<f2").tobytes()}
+    return {
+        "teacher_ids": varint.encode(np.concatenate([head, id_sym]).astype(np.uint64)),
+        "teacher_values": varint.encode(vals.astype(np.uint64)),
+        "teacher_tail": tr.log_tail.astype("<f2").tobytes(),
+    }
 
 
 def _with_global_order(tr: KeptEntries, codec: Compact2Codec, score: np.ndarray) -> dict[str, bytes]:
@@ -128,8 +133,10 @@ def kept_unigram_held_out(tr, codec, tokens=None, kept_ids=None, **_):
 
 def compact3_plus_repeats(tr, codec, tokens=None, **_):
     params = codec.params()
-    return {**Compact4Codec(**params).encode(tr, tokens=tokens),
-            "teacher_values": Compact3Codec(**params).encode(tr, tokens=tokens)["teacher_values"]}
+    return {
+        **Compact4Codec(**params).encode(tr, tokens=tokens),
+        "teacher_values": Compact3Codec(**params).encode(tr, tokens=tokens)["teacher_values"],
+    }
 
 
 AFTER_COMPACT3 = {"compact3 + repeats (compact3's levels)": compact3_plus_repeats}

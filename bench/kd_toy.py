@@ -8,6 +8,7 @@ the excess cross-entropy KL(p || q) averaged over contexts, is the bias of the K
 LM term's sampling noise (the LM-only row). `toy_excess` is also what tests/test_losses.py runs on
 the shipped pd_best settings.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,17 +35,32 @@ def truncated_teacher(log_p: torch.Tensor, top_p: float, top_k: int) -> TeacherB
     return TeacherBatch.from_kept([dec], contexts, top_k, np.ones((1, contexts), dtype=bool))
 
 
-def toy_excess(*, kind: str = "forward_kl", support: str = "full", tail: bool = False, tau: float = 1.0,
-               tau_squared: bool = False, alpha: float = 0.9, contexts: int = 32, vocab: int = 1000,
-               top_p: float = 0.95, top_k: int = 50, steps: int = 150, samples: int = 16, lr: float = 0.2,
-               seed: int = 0) -> dict:
+def toy_excess(
+    *,
+    kind: str = "forward_kl",
+    support: str = "full",
+    tail: bool = False,
+    tau: float = 1.0,
+    tau_squared: bool = False,
+    alpha: float = 0.9,
+    contexts: int = 32,
+    vocab: int = 1000,
+    top_p: float = 0.95,
+    top_k: int = 50,
+    steps: int = 150,
+    samples: int = 16,
+    lr: float = 0.2,
+    seed: int = 0,
+) -> dict:
     """Train the free student; return {"excess": mean KL(p || q) in nats, "dropped": mean tail mass}.
 
     Single-threaded (restored after): ~1 s of CPU; thread pools only add overhead at this size."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _toy(kind, support, tail, tau, tau_squared, alpha, contexts, vocab, top_p, top_k, steps, samples, lr, seed)
+        return _toy(
+            kind, support, tail, tau, tau_squared, alpha, contexts, vocab, top_p, top_k, steps, samples, lr, seed
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -52,8 +68,12 @@ def toy_excess(*, kind: str = "forward_kl", support: str = "full", tail: bool = 
 def _toy(kind, support, tail, tau, tau_squared, alpha, contexts, vocab, top_p, top_k, steps, samples, lr, seed):
     log_p = true_distributions(contexts, vocab, seed)
     teacher = truncated_teacher(log_p, top_p, top_k)
-    expand = TeacherBatch(*(v.expand(samples, *v.shape[1:]) for v in
-                            (teacher.ids, teacher.logp, teacher.mask, teacher.log_tail, teacher.position_mask)))
+    expand = TeacherBatch(
+        *(
+            v.expand(samples, *v.shape[1:])
+            for v in (teacher.ids, teacher.logp, teacher.mask, teacher.log_tail, teacher.position_mask)
+        )
+    )
     spec = LossSpec(kind=kind, support=support, tau=tau, tail=tail, tau_squared=tau_squared)
     x = torch.zeros(1, contexts, vocab, requires_grad=True)
     opt = torch.optim.Adam([x], lr=lr)
@@ -97,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         vals = [toy_excess(kind=args.kind, seed=s, **kw) for s in range(args.seeds)]
         ex = np.array([v["excess"] for v in vals])
-        print(f"{label:28s} {ex.mean():22.4f}   (dropped mass {vals[0]['dropped']:.3f}, {time.perf_counter() - t0:.1f} s)")
+        print(
+            f"{label:28s} {ex.mean():22.4f}   (dropped mass {vals[0]['dropped']:.3f}, {time.perf_counter() - t0:.1f} s)"
+        )
     return 0
 
 

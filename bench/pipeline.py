@@ -33,6 +33,7 @@ trust for per-batch overhead when the load average is above the core count.
 
 Usage: python -m bench.pipeline [--teacher DIR] [--sequences 16] [--batch-size 4] [--rounds 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,9 +62,10 @@ def build_corpus(tok, n_sequences: int, seq_len: int, folder: str) -> tuple[str,
     """Topics in sorted order until the packed stream fills n_sequences; the last topic is cut so
     that the stream ends inside the last sequence (no extra, mostly-padding sequence: every batch
     of the bench is a whole batch)."""
+    import pydoc_data.topics as t
+
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import pydoc_data.topics as t
 
     def n_tok(text):
         return len(tok(text, add_special_tokens=False)["input_ids"]) + 1  # + separator
@@ -153,9 +155,11 @@ def main(argv=None) -> int:
     corpus, docs = build_corpus(tok, args.sequences, args.seq_len, work)
     seqs = pack(tok, docs, args.seq_len, sep_id)
     n_tokens = sum(n for _, n, _ in seqs)
-    print(f"teacher {teacher}; corpus {len(docs)} pydoc topics -> {len(seqs)} sequences, {n_tokens} tokens "
-          f"(seq_len {args.seq_len}, batch {args.batch_size}, top-{args.top_p}-{args.top_k}); "
-          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs")
+    print(
+        f"teacher {teacher}; corpus {len(docs)} pydoc topics -> {len(seqs)} sequences, {n_tokens} tokens "
+        f"(seq_len {args.seq_len}, batch {args.batch_size}, top-{args.top_p}-{args.top_k}); "
+        f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs"
+    )
 
     t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
@@ -168,17 +172,30 @@ def main(argv=None) -> int:
         tokens, dt, per_batch = bare_loop(model, seqs, args.batch_size, args.top_p, args.top_k)
         assert tokens == n_tokens
         best_bare.append(min(per_batch))
-        print(f"bare loop ({tag}): {tokens} tokens in {dt:.1f} s = {tokens / dt:.1f} tokens/s; "
-              f"batches {min(per_batch):.2f}-{max(per_batch):.2f} s  [{load1()}]", flush=True)
+        print(
+            f"bare loop ({tag}): {tokens} tokens in {dt:.1f} s = {tokens / dt:.1f} tokens/s; "
+            f"batches {min(per_batch):.2f}-{max(per_batch):.2f} s  [{load1()}]",
+            flush=True,
+        )
         return tokens / dt
 
     bare_rates, e2e_rates, steady_rates, best_pipe = [bare("before")], [], [], []
     for r in range(args.rounds):
         out = os.path.join(work, f"ds{r}")
         shutil.rmtree(out, ignore_errors=True)
-        config = PipelineConfig(inputs=[corpus], teacher=teacher, output=out, seq_len=args.seq_len,
-                                top_p=args.top_p, top_k=args.top_k, separator=SEP, add_bos=False,
-                                batch_size=args.batch_size, device="cpu", progress=False)
+        config = PipelineConfig(
+            inputs=[corpus],
+            teacher=teacher,
+            output=out,
+            seq_len=args.seq_len,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            separator=SEP,
+            add_bos=False,
+            batch_size=args.batch_size,
+            device="cpu",
+            progress=False,
+        )
         t0 = time.perf_counter()
         report = run(config)
         wall = time.perf_counter() - t0
@@ -189,10 +206,13 @@ def main(argv=None) -> int:
         steady_rates.append(n_tokens / busy)
         ms = m["teacher_batch_ms"]
         best_pipe.append(ms["min"] / 1e3)
-        print(f"pipeline (DirectRunner in-process) round {r + 1}: {n_tokens} tokens in {wall:.1f} s end to end "
-              f"= {n_tokens / wall:.1f} tokens/s; teacher busy {busy:.1f} s = {n_tokens / busy:.1f} tokens/s "
-              f"({ms['count']} batches {ms['min'] / 1e3:.2f}-{ms['max'] / 1e3:.2f} s); "
-              f"outside the teacher {wall - busy:.1f} s  [{load1()}]", flush=True)
+        print(
+            f"pipeline (DirectRunner in-process) round {r + 1}: {n_tokens} tokens in {wall:.1f} s end to end "
+            f"= {n_tokens / wall:.1f} tokens/s; teacher busy {busy:.1f} s = {n_tokens / busy:.1f} tokens/s "
+            f"({ms['count']} batches {ms['min'] / 1e3:.2f}-{ms['max'] / 1e3:.2f} s); "
+            f"outside the teacher {wall - busy:.1f} s  [{load1()}]",
+            flush=True,
+        )
         bare_rates.append(bare("after" if r == args.rounds - 1 else f"between {r + 1} and {r + 2}"))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
@@ -201,8 +221,10 @@ def main(argv=None) -> int:
     e2e, steady = sum(e2e_rates) / len(e2e_rates), sum(steady_rates) / len(steady_rates)
     spread = (max(bare_rates) - min(bare_rates)) / b
     print(f"bare loop mean {b:.1f} tokens/s (spread {spread:.0%} between its runs: the machine's load varies)")
-    print(f"steady state (teacher-busy tokens/s / bare): {steady / b:.3f}; "
-          f"best batch, bare / pipeline (the least load-sensitive): {min(best_bare) / min(best_pipe):.3f}")
+    print(
+        f"steady state (teacher-busy tokens/s / bare): {steady / b:.3f}; "
+        f"best batch, bare / pipeline (the least load-sensitive): {min(best_bare) / min(best_pipe):.3f}"
+    )
     ratio = e2e / b
     print(f"END TO END pipeline / bare loop: {ratio:.3f}  target >= {TARGET}  {'PASS' if ratio >= TARGET else 'MISS'}")
     return 0

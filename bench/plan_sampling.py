@@ -12,6 +12,7 @@ more than 15 %.
 Usage: python -m bench.plan_sampling --lake DIR [--seeds 200] [--fraction 0.05]
        (DIR holds corpus/train/*.parquet and teacher/, as `pdistill demo` leaves them)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,9 @@ import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.plan_sampling", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.plan_sampling", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--lake", default="demo-lake", help="folder with corpus/train/*.parquet and teacher/")
     ap.add_argument("--seeds", type=int, default=200)
     ap.add_argument("--fraction", type=float, default=0.05)
@@ -41,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     tok = load_tokenizer(os.path.join(args.lake, "teacher"))
     files = expand_inputs([os.path.join(args.lake, "corpus", "train", "*.parquet")])
     units = plan_units(files, args.rows_per_unit, 64 << 20)
-    texts = {(u.name, i): d.text for u in units
-             for i, d in enumerate(x for x in read_unit(u, "text") if isinstance(x, Doc))}
+    texts = {
+        (u.name, i): d.text for u in units for i, d in enumerate(x for x in read_unit(u, "text") if isinstance(x, Doc))
+    }
     keys = list(texts)
     ids = tok([texts[k] for k in keys], add_special_tokens=False)["input_ids"]
     t = {k: len(i) for k, i in zip(keys, ids)}
@@ -59,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         pick = [keys[min(len(keys) - 1, int(seeded_rank(seed, "start") * step + j * step))] for j in range(n)]
         est = sum(t[k] for k in pick) / sum(b[k] for k in pick) * total_bytes + len(keys)
         equal.append(abs(est / true_tokens - 1))
-    print(f"{len(keys)} documents, {true_tokens:,} tokens, {total_bytes:,} text bytes; sample fraction "
-          f"{args.fraction:g}, {args.seeds} seeds")
+    print(
+        f"{len(keys)} documents, {true_tokens:,} tokens, {total_bytes:,} text bytes; sample fraction "
+        f"{args.fraction:g}, {args.seeds} seeds"
+    )
     print("| design | mean abs error | 90th pct | seeds off by > 15 % |")
     print("|---|---|---|---|")
     for name, e in (("size-proportional draws (pdistill plan)", pps), ("equal-probability documents", equal)):

@@ -12,6 +12,7 @@
 
 Usage: python -m bench.reading [--documents 16000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,14 +27,17 @@ import sys
 import tempfile
 import time
 
-WORDS = ("the of and to in is was for on that with as by at from river mountain city music science history language "
-         "school market ocean forest train garden winter summer light stone paper window story number").split()
+WORDS = (
+    "the of and to in is was for on that with as by at from river mountain city music science history language "
+    "school market ocean forest train garden winter summer light stone paper window story number"
+).split()
 
 
 def corpus(n: int) -> bytes:
     rng = random.Random(0)
-    return "".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(100, 300)))}) + "\n"
-                   for _ in range(n)).encode()
+    return "".join(
+        json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(100, 300)))}) + "\n" for _ in range(n)
+    ).encode()
 
 
 def timed(fn) -> tuple[float, int]:
@@ -71,22 +75,35 @@ def main(argv=None) -> None:
 
     print("| input | read_unit documents/s | integrity pass alone (s) | share of read_unit time |")
     print("|---|---|---|---|")
-    for comp, data in (("zst", zstandard.ZstdCompressor(write_checksum=True).compress(body)), ("gz", gzip.compress(body))):
+    for comp, data in (
+        ("zst", zstandard.ZstdCompressor(write_checksum=True).compress(body)),
+        ("gz", gzip.compress(body)),
+    ):
         path = os.path.join(tmp, f"a.jsonl.{comp}")
         with open(path, "wb") as f:
             f.write(data)
         t_read, n = timed(lambda: read_all(path))
         t_check, m = timed(lambda: count_lines(path, comp))
         assert n == m == args.documents
-        print(f"| .jsonl.{comp} ({len(data) / 1e6:.1f} MB) | {n / t_read:,.0f} | {t_check:.3f} | {t_check / t_read:.0%} |")
+        print(
+            f"| .jsonl.{comp} ({len(data) / 1e6:.1f} MB) | {n / t_read:,.0f} | {t_check:.3f} | {t_check / t_read:.0%} |"
+        )
 
     port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
-           "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
     os.environ.update(env)
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         import boto3
 
@@ -94,7 +111,9 @@ def main(argv=None) -> None:
 
         for attempt in range(600):  # moto takes a while to start on a busy machine
             try:
-                boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(Bucket="bench-reading")
+                boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(
+                    Bucket="bench-reading"
+                )
                 break
             except Exception:
                 if attempt == 599:

@@ -12,6 +12,7 @@ The teacher pass is the demo's own stages (reused when a lake already holds them
 run is recorded in `<lake>/recipes/runs.jsonl`; a re-run reuses them, so an interrupted bench
 continues. `--quick` is the CI smoke test: the demo's tiny scale, one seed, three recipes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,14 @@ def recipes(seeds: int, quick: bool) -> list[dict]:
         for tau in TAUS:
             if support == "split" and tau == 2.0:
                 continue  # = pd_best as shipped
-            out.append(dict(name=f"PD* support={support}, tau={tau:g}", config="pd_best",
-                            extra=[f"distill.support={support}", f"distill.tau={tau}"], seed=1))
+            out.append(
+                dict(
+                    name=f"PD* support={support}, tau={tau:g}",
+                    config="pd_best",
+                    extra=[f"distill.support={support}", f"distill.tau={tau}"],
+                    seed=1,
+                )
+            )
     return out
 
 
@@ -61,9 +68,17 @@ def run_one(lake: Path, scale: Scale, r: dict) -> dict:
     extra = r["extra"] + [f"run.seed={r['seed']}"]
     seg = run_student(lake, scale, name, r["config"], "all", extra, scale.steps, 0)
     curve = curves(seg["log"])
-    return {"id": _run_id(r), "name": r["name"], "seed": r["seed"], "config": r["config"], "extra": r["extra"],
-            "heldout": curve["final_eval_loss"], "step": curve["final_eval_step"], "seconds": seg["seconds"],
-            "eval_curve": curve["eval_loss"]}
+    return {
+        "id": _run_id(r),
+        "name": r["name"],
+        "seed": r["seed"],
+        "config": r["config"],
+        "extra": r["extra"],
+        "heldout": curve["final_eval_loss"],
+        "step": curve["final_eval_step"],
+        "seconds": seg["seconds"],
+        "eval_curve": curve["eval_loss"],
+    }
 
 
 def summarise(results: list[dict]) -> list[dict]:
@@ -77,8 +92,16 @@ def summarise(results: list[dict]) -> list[dict]:
         v = [x["heldout"] for x in rs]
         mean = statistics.fmean(v)
         std = statistics.stdev(v) if len(v) > 1 else float("nan")
-        rows.append({"name": name, "n": len(v), "mean": mean, "std": std, "values": v,
-                     "delta_pct": 100.0 * (mean - base_mean) / base_mean if base else float("nan")})
+        rows.append(
+            {
+                "name": name,
+                "n": len(v),
+                "mean": mean,
+                "std": std,
+                "values": v,
+                "delta_pct": 100.0 * (mean - base_mean) / base_mean if base else float("nan"),
+            }
+        )
     return rows
 
 
@@ -119,7 +142,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.recipes", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI smoke test: tiny scale, 1 seed, 3 recipes")
-    ap.add_argument("--lake", default=None, help="demo lake to (re)use (default ./recipes-lake or ./recipes-lake-quick)")
+    ap.add_argument(
+        "--lake", default=None, help="demo lake to (re)use (default ./recipes-lake or ./recipes-lake-quick)"
+    )
     ap.add_argument("--seeds", type=int, default=None, help="seeds for LM-only, vanilla, pd_best (default 3; quick 1)")
     ap.add_argument("--report-only", action="store_true", help="summarise the runs finished so far; train nothing")
     args = ap.parse_args(argv)
@@ -152,15 +177,20 @@ def main(argv: list[str] | None = None) -> int:
             rec = run_one(lake, scale, r)
             with open(done_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-        print(f"[recipes] {i}/{len(todo)} {r['name']} seed {r['seed']}: held-out {rec['heldout']:.4f} "
-              f"at step {rec['step']} ({rec['seconds']:.0f} s)", flush=True)
+        print(
+            f"[recipes] {i}/{len(todo)} {r['name']} seed {r['seed']}: held-out {rec['heldout']:.4f} "
+            f"at step {rec['step']} ({rec['seconds']:.0f} s)",
+            flush=True,
+        )
         results.append(rec)
     rows = summarise(results)
     tokens = scale.steps * scale.batch_size * scale.seq_len
-    head = (f"bench.recipes ({scale.name}): {scale.steps} steps x {scale.batch_size} x {scale.seq_len} tokens "
-            f"(~{tokens:,} tokens) per run, student {scale.student}, lr {scale.lr}; held-out CE at step {scale.steps}; "
-            f"{time.strftime('%Y-%m-%d', time.gmtime())}, {platform.machine()}, {platform.processor() or 'cpu'}, "
-            f"{sum(x['seconds'] for x in results):.0f} s of training ({len(results)}/{len(todo)} runs)")
+    head = (
+        f"bench.recipes ({scale.name}): {scale.steps} steps x {scale.batch_size} x {scale.seq_len} tokens "
+        f"(~{tokens:,} tokens) per run, student {scale.student}, lr {scale.lr}; held-out CE at step {scale.steps}; "
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}, {platform.machine()}, {platform.processor() or 'cpu'}, "
+        f"{sum(x['seconds'] for x in results):.0f} s of training ({len(results)}/{len(todo)} runs)"
+    )
     text = table(rows)
     print(head)
     print(text)

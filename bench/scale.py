@@ -24,6 +24,7 @@ time (less sensitive to other load), and `--repeat R` keeps the fastest of R run
 
 Usage: python -m bench.scale [--sizes 1000,10000,100000] [--quick] [--repeat R] [--keep DIR] [--json FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,6 +62,7 @@ def reset_peak() -> None:
 
 # -- synthetic inputs ---------------------------------------------------------------------------
 
+
 def make_lake(root: str, n: int) -> None:
     os.makedirs(root, exist_ok=True)
     line = json.dumps({"text": "A small synthetic document for the scale benchmark. " * 3}) + "\n"
@@ -91,10 +93,22 @@ def stub_samples(unit: str) -> list[dict]:
             p = rng.dirichlet(np.ones(c + 1))
             logp.append(np.log(p[:c]))
             tail.append(np.log(p[c]))
-        tr = KeptEntries(counts.astype(np.int64), ids, np.concatenate(logp).astype(np.float32), np.asarray(tail, np.float32))
-        out.append(build_sample(sample_id=s, tokens=rng.integers(0, VOCAB, SEQ_LEN), n_tokens=SEQ_LEN,
-                                doc_starts=np.asarray([0], np.uint32), truncated=tr, codec=codec, vocab_size=VOCAB,
-                                top_k=TOP_K, unit=unit))
+        tr = KeptEntries(
+            counts.astype(np.int64), ids, np.concatenate(logp).astype(np.float32), np.asarray(tail, np.float32)
+        )
+        out.append(
+            build_sample(
+                sample_id=s,
+                tokens=rng.integers(0, VOCAB, SEQ_LEN),
+                n_tokens=SEQ_LEN,
+                doc_starts=np.asarray([0], np.uint32),
+                truncated=tr,
+                codec=codec,
+                vocab_size=VOCAB,
+                top_k=TOP_K,
+                unit=unit,
+            )
+        )
     return out
 
 
@@ -110,9 +124,16 @@ def make_parts(out: str, n: int) -> list[str]:
     shard = index["shards"][0]
     files = [d["basename"] for d in (shard["raw_data"], shard.get("zip_data")) if d]
     units = [f"u{i:06d}-00000" for i in range(n)]
-    stats = {"documents": SAMPLES_PER_SHARD, "packed_documents": SAMPLES_PER_SHARD, "dead_letters": 0,
-             "sequences": SAMPLES_PER_SHARD, "tokens": SAMPLES_PER_SHARD * SEQ_LEN, "source": 0, "incomplete": [],
-             "settings_fingerprint": STUB_SETTINGS}
+    stats = {
+        "documents": SAMPLES_PER_SHARD,
+        "packed_documents": SAMPLES_PER_SHARD,
+        "dead_letters": 0,
+        "sequences": SAMPLES_PER_SHARD,
+        "tokens": SAMPLES_PER_SHARD * SEQ_LEN,
+        "source": 0,
+        "incomplete": [],
+        "settings_fingerprint": STUB_SETTINGS,
+    }
     idx_text = json.dumps(index)
     for i, u in enumerate(units):
         src = f"{proto}-{i // LINKS_PER_FILE}"
@@ -136,14 +157,21 @@ def stub_manifest(n: int):
     from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
 
     return Manifest(
-        teacher=Teacher("stub://no-teacher", "stub"), tokenizer=Tokenizer("stub", 0, False),
-        vocab_size=VOCAB, seq_len=SEQ_LEN, truncation=Truncation("top_p_k", 1.0, TOP_K, 1.0),
-        codec=Codec("compact", make_codec("compact", {}).params()), sources=[Source("stub://lake", "stub")],
-        source_fingerprint="stub", settings_fingerprint=STUB_SETTINGS,
-        counts=Counts(documents=0, packed_documents=0, dead_letters=0, sequences=0, tokens=0, units=n))
+        teacher=Teacher("stub://no-teacher", "stub"),
+        tokenizer=Tokenizer("stub", 0, False),
+        vocab_size=VOCAB,
+        seq_len=SEQ_LEN,
+        truncation=Truncation("top_p_k", 1.0, TOP_K, 1.0),
+        codec=Codec("compact", make_codec("compact", {}).params()),
+        sources=[Source("stub://lake", "stub")],
+        source_fingerprint="stub",
+        settings_fingerprint=STUB_SETTINGS,
+        counts=Counts(documents=0, packed_documents=0, dead_letters=0, sequences=0, tokens=0, units=n),
+    )
 
 
 # -- one step in its own process ----------------------------------------------------------------
+
 
 def _dataset(path: str, cache: str):
     from trainer.config import DataConfig
@@ -202,16 +230,30 @@ def run_step(step: str, n: int, work: str) -> dict:
         ds = _dataset(out, cache)
         if step == "resume":
             at = int(0.9 * ds.num_samples)
-            ds.load_state_dict({"epoch": 0, "sample_in_epoch": at, "num_canonical_nodes": 1,
-                                "shuffle_seed": ds.shuffle_seed, "initial_physical_nodes": None})
+            ds.load_state_dict(
+                {
+                    "epoch": 0,
+                    "sample_in_epoch": at,
+                    "num_canonical_nodes": 1,
+                    "shuffle_seed": ds.shuffle_seed,
+                    "initial_physical_nodes": None,
+                }
+            )
             extra["resume_at_sample"] = at
         t_open = time.perf_counter() - t0
         _first_batch(ds)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         extra.update(open_seconds=t_open, samples=ds.num_samples, shards=len(ds.shards) if hasattr(ds, "shards") else n)
         del ds
-    return {"step": step, "n": n, "seconds": seconds, "cpu_seconds": cpu, "mem_mb": rss_mb("VmHWM") - before,
-            "rss_mb": rss_mb("VmHWM"), **extra}
+    return {
+        "step": step,
+        "n": n,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "mem_mb": rss_mb("VmHWM") - before,
+        "rss_mb": rss_mb("VmHWM"),
+        **extra,
+    }
 
 
 def measure(step: str, n: int, work: str, repeat: int = 1) -> dict:
@@ -219,16 +261,25 @@ def measure(step: str, n: int, work: str, repeat: int = 1) -> dict:
     other load on a shared machine), with the largest memory seen."""
     runs = [measure_once(step, n, work) for _ in range(max(1, repeat))]
     best = min(runs, key=lambda r: r["seconds"])
-    return {**best, "mem_mb": max(r["mem_mb"] for r in runs), "rss_mb": max(r["rss_mb"] for r in runs),
-            "runs": len(runs)}
+    return {
+        **best,
+        "mem_mb": max(r["mem_mb"] for r in runs),
+        "rss_mb": max(r["rss_mb"] for r in runs),
+        "runs": len(runs),
+    }
 
 
 def measure_once(step: str, n: int, work: str) -> dict:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, "-m", "bench.scale", "--one", step, str(n), work],
-                          capture_output=True, text=True, env=env, cwd=repo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.scale", "--one", step, str(n), work],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=repo,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"bench.scale: step {step} at N={n} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -256,46 +307,61 @@ def run(sizes: list[int], keep: str | None = None, log=print, repeat: int = 1) -
             for step in STEPS:
                 r = measure(step, n, work, repeat)
                 results[step].append(r)
-                log(f"  {step:<8} {r['seconds']:8.3f} s wall {r['cpu_seconds']:8.3f} s cpu  +{r['mem_mb']:7.1f} MB "
-                    f"(rss {r['rss_mb']:.0f} MB)")
+                log(
+                    f"  {step:<8} {r['seconds']:8.3f} s wall {r['cpu_seconds']:8.3f} s cpu  +{r['mem_mb']:7.1f} MB "
+                    f"(rss {r['rss_mb']:.0f} MB)"
+                )
             if not keep:
                 shutil.rmtree(work, ignore_errors=True)
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+
     def exps(key):
         return {s: slope(sizes, [r[key] for r in results[s]]) for s in STEPS} if len(sizes) > 1 else {}
 
-    return {"sizes": sizes, "results": results, "exponents": exps("seconds"), "cpu_exponents": exps("cpu_seconds"),
-            "memory_exponents": exps("mem_mb")}
+    return {
+        "sizes": sizes,
+        "results": results,
+        "exponents": exps("seconds"),
+        "cpu_exponents": exps("cpu_seconds"),
+        "memory_exponents": exps("mem_mb"),
+    }
 
 
 def table(report: dict) -> str:
     sizes, res = report["sizes"], report["results"]
-    head = ("| step | " + " | ".join(f"N = {n:,}: wall / cpu, memory" for n in sizes)
-            + " | growth exponent: wall / cpu / memory |")
+    head = (
+        "| step | "
+        + " | ".join(f"N = {n:,}: wall / cpu, memory" for n in sizes)
+        + " | growth exponent: wall / cpu / memory |"
+    )
     lines = [head, "|" + "---|" * (len(sizes) + 2)]
     for s in STEPS:
         cells = [f"{r['seconds']:.3g} s / {r['cpu_seconds']:.3g} s, +{r['mem_mb']:.0f} MB" for r in res[s]]
         if s in report["exponents"]:
-            exp = (f"{report['exponents'][s]:.2f} / {report['cpu_exponents'][s]:.2f} / "
-                   f"{report['memory_exponents'][s]:.2f}")
+            exp = (
+                f"{report['exponents'][s]:.2f} / {report['cpu_exponents'][s]:.2f} / {report['memory_exponents'][s]:.2f}"
+            )
         else:
             exp = "-"
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {exp} |")
     last = {s: res[s][-1] for s in STEPS}
     lines.append("")
-    lines.append(f"at N = {sizes[-1]:,}: root index.json {last['publish']['index_bytes'] / 2**20:.1f} MiB; "
-                 f"trainer rank resident memory {last['open']['rss_mb']:.0f} MB "
-                 f"(+{last['open']['mem_mb']:.0f} MB for the dataset), time to first batch "
-                 f"{last['open']['seconds']:.2f} s (open {last['open']['open_seconds']:.2f} s); resume at 90 % "
-                 f"{last['resume']['seconds']:.2f} s, {last['resume']['rss_mb']:.0f} MB")
+    lines.append(
+        f"at N = {sizes[-1]:,}: root index.json {last['publish']['index_bytes'] / 2**20:.1f} MiB; "
+        f"trainer rank resident memory {last['open']['rss_mb']:.0f} MB "
+        f"(+{last['open']['mem_mb']:.0f} MB for the dataset), time to first batch "
+        f"{last['open']['seconds']:.2f} s (open {last['open']['open_seconds']:.2f} s); resume at 90 % "
+        f"{last['resume']['seconds']:.2f} s, {last['resume']['rss_mb']:.0f} MB"
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", default="1000,10000,100000", help="comma-separated N (files, parts, shards)")
     ap.add_argument("--quick", action="store_true", help="small sizes (100,300,1000), for CI")
     ap.add_argument("--keep", help="keep the synthetic inputs under this folder")

@@ -29,6 +29,7 @@ Usage: python -m bench.trainer [--teacher auto|none|DIR] [--samples 256] [--seq-
                                [--batch 8] [--rounds 9] [--codec NAME] [--workers N]
                                [--large-vocab-steps 3 (0: skip (d))]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,18 @@ def _teacher_bank(teacher: str | None, n_seq: int, seq_len: int, seed: int = 0):
     return bank, fp_tok
 
 
-def write_dataset(out: str, bank, tokenizer_fp: str, *, n_samples: int, seq_len: int, units: int = 4,
-                  size_limit: int = 1 << 18, codec_name: str | None = None, prime_bank=()) -> None:
+def write_dataset(
+    out: str,
+    bank,
+    tokenizer_fp: str,
+    *,
+    n_samples: int,
+    seq_len: int,
+    units: int = 4,
+    size_limit: int = 1 << 18,
+    codec_name: str | None = None,
+    prime_bank=(),
+) -> None:
     """The pipeline's layout: parts/<unit>/ MDS sub-datasets, root index, manifest written last;
     with a codec that has a prime (compact5), the prime from `prime_bank`, written first."""
     from streaming import MDSWriter
@@ -94,7 +105,9 @@ def write_dataset(out: str, bank, tokenizer_fp: str, *, n_samples: int, seq_len:
     codec = make_codec(codec_name or DEFAULT_CODEC, {})  # default: what the pipeline writes today
     dataset = DatasetDir(out)
     if getattr(codec, "needs_prime", False):
-        codec = codec.with_prime(Prime.from_bytes(dataset.publish_prime(Prime.from_signal(list(prime_bank)).to_bytes())))
+        codec = codec.with_prime(
+            Prime.from_bytes(dataset.publish_prime(Prime.from_signal(list(prime_bank)).to_bytes()))
+        )
     columns = mds_columns(VOCAB, TOP_K)
     source = "sha256:bench-trainer"
     names, gi = [f"u{u:05d}-00000" for u in range(units)], 0
@@ -103,26 +116,41 @@ def write_dataset(out: str, bank, tokenizer_fp: str, *, n_samples: int, seq_len:
         with MDSWriter(out=part, columns=columns, compression="zstd", hashes=["xxh3_64"], size_limit=size_limit) as w:
             for i in range(n_samples // units):
                 tokens, tr = bank[gi % len(bank)]
-                w.write(build_sample(sample_id=sample_id(source, unit, i), tokens=tokens, n_tokens=seq_len,
-                                     doc_starts=np.array([0]), truncated=tr, codec=codec, vocab_size=VOCAB,
-                                     top_k=TOP_K, unit=unit))
+                w.write(
+                    build_sample(
+                        sample_id=sample_id(source, unit, i),
+                        tokens=tokens,
+                        n_tokens=seq_len,
+                        doc_starts=np.array([0]),
+                        truncated=tr,
+                        codec=codec,
+                        vocab_size=VOCAB,
+                        top_k=TOP_K,
+                        unit=unit,
+                    )
+                )
                 gi += 1
     dataset.publish_index(dataset.root_index(names))
     manifest = Manifest(
         teacher=Teacher(id="bench", revision="sha256:0"),
         tokenizer=Tokenizer(fingerprint=tokenizer_fp, separator_id=0, add_bos=False),
-        vocab_size=VOCAB, seq_len=seq_len, truncation=Truncation(method="top_p_k", top_p=TOP_P, top_k=TOP_K),
-        codec=Codec(name=codec.name, params=codec.params()), sources=[Source(uri="memory://bench", fingerprint=source)],
-        source_fingerprint=source, settings_fingerprint="sha256:settings",
-        counts=Counts(documents=gi, packed_documents=gi, dead_letters=0, sequences=gi, tokens=gi * seq_len, units=units),
+        vocab_size=VOCAB,
+        seq_len=seq_len,
+        truncation=Truncation(method="top_p_k", top_p=TOP_P, top_k=TOP_K),
+        codec=Codec(name=codec.name, params=codec.params()),
+        sources=[Source(uri="memory://bench", fingerprint=source)],
+        source_fingerprint=source,
+        settings_fingerprint="sha256:settings",
+        counts=Counts(
+            documents=gi, packed_documents=gi, dead_letters=0, sequences=gi, tokens=gi * seq_len, units=units
+        ),
     )
     dataset.publish_manifest(manifest)
 
 
 def make_loader(data: str, cache: str, batch: int, state: dict | None = None, workers: int | None = None):
     """pd_best's loader over `data`; `workers`: its data.num_workers instead of pd_best's (0)."""
-    from trainer.config import load_config
-    from trainer.config import StreamConfig
+    from trainer.config import StreamConfig, load_config
     from trainer.data import DistillDataset, Expect, build_dataloader
 
     d = load_config("pd_best").data.model_copy(update={"streams": [StreamConfig(uri=data)]})
@@ -139,8 +167,15 @@ def make_loader(data: str, cache: str, batch: int, state: dict | None = None, wo
 
 
 LARGE_VOCAB, LARGE_SEQ, LARGE_BATCH = 151_936, 2_048, 4
-LARGE_STUDENT = {"vocab_size": LARGE_VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
-                 "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": LARGE_SEQ}
+LARGE_STUDENT = {
+    "vocab_size": LARGE_VOCAB,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": LARGE_SEQ,
+}
 
 
 def build_model(variant: str):
@@ -157,9 +192,12 @@ def build_model(variant: str):
     cfg = load_config("lm_only" if variant in ("lm", "hf") else "pd_best")
     if variant.startswith("big-"):
         hf = dict(cfg.model.hf_config, **LARGE_STUDENT)
-        cfg = cfg.model_copy(update={
-            "model": cfg.model.model_copy(update={"hf_config": hf}),
-            "distill": cfg.distill.model_copy(update={"fused_head": variant == "big-fused"})})
+        cfg = cfg.model_copy(
+            update={
+                "model": cfg.model.model_copy(update={"hf_config": hf}),
+                "distill": cfg.distill.model_copy(update={"fused_head": variant == "big-fused"}),
+            }
+        )
     reproducibility.seed_all(cfg.run.seed)
     student = build_student(cfg, None)
     kd = variant == "kd" or variant.startswith("big-")
@@ -180,9 +218,16 @@ def large_vocab_batch(seed: int = 0) -> dict:
     t_ids = ((base + torch.arange(k) * 2_999) % LARGE_VOCAB).sort(-1).values
     t_logp = torch.log_softmax(torch.randn(b, t, k, generator=g) * 2, -1)
     attn = torch.ones(b, t, dtype=torch.int64)
-    return {"input_ids": ids, "attention_mask": attn, "labels": torch.roll(ids, -1, 1), "teacher_ids": t_ids,
-            "teacher_logp": t_logp, "teacher_mask": torch.ones(b, t, k, dtype=torch.bool),
-            "teacher_log_tail": torch.full((b, t), float(np.log(0.05))), "position_mask": attn.bool()}
+    return {
+        "input_ids": ids,
+        "attention_mask": attn,
+        "labels": torch.roll(ids, -1, 1),
+        "teacher_ids": t_ids,
+        "teacher_logp": t_logp,
+        "teacher_mask": torch.ones(b, t, k, dtype=torch.bool),
+        "teacher_log_tail": torch.full((b, t), float(np.log(0.05))),
+        "position_mask": attn.bool(),
+    }
 
 
 def train_step(model, opt, cfg, batch) -> None:
@@ -280,8 +325,19 @@ def memory_worker(variant: str, data: str, batch: int, steps: int) -> dict:
 
 
 def run_memory(variant: str, data: str, batch: int, steps: int = 2) -> dict:
-    cmd = [sys.executable, "-m", "bench.trainer", "--_memory", variant, "--_data", data, "--batch", str(batch),
-           "--_steps", str(steps)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.trainer",
+        "--_memory",
+        variant,
+        "--_data",
+        data,
+        "--batch",
+        str(batch),
+        "--_steps",
+        str(steps),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"memory worker {variant} failed:\n{res.stderr[-3000:]}")
@@ -305,11 +361,19 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="sequences per step (pd_best: 8)")
     ap.add_argument("--rounds", type=int, default=9, help="interleaved timed steps per variant")
     ap.add_argument("--codec", default=None, help="the dataset's codec (default: the pipeline's default)")
-    ap.add_argument("--workers", type=int, default=None,
-                    help="(b) also with this many DataLoader worker processes (data.num_workers; pd_best: 0)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="(b) also with this many DataLoader worker processes (data.num_workers; pd_best: 0)",
+    )
     ap.add_argument("--resume-trials", type=int, default=3)
-    ap.add_argument("--large-vocab-steps", type=int, default=3,
-                    help="(d) training steps per variant, the first untimed (0: skip (d))")
+    ap.add_argument(
+        "--large-vocab-steps",
+        type=int,
+        default=3,
+        help="(d) training steps per variant, the first untimed (0: skip (d))",
+    )
     ap.add_argument("--_memory", help=argparse.SUPPRESS)
     ap.add_argument("--_data", help=argparse.SUPPRESS)
     ap.add_argument("--_steps", type=int, default=2, help=argparse.SUPPRESS)
@@ -342,9 +406,13 @@ def _run(args, teacher, work: str, t_start: float) -> int:
     from schemas import DEFAULT_CODEC, make_codec
 
     codec = args.codec or DEFAULT_CODEC
-    n_prime = -(-make_codec(codec, {}).prime_tokens // args.seq_len) if getattr(make_codec(codec, {}), "needs_prime", False) else 0
+    n_prime = (
+        -(-make_codec(codec, {}).prime_tokens // args.seq_len)
+        if getattr(make_codec(codec, {}), "needs_prime", False)
+        else 0
+    )
     bank, tok = _teacher_bank(teacher, args.bank + n_prime, args.seq_len)
-    bank, prime_bank = bank[: args.bank], bank[args.bank:]  # the prime: the text after the bank's
+    bank, prime_bank = bank[: args.bank], bank[args.bank :]  # the prime: the text after the bank's
     if tok is not None:
         from schemas import fingerprint_tokenizer
 
@@ -354,8 +422,10 @@ def _run(args, teacher, work: str, t_start: float) -> int:
     write_dataset(data, bank, fp, n_samples=args.samples, seq_len=args.seq_len, codec_name=codec, prime_bank=prime_bank)
     kept = float(np.mean([tr.counts.mean() for _, tr in bank]))
 
-    print(f"dataset: {args.samples} samples x {args.seq_len} tokens, vocab {VOCAB}, top-{TOP_P}-{TOP_K}, {codec} "
-          f"(~{kept:.1f} kept/token), teacher: {teacher or 'random logits'}  [{time.perf_counter() - t_start:.0f} s]")
+    print(
+        f"dataset: {args.samples} samples x {args.seq_len} tokens, vocab {VOCAB}, top-{TOP_P}-{TOP_K}, {codec} "
+        f"(~{kept:.1f} kept/token), teacher: {teacher or 'random logits'}  [{time.perf_counter() - t_start:.0f} s]"
+    )
 
     # (a) step time, interleaved, same batches
     batches = load_batches(data, args.batch, 3, os.path.join(work, "cache-batches"))
@@ -378,22 +448,28 @@ def _run(args, teacher, work: str, t_start: float) -> int:
     n_params = sum(p.numel() for p in lm_model.parameters()) / 1e6
     del variants, lm_model, kd_model, lm_opt, kd_opt
     gc.collect()
-    print(f"(a) step, B={args.batch} T={args.seq_len} (student {n_params:.1f}M params, "
-          f"{torch.get_num_threads()} threads): LM-only {t_lm * 1e3:.0f} ms, KD {t_kd * 1e3:.0f} ms "
-          f"(medians of {args.rounds}; {n_tok / t_kd:.0f} tokens/s KD)")
+    print(
+        f"(a) step, B={args.batch} T={args.seq_len} (student {n_params:.1f}M params, "
+        f"{torch.get_num_threads()} threads): LM-only {t_lm * 1e3:.0f} ms, KD {t_kd * 1e3:.0f} ms "
+        f"(medians of {args.rounds}; {n_tok / t_kd:.0f} tokens/s KD)"
+    )
     # the ratio of each round's back-to-back pair, then the median: a machine whose speed drifts
     # between rounds (+-25 % seen on shared CI boxes) slows both steps of a pair alike
     ratio_t = statistics.median(k / m for k, m in zip(times["kd"], times["lm"]))
-    print(f"    KD / LM-only step time     {ratio_t:6.3f}x   target <= 1.05x  {_verdict(ratio_t <= 1.05)}  (both fused)")
+    print(
+        f"    KD / LM-only step time     {ratio_t:6.3f}x   target <= 1.05x  {_verdict(ratio_t <= 1.05)}  (both fused)"
+    )
 
     mem = {v: run_memory(v, data, args.batch) for v in ("lm", "kd", "hf")}
     ratio_m = mem["kd"]["delta"] / max(mem["lm"]["delta"], 1)
     ratio_hf = mem["kd"]["delta"] / max(mem["hf"]["delta"], 1)
     what = "peak RSS rise over set-up" if mem["lm"]["device"] == "cpu" else "torch.cuda.max_memory_allocated rise"
-    print(f"    peak memory ({what}): LM-only {mem['lm']['delta'] / 2**20:.0f} MiB, KD {mem['kd']['delta'] / 2**20:.0f} MiB "
-          f"(both fused), LM-only through HF's own cross-entropy (full logits) {mem['hf']['delta'] / 2**20:.0f} MiB "
-          f"(set-up baselines {mem['lm']['base'] / 2**20:.0f} / {mem['kd']['base'] / 2**20:.0f} / "
-          f"{mem['hf']['base'] / 2**20:.0f} MiB)")
+    print(
+        f"    peak memory ({what}): LM-only {mem['lm']['delta'] / 2**20:.0f} MiB, KD {mem['kd']['delta'] / 2**20:.0f} MiB "
+        f"(both fused), LM-only through HF's own cross-entropy (full logits) {mem['hf']['delta'] / 2**20:.0f} MiB "
+        f"(set-up baselines {mem['lm']['base'] / 2**20:.0f} / {mem['kd']['base'] / 2**20:.0f} / "
+        f"{mem['hf']['base'] / 2**20:.0f} MiB)"
+    )
     print(f"    KD / LM-only peak memory   {ratio_m:6.3f}x   target <= 1.10x  {_verdict(ratio_m <= 1.10)}")
     print(f"    KD / HF LM-only peak mem.  {ratio_hf:6.3f}x   target <= 0.5x   {_verdict(ratio_hf <= 0.5)}")
 
@@ -401,25 +477,34 @@ def _run(args, teacher, work: str, t_start: float) -> int:
     loader_sps, n = loader_rate(data, os.path.join(work, "cache-loader"), args.batch)
     train_sps = args.batch / t_kd
     ratio_l = loader_sps / train_sps
-    print(f"(b) loader {loader_sps:.0f} samples/s (decode + collate, {n} samples), KD training consumes {train_sps:.1f} samples/s")
+    print(
+        f"(b) loader {loader_sps:.0f} samples/s (decode + collate, {n} samples), KD training consumes {train_sps:.1f} samples/s"
+    )
     print(f"    loader / training          {ratio_l:6.1f}x   target >= 10x    {_verdict(ratio_l >= 10)}")
     if args.workers:  # the lever for decode-bound loaders: decoding in worker processes
         sps, n = loader_rate(data, os.path.join(work, "cache-loader-workers"), args.batch, workers=args.workers)
-        print(f"    with {args.workers} DataLoader workers: loader {sps:.0f} samples/s ({n} samples), "
-              f"{sps / train_sps:.1f}x training (info: on {os.cpu_count()} cores, where training would share them)")
+        print(
+            f"    with {args.workers} DataLoader workers: loader {sps:.0f} samples/s ({n} samples), "
+            f"{sps / train_sps:.1f}x training (info: on {os.cpu_count()} cores, where training would share them)"
+        )
 
     # (c) time to first batch after resume, cold cache, fresh dataset/loader each time
     n_samples = args.samples
     first: dict[float, list[float]] = {0.0: [], 0.9: []}
     pd = None
     for trial in range(args.resume_trials):
-        for frac in ((0.0, 0.9) if trial % 2 == 0 else (0.9, 0.0)):
+        for frac in (0.0, 0.9) if trial % 2 == 0 else (0.9, 0.0):
             from trainer.config import load_config
 
             pd = pd or load_config("pd_best").data
             pos = int(frac * n_samples) // args.batch * args.batch
-            state = {"epoch": 0, "sample_in_epoch": pos, "num_canonical_nodes": pd.num_canonical_nodes,
-                     "shuffle_seed": pd.shuffle_seed, "initial_physical_nodes": 1}
+            state = {
+                "epoch": 0,
+                "sample_in_epoch": pos,
+                "num_canonical_nodes": pd.num_canonical_nodes,
+                "shuffle_seed": pd.shuffle_seed,
+                "initial_physical_nodes": 1,
+            }
             t0 = time.perf_counter()
             ds, dl = make_loader(data, os.path.join(work, f"cache-resume-{trial}-{frac}"), args.batch, state)
             it = iter(dl)
@@ -429,8 +514,10 @@ def _run(args, teacher, work: str, t_start: float) -> int:
             gc.collect()
     f0, f9 = statistics.median(first[0.0]), statistics.median(first[0.9])
     ratio_r = f9 / f0
-    print(f"(c) first batch (dataset + loader built, state loaded, cold cache): at 0 % {f0 * 1e3:.0f} ms, "
-          f"at 90 % {f9 * 1e3:.0f} ms (medians of {args.resume_trials})")
+    print(
+        f"(c) first batch (dataset + loader built, state loaded, cold cache): at 0 % {f0 * 1e3:.0f} ms, "
+        f"at 90 % {f9 * 1e3:.0f} ms (medians of {args.resume_trials})"
+    )
     print(f"    resume 90 % / 0 %          {ratio_r:6.3f}x   target <= 2x     {_verdict(ratio_r <= 2.0)}")
     if args.large_vocab_steps:
         _large_vocab(args.large_vocab_steps)
@@ -444,14 +531,18 @@ def _large_vocab(steps: int) -> None:
     u, f = big["big-unfused"], big["big-fused"]
     what = "peak RSS rise over set-up" if u["device"] == "cpu" else "torch.cuda.max_memory_allocated rise"
     logits_mib = LARGE_BATCH * LARGE_SEQ * LARGE_VOCAB * 4 / 2**20
-    print(f"(d) vocab {LARGE_VOCAB:,}, seq_len {LARGE_SEQ:,}, micro-batch {LARGE_BATCH} (hidden 64, one layer; one "
-          f"float32 [B, T, V] is {logits_mib:.0f} MiB), pd_best KD: peak memory ({what}) unfused "
-          f"{u['delta'] / 2**20:.0f} MiB, fused {f['delta'] / 2**20:.0f} MiB; step (median of {steps - 1}) "
-          f"unfused {u['step_s'] * 1e3:.0f} ms, fused {f['step_s'] * 1e3:.0f} ms")
+    print(
+        f"(d) vocab {LARGE_VOCAB:,}, seq_len {LARGE_SEQ:,}, micro-batch {LARGE_BATCH} (hidden 64, one layer; one "
+        f"float32 [B, T, V] is {logits_mib:.0f} MiB), pd_best KD: peak memory ({what}) unfused "
+        f"{u['delta'] / 2**20:.0f} MiB, fused {f['delta'] / 2**20:.0f} MiB; step (median of {steps - 1}) "
+        f"unfused {u['step_s'] * 1e3:.0f} ms, fused {f['step_s'] * 1e3:.0f} ms"
+    )
     ratio_m, ratio_t = f["delta"] / max(u["delta"], 1), f["step_s"] / u["step_s"]
     print(f"    fused / unfused peak memory {ratio_m:6.3f}x   target <= 0.35x  {_verdict(ratio_m <= 0.35)}")
-    print(f"    fused / unfused step time   {ratio_t:6.3f}x   target <= 1.10x  {_verdict(ratio_t <= 1.10)}  "
-          "(separate processes, one after the other: noisy on a shared machine)")
+    print(
+        f"    fused / unfused step time   {ratio_t:6.3f}x   target <= 1.10x  {_verdict(ratio_t <= 1.10)}  "
+        "(separate processes, one after the other: noisy on a shared machine)"
+    )
 
 
 if __name__ == "__main__":

@@ -2,4 +2,5 @@
 
 `pipelines` and `trainer` never import each other; code that needs both (the demo) lives here.
 """
+
 __version__ = "0.1.0"

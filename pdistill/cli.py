@@ -2,6 +2,7 @@
 
 Subcommands are imported lazily so that `pdistill inspect` works without torch or Beam installed.
 """
+
 from __future__ import annotations
 
 import importlib

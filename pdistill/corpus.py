@@ -17,6 +17,7 @@ Output (`<lake>/corpus/`):
   train/part-NNNNN.parquet, heldout/part-NNNNN.parquet   column `text` (plus `doc_key`)
   corpus.json                                            counts, bytes and fingerprints, written last
 """
+
 from __future__ import annotations
 
 import ast
@@ -50,7 +51,11 @@ def _sections(topic: str, text: str) -> list[Document]:
     lines = text.split("\n")
     starts = [0]
     for i in range(1, len(lines)):
-        if _UNDERLINE.match(lines[i]) and lines[i - 1].strip() and len(lines[i].strip()) >= len(lines[i - 1].strip()) - 1:
+        if (
+            _UNDERLINE.match(lines[i])
+            and lines[i - 1].strip()
+            and len(lines[i].strip()) >= len(lines[i - 1].strip()) - 1
+        ):
             if i - 1 > starts[-1]:
                 starts.append(i - 1)
     starts.append(len(lines))

@@ -19,6 +19,7 @@ StreamingDataset) with a temporary cache folder, so the dataset folder is never 
 Structure for extension: `build_report(args)` returns a dict (insertion-ordered), `print_report`
 prints it as text or JSON, and the exit status comes from `report["verdict"]`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -158,13 +159,17 @@ def print_report(report: dict, as_json: bool, out=None) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pdistill inspect", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="pdistill inspect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("dataset", help="dataset URI (local path, file://, gs://, s3://)")
     ap.add_argument("--samples", type=int, default=16, help="samples read for the statistics")
     ap.add_argument("--teacher", help="teacher checkpoint URI: also measure codec and total KL")
-    ap.add_argument("--skip-hash", action="store_true",
-                    help="check shard existence and sizes only, not their hashes (for huge datasets)")
+    ap.add_argument(
+        "--skip-hash",
+        action="store_true",
+        help="check shard existence and sizes only, not their hashes (for huge datasets)",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ap.add_argument("--plan", help="plan.json from `pdistill plan`: also print planned vs actual")
     return ap
@@ -192,7 +197,12 @@ def _main(argv: list[str] | None) -> int:
         report["planned_vs_actual"] = inspect_hook(args.plan, args.dataset, args.json)
     print_report(report, args.json)
     if report["verdict"] != WHOLE:
-        print(redact_text(f"pdistill inspect: {args.dataset} is not whole: {len(report['problems'])} problem(s), "
-                          f"first: {report['problems'][0]}"), file=sys.stderr)
+        print(
+            redact_text(
+                f"pdistill inspect: {args.dataset} is not whole: {len(report['problems'])} problem(s), "
+                f"first: {report['problems'][0]}"
+            ),
+            file=sys.stderr,
+        )
         return 1
     return 0

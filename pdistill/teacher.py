@@ -11,6 +11,7 @@ place only after the completion marker (`pdistill-teacher.json`) is written insi
 interrupted import never leaves a folder a re-run would trust. A re-run with a finished output
 (marker present and naming the same GGUF file) reuses it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -205,7 +206,9 @@ def _parser() -> argparse.ArgumentParser:
         "import-gguf",
         help="GGUF file (from a Python package or a path) -> Hugging Face checkpoint (safetensors + tokenizer)",
     )
-    imp.add_argument("--package", default=DEFAULT_PACKAGE, help=f"distribution holding the GGUF file (default {DEFAULT_PACKAGE})")
+    imp.add_argument(
+        "--package", default=DEFAULT_PACKAGE, help=f"distribution holding the GGUF file (default {DEFAULT_PACKAGE})"
+    )
     imp.add_argument("--gguf", default=None, help="a GGUF file path instead of the package's")
     imp.add_argument("--output", required=True, help="checkpoint folder to create (local path)")
     imp.add_argument("--force", action="store_true", help="re-import even if a finished checkpoint is present")

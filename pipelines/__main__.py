@@ -1,4 +1,5 @@
 """`python -m pipelines ...`: the same entry point as `pdistill logits` (for runners that need a module)."""
+
 import sys
 
 from pipelines.cli import main

@@ -6,6 +6,7 @@ give every manifest source its documents = packed + dead letters, and `complete:
 first reason for a file that was truncated, corrupt or unreadable; `incomplete_files` counts
 those files. A file split into several units is incomplete when any of its units is.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,15 +31,19 @@ def account_sources(sources: list[Source], unit_stats: list[dict]) -> tuple[list
     for stats in unit_stats:
         i = unit_source(stats)
         if not 0 <= i < len(counts):
-            raise RuntimeError(f"unit {stats.get('unit')}: source index {i} is outside the {len(counts)} planned sources")
+            raise RuntimeError(
+                f"unit {stats.get('unit')}: source index {i} is outside the {len(counts)} planned sources"
+            )
         for k in PER_SOURCE:
             counts[i][k] += int(stats[k])
         problems[i] += list(stats.get("incomplete") or [])
     out = []
     for s, c, p in zip(sources, counts, problems):
         if c["documents"] != c["packed_documents"] + c["dead_letters"]:
-            raise RuntimeError(f"source {s.uri}: counts do not reconcile ({c['documents']} documents, "
-                               f"{c['packed_documents']} packed, {c['dead_letters']} dead letters)")
+            raise RuntimeError(
+                f"source {s.uri}: counts do not reconcile ({c['documents']} documents, "
+                f"{c['packed_documents']} packed, {c['dead_letters']} dead letters)"
+            )
         problem = p[0] + (f" (and {len(p) - 1} more problems)" if len(p) > 1 else "") if p else ""
         out.append(dataclasses.replace(s, **c, complete=not p, problem=problem))
     return out, sum(not s.complete for s in out)

@@ -4,6 +4,7 @@ Settings come from defaults, then `--config FILE.yaml`, then flags; flags Beam k
 flag this command does not) are passed through to Beam's PipelineOptions, e.g.
 `--direct_running_mode=multi_processing` or Dataflow's `--project`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,13 @@ def add_setting_flags(ap: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
             continue
         default = info.get_default(call_default_factory=True)
         text = f"{info.description or type_label(info.annotation)} (default {default!r})"
-        group.add_argument(FLAG_NAMES.get(key, "--" + key.replace("_", "-")), dest=key, default=None,
-                           help=text.replace("%", "%%"), **_flag_kwargs(info.annotation))
+        group.add_argument(
+            FLAG_NAMES.get(key, "--" + key.replace("_", "-")),
+            dest=key,
+            default=None,
+            help=text.replace("%", "%%"),
+            **_flag_kwargs(info.annotation),
+        )
     group.add_argument("--runner-config", dest="runner_config_file", help="YAML/JSON file of runner settings")
 
 
@@ -65,8 +71,12 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--config", help="YAML file of settings (keys as in pipelines.config.PipelineConfig)")
     ap.add_argument("--json", action="store_true", help="print the final report as JSON")
-    ap.add_argument("--report-json", dest="report_json", metavar="PATH",
-                    help="also write the final report as JSON to PATH (any fsspec URI)")
+    ap.add_argument(
+        "--report-json",
+        dest="report_json",
+        metavar="PATH",
+        help="also write the final report as JSON to PATH (any fsspec URI)",
+    )
     add_setting_flags(ap)
     return ap
 
@@ -122,15 +132,23 @@ def print_report(report, stream=None) -> None:
         file=stream,
     )
     if report.hidden_files_skipped:
-        print(f"note: skipped {report.hidden_files_skipped} hidden files (a name, or a folder below the input, "
-              "starting with '.' or '_', as Spark and pyarrow do; name them in --input to read them)", file=stream)
+        print(
+            f"note: skipped {report.hidden_files_skipped} hidden files (a name, or a folder below the input, "
+            "starting with '.' or '_', as Spark and pyarrow do; name them in --input to read them)",
+            file=stream,
+        )
     if s.get("incomplete_files"):
-        print(f"warning: {s['incomplete_files']} input files were not read to their end (truncated, corrupt or "
-              "unreadable): see `complete`/`problem` of the manifest's sources and dead_letter/", file=stream)
+        print(
+            f"warning: {s['incomplete_files']} input files were not read to their end (truncated, corrupt or "
+            "unreadable): see `complete`/`problem` of the manifest's sources and dead_letter/",
+            file=stream,
+        )
     if s.get("unscored_sequences"):
-        print(f"warning: the teacher could not score {s['unscored_sequences']} sequences ({s.get('unscored_tokens')} "
-              "tokens; non-finite logits): not written; their tokens are in dead_letter/ (kind teacher_unscored)",
-              file=stream)
+        print(
+            f"warning: the teacher could not score {s['unscored_sequences']} sequences ({s.get('unscored_tokens')} "
+            "tokens; non-finite logits): not written; their tokens are in dead_letter/ (kind teacher_unscored)",
+            file=stream,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,12 +175,16 @@ def main(argv: list[str] | None = None) -> int:
         from schemas import storage
 
         try:
-            storage.write_text_atomic(args.report_json, redact_text(strict_json.dumps(
-                report.as_dict(), indent=2, sort_keys=True, default=str)))
+            storage.write_text_atomic(
+                args.report_json,
+                redact_text(strict_json.dumps(report.as_dict(), indent=2, sort_keys=True, default=str)),
+            )
         except (OSError,) + storage.refusals() as e:  # checked before the run; a remote path fails only here
-            print(f"pdistill logits: error: --report-json {redact_uri(args.report_json)}: cannot write to it "
-                  f"({type(e).__name__}: {redact_text(' '.join(str(e).split()))}); the dataset itself is complete",
-                  file=sys.stderr)
+            print(
+                f"pdistill logits: error: --report-json {redact_uri(args.report_json)}: cannot write to it "
+                f"({type(e).__name__}: {redact_text(' '.join(str(e).split()))}); the dataset itself is complete",
+                file=sys.stderr,
+            )
             return 2
     return 0
 

@@ -7,9 +7,10 @@ identities) is the dataset's settings fingerprint: a re-run into an existing out
 settings is refused. Fields that only change how fast or where the job runs (batch size, runner)
 stay out of it.
 """
+
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -36,14 +37,16 @@ Positive = Annotated[int, Field(strict=True, ge=1)]
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[Str] = Field([], description="input URI, glob or folder (repeatable or comma list; local, file://, gs://, s3://); "
-                              "below a folder or a glob's folder, names starting with '.' or '_' are skipped (and "
-                              "counted in the report) unless the input names them")
+    inputs: list[Str] = Field(
+        [],
+        description="input URI, glob or folder (repeatable or comma list; local, file://, gs://, s3://); "
+        "below a folder or a glob's folder, names starting with '.' or '_' are skipped (and "
+        "counted in the report) unless the input names them",
+    )
     teacher: Str = Field("", description="teacher checkpoint: local folder or object-store URI")
     output: Str = Field("", description="output dataset URI")
-    tokenizer: Optional[Str] = Field(None, description="tokenizer folder/URI (default: the teacher's)")
-    format: Literal[FORMATS] = Field(
-        "auto", description="by extension: .parquet, .jsonl/.json/.ndjson[.gz|.zst], .txt")
+    tokenizer: Str | None = Field(None, description="tokenizer folder/URI (default: the teacher's)")
+    format: Literal[FORMATS] = Field("auto", description="by extension: .parquet, .jsonl/.json/.ndjson[.gz|.zst], .txt")
     text_column: Str = Field("text", min_length=1, description="Parquet column / JSON key of the text")
     seq_len: Int = Field(2048, ge=2, description="tokens per packed sequence")
     selection: Literal[SELECTIONS] = Field("top_p_k", description="top_p_k (truncate) | sample (sparse logit sampling)")
@@ -51,19 +54,26 @@ class PipelineConfig(BaseModel):
     top_k: Positive = 100
     num_draws: Positive = Field(64, description="draws per position for --selection sample")
     seed: Int = Field(0, description="mixes into the per-sample seed of --selection sample")
-    codec: Str = Field("compact4", description="compact4 (default) | compact5 (with a codec prime) | compact3 | compact2 | compact | exact")
+    codec: Str = Field(
+        "compact4",
+        description="compact4 (default) | compact5 (with a codec prime) | compact3 | compact2 | compact | exact",
+    )
     codec_params: dict = Field({}, description="codec parameters as JSON")
-    separator: Union[Int, Str, None] = Field(None, description="separator token id or string (default: the tokenizer's EOS)")
+    separator: Int | Str | None = Field(None, description="separator token id or string (default: the tokenizer's EOS)")
     add_bos: Bool = Field(False, description="prepend the tokenizer's BOS to every document")
     trailing: Literal[TRAILING] = Field("pad", description="last partial sequence of a unit: padded, padding masked")
-    rows_per_unit: Positive = Field(50_000, description="Parquet: row groups are grouped until a unit holds this many rows")
+    rows_per_unit: Positive = Field(
+        50_000, description="Parquet: row groups are grouped until a unit holds this many rows"
+    )
     bytes_per_unit: Positive = Field(64 << 20, description="uncompressed JSONL: byte-range size of a unit")
     inference_args: dict = Field({"use_cache": False}, description="JSON kwargs for the model call")
     dtype: Literal[DTYPES] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     # -- execution only (not part of the settings fingerprint) --
     batch_size: Positive = Field(8, description="sequences per teacher forward")
     device: Str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    share_model: Union[Bool, Literal["auto"]] = Field("auto", description="one model per machine/accelerator (auto: when on GPU)")
+    share_model: Bool | Literal["auto"] = Field(
+        "auto", description="one model per machine/accelerator (auto: when on GPU)"
+    )
     runner: Str = Field("DirectRunner", description="Beam runner (default DirectRunner)")
     direct_running_mode: Literal[RUNNING_MODES] = "in_memory"
     direct_num_workers: Positive = 1
@@ -71,8 +81,15 @@ class PipelineConfig(BaseModel):
     progress: Bool = Field(True, description="progress display (default on)")
 
     EXECUTION_ONLY: ClassVar[tuple[str, ...]] = (
-        "output", "batch_size", "device", "share_model", "runner", "direct_running_mode",
-        "direct_num_workers", "runner_config", "progress",
+        "output",
+        "batch_size",
+        "device",
+        "share_model",
+        "runner",
+        "direct_running_mode",
+        "direct_num_workers",
+        "runner_config",
+        "progress",
     )
 
     def __init__(self, _where: str = "config", **data: Any):
@@ -118,7 +135,7 @@ class PipelineConfig(BaseModel):
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, raw: dict, where: str = "config") -> "PipelineConfig":
+    def from_dict(cls, raw: dict, where: str = "config") -> PipelineConfig:
         """Settings from a mapping (YAML or flags); `where` names the source in errors."""
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: top level must be a mapping, got {type(raw).__name__}")
@@ -129,7 +146,7 @@ class PipelineConfig(BaseModel):
         return cls(_where=where, **data)
 
     @classmethod
-    def from_yaml(cls, path: str) -> "PipelineConfig":
+    def from_yaml(cls, path: str) -> PipelineConfig:
         import yaml
 
         from schemas import storage
@@ -140,7 +157,7 @@ class PipelineConfig(BaseModel):
             raise ConfigError(f"{redact_uri(path)}: a config file must be YAML ({file_problem(e)})") from None
         return cls.from_dict(raw, where=redact_uri(path))
 
-    def replace(self, **changes) -> "PipelineConfig":
+    def replace(self, **changes) -> PipelineConfig:
         return PipelineConfig.from_dict({**self.model_dump(), **changes})
 
     def require_io(self) -> None:
@@ -191,6 +208,8 @@ def _message(p: Problem, where: str) -> str:
         return f"{where}: unknown key '{key}' (known: {', '.join(sorted(PipelineConfig.model_fields))})"
     if p.kind.endswith("_type"):
         field = PipelineConfig.model_fields[key]
-        return (f"{where}: key '{key}' has the wrong type {type(p.value).__name__} ({p.value!r}); "
-                f"expected {type_label(field.annotation)}")
+        return (
+            f"{where}: key '{key}' has the wrong type {type(p.value).__name__} ({p.value!r}); "
+            f"expected {type_label(field.annotation)}"
+        )
     return f"setting '{key}': {p.message}"

@@ -3,6 +3,7 @@
 The CLIs print these as one line with exit status 2; anything else is a bug in our code and keeps
 its traceback. Imported lazily (the types live beside the code that raises them, some of which
 imports Beam and torch)."""
+
 from __future__ import annotations
 
 

@@ -18,6 +18,7 @@ PDISTILL_TEST_FAULTS = JSON {"stage": "read"|"teacher"|"sink"|"write"|"upload"|"
 PDISTILL_TEST_TEACHER_LOG = path: every teacher forward appends one JSON line
                             {"pid": caller, "units": [...], "model": {"pid": where the model lives, ...}}.
 """
+
 from __future__ import annotations
 
 import json

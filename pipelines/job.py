@@ -14,6 +14,7 @@ it first; encoder, part writer and final step take its stored bytes as a side in
 On the DirectRunner, encoded samples and read summaries also feed the progress counters
 (`pipelines.progress`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,22 +28,28 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.config import PipelineConfig
 from pipelines.output import (  # noqa: F401  (SettingsMismatch, OutputError: part of this module's API)
-    OutputError, SettingsMismatch, claim_output, clean_orphans, refuse_overlap, refuse_unwritable, verify_finished,
+    OutputError,
+    SettingsMismatch,
+    claim_output,
+    clean_orphans,
+    refuse_overlap,
+    refuse_unwritable,
+    verify_finished,
 )
 from pipelines.packing import TEXT_ENCODING, ReadAndPack, load_tokenizer, resolve_bos, resolve_separator
 from pipelines.prime import needs_prime, prime_input
 from pipelines.progress import Progress, RecordProgress
 from pipelines.sink import EncodeSample, WritePart, finalize
 from pipelines.sources import SourceFile, Unit, list_inputs, plan_units, source_fingerprint, source_versions
+from pipelines.teacher import TeacherInfo, TeacherModelHandler, check_tokenizer_fits, inspect_teacher, prefetch_revision
 from pipelines.teacher_limits import check_fits
-from pipelines.teacher import (TeacherInfo, TeacherModelHandler, check_tokenizer_fits, inspect_teacher,
-                               prefetch_revision)
 from schemas import DatasetDir, Manifest, fingerprint_tokenizer, make_codec, storage
 from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
 from schemas.redact import redact_uri
 from schemas.truncation import validate_params
 
 log = logging.getLogger("pdistill.pipeline")
+
 
 @dataclass
 class Plan:
@@ -76,8 +83,13 @@ def prepare(config: PipelineConfig) -> Plan:
     sep_id = resolve_separator(tok, config.separator, f"tokenizer {config.tokenizer_uri}")
     bos_id = resolve_bos(tok, config.add_bos, f"tokenizer {config.tokenizer_uri}")
     teacher = inspect_teacher(config.teacher, len(tok), config.tokenizer_uri, revision)
-    check_tokenizer_fits(teacher, tok, redact_uri(config.teacher), redact_uri(config.tokenizer_uri),
-                         own_checked=config.tokenizer_uri != config.teacher)
+    check_tokenizer_fits(
+        teacher,
+        tok,
+        redact_uri(config.teacher),
+        redact_uri(config.tokenizer_uri),
+        own_checked=config.tokenizer_uri != config.teacher,
+    )
     check_fits(teacher, config)  # seq_len within the teacher's positions; the forward fits in memory
     if config.selection == "top_p_k":
         validate_params(config.top_p, config.top_k, teacher.vocab_size)
@@ -92,8 +104,9 @@ def prepare(config: PipelineConfig) -> Plan:
     }
     settings = {"settings": config.shaping_settings(), "resolved": resolved}
     fp = config.settings_fingerprint(resolved)
-    plan = Plan(config, files, units, [], src_fp, sep_id, bos_id, len(tok), teacher, settings, fp,
-                hidden=listing.hidden)
+    plan = Plan(
+        config, files, units, [], src_fp, sep_id, bos_id, len(tok), teacher, settings, fp, hidden=listing.hidden
+    )
     plan.manifest = _manifest(plan)
     with storage.access(f"output {redact_uri(config.output)}"):
         plan.complete = claim_output(config.output, fp, settings, source_versions(files))
@@ -113,9 +126,11 @@ def stored_prime(output: str, done: set[str]) -> bytes | None:
     out = DatasetDir(output)
     data = out.read_prime()
     if data is None and done:
-        raise OutputError(f"output {redact_uri(output)}: {len(done)} parts are published but the codec prime "
-                          f"{redact_uri(out.prime_uri)} they were coded against is missing; they cannot be decoded: "
-                          "restore that file, or delete the output and run again")
+        raise OutputError(
+            f"output {redact_uri(output)}: {len(done)} parts are published but the codec prime "
+            f"{redact_uri(out.prime_uri)} they were coded against is missing; they cannot be decoded: "
+            "restore that file, or delete the output and run again"
+        )
     if data is not None:
         from schemas.codecs import Prime
         from schemas.errors import CodecError
@@ -144,12 +159,19 @@ def _manifest(plan: Plan) -> Manifest:
         settings_fingerprint=plan.settings_fp,
         counts=Counts(documents=0, packed_documents=0, dead_letters=0, sequences=0, tokens=0, units=0),
         extra={
-            "trailing": c.trailing, "pad_id": plan.sep_id, "pad_log_tail": "-inf", "bos_id": plan.bos_id,
+            "trailing": c.trailing,
+            "pad_id": plan.sep_id,
+            "pad_log_tail": "-inf",
+            "bos_id": plan.bos_id,
             "packing": f"separator after every document; {TEXT_ENCODING}; units packed independently",
-            "tokenizer_uri": redact_uri(c.tokenizer_uri), "text_column": c.text_column, "format": c.format,
-            "num_draws": c.num_draws if sample else None, "seed": c.seed if sample else None,
-            "inference_args": c.inference_args, "dtype": c.dtype,
-            "units_per_file": "rows_per_unit=%d bytes_per_unit=%d" % (c.rows_per_unit, c.bytes_per_unit),
+            "tokenizer_uri": redact_uri(c.tokenizer_uri),
+            "text_column": c.text_column,
+            "format": c.format,
+            "num_draws": c.num_draws if sample else None,
+            "seed": c.seed if sample else None,
+            "inference_args": c.inference_args,
+            "dtype": c.dtype,
+            "units_per_file": f"rows_per_unit={c.rows_per_unit:d} bytes_per_unit={c.bytes_per_unit:d}",
         },
     )
 
@@ -163,8 +185,10 @@ def build(p: beam.Pipeline, plan: Plan, progress_folder: str | None = None) -> N
         p
         | "Units" >> beam.Create(plan.todo)
         | "Spread" >> beam.Reshuffle()
-        | "ReadAndPack" >> beam.ParDo(ReadAndPack(c.tokenizer_uri, c.text_column, c.seq_len, plan.sep_id,
-                                                  plan.bos_id, plan.source_fp)).with_outputs(ReadAndPack.META, main="seqs")
+        | "ReadAndPack"
+        >> beam.ParDo(
+            ReadAndPack(c.tokenizer_uri, c.text_column, c.seq_len, plan.sep_id, plan.bos_id, plan.source_fp)
+        ).with_outputs(ReadAndPack.META, main="seqs")
     )
     codec = make_codec(c.codec, c.codec_params)
     prime = {"prime": beam.pvalue.AsSingleton(prime_input(p, plan, codec))} if needs_prime(codec) else {}
@@ -239,23 +263,46 @@ class RunReport:
         return dataclasses.asdict(self)
 
 
-def run(config: PipelineConfig, extra_args: list[str] | None = None, options: PipelineOptions | None = None) -> RunReport:
+def run(
+    config: PipelineConfig, extra_args: list[str] | None = None, options: PipelineOptions | None = None
+) -> RunReport:
     """Prepare, build and run the teacher pass; returns what was done (raises on failure)."""
     t0 = time.time()
     plan = prepare(config)
     if plan.complete:
-        return RunReport(True, len(plan.units), 0, {}, time.time() - t0, config.output,
-                         dataclasses.asdict(DatasetDir(config.output).read_manifest().counts), len(plan.hidden))
-    log.info("%d units planned over %d files, %d to compute (%d already published under %s)", len(plan.units),
-             len(plan.files), len(plan.todo), len(plan.units) - len(plan.todo), redact_uri(DatasetDir(config.output).parts_uri))
+        return RunReport(
+            True,
+            len(plan.units),
+            0,
+            {},
+            time.time() - t0,
+            config.output,
+            dataclasses.asdict(DatasetDir(config.output).read_manifest().counts),
+            len(plan.hidden),
+        )
+    log.info(
+        "%d units planned over %d files, %d to compute (%d already published under %s)",
+        len(plan.units),
+        len(plan.files),
+        len(plan.todo),
+        len(plan.units) - len(plan.todo),
+        redact_uri(DatasetDir(config.output).parts_uri),
+    )
     options = options or make_options(config, extra_args or [])
     p = beam.Pipeline(options=options)
     local = "direct" in config.runner.lower()  # a DirectRunner: its workers can write our progress files
-    with Progress(config.output, plan.files, plan.todo, local_workers=local,
-                  enabled=config.progress) as progress:
+    with Progress(config.output, plan.files, plan.todo, local_workers=local, enabled=config.progress) as progress:
         build(p, plan, progress.folder)
         result = p.run()
         result.wait_until_finish()
     manifest = DatasetDir(config.output).read_manifest()  # written by a worker (read_manifest drops listing caches)
-    return RunReport(False, len(plan.units), len(plan.todo), collect_metrics(result), time.time() - t0,
-                     config.output, dataclasses.asdict(manifest.counts), len(plan.hidden))
+    return RunReport(
+        False,
+        len(plan.units),
+        len(plan.todo),
+        collect_metrics(result),
+        time.time() - t0,
+        config.output,
+        dataclasses.asdict(manifest.counts),
+        len(plan.hidden),
+    )

@@ -12,6 +12,7 @@
 - A run killed inside a local write leaves `<name>.tmp-<32 hex>` files; a resumed run removes
   them from parts that are not published yet (and from the output's top level), never elsewhere.
 """
+
 from __future__ import annotations
 
 import logging
@@ -86,10 +87,12 @@ def refuse_overlap(output: str, inputs: list[str]) -> None:
         if _inside(out, base):
             raise OutputInsideInput(
                 f"output {shown_out} is inside the input folder {redact_uri(input_base(pattern))} (input {shown_in!r}): "
-                "a re-run would read the dataset's own shards as input; choose an output outside every input folder")
+                "a re-run would read the dataset's own shards as input; choose an output outside every input folder"
+            )
         if _inside(base, out):
-            raise OutputInsideInput(f"input {shown_in!r} lies inside the output {shown_out}; choose an output that "
-                                    "holds no input")
+            raise OutputInsideInput(
+                f"input {shown_in!r} lies inside the output {shown_out}; choose an output that holds no input"
+            )
 
 
 def refuse_unwritable(output: str) -> None:
@@ -112,11 +115,15 @@ def _refuse_foreign(output: str, top: TopLevel, claimed: bool) -> None:
         return
     shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
     if not claimed and TopLevel.all_ours(foreign):
-        raise ForeignOutput(f"output {redact_uri(output)} holds {shown} but no {SETTINGS_NAME}: not written by this pipeline "
-                            "with known settings; refusing to overwrite it: choose a new (empty) output")
+        raise ForeignOutput(
+            f"output {redact_uri(output)} holds {shown} but no {SETTINGS_NAME}: not written by this pipeline "
+            "with known settings; refusing to overwrite it: choose a new (empty) output"
+        )
     what = "files this pipeline never writes" if claimed else f"files and no {SETTINGS_NAME} (not a pdistill output)"
-    raise ForeignOutput(f"output {redact_uri(output)} is not empty: it holds {what}: {shown}; refusing to overwrite or mix "
-                        "with them: choose a new (empty) output")
+    raise ForeignOutput(
+        f"output {redact_uri(output)} is not empty: it holds {what}: {shown}; refusing to overwrite or mix "
+        "with them: choose a new (empty) output"
+    )
 
 
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -146,23 +153,30 @@ def claim_output(output: str, fp: str, settings: dict, versions: dict | None = N
     try:
         old = out.read_claim()
     except ClaimError as e:
-        raise ForeignOutput(f"output {redact_uri(output)}: its {SETTINGS_NAME} is not the settings record this pipeline "
-                            f"writes ({str(e).removeprefix(redact_uri(out.settings_uri) + ': ')}): damaged, or not ours; "
-                            "refusing to write: choose a new (empty) output") from None
+        raise ForeignOutput(
+            f"output {redact_uri(output)}: its {SETTINGS_NAME} is not the settings record this pipeline "
+            f"writes ({str(e).removeprefix(redact_uri(out.settings_uri) + ': ')}): damaged, or not ours; "
+            "refusing to write: choose a new (empty) output"
+        ) from None
     if old is not None and old.get("settings_fingerprint") != fp:
         changes = _diff(old.get("settings", {}), settings)
         raise SettingsMismatch(
             f"output {redact_uri(output)} was written with other settings ({'; '.join(changes) or 'fingerprint differs'}); "
-            "refusing to mix them: choose a new output or restore the settings")
+            "refusing to mix them: choose a new output or restore the settings"
+        )
     if top.finished:
         m = out.read_manifest()
         if m.settings_fingerprint != fp:
-            raise SettingsMismatch(f"output {redact_uri(output)} holds a finished dataset with settings {m.settings_fingerprint}, "
-                                   f"this run's are {fp}; choose a new output")
+            raise SettingsMismatch(
+                f"output {redact_uri(output)} holds a finished dataset with settings {m.settings_fingerprint}, "
+                f"this run's are {fp}; choose a new output"
+            )
         return True
     if old is None:
-        raise ForeignOutput(f"output {redact_uri(output)}: its {SETTINGS_NAME} vanished while this run started (another process "
-                            "is deleting it?); refusing to write: re-run when the output is stable")
+        raise ForeignOutput(
+            f"output {redact_uri(output)}: its {SETTINGS_NAME} vanished while this run started (another process "
+            "is deleting it?); refusing to write: re-run when the output is stable"
+        )
     _refuse_foreign(output, out.top_level(), claimed=True)
     if versions:
         recorded = old.get("source_versions") or {}
@@ -171,8 +185,10 @@ def claim_output(output: str, fp: str, settings: dict, versions: dict | None = N
             raise SettingsMismatch(
                 f"output {redact_uri(output)}: input {changed[0]} changed in place since its parts were written "
                 f"({recorded[changed[0]]} -> {versions[changed[0]]}"
-                + (f"; {len(changed) - 1} more" if len(changed) > 1 else "") + "); refusing to mix old and new "
-                "content: choose a new output (or restore the input)")
+                + (f"; {len(changed) - 1} more" if len(changed) > 1 else "")
+                + "); refusing to mix old and new "
+                "content: choose a new output (or restore the input)"
+            )
     return False
 
 
@@ -188,11 +204,16 @@ def verify_finished(output: str) -> None:
     if v.whole:
         return
     first = v.problems[0]
-    more = (f" (and {len(v.problems) - 1} more problems: `pdistill inspect {redact_uri(output)}` lists them)"
-            if len(v.problems) > 1 else "")
-    fix = ("delete that part folder and manifest.json, then re-run the same command to recompute the part"
-           if first.file.startswith(PARTS_DIR + "/") else
-           "re-create the dataset into a new output (or restore the file from a copy)")
+    more = (
+        f" (and {len(v.problems) - 1} more problems: `pdistill inspect {redact_uri(output)}` lists them)"
+        if len(v.problems) > 1
+        else ""
+    )
+    fix = (
+        "delete that part folder and manifest.json, then re-run the same command to recompute the part"
+        if first.file.startswith(PARTS_DIR + "/")
+        else "re-create the dataset into a new output (or restore the file from a copy)"
+    )
     raise DamagedOutput(f"output {redact_uri(output)} holds a finished dataset that is damaged: {first}{more}; {fix}")
 
 
@@ -203,5 +224,10 @@ def clean_orphans(output: str, unfinished: set[str]) -> list[str]:
     """Remove our temporary files from unfinished parts, their dead letters and the top level."""
     removed = DatasetDir(output).remove_orphans(unfinished)
     if removed:
-        log.info("removed %d temporary files a killed run left under %s (first: %s)", len(removed), redact_uri(output), removed[0])
+        log.info(
+            "removed %d temporary files a killed run left under %s (first: %s)",
+            len(removed),
+            redact_uri(output),
+            removed[0],
+        )
     return removed

@@ -15,6 +15,7 @@ result depends only on the unit's content: deterministic whatever runs it, in an
 Attention is plain causal over the packed sequence (as in pre-training), so right padding never
 changes the teacher output of a real position.
 """
+
 from __future__ import annotations
 
 import functools
@@ -151,8 +152,9 @@ def tokenize_documents(texts, tokenizer) -> list[list[int] | Exception]:
     return out
 
 
-def pack_documents(texts, tokenizer, packer: Packer, unit: str, source_fp: str, first_index: int = 0,
-                   rejected: list | None = None):
+def pack_documents(
+    texts, tokenizer, packer: Packer, unit: str, source_fp: str, first_index: int = 0, rejected: list | None = None
+):
     """Tokenize a chunk of documents and return the Packed sequences they complete. A document the
     tokenizer cannot take is not packed: (its index in `texts`, the error) goes to `rejected`
     (raised when no list is given)."""
@@ -189,8 +191,16 @@ class ReadAndPack(beam.DoFn):
 
     META = "meta"
 
-    def __init__(self, tokenizer_uri: str, text_column: str, seq_len: int, sep_id: int,
-                 bos_id: int | None, source_fp: str, metric_prefix: str = ""):
+    def __init__(
+        self,
+        tokenizer_uri: str,
+        text_column: str,
+        seq_len: int,
+        sep_id: int,
+        bos_id: int | None,
+        source_fp: str,
+        metric_prefix: str = "",
+    ):
         """`metric_prefix` names its counters apart (the codec prime re-reads the first units: "prime_")."""
         self.tokenizer_uri, self.text_column, self.seq_len = tokenizer_uri, text_column, seq_len
         self.sep_id, self.bos_id, self.source_fp = sep_id, bos_id, source_fp
@@ -198,8 +208,10 @@ class ReadAndPack(beam.DoFn):
 
     def setup(self):
         self.tokenizer = load_tokenizer(self.tokenizer_uri)
-        self.m = {k: Metrics.counter("pdistill", self.metric_prefix + k)
-                  for k in ("documents", "packed_documents", "dead_letters", "sequences", "tokens", "units_read")}
+        self.m = {
+            k: Metrics.counter("pdistill", self.metric_prefix + k)
+            for k in ("documents", "packed_documents", "dead_letters", "sequences", "tokens", "units_read")
+        }
 
     def process(self, unit: Unit):
         faults.maybe_fail("read", unit.name)
@@ -215,11 +227,19 @@ class ReadAndPack(beam.DoFn):
 
         def flush(final: bool):
             rejected = []
-            out = pack_documents([d.text for d in docs], self.tokenizer, packer, unit.name, self.source_fp,
-                                 stats["sequences"], rejected)
+            out = pack_documents(
+                [d.text for d in docs], self.tokenizer, packer, unit.name, self.source_fp, stats["sequences"], rejected
+            )
             for j, e in rejected:
-                reject(dead_letter(unit, docs[j].position, "tokenizer_error",
-                                   f"the tokenizer cannot take this document: {type(e).__name__}: {e}", docs[j].text))
+                reject(
+                    dead_letter(
+                        unit,
+                        docs[j].position,
+                        "tokenizer_error",
+                        f"the tokenizer cannot take this document: {type(e).__name__}: {e}",
+                        docs[j].text,
+                    )
+                )
             stats["packed_documents"] += len(docs) - len(rejected)
             docs.clear()
             if final:
@@ -241,5 +261,11 @@ class ReadAndPack(beam.DoFn):
         for k, v in stats.items():
             self.m[k].inc(v)
         self.m["units_read"].inc()
-        summary = {**stats, "dead": dead, "source": unit.source, "file": letter_file(unit.uri), "incomplete": incomplete}
+        summary = {
+            **stats,
+            "dead": dead,
+            "source": unit.source,
+            "file": letter_file(unit.uri),
+            "incomplete": incomplete,
+        }
         yield beam.pvalue.TaggedOutput(self.META, (unit.name, ("m", summary)))

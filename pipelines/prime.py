@@ -16,6 +16,7 @@ already coded against it). The branch re-reads at most `PRIME_UNITS` units and r
 on at most `prime_tokens` tokens (8,192 by default: ~0.003 % of a 300 M-token run); its counters
 carry the `prime_` prefix so the run's own counts stay the dataset's.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,8 +71,18 @@ def prime_input(p: beam.Pipeline, plan, codec) -> beam.PCollection:
     read = (
         p
         | "PrimeUnits" >> beam.Create(plan.units[:PRIME_UNITS])
-        | "PrimeRead" >> beam.ParDo(ReadAndPack(c.tokenizer_uri, c.text_column, c.seq_len, plan.sep_id, plan.bos_id,
-                                                plan.source_fp, metric_prefix="prime_")).with_outputs(ReadAndPack.META, main="seqs")
+        | "PrimeRead"
+        >> beam.ParDo(
+            ReadAndPack(
+                c.tokenizer_uri,
+                c.text_column,
+                c.seq_len,
+                plan.sep_id,
+                plan.bos_id,
+                plan.source_fp,
+                metric_prefix="prime_",
+            )
+        ).with_outputs(ReadAndPack.META, main="seqs")
     )
     return (
         read.seqs

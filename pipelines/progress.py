@@ -18,6 +18,7 @@ every unit is read. The rate is measured over the last `RATE_WINDOW` seconds, an
 ETA = (total - done) / rate. Counts are for display: a retried bundle may count twice. Other
 runners (Dataflow shows the same counters live in its console) get the published parts only.
 """
+
 from __future__ import annotations
 
 import glob
@@ -97,7 +98,7 @@ def unit_weights(files: list[SourceFile], units: list[Unit]) -> dict[str, float]
         size = sizes.get(u.uri, 0)
         if u.fmt == "parquet" and u.end >= 0:
             groups = rows.setdefault(u.uri, parquet_row_groups(u.uri))
-            out[u.name] = size * sum(groups[u.start:u.end]) / max(sum(groups), 1) if groups else float(size)
+            out[u.name] = size * sum(groups[u.start : u.end]) / max(sum(groups), 1) if groups else float(size)
         elif u.end >= 0:
             out[u.name] = float(u.end - u.start)
         else:
@@ -162,8 +163,15 @@ def _duration(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def format_line(c: Counts | None, units_todo: int, parts: int, rate: float | None, elapsed: float,
-                final: bool = False, weight_todo: float | None = None) -> str:
+def format_line(
+    c: Counts | None,
+    units_todo: int,
+    parts: int,
+    rate: float | None,
+    elapsed: float,
+    final: bool = False,
+    weight_todo: float | None = None,
+) -> str:
     """One human line, e.g. 'teacher pass: 12,288 / ~52,000 tokens (48 sequences), 310 tokens/s,
     ETA 2m03s; 0/8 parts published'."""
     tail = f"{parts}/{units_todo} parts published"
@@ -171,8 +179,10 @@ def format_line(c: Counts | None, units_todo: int, parts: int, rate: float | Non
         return f"teacher pass: {tail} ({_duration(elapsed)})"
     if final:
         avg = c.tokens / elapsed if elapsed > 0 else 0.0
-        return (f"teacher pass: done, {c.tokens:,} tokens ({c.sequences:,} sequences) in {_duration(elapsed)}, "
-                f"{avg:,.0f} tokens/s overall; {tail}")
+        return (
+            f"teacher pass: done, {c.tokens:,} tokens ({c.sequences:,} sequences) in {_duration(elapsed)}, "
+            f"{avg:,.0f} tokens/s overall; {tail}"
+        )
     total = estimate_total(c, units_todo, weight_todo)
     eta = eta_seconds(c.tokens, total, rate)
     of = "" if total is None else (f" / {total:,}" if c.units_read >= units_todo else f" / ~{total:,}")
@@ -186,8 +196,17 @@ class Progress:
     `log_every` seconds otherwise, and a final line. `folder` is where workers write their counts
     (only for the DirectRunner, see the module docstring); None shows the published parts only."""
 
-    def __init__(self, output: str, files: list[SourceFile], todo: list[Unit], local_workers: bool,
-                 enabled: bool = True, every: float = 2.0, log_every: float = 15.0, stream=None):
+    def __init__(
+        self,
+        output: str,
+        files: list[SourceFile],
+        todo: list[Unit],
+        local_workers: bool,
+        enabled: bool = True,
+        every: float = 2.0,
+        log_every: float = 15.0,
+        stream=None,
+    ):
         self.output, self.todo, self.every, self.log_every = output, {u.name for u in todo}, every, log_every
         self.enabled = enabled and bool(todo)
         self.weights = unit_weights(files, todo) if self.enabled and local_workers else {}
@@ -207,8 +226,9 @@ class Progress:
             pass
         c = read_counts(self.folder, self.weights) if self.folder else None
         rate = self._rate.add(now, c.tokens) if c is not None else None
-        return format_line(c, len(self.todo), self._parts, rate, now - self._t0, final=final,
-                           weight_todo=sum(self.weights.values()))
+        return format_line(
+            c, len(self.todo), self._parts, rate, now - self._t0, final=final, weight_todo=sum(self.weights.values())
+        )
 
     def _loop(self):
         tty = getattr(self.stream, "isatty", lambda: False)()

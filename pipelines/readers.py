@@ -26,11 +26,12 @@ without newlines) is skipped without being held in memory and dead-lettered as
 which makes the tokenizer raise) is `invalid_unicode`; null / non-string text is `missing_text` /
 `wrong_type`. What the tokenizer still refuses is dead-lettered by the packer (`tokenizer_error`).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from pipelines.streams import StreamError, decompressed_chunks, lines_of, local_copy, open_unit, readline_capped
 from schemas.redact import redact_text, redact_uri
@@ -56,8 +57,15 @@ def letter_file(uri: str) -> str:
     return _printable(redact_uri(uri))
 
 
-def dead_letter(unit, position: dict, kind: str, reason: str, raw: bytes | str | None = None,
-                documents: int = 1, incomplete: bool = False) -> dict:
+def dead_letter(
+    unit,
+    position: dict,
+    kind: str,
+    reason: str,
+    raw: bytes | str | None = None,
+    documents: int = 1,
+    incomplete: bool = False,
+) -> dict:
     if isinstance(raw, bytes):
         raw = raw[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
     return {
@@ -74,6 +82,7 @@ def dead_letter(unit, position: dict, kind: str, reason: str, raw: bytes | str |
 
 # -- one document's text --------------------------------------------------------------------------
 
+
 def check_text(value, column: str) -> tuple[str | None, str, str]:
     """(text, kind, reason): text is None when the value is not a usable document."""
     if value is None:
@@ -88,8 +97,11 @@ def check_text(value, column: str) -> tuple[str | None, str, str]:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:  # a lone surrogate (JSON "\ud800"): no tokenizer can take it
-        return None, "invalid_unicode", (f"text holds a lone surrogate U+{ord(value[e.start]):04X} at character "
-                                         f"{e.start}: not valid Unicode text")
+        return (
+            None,
+            "invalid_unicode",
+            (f"text holds a lone surrogate U+{ord(value[e.start]):04X} at character {e.start}: not valid Unicode text"),
+        )
     if not value.strip():
         return None, "empty_text", f"text column '{column}' is empty"
     return value, "", ""
@@ -114,11 +126,16 @@ def parse_json_line(raw: bytes, column: str) -> tuple[str | None, str, str]:
 
 
 def _too_large(unit, position: dict, size: int) -> dict:
-    return dead_letter(unit, position, "record_too_large",
-                       f"record of {size} bytes is larger than the {MAX_RECORD_BYTES >> 20} MiB limit per document")
+    return dead_letter(
+        unit,
+        position,
+        "record_too_large",
+        f"record of {size} bytes is larger than the {MAX_RECORD_BYTES >> 20} MiB limit per document",
+    )
 
 
 # -- readers --------------------------------------------------------------------------------------
+
 
 def _read_jsonl_range(unit, column: str) -> Iterator[Doc | dict]:
     with open_unit(unit) as f:
@@ -135,9 +152,15 @@ def _read_jsonl_range(unit, column: str) -> Iterator[Doc | dict]:
                 pos += size
                 continue
             if not raw:
-                yield dead_letter(unit, {"byte": pos}, "truncated_file",
-                                  f"the file ends at byte {pos}, before the end of its planned range ({end}): it "
-                                  "shrank since the job was planned", documents=0, incomplete=True)
+                yield dead_letter(
+                    unit,
+                    {"byte": pos},
+                    "truncated_file",
+                    f"the file ends at byte {pos}, before the end of its planned range ({end}): it "
+                    "shrank since the job was planned",
+                    documents=0,
+                    incomplete=True,
+                )
                 return
             here, pos = pos, pos + len(raw)
             body = raw.rstrip(b"\r\n")
@@ -151,8 +174,14 @@ def _json_record(unit, position: dict, raw: bytes, body: bytes, column: str) -> 
     if text is not None:
         return Doc(text, position)
     if kind == "malformed_json" and not raw.endswith(b"\n"):  # the file's last line, cut inside a record
-        return dead_letter(unit, position, "truncated_file", f"the file ends inside this record ({reason}, no final "
-                           f"newline): it looks truncated", body, incomplete=True)
+        return dead_letter(
+            unit,
+            position,
+            "truncated_file",
+            f"the file ends inside this record ({reason}, no final newline): it looks truncated",
+            body,
+            incomplete=True,
+        )
     return dead_letter(unit, position, kind, reason, body)
 
 
@@ -170,8 +199,14 @@ def count_lines(path: str, compression: str | None) -> int:
 
 
 def _broken_stream(unit, e: StreamError, documents: int, what: str) -> dict:
-    return dead_letter(unit, {"compressed_byte": e.offset, "decoded_bytes": e.decoded}, e.kind,
-                       f"{e}; {what}", documents=documents, incomplete=True)
+    return dead_letter(
+        unit,
+        {"compressed_byte": e.offset, "decoded_bytes": e.decoded},
+        e.kind,
+        f"{e}; {what}",
+        documents=documents,
+        incomplete=True,
+    )
 
 
 def _read_jsonl_stream(unit, column: str) -> Iterator[Doc | dict]:
@@ -179,8 +214,13 @@ def _read_jsonl_stream(unit, column: str) -> Iterator[Doc | dict]:
         try:
             count_lines(path, unit.compression)
         except StreamError as e:
-            yield _broken_stream(unit, e, e.lines, f"the {e.lines} lines read before the break are counted here "
-                                 "and not packed (a partial file is not used)")
+            yield _broken_stream(
+                unit,
+                e,
+                e.lines,
+                f"the {e.lines} lines read before the break are counted here "
+                "and not packed (a partial file is not used)",
+            )
             return
         with open(path, "rb") as f:
             line_no = 0
@@ -230,9 +270,14 @@ def _read_parquet(unit, column: str) -> Iterator[Doc | dict]:
         first = unit.first_row
         if column not in pf.schema_arrow.names:
             rows = sum(pf.metadata.row_group(g).num_rows for g in range(unit.start, end))
-            yield dead_letter(unit, {"rows": [first, first + rows]}, "missing_text",
-                              f"text column '{column}' is not in the file (columns: {', '.join(pf.schema_arrow.names)}); "
-                              f"{rows} rows not used", documents=rows)
+            yield dead_letter(
+                unit,
+                {"rows": [first, first + rows]},
+                "missing_text",
+                f"text column '{column}' is not in the file (columns: {', '.join(pf.schema_arrow.names)}); "
+                f"{rows} rows not used",
+                documents=rows,
+            )
             return
         row = first
         for g in range(unit.start, end):
@@ -242,14 +287,22 @@ def _read_parquet(unit, column: str) -> Iterator[Doc | dict]:
                 # exit (apache/arrow#34314; 3-6 of 20 runs here) after the work is done
                 values = pf.read_row_group(g, columns=[column], use_threads=False).column(0).to_pylist()
             except Exception as e:
-                yield dead_letter(unit, {"row_group": g, "rows": [row, row + n]}, "unreadable_row_group",
-                                  f"cannot read row group {g} ({n} rows): {type(e).__name__}: {e}", documents=n)
+                yield dead_letter(
+                    unit,
+                    {"row_group": g, "rows": [row, row + n]},
+                    "unreadable_row_group",
+                    f"cannot read row group {g} ({n} rows): {type(e).__name__}: {e}",
+                    documents=n,
+                )
                 row += n
                 continue
             for v in values:
                 text, kind, reason = check_text(v, column)
-                yield Doc(text, {"row": row}) if text is not None else dead_letter(
-                    unit, {"row": row}, kind, reason, v if isinstance(v, (str, bytes)) else repr(v))
+                yield (
+                    Doc(text, {"row": row})
+                    if text is not None
+                    else dead_letter(unit, {"row": row}, kind, reason, v if isinstance(v, (str, bytes)) else repr(v))
+                )
                 row += 1
 
 
@@ -257,13 +310,21 @@ def read_unit(unit, column: str) -> Iterator[Doc | dict]:
     """The unit's documents in file order, and a dead letter for each one that cannot be used."""
     if unit.problem:  # found unreadable while listing (a FIFO, an unlistable folder): never opened
         kind = "unreadable_folder" if unit.fmt == "folder" else "unreadable_file"
-        yield dead_letter(unit, {"range": [unit.start, unit.end]}, kind, f"{unit.problem}; its documents are not "
-                          "counted", documents=0, incomplete=True)
+        yield dead_letter(
+            unit,
+            {"range": [unit.start, unit.end]},
+            kind,
+            f"{unit.problem}; its documents are not counted",
+            documents=0,
+            incomplete=True,
+        )
         return
     if unit.fmt == "parquet":
         reader = _read_parquet(unit, column)
     elif unit.fmt == "jsonl":
-        reader = _read_jsonl_stream(unit, column) if unit.compression or unit.end < 0 else _read_jsonl_range(unit, column)
+        reader = (
+            _read_jsonl_stream(unit, column) if unit.compression or unit.end < 0 else _read_jsonl_range(unit, column)
+        )
     else:
         reader = _read_text_file(unit)
     produced = 0
@@ -275,6 +336,11 @@ def read_unit(unit, column: str) -> Iterator[Doc | dict]:
         whole = unit.fmt == "text" and not produced  # a text file is one document, counted here
         rest = "its one document is not used" if whole else "the rest of it is not counted"
         after = f" after {produced} documents" if produced else ""
-        yield dead_letter(unit, {"range": [unit.start, unit.end]}, "unreadable_file",
-                          f"cannot read the file{after}: {type(e).__name__}: {e}; {rest}",
-                          documents=int(whole), incomplete=True)
+        yield dead_letter(
+            unit,
+            {"range": [unit.start, unit.end]},
+            "unreadable_file",
+            f"cannot read the file{after}: {type(e).__name__}: {e}; {rest}",
+            documents=int(whole),
+            incomplete=True,
+        )

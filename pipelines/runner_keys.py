@@ -1,6 +1,7 @@
 """What `pipelines.runner_options` accepts: runner names, each runner's config keys (Beam's own
 option names, mapped to their flags), and the Dataflow GPU / machine-family pairs it checks.
 No Beam import: `pipelines.config` checks the runner name with `normalize_runner` at load time."""
+
 from __future__ import annotations
 
 from schemas.errors import ConfigError

@@ -26,6 +26,7 @@ DaskRunner is refused: on Beam 2.71 it returned wrong results here (see `REFUSED
 Only option construction is tested on CI: Dataflow needs a cloud project and the portable runners a
 job server; nothing here claims that those runners ran.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,15 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from pipelines.runner_keys import (ENVIRONMENT_TYPES, GPU_MACHINE_FAMILIES, KEYS, REFUSED, SUPPORTED,  # noqa: F401
-                                   RunnerConfigError, normalize_runner)
+from pipelines.runner_keys import (  # noqa: F401
+    ENVIRONMENT_TYPES,
+    GPU_MACHINE_FAMILIES,
+    KEYS,
+    REFUSED,
+    SUPPORTED,
+    RunnerConfigError,
+    normalize_runner,
+)
 
 REPO_SETUP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
 
@@ -232,8 +240,9 @@ def build_options(
     if name == "DirectRunner":
         mode = config.get("direct_running_mode", "in_memory")
         if mode not in ("in_memory", "multi_threading", "multi_processing"):
-            raise RunnerConfigError(f"DirectRunner: direct_running_mode {mode!r} is not one of in_memory, "
-                                    "multi_threading, multi_processing")
+            raise RunnerConfigError(
+                f"DirectRunner: direct_running_mode {mode!r} is not one of in_memory, multi_threading, multi_processing"
+            )
     flags = [f"--runner={name}"] + _flags(name, config) + extra
     options = PipelineOptions(flags)
     if name == "DataflowRunner":
@@ -249,9 +258,9 @@ def build_options(
 
 def load_runner_config(uri: str) -> dict:
     """A runner config from a JSON or YAML file (local path or object-store URI)."""
-    from schemas import storage
-
     import yaml
+
+    from schemas import storage
 
     try:
         data = yaml.safe_load(storage.read_text(uri)) or {}  # YAML reads JSON too

@@ -16,6 +16,7 @@ with other settings (naming it); the unit's rejected documents go to `dead_lette
 part's index. Then the root `index.json` (`DatasetDir.root_index`) and `manifest.json` last: the
 manifest is the plan's `Manifest`, its sources and counts filled in with `dataclasses.replace`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,15 @@ from schemas.integrity import check_dead_letters, part_stats
 from schemas.manifest import Counts, Manifest
 from schemas.redact import redact_uri
 
-COUNT_KEYS = ("documents", "packed_documents", "dead_letters", "sequences", "tokens", "unscored_sequences",
-              "unscored_tokens")
+COUNT_KEYS = (
+    "documents",
+    "packed_documents",
+    "dead_letters",
+    "sequences",
+    "tokens",
+    "unscored_sequences",
+    "unscored_tokens",
+)
 
 
 class EncodeSample(beam.DoFn):
@@ -58,12 +66,32 @@ class EncodeSample(beam.DoFn):
             self.prime_bytes = prime
         p, tr = result.example, result.inference
         if isinstance(tr, Unscored):  # not written; WritePart makes it a dead letter with its tokens
-            yield p.unit, ("x", p.index, {"n_tokens": int(p.n_tokens), "sample_id": int(p.sample_id),
-                                          "tokens": p.tokens[: p.n_tokens].tolist(),
-                                          "doc_starts": [int(d) for d in p.doc_starts], "reason": tr.reason})
+            yield (
+                p.unit,
+                (
+                    "x",
+                    p.index,
+                    {
+                        "n_tokens": int(p.n_tokens),
+                        "sample_id": int(p.sample_id),
+                        "tokens": p.tokens[: p.n_tokens].tolist(),
+                        "doc_starts": [int(d) for d in p.doc_starts],
+                        "reason": tr.reason,
+                    },
+                ),
+            )
             return
-        sample = build_sample(sample_id=p.sample_id, tokens=p.tokens, n_tokens=p.n_tokens, doc_starts=p.doc_starts,
-                              truncated=tr, codec=self.codec, vocab_size=self.vocab_size, top_k=self.kept_k, unit=p.unit)
+        sample = build_sample(
+            sample_id=p.sample_id,
+            tokens=p.tokens,
+            n_tokens=p.n_tokens,
+            doc_starts=p.doc_starts,
+            truncated=tr,
+            codec=self.codec,
+            vocab_size=self.vocab_size,
+            top_k=self.kept_k,
+            unit=p.unit,
+        )
         yield p.unit, ("s", p.index, sample)
 
 
@@ -100,13 +128,24 @@ class WritePart(beam.DoFn):
         unscored.sort(key=lambda s: s[0])
         indexes = sorted(i for i, _ in samples + unscored)
         if indexes != list(range(meta["sequences"])):
-            raise RuntimeError(f"unit {unit}: got sequence indexes {indexes[:10]}..., expected 0..{meta['sequences'] - 1}")
+            raise RuntimeError(
+                f"unit {unit}: got sequence indexes {indexes[:10]}..., expected 0..{meta['sequences'] - 1}"
+            )
         dead = meta.get("dead", []) + [unscored_letter(unit, meta, i, u) for i, u in unscored]
         lost_tokens = sum(u["n_tokens"] for _, u in unscored)
-        stats = {"unit": unit, "settings_fingerprint": self.settings_fp, **{k: meta.get(k, 0) for k in COUNT_KEYS},
-                 "source": meta.get("source"), "incomplete": meta.get("incomplete", [])}
-        stats.update(sequences=meta["sequences"] - len(unscored), tokens=meta["tokens"] - lost_tokens,
-                     unscored_sequences=len(unscored), unscored_tokens=lost_tokens)
+        stats = {
+            "unit": unit,
+            "settings_fingerprint": self.settings_fp,
+            **{k: meta.get(k, 0) for k in COUNT_KEYS},
+            "source": meta.get("source"),
+            "incomplete": meta.get("incomplete", []),
+        }
+        stats.update(
+            sequences=meta["sequences"] - len(unscored),
+            tokens=meta["tokens"] - lost_tokens,
+            unscored_sequences=len(unscored),
+            unscored_tokens=lost_tokens,
+        )
         if prime is not None:
             stats["codec_prime_sha256"] = prime_digest(prime)
         if unscored:
@@ -116,8 +155,13 @@ class WritePart(beam.DoFn):
         with tempfile.TemporaryDirectory(prefix=f"pdistill-{unit}-") as tmp:
             local = os.path.join(tmp, unit)
             write_mds(local, [s for _, s in samples], self.vocab_size, self.kept_k)
-            out.publish_part(unit, local, stats, after_each=lambda name: faults.maybe_fail("upload", unit),
-                             before_commit=lambda name: faults.maybe_fail("write", unit))
+            out.publish_part(
+                unit,
+                local,
+                stats,
+                after_each=lambda name: faults.maybe_fail("upload", unit),
+                before_commit=lambda name: faults.maybe_fail("write", unit),
+            )
         self.parts_done.inc()
         yield unit, stats
 
@@ -125,16 +169,25 @@ class WritePart(beam.DoFn):
 def unscored_letter(unit: str, meta: dict, index: int, u: dict) -> dict:
     """The dead letter of a sequence the teacher could not score: its tokens, so nothing is lost
     (`documents` 0: its documents were packed and are counted there)."""
-    return {"file": meta.get("file", ""), "unit": unit, "kind": "teacher_unscored", "reason": u["reason"],
-            "position": {"sequence": index, "sample_id": u["sample_id"], "doc_starts": u["doc_starts"]},
-            "excerpt": "", "tokens": u["tokens"], "documents": 0, "incomplete": False}
+    return {
+        "file": meta.get("file", ""),
+        "unit": unit,
+        "kind": "teacher_unscored",
+        "reason": u["reason"],
+        "position": {"sequence": index, "sample_id": u["sample_id"], "doc_starts": u["doc_starts"]},
+        "excerpt": "",
+        "tokens": u["tokens"],
+        "documents": 0,
+        "incomplete": False,
+    }
 
 
 def write_mds(local_dir: str, samples: list[dict], vocab_size: int, kept_k: int) -> None:
     from streaming import MDSWriter
 
-    with MDSWriter(out=local_dir, columns=mds_columns(vocab_size, kept_k), compression="zstd",
-                   hashes=["xxh3_64"], max_workers=1) as w:
+    with MDSWriter(
+        out=local_dir, columns=mds_columns(vocab_size, kept_k), compression="zstd", hashes=["xxh3_64"], max_workers=1
+    ) as w:
         for s in samples:
             w.write(s)
 
@@ -146,8 +199,10 @@ def build_root_index(output: str, units: list[str], settings_fp: str) -> tuple[d
     out = DatasetDir(output)
     missing = sorted(set(units) - out.finished_units())
     if missing:
-        raise RuntimeError(f"{len(missing)} parts are missing under {out.parts_uri} "
-                           f"(first: {missing[0]}); re-run the same command to compute them")
+        raise RuntimeError(
+            f"{len(missing)} parts are missing under {out.parts_uri} "
+            f"(first: {missing[0]}); re-run the same command to compute them"
+        )
     stats, problems = part_stats(out, sorted(units))
     if problems:  # missing or unreadable: counts a manifest would have to invent
         raise _part_mismatch(output, problems[0].file.split("/")[1], f"cannot be counted ({problems[0]})")
@@ -155,8 +210,12 @@ def build_root_index(output: str, units: list[str], settings_fp: str) -> tuple[d
     totals = dict.fromkeys(COUNT_KEYS, 0)
     for stats in per_unit:
         if stats.get("settings_fingerprint") != settings_fp:
-            raise _part_mismatch(output, stats["unit"], f"was written with settings {stats.get('settings_fingerprint')}, "
-                                 f"the dataset's are {settings_fp}; refusing to publish a mixed dataset")
+            raise _part_mismatch(
+                output,
+                stats["unit"],
+                f"was written with settings {stats.get('settings_fingerprint')}, "
+                f"the dataset's are {settings_fp}; refusing to publish a mixed dataset",
+            )
         for k in COUNT_KEYS:
             totals[k] += int(stats.get(k, 0))  # parts written before a key existed: 0
     return out.root_index(units), totals, per_unit
@@ -164,8 +223,10 @@ def build_root_index(output: str, units: list[str], settings_fp: str) -> tuple[d
 
 def _part_mismatch(output: str, unit: str, what: str) -> PartMismatch:
     """A part that cannot join the dataset, and what to do about it."""
-    return PartMismatch(f"part {redact_uri(DatasetDir(output).part_uri(unit))} {what}: delete that part folder and "
-                        "re-run the same command to recompute it")
+    return PartMismatch(
+        f"part {redact_uri(DatasetDir(output).part_uri(unit))} {what}: delete that part folder and "
+        "re-run the same command to recompute it"
+    )
 
 
 def prime_digest(prime: bytes) -> str:
@@ -181,16 +242,25 @@ def finalize(_computed, output: str, units: list[str], manifest: Manifest, prime
     index, totals, per_unit = build_root_index(output, units, manifest.settings_fingerprint)
     _, problems = check_dead_letters(DatasetDir(output), dict(zip(sorted(units), per_unit)))
     if problems:  # the records the counts stand for are gone or damaged: never publish counts without them
-        raise _part_mismatch(output, problems[0].file.split("/")[-1].removesuffix(".jsonl"),
-                             f"does not reconcile with its dead letters ({problems[0]})")
+        raise _part_mismatch(
+            output,
+            problems[0].file.split("/")[-1].removesuffix(".jsonl"),
+            f"does not reconcile with its dead letters ({problems[0]})",
+        )
     if prime is not None:
         digest = prime_digest(prime)
         for stats in per_unit:
             if stats.get("codec_prime_sha256") != digest:
-                raise _part_mismatch(output, stats["unit"], f"was coded against codec prime {stats.get('codec_prime_sha256')}, "
-                                     f"the output's {PRIME_NAME} is {digest}; refusing to publish a dataset it cannot decode")
-        manifest = dataclasses.replace(manifest, codec=dataclasses.replace(
-            manifest.codec, params={**manifest.codec.params, "prime_sha256": digest}))
+                raise _part_mismatch(
+                    output,
+                    stats["unit"],
+                    f"was coded against codec prime {stats.get('codec_prime_sha256')}, "
+                    f"the output's {PRIME_NAME} is {digest}; refusing to publish a dataset it cannot decode",
+                )
+        manifest = dataclasses.replace(
+            manifest,
+            codec=dataclasses.replace(manifest.codec, params={**manifest.codec.params, "prime_sha256": digest}),
+        )
     sources, incomplete_files = account_sources(manifest.sources, per_unit)
     counts = Counts(units=len(units), incomplete_files=incomplete_files, **totals)
     if not counts.reconciles():

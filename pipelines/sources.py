@@ -43,6 +43,7 @@ Reading the documents out of a unit (and accounting for every one of them) is
 URIs are redacted (`schemas.redact`) in every message and record. Identities use them whole,
 except the secret query parameters of a signed URL: its signature rotates, the file stays the same.
 """
+
 from __future__ import annotations
 
 import errno
@@ -56,13 +57,18 @@ from pipelines.readers import Doc, dead_letter, read_unit  # noqa: F401  (re-exp
 from pipelines.streams import irregular_kind
 from schemas import fingerprint_of, storage
 from schemas.identity import hasher, tagged
-from schemas.storage import object_version
 from schemas.redact import redact_query, redact_text, redact_uri
+from schemas.storage import object_version
 
 EXTENSIONS = {
-    ".parquet": "parquet", ".pq": "parquet",
-    ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
-    ".txt": "text", ".text": "text", ".md": "text",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
 }
 COMPRESSIONS = {".gz": "gz", ".zst": "zst", ".zstd": "zst"}
 GLOB_CHARS = "*?["
@@ -112,6 +118,7 @@ class Listing:
 
 
 # -- expanding inputs -----------------------------------------------------------------------------
+
 
 def _full_uri(fs, path: str, pattern: str) -> str:
     return path if storage.is_local(pattern) else fs.unstrip_protocol(path)
@@ -188,8 +195,9 @@ def _unlistable_folders(root: str, below: str) -> list[OSError]:
 
     for folder, dirs, _ in os.walk(root or ".", onerror=unlisted):
         rel = os.path.relpath(folder, root or ".")
-        dirs[:] = [d for d in dirs if not _hidden(d, below) and
-                   _could_hold(d if rel == "." else posixpath.join(rel, d), below)]
+        dirs[:] = [
+            d for d in dirs if not _hidden(d, below) and _could_hold(d if rel == "." else posixpath.join(rel, d), below)
+        ]
     return errors
 
 
@@ -233,7 +241,7 @@ def list_inputs(patterns: list[str], forced_format: str = "auto") -> Listing:
         except (OSError, ValueError) + storage.refusals() as e:  # no credentials is not an OSError
             raise InputError(redact_text(f"input {pattern}: cannot list ({type(e).__name__}: {e})")) from None
         root = _pattern_root(path, pattern, is_dir)
-        below = path[len(root):].strip("/") if globbed else ""  # the pattern below its root
+        below = path[len(root) :].strip("/") if globbed else ""  # the pattern below its root
         unlisted = _unlistable_folders(root, below) if local and (globbed or is_dir) else []
         unlisted_problem: dict[str, str] = {}  # folder -> why it could not be listed
         for e in unlisted:
@@ -244,8 +252,9 @@ def list_inputs(patterns: list[str], forced_format: str = "auto") -> Listing:
             if name.startswith("..") or _hidden(name, below) or not _could_hold(name, below):
                 continue
             paths.append(folder)
-            unlisted_problem[folder] = redact_text(f"cannot list the folder ({type(e).__name__}: {e.strerror or e}): "
-                                                   "the files in it are not read")
+            unlisted_problem[folder] = redact_text(
+                f"cannot list the folder ({type(e).__name__}: {e.strerror or e}): the files in it are not read"
+            )
         if not paths:
             raise InputError(f"input {redact_uri(pattern)}: no such file, or the glob matches no files")
         for p in sorted(paths):
@@ -281,7 +290,10 @@ def list_inputs(patterns: list[str], forced_format: str = "auto") -> Listing:
             return SourceFile(uri, size, version, fmt, comp, name, f"unreadable:{version}", problem)
         try:
             content = content_hash(fs, p, size)
-        except (OSError, ValueError) + storage.refusals() as e:  # unreadable: dead-lettered on read; identity by version
+        except (
+            OSError,
+            ValueError,
+        ) + storage.refusals() as e:  # unreadable: dead-lettered on read; identity by version
             content = f"unreadable:{type(e).__name__}:{version}"
         return SourceFile(uri, size, version, fmt, comp, name, content)
 
@@ -308,6 +320,7 @@ def source_versions(files: list[SourceFile]) -> dict[str, str]:
 
 
 # -- planning --------------------------------------------------------------------------------------
+
 
 def parquet_row_groups(uri: str) -> list[int] | None:
     import pyarrow.parquet as pq
@@ -345,6 +358,7 @@ def plan_units(files: list[SourceFile], rows_per_unit: int, bytes_per_unit: int)
             ranges = [(0, -1, 0)]
         pw = max(5, len(str(len(ranges))))
         for pi, (start, end, first) in enumerate(ranges):
-            units.append(Unit(f"u{fi:0{width}d}-{pi:0{pw}d}", f.uri, f.fmt, f.compression, start, end, first, fi,
-                              f.problem))
+            units.append(
+                Unit(f"u{fi:0{width}d}-{pi:0{pw}d}", f.uri, f.fmt, f.compression, start, end, first, fi, f.problem)
+            )
     return units

@@ -7,6 +7,7 @@ they decoded first). `lines_of` and `readline_capped` never hold a line longer t
 (junk without newlines would otherwise be loaded whole); fsspec's remote files take no size in
 `readline` and are read 64 KiB at a time from their block cache.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,7 @@ import shutil
 import stat
 import tempfile
 import zlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from schemas import storage
 
@@ -31,8 +32,13 @@ class StreamError(Exception):
         self.kind, self.offset, self.decoded = kind, offset, decoded
 
 
-IRREGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+IRREGULAR = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a folder"),
+)
 
 
 def irregular_kind(path: str) -> str:
@@ -100,8 +106,12 @@ def decompressed_chunks(f, compression: str | None) -> Iterator[bytes]:
             try:
                 out = d.decompress(data)
             except errors as e:
-                raise StreamError("corrupt_file", f"the {what} does not decode ({e}); read {read} compressed bytes, "
-                                  f"decoded {decoded} bytes", read, decoded) from None
+                raise StreamError(
+                    "corrupt_file",
+                    f"the {what} does not decode ({e}); read {read} compressed bytes, decoded {decoded} bytes",
+                    read,
+                    decoded,
+                ) from None
             fed = True
             decoded += len(out)
             if out:
@@ -111,8 +121,13 @@ def decompressed_chunks(f, compression: str | None) -> Iterator[bytes]:
             members += 1
             data, (d, errors, what), fed = d.unused_data, _new_decoder(compression), False
     if fed:
-        raise StreamError("truncated_file", f"the file ends at compressed byte {read} inside a {what}, after "
-                          f"{decoded} decoded bytes: the file is truncated", read, decoded)
+        raise StreamError(
+            "truncated_file",
+            f"the file ends at compressed byte {read} inside a {what}, after "
+            f"{decoded} decoded bytes: the file is truncated",
+            read,
+            decoded,
+        )
 
 
 def lines_of(chunks: Iterator[bytes], limit: int) -> Iterator[tuple[int, bytes | None, int]]:

@@ -12,12 +12,14 @@ cross the process boundary, never logits.
 readable and its output vocabulary must cover the tokenizer; `check_tokenizer_fits` then refuses
 a --tokenizer that is not the teacher's (against the tokenizer saved in the checkpoint).
 """
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from apache_beam.metrics import Metrics
@@ -26,8 +28,14 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from pipelines import faults
 from pipelines.config import PipelineConfig
 from pipelines.packing import Packed
-from pipelines.teacher_limits import (DTYPE_BYTES, ForwardShape, available_memory, check_memory, check_positions,
-                                      forward_shape)
+from pipelines.teacher_limits import (
+    DTYPE_BYTES,
+    ForwardShape,
+    available_memory,
+    check_memory,
+    check_positions,
+    forward_shape,
+)
 from schemas import KeptEntries, sample_select, storage, truncate_tensor
 from schemas.identity import fingerprint_files
 
@@ -62,8 +70,9 @@ def _weight_files(local_dir: str) -> list[str]:
 
 
 def teacher_revision(local_dir: str) -> str:
-    return fingerprint_files((name.encode() + b"\x00", os.path.join(local_dir, name))
-                             for name in ["config.json"] + _weight_files(local_dir))
+    return fingerprint_files(
+        (name.encode() + b"\x00", os.path.join(local_dir, name)) for name in ["config.json"] + _weight_files(local_dir)
+    )
 
 
 def logits_dim(config) -> int:
@@ -85,8 +94,9 @@ def check_vocab(teacher_vocab: int, tokenizer_len: int, teacher: str, tokenizer:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def check_tokenizer_fits(teacher: "TeacherInfo", tokenizer, teacher_uri: str, tokenizer_uri: str,
-                         own_checked: bool) -> None:
+def check_tokenizer_fits(
+    teacher: TeacherInfo, tokenizer, teacher_uri: str, tokenizer_uri: str, own_checked: bool
+) -> None:
     """The tokenizer that encodes the corpus must speak the teacher's vocabulary, or the teacher
     scores ids that mean other tokens to it and nothing says so. Refused: an id the tokenizer can
     produce beyond the teacher's logits; and, when `own_checked` (a --tokenizer other than the
@@ -94,8 +104,9 @@ def check_tokenizer_fits(teacher: "TeacherInfo", tokenizer, teacher_uri: str, to
     have but spell differently. Not refused: logits padded beyond the tokenizer (usual), a
     tokenizer copied elsewhere, or one that only adds or lacks tokens at ids the other lacks."""
     vocab = tokenizer.get_vocab()
-    check_vocab(teacher.vocab_size, max(len(tokenizer), max(vocab.values(), default=-1) + 1), teacher_uri,
-                tokenizer_uri)
+    check_vocab(
+        teacher.vocab_size, max(len(tokenizer), max(vocab.values(), default=-1) + 1), teacher_uri, tokenizer_uri
+    )
     if not own_checked or not any(os.path.isfile(os.path.join(teacher.local_dir, n)) for n in TOKENIZER_FILES):
         return
     from transformers import AutoTokenizer
@@ -110,7 +121,8 @@ def check_tokenizer_fits(teacher: "TeacherInfo", tokenizer, teacher_uri: str, to
             raise TeacherError(
                 f"tokenizer {tokenizer_uri} is not the tokenizer of teacher {teacher_uri}: id {i} is {token!r} in "
                 f"it but {token_of[i]!r} in the tokenizer saved with the teacher, so the teacher would score "
-                "another vocabulary; use the teacher's own tokenizer (leave --tokenizer unset)")
+                "another vocabulary; use the teacher's own tokenizer (leave --tokenizer unset)"
+            )
 
 
 def _first_line(e: Exception) -> str:
@@ -131,25 +143,31 @@ def check_weight_shapes(uri: str, config, shapes: dict) -> None:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
     except Exception as e:
-        raise TeacherError(f"teacher {uri}: config.json does not describe a causal LM transformers can build "
-                           f"({type(e).__name__}: {_first_line(e)})") from None
+        raise TeacherError(
+            f"teacher {uri}: config.json does not describe a causal LM transformers can build "
+            f"({type(e).__name__}: {_first_line(e)})"
+        ) from None
     prefix = f"{getattr(model, 'base_model_prefix', '') or '-'}."  # checkpoints of the bare base model lack it
 
     def bare(k: str) -> str:
-        return k[len(prefix):] if k.startswith(prefix) else k
+        return k[len(prefix) :] if k.startswith(prefix) else k
 
     expected = {bare(k): tuple(v.shape) for k, v in model.state_dict().items()}
     shapes = {bare(k): v for k, v in shapes.items()}
     common = [k for k in shapes if k in expected]
     if not common:
-        raise TeacherError(f"teacher {uri}: none of the {len(shapes)} tensors in its weight files is a parameter of "
-                           f"the {type(model).__name__} its config.json describes (e.g. {next(iter(shapes))!r}): "
-                           "weights and config.json are from different models")
+        raise TeacherError(
+            f"teacher {uri}: none of the {len(shapes)} tensors in its weight files is a parameter of "
+            f"the {type(model).__name__} its config.json describes (e.g. {next(iter(shapes))!r}): "
+            "weights and config.json are from different models"
+        )
     for k in common:
         if shapes[k][0] != expected[k]:
-            raise TeacherError(f"teacher {uri}: tensor {k} in {shapes[k][1]} has shape {list(shapes[k][0])} but "
-                               f"config.json makes it {list(expected[k])}: weights and config.json are from "
-                               "different models")
+            raise TeacherError(
+                f"teacher {uri}: tensor {k} in {shapes[k][1]} has shape {list(shapes[k][0])} but "
+                f"config.json makes it {list(expected[k])}: weights and config.json are from "
+                "different models"
+            )
 
 
 def prefetch_revision(uri: str):
@@ -185,13 +203,16 @@ def inspect_teacher(uri: str, tokenizer_len: int, tokenizer_uri: str, revision=N
     except Exception as e:
         raise TeacherError(f"teacher {uri}: cannot read the checkpoint ({type(e).__name__}: {e})") from None
     if not os.path.isfile(os.path.join(local, "config.json")):
-        raise TeacherError(f"teacher {uri}: no config.json in the checkpoint (a teacher is a Hugging Face model folder: "
-                           "config.json and weight files)")
+        raise TeacherError(
+            f"teacher {uri}: no config.json in the checkpoint (a teacher is a Hugging Face model folder: "
+            "config.json and weight files)"
+        )
     try:
         config = AutoConfig.from_pretrained(local)
     except Exception as e:
-        raise TeacherError(f"teacher {uri}: cannot read its config.json "
-                           f"({type(e).__name__}: {_first_line(e)})") from None
+        raise TeacherError(
+            f"teacher {uri}: cannot read its config.json ({type(e).__name__}: {_first_line(e)})"
+        ) from None
     weights = _weight_files(local)
     if not weights:
         raise TeacherError(f"teacher {uri}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) in the checkpoint")
@@ -205,7 +226,9 @@ def inspect_teacher(uri: str, tokenizer_len: int, tokenizer_uri: str, revision=N
                     for k in f.keys():
                         shapes[k] = (tuple(f.get_slice(k).get_shape()), name)
             except Exception as e:
-                raise TeacherError(f"teacher {uri}: weight file {name} is unreadable ({type(e).__name__}: {e})") from None
+                raise TeacherError(
+                    f"teacher {uri}: weight file {name} is unreadable ({type(e).__name__}: {e})"
+                ) from None
         else:
             params += os.path.getsize(os.path.join(local, name)) // 4
     params += sum(int(np.prod(shape)) for shape, _ in shapes.values())
@@ -233,8 +256,18 @@ def sample_seed(sid: int, seed: int) -> int:
 class TeacherRunner:
     """The loaded teacher. Lives where the model lives (in-process, or in the shared process)."""
 
-    def __init__(self, model_uri: str, *, selection: str, top_p: float, top_k: int, num_draws: int,
-                 device: str = "auto", dtype: str = "auto", min_vocab: int = 0):
+    def __init__(
+        self,
+        model_uri: str,
+        *,
+        selection: str,
+        top_p: float,
+        top_k: int,
+        num_draws: int,
+        device: str = "auto",
+        dtype: str = "auto",
+        min_vocab: int = 0,
+    ):
         from transformers import AutoModelForCausalLM
 
         self.device, self.dtype = resolve_device_dtype(device, dtype)
@@ -264,8 +297,9 @@ class TeacherRunner:
         """Where this model lives (a method, so it also answers through a multi-process proxy)."""
         return {"pid": os.getpid(), "device": str(self.device), "dtype": str(self.dtype)}
 
-    def predict(self, tokens: np.ndarray, n_tokens: Sequence[int], seeds: Sequence[int],
-                inference_args: dict | None = None) -> list[KeptEntries | Unscored]:
+    def predict(
+        self, tokens: np.ndarray, n_tokens: Sequence[int], seeds: Sequence[int], inference_args: dict | None = None
+    ) -> list[KeptEntries | Unscored]:
         import torch
 
         self.check_limits(*np.shape(tokens))
@@ -278,8 +312,12 @@ class TeacherRunner:
                 z = logits[b, : int(n)]
                 bad = np.flatnonzero(bad_rows[b, : int(n)])
                 if len(bad):
-                    out.append(Unscored(f"the teacher's logits are not finite at {len(bad)} of {int(n)} positions "
-                                        f"(first: position {int(bad[0])}; dtype {str(self.dtype).replace('torch.', '')})"))
+                    out.append(
+                        Unscored(
+                            f"the teacher's logits are not finite at {len(bad)} of {int(n)} positions "
+                            f"(first: position {int(bad[0])}; dtype {str(self.dtype).replace('torch.', '')})"
+                        )
+                    )
                     continue
                 if self.selection == "sample":
                     tr = sample_select(z.float().cpu().numpy(), self.num_draws, int(seeds[b]))
@@ -299,8 +337,15 @@ class TeacherModelHandler(ModelHandler[Packed, PredictionResult, TeacherRunner])
         self.metric_prefix = metric_prefix
         c = config
         self.model_uri = c.teacher
-        self.runner_kwargs = dict(selection=c.selection, top_p=c.top_p, top_k=c.top_k, num_draws=c.num_draws,
-                                  device=c.device, dtype=c.dtype, min_vocab=min_vocab)
+        self.runner_kwargs = dict(
+            selection=c.selection,
+            top_p=c.top_p,
+            top_k=c.top_k,
+            num_draws=c.num_draws,
+            device=c.device,
+            dtype=c.dtype,
+            min_vocab=min_vocab,
+        )
         self.seed, self.batch_size, self.device = c.seed, c.batch_size, c.device
         self.share_model = c.share_model
         self._metrics = None
@@ -330,13 +375,17 @@ class TeacherModelHandler(ModelHandler[Packed, PredictionResult, TeacherRunner])
     def get_metrics_namespace(self) -> str:
         return "pdistill_RunInference"
 
-    def run_inference(self, batch: Sequence[Packed], model: TeacherRunner,
-                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+    def run_inference(
+        self, batch: Sequence[Packed], model: TeacherRunner, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[PredictionResult]:
         if self._metrics is None:
             m = self.metric_prefix
-            self._metrics = (Metrics.counter(NAMESPACE, f"{m}teacher_tokens"), Metrics.counter(NAMESPACE, f"{m}teacher_micros"),
-                             Metrics.counter(NAMESPACE, f"{m}teacher_batches"),
-                             Metrics.distribution(NAMESPACE, f"{m}teacher_batch_ms"))
+            self._metrics = (
+                Metrics.counter(NAMESPACE, f"{m}teacher_tokens"),
+                Metrics.counter(NAMESPACE, f"{m}teacher_micros"),
+                Metrics.counter(NAMESPACE, f"{m}teacher_batches"),
+                Metrics.distribution(NAMESPACE, f"{m}teacher_batch_ms"),
+            )
         for p in batch:
             faults.maybe_fail("teacher", p.unit)
         faults.log_teacher_call(sorted({p.unit for p in batch}), model.describe)

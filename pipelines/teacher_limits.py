@@ -17,13 +17,14 @@ only for eager attention (SDPA kernels do not materialise them); plus the weight
 not loaded yet. A run is refused only when even this bound does not fit, so no run that could
 work is refused.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-from schemas.redact import redact_uri
 from schemas.errors import ConfigError
+from schemas.redact import redact_uri
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "max_seq_len", "seq_length", "n_ctx")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -71,8 +72,11 @@ def forward_shape(config, vocab: int) -> ForwardShape:
 
     hidden = first("hidden_size", "n_embd", "d_model")
     return ForwardShape(
-        vocab=vocab, hidden=hidden, intermediate=first("intermediate_size", "n_inner", "ffn_dim") or 4 * hidden,
-        heads=first("num_attention_heads", "n_head"), max_positions=max_positions(config),
+        vocab=vocab,
+        hidden=hidden,
+        intermediate=first("intermediate_size", "n_inner", "ffn_dim") or 4 * hidden,
+        heads=first("num_attention_heads", "n_head"),
+        max_positions=max_positions(config),
         attention=str(getattr(cfg, "_attn_implementation", None) or "sdpa"),
     )
 
@@ -82,7 +86,8 @@ def check_positions(seq_len: int, shape: ForwardShape, teacher: str) -> None:
         raise TeacherLimitError(
             f"setting 'seq_len' is {seq_len} but teacher {redact_uri(teacher)} was trained for at most {shape.max_positions} "
             f"positions (max_position_embeddings): its distributions past that are not meaningful; "
-            f"set seq_len <= {shape.max_positions}")
+            f"set seq_len <= {shape.max_positions}"
+        )
 
 
 def forward_bytes(shape: ForwardShape, batch_size: int, seq_len: int, dtype_bytes: int) -> dict[str, int]:
@@ -123,17 +128,27 @@ def available_memory(device: str = "cpu") -> tuple[int | None, str]:
                     free = int(line.split()[1]) * 1024
     except OSError:
         pass
-    for limit_path, usage_path in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit_path, usage_path in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         limit, usage = _read_int(limit_path), _read_int(usage_path)
         if limit and usage is not None and limit < (1 << 60):
             free = min(free if free is not None else limit, max(0, limit - usage))
     return free, "this machine's available memory (MemAvailable, within the cgroup limit)"
 
 
-def check_memory(shape: ForwardShape, *, batch_size: int, seq_len: int, dtype_bytes: int, available: int | None,
-                 where: str, copies: int = 1, weights: int = 0) -> None:
+def check_memory(
+    shape: ForwardShape,
+    *,
+    batch_size: int,
+    seq_len: int,
+    dtype_bytes: int,
+    available: int | None,
+    where: str,
+    copies: int = 1,
+    weights: int = 0,
+) -> None:
     """Refuse when `copies` concurrent forwards (plus `weights` bytes not yet loaded) cannot fit."""
     if available is None:
         return
@@ -147,7 +162,8 @@ def check_memory(shape: ForwardShape, *, batch_size: int, seq_len: int, dtype_by
     raise TeacherLimitError(
         f"settings 'batch_size' {batch_size} x 'seq_len' {seq_len} (vocab {shape.vocab}): one teacher forward needs at "
         f"least {need / GIB:.2f} GiB ({detail} GiB{f'; x {copies} concurrent workers' if copies > 1 else ''}) but "
-        f"{where} is {available / GIB:.2f} GiB; lower batch_size or seq_len")
+        f"{where} is {available / GIB:.2f} GiB; lower batch_size or seq_len"
+    )
 
 
 def local_dtype_bytes(device: str, dtype: str) -> int:
@@ -181,12 +197,15 @@ def check_device(device: str) -> None:
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
-        raise TeacherLimitError(f"setting 'device' is {device!r} but torch sees no CUDA device on this machine "
-                                "(no GPU, or no driver); use --device cpu or auto")
+        raise TeacherLimitError(
+            f"setting 'device' is {device!r} but torch sees no CUDA device on this machine "
+            "(no GPU, or no driver); use --device cpu or auto"
+        )
     index = device.partition(":")[2]
     if index and (not index.isdigit() or int(index) >= count):
-        raise TeacherLimitError(f"setting 'device' is {device!r} but this machine has {count} CUDA device(s) "
-                                f"(cuda:0 to cuda:{count - 1})")
+        raise TeacherLimitError(
+            f"setting 'device' is {device!r} but this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})"
+        )
 
 
 def check_fits(teacher, config) -> None:
@@ -204,5 +223,13 @@ def check_fits(teacher, config) -> None:
     elt = local_dtype_bytes(device, config.dtype)
     available, where = available_memory(device)
     copies = 1 if config.share_model is True else concurrent_forwards(config)  # a shared model: one copy
-    check_memory(shape, batch_size=config.batch_size, seq_len=config.seq_len, dtype_bytes=elt, available=available,
-                 where=where, copies=copies, weights=teacher.params * elt)
+    check_memory(
+        shape,
+        batch_size=config.batch_size,
+        seq_len=config.seq_len,
+        dtype_bytes=elt,
+        available=available,
+        where=where,
+        copies=copies,
+        weights=teacher.params * elt,
+    )

@@ -13,6 +13,7 @@ decided by the store itself:
 Any other fsspec store has no such write here: `create_if_absent` refuses it rather than
 pretend (an explicit `allow_unsafe=True` falls back to check-then-write).
 """
+
 from __future__ import annotations
 
 import errno
@@ -50,7 +51,8 @@ def create_if_absent(uri: str, data: bytes, allow_unsafe: bool = False) -> bool:
         if not allow_unsafe:
             raise ClaimUnsupported(
                 f"{redact_uri(uri)}: the {_protocols(fs)[0]!r} store has no create-if-absent write here, so two runs could "
-                "both claim this output; use a local path, s3:// or gs://")
+                "both claim this output; use a local path, s3:// or gs://"
+            )
         if fs.exists(path):
             return False
         fs.pipe_file(path, data)
@@ -84,8 +86,10 @@ def _create_local(path: str, data: bytes, attempts: int = 5) -> bool:
             return _create_local_excl(path, data)
         finally:
             _unlink_if_present(tmp)
-    raise ClaimError(f"{redact_uri(path)}: the temporary claim file was removed {attempts} times before it could be "
-                     "linked into place; another process is deleting files in this output")
+    raise ClaimError(
+        f"{redact_uri(path)}: the temporary claim file was removed {attempts} times before it could be "
+        "linked into place; another process is deleting files in this output"
+    )
 
 
 def _unlink_if_present(path: str) -> None:

@@ -25,13 +25,14 @@ functions), and mosaicml-streaming imports torch, so `DatasetDir` does not open 
 is never written to and a changed dataset never reads an old cache), and the
 trainer's `trainer.data` constructs the one `StreamingDataset` that trainer and inspect use.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from schemas import integrity, storage
 from schemas.claim import ClaimError, create_if_absent
@@ -40,7 +41,14 @@ from schemas.errors import CodecError, CorruptDataset, IncompleteDataset
 from schemas.identity import hex_digest
 from schemas.integrity import Verification, stored_file
 from schemas.layout import (  # importable from here and from `schemas` too
-    DEAD_LETTER_DIR, INDEX_NAME, MANIFEST_NAME, PARTS_DIR, PRIME_NAME, SETTINGS_NAME, STATS_NAME)
+    DEAD_LETTER_DIR,
+    INDEX_NAME,
+    MANIFEST_NAME,
+    PARTS_DIR,
+    PRIME_NAME,
+    SETTINGS_NAME,
+    STATS_NAME,
+)
 from schemas.manifest import Manifest
 from schemas.redact import redact_uri
 from schemas.shard_names import check_names
@@ -104,7 +112,7 @@ class DatasetDir:
         body = json.dumps(record, indent=2, sort_keys=True)
         return create_if_absent(self.settings_uri, body.encode("utf-8"))
 
-    def read_claim(self) -> Optional[dict]:
+    def read_claim(self) -> dict | None:
         """The claim's record, None when there is none; `schemas.claim.ClaimError` (naming the
         file) when it is not a JSON object: empty, cut short, not UTF-8, or someone else's file."""
         if not storage.exists(self.settings_uri):
@@ -154,7 +162,7 @@ class DatasetDir:
             fs.invalidate_cache()  # a listing cached here would hide what worker processes publish
         removed = []
         for p in found:
-            rel = p[len(root) + 1:] if p.startswith(root + "/") else None
+            rel = p[len(root) + 1 :] if p.startswith(root + "/") else None
             if rel is None or not TMP_RE.search(rel):
                 continue
             parts = rel.split("/")
@@ -195,14 +203,26 @@ class DatasetDir:
         body = "".join(json.dumps(d, sort_keys=True, ensure_ascii=False) + "\n" for d in records)
         storage.write_text_atomic(self.dead_letter_uri(unit), body)
 
-    def publish_part(self, unit: str, local_dir: str, stats: dict, *, after_each: Optional[Callable] = None,
-                     before_commit: Optional[Callable] = None) -> None:
+    def publish_part(
+        self,
+        unit: str,
+        local_dir: str,
+        stats: dict,
+        *,
+        after_each: Callable | None = None,
+        before_commit: Callable | None = None,
+    ) -> None:
         """Copy a part written in `local_dir` (MDS shards + index.json) to `parts/<unit>/`, with
         `stats` as stats.json, then the part's index.json last (its commit marker)."""
         with open(os.path.join(local_dir, STATS_NAME), "w") as f:
             json.dump(stats, f, sort_keys=True)
-        storage.upload_dir(local_dir, self.part_uri(unit), last=(STATS_NAME, INDEX_NAME),
-                           after_each=after_each, before_commit=before_commit)
+        storage.upload_dir(
+            local_dir,
+            self.part_uri(unit),
+            last=(STATS_NAME, INDEX_NAME),
+            after_each=after_each,
+            before_commit=before_commit,
+        )
 
     def read_stats(self, unit: str) -> dict:
         return json.loads(storage.read_text(storage.join(self.part_uri(unit), STATS_NAME)))
@@ -242,7 +262,7 @@ class DatasetDir:
         return storage.read_bytes(self.prime_uri)
 
     # -- reading -------------------------------------------------------------------------------
-    def read_prime(self) -> Optional[bytes]:
+    def read_prime(self) -> bytes | None:
         """The codec prime's bytes, None when there is none."""
         self._fs()[0].invalidate_cache()
         return storage.read_bytes(self.prime_uri) if storage.exists(self.prime_uri) else None
@@ -254,11 +274,14 @@ class DatasetDir:
         if not codec.needs_prime:
             return codec
         if codec.prime_sha256 is None:
-            raise CorruptDataset(f"dataset {self.uri}: its manifest names codec {codec.name} without the prime_sha256 "
-                                 "of its prime")
+            raise CorruptDataset(
+                f"dataset {self.uri}: its manifest names codec {codec.name} without the prime_sha256 of its prime"
+            )
         data = self.read_prime()
         if data is None:
-            raise CorruptDataset(f"dataset {self.uri}: codec {codec.name} needs its prime {PRIME_NAME}, which is missing")
+            raise CorruptDataset(
+                f"dataset {self.uri}: codec {codec.name} needs its prime {PRIME_NAME}, which is missing"
+            )
         try:
             return codec.with_prime(Prime.from_bytes(data, where=self.prime_uri), where=self.prime_uri)
         except CodecError as e:
@@ -272,7 +295,7 @@ class DatasetDir:
     def read_index(self) -> dict:
         return json.loads(storage.read_text(self.index_uri))
 
-    def stored_bytes(self, index: Optional[dict] = None) -> int:
+    def stored_bytes(self, index: dict | None = None) -> int:
         """Bytes of the shard files the root index lists, as stored (compressed when zstd), plus
         the codec prime's where there is one: what storing the teacher signal costs."""
         shards = sum(int(stored_file(s)["bytes"]) for s in (index or self.read_index())["shards"])
@@ -280,7 +303,7 @@ class DatasetDir:
         prime = self._at(PRIME_NAME)
         return shards + (int(fs.size(storage.fs_and_path(prime)[1])) if storage.exists(prime) else 0)
 
-    def open_checked(self, require_manifest: bool = True) -> tuple[dict, Optional[Manifest]]:
+    def open_checked(self, require_manifest: bool = True) -> tuple[dict, Manifest | None]:
         """(root index, manifest or None): refuses an incomplete dataset (`IncompleteDataset`)."""
         has_index, has_manifest = storage.exists(self.index_uri), storage.exists(self.manifest_uri)
         missing = [n for n, ok in ((INDEX_NAME, has_index), (MANIFEST_NAME, has_manifest)) if not ok]
@@ -297,7 +320,9 @@ class DatasetDir:
         if not isinstance(index, dict) or not isinstance(index.get("shards"), list) or not index["shards"]:
             raise IncompleteDataset(f"dataset {self.uri}: {INDEX_NAME} lists no shards")
         check_names(index, PARTS_DIR, where=f"dataset {redact_uri(self.uri)}: {INDEX_NAME}")  # before any shard is read
-        manifest = Manifest.from_json(storage.read_text(self.manifest_uri), where=self.manifest_uri) if has_manifest else None
+        manifest = (
+            Manifest.from_json(storage.read_text(self.manifest_uri), where=self.manifest_uri) if has_manifest else None
+        )
         return index, manifest
 
     # -- integrity (the checks are schemas.integrity's) -----------------------------------------
@@ -323,9 +348,8 @@ class DatasetDir:
         (streaming reuses whatever a cache folder holds under a shard's name)."""
         return hex_digest(f"{self.remote}\n{identity}", 16)
 
-    def stream_args(self, cache_dir: str, local: Optional[str] = None, *, identity: str) -> dict:
+    def stream_args(self, cache_dir: str, local: str | None = None, *, identity: str) -> dict:
         """`remote` and `local` for a `streaming.Stream` reading this dataset (content `identity`)
         through `cache_dir`, or through the stream's own `local` folder: either way in the
         sub-folder `cache_key(identity)`, never in the folder itself."""
         return {"remote": self.remote, "local": os.path.join(local or cache_dir, self.cache_key(identity))}
-

@@ -13,11 +13,11 @@ the dataset does not reconcile, and `Problem`s name the file and both numbers:
 
 Standard library only.
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Optional
 
 from schemas.problem import Problem
 
@@ -32,14 +32,19 @@ class Tally:
     unscored: int = 0  # records of kind teacher_unscored: unscored_sequences
     incomplete: int = 0  # other records of a file not read to its end: len(stats' incomplete)
 
-    def __add__(self, other: "Tally") -> "Tally":
-        return Tally(self.documents + other.documents, self.unscored + other.unscored, self.incomplete + other.incomplete)
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(
+            self.documents + other.documents, self.unscored + other.unscored, self.incomplete + other.incomplete
+        )
 
     @staticmethod
-    def of_stats(stats: dict) -> "Tally":
+    def of_stats(stats: dict) -> Tally:
         """What a part's stats.json says its unit's records stand for."""
-        return Tally(int(stats.get("dead_letters") or 0), int(stats.get("unscored_sequences") or 0),
-                     len(stats.get("incomplete") or []))
+        return Tally(
+            int(stats.get("dead_letters") or 0),
+            int(stats.get("unscored_sequences") or 0),
+            len(stats.get("incomplete") or []),
+        )
 
 
 def tally(data: bytes, where: str) -> tuple[Tally, list[Problem]]:
@@ -60,15 +65,16 @@ def tally(data: bytes, where: str) -> tuple[Tally, list[Problem]]:
             continue
         documents = record.get("documents") if isinstance(record, dict) else None
         if not isinstance(documents, int) or isinstance(documents, bool) or documents < 0:
-            problems.append(Problem(where, f"line {n}: not a dead-letter record (a JSON object whose `documents` is a "
-                                           "count >= 0)"))
+            problems.append(
+                Problem(where, f"line {n}: not a dead-letter record (a JSON object whose `documents` is a count >= 0)")
+            )
             continue
         unscored = record.get("kind") == UNSCORED_KIND
         total += Tally(documents, int(unscored), int(bool(record.get("incomplete")) and not unscored))
     return total, problems
 
 
-def against_stats(found: Optional[Tally], stats: dict, where: str, stats_where: str) -> list[Problem]:
+def against_stats(found: Tally | None, stats: dict, where: str, stats_where: str) -> list[Problem]:
     """A unit's records (`found`; None: its dead-letter file is absent) against its stats.json."""
     want = Tally.of_stats(stats)
     if found is None:
@@ -86,11 +92,21 @@ def against_manifest(found: Tally, counts, where: str, manifest_where: str) -> l
     """All records of a dataset against its manifest's `counts` (dead letters, unscored sequences)."""
     problems = []
     if found.documents != counts.dead_letters:
-        problems.append(Problem(where, f"records stand for {found.documents} dead-lettered documents, {manifest_where} "
-                                       f"counts {counts.dead_letters}"))
+        problems.append(
+            Problem(
+                where,
+                f"records stand for {found.documents} dead-lettered documents, {manifest_where} "
+                f"counts {counts.dead_letters}",
+            )
+        )
     if found.unscored != counts.unscored_sequences:
-        problems.append(Problem(where, f"holds {found.unscored} {UNSCORED_KIND} records, {manifest_where} counts "
-                                       f"{counts.unscored_sequences} unscored sequences"))
+        problems.append(
+            Problem(
+                where,
+                f"holds {found.unscored} {UNSCORED_KIND} records, {manifest_where} counts "
+                f"{counts.unscored_sequences} unscored sequences",
+            )
+        )
     return problems
 
 

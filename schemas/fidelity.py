@@ -6,6 +6,7 @@
   each kept id (1 - tail) * q_i and spreads the tail mass uniformly over the V - n other ids.
   That is the error of truncation and codec together, finite whenever the tail is stored.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,7 +49,9 @@ def total_kl(logits: np.ndarray, decoded: KeptEntries) -> float:
         kept = np.zeros(v, dtype=bool)
         kept[ids] = True
         log_q = np.empty(v)
-        log_q[ids] = np.log1p(-min(tail, 1.0)) + decoded.logp[offs[r] : offs[r + 1]].astype(np.float64) if tail < 1 else -np.inf
+        log_q[ids] = (
+            np.log1p(-min(tail, 1.0)) + decoded.logp[offs[r] : offs[r + 1]].astype(np.float64) if tail < 1 else -np.inf
+        )
         rest = v - c
         log_q[~kept] = (np.log(tail) - np.log(rest)) if (rest > 0 and tail > 0) else -np.inf
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -4,11 +4,13 @@ Every content fingerprint in pdistill is made here, so that one hash (sha256, wr
 "sha256:<hex>") and one serialisation (sorted-key JSON) decide what "the same" means everywhere;
 `sample_id` uses blake2b for its 64-bit ids.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 PREFIX = "sha256:"
 
@@ -25,7 +27,7 @@ def hasher(first: bytes = b""):
 
 
 def tagged(h) -> str:
-    """"sha256:<hex>" of an incremental hasher from `hasher`."""
+    """ "sha256:<hex>" of an incremental hasher from `hasher`."""
     return PREFIX + h.hexdigest()
 
 
@@ -40,7 +42,7 @@ def json_digest(obj: Any, *, default=None, digits: int | None = None) -> str:
 
 
 def fingerprint_json(obj: Any, *, default=None, digits: int | None = None) -> str:
-    """"sha256:<hex>" over sorted-key JSON of `obj` (see `json_digest`)."""
+    """ "sha256:<hex>" over sorted-key JSON of `obj` (see `json_digest`)."""
     return PREFIX + json_digest(obj, default=default, digits=digits)
 
 
@@ -48,8 +50,9 @@ def dataset_identity(manifest_json: str | None, index: dict) -> str:
     """Content identity of a dataset: its manifest and root index (shard names, sizes and hashes),
     not its URI. Autoresume compares it, and the shard cache is keyed by it, so a dataset replaced
     at the same location is neither resumed into nor read from the old one's cache."""
-    return fingerprint_json({"manifest": json.loads(manifest_json) if manifest_json else None, "index": index},
-                            default=str, digits=16)
+    return fingerprint_json(
+        {"manifest": json.loads(manifest_json) if manifest_json else None, "index": index}, default=str, digits=16
+    )
 
 
 def fingerprint_files(named_paths: Iterable[tuple[bytes, str]], block: int = 1 << 22) -> str:

@@ -14,20 +14,30 @@ Where the files are is `schemas.dataset_dir.DatasetDir`'s (names: `schemas.layou
 take a `DatasetDir` and never import its module, which delegates `verify` and `check_shards` here.
 Imports the standard library and `schemas` only; xxhash (streaming's) is imported inside `hash_bytes`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import posixpath
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from schemas import storage
 from schemas.codecs import Prime
 from schemas.dead_letters import Tally, against_manifest, against_stats, tally
 from schemas.errors import CodecError, CorruptDataset, IncompleteDataset, ManifestError
-from schemas.layout import (DEAD_LETTER_DIR, INDEX_NAME, MANIFEST_NAME, PARTS_DIR, PRIME_NAME, SETTINGS_NAME,
-                            STATS_NAME, dead_letter_path, stats_path)
+from schemas.layout import (
+    DEAD_LETTER_DIR,
+    INDEX_NAME,
+    MANIFEST_NAME,
+    PARTS_DIR,
+    PRIME_NAME,
+    SETTINGS_NAME,
+    STATS_NAME,
+    dead_letter_path,
+    stats_path,
+)
 from schemas.manifest import Manifest
 from schemas.problem import Problem
 from schemas.shard_names import name_problems
@@ -41,8 +51,8 @@ PREFERRED_HASHES = ("xxh3_64", "xxh3_128", "xxh64", "xxh128", "sha256", "sha1", 
 @dataclass
 class Verification:
     uri: str
-    manifest: Optional[Manifest] = None
-    index: Optional[dict] = None
+    manifest: Manifest | None = None
+    index: dict | None = None
     problems: list[Problem] = field(default_factory=list)
     shards_checked: int = 0
     bytes_checked: int = 0  # bytes hashed (0 when hashes were skipped)
@@ -62,14 +72,14 @@ def hash_bytes(algo: str, data: bytes) -> str:
     return hashlib.new(algo, data).hexdigest()
 
 
-def supported_hash(recorded: dict) -> Optional[str]:
+def supported_hash(recorded: dict) -> str | None:
     for algo in PREFERRED_HASHES:
         if algo in recorded:
             return algo
     return None
 
 
-def stored_file(shard: dict) -> Optional[dict]:
+def stored_file(shard: dict) -> dict | None:
     """The entry of the file a shard is stored as: zip_data when compressed, else raw_data."""
     return shard.get("zip_data") or shard.get("raw_data")
 
@@ -92,8 +102,9 @@ def list_files(uri: str) -> dict[str, int]:
     return out
 
 
-def check_shards(uri: str, index: dict, listing: dict[str, int], *, index_name: str,
-                 hashes: bool = True) -> tuple[list[Problem], int, int]:
+def check_shards(
+    uri: str, index: dict, listing: dict[str, int], *, index_name: str, hashes: bool = True
+) -> tuple[list[Problem], int, int]:
     """Every shard the index (stored as `index_name`) lists against storage: (problems, shards
     checked, bytes hashed)."""
     problems: list[Problem] = []
@@ -109,22 +120,33 @@ def check_shards(uri: str, index: dict, listing: dict[str, int], *, index_name: 
             problems.append(Problem(name, f"missing (listed in {index_name} as shard {i})"))
             continue
         if want_size is not None and listing[name] != int(want_size):
-            problems.append(Problem(name, f"size {listing[name]} bytes, {index_name} records {want_size} "
-                                          "(truncated or replaced)"))
+            problems.append(
+                Problem(name, f"size {listing[name]} bytes, {index_name} records {want_size} (truncated or replaced)")
+            )
             continue
         if not hashes:
             continue
         recorded = entry.get("hashes") or {}
         algo = supported_hash(recorded)
         if algo is None:
-            problems.append(Problem(name, f"{index_name} records no hash for it (cannot verify its content; "
-                                          "skip hashing to check sizes only)"))
+            problems.append(
+                Problem(
+                    name,
+                    f"{index_name} records no hash for it (cannot verify its content; "
+                    "skip hashing to check sizes only)",
+                )
+            )
             continue
         data = storage.read_bytes(storage.join(uri, name))
         hashed += len(data)
         if hash_bytes(algo, data) != recorded[algo]:
-            problems.append(Problem(name, f"content differs from {index_name} ({algo} {hash_bytes(algo, data)}, "
-                                          f"recorded {recorded[algo]}): corrupt"))
+            problems.append(
+                Problem(
+                    name,
+                    f"content differs from {index_name} ({algo} {hash_bytes(algo, data)}, "
+                    f"recorded {recorded[algo]}): corrupt",
+                )
+            )
     return problems, checked, hashed
 
 
@@ -152,11 +174,18 @@ def verify(dataset: DatasetDir, hashes: bool = True) -> Verification:
         return v
     for name in (INDEX_NAME, MANIFEST_NAME):
         if name not in listing:
-            v.problems.append(Problem(name, "missing: the dataset is incomplete (the pipeline writes the root "
-                                            f"{INDEX_NAME}, then {MANIFEST_NAME} last)"))
+            v.problems.append(
+                Problem(
+                    name,
+                    "missing: the dataset is incomplete (the pipeline writes the root "
+                    f"{INDEX_NAME}, then {MANIFEST_NAME} last)",
+                )
+            )
     if MANIFEST_NAME in listing:
         try:
-            v.manifest = Manifest.from_json(storage.read_bytes(dataset.manifest_uri).decode("utf-8"), where=MANIFEST_NAME)
+            v.manifest = Manifest.from_json(
+                storage.read_bytes(dataset.manifest_uri).decode("utf-8"), where=MANIFEST_NAME
+            )
         except UnicodeDecodeError as e:
             v.problems.append(Problem(MANIFEST_NAME, f"not valid JSON ({e})"))
         except ManifestError as e:
@@ -173,20 +202,28 @@ def verify(dataset: DatasetDir, hashes: bool = True) -> Verification:
             v.problems += [Problem(INDEX_NAME, p) for p in name_problems(v.index, PARTS_DIR)]
             v.index = None
     if v.index is not None:
-        problems, v.shards_checked, v.bytes_checked = check_shards(dataset.uri, v.index, listing,
-                                                                   index_name=INDEX_NAME, hashes=hashes)
+        problems, v.shards_checked, v.bytes_checked = check_shards(
+            dataset.uri, v.index, listing, index_name=INDEX_NAME, hashes=hashes
+        )
         v.problems += problems + _check_parts(v.index, v.manifest, listing)
         if hashes:  # deep check: also the files a re-publish reads (one small read per part)
             v.problems += _check_part_files(dataset, v.index, listing)
     if v.manifest is not None:
         c = v.manifest.counts
         if not c.reconciles():
-            v.problems.append(Problem(MANIFEST_NAME, f"counts do not reconcile: documents {c.documents} != packed "
-                                                     f"{c.packed_documents} + dead letters {c.dead_letters}"))
+            v.problems.append(
+                Problem(
+                    MANIFEST_NAME,
+                    f"counts do not reconcile: documents {c.documents} != packed "
+                    f"{c.packed_documents} + dead letters {c.dead_letters}",
+                )
+            )
         if v.index is not None:
             in_index = sum(int(s.get("samples", 0)) for s in v.index["shards"] if isinstance(s, dict))
             if in_index != c.sequences:
-                v.problems.append(Problem(INDEX_NAME, f"lists {in_index} sequences, {MANIFEST_NAME} counts {c.sequences}"))
+                v.problems.append(
+                    Problem(INDEX_NAME, f"lists {in_index} sequences, {MANIFEST_NAME} counts {c.sequences}")
+                )
         v.problems += _check_prime(dataset, v.manifest, listing)
     v.problems += _check_records(dataset, listing, v.manifest, deep=hashes)
     return v
@@ -222,11 +259,14 @@ def _shards_per_part(index: dict) -> dict[str, int]:
 
 def _published_parts(listing: dict[str, int]) -> set[str]:
     """Units whose part folder holds its index.json (the part's commit marker)."""
-    return {p.split("/")[1] for p in listing if p.startswith(PARTS_DIR + "/") and p.endswith("/" + INDEX_NAME)
-            and p.count("/") == 2}
+    return {
+        p.split("/")[1]
+        for p in listing
+        if p.startswith(PARTS_DIR + "/") and p.endswith("/" + INDEX_NAME) and p.count("/") == 2
+    }
 
 
-def _check_parts(index: dict, manifest: Optional[Manifest], listing: dict[str, int]) -> list[Problem]:
+def _check_parts(index: dict, manifest: Manifest | None, listing: dict[str, int]) -> list[Problem]:
     """Part folders: each one a shard lives in keeps its index.json; their number is counts.units."""
     problems = []
     referenced = set(_shards_per_part(index))
@@ -236,7 +276,9 @@ def _check_parts(index: dict, manifest: Optional[Manifest], listing: dict[str, i
     if manifest is not None and (referenced or published):
         have = len(published | referenced)
         if have != manifest.counts.units:
-            problems.append(Problem(PARTS_DIR, f"{have} part folders, {MANIFEST_NAME} counts {manifest.counts.units} units"))
+            problems.append(
+                Problem(PARTS_DIR, f"{have} part folders, {MANIFEST_NAME} counts {manifest.counts.units} units")
+            )
     return problems
 
 
@@ -263,8 +305,9 @@ def _check_part_files(dataset: DatasetDir, index: dict, listing: dict[str, int])
 
 
 # -- the counts a re-publish sums and the records behind them -------------------------------
-def _check_records(dataset: DatasetDir, listing: dict[str, int], manifest: Optional[Manifest],
-                   deep: bool) -> list[Problem]:
+def _check_records(
+    dataset: DatasetDir, listing: dict[str, int], manifest: Manifest | None, deep: bool
+) -> list[Problem]:
     """The counts a re-publish sums and the dead letters they count (`schemas.dead_letters`).
     From the listing: every published part of a pipeline output (one with our claim, or whose
     manifest accounts per source) keeps its stats.json (other tools' datasets, like the test
@@ -273,8 +316,9 @@ def _check_records(dataset: DatasetDir, listing: dict[str, int], manifest: Optio
     file): each stats.json parses, each unit's records reconcile with it, all with the manifest."""
     published = sorted(_published_parts(listing))
     ours = SETTINGS_NAME in listing or (manifest is not None and any(s.documents is not None for s in manifest.sources))
-    stats, problems = part_stats(dataset, [u for u in published if ours or stats_path(u) in listing], listing,
-                                 read=deep)
+    stats, problems = part_stats(
+        dataset, [u for u in published if ours or stats_path(u) in listing], listing, read=deep
+    )
     letter_files = sorted(p for p in listing if p.startswith(DEAD_LETTER_DIR + "/"))
     if not deep:
         if manifest is not None and not letter_files:
@@ -283,15 +327,18 @@ def _check_records(dataset: DatasetDir, listing: dict[str, int], manifest: Optio
     total, bad = check_dead_letters(dataset, stats, listing, units=published)
     problems += bad
     for name in sorted(set(letter_files) - {dead_letter_path(u) for u in published}):
-        found, bad = tally(storage.read_bytes(storage.join(dataset.uri, *name.split("/"))), name)  # a unit without its part
+        found, bad = tally(
+            storage.read_bytes(storage.join(dataset.uri, *name.split("/"))), name
+        )  # a unit without its part
         total, problems = total + found, problems + bad
     if manifest is not None:
         problems += against_manifest(total, manifest.counts, DEAD_LETTER_DIR, MANIFEST_NAME)
     return problems
 
 
-def part_stats(dataset: DatasetDir, units: list[str], listing: Optional[dict[str, int]] = None,
-               read: bool = True) -> tuple[dict[str, dict], list[Problem]]:
+def part_stats(
+    dataset: DatasetDir, units: list[str], listing: dict[str, int] | None = None, read: bool = True
+) -> tuple[dict[str, dict], list[Problem]]:
     """The units' stats.json (the counts a publish sums), each checked: missing, not JSON or
     not an object is a `Problem` naming it. `listing`: `list_files` of the dataset, if at hand."""
     listing = list_files(dataset.uri) if listing is None else listing
@@ -299,8 +346,9 @@ def part_stats(dataset: DatasetDir, units: list[str], listing: Optional[dict[str
     for unit in units:
         where = stats_path(unit)
         if where not in listing:
-            problems.append(Problem(where, "missing: the part's counts, which the manifest sums (a re-publish "
-                                           "reads it)"))
+            problems.append(
+                Problem(where, "missing: the part's counts, which the manifest sums (a re-publish reads it)")
+            )
             continue
         if not read:
             continue
@@ -315,8 +363,9 @@ def part_stats(dataset: DatasetDir, units: list[str], listing: Optional[dict[str
     return stats, problems
 
 
-def check_dead_letters(dataset: DatasetDir, stats: dict[str, dict], listing: Optional[dict[str, int]] = None,
-                       units: Optional[list[str]] = None) -> tuple[Tally, list[Problem]]:
+def check_dead_letters(
+    dataset: DatasetDir, stats: dict[str, dict], listing: dict[str, int] | None = None, units: list[str] | None = None
+) -> tuple[Tally, list[Problem]]:
     """(`schemas.dead_letters.Tally` of the records read, problems): each unit's dead-letter
     records (of `units`, default those of `stats`) parse and reconcile with its stats.json,
     where `stats` holds it. `listing`: `list_files` of the dataset, if at hand."""

@@ -12,6 +12,7 @@ Padding has one definition, here: a padding position keeps no entry and has no t
 `head` cuts it back to its first n positions, and `to_dense` lays it out as [T, K] arrays with a
 validity mask (what the trainer's collator and live teacher stack into a batch).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -62,12 +63,16 @@ class KeptEntries:
         return np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)])
 
     @classmethod
-    def empty(cls, num_positions: int) -> "KeptEntries":
+    def empty(cls, num_positions: int) -> KeptEntries:
         """num_positions padding positions (no teacher signal)."""
-        return cls(np.zeros(num_positions, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
-                   np.full(num_positions, PAD_LOG_TAIL, np.float32))
+        return cls(
+            np.zeros(num_positions, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.float32),
+            np.full(num_positions, PAD_LOG_TAIL, np.float32),
+        )
 
-    def padded(self, seq_len: int) -> "KeptEntries":
+    def padded(self, seq_len: int) -> KeptEntries:
         """These positions followed by padding positions up to seq_len (the same record if already there)."""
         n = self.num_positions
         if n == seq_len:
@@ -81,7 +86,7 @@ class KeptEntries:
             log_tail=np.concatenate([self.log_tail, np.full(seq_len - n, PAD_LOG_TAIL, dtype=np.float32)]),
         )
 
-    def head(self, n: int) -> "KeptEntries":
+    def head(self, n: int) -> KeptEntries:
         """The first n positions (drops padding: `head(n_tokens)` undoes `padded`)."""
         end = int(self.offsets()[n])
         return KeptEntries(self.counts[:n], self.ids[:end], self.logp[:end], self.log_tail[:n])

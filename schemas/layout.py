@@ -5,6 +5,7 @@ checks of what it holds (`schemas.integrity`) agree on them without importing ea
 
 Standard library only (nothing at all).
 """
+
 from __future__ import annotations
 
 SETTINGS_NAME = "_settings.json"

@@ -4,6 +4,7 @@ Written last by the pipeline (`schemas.dataset_dir.DatasetDir` owns where); a da
 (or without its root `index.json`) is incomplete and the trainer refuses it. Everything needed to refuse a wrong pairing is here.
 Loading validates every field and names the one at fault.
 """
+
 from __future__ import annotations
 
 import json
@@ -90,7 +91,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, where: str = "manifest.json") -> "Manifest":
+    def from_json(cls, text: str, where: str = "manifest.json") -> Manifest:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as e:
@@ -114,13 +115,25 @@ _SPEC = {
     "seq_len": int,
     "truncation": {"method": str, "top_p": float, "top_k": int, "temperature": float},
     "codec": {"name": str, "params": dict},
-    "sources": [{"uri": str, "fingerprint": str, "documents": Opt((int, type(None))),
-                 "packed_documents": Opt((int, type(None))), "dead_letters": Opt((int, type(None))),
-                 "complete": Opt(bool), "problem": Opt(str)}],
+    "sources": [
+        {
+            "uri": str,
+            "fingerprint": str,
+            "documents": Opt((int, type(None))),
+            "packed_documents": Opt((int, type(None))),
+            "dead_letters": Opt((int, type(None))),
+            "complete": Opt(bool),
+            "problem": Opt(str),
+        }
+    ],
     "source_fingerprint": str,
     "settings_fingerprint": str,
-    "counts": {**{k: int for k in ("documents", "packed_documents", "dead_letters", "sequences", "tokens", "units")},
-               "incomplete_files": Opt(int), "unscored_sequences": Opt(int), "unscored_tokens": Opt(int)},
+    "counts": {
+        **{k: int for k in ("documents", "packed_documents", "dead_letters", "sequences", "tokens", "units")},
+        "incomplete_files": Opt(int),
+        "unscored_sequences": Opt(int),
+        "unscored_tokens": Opt(int),
+    },
     "extra": dict,
 }
 

@@ -5,6 +5,7 @@ dead-letter records (`schemas.dead_letters`, which `schemas.integrity` uses) rep
 
 Standard library only.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -18,6 +18,7 @@ masks those strings wherever they appear; `redact_process_output` applies `redac
 log record (all loggers and handlers, exception text included) and to the traceback of an uncaught
 exception, so the text of a library's exception never carries a secret we were given.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,15 +29,36 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 MASK = "***"
 # whole parameter names (lower case) that carry secrets in common signed-URL schemes
-SECRET_PARAMS = frozenset({
-    "key", "api_key", "apikey", "access_key", "accesskey", "sig", "signature", "token", "password", "passwd",
-    "pwd", "secret", "auth", "authorization", "credential", "credentials", "session", "code",
-    "x-amz-signature", "x-amz-credential", "x-amz-security-token",
-    "x-goog-signature", "x-goog-credential", "awsaccesskeyid",
-})
+SECRET_PARAMS = frozenset(
+    {
+        "key",
+        "api_key",
+        "apikey",
+        "access_key",
+        "accesskey",
+        "sig",
+        "signature",
+        "token",
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "auth",
+        "authorization",
+        "credential",
+        "credentials",
+        "session",
+        "code",
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "x-goog-signature",
+        "x-goog-credential",
+        "awsaccesskeyid",
+    }
+)
 # ...and any name containing one of these words
-SECRET_WORDS = ("token", "secret", "password", "passwd", "signature", "credential", "apikey", "api_key",
-                "private")
+SECRET_WORDS = ("token", "secret", "password", "passwd", "signature", "credential", "apikey", "api_key", "private")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]{},]+")
 # a remembered secret this short is masked only where it sits in a URI's shape (`:S@`, `S@`, `=S`):
@@ -88,10 +110,11 @@ def redact_uri(uri: str) -> str:
 def redact_text(text: str) -> str:
     """Every URI inside a free-form message (an error, a log line) redacted, and every remembered
     secret (`remember_secrets`) masked wherever it appears."""
+
     def one(m: re.Match) -> str:
         uri = m.group(0)
         core = uri.rstrip(".,:;!?")  # sentence punctuation after a URI is not part of it
-        return redact_uri(core) + uri[len(core):]
+        return redact_uri(core) + uri[len(core) :]
 
     text = _URI.sub(one, text)
     for secret in sorted(_secrets, key=len, reverse=True):  # a secret inside a longer one: the longer first

@@ -15,6 +15,7 @@ Columns (MDS encodings; the token and count dtypes follow the vocab size and top
 Position t carries the teacher's distribution of the token at t + 1 given tokens[: t + 1].
 Decoding to dense arrays is `decode_dense` (`KeptEntries.to_dense`): numpy only, used by the trainer's dataset.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,7 +66,9 @@ def build_sample(
     """Assemble one MDS sample dict; positions past n_tokens carry no teacher signal."""
     seq_len = int(tokens.shape[0])
     if truncated.num_positions != seq_len:
-        raise SchemaError(f"sample {sample_id}: teacher signal has {truncated.num_positions} positions, tokens {seq_len}")
+        raise SchemaError(
+            f"sample {sample_id}: teacher signal has {truncated.num_positions} positions, tokens {seq_len}"
+        )
     if (truncated.counts[n_tokens:] != 0).any():
         raise SchemaError(f"sample {sample_id}: teacher signal on padding positions")
     return {

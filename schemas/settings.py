@@ -6,17 +6,30 @@ validation failure turned into `ConfigError` messages that name the dotted setti
 command-line flags and ``--help``. Neither needs pydantic imported here: a ValidationError is read
 through its ``errors()`` list and a model class through ``model_fields``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from schemas.errors import ConfigError
 
-__all__ = ["Problem", "Refused", "Setting", "problems", "raise_first", "dotted", "known_keys", "leaf_settings", "type_label", "file_problem"]
+__all__ = [
+    "Problem",
+    "Refused",
+    "Setting",
+    "problems",
+    "raise_first",
+    "dotted",
+    "known_keys",
+    "leaf_settings",
+    "type_label",
+    "file_problem",
+]
 
 
 class Refused(ValueError):
@@ -47,15 +60,32 @@ def dotted(loc: tuple) -> str:
     return out
 
 
-_KIND_TEXT = {"missing": "required key is missing", "union_tag_not_found": "required key is missing",
-              "extra_forbidden": "unknown key", "unexpected_keyword_argument": "unknown key"}
-_BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"), "less_than": ("<", "lt"),
-           "less_than_equal": ("<=", "le"), "too_short": ("at least", "min_length"),
-           "too_long": ("at most", "max_length")}
-_EXPECTED = {"int_type": "an integer", "int_from_float": "an integer", "int_parsing": "an integer",
-             "float_type": "a number", "float_parsing": "a number", "bool_type": "a boolean",
-             "bool_parsing": "a boolean", "string_type": "a string", "list_type": "a list",
-             **dict.fromkeys(("model_type", "dict_type", "dataclass_type", "model_attributes_type"), "a mapping")}
+_KIND_TEXT = {
+    "missing": "required key is missing",
+    "union_tag_not_found": "required key is missing",
+    "extra_forbidden": "unknown key",
+    "unexpected_keyword_argument": "unknown key",
+}
+_BOUNDS = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
+    "too_short": ("at least", "min_length"),
+    "too_long": ("at most", "max_length"),
+}
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "int_parsing": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "a boolean",
+    "bool_parsing": "a boolean",
+    "string_type": "a string",
+    "list_type": "a list",
+    **dict.fromkeys(("model_type", "dict_type", "dataclass_type", "model_attributes_type"), "a mapping"),
+}
 
 
 def problems(error, tagged_unions: tuple[str, ...] = (), prefix: str = "") -> list[Problem]:
@@ -70,7 +100,7 @@ def problems(error, tagged_unions: tuple[str, ...] = (), prefix: str = "") -> li
         cut = [i for i in range(len(loc)) if dotted(loc[:i]) in tagged_unions]
         tag = None
         if cut and not kind.startswith("union_tag_") and cut[0] < len(loc):
-            tag, loc = loc[cut[0]], loc[:cut[0]] + loc[cut[0] + 1:]
+            tag, loc = loc[cut[0]], loc[: cut[0]] + loc[cut[0] + 1 :]
         cause = (e.get("ctx") or {}).get("error")
         if isinstance(cause, Refused):
             loc, msg = loc + tuple(cause.key.split(".")), cause.message
@@ -112,7 +142,9 @@ def type_label(tp) -> str:
         return "a list"
     if origin is dict or tp is dict or _fields(tp):
         return "a mapping"
-    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _model_of(tp):
@@ -162,8 +194,11 @@ def _tagged_members(info) -> list:
     if not info.discriminator:
         args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
         inner = args[0]
-        if len(args) != 1 or typing.get_origin(inner) is not typing.Annotated or not any(
-                getattr(m, "discriminator", None) for m in typing.get_args(inner)[1:]):
+        if (
+            len(args) != 1
+            or typing.get_origin(inner) is not typing.Annotated
+            or not any(getattr(m, "discriminator", None) for m in typing.get_args(inner)[1:])
+        ):
             return []
         tp = typing.get_args(inner)[0]
     return [c for c in typing.get_args(tp) if _fields(c)]

@@ -14,9 +14,8 @@ decompressed to its raw name.
 
 Imports the standard library only.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 from schemas.errors import CorruptDataset
 
@@ -28,7 +27,7 @@ def plain_name(name: object) -> bool:
     return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\x00")
 
 
-def fits(name: object, parts_dir: Optional[str]) -> bool:
+def fits(name: object, parts_dir: str | None) -> bool:
     """`name` is `<parts_dir>/<unit>/<file>` (a root index) or, with `parts_dir` None, `<file>` (a part's)."""
     if parts_dir is None:
         return plain_name(name)
@@ -38,7 +37,7 @@ def fits(name: object, parts_dir: Optional[str]) -> bool:
     return top == parts_dir and len(rest) == 2 and all(plain_name(p) for p in rest)
 
 
-def name_problems(index: dict, parts_dir: Optional[str]) -> list[str]:
+def name_problems(index: dict, parts_dir: str | None) -> list[str]:
     """What is wrong with the index's shard file names, one line each ([] when all fit the layout)."""
     layout = f"{parts_dir}/<unit>/<file>" if parts_dir else "a plain file name"
     problems = []
@@ -50,12 +49,13 @@ def name_problems(index: dict, parts_dir: Optional[str]) -> list[str]:
                 continue
             name = entry.get("basename") if isinstance(entry, dict) else entry
             if not fits(name, parts_dir):
-                problems.append(f"shard {i} names {name!r} ({key}), not {layout}: refused, nothing is read or "
-                                "written by that name")
+                problems.append(
+                    f"shard {i} names {name!r} ({key}), not {layout}: refused, nothing is read or written by that name"
+                )
     return problems
 
 
-def check_names(index: dict, parts_dir: Optional[str], where: str) -> None:
+def check_names(index: dict, parts_dir: str | None, where: str) -> None:
     """Raise CorruptDataset naming `where` (the index file) and the first bad name, if any."""
     problems = name_problems(index, parts_dir)
     if problems:

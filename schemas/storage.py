@@ -4,6 +4,7 @@ fsspec is imported inside the functions, so `import schemas` stays numpy + stdli
 emulators or private clouds come from the environment (STORAGE_EMULATOR_HOST for gcsfs,
 AWS_ENDPOINT_URL / S3_ENDPOINT_URL for s3fs and streaming), never from code.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -68,8 +69,10 @@ def access(what: str):
     except (OSError,) + refusals() as e:
         if isinstance(e, OSError) and not isinstance(e, PermissionError) and not _forbidden(e):
             raise
-        raise StoreRefused(f"{what}: access refused ({type(e).__name__}: {' '.join(str(e).split())}); "
-                           "check the credentials and permissions for it") from None
+        raise StoreRefused(
+            f"{what}: access refused ({type(e).__name__}: {' '.join(str(e).split())}); "
+            "check the credentials and permissions for it"
+        ) from None
 
 
 def is_local(uri: str) -> bool:
@@ -190,8 +193,9 @@ def upload_dir(local_dir: str, uri: str, last: tuple[str, ...] = (), after_each=
             continue
         with open(src, "rb") as f:
             data = f.read()
-        write_bytes_atomic(join(uri, name), data,
-                           before_commit=None if before_commit is None else (lambda n=name: before_commit(n)))
+        write_bytes_atomic(
+            join(uri, name), data, before_commit=None if before_commit is None else (lambda n=name: before_commit(n))
+        )
         if after_each is not None:
             after_each(name)
 
@@ -217,8 +221,10 @@ def safe_target(dest: str, name: str, where: str) -> str:
     root = os.path.normpath(os.path.abspath(dest))
     target = os.path.normpath(os.path.join(root, name))
     if not name or name.startswith(("/", os.sep)) or os.path.commonpath([root, target]) != root or target == root:
-        raise UnsafeObjectName(f"object {where}: its name {name!r} resolves outside the download folder; "
-                               "refusing to fetch (a hostile or broken upload?)")
+        raise UnsafeObjectName(
+            f"object {where}: its name {name!r} resolves outside the download folder; "
+            "refusing to fetch (a hostile or broken upload?)"
+        )
     return target
 
 
@@ -246,7 +252,7 @@ def fetch_dir(uri: str, cache_root: str | None = None) -> str:
     root = path.rstrip("/")
     names = {}
     for remote in sorted(listing):  # every name is checked before anything is downloaded
-        rel = remote[len(root) + 1:] if remote.startswith(root + "/") else remote
+        rel = remote[len(root) + 1 :] if remote.startswith(root + "/") else remote
         safe_target(cache_root, rel, where=f"{uri.rstrip('/')}/{rel}")
         names[remote] = rel
     key = hasher(uri.encode())

@@ -5,6 +5,7 @@ Go and most other parsers refuse the whole document. A report value can be non-f
 reasons (the KL bound of a dataset written before the codec guarantee is unbounded; a rate over
 zero seconds), so such values are written as null and the text says what null means.
 """
+
 from __future__ import annotations
 
 import json

@@ -20,6 +20,7 @@ Two entry points share `truncate_candidates`: `truncate` (numpy, the reference) 
 never imports torch).  Both pick the same candidate set with the same tie rule and compute the
 log-normaliser in float64, so their ids agree bit for bit.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,9 +50,7 @@ def _check_logits(logits: np.ndarray) -> np.ndarray:
         raise CodecError(f"logits are empty (shape {logits.shape})")
     if not np.isfinite(logits).all():
         bad = np.argwhere(~np.isfinite(logits))[0]
-        raise CodecError(
-            f"non-finite teacher logit at position {bad[0]}, id {bad[1]}: {logits[bad[0], bad[1]]}"
-        )
+        raise CodecError(f"non-finite teacher logit at position {bad[0]}, id {bad[1]}: {logits[bad[0], bad[1]]}")
     return logits.astype(np.float32, copy=False)
 
 

@@ -1,4 +1,5 @@
 """One check shared by the codec tests: a damaged byte is a CodecError or a well-formed decode."""
+
 from schemas.errors import CodecError
 
 

@@ -1,11 +1,11 @@
 """Shared pytest fixtures. The object-store emulators live in tests/objectstore.py."""
-from objectstore import gcs_bucket, gcs_server, s3_bucket, s3_server  # noqa: F401  (fixtures)
-from fixtures_models import tiny_teacher  # noqa: F401,E402  (fixture: tiny Llama + BPE tokenizer folder)
 
 import os  # noqa: E402
 
 import pytest  # noqa: E402
+from fixtures_models import tiny_teacher  # noqa: F401,E402  (fixture: tiny Llama + BPE tokenizer folder)
 from hypothesis import settings  # noqa: E402
+from objectstore import gcs_bucket, gcs_server, s3_bucket, s3_server  # noqa: F401  (fixtures)
 
 # Property tests: .ci/run selects the derandomised "ci" profile (also the default under CI=true), so
 # a failure reproduces on every run and a lucky draw never blocks a merge; locally the "dev"
@@ -30,4 +30,3 @@ def real_teacher(tmp_path_factory):
         pytest.skip(str(e))
     out = tmp_path_factory.mktemp("real-teacher") / "teacher"
     return out, teacher.import_gguf(out, log=lambda *a: None)
-

@@ -5,6 +5,7 @@ Modes: ``ddp`` (the model's loss through DDP, one backward; also the mean loss) 
 step of a real composer.Trainer with microbatches of one sequence and SGD at lr 1, so the update is
 the gradient). `make_batch` / `make_model` / `trainer_gradient` are also what the test uses for the
 single-process reference."""
+
 from __future__ import annotations
 
 import sys
@@ -51,8 +52,9 @@ def make_model(support: str, fused_head: bool = True, tied: bool = False):
     from trainer.model import DistillationModel
 
     torch.manual_seed(0)
-    distill = DistillConfig(mode="offline", kind="forward_kl", support=support, tau=2.0, chunk_size=None,
-                            fused_head=fused_head)
+    distill = DistillConfig(
+        mode="offline", kind="forward_kl", support=support, tau=2.0, chunk_size=None, fused_head=fused_head
+    )
     return DistillationModel(Student(tied), distill, alpha=0.6)
 
 
@@ -67,9 +69,19 @@ def make_batch() -> dict:
     t_logp = torch.log_softmax(torch.randn(B, T, K, generator=g), -1)
     t_mask = attn.bool()[..., None].expand(B, T, K).clone()
     t_logp = torch.where(t_mask, t_logp, torch.tensor(float("-inf")))
-    t_tail = torch.where(attn.bool(), torch.log(torch.rand(B, T, generator=g) * 0.3 + 0.01), torch.tensor(float("-inf")))
-    return {"input_ids": ids, "attention_mask": attn, "labels": labels, "teacher_ids": t_ids, "teacher_logp": t_logp,
-            "teacher_mask": t_mask, "teacher_log_tail": t_tail, "position_mask": attn.bool()}
+    t_tail = torch.where(
+        attn.bool(), torch.log(torch.rand(B, T, generator=g) * 0.3 + 0.01), torch.tensor(float("-inf"))
+    )
+    return {
+        "input_ids": ids,
+        "attention_mask": attn,
+        "labels": labels,
+        "teacher_ids": t_ids,
+        "teacher_logp": t_logp,
+        "teacher_mask": t_mask,
+        "teacher_log_tail": t_tail,
+        "position_mask": attn.bool(),
+    }
 
 
 def trainer_gradient(model, batch: dict, microbatch: int) -> dict:
@@ -84,13 +96,25 @@ def trainer_gradient(model, batch: dict, microbatch: int) -> dict:
     from trainer.model import BatchCounts
 
     rows = [{k: v[i] for k, v in batch.items()} for i in range(batch["input_ids"].shape[0])]
-    loader = DataLoader(rows, batch_size=len(rows) // dist.get_world_size(), sampler=dist.get_sampler(rows, shuffle=False),
-                        collate_fn=lambda xs: {k: torch.stack([x[k] for x in xs]) for k in xs[0]})
+    loader = DataLoader(
+        rows,
+        batch_size=len(rows) // dist.get_world_size(),
+        sampler=dist.get_sampler(rows, shuffle=False),
+        collate_fn=lambda xs: {k: torch.stack([x[k] for x in xs]) for k in xs[0]},
+    )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = Trainer(model=model, train_dataloader=loader, max_duration="1ba",
-                      optimizers=torch.optim.SGD(model.parameters(), lr=1.0), device="cpu",
-                      device_train_microbatch_size=microbatch, callbacks=[BatchCounts()], loggers=[],
-                      progress_bar=False, log_to_console=False)
+    trainer = Trainer(
+        model=model,
+        train_dataloader=loader,
+        max_duration="1ba",
+        optimizers=torch.optim.SGD(model.parameters(), lr=1.0),
+        device="cpu",
+        device_train_microbatch_size=microbatch,
+        callbacks=[BatchCounts()],
+        loggers=[],
+        progress_bar=False,
+        log_to_console=False,
+    )
     trainer.fit()
     return {n: before[n] - p.detach() for n, p in model.named_parameters()}
 
@@ -104,7 +128,7 @@ def main(out_path: str, support: str, mode: str = "ddp", head: str = "fused") ->
     rank, world = dist.get_global_rank(), dist.get_world_size()
     model = make_model(support, fused_head=head.startswith("fused"), tied=head.endswith("tied"))
     per = B // world
-    shard = {k: v[rank * per:(rank + 1) * per] for k, v in make_batch().items()}
+    shard = {k: v[rank * per : (rank + 1) * per] for k, v in make_batch().items()}
     if mode == "trainer":
         grads = trainer_gradient(model, make_batch(), microbatch=1)
         if rank == 0:
@@ -119,8 +143,14 @@ def main(out_path: str, support: str, mode: str = "ddp", head: str = "fused") ->
     ranks = [torch.zeros(1) for _ in range(world)]
     torch.distributed.all_gather(ranks, own)
     if rank == 0:
-        torch.save({"grads": {n: p.grad for n, p in model.named_parameters()}, "loss": float(mean_loss) / world,
-                    "rank_losses": [float(r) for r in ranks]}, out_path)
+        torch.save(
+            {
+                "grads": {n: p.grad for n, p in model.named_parameters()},
+                "loss": float(mean_loss) / world,
+                "rank_losses": [float(r) for r in ranks],
+            },
+            out_path,
+        )
 
 
 if __name__ == "__main__":

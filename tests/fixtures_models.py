@@ -7,6 +7,7 @@
 `build_teacher(dir)`     both in one folder: a checkpoint a pipeline can load as teacher + tokenizer.
 Fixtures: `tiny_teacher` (session-scoped folder path), `words_corpus_texts`.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,14 +39,24 @@ def build_tokenizer(out_dir: str, vocab_size: int = 320):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(make_texts(200, seed=123) + [" ".join(WORDS)], trainer=trainer)
     bos = tok.token_to_id("<|im_start|>")
-    tok.post_processor = processors.TemplateProcessing(single="<|im_start|> $A", pair="<|im_start|> $A $B",
-                                                       special_tokens=[("<|im_start|>", bos)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|endoftext|>",
-                                   unk_token=None, pad_token="<|endoftext|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|im_start|> $A", pair="<|im_start|> $A $B", special_tokens=[("<|im_start|>", bos)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|endoftext|>",
+        unk_token=None,
+        pad_token="<|endoftext|>",
+    )
     os.makedirs(out_dir, exist_ok=True)
     fast.save_pretrained(out_dir)
     return fast
@@ -55,10 +66,19 @@ def build_tiny_llama(out_dir: str, vocab_size: int, seed: int = 0, hidden: int =
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, bos_token_id=1, eos_token_id=0, pad_token_id=0,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=0,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():  # spread the logits so that truncation keeps a varied number of ids

@@ -17,9 +17,9 @@ cannot interleave.
 
 Usage: python tests/gcs_emulator.py start --host H --port P --in-memory (the emulator's own CLI).
 """
+
 import re
 import sys
-
 from http import HTTPStatus
 
 from gcp_storage_emulator import server
@@ -78,9 +78,15 @@ def _insert(request, response, storage, *args, **kwargs):
             current = "0"
         if wanted[0] != current:
             response.status = HTTPStatus.PRECONDITION_FAILED
-            response.json({"error": {"code": 412, "message": "At least one of the pre-conditions you specified did not hold.",
-                                     "errors": [{"reason": "conditionNotMet", "domain": "global",
-                                                 "message": "Precondition Failed"}]}})
+            response.json(
+                {
+                    "error": {
+                        "code": 412,
+                        "message": "At least one of the pre-conditions you specified did not hold.",
+                        "errors": [{"reason": "conditionNotMet", "domain": "global", "message": "Precondition Failed"}],
+                    }
+                }
+            )
             return
     return _orig_insert(request, response, storage, *args, **kwargs)
 

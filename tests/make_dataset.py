@@ -7,6 +7,7 @@ models from a config, and MDS datasets laid out exactly as the pipeline writes t
     <out>/index.json      root index, shard basenames rewritten to parts/<unit>/<basename>
     <out>/manifest.json   written last
 """
+
 from __future__ import annotations
 
 import json
@@ -132,7 +133,9 @@ def write_dataset(
     for u, count in enumerate(per_unit):
         unit = f"u{u:05d}-00000"
         part = os.path.join(out, PARTS_DIR, unit)
-        with MDSWriter(out=part, columns=columns, compression=compression, hashes=["xxh3_64"], size_limit=size_limit) as w:
+        with MDSWriter(
+            out=part, columns=columns, compression=compression, hashes=["xxh3_64"], size_limit=size_limit
+        ) as w:
             for i in range(count):
                 gi = len(ids)
                 n_tok = seq_len - 1 - (gi % 4) if pad_every and gi % pad_every == pad_every - 1 else seq_len
@@ -150,8 +153,15 @@ def write_dataset(
                 sid = sample_id(source, unit, i)
                 w.write(
                     build_sample(
-                        sample_id=sid, tokens=tokens, n_tokens=n_tok, doc_starts=np.array([0]),
-                        truncated=tr, codec=cdc, vocab_size=vocab_size, top_k=top_k, unit=unit,
+                        sample_id=sid,
+                        tokens=tokens,
+                        n_tokens=n_tok,
+                        doc_starts=np.array([0]),
+                        truncated=tr,
+                        codec=cdc,
+                        vocab_size=vocab_size,
+                        top_k=top_k,
+                        unit=unit,
                     )
                 )
                 ids.append(sid)
@@ -177,8 +187,14 @@ def write_dataset(
         sources=[Source(uri="memory://test", fingerprint=source)],
         source_fingerprint=source,
         settings_fingerprint="sha256:settings",
-        counts=Counts(documents=n_samples, packed_documents=n_samples, dead_letters=0, sequences=n_samples,
-                      tokens=n_tok_total, units=units),
+        counts=Counts(
+            documents=n_samples,
+            packed_documents=n_samples,
+            dead_letters=0,
+            sequences=n_samples,
+            tokens=n_tok_total,
+            units=units,
+        ),
     )
     if write_manifest:
         with open(os.path.join(out, MANIFEST_NAME), "w") as f:

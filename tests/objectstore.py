@@ -18,6 +18,7 @@ points at an emulator (or at the real cloud) outlives its fixture.
 Register in conftest.py with `from tests.objectstore import *  # noqa: F401,F403` (or
 `pytest_plugins = ["tests.objectstore"]`).
 """
+
 from __future__ import annotations
 
 import os
@@ -209,8 +210,15 @@ def gcs_server(tmp_path_factory):
         "gcs",
         lambda port: [
             # the emulator with its multipart parsing fixed (it drops a trailing b"\r"; see the file)
-            sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator.py"), "start",
-            "--host", HOST, "--port", str(port), "--in-memory", "--quiet",
+            sys.executable,
+            os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator.py"),
+            "start",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--in-memory",
+            "--quiet",
         ],
         "/storage/v1/b",
         log_dir,

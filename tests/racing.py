@@ -1,5 +1,6 @@
 """Start n threads at one instant (a barrier) and collect what each returned or raised: the race
 harness shared by the claim and output-guard tests."""
+
 from __future__ import annotations
 
 import threading

@@ -2,6 +2,7 @@
 ("ci", registered in conftest.py), which draws the same examples on every run, while a local run
 (no HYPOTHESIS_PROFILE, no CI) keeps exploring new random ones (issue 11: a lucky draw once
 blocked a merge)."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY = '''
+TINY = """
 import os
 
 from hypothesis import given, strategies as st
@@ -21,7 +22,7 @@ from hypothesis import given, strategies as st
 def test_tiny(n, s):
     with open(os.environ["SEEN_FILE"], "a", encoding="utf-8") as f:
         f.write(repr((n, s)) + "\\n")
-'''
+"""
 
 
 def test_ci_run_selects_the_ci_profile(tmp_path):
@@ -50,18 +51,34 @@ def _examples(tmp_path, run: str, profile: str | None) -> list[str]:
     env.update(SEEN_FILE=str(seen), PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
     if profile:
         env["HYPOTHESIS_PROFILE"] = profile
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
-                    "--rootdir", str(work), str(test)], cwd=work, env=env, check=True, timeout=300,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "conftest",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(work),
+            str(test),
+        ],
+        cwd=work,
+        env=env,
+        check=True,
+        timeout=300,
+        stdout=subprocess.DEVNULL,
+    )
     lines = seen.read_text(encoding="utf-8").splitlines()
     assert len(lines) > 20  # the property really ran many examples
     return lines
 
 
 def test_ci_profile_is_derandomised_and_local_default_is_random(tmp_path):
-    from hypothesis import settings
-
     import conftest  # noqa: F401  (registers the profiles)
+    from hypothesis import settings
 
     ci = settings.get_profile("ci")
     assert ci.derandomize is True and ci.database is None

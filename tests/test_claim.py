@@ -4,12 +4,13 @@ N threads race to claim one object with different contents: exactly one wins, an
 holds the winner's bytes. The GCS case runs on the emulator patched in tests/gcs_emulator.py
 to answer `ifGenerationMatch=0` as GCS does (the stock emulator ignores it; see that file).
 """
+
 import os
 
 import pytest
+from racing import release_together
 
 from schemas import claim, storage
-from racing import release_together
 
 
 def race(uri, n=8):

@@ -1,4 +1,5 @@
 """Codec round trips, fidelity bounds, large vocabularies and corrupt payloads."""
+
 import hashlib
 
 import numpy as np
@@ -7,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from schemas import CodecError, Compact2Codec, CompactCodec, ExactCodec, make_codec, truncate
-from schemas import fidelity, varint
+from schemas import CodecError, Compact2Codec, CompactCodec, ExactCodec, fidelity, make_codec, truncate, varint
 from schemas.codec import renormalise
 from schemas.kept import KeptEntries
 
@@ -19,7 +19,9 @@ def sort_by_id(tr):
     return tr.ids[o], renormalise(tr.logp, tr.counts)[o]
 
 
-GOLDEN_COMPACT2 = "7a8286b7b25b679fc7ee8e85e775aba1d824b479cc4f382b42d7146ff14959ad"  # compact2, mass_floor 0.75, constriction 0.5.0
+GOLDEN_COMPACT2 = (
+    "7a8286b7b25b679fc7ee8e85e775aba1d824b479cc4f382b42d7146ff14959ad"  # compact2, mass_floor 0.75, constriction 0.5.0
+)
 GOLDEN_COMPACT2_FORMAT1 = "5500db4dcd0f526ec6ef0bbdb5a26a6c86045564f13e62d2d386e0b4bc846a9c"  # mass_floor 0
 
 logits_strategy = hnp.arrays(
@@ -28,7 +30,12 @@ logits_strategy = hnp.arrays(
 
 
 @settings(max_examples=150, deadline=None)
-@given(z=logits_strategy, p=st.floats(0.05, 1.0), k=st.integers(1, 60), codec_name=st.sampled_from(["exact", "compact", "compact2"]))
+@given(
+    z=logits_strategy,
+    p=st.floats(0.05, 1.0),
+    k=st.integers(1, 60),
+    codec_name=st.sampled_from(["exact", "compact", "compact2"]),
+)
 def test_round_trip(z, p, k, codec_name):
     k = min(k, z.shape[1])
     tr = truncate(z, p, k)
@@ -80,7 +87,9 @@ def test_vocabularies_beyond_17_and_18_bits(vocab):
 
 def test_ids_up_to_2_pow_32():
     ids = np.array([0, 5, (1 << 32) - 1], dtype=np.int64)
-    tr = KeptEntries(np.array([3]), ids, np.log(np.array([0.5, 0.3, 0.2], dtype=np.float32)), np.array([-np.inf], np.float32))
+    tr = KeptEntries(
+        np.array([3]), ids, np.log(np.array([0.5, 0.3, 0.2], dtype=np.float32)), np.array([-np.inf], np.float32)
+    )
     for codec in (ExactCodec(), CompactCodec(), Compact2Codec()):
         assert codec.decode(tr.counts, codec.encode(tr)).ids.tolist() == ids.tolist()
 
@@ -89,7 +98,10 @@ def test_padding_positions_have_no_entries():
     z = np.random.default_rng(2).standard_normal((4, 50)).astype(np.float32)
     tr = truncate(z, 0.9, 10)
     padded = KeptEntries(
-        np.concatenate([tr.counts, [0, 0]]), tr.ids, tr.logp, np.concatenate([tr.log_tail, [-np.inf, -np.inf]]).astype(np.float32)
+        np.concatenate([tr.counts, [0, 0]]),
+        tr.ids,
+        tr.logp,
+        np.concatenate([tr.log_tail, [-np.inf, -np.inf]]).astype(np.float32),
     )
     for codec in (CompactCodec(), Compact2Codec()):
         d = codec.decode(padded.counts, codec.encode(padded))
@@ -150,7 +162,10 @@ def test_corrupt_payload_is_an_error():
 
 
 def test_codec_settings_errors():
-    with pytest.raises(CodecError, match=r"unknown codec 'zip'; known: \['compact', 'compact2', 'compact3', 'compact4', 'compact5', 'exact'\]"):
+    with pytest.raises(
+        CodecError,
+        match=r"unknown codec 'zip'; known: \['compact', 'compact2', 'compact3', 'compact4', 'compact5', 'exact'\]",
+    ):
         make_codec("zip")
     with pytest.raises(CodecError, match="kl_target"):
         make_codec("compact2", {"kl_target": 0.0})
@@ -196,8 +211,11 @@ def test_entropy_block_round_trip_and_refusals():
 
 
 @settings(max_examples=60, deadline=None)
-@given(col=st.sampled_from(["teacher_ids", "teacher_values", "teacher_tail"]), where=st.floats(0, 1),
-       byte=st.integers(0, 255))
+@given(
+    col=st.sampled_from(["teacher_ids", "teacher_values", "teacher_tail"]),
+    where=st.floats(0, 1),
+    byte=st.integers(0, 255),
+)
 def test_compact2_damaged_bytes_fail_cleanly(col, where, byte):
     """A damaged payload is a CodecError or decodes to the right shapes; never a crash or a hang
     (silent damage inside the coded words is what the shards' xxh3 hashes catch)."""

@@ -1,17 +1,27 @@
 """compact4: compact3 plus the kept set where the same tokens were seen before. Same decoded
 signal as compact2, fewer bytes when the text repeats itself, pinned bytes, clear errors."""
+
 import hashlib
 
 import numpy as np
 import pytest
+from codec_damage import assert_damage_fails_cleanly
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from schemas import CodecError, Compact2Codec, Compact3Codec, Compact4Codec, build_sample, decode_sample, make_codec, truncate
+from schemas import (
+    CodecError,
+    Compact2Codec,
+    Compact3Codec,
+    Compact4Codec,
+    build_sample,
+    decode_sample,
+    make_codec,
+    truncate,
+)
 from schemas.codec_compact4 import predictors
 from schemas.kept import KeptEntries
-from codec_damage import assert_damage_fails_cleanly
 
 # compact4, constriction 0.5.0; the same with mass_floor 0 (format 1): no position of this input keeps < 3/4 of the mass
 GOLDEN_COMPACT4 = "4b51b4fdf02f4a9609a0f1132d1e21466c54296eafebf510c96b11b600c9e3b7"
@@ -27,7 +37,9 @@ def repeating_text(seed: int, t: int = 256, v: int = 3000, n_words: int = 40):
     by_token = rng.standard_normal((v, v)).astype(np.float32) if v <= 4000 else None
     z = np.empty((t, v), dtype=np.float32)
     for i in range(t):
-        z[i] = prior + 2.0 * by_token[tokens[i]] + 0.7 * by_token[tokens[i - 1] if i else 0] + 0.3 * rng.standard_normal(v)
+        z[i] = (
+            prior + 2.0 * by_token[tokens[i]] + 0.7 * by_token[tokens[i - 1] if i else 0] + 0.3 * rng.standard_normal(v)
+        )
     return z, tokens
 
 
@@ -70,17 +82,26 @@ def test_predictors_are_the_last_earlier_match():
 
 
 @settings(max_examples=120, deadline=None)
-@given(z=hnp.arrays(np.float32, st.tuples(st.integers(1, 12), st.integers(2, 40)), elements=st.floats(-30, 30, width=32)),
-       p=st.floats(0.05, 1.0), k=st.integers(1, 40), words=st.lists(st.integers(0, 4), min_size=12, max_size=12),
-       pad=st.integers(0, 3), kl=st.sampled_from([1e-7, 7.5e-4, 0.1]))
+@given(
+    z=hnp.arrays(np.float32, st.tuples(st.integers(1, 12), st.integers(2, 40)), elements=st.floats(-30, 30, width=32)),
+    p=st.floats(0.05, 1.0),
+    k=st.integers(1, 40),
+    words=st.lists(st.integers(0, 4), min_size=12, max_size=12),
+    pad=st.integers(0, 3),
+    kl=st.sampled_from([1e-7, 7.5e-4, 0.1]),
+)
 def test_compact4_round_trip(z, p, k, words, pad, kl):
     """Any kept sets, any recurring tokens (repeats of repeats, hinted ids at the predictor),
     padding without signal: compact2's decoded signal."""
     t, v = z.shape
     tr = truncate(z, p, min(k, v))
     tokens = np.array(words[:t]) % v
-    tr = KeptEntries(np.concatenate([tr.counts, np.zeros(pad, np.int64)]), tr.ids, tr.logp,
-                   np.concatenate([tr.log_tail, np.full(pad, -np.inf, np.float32)]))
+    tr = KeptEntries(
+        np.concatenate([tr.counts, np.zeros(pad, np.int64)]),
+        tr.ids,
+        tr.logp,
+        np.concatenate([tr.log_tail, np.full(pad, -np.inf, np.float32)]),
+    )
     tokens = np.concatenate([tokens, np.zeros(pad, np.int64)])
     c2, c4 = Compact2Codec(kl_target=kl), Compact4Codec(kl_target=kl)
     d2 = c2.decode(tr.counts, c2.encode(tr))
@@ -98,7 +119,9 @@ def test_compact4_repeats_of_repeats():
     c2 = Compact2Codec(kl_target=c4.kl_target)
     cols = c4.encode(tr, tokens=tokens)
     assert _same_signal(c2.decode(tr.counts, c2.encode(tr)), c4.decode(tr.counts, cols, tokens=tokens))
-    assert len(cols["teacher_ids"]) < 0.2 * len(Compact3Codec(kl_target=c4.kl_target).encode(tr, tokens=tokens)["teacher_ids"])  # ~0.1
+    assert len(cols["teacher_ids"]) < 0.2 * len(
+        Compact3Codec(kl_target=c4.kl_target).encode(tr, tokens=tokens)["teacher_ids"]
+    )  # ~0.1
 
 
 def test_compact4_one_position_predicting_two():
@@ -117,15 +140,26 @@ def test_compact4_one_position_predicting_two():
     assert s_of[3] == 1 and s_of[5] == 1
     c4 = Compact4Codec()
     c2 = Compact2Codec(kl_target=c4.kl_target)
-    assert _same_signal(c2.decode(tr.counts, c2.encode(tr)), c4.decode(tr.counts, c4.encode(tr, tokens=tokens), tokens=tokens))
+    assert _same_signal(
+        c2.decode(tr.counts, c2.encode(tr)), c4.decode(tr.counts, c4.encode(tr, tokens=tokens), tokens=tokens)
+    )
 
 
 def test_compact4_through_the_sample():
     z, tokens = repeating_text(1, t=48, v=600)
     tr = truncate(z, 0.95, 30)
     codec = make_codec("compact4")
-    s = build_sample(sample_id=1, tokens=tokens, n_tokens=48, doc_starts=np.zeros(1), truncated=tr, codec=codec,
-                     vocab_size=600, top_k=30, unit="u")
+    s = build_sample(
+        sample_id=1,
+        tokens=tokens,
+        n_tokens=48,
+        doc_starts=np.zeros(1),
+        truncated=tr,
+        codec=codec,
+        vocab_size=600,
+        top_k=30,
+        unit="u",
+    )
     c2 = Compact2Codec(kl_target=codec.kl_target)
     assert _same_signal(decode_sample(s, codec), c2.decode(tr.counts, c2.encode(tr)))
 
@@ -133,7 +167,9 @@ def test_compact4_through_the_sample():
 def test_compact4_bytes_are_pinned():
     z, tokens = repeating_text(6, t=64, v=800)
     for mass_floor in (0.75, 0.0):
-        cols = Compact4Codec(kl_target=7.5e-4, tail_step=1 / 16, mass_floor=mass_floor).encode(truncate(z, 0.95, 50), tokens=tokens)
+        cols = Compact4Codec(kl_target=7.5e-4, tail_step=1 / 16, mass_floor=mass_floor).encode(
+            truncate(z, 0.95, 50), tokens=tokens
+        )
         assert hashlib.sha256(b"".join(cols[k] for k in sorted(cols))).hexdigest() == GOLDEN_COMPACT4
 
 
@@ -152,8 +188,11 @@ def test_compact4_needs_the_tokens():
 
 
 @settings(max_examples=60, deadline=None)
-@given(col=st.sampled_from(["teacher_ids", "teacher_values", "teacher_tail"]), where=st.floats(0, 1),
-       byte=st.integers(0, 255))
+@given(
+    col=st.sampled_from(["teacher_ids", "teacher_values", "teacher_tail"]),
+    where=st.floats(0, 1),
+    byte=st.integers(0, 255),
+)
 def test_compact4_damaged_bytes_fail_cleanly(col, where, byte):
     z, tokens = repeating_text(8, t=24, v=400)
     assert_damage_fails_cleanly(Compact4Codec(), truncate(z, 0.95, 30), tokens, col, where, byte)

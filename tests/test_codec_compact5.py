@@ -1,19 +1,20 @@
 """compact5: compact4 primed with a dataset's prime. It decodes exactly compact2's signal, spends
 fewer bytes than compact4 where the prime holds the same text, pins its bytes, and its prime file
 refuses damage."""
+
 import hashlib
 
 import numpy as np
 import pytest
+from codec_damage import assert_damage_fails_cleanly
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from test_codec_compact4 import _same_signal, repeating_text
 
 from schemas import CodecError, Compact2Codec, Compact4Codec, make_codec, make_stored_codec, truncate
 from schemas.codec_compact5 import Compact5Codec, Prime
 from schemas.kept import KeptEntries
-from codec_damage import assert_damage_fails_cleanly
-from test_codec_compact4 import _same_signal, repeating_text
 
 # compact5 over repeating_text(11): the prime its first 96 tokens, the sample the next 64; constriction 0.5.0
 GOLDEN_COMPACT5 = "9e482661d40106bd6f6024b375043afb0ab38607ba021cd199e20cf2b6e5e983"
@@ -24,7 +25,9 @@ def _split(seed: int, n_prime: int, n_sample: int, p: float = 0.95, k: int = 50,
     z, tokens = repeating_text(seed, t=n_prime + n_sample, v=v)
     tr = truncate(z, p, k)
     offs = tr.offsets()
-    part = lambda a, b: KeptEntries(tr.counts[a:b], tr.ids[offs[a]:offs[b]], tr.logp[offs[a]:offs[b]], tr.log_tail[a:b])  # noqa: E731
+    part = lambda a, b: KeptEntries(
+        tr.counts[a:b], tr.ids[offs[a] : offs[b]], tr.logp[offs[a] : offs[b]], tr.log_tail[a:b]
+    )  # noqa: E731
     half = n_prime // 2
     prime = Prime.from_signal([(tokens[:half], part(0, half)), (tokens[half:n_prime], part(half, n_prime))])
     return prime, part(n_prime, n_prime + n_sample), tokens[n_prime:]
@@ -52,7 +55,9 @@ def test_compact5_params_name_the_prime():
     assert Prime.from_bytes(prime.to_bytes()).digest == prime.digest
     stored = make_stored_codec("compact5", primed.params())  # as a reader builds it from the manifest
     cols = primed.encode(tr, tokens=tokens)
-    assert _same_signal(stored.with_prime(prime).decode(tr.counts, cols, tokens=tokens), primed.decode(tr.counts, cols, tokens=tokens))
+    assert _same_signal(
+        stored.with_prime(prime).decode(tr.counts, cols, tokens=tokens), primed.decode(tr.counts, cols, tokens=tokens)
+    )
     with pytest.raises(CodecError, match="no prime loaded"):
         stored.decode(tr.counts, cols, tokens=tokens)
     with pytest.raises(CodecError, match="gs://b/ds/codec_prime.bin: its SHA-256 .* coded against another prime"):
@@ -66,10 +71,18 @@ def test_compact5_params_name_the_prime():
 def test_predictors_reach_into_the_prime():
     """Two tokens before one, the sample before the prime: the sample's first position follows a
     separator, like a document start in the prime."""
-    one = lambda i: KeptEntries(np.array([1]), np.array([i]), np.array([0.0], np.float32), np.array([-np.inf], np.float32))  # noqa: E731
-    cat = lambda parts: KeptEntries(np.concatenate([p.counts for p in parts]), np.concatenate([p.ids for p in parts]),  # noqa: E731
-                                    np.concatenate([p.logp for p in parts]), np.concatenate([p.log_tail for p in parts]))
-    prime = Prime.from_signal([(np.array([5, 6, 7]), cat([one(50), one(60), one(70)])), (np.array([6, 7]), cat([one(61), one(71)]))])
+    one = lambda i: KeptEntries(
+        np.array([1]), np.array([i]), np.array([0.0], np.float32), np.array([-np.inf], np.float32)
+    )  # noqa: E731
+    cat = lambda parts: KeptEntries(
+        np.concatenate([p.counts for p in parts]),
+        np.concatenate([p.ids for p in parts]),  # noqa: E731
+        np.concatenate([p.logp for p in parts]),
+        np.concatenate([p.log_tail for p in parts]),
+    )
+    prime = Prime.from_signal(
+        [(np.array([5, 6, 7]), cat([one(50), one(60), one(70)])), (np.array([6, 7]), cat([one(61), one(71)]))]
+    )
     assert prime.tokens.tolist() == [5, 6, 7, -1, 6, 7, -1]
     c5 = Compact5Codec(prime=prime)
     s_src, kind, src = c5._sources(np.array([6, 7, 9, 7]), np.array([1, 1, 1, 1]))
@@ -79,9 +92,14 @@ def test_predictors_reach_into_the_prime():
 
 
 @settings(max_examples=80, deadline=None)
-@given(z=hnp.arrays(np.float32, st.tuples(st.integers(2, 24), st.integers(2, 40)), elements=st.floats(-30, 30, width=32)),
-       p=st.floats(0.05, 1.0), k=st.integers(1, 40), words=st.lists(st.integers(0, 4), min_size=24, max_size=24),
-       cut=st.integers(1, 23), pad=st.integers(0, 3))
+@given(
+    z=hnp.arrays(np.float32, st.tuples(st.integers(2, 24), st.integers(2, 40)), elements=st.floats(-30, 30, width=32)),
+    p=st.floats(0.05, 1.0),
+    k=st.integers(1, 40),
+    words=st.lists(st.integers(0, 4), min_size=24, max_size=24),
+    cut=st.integers(1, 23),
+    pad=st.integers(0, 3),
+)
 def test_compact5_round_trip(z, p, k, words, cut, pad):
     """Any kept sets, the prime and the sample sharing tokens (predictors in both, repeats of prime
     slots and of repeats of them), padding without signal: compact2's decoded signal."""
@@ -90,15 +108,27 @@ def test_compact5_round_trip(z, p, k, words, cut, pad):
     full = truncate(z, p, min(k, v))
     tokens = np.array(words[:t]) % v
     offs = full.offsets()
-    prime = Prime.from_signal([(tokens[:cut], KeptEntries(full.counts[:cut], full.ids[: offs[cut]], full.logp[: offs[cut]],
-                                                          full.log_tail[:cut]))])
-    tr = KeptEntries(np.concatenate([full.counts[cut:], np.zeros(pad, np.int64)]), full.ids[offs[cut]:], full.logp[offs[cut]:],
-                     np.concatenate([full.log_tail[cut:], np.full(pad, -np.inf, np.float32)]))
+    prime = Prime.from_signal(
+        [
+            (
+                tokens[:cut],
+                KeptEntries(full.counts[:cut], full.ids[: offs[cut]], full.logp[: offs[cut]], full.log_tail[:cut]),
+            )
+        ]
+    )
+    tr = KeptEntries(
+        np.concatenate([full.counts[cut:], np.zeros(pad, np.int64)]),
+        full.ids[offs[cut] :],
+        full.logp[offs[cut] :],
+        np.concatenate([full.log_tail[cut:], np.full(pad, -np.inf, np.float32)]),
+    )
     sample_tokens = np.concatenate([tokens[cut:], np.zeros(pad, np.int64)])
     c5 = Compact5Codec(prime=prime)
     c2 = Compact2Codec(kl_target=c5.kl_target)
-    assert _same_signal(c2.decode(tr.counts, c2.encode(tr)),
-                        c5.decode(tr.counts, c5.encode(tr, tokens=sample_tokens), tokens=sample_tokens))
+    assert _same_signal(
+        c2.decode(tr.counts, c2.encode(tr)),
+        c5.decode(tr.counts, c5.encode(tr, tokens=sample_tokens), tokens=sample_tokens),
+    )
 
 
 def test_compact5_bytes_are_pinned():
@@ -108,8 +138,11 @@ def test_compact5_bytes_are_pinned():
 
 
 @settings(max_examples=40, deadline=None)
-@given(col=st.sampled_from(["teacher_ids", "teacher_values", "teacher_tail"]), where=st.floats(0, 1),
-       byte=st.integers(0, 255))
+@given(
+    col=st.sampled_from(["teacher_ids", "teacher_values", "teacher_tail"]),
+    where=st.floats(0, 1),
+    byte=st.integers(0, 255),
+)
 def test_compact5_damaged_bytes_fail_cleanly(col, where, byte):
     prime, tr, tokens = _split(8, 48, 24, k=30, v=400)
     assert_damage_fails_cleanly(Compact5Codec(prime=prime), tr, tokens, col, where, byte)

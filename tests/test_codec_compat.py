@@ -4,6 +4,7 @@ after compact2 became the default; a manifest naming an unknown codec is refused
 tests/fixtures/compact_v1/ was written by the codec of its day (tests/fixtures/build_compact_v1.py)
 and is never rewritten: it is the proof that today's reader still understands those bytes.
 """
+
 import copy
 import json
 import os
@@ -74,18 +75,37 @@ def test_v1_dataset_trains(v1, tmp_path):
     tok_dir = str(tmp_path / "tok")
     make_tokenizer(tok_dir)
     raw = {
-        "data": {"streams": [{"uri": str(v1)}], "batch_size": 4, "num_canonical_nodes": 1,
-                 "local_cache": str(tmp_path / "cache"), "shuffle": False},
+        "data": {
+            "streams": [{"uri": str(v1)}],
+            "batch_size": 4,
+            "num_canonical_nodes": 1,
+            "local_cache": str(tmp_path / "cache"),
+            "shuffle": False,
+        },
         "model": {"hf_config": tiny_llama_config(seq_len=16), "tokenizer": tok_dir},
-        "distill": {"mode": "offline", "kind": "forward_kl", "tau": 1.0, "chunk_size": 16,
-                    "alpha": {"name": "constant", "value": 0.9}},
+        "distill": {
+            "mode": "offline",
+            "kind": "forward_kl",
+            "tau": 1.0,
+            "chunk_size": 16,
+            "alpha": {"name": "constant", "value": 0.9},
+        },
         "optim": {"lr": 3e-3},
-        "run": {"max_duration": "3ba", "device": "cpu", "seed": 5, "loggers": [],
-                "eval_interval": "100ba", "save_interval": "100ba", "sample_log_dir": str(tmp_path / "samples")},
+        "run": {
+            "max_duration": "3ba",
+            "device": "cpu",
+            "seed": 5,
+            "loggers": [],
+            "eval_interval": "100ba",
+            "save_interval": "100ba",
+            "sample_log_dir": str(tmp_path / "samples"),
+        },
     }
     trainer = train(config_from_dict(copy.deepcopy(raw)))
     assert int(trainer.state.timestamp.batch) == 3
-    recs = [json.loads(line) for f in sorted((tmp_path / "samples").glob("*.jsonl")) for line in f.read_text().splitlines()]
+    recs = [
+        json.loads(line) for f in sorted((tmp_path / "samples").glob("*.jsonl")) for line in f.read_text().splitlines()
+    ]
     assert recs and all(np.isfinite(r["kd"]) and r["kd"] > 0 for r in recs)
 
 
@@ -94,17 +114,27 @@ def test_unknown_codec_is_refused_with_the_known_list(v1, capsys):
         raw = json.load(f)
     raw["codec"] = {"name": "compact9", "params": {}}
     (v1 / "manifest.json").write_text(json.dumps(raw))
-    with pytest.raises(SystemExit, match=r"unknown codec 'compact9'; known: \['compact', 'compact2', 'compact3', 'compact4', 'compact5', 'exact'\]"):
+    with pytest.raises(
+        SystemExit,
+        match=r"unknown codec 'compact9'; known: \['compact', 'compact2', 'compact3', 'compact4', 'compact5', 'exact'\]",
+    ):
         inspect.main([str(v1)])
     pytest.importorskip("composer")  # the trainer's reader refuses it too, with a message
     from trainer import cli
 
     cfg = v1.parent / "cfg.yaml"
-    cfg.write_text(json.dumps({
-        "data": {"streams": [{"uri": str(v1)}], "batch_size": 4, "local_cache": str(v1.parent / "cache")},
-        "model": {"hf_config": tiny_llama_config(seq_len=16), "tokenizer": str(v1.parent / "tok")},
-        "run": {"max_duration": "1ba", "device": "cpu", "loggers": []},
-    }))
+    cfg.write_text(
+        json.dumps(
+            {
+                "data": {"streams": [{"uri": str(v1)}], "batch_size": 4, "local_cache": str(v1.parent / "cache")},
+                "model": {"hf_config": tiny_llama_config(seq_len=16), "tokenizer": str(v1.parent / "tok")},
+                "run": {"max_duration": "1ba", "device": "cpu", "loggers": []},
+            }
+        )
+    )
     make_tokenizer(str(v1.parent / "tok"))
     assert cli.main([str(cfg)]) == 2
-    assert "unknown codec 'compact9'; known: ['compact', 'compact2', 'compact3', 'compact4', 'compact5', 'exact']" in capsys.readouterr().err
+    assert (
+        "unknown codec 'compact9'; known: ['compact', 'compact2', 'compact3', 'compact4', 'compact5', 'exact']"
+        in capsys.readouterr().err
+    )

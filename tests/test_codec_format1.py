@@ -1,6 +1,7 @@
 """Bytes already on storage keep their meaning: compact2/3/4 columns written by the format-1
 encoders (tests/fixtures/codec_format1, built by build_codec_format1.py before the encoders
 changed) decode to exactly what they decoded to when they were written."""
+
 import hashlib
 import os
 
@@ -33,4 +34,3 @@ def test_format1_bytes_decode_as_they_did(name):
     assert np.array_equal(d.log_tail, f["log_tail"])
     # log-probs come from libm's log and exp (an ulp may differ on another CPU); a changed level is ~1e-2
     np.testing.assert_array_max_ulp(d.logp, f["logp"], maxulp=1)
-

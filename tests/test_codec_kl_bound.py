@@ -1,6 +1,7 @@
 """`kl_bound()` is a guarantee: no input makes a codec's KL exceed it (averaged over a sample's
 positions with signal), however small the kept mass, however uneven the counts, tied or huge ids.
 The worst case the proof names (schemas.codec_compact2.Compact2Codec.sqrt_levels) comes close."""
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -25,7 +26,9 @@ def adversarial_samples(draw):
     anything; ids anywhere below 2^32; padding without signal."""
     kl = draw(st.sampled_from([1e-4, 7.5e-4, 8.5e-4, 1e-2, 0.1]))
     n_pos = draw(st.integers(1, 6))
-    counts = np.array(draw(st.lists(st.sampled_from([0, 1, 1, 2, 5, 40, 300]), min_size=n_pos, max_size=n_pos)), np.int64)
+    counts = np.array(
+        draw(st.lists(st.sampled_from([0, 1, 1, 2, 5, 40, 300]), min_size=n_pos, max_size=n_pos)), np.int64
+    )
     if counts.sum() == 0:
         counts[0] = 3
     h = Compact2Codec(kl_target=kl).sqrt_step(counts)
@@ -63,7 +66,10 @@ def test_compact_codecs_never_exceed_their_kl_bound(sample, name):
 
 
 @settings(max_examples=100, deadline=None)
-@given(sample=adversarial_samples(), codec=st.sampled_from([CompactCodec(), CompactCodec(step=0.01), ExactCodec("float16")]))
+@given(
+    sample=adversarial_samples(),
+    codec=st.sampled_from([CompactCodec(), CompactCodec(step=0.01), ExactCodec("float16")]),
+)
 def test_older_codecs_never_exceed_their_kl_bound(sample, codec):
     _, tr, tokens = sample
     assert fidelity.codec_kl(tr, round_trip(codec, tr, tokens)) <= codec.kl_bound(int(tr.counts.max())) + ROUNDING

@@ -1,4 +1,5 @@
 """trainer.config: shipped configs load; validation errors name the dotted key; overrides."""
+
 import os
 
 import pytest
@@ -46,16 +47,19 @@ def test_defaults_fill_missing_keys():
 def test_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(MINIMAL))
-    cfg = load_config(str(path), [
-        "distill.tau=0.5",
-        "distill.alpha={name: linear, start: 1.0, end: 0.0}",
-        "data.streams.0.proportion=0.7",
-        "data.streams[1]={uri: s3://b/x, proportion: 0.3}",
-        "run.loggers=[console, file, tensorboard]",
-        "run.save_folder=s3://bucket/ckpt",
-        "model.hf_config.hidden_size=64",
-        "data.local_cache=null",
-    ])
+    cfg = load_config(
+        str(path),
+        [
+            "distill.tau=0.5",
+            "distill.alpha={name: linear, start: 1.0, end: 0.0}",
+            "data.streams.0.proportion=0.7",
+            "data.streams[1]={uri: s3://b/x, proportion: 0.3}",
+            "run.loggers=[console, file, tensorboard]",
+            "run.save_folder=s3://bucket/ckpt",
+            "model.hf_config.hidden_size=64",
+            "data.local_cache=null",
+        ],
+    )
     assert cfg.distill.tau == 0.5 and cfg.distill.alpha_schedule()(1.0) == 0.0
     assert [s.uri for s in cfg.data.streams] == ["/tmp/ds", "s3://b/x"]
     assert cfg.data.streams[0].proportion == 0.7
@@ -142,7 +146,7 @@ def test_exponent_floats_without_a_dot_are_numbers():
 
 def test_lr_schedule_is_a_tagged_union():
     """Each LR schedule takes its own keys; a section without a name is WSD (as before)."""
-    from trainer.config import ConstantLR, CosineLR, WSDLR
+    from trainer.config import WSDLR, ConstantLR, CosineLR
 
     assert isinstance(load_config("pd_vanilla").scheduler, CosineLR)
     wsd = load_config("pd_best", ["scheduler={alpha_f: 0.5}"]).scheduler

@@ -1,5 +1,6 @@
 """Settings on the command line: flags and --help generated from the typed configs, one ConfigError,
 our error types as messages and anything else as a traceback, damaged shards found by type."""
+
 from __future__ import annotations
 
 import glob
@@ -14,8 +15,8 @@ pytest.importorskip("streaming")
 sys.path.insert(0, os.path.dirname(__file__))
 from unwritable import sysfs_folder  # noqa: E402
 
-
 # -- pdistill train ------------------------------------------------------------------------------
+
 
 def test_train_help_lists_every_setting_from_the_fields(capsys):
     from schemas.settings import leaf_settings
@@ -27,8 +28,17 @@ def test_train_help_lists_every_setting_from_the_fields(capsys):
     assert done.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     keys = [st.key for st in leaf_settings(TrainConfig)]
-    assert {"data.streams", "distill.alpha", "distill.alpha.peak", "distill.alpha.name", "distill.tau",
-            "scheduler", "scheduler.t_decay", "run.allow_changed", "model.hf_config"} <= set(keys)
+    assert {
+        "data.streams",
+        "distill.alpha",
+        "distill.alpha.peak",
+        "distill.alpha.name",
+        "distill.tau",
+        "scheduler",
+        "scheduler.t_decay",
+        "run.allow_changed",
+        "model.hf_config",
+    } <= set(keys)
     for key in keys:
         assert f"--{key} VALUE" in text, key
     assert "temperature of the teacher" in text and "default 2.0" in text  # distill.tau's help and default
@@ -40,21 +50,40 @@ def test_train_flags_are_overrides_and_win(capsys):
 
     from trainer.cli import main
 
-    assert main(["pd_best", "--print-config", "distill.tau=3", "--distill.tau", "1.5",
-                 "--data.streams", "[{uri: s3://b/ds, proportion: 1.0}]", "--distill.alpha",
-                 "{name: constant, value: 0.5}"]) == 0
+    assert (
+        main(
+            [
+                "pd_best",
+                "--print-config",
+                "distill.tau=3",
+                "--distill.tau",
+                "1.5",
+                "--data.streams",
+                "[{uri: s3://b/ds, proportion: 1.0}]",
+                "--distill.alpha",
+                "{name: constant, value: 0.5}",
+            ]
+        )
+        == 0
+    )
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["distill"]["tau"] == 1.5 and cfg["data"]["streams"][0]["uri"] == "s3://b/ds"
     assert cfg["distill"]["alpha"] == {"name": "constant", "value": 0.5}
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--distill.tau", "hot"], "distill.tau: expected a number, got 'hot'"),
-    (["--distill.alpha", "{name: wsd, peak: 1.5}"], "distill.alpha.peak: must be <= 1.0, got 1.5"),
-    (["--distill.alpha", "{name: step}"], "distill.alpha.name: must be one of 'constant', 'linear'"),
-    (["--data.streams", "[{uri: a, colour: red}]"], "data.streams[0].colour: unknown key (known here: choose, local"),
-    (["--run.autoresume", "true"], "run.save_folder: required when run.autoresume is true"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--distill.tau", "hot"], "distill.tau: expected a number, got 'hot'"),
+        (["--distill.alpha", "{name: wsd, peak: 1.5}"], "distill.alpha.peak: must be <= 1.0, got 1.5"),
+        (["--distill.alpha", "{name: step}"], "distill.alpha.name: must be one of 'constant', 'linear'"),
+        (
+            ["--data.streams", "[{uri: a, colour: red}]"],
+            "data.streams[0].colour: unknown key (known here: choose, local",
+        ),
+        (["--run.autoresume", "true"], "run.save_folder: required when run.autoresume is true"),
+    ],
+)
 def test_train_bad_flag_names_the_dotted_key(capsys, argv, message):
     from trainer.cli import main
 
@@ -62,13 +91,19 @@ def test_train_bad_flag_names_the_dotted_key(capsys, argv, message):
     assert f"pdistill train: config error: {message}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case, reason", [
-    ("missing", "config file not found"),
-    ("folder", "cannot read it as a config (Is a directory)"),
-    ("not-yaml", "cannot read it as a config (not valid YAML: expected ',' or ']', but got '<stream end>' at line 2"),
-    ("binary", "cannot read it as a config (not UTF-8 text"),
-    ("bad-override", "distill.tau: cannot parse override value '[1' (not valid YAML: expected ',' or ']'"),
-])
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("missing", "config file not found"),
+        ("folder", "cannot read it as a config (Is a directory)"),
+        (
+            "not-yaml",
+            "cannot read it as a config (not valid YAML: expected ',' or ']', but got '<stream end>' at line 2",
+        ),
+        ("binary", "cannot read it as a config (not UTF-8 text"),
+        ("bad-override", "distill.tau: cannot parse override value '[1' (not valid YAML: expected ',' or ']'"),
+    ],
+)
 def test_train_unreadable_config_is_one_line(tmp_path, capsys, case, reason):
     from trainer.cli import main
 
@@ -78,7 +113,9 @@ def test_train_unreadable_config_is_one_line(tmp_path, capsys, case, reason):
     path = "pd_best" if case == "bad-override" else str(tmp_path / case)
     assert main([path, "--print-config"] + (["distill.tau=[1"] if case == "bad-override" else [])) == 2
     err = capsys.readouterr().err
-    assert err.startswith("pdistill train: config error: ") and reason in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("pdistill train: config error: ") and reason in err and len(err.strip().splitlines()) == 1, (
+        err
+    )
 
 
 def test_train_bug_is_a_traceback(monkeypatch):
@@ -96,6 +133,7 @@ def test_train_bug_is_a_traceback(monkeypatch):
 
 # -- pdistill logits -----------------------------------------------------------------------------
 
+
 def test_logits_flags_cover_every_setting_and_keep_their_names():
     from pipelines.cli import config_from_args, parser
     from pipelines.config import PipelineConfig
@@ -104,39 +142,85 @@ def test_logits_flags_cover_every_setting_and_keep_their_names():
     dests = {a.dest for a in ap._actions}
     assert set(PipelineConfig.model_fields) - {"runner_config"} <= dests
     help_text = ap.format_help()
-    for flag in ("--input", "--text-column", "--seq-len", "--top-p", "--codec-params", "--add-bos", "--no-add-bos",
-                 "--runner-config", "--direct-running-mode", "--share-model", "--progress", "--no-progress"):
+    for flag in (
+        "--input",
+        "--text-column",
+        "--seq-len",
+        "--top-p",
+        "--codec-params",
+        "--add-bos",
+        "--no-add-bos",
+        "--runner-config",
+        "--direct-running-mode",
+        "--share-model",
+        "--progress",
+        "--no-progress",
+    ):
         assert flag in help_text, flag
-    args, extra = ap.parse_known_args(["--input", "a.jsonl", "--input", "b.jsonl,c.jsonl", "--teacher", "t", "--output",
-                                       "o", "--codec-params", '{"step": 0.125}', "--codec", "compact", "--share-model",
-                                       "false", "--top-p", "0.9", "--no-progress", "--project=x"])
+    args, extra = ap.parse_known_args(
+        [
+            "--input",
+            "a.jsonl",
+            "--input",
+            "b.jsonl,c.jsonl",
+            "--teacher",
+            "t",
+            "--output",
+            "o",
+            "--codec-params",
+            '{"step": 0.125}',
+            "--codec",
+            "compact",
+            "--share-model",
+            "false",
+            "--top-p",
+            "0.9",
+            "--no-progress",
+            "--project=x",
+        ]
+    )
     c = config_from_args(args)
     assert c.inputs == ["a.jsonl", "b.jsonl", "c.jsonl"] and c.share_model is False and c.top_p == 0.9
     assert c.codec_params == {"step": 0.125} and c.progress is False and extra == ["--project=x"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--top-p", "1.5"], "setting 'top_p': must be <= 1.0, got 1.5"),
-    (["--selection", "greedy"], "setting 'selection': input should be 'top_p_k' or 'sample', got 'greedy'"),
-    (["--device", "tpu"], "setting 'device': must be auto|cpu|cuda, got 'tpu'"),
-    (["--codec", "zip"], "setting 'codec': unknown codec 'zip'"),
-    (["--runner", "dask"], "DaskRunner is not supported"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--top-p", "1.5"], "setting 'top_p': must be <= 1.0, got 1.5"),
+        (["--selection", "greedy"], "setting 'selection': input should be 'top_p_k' or 'sample', got 'greedy'"),
+        (["--device", "tpu"], "setting 'device': must be auto|cpu|cuda, got 'tpu'"),
+        (["--codec", "zip"], "setting 'codec': unknown codec 'zip'"),
+        (["--runner", "dask"], "DaskRunner is not supported"),
+    ],
+)
 def test_logits_bad_settings_are_one_line(tmp_path, capsys, argv, message):
     from pipelines.cli import main
 
     lake = tmp_path / "lake"
     lake.mkdir()
     (lake / "a.jsonl").write_text('{"text": "x"}\n')
-    rc = main(["--input", str(lake / "a.jsonl"), "--teacher", str(tmp_path / "t"), "--output", str(tmp_path / "o"),
-               *argv])
+    rc = main(
+        ["--input", str(lake / "a.jsonl"), "--teacher", str(tmp_path / "t"), "--output", str(tmp_path / "o"), *argv]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("pdistill logits: error: ") and message in err and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("case", ["config-missing", "config-folder", "config-not-yaml", "config-binary",
-                                  "runner-config-missing", "runner-config-folder", "report-under-a-file",
-                                  "report-is-a-folder", "report-read-only"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "config-missing",
+        "config-folder",
+        "config-not-yaml",
+        "config-binary",
+        "runner-config-missing",
+        "runner-config-folder",
+        "report-under-a-file",
+        "report-is-a-folder",
+        "report-read-only",
+    ],
+)
 def test_logits_unusable_files_are_one_line_naming_them(tmp_path, capsys, case):
     """A --config / --runner-config that cannot be read and a --report-json that cannot be written
     are one line naming the flag and the file (exit 2) before anything is written: no traceback,
@@ -154,13 +238,20 @@ def test_logits_unusable_files_are_one_line_naming_them(tmp_path, capsys, case):
     flag, path, reason = {
         "config-missing": ("--config", missing, "cannot read it (No such file or directory)"),
         "config-folder": ("--config", str(tmp_path / "folder"), "cannot read it (Is a directory)"),
-        "config-not-yaml": ("--config", str(tmp_path / "bad.yaml"), "a config file must be YAML (not valid YAML: "
-                            "expected ',' or ']', but got '<stream end>' at line 2, column 1)"),
+        "config-not-yaml": (
+            "--config",
+            str(tmp_path / "bad.yaml"),
+            "a config file must be YAML (not valid YAML: "
+            "expected ',' or ']', but got '<stream end>' at line 2, column 1)",
+        ),
         "config-binary": ("--config", str(tmp_path / "binary.yaml"), "a config file must be YAML (not UTF-8 text"),
         "runner-config-missing": ("--runner-config", missing, "cannot read it (No such file or directory)"),
         "runner-config-folder": ("--runner-config", str(tmp_path / "folder"), "cannot read it (Is a directory)"),
-        "report-under-a-file": ("--report-json", str(tmp_path / "plain" / "r.json"),
-                                f"cannot write to it (Not a directory: {tmp_path / 'plain'} is a file)"),
+        "report-under-a-file": (
+            "--report-json",
+            str(tmp_path / "plain" / "r.json"),
+            f"cannot write to it (Not a directory: {tmp_path / 'plain'} is a file)",
+        ),
         "report-is-a-folder": ("--report-json", str(tmp_path / "folder"), "cannot write to it (Is a directory"),
         "report-read-only": ("--report-json", None, ": /sys)"),  # the OS says why (EPERM or EROFS)
     }[case]
@@ -216,6 +307,7 @@ def test_logits_bug_is_a_traceback(monkeypatch, capsys):
 
 # -- one error type ------------------------------------------------------------------------------
 
+
 def test_one_config_error_for_the_product():
     import pipelines.config
     import trainer.config
@@ -233,13 +325,18 @@ def test_one_config_error_for_the_product():
 
 # -- damaged shards are CorruptDataset by type, whatever streaming's message -------------------
 
-@pytest.mark.parametrize("validate_hash, compression, expect", [
-    ("xxh3_64", "zstd", "does not match the xxh3_64 hash"),
-    (None, "zstd", "does not decompress"),
-    ("xxh3_64", None, "does not match the xxh3_64 hash"),  # an uncompressed shard
-])
+
+@pytest.mark.parametrize(
+    "validate_hash, compression, expect",
+    [
+        ("xxh3_64", "zstd", "does not match the xxh3_64 hash"),
+        (None, "zstd", "does not decompress"),
+        ("xxh3_64", None, "does not match the xxh3_64 hash"),  # an uncompressed shard
+    ],
+)
 def test_damaged_shard_after_preflight_is_corrupt_dataset(tmp_path, validate_hash, compression, expect):
     from make_dataset import make_tokenizer, write_dataset
+
     from schemas.errors import CorruptDataset
     from trainer.config import DataConfig
     from trainer.data import DistillDataset
@@ -263,9 +360,10 @@ def test_validated_shards_are_hashed_once(tmp_path, monkeypatch, compression):
     CheckedStream checks it and streaming does not check it again (a second pass over every byte
     of the dataset on every rank otherwise)."""
     import streaming.base.stream
-    import trainer.checked_stream
     from make_dataset import make_tokenizer, write_dataset
     from streaming.base.hashing import get_hash
+
+    import trainer.checked_stream
     from trainer.config import DataConfig
     from trainer.data import DistillDataset
 
@@ -279,8 +377,9 @@ def test_validated_shards_are_hashed_once(tmp_path, monkeypatch, compression):
 
     monkeypatch.setattr(trainer.checked_stream, "get_hash", counting_get_hash)
     monkeypatch.setattr(streaming.base.stream, "get_hash", counting_get_hash)
-    reader = DistillDataset(DataConfig.of(str(ds), shuffle=False, validate_hash="xxh3_64"), batch_size=2,
-                            cache_dir=str(tmp_path / "cache"))  # its preflight reads a first shard
+    reader = DistillDataset(
+        DataConfig.of(str(ds), shuffle=False, validate_hash="xxh3_64"), batch_size=2, cache_dir=str(tmp_path / "cache")
+    )  # its preflight reads a first shard
     for i in range(len(reader)):
         reader.raw(i)
     suffix = ".mds.zstd" if compression else ".mds"

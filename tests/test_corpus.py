@@ -1,4 +1,5 @@
 """The demo corpus: real stdlib prose, a deterministic document-level split, Parquet + fingerprint."""
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@
 The datasets here are laid out by tests/make_dataset.py, which writes the documented layout by
 hand: an independent oracle for what DatasetDir builds and reads.
 """
+
 import json
 import os
 import shutil
@@ -35,9 +36,12 @@ def test_root_index_and_manifest_are_what_the_documented_layout_holds(dataset):
     assert d.read_manifest() == info["manifest"]
     v = d.verify()
     assert v.whole and v.shards_checked == len(d.read_index()["shards"])
-    assert d.stored_bytes() == sum(os.path.getsize(os.path.join(out, "parts", u, n))
-                                   for u in units for n in os.listdir(os.path.join(out, "parts", u))
-                                   if n.startswith("shard."))
+    assert d.stored_bytes() == sum(
+        os.path.getsize(os.path.join(out, "parts", u, n))
+        for u in units
+        for n in os.listdir(os.path.join(out, "parts", u))
+        if n.startswith("shard.")
+    )
 
 
 def test_publishing_writes_the_same_bytes_a_reader_expects(dataset, tmp_path):

@@ -1,4 +1,5 @@
 """`pdistill demo --tiny`: the real teacher, the real pipeline and trainer, end to end (slow)."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ import sys
 import pytest
 
 from schemas.codec import DEFAULT_CODEC
-
 
 REPORT_FIELDS = [
     "held-out LM loss: teacher",
@@ -44,8 +44,9 @@ def test_demo_tiny_end_to_end(tmp_path, real_teacher):
     # the teacher stage reuses a finished import (its marker); tests/test_teacher_import.py covers
     # the import itself on the same session-wide checkpoint
     shutil.copytree(real_teacher[0], lake / "teacher")
-    proc = subprocess.run([sys.executable, "-m", "pdistill.cli", "demo", "--tiny", "--lake", str(lake)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pdistill.cli", "demo", "--tiny", "--lake", str(lake)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
     # the manifests' counts reconcile (every document is packed or dead-lettered)
@@ -95,18 +96,24 @@ def test_demo_tiny_end_to_end(tmp_path, real_teacher):
     assert stages["alpha"][0] == [1, 0.0] and max(a for _, a in stages["alpha"]) == pytest.approx(0.9)
 
     # a re-run reuses every finished stage
-    proc2 = subprocess.run([sys.executable, "-m", "pdistill.cli", "demo", "--tiny", "--lake", str(lake)],
-                           capture_output=True, text=True)
+    proc2 = subprocess.run(
+        [sys.executable, "-m", "pdistill.cli", "demo", "--tiny", "--lake", str(lake)], capture_output=True, text=True
+    )
     assert proc2.returncode == 0, proc2.stdout[-4000:] + proc2.stderr[-4000:]
     for name in ("corpus", "teacher", "logits", "heldout", "measure", "baseline", "distilled", "vanilla", "seed2"):
         assert f"{name}: finished earlier" in proc2.stdout, name
 
     # bench.recipes --quick on the same lake: one teacher pass (the demo's stages, reused), 3 recipes
-    proc3 = subprocess.run([sys.executable, "-m", "bench.recipes", "--quick", "--lake", str(lake)],
-                           capture_output=True, text=True)
+    proc3 = subprocess.run(
+        [sys.executable, "-m", "bench.recipes", "--quick", "--lake", str(lake)], capture_output=True, text=True
+    )
     assert proc3.returncode == 0, proc3.stdout[-4000:] + proc3.stderr[-4000:]
     assert "logits: finished earlier" in proc3.stdout
     res = json.loads((lake / "recipes" / "results.json").read_text())
-    assert sorted(r["name"] for r in res["rows"]) == ["LM-only", "PD* as shipped (pd_best)", "vanilla PD (NLL, tau 1, alpha 1)"]
+    assert sorted(r["name"] for r in res["rows"]) == [
+        "LM-only",
+        "PD* as shipped (pd_best)",
+        "vanilla PD (NLL, tau 1, alpha 1)",
+    ]
     assert all(math.isfinite(r["mean"]) for r in res["rows"]) and "| LM-only | 1 |" in proc3.stdout
     assert (lake / "recipes" / "recipes.png").stat().st_size > 1000

@@ -7,6 +7,7 @@ SIGKILL to that process at the chosen point, so no exception handler, `finally` 
 The re-run is the same command (in this process). Each case prints one row of the README's
 fault-matrix table: | case | where killed | recovered | lost |.
 """
+
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ pytest.importorskip("apache_beam")
 pytest.importorskip("streaming")
 
 from fixtures_models import make_texts  # noqa: E402
+
 from pipelines.config import PipelineConfig  # noqa: E402
 from pipelines.job import run  # noqa: E402
 from schemas import Manifest  # noqa: E402
@@ -29,16 +31,26 @@ FLAGS = dict(seq_len=32, top_p=0.9, top_k=16, bytes_per_unit=1200)
 
 # case -> (where killed, the faults spec; units are picked from the clean run's sorted unit names)
 CASES = {
-    "before the first part": ("after the output is claimed, at the first unit's read (nothing published)",
-                              lambda units: {"stage": "read", "units": "*"}),
-    "mid-part": ("after a part's first shard is copied, before its stats and index",
-                 lambda units: {"stage": "upload", "units": [units[len(units) // 2]]}),
-    "inside a shard write": ("a part's first shard written to its temp file, not yet renamed (orphan temp file left)",
-                             lambda units: {"stage": "write", "units": [units[len(units) // 2]]}),
-    "between parts": ("before a later part is written (earlier parts published)",
-                      lambda units: {"stage": "sink", "units": [units[-1]]}),
-    "during publish": ("after the root index.json, before manifest.json",
-                       lambda units: {"stage": "publish", "units": ["root"]}),
+    "before the first part": (
+        "after the output is claimed, at the first unit's read (nothing published)",
+        lambda units: {"stage": "read", "units": "*"},
+    ),
+    "mid-part": (
+        "after a part's first shard is copied, before its stats and index",
+        lambda units: {"stage": "upload", "units": [units[len(units) // 2]]},
+    ),
+    "inside a shard write": (
+        "a part's first shard written to its temp file, not yet renamed (orphan temp file left)",
+        lambda units: {"stage": "write", "units": [units[len(units) // 2]]},
+    ),
+    "between parts": (
+        "before a later part is written (earlier parts published)",
+        lambda units: {"stage": "sink", "units": [units[-1]]},
+    ),
+    "during publish": (
+        "after the root index.json, before manifest.json",
+        lambda units: {"stage": "publish", "units": ["root"]},
+    ),
 }
 
 
@@ -53,13 +65,17 @@ def lake(tmp_path_factory):
 
 def digest(out):
     out = str(out)
-    return {os.path.relpath(os.path.join(r, f), out): hashlib.sha256(open(os.path.join(r, f), "rb").read()).hexdigest()
-            for r, _, fs in os.walk(out) for f in fs}
+    return {
+        os.path.relpath(os.path.join(r, f), out): hashlib.sha256(open(os.path.join(r, f), "rb").read()).hexdigest()
+        for r, _, fs in os.walk(out)
+        for f in fs
+    }
 
 
 def config(lake, teacher, out):
-    return PipelineConfig(inputs=[os.path.join(lake, "*.jsonl")], teacher=teacher, output=str(out), progress=False,
-                          **FLAGS)
+    return PipelineConfig(
+        inputs=[os.path.join(lake, "*.jsonl")], teacher=teacher, output=str(out), progress=False, **FLAGS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +88,25 @@ def clean(lake, tiny_teacher, tmp_path_factory):
 
 
 def killed_command(lake, teacher, out, fault):
-    argv = [sys.executable, "-m", "pdistill.cli", "logits", "--input", os.path.join(lake, "*.jsonl"),
-            "--teacher", teacher, "--output", str(out), "--no-progress"]
+    argv = [
+        sys.executable,
+        "-m",
+        "pdistill.cli",
+        "logits",
+        "--input",
+        os.path.join(lake, "*.jsonl"),
+        "--teacher",
+        teacher,
+        "--output",
+        str(out),
+        "--no-progress",
+    ]
     argv += [f"--{k.replace('_', '-')}={v}" for k, v in FLAGS.items()]
-    env = {**os.environ, "PDISTILL_TEST_FAULTS": json.dumps({**fault, "mode": "kill"}),
-           "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        "PDISTILL_TEST_FAULTS": json.dumps({**fault, "mode": "kill"}),
+        "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
+    }
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -96,7 +126,8 @@ def test_killed_pipeline_resumes_to_the_clean_dataset(case, clean, lake, tiny_te
     if case == "inside a shard write":
         victim = fault(clean["units"])["units"][0]
         assert [k for k in left if k.startswith(f"parts/{victim}/")] and all(
-            ".tmp-" in k for k in left if k.startswith(f"parts/{victim}/"))  # only the orphan
+            ".tmp-" in k for k in left if k.startswith(f"parts/{victim}/")
+        )  # only the orphan
     if case == "during publish":
         assert "index.json" in left and published_before == set(clean["units"])
 
@@ -107,8 +138,10 @@ def test_killed_pipeline_resumes_to_the_clean_dataset(case, clean, lake, tiny_te
     m = Manifest.from_json((out / "manifest.json").read_text())
     lost = clean["manifest"].counts.documents - m.counts.packed_documents - m.counts.dead_letters
     assert lost == 0 and m.counts == clean["manifest"].counts
-    print(f"\n| {case} | {where} | yes: byte-identical, {report.computed_units}/{len(clean['units'])} parts recomputed "
-          f"| {lost} |")
+    print(
+        f"\n| {case} | {where} | yes: byte-identical, {report.computed_units}/{len(clean['units'])} parts recomputed "
+        f"| {lost} |"
+    )
 
 
 def remote_digest(uri):
@@ -117,7 +150,7 @@ def remote_digest(uri):
     fs, path = storage.fs_and_path(uri)
     fs.invalidate_cache()
     root = path.rstrip("/")
-    return {p[len(root) + 1:]: hashlib.sha256(fs.cat_file(p)).hexdigest() for p in fs.find(root)}
+    return {p[len(root) + 1 :]: hashlib.sha256(fs.cat_file(p)).hexdigest() for p in fs.find(root)}
 
 
 @pytest.mark.slow
@@ -136,5 +169,7 @@ def test_killed_mid_part_on_s3_resumes_to_the_clean_dataset(clean, lake, tiny_te
     report = run(config(lake, tiny_teacher, out))
     assert 0 < report.computed_units < len(clean["units"])
     assert remote_digest(out) == clean["digest"]
-    print(f"\n| mid-part, output on S3 (moto) | {CASES['mid-part'][0]} | yes: byte-identical, "
-          f"{report.computed_units}/{len(clean['units'])} parts recomputed | 0 |")
+    print(
+        f"\n| mid-part, output on S3 (moto) | {CASES['mid-part'][0]} | yes: byte-identical, "
+        f"{report.computed_units}/{len(clean['units'])} parts recomputed | 0 |"
+    )

@@ -6,6 +6,7 @@ result must equal an uninterrupted run in deterministic CPU mode: the same final
 bit, and the same samples and losses at every step; what a kill loses is the steps since the last
 checkpoint, which are recomputed (never skipped, never applied twice).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,15 +32,30 @@ def train_subprocess(cfg_path, workdir, kill=None):
     env.pop("PDISTILL_TEST_KILL", None)
     if kill:
         env["PDISTILL_TEST_KILL"] = json.dumps({"point": kill[0], "batch": kill[1]})
-    return subprocess.run([sys.executable, "-m", "trainer", str(cfg_path)], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", str(cfg_path)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def setup_run(lake, folder):
     import yaml
 
-    raw = base_cfg(lake, folder, run={"save_folder": str(folder / "ckpt"), "run_name": "fm", "autoresume": True,
-                                      "save_interval": "2ba", "max_duration": "8ba"})
+    raw = base_cfg(
+        lake,
+        folder,
+        run={
+            "save_folder": str(folder / "ckpt"),
+            "run_name": "fm",
+            "autoresume": True,
+            "save_interval": "2ba",
+            "max_duration": "8ba",
+        },
+    )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "cfg.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -105,7 +121,11 @@ def test_recover_checkpoints_after_a_kill_between_save_and_symlink(tmp_path, lat
         os.symlink(latest, tmp_path / "latest-rank0.pt")
     actions = recover_checkpoints(str(tmp_path))
     assert os.readlink(tmp_path / "latest-rank0.pt") == "ep0-ba4-rank0.pt"
-    assert sorted(os.listdir(tmp_path)) == ["ep0-ba2-rank0.pt", "ep0-ba4-rank0.pt", "ep0-ba6-rank0.pt.torn",
-                                            "latest-rank0.pt"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "ep0-ba2-rank0.pt",
+        "ep0-ba4-rank0.pt",
+        "ep0-ba6-rank0.pt.torn",
+        "latest-rank0.pt",
+    ]
     assert actions[0].startswith("ep0-ba6-rank0.pt: torn")
     assert recover_checkpoints(str(tmp_path)) == []  # nothing left to do

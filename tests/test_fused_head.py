@@ -3,6 +3,7 @@ against the unfused path (`distill_loss` on the materialised logits h W^T + b), 
 allocation count that shows no [B, T, V] tensor, and the model wiring (`DistillationModel` with
 distill.fused_head): losses, gradients, eval metrics, live teacher, refusals, DDP with a tied head.
 """
+
 from __future__ import annotations
 
 import os
@@ -113,7 +114,10 @@ def test_gradcheck_each_support(support, tail):
     leaves = tuple(x.clone().requires_grad_(True) for x in (hidden, weight, bias))
     assert torch.autograd.gradcheck(
         lambda h, w, b: distill_loss_from_hidden(h, w, b, labels, teacher, spec, alpha=0.6).loss,
-        leaves, eps=1e-6, atol=1e-6)
+        leaves,
+        eps=1e-6,
+        atol=1e-6,
+    )
 
 
 def test_retained_graph_and_upstream_scale():
@@ -157,7 +161,7 @@ class _LargestTensor(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+        for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
                 self.largest = max(self.largest, t.numel())
         return out
@@ -192,9 +196,8 @@ V_MODEL = 64
 
 
 def _student(tied: bool, seed: int = 0):
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
     from make_dataset import tiny_llama_config
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     cfg = tiny_llama_config(V_MODEL, hidden=16, layers=1)
     cfg.pop("model_type")
@@ -213,9 +216,19 @@ def _batch(b=3, t=7, k=3, seed=2):
     t_mask = attn.bool()[..., None].expand(b, t, k).clone()
     t_mask[0, 2] = False  # a real token without teacher entries
     t_logp = torch.where(t_mask, torch.log_softmax(torch.randn(b, t, k, generator=g), -1), torch.tensor(float("-inf")))
-    t_tail = torch.where(attn.bool(), torch.log(torch.rand(b, t, generator=g) * 0.3 + 0.01), torch.tensor(float("-inf")))
-    return {"input_ids": ids, "attention_mask": attn, "labels": labels, "teacher_ids": t_ids, "teacher_logp": t_logp,
-            "teacher_mask": t_mask, "teacher_log_tail": t_tail, "position_mask": attn.bool() & t_mask.any(-1)}
+    t_tail = torch.where(
+        attn.bool(), torch.log(torch.rand(b, t, generator=g) * 0.3 + 0.01), torch.tensor(float("-inf"))
+    )
+    return {
+        "input_ids": ids,
+        "attention_mask": attn,
+        "labels": labels,
+        "teacher_ids": t_ids,
+        "teacher_logp": t_logp,
+        "teacher_mask": t_mask,
+        "teacher_log_tail": t_tail,
+        "position_mask": attn.bool() & t_mask.any(-1),
+    }
 
 
 def _model(fused: bool, tied: bool, mode="offline", **kw):
@@ -223,14 +236,21 @@ def _model(fused: bool, tied: bool, mode="offline", **kw):
     from trainer.model import DistillationModel
 
     teacher = _student(False, seed=9) if mode == "live" else None
-    distill = DistillConfig(mode=mode, teacher="live-teacher" if mode == "live" else None, fused_head=fused,
-                            chunk_size=5, top_k=4, **kw)
+    distill = DistillConfig(
+        mode=mode, teacher="live-teacher" if mode == "live" else None, fused_head=fused, chunk_size=5, top_k=4, **kw
+    )
     return DistillationModel(_student(tied), distill, teacher, alpha=0.0 if mode == "none" else 0.8)
 
 
-@pytest.mark.parametrize("mode,tied,kind,support", [("offline", True, "forward_kl", "split"),
-                                                    ("offline", False, "reverse_kl", "full"),
-                                                    ("live", True, "mse", "kept"), ("none", True, "forward_kl", "split")])
+@pytest.mark.parametrize(
+    "mode,tied,kind,support",
+    [
+        ("offline", True, "forward_kl", "split"),
+        ("offline", False, "reverse_kl", "full"),
+        ("live", True, "mse", "kept"),
+        ("none", True, "forward_kl", "split"),
+    ],
+)
 def test_model_fused_equals_unfused(mode, tied, kind, support):
     """The same student through DistillationModel with fused_head true and false: losses (total, lm,
     kd) and every parameter's gradient agree (float32); the fused forward returns [B, T, H]."""
@@ -314,8 +334,18 @@ def _launch_two_ranks(tmp_path, head: str) -> dict:
     out = tmp_path / f"{head}.pt"
     env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     composer = os.path.join(os.path.dirname(sys.executable), "composer")
-    cmd = [composer, "-n", "2", "--master_port", str(port), os.path.join(os.path.dirname(__file__), "dist_loss_worker.py"),
-           str(out), "split", "ddp", head]
+    cmd = [
+        composer,
+        "-n",
+        "2",
+        "--master_port",
+        str(port),
+        os.path.join(os.path.dirname(__file__), "dist_loss_worker.py"),
+        str(out),
+        "split",
+        "ddp",
+        head,
+    ]
     p = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return torch.load(out)
@@ -332,6 +362,8 @@ def test_two_processes_tied_head(tmp_path):
     model.loss(model(batch), batch)["total"].backward()
     single = {n: p.grad.clone() for n, p in model.named_parameters()}
     got = _launch_two_ranks(tmp_path, "fused-tied")
-    assert "student.decoder.emb.weight" in got["grads"] and "student.out.weight" not in got["grads"]  # one tied parameter
+    assert (
+        "student.decoder.emb.weight" in got["grads"] and "student.out.weight" not in got["grads"]
+    )  # one tied parameter
     for n, g in single.items():
         torch.testing.assert_close(got["grads"][n], g, rtol=1e-5, atol=1e-7)

@@ -5,6 +5,7 @@ Every document read ends up packed or in dead_letter/ (a record counts for the d
 for); the manifest's counts reconcile in total and per source, and flags each source that was not
 read to its end.
 """
+
 import gzip
 import http.server
 import json
@@ -17,14 +18,24 @@ pytest.importorskip("apache_beam")
 pytest.importorskip("streaming")
 
 from fixtures_models import make_texts  # noqa: E402
+
 from pipelines.config import PipelineConfig  # noqa: E402
 from pipelines.job import run  # noqa: E402
 from schemas import Manifest  # noqa: E402
 
 
 def config(inputs, out, teacher, **kw) -> PipelineConfig:
-    base = dict(inputs=inputs, teacher=teacher, output=str(out), seq_len=32, top_p=0.9, top_k=8, batch_size=4,
-                rows_per_unit=4, progress=False)
+    base = dict(
+        inputs=inputs,
+        teacher=teacher,
+        output=str(out),
+        seq_len=32,
+        top_p=0.9,
+        top_k=8,
+        batch_size=4,
+        rows_per_unit=4,
+        progress=False,
+    )
     return PipelineConfig(**{**base, **kw})
 
 
@@ -34,7 +45,11 @@ def jsonl(texts) -> bytes:
 
 def dead_letters(out) -> list[dict]:
     d = os.path.join(out, "dead_letter")
-    return [json.loads(line) for f in sorted(os.listdir(d)) for line in open(os.path.join(d, f))] if os.path.isdir(d) else []
+    return (
+        [json.loads(line) for f in sorted(os.listdir(d)) for line in open(os.path.join(d, f))]
+        if os.path.isdir(d)
+        else []
+    )
 
 
 def manifest(out) -> Manifest:
@@ -88,14 +103,18 @@ def test_truncated_streams_are_dead_lettered_and_flagged(tiny_teacher, tmp_path)
         assert s.documents == s.dead_letters == d["documents"]
     # the gzip stream decodes progressively: the lines read before the cut are counted, not packed
     c = by_name["c_cut60.jsonl.gz"]
-    assert 0 < c.documents < 600 and c.documents == body[: [d for d in dead if "c_cut60" in d["file"]][0]
-                                                          ["position"]["decoded_bytes"]].count(b"\n")
+    assert 0 < c.documents < 600 and c.documents == body[
+        : [d for d in dead if "c_cut60" in d["file"]][0]["position"]["decoded_bytes"]
+    ].count(b"\n")
     assert by_name["d_cut.txt.zst"].documents == 1  # a text file is one document: counted, not "empty"
     # an uncompressed JSONL cut inside a record: its whole lines stand alone and are used, the cut
     # record is a dead letter and the file is flagged
     e = by_name["e_cut.jsonl"]
-    assert not e.complete and "looks truncated" in e.problem and (e.packed_documents, e.dead_letters) == (
-        plain[:cut_at].count(b"\n"), 1)
+    assert (
+        not e.complete
+        and "looks truncated" in e.problem
+        and (e.packed_documents, e.dead_letters) == (plain[:cut_at].count(b"\n"), 1)
+    )
     assert m.counts.packed_documents == 5 + e.packed_documents
 
 
@@ -106,8 +125,14 @@ def test_every_document_is_counted_and_poison_pills_are_dead_letters(tiny_teache
     lake = tmp_path / "lake"
     lake.mkdir()
     good = make_texts(6, seed=5)
-    lines = [json.dumps({"text": good[0]}), r'{"text": "lone \ud800 x"}', '{"text": 5}', '{"text": null}',
-             r'{"text": "pair \ud83d\ude00 is fine"}', json.dumps({"text": good[1]})]
+    lines = [
+        json.dumps({"text": good[0]}),
+        r'{"text": "lone \ud800 x"}',
+        '{"text": 5}',
+        '{"text": null}',
+        r'{"text": "pair \ud83d\ude00 is fine"}',
+        json.dumps({"text": good[1]}),
+    ]
     (lake / "a.jsonl").write_text("\n".join(lines) + "\n")
     pq.write_table(pa.table({"text": [f"row {i} " + good[2] for i in range(12)]}), lake / "b.parquet", row_group_size=4)
     raw = bytearray((lake / "b.parquet").read_bytes())  # corrupt row group 1 (rows 4..7)
@@ -124,9 +149,15 @@ def test_every_document_is_counted_and_poison_pills_are_dead_letters(tiny_teache
     m, dead = assert_reconciles(out)
     by_name = {os.path.basename(s.uri): s for s in m.sources}
     kinds = {(os.path.basename(d["file"]), d["kind"], d["documents"]) for d in dead}
-    assert kinds == {("a.jsonl", "invalid_unicode", 1), ("a.jsonl", "wrong_type", 1), ("a.jsonl", "missing_text", 1),
-                     ("b.parquet", "unreadable_row_group", 4), ("c.parquet", "missing_text", 7),
-                     ("d.parquet", "unreadable_file", 0), ("e_caf\\udce9.jsonl", "wrong_type", 1)}
+    assert kinds == {
+        ("a.jsonl", "invalid_unicode", 1),
+        ("a.jsonl", "wrong_type", 1),
+        ("a.jsonl", "missing_text", 1),
+        ("b.parquet", "unreadable_row_group", 4),
+        ("c.parquet", "missing_text", 7),
+        ("d.parquet", "unreadable_file", 0),
+        ("e_caf\\udce9.jsonl", "wrong_type", 1),
+    }
     (pill,) = [d for d in dead if d["kind"] == "invalid_unicode"]
     assert "U+D800" in pill["reason"] and pill["position"] == {"byte": len(lines[0]) + 1}
     assert (by_name["a.jsonl"].documents, by_name["a.jsonl"].packed_documents) == (6, 3)
@@ -148,8 +179,7 @@ def http_lake(tmp_path):
     """A real HTTP server over a folder (fsspec's HTTPFileSystem reads it); yields (base URL, folder)."""
     root = tmp_path / "www"
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             lambda *a, **kw: _Files(*a, directory=str(root), **kw))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **kw: _Files(*a, directory=str(root), **kw))
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     yield f"127.0.0.1:{server.server_address[1]}", root
@@ -167,11 +197,32 @@ def test_credentials_in_input_uris_are_never_persisted(tiny_teacher, tmp_path, h
     (root / "a.jsonl").write_bytes(jsonl(make_texts(4, seed=6)) + b'{"text": 7}\n')
     uri = f"http://reader:s3cr3t-pw@{host}/a.jsonl?X-Amz-Signature=SIGSECRET&token=TOKSECRET&v=2"
     out = tmp_path / "ds"
-    assert main(["--input", uri, "--teacher", tiny_teacher, "--output", str(out), "--format", "jsonl",
-                 "--seq-len", "32", "--top-k", "8", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--input",
+                uri,
+                "--teacher",
+                tiny_teacher,
+                "--output",
+                str(out),
+                "--format",
+                "jsonl",
+                "--seq-len",
+                "32",
+                "--top-k",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = "".join(capsys.readouterr()) + caplog.text
-    written = {os.path.relpath(os.path.join(r, f), out): open(os.path.join(r, f), "rb").read()
-               for r, _, fs in os.walk(out) for f in fs}
+    written = {
+        os.path.relpath(os.path.join(r, f), out): open(os.path.join(r, f), "rb").read()
+        for r, _, fs in os.walk(out)
+        for f in fs
+    }
     for secret in (b"s3cr3t-pw", b"SIGSECRET", b"TOKSECRET"):
         assert not [name for name, data in written.items() if secret in data], secret
         assert secret.decode() not in printed
@@ -182,12 +233,43 @@ def test_credentials_in_input_uris_are_never_persisted(tiny_teacher, tmp_path, h
     assert list(settings["source_versions"]) == [redacted]
     # a rotated signature or token is the same input: the re-run finds the dataset complete
     rotated = uri.replace("SIGSECRET", "SIG2").replace("TOKSECRET", "TOK2")
-    assert main(["--input", rotated, "--teacher", tiny_teacher, "--output", str(out), "--format", "jsonl",
-                 "--seq-len", "32", "--top-k", "8", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--input",
+                rotated,
+                "--teacher",
+                tiny_teacher,
+                "--output",
+                str(out),
+                "--format",
+                "jsonl",
+                "--seq-len",
+                "32",
+                "--top-k",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "already complete" in capsys.readouterr().out
     # a missing input's error names it without the secret
-    assert main(["--input", uri.replace("a.jsonl", "gone.jsonl"), "--teacher", tiny_teacher, "--output",
-                 str(tmp_path / "ds2"), "--format", "jsonl"]) == 2
+    assert (
+        main(
+            [
+                "--input",
+                uri.replace("a.jsonl", "gone.jsonl"),
+                "--teacher",
+                tiny_teacher,
+                "--output",
+                str(tmp_path / "ds2"),
+                "--format",
+                "jsonl",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "gone.jsonl" in err and "s3cr3t-pw" not in err and "TOKSECRET" not in err
     assert caplog.records and not [s for s in ("s3cr3t-pw", "SIGSECRET", "TOKSECRET") if s in caplog.text]
@@ -211,8 +293,23 @@ def test_a_forward_that_cannot_fit_in_memory_is_refused(tiny_teacher, tmp_path, 
     lake.write_bytes(jsonl(make_texts(3, seed=7)))
     out = tmp_path / "ds"
     # 2^24 x 512 x vocab 320 float32 logits = 10 TiB: refused before anything is written
-    assert main(["--input", str(lake), "--teacher", tiny_teacher, "--output", str(out), "--seq-len", "512",
-                 "--batch-size", str(1 << 24)]) == 2
+    assert (
+        main(
+            [
+                "--input",
+                str(lake),
+                "--teacher",
+                tiny_teacher,
+                "--output",
+                str(out),
+                "--seq-len",
+                "512",
+                "--batch-size",
+                str(1 << 24),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "'batch_size' 16777216 x 'seq_len' 512" in err and "GiB" in err and "logits 10240.00" in err
     assert not out.exists()
@@ -245,8 +342,9 @@ def test_a_sequence_the_teacher_cannot_score_is_a_dead_letter_not_a_failed_job(t
     texts = make_texts(30, seed=5)
     texts[17] = texts[17] + " ~ " + texts[3]
     (lake / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    common = dict(inputs=[str(lake / "*.jsonl")], seq_len=32, top_k=8, rows_per_unit=10, bytes_per_unit=1 << 20,
-                  progress=False)
+    common = dict(
+        inputs=[str(lake / "*.jsonl")], seq_len=32, top_k=8, rows_per_unit=10, bytes_per_unit=1 << 20, progress=False
+    )
     report = run(PipelineConfig(teacher=str(teacher), output=str(tmp_path / "ds"), **common))
     clean = run(PipelineConfig(teacher=tiny_teacher, output=str(tmp_path / "clean"), **common))
     c = Manifest.from_json((tmp_path / "ds" / "manifest.json").read_text()).counts
@@ -256,8 +354,11 @@ def test_a_sequence_the_teacher_cannot_score_is_a_dead_letter_not_a_failed_job(t
     assert c.sequences + c.unscored_sequences == ref.sequences
     assert c.tokens + c.unscored_tokens == ref.tokens
     assert c.reconciles() and (c.documents, c.packed_documents, c.dead_letters) == (30, 30, 0)
-    letters = [json.loads(line) for f in sorted((tmp_path / "ds" / "dead_letter").glob("*.jsonl"))
-               for line in f.read_text().splitlines()]
+    letters = [
+        json.loads(line)
+        for f in sorted((tmp_path / "ds" / "dead_letter").glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
     unscored = [d for d in letters if d["kind"] == "teacher_unscored"]
     assert len(unscored) == len(letters) == c.unscored_sequences
     assert sum(len(d["tokens"]) for d in unscored) == c.unscored_tokens

@@ -12,6 +12,7 @@ given reaches what we print or log, whoever wrote the text (issue 26, items 5, 7
 - `--device cuda` without a GPU, and `distill.alpha.peak=1.5` without an alpha section, are one line
   naming the setting and what is wrong.
 """
+
 import json
 import os
 import shutil
@@ -34,8 +35,22 @@ def jsonl(texts) -> bytes:
 
 
 def logits_args(lake, teacher, out, *extra) -> list[str]:
-    return ["--input", str(lake), "--teacher", str(teacher), "--output", str(out), "--format", "jsonl",
-            "--seq-len", "32", "--top-k", "8", "--no-progress", *extra]
+    return [
+        "--input",
+        str(lake),
+        "--teacher",
+        str(teacher),
+        "--output",
+        str(out),
+        "--format",
+        "jsonl",
+        "--seq-len",
+        "32",
+        "--top-k",
+        "8",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def one_line(err: str) -> str:
@@ -46,8 +61,10 @@ def one_line(err: str) -> str:
 
 # -- item 5: accepted when it should be refused -------------------------------------------------
 
+
 def test_a_tokenizer_other_than_the_teachers_is_refused(tiny_teacher, tmp_path, capsys):
     from make_dataset import make_tokenizer
+
     from pipelines.cli import main
 
     lake = tmp_path / "a.jsonl"
@@ -74,8 +91,12 @@ def test_special_token_strings_in_a_document_are_text(tiny_teacher, tmp_path):
 
     tok = load_tokenizer(tiny_teacher)
     eos, bos = tok.eos_token_id, tok.bos_token_id  # <|endoftext|> (the separator) and <|im_start|>
-    texts = ["A chat log: <|im_start|>user hello<|im_end|> done.", "Code prints '<|endoftext|>' here.",
-             "<|endoftext|><|endoftext|>", "plain river text."]
+    texts = [
+        "A chat log: <|im_start|>user hello<|im_end|> done.",
+        "Code prints '<|endoftext|>' here.",
+        "<|endoftext|><|endoftext|>",
+        "plain river text.",
+    ]
     lake = tmp_path / "a.jsonl"
     lake.write_bytes(jsonl(texts))
     out = tmp_path / "ds"
@@ -90,44 +111,65 @@ def test_special_token_strings_in_a_document_are_text(tiny_teacher, tmp_path):
     assert not special & {i for ids in encode_texts(texts, tok) for i in ids}
 
 
-@pytest.mark.parametrize("flags, named", [
-    (["--price-per-hour", "-2"], "--price-per-hour must be a finite number >= 0, got -2.0"),
-    (["--price-per-hour", "nan"], "--price-per-hour"),
-    (["--price-per-hour", "inf"], "--price-per-hour"),
-    (["--tokens-per-second", "0"], "--tokens-per-second must be a finite number > 0"),
-    (["--tokens-per-second", "-5"], "--tokens-per-second"),
-    (["--gpu", "h100", "--mfu", "1.5"], "--mfu must be a finite number in (0, 1]"),
-    (["--gpu", "h100", "--mfu", "nan"], "--mfu"),
-    (["--sample-fraction", "nan"], "--sample-fraction"),
-])
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--price-per-hour", "-2"], "--price-per-hour must be a finite number >= 0, got -2.0"),
+        (["--price-per-hour", "nan"], "--price-per-hour"),
+        (["--price-per-hour", "inf"], "--price-per-hour"),
+        (["--tokens-per-second", "0"], "--tokens-per-second must be a finite number > 0"),
+        (["--tokens-per-second", "-5"], "--tokens-per-second"),
+        (["--gpu", "h100", "--mfu", "1.5"], "--mfu must be a finite number in (0, 1]"),
+        (["--gpu", "h100", "--mfu", "nan"], "--mfu"),
+        (["--sample-fraction", "nan"], "--sample-fraction"),
+    ],
+)
 def test_plan_refuses_numbers_that_make_no_cost_or_time(tmp_path, capsys, flags, named):
     from pdistill.plan import main
 
     lake = tmp_path / "a.jsonl"
     lake.write_bytes(jsonl(make_texts(2)))
-    assert main(["--input", str(lake), "--teacher", str(tmp_path / "no-teacher"), "--plan",
-                 str(tmp_path / "plan.json"), *flags]) == 2
+    assert (
+        main(
+            [
+                "--input",
+                str(lake),
+                "--teacher",
+                str(tmp_path / "no-teacher"),
+                "--plan",
+                str(tmp_path / "plan.json"),
+                *flags,
+            ]
+        )
+        == 2
+    )
     assert named in one_line(capsys.readouterr().err)
     assert not (tmp_path / "plan.json").exists()
 
 
 # -- item 7: credentials in messages ------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def train_lake(tmp_path_factory):
     """A word-level tokenizer, a small dataset and a train config using them (CPU, 2 batches)."""
     import yaml
-
     from make_dataset import make_tokenizer, tiny_llama_config, write_dataset
 
     root = tmp_path_factory.mktemp("train_lake")
     tok = make_tokenizer(str(root / "tok"))
     write_dataset(str(root / "ds"), tok, n_samples=8, units=1)
-    raw = {"data": {"streams": [{"uri": str(root / "ds")}], "batch_size": 4, "num_canonical_nodes": 1,
-                    "local_cache": str(root / "cache")},
-           "model": {"hf_config": tiny_llama_config(), "tokenizer": str(root / "tok")},
-           "distill": {"chunk_size": 16},
-           "run": {"max_duration": "2ba", "device": "cpu", "loggers": []}}
+    raw = {
+        "data": {
+            "streams": [{"uri": str(root / "ds")}],
+            "batch_size": 4,
+            "num_canonical_nodes": 1,
+            "local_cache": str(root / "cache"),
+        },
+        "model": {"hf_config": tiny_llama_config(), "tokenizer": str(root / "tok")},
+        "distill": {"chunk_size": 16},
+        "run": {"max_duration": "2ba", "device": "cpu", "loggers": []},
+    }
     (root / "train.yaml").write_text(yaml.safe_dump(raw))
     return root
 
@@ -140,8 +182,10 @@ def _secret_cases():
         ("logits --input", logits + ["--input", "{U}/a.jsonl", "--teacher", "{teacher}", "--output", "{tmp}/o"]),
         ("logits --output", logits + ["--input", "{lake}", "--teacher", "{teacher}", "--output", "{U}/out"]),
         ("logits --teacher", logits + ["--input", "{lake}", "--teacher", "{U}/teacher", "--output", "{tmp}/o"]),
-        ("logits --tokenizer", logits + ["--input", "{lake}", "--teacher", "{teacher}", "--tokenizer", "{U}/tok",
-                                         "--output", "{tmp}/o"]),
+        (
+            "logits --tokenizer",
+            logits + ["--input", "{lake}", "--teacher", "{teacher}", "--tokenizer", "{U}/tok", "--output", "{tmp}/o"],
+        ),
         ("plan --input", ["plan", "--input", "{U}/a.jsonl", "--teacher", "{teacher}", "--plan", "{tmp}/p.json"]),
         ("plan --teacher", ["plan", "--input", "{lake}", "--teacher", "{U}/teacher", "--plan", "{tmp}/p.json"]),
         ("inspect", ["inspect", "{U}/ds"]),
@@ -154,8 +198,7 @@ def _secret_cases():
 
 
 @pytest.mark.parametrize("argv", [a for _, a in _secret_cases()], ids=[c for c, _ in _secret_cases()])
-def test_uri_credentials_reach_no_message_or_log(tiny_teacher, train_lake, tmp_path, s3_bucket, capsys, caplog,
-                                                 argv):
+def test_uri_credentials_reach_no_message_or_log(tiny_teacher, train_lake, tmp_path, s3_bucket, capsys, caplog, argv):
     import logging
 
     from pdistill.cli import main
@@ -164,14 +207,25 @@ def test_uri_credentials_reach_no_message_or_log(tiny_teacher, train_lake, tmp_p
     lake = tmp_path / "a.jsonl"
     lake.write_bytes(jsonl(make_texts(3)))
     bucket = s3_bucket.split("/")[2]
-    fill = {"U": f"s3://AKIAKEY:{SECRET}@{bucket}/data", "teacher": tiny_teacher, "tmp": str(tmp_path),
-            "lake": str(lake), "cfg": str(train_lake / "train.yaml")}
+    fill = {
+        "U": f"s3://AKIAKEY:{SECRET}@{bucket}/data",
+        "teacher": tiny_teacher,
+        "tmp": str(tmp_path),
+        "lake": str(lake),
+        "cfg": str(train_lake / "train.yaml"),
+    }
     argv = [a.format(**fill) for a in argv]
     if any(a.startswith("run.save_folder=") for a in argv):
         # Composer's remote uploader spawns a manager that Beam (imported by the other cases in this
         # process) breaks: run this one as production does, in its own process (see test_trainer)
-        done = subprocess.run([sys.executable, "-m", "pdistill.cli", *argv], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=300, env={**os.environ, "PYTHONPATH": REPO})
+        done = subprocess.run(
+            [sys.executable, "-m", "pdistill.cli", *argv],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": REPO},
+        )
         code, printed = done.returncode, done.stdout + done.stderr
     else:
         try:
@@ -221,16 +275,25 @@ def test_a_library_exception_logged_or_uncaught_names_no_secret(tmp_path):
 def test_redact_text_masks_remembered_secrets_without_their_scheme():
     from schemas.redact import redact_text, remember_secrets
 
-    remember_secrets(["data.streams.0.uri=s3://KEYID:S3cr%2Fet99@bkt/ds",
-                      "--input", "https://host/a,https://XYZTOKEN7@host/b?sig=SIGVAL77&v=2", "gs://ab:xy@b/c"])
-    text = redact_text('Invalid bucket name "KEYID:S3cr/et99@bkt"; raw KEYID:S3cr%2Fet99@bkt; '
-                       "XYZTOKEN7@host; SIGVAL77; ab:xy@b and y=xy, but xylophone stays")
+    remember_secrets(
+        [
+            "data.streams.0.uri=s3://KEYID:S3cr%2Fet99@bkt/ds",
+            "--input",
+            "https://host/a,https://XYZTOKEN7@host/b?sig=SIGVAL77&v=2",
+            "gs://ab:xy@b/c",
+        ]
+    )
+    text = redact_text(
+        'Invalid bucket name "KEYID:S3cr/et99@bkt"; raw KEYID:S3cr%2Fet99@bkt; '
+        "XYZTOKEN7@host; SIGVAL77; ab:xy@b and y=xy, but xylophone stays"
+    )
     for secret in ("S3cr/et99", "S3cr%2Fet99", "XYZTOKEN7", "SIGVAL77", ":xy@", "=xy,"):
         assert secret not in text, text
     assert "KEYID:***@bkt" in text and "xylophone stays" in text
 
 
 # -- item 9 (settings): one line naming the setting -----------------------------------------------
+
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA device")
 @pytest.mark.parametrize("command", ["logits", "plan"])
@@ -242,8 +305,26 @@ def test_a_cuda_device_without_a_gpu_is_one_line(tiny_teacher, tmp_path, capsys,
     out = tmp_path / "ds"
     target = ["--output", str(out)] if command == "logits" else ["--plan", str(tmp_path / "p.json")]
     for device in ("cuda", "cuda:1"):
-        assert main([command, "--input", str(lake), "--teacher", tiny_teacher, "--format", "jsonl", "--seq-len", "32",
-                     "--no-progress", "--device", device, *target]) == 2
+        assert (
+            main(
+                [
+                    command,
+                    "--input",
+                    str(lake),
+                    "--teacher",
+                    tiny_teacher,
+                    "--format",
+                    "jsonl",
+                    "--seq-len",
+                    "32",
+                    "--no-progress",
+                    "--device",
+                    device,
+                    *target,
+                ]
+            )
+            == 2
+        )
         err = one_line(capsys.readouterr().err)
         assert f"setting 'device' is '{device}' but torch sees no CUDA device" in err
     assert not out.exists()

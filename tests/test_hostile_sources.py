@@ -4,6 +4,7 @@ hangs, nothing ends in a traceback: `pdistill logits` and `pdistill plan` share 
 (`pipelines.sources.list_inputs`), and a thing that cannot be read is a flagged source (manifest
 `complete: false`, `counts.incomplete_files`, a dead letter), as an unreadable file always was.
 """
+
 import contextlib
 import ctypes
 import json
@@ -16,15 +17,17 @@ import pytest
 pytest.importorskip("apache_beam")
 
 from fixtures_models import make_texts  # noqa: E402
+from test_hostile_inputs import assert_reconciles, dead_letters, jsonl  # noqa: E402
+
 from pdistill import plan as plan_cli  # noqa: E402
 from pipelines import cli as logits_cli  # noqa: E402
 from pipelines.sources import list_inputs  # noqa: E402
-from test_hostile_inputs import assert_reconciles, dead_letters, jsonl  # noqa: E402
 
 DEADLINE_S = 120  # a hang fails the test instead of blocking CI
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
 
 class _CapHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
@@ -99,6 +102,7 @@ def by_name(m):
 
 # -- item 4: unreadable sub-folders are flagged, hidden names are the same rule everywhere ------------
 
+
 def test_an_unreadable_sub_folder_is_a_flagged_source_for_folders_and_globs(tiny_teacher, tmp_path, capsys):
     lake = tmp_path / "lake"
     (lake / "open").mkdir(parents=True)
@@ -115,8 +119,24 @@ def test_an_unreadable_sub_folder_is_a_flagged_source_for_folders_and_globs(tiny
         # a glob that cannot reach the folder does not flag it
         assert not [f for f in list_inputs([str(lake / "open" / "*.jsonl")]).files if f.problem]
         out = tmp_path / "ds"
-        assert logits_cli.main(["--input", str(lake), "--teacher", tiny_teacher, "--output", str(out),
-                                "--seq-len", "32", "--top-k", "8", "--no-progress"]) == 0
+        assert (
+            logits_cli.main(
+                [
+                    "--input",
+                    str(lake),
+                    "--teacher",
+                    tiny_teacher,
+                    "--output",
+                    str(out),
+                    "--seq-len",
+                    "32",
+                    "--top-k",
+                    "8",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     printed = capsys.readouterr()
     m, dead = assert_reconciles(out)
     assert m.counts.incomplete_files == 1 and m.counts.packed_documents == 7
@@ -152,15 +172,36 @@ def test_hidden_names_are_the_same_rule_for_a_folder_and_a_glob_and_are_reported
         glob = list_inputs([str(lake / pattern)])
         assert names(glob) == names(folder) or pattern == "*.jsonl", pattern
     assert names(folder) == ["a.jsonl", "sub/b.jsonl"]
-    assert sorted(os.path.relpath(h, lake) for h in folder.hidden) == [".d.jsonl", "_SUCCESS", "_c.jsonl",
-                                                                         "_temporary/e.jsonl"]
+    assert sorted(os.path.relpath(h, lake) for h in folder.hidden) == [
+        ".d.jsonl",
+        "_SUCCESS",
+        "_c.jsonl",
+        "_temporary/e.jsonl",
+    ]
     assert names(list_inputs([str(lake / "*.jsonl")])) == ["a.jsonl"]
     # a pattern that names hidden files reads them
     assert names(list_inputs([str(lake / "_*.jsonl")])) == ["_c.jsonl"]
     assert names(list_inputs([str(lake / "_c.jsonl")])) == ["_c.jsonl"]
     out = tmp_path / "ds"
-    assert logits_cli.main(["--input", str(lake), "--teacher", tiny_teacher, "--output", str(out), "--seq-len", "32",
-                            "--top-k", "8", "--no-progress", "--json"]) == 0
+    assert (
+        logits_cli.main(
+            [
+                "--input",
+                str(lake),
+                "--teacher",
+                tiny_teacher,
+                "--output",
+                str(out),
+                "--seq-len",
+                "32",
+                "--top-k",
+                "8",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "skipped 4 hidden files" in printed
     report = json.loads(printed.strip().splitlines()[-1])
@@ -170,6 +211,7 @@ def test_hidden_names_are_the_same_rule_for_a_folder_and_a_glob_and_are_reported
 
 # -- item 8 and item 9: FIFOs, symlink loops, dangling symlinks; no hang, no traceback ---------------
 
+
 def test_a_fifo_in_the_lake_is_a_flagged_source_for_logits_and_plan(tiny_teacher, tmp_path, capsys):
     lake = tmp_path / "lake"
     lake.mkdir()
@@ -177,17 +219,47 @@ def test_a_fifo_in_the_lake_is_a_flagged_source_for_logits_and_plan(tiny_teacher
     fifo = str(lake / "p.jsonl")
     os.mkfifo(fifo)
     out = tmp_path / "ds"
-    rc, _ = within_deadline(lambda: logits_cli.main(["--input", str(lake), "--teacher", tiny_teacher, "--output",
-                                                     str(out), "--seq-len", "32", "--top-k", "8", "--no-progress"]),
-                            fifo)
+    rc, _ = within_deadline(
+        lambda: logits_cli.main(
+            [
+                "--input",
+                str(lake),
+                "--teacher",
+                tiny_teacher,
+                "--output",
+                str(out),
+                "--seq-len",
+                "32",
+                "--top-k",
+                "8",
+                "--no-progress",
+            ]
+        ),
+        fifo,
+    )
     assert rc == 0
     m, dead = assert_reconciles(out)
     p = by_name(m)["p.jsonl"]
     assert not p.complete and "not a regular file (a FIFO)" in p.problem and m.counts.incomplete_files == 1
     assert [(d["kind"], d["documents"]) for d in dead] == [("unreadable_file", 0)]
     plan_path = tmp_path / "plan.json"
-    rc, _ = within_deadline(lambda: plan_cli.main(["--input", str(lake), "--teacher", tiny_teacher, "--seq-len", "32",
-                                                   "--top-k", "8", "--plan", str(plan_path)]), fifo)
+    rc, _ = within_deadline(
+        lambda: plan_cli.main(
+            [
+                "--input",
+                str(lake),
+                "--teacher",
+                tiny_teacher,
+                "--seq-len",
+                "32",
+                "--top-k",
+                "8",
+                "--plan",
+                str(plan_path),
+            ]
+        ),
+        fifo,
+    )
     assert rc == 0
     plan = json.loads(plan_path.read_text())
     assert plan["predicted"]["incomplete_files"]["estimate"] == 1
@@ -205,8 +277,24 @@ def test_a_symlink_loop_and_a_dangling_symlink_are_flagged_sources_naming_the_pa
     assert set(problems) == {"loop.jsonl", "dangling.jsonl"}
     assert "symlink" in problems["dangling.jsonl"] and "symlink" in problems["loop.jsonl"]
     out = tmp_path / "ds"
-    assert logits_cli.main(["--input", str(lake / "*.jsonl"), "--teacher", tiny_teacher, "--output", str(out),
-                            "--seq-len", "32", "--top-k", "8", "--no-progress"]) == 0
+    assert (
+        logits_cli.main(
+            [
+                "--input",
+                str(lake / "*.jsonl"),
+                "--teacher",
+                tiny_teacher,
+                "--output",
+                str(out),
+                "--seq-len",
+                "32",
+                "--top-k",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr()
     m, dead = assert_reconciles(out)
     assert m.counts.incomplete_files == 2 and m.counts.packed_documents == 5
@@ -232,6 +320,7 @@ def test_a_regular_file_replaced_by_a_fifo_after_planning_is_not_opened(tmp_path
 
 # -- item 8: a sample larger than the lake ---------------------------------------------------------
 
+
 def test_sample_docs_beyond_the_lake_is_capped_and_says_so(tiny_teacher, tmp_path, capsys):
     from pdistill.plan.sample import draw
     from pipelines.sources import plan_units
@@ -244,9 +333,24 @@ def test_sample_docs_beyond_the_lake_is_capped_and_says_so(tiny_teacher, tmp_pat
     sample, seconds = within_deadline(lambda: draw(files, units, "text", sample_docs=100_000_000))
     assert seconds < 10 and sum(sample.draws) == 30 and sample.requested == 100_000_000
     plan_path = tmp_path / "plan.json"
-    rc, _ = within_deadline(lambda: plan_cli.main(["--input", str(lake), "--teacher", tiny_teacher, "--seq-len", "32",
-                                                   "--top-k", "8", "--sample-docs", "100000000", "--plan",
-                                                   str(plan_path)]))
+    rc, _ = within_deadline(
+        lambda: plan_cli.main(
+            [
+                "--input",
+                str(lake),
+                "--teacher",
+                tiny_teacher,
+                "--seq-len",
+                "32",
+                "--top-k",
+                "8",
+                "--sample-docs",
+                "100000000",
+                "--plan",
+                str(plan_path),
+            ]
+        )
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert "--sample-docs 100000000 is more than the 30 usable documents read: 30 drawn" in table

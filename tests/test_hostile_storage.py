@@ -11,6 +11,7 @@
 Real systems: the Composer trainer through `pdistill train`'s entry point, StreamingDataset, and
 the moto S3 server (tests/objectstore.py).
 """
+
 from __future__ import annotations
 
 import gc
@@ -42,11 +43,23 @@ def train_cfg(tok_dir: str, uri: str, samples: str, **data) -> dict:
     return {
         "data": {"streams": [{"uri": uri}], "batch_size": 4, "num_canonical_nodes": 1, "shuffle": False, **data},
         "model": {"hf_config": tiny_llama_config(), "tokenizer": tok_dir},
-        "distill": {"mode": "offline", "kind": "forward_kl", "tau": 1.0, "chunk_size": 16,
-                    "alpha": {"name": "constant", "value": 0.5}},
+        "distill": {
+            "mode": "offline",
+            "kind": "forward_kl",
+            "tau": 1.0,
+            "chunk_size": 16,
+            "alpha": {"name": "constant", "value": 0.5},
+        },
         "optim": {"lr": 1e-3},
-        "run": {"max_duration": "2ba", "device": "cpu", "seed": 5, "loggers": [], "eval_interval": "100ba",
-                "save_interval": "100ba", "sample_log_dir": samples},
+        "run": {
+            "max_duration": "2ba",
+            "device": "cpu",
+            "seed": 5,
+            "loggers": [],
+            "eval_interval": "100ba",
+            "save_interval": "100ba",
+            "sample_log_dir": samples,
+        },
     }
 
 
@@ -80,8 +93,10 @@ def files_under(folder) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cache, codec_b", [("default", "compact4"), ("default", "exact"),
-                                            ("data.local_cache", "compact4"), ("stream local", "compact4")])
+@pytest.mark.parametrize(
+    "cache, codec_b",
+    [("default", "compact4"), ("default", "exact"), ("data.local_cache", "compact4"), ("stream local", "compact4")],
+)
 def test_a_changed_dataset_at_one_path_is_never_read_from_an_old_cache(tok, tmp_path, monkeypatch, cache, codec_b):
     """Train on A at path P; replace P with B (other samples; the same codec, or another); train
     again with the same config: the second run trains on B's samples (before: on A's without a
@@ -220,8 +235,9 @@ def put(uri: str, key: str, data: bytes) -> None:
 
 @pytest.mark.parametrize("entry", ["raw_data", "zip_data"])
 @pytest.mark.parametrize("kind", ["climbs out", "absolute"])
-def test_an_s3_dataset_cannot_make_train_or_inspect_write_outside_the_cache(tok, tmp_path, capsys, s3_bucket,
-                                                                             kind, entry):
+def test_an_s3_dataset_cannot_make_train_or_inspect_write_outside_the_cache(
+    tok, tmp_path, capsys, s3_bucket, kind, entry
+):
     """From s3://: the raw name of a zstd shard (its stored file untouched), or its stored name
     with an object stored at that key too: refused by name, nothing written outside."""
     tok_dir, tokenizer = tok
@@ -294,15 +310,18 @@ def test_a_damaged_shard_without_hash_validation_names_the_shard_and_dataset(tok
     write_dataset(str(ds), tokenizer, n_samples=N, units=2, compression=None, size_limit=1 << 10)
     shard = sorted(glob.glob(str(ds / "parts" / "u00001-00000" / "shard.*.mds")))[-1]
     damage_teacher_bytes(ds, shard)
-    raw = train_cfg(tok_dir, str(ds), str(tmp_path / "samples"), validate_hash=None,
-                    local_cache=str(tmp_path / "cache"))
+    raw = train_cfg(
+        tok_dir, str(ds), str(tmp_path / "samples"), validate_hash=None, local_cache=str(tmp_path / "cache")
+    )
     raw["run"]["max_duration"] = "4ba"
     rc = pdistill_train(tmp_path, raw)
     err = capsys.readouterr().err
     rel = os.path.relpath(shard, ds)
     lines = [ln for ln in err.splitlines() if ln.startswith("pdistill train:")]
     assert rc == 2 and len(lines) == 1, err[-3000:]
-    assert str(ds) in lines[0] and rel in lines[0] and "does not decode" in lines[0] and "left over" in lines[0], lines[0]
+    assert str(ds) in lines[0] and rel in lines[0] and "does not decode" in lines[0] and "left over" in lines[0], lines[
+        0
+    ]
     assert "Traceback" not in err
 
 
@@ -333,6 +352,6 @@ def damage_teacher_bytes(ds, shard: str) -> None:
         except CodecError as e:
             if "left over" in str(e):
                 with open(shard, "wb") as f:
-                    f.write(data[:at] + bytes(damaged) + data[at + len(blob):])
+                    f.write(data[:at] + bytes(damaged) + data[at + len(blob) :])
                 return
     raise AssertionError("no one-bit flip leaves data over")

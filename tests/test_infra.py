@@ -6,6 +6,7 @@ installed) and scanned (`checkov`, when installed); the Flex Template metadata i
 run against stand-in `composer` / `torchrun` executables; the runner configs that the submission
 scripts write are turned into Beam option objects and asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -117,9 +118,9 @@ def test_iam_is_least_privilege(tf):
     bindings = read("terraform", "iam.tf")
     # bucket-level grants for both accounts
     assert "google_storage_bucket_iam_member" in bindings
-    assert re.search(r'pipeline_datasets_write\s*=\s*\{[^}]*roles/storage.objectAdmin', bindings)
-    assert re.search(r'trainer_datasets_read\s*=\s*\{[^}]*roles/storage.objectViewer', bindings)
-    assert re.search(r'trainer_checkpoints_write\s*=\s*\{[^}]*roles/storage.objectAdmin', bindings)
+    assert re.search(r"pipeline_datasets_write\s*=\s*\{[^}]*roles/storage.objectAdmin", bindings)
+    assert re.search(r"trainer_datasets_read\s*=\s*\{[^}]*roles/storage.objectViewer", bindings)
+    assert re.search(r"trainer_checkpoints_write\s*=\s*\{[^}]*roles/storage.objectAdmin", bindings)
     sas = resources(tf, "google_service_account")
     assert {"pipeline", "trainer"} <= set(sas)
 
@@ -130,8 +131,11 @@ def _bucket_grants(tf):
     block = re.search(r"bucket_bindings\s*=\s*\{(.*?)\n  \}", text, re.S).group(1)
     grants = []
     for line in block.splitlines():
-        m = re.search(r'bucket\s*=\s*google_storage_bucket\.(\w+)(?:\["(\w+)"\])?\.name,\s*role\s*=\s*"([^"]+)",'
-                      r'\s*member\s*=\s*(\S+?)\s*\}', line)
+        m = re.search(
+            r'bucket\s*=\s*google_storage_bucket\.(\w+)(?:\["(\w+)"\])?\.name,\s*role\s*=\s*"([^"]+)",'
+            r"\s*member\s*=\s*(\S+?)\s*\}",
+            line,
+        )
         if m:
             grants.append((m.group(2) or m.group(1), m.group(3), m.group(4)))
     return grants
@@ -176,12 +180,18 @@ def test_terraform_fmt():
     terraform = shutil.which("terraform")
     if not terraform:
         pytest.skip("terraform CLI not installed: `terraform fmt -check` not run")
-    r = subprocess.run([terraform, "fmt", "-check", "-diff", "-recursive", TF], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [terraform, "fmt", "-check", "-diff", "-recursive", TF], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def _checkov():
-    for cand in (os.environ.get("CHECKOV"), os.path.join(ROOT, ".venv-checkov", "bin", "checkov"), shutil.which("checkov")):
+    for cand in (
+        os.environ.get("CHECKOV"),
+        os.path.join(ROOT, ".venv-checkov", "bin", "checkov"),
+        shutil.which("checkov"),
+    ):
         if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
             return cand
     return None
@@ -196,7 +206,9 @@ def test_checkov_passes():
         )
     r = subprocess.run(
         [checkov, "-d", TF, "--framework", "terraform", "--skip-download", "--quiet", "--compact", "-o", "json"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     try:
         report = json.loads(r.stdout)
@@ -204,7 +216,9 @@ def test_checkov_passes():
         pytest.fail(f"checkov gave no JSON (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     reports = report if isinstance(report, list) else [report]
     failed = [c for rep in reports for c in rep.get("results", {}).get("failed_checks", [])]
-    assert not failed, "\n".join(f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}" for c in failed)
+    assert not failed, "\n".join(
+        f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}" for c in failed
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
 
@@ -256,8 +270,12 @@ def test_dockerfile_pins_match_setup_and_constraints(dockerfile):
     expected = ["PYTHON_VERSION", "TORCH_VERSION"] + (
         ["BEAM_VERSION"] if dockerfile == "Dockerfile.worker" else ["TORCHVISION_VERSION", "COMPOSER_VERSION"]
     )
-    packages = {"BEAM_VERSION": "apache-beam", "TORCH_VERSION": "torch", "TORCHVISION_VERSION": "torchvision",
-                "COMPOSER_VERSION": "mosaicml"}
+    packages = {
+        "BEAM_VERSION": "apache-beam",
+        "TORCH_VERSION": "torch",
+        "TORCHVISION_VERSION": "torchvision",
+        "COMPOSER_VERSION": "mosaicml",
+    }
     for key in expected:
         assert key in args, f"{dockerfile}: no ARG {key}"
         assert args[key] == pins[key], f"{dockerfile}: {key}={args[key]} but setup.py says {pins[key]}"
@@ -269,10 +287,10 @@ def test_dockerfile_pins_match_setup_and_constraints(dockerfile):
     if dockerfile == "Dockerfile.worker":
         assert re.search(r"^FROM apache/beam_python\$\{PYTHON_VERSION\}_sdk:\$\{BEAM_VERSION\}\s*$", text, re.M)
         assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in text
-        assert '.[pipeline]' in text
+        assert ".[pipeline]" in text
     else:
         assert re.search(r"^FROM python:\$\{PYTHON_VERSION\}-", text, re.M)
-        assert '.[trainer]' in text
+        assert ".[trainer]" in text
     assert "-c constraints.txt" in text
 
 
@@ -289,7 +307,9 @@ def test_dockerfile_copy_sources_exist_and_are_not_ignored(dockerfile):
             if src == "constraints.txt" and not os.path.exists(os.path.join(ROOT, src)):
                 pytest.fail("constraints.txt is missing: the images install with -c constraints.txt")
             assert os.path.exists(os.path.join(ROOT, src)), f"{dockerfile}: COPY {src}: no such file"
-            assert any(src == a or src.startswith(a + "/") for a in allowed), f"{dockerfile}: {src} excluded by .dockerignore"
+            assert any(src == a or src.startswith(a + "/") for a in allowed), (
+                f"{dockerfile}: {src} excluded by .dockerignore"
+            )
 
 
 # ================================================================ Flex Template vs `pdistill logits`
@@ -328,7 +348,9 @@ def test_flex_parameters_match_cli_options(cli_parser, launcher, metadata):
     cli = set(launcher.cli_flags(cli_parser)) - {"help"}
     expected = cli - set(launcher.LOCAL_ONLY)
     missing, extra = expected - set(params), set(params) - expected
-    assert not missing, f"CLI options with no flex template parameter: {sorted(missing)} (add them to metadata.json or LOCAL_ONLY)"
+    assert not missing, (
+        f"CLI options with no flex template parameter: {sorted(missing)} (add them to metadata.json or LOCAL_ONLY)"
+    )
     assert not extra, f"flex template parameters the CLI does not have: {sorted(extra)}"
     assert set(launcher.LOCAL_ONLY) <= cli | {"json"}, "LOCAL_ONLY names an option the CLI no longer has"
 
@@ -359,7 +381,9 @@ def test_flex_enums_match_the_code(metadata):
     config = pytest.importorskip("pipelines.config")
     from schemas.codec import CODECS
 
-    enums = {p["name"]: [o["value"] for o in p["enumOptions"]] for p in metadata["parameters"] if p["paramType"] == "ENUM"}
+    enums = {
+        p["name"]: [o["value"] for o in p["enumOptions"]] for p in metadata["parameters"] if p["paramType"] == "ENUM"
+    }
     assert enums["format"] == list(config.FORMATS)
     assert enums["selection"] == list(config.SELECTIONS)
     assert sorted(enums["codec"]) == sorted(CODECS)
@@ -372,11 +396,23 @@ def test_flex_enums_match_the_code(metadata):
 
 def test_flex_launcher_translates_parameters_for_the_cli(cli_parser, launcher):
     argv = [
-        "--input=gs://corpus/a/*.parquet,gs://corpus/b/*.jsonl", "--teacher=gs://m/t", "--output=gs://d/out",
-        "--text_column=body", "--seq_len=512", "--top_p=0.9", "--top_k=50", "--add_bos=true",
-        "--codec_params={\"step\": 0.05}", "--tokenizer=",  # empty optional parameter
-        "--runner=DataflowRunner", "--project=my-proj", "--region=us-central1",
-        "--temp_location=gs://b/tmp", "--sdk_container_image=img:1", "--job_name", "j1",
+        "--input=gs://corpus/a/*.parquet,gs://corpus/b/*.jsonl",
+        "--teacher=gs://m/t",
+        "--output=gs://d/out",
+        "--text_column=body",
+        "--seq_len=512",
+        "--top_p=0.9",
+        "--top_k=50",
+        "--add_bos=true",
+        '--codec_params={"step": 0.05}',
+        "--tokenizer=",  # empty optional parameter
+        "--runner=DataflowRunner",
+        "--project=my-proj",
+        "--region=us-central1",
+        "--temp_location=gs://b/tmp",
+        "--sdk_container_image=img:1",
+        "--job_name",
+        "j1",
     ]
     out = launcher.translate(argv, cli_parser)
     args, extra = cli_parser.parse_known_args(out)
@@ -386,8 +422,14 @@ def test_flex_launcher_translates_parameters_for_the_cli(cli_parser, launcher):
     assert (args.seq_len, args.top_p, args.top_k, args.add_bos) == (512, 0.9, 50, True)
     assert args.codec_params == {"step": 0.05}
     assert args.tokenizer is None
-    assert extra == ["--project=my-proj", "--region=us-central1", "--temp_location=gs://b/tmp",
-                     "--sdk_container_image=img:1", "--job_name", "j1"]
+    assert extra == [
+        "--project=my-proj",
+        "--region=us-central1",
+        "--temp_location=gs://b/tmp",
+        "--sdk_container_image=img:1",
+        "--job_name",
+        "j1",
+    ]
     assert launcher.translate(["--add_bos=false"], cli_parser)[-1] == "--no-add-bos"
 
 
@@ -404,19 +446,30 @@ def _fill(template, values):
 
 
 VALUES = {
-    "PROJECT": "my-proj", "REGION": "us-central1", "TEMP_LOCATION": "gs://my-proj-pdistill-dataflow/tmp",
+    "PROJECT": "my-proj",
+    "REGION": "us-central1",
+    "TEMP_LOCATION": "gs://my-proj-pdistill-dataflow/tmp",
     "STAGING_LOCATION": "gs://my-proj-pdistill-dataflow/staging",
     "WORKER_SA": "pdistill-dataflow@my-proj.iam.gserviceaccount.com",
     "WORKER_IMAGE": "us-central1-docker.pkg.dev/my-proj/pdistill/pdistill-worker:abc",
-    "MACHINE_TYPE": "g2-standard-8", "GPU_TYPE": "nvidia-l4", "GPU_COUNT": 1, "MAX_WORKERS": 8, "DISK_SIZE_GB": 200,
-    "SPARK_MASTER_URL": "spark://spark-master:7077", "JOB_ENDPOINT": "spark-master:8099",
+    "MACHINE_TYPE": "g2-standard-8",
+    "GPU_TYPE": "nvidia-l4",
+    "GPU_COUNT": 1,
+    "MAX_WORKERS": 8,
+    "DISK_SIZE_GB": 200,
+    "SPARK_MASTER_URL": "spark://spark-master:7077",
+    "JOB_ENDPOINT": "spark-master:8099",
 }
 
 
 def test_run_direct_config_builds_dataflow_gpu_options():
     pytest.importorskip("apache_beam")
     from apache_beam.options.pipeline_options import (
-        DebugOptions, GoogleCloudOptions, SetupOptions, StandardOptions, WorkerOptions,
+        DebugOptions,
+        GoogleCloudOptions,
+        SetupOptions,
+        StandardOptions,
+        WorkerOptions,
     )
 
     from pipelines.runner_options import build_options
@@ -430,7 +483,11 @@ def test_run_direct_config_builds_dataflow_gpu_options():
     assert gcp.dataflow_service_options == ["worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
     w = opts.view_as(WorkerOptions)
     assert (w.sdk_container_image, w.machine_type, w.max_num_workers, w.disk_size_gb) == (
-        VALUES["WORKER_IMAGE"], "g2-standard-8", 8, 200)
+        VALUES["WORKER_IMAGE"],
+        "g2-standard-8",
+        8,
+        200,
+    )
     assert "use_runner_v2" in opts.view_as(DebugOptions).experiments
     assert opts.view_as(SetupOptions).setup_file is None  # the image holds the project
     assert opts.view_as(StandardOptions).resource_hints == []
@@ -448,7 +505,9 @@ def test_spark_configs_build_portable_options():
     assert o.view_as(SparkRunnerOptions).spark_master_url == "yarn"
     assert o.view_as(PortableOptions).output_executable_path == "/tmp/job.jar"
     assert (o.view_as(PortableOptions).environment_type, o.view_as(PortableOptions).environment_config) == (
-        "DOCKER", VALUES["WORKER_IMAGE"])
+        "DOCKER",
+        VALUES["WORKER_IMAGE"],
+    )
     o = build_options("SparkRunner", json.loads(_fill(standalone, VALUES)), [])
     assert o.view_as(StandardOptions).runner == "SparkRunner"
     assert o.view_as(PortableOptions).job_endpoint == "spark-master:8099"
@@ -474,44 +533,79 @@ def _fake_bin(tmp_path, name):
 
 def _run_launcher(tmp_path, script, fake, env):
     bindir = _fake_bin(tmp_path, fake)
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("WORLD_SIZE", "RANK", "NODE_RANK", "CLUSTER_SPEC", "MASTER_ADDR", "NNODES")}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WORLD_SIZE", "RANK", "NODE_RANK", "CLUSTER_SPEC", "MASTER_ADDR", "NNODES")
+    }
     base["PATH"] = bindir + os.pathsep + base["PATH"]
-    r = subprocess.run(["bash", os.path.join(INFRA, "training", script), "pd_best.yaml", "run.autoresume=true"],
-                       env={**base, **env}, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["bash", os.path.join(INFRA, "training", script), "pd_best.yaml", "run.autoresume=true"],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return r
 
 
 def test_composer_launcher_multi_node_env(tmp_path):
-    r = _run_launcher(tmp_path, "launch_composer.sh", "composer",
-                      {"MASTER_ADDR": "10.0.0.2", "NNODES": "2", "NODE_RANK": "1", "NPROC_PER_NODE": "4"})
+    r = _run_launcher(
+        tmp_path,
+        "launch_composer.sh",
+        "composer",
+        {"MASTER_ADDR": "10.0.0.2", "NNODES": "2", "NODE_RANK": "1", "NPROC_PER_NODE": "4"},
+    )
     assert r.returncode == 0, r.stderr
     out = r.stdout.split("\n")
-    for flag, value in (("--nproc", "4"), ("--world_size", "8"), ("--base_rank", "4"), ("--node_rank", "1"),
-                        ("--master_addr", "10.0.0.2"), ("--master_port", "29500"), ("-m", "trainer")):
+    for flag, value in (
+        ("--nproc", "4"),
+        ("--world_size", "8"),
+        ("--base_rank", "4"),
+        ("--node_rank", "1"),
+        ("--master_addr", "10.0.0.2"),
+        ("--master_port", "29500"),
+        ("-m", "trainer"),
+    ):
         assert out[out.index(flag) + 1] == value, (flag, r.stdout)
     assert out[-3:-1] == ["pd_best.yaml", "run.autoresume=true"]
 
 
 def test_torchrun_launcher_exports_node_rank(tmp_path):
-    r = _run_launcher(tmp_path, "launch_torchrun.sh", "torchrun",
-                      {"MASTER_ADDR": "10.0.0.2", "NNODES": "3", "JOB_COMPLETION_INDEX": "2", "NPROC_PER_NODE": "2"})
+    r = _run_launcher(
+        tmp_path,
+        "launch_torchrun.sh",
+        "torchrun",
+        {"MASTER_ADDR": "10.0.0.2", "NNODES": "3", "JOB_COMPLETION_INDEX": "2", "NPROC_PER_NODE": "2"},
+    )
     assert r.returncode == 0, r.stderr
     out = r.stdout.split("\n")
     assert "NODE_RANK=2" in out  # Composer reads NODE_RANK; torchrun does not set it
-    for flag, value in (("--nnodes", "3"), ("--nproc-per-node", "2"), ("--node-rank", "2"), ("--master-addr", "10.0.0.2")):
+    for flag, value in (
+        ("--nnodes", "3"),
+        ("--nproc-per-node", "2"),
+        ("--node-rank", "2"),
+        ("--master-addr", "10.0.0.2"),
+    ):
         assert out[out.index(flag) + 1] == value, (flag, r.stdout)
 
 
 def test_launchers_map_vertex_env_and_refuse_bad_world(tmp_path):
-    r = _run_launcher(tmp_path, "launch_composer.sh", "composer",
-                      {"CLUSTER_SPEC": "{}", "WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "10.1.0.5",
-                       "NPROC_PER_NODE": "2"})
+    r = _run_launcher(
+        tmp_path,
+        "launch_composer.sh",
+        "composer",
+        {"CLUSTER_SPEC": "{}", "WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "10.1.0.5", "NPROC_PER_NODE": "2"},
+    )
     assert r.returncode == 0, r.stderr
     out = r.stdout.split("\n")
     assert out[out.index("--world_size") + 1] == "4" and out[out.index("--node_rank") + 1] == "1"
-    r = _run_launcher(tmp_path, "launch_composer.sh", "composer",
-                      {"MASTER_ADDR": "10.0.0.2", "NNODES": "2", "NPROC_PER_NODE": "2", "WORLD_SIZE": "3"})
+    r = _run_launcher(
+        tmp_path,
+        "launch_composer.sh",
+        "composer",
+        {"MASTER_ADDR": "10.0.0.2", "NNODES": "2", "NPROC_PER_NODE": "2", "WORLD_SIZE": "3"},
+    )
     assert r.returncode == 2 and "WORLD_SIZE" in r.stderr
     r = _run_launcher(tmp_path, "launch_torchrun.sh", "torchrun", {"NNODES": "2", "NPROC_PER_NODE": "1"})
     assert r.returncode == 2 and "MASTER_ADDR" in r.stderr

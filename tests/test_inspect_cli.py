@@ -1,4 +1,5 @@
 """`pdistill inspect` measures fidelity from storage; the `pdistill` command dispatches."""
+
 import json
 import os
 import shutil
@@ -67,8 +68,10 @@ def test_inspect_refuses_an_incomplete_dataset(tmp_path, capsys):
     write_dataset(out, tok, n_samples=2, write_manifest=False)
     rc, report = run_inspect(capsys, out)
     assert rc == 1 and report["verdict"] == "NOT WHOLE"
-    assert report["problems"] == ["manifest.json: missing: the dataset is incomplete (the pipeline writes the "
-                                  "root index.json, then manifest.json last)"]
+    assert report["problems"] == [
+        "manifest.json: missing: the dataset is incomplete (the pipeline writes the "
+        "root index.json, then manifest.json last)"
+    ]
 
 
 def test_inspect_fails_when_counts_do_not_reconcile(dataset, capsys, tmp_path):
@@ -80,9 +83,11 @@ def test_inspect_fails_when_counts_do_not_reconcile(dataset, capsys, tmp_path):
     (bad / "manifest.json").write_text(json.dumps(manifest))
     rc, report = run_inspect(capsys, str(bad))
     assert rc == 1 and report["counts_reconcile"] is False
-    assert report["problems"] == ["manifest.json: counts do not reconcile: documents 6 != packed 6 + dead letters 1",
-                                  # and the dead letter it counts is nowhere on storage
-                                  "dead_letter: records stand for 0 dead-lettered documents, manifest.json counts 1"]
+    assert report["problems"] == [
+        "manifest.json: counts do not reconcile: documents 6 != packed 6 + dead letters 1",
+        # and the dead letter it counts is nowhere on storage
+        "dead_letter: records stand for 0 dead-lettered documents, manifest.json counts 1",
+    ]
 
 
 def test_cli_help_and_unknown_command(capsys):
@@ -120,22 +125,41 @@ def _damaged(dataset, tmp_path, damage):
     return str(bad)
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (lambda d: os.remove(d / SHARD), f"{SHARD}: missing (listed in index.json as shard 1)"),
-    (lambda d: os.truncate(d / SHARD, 100), f"{SHARD}: size 100 bytes, index.json records"),
-    (lambda d: _flip_byte(d / SHARD), f"{SHARD}: content differs from index.json (xxh3_64"),
-    (lambda d: shutil.rmtree(d / "parts" / "u00001-00000"), f"{SHARD}: missing"),
-    (lambda d: (d / "index.json").write_text('{"shards": [tru'), "index.json: not valid JSON"),
-    (lambda d: (d / "manifest.json").write_text("{"), "manifest.json: not valid JSON"),
-    # the files a re-publish reads (a resumed or extended run), checked with the hashes
-    (lambda d: (d / "parts" / "u00001-00000" / "index.json").write_text('{"shards": [tru'),
-     "parts/u00001-00000/index.json: not valid JSON"),
-    (lambda d: (d / "parts" / "u00001-00000" / "index.json").write_text('{"version": 2, "shards": []}'),
-     "parts/u00001-00000/index.json: lists 0 shards, index.json takes 1 from it"),
-    (lambda d: (d / "parts" / "u00001-00000" / "stats.json").write_text("{"),
-     "parts/u00001-00000/stats.json: not valid JSON"),
-], ids=["deleted-shard", "truncated-shard", "bit-flip", "deleted-part", "bad-index-json", "bad-manifest-json",
-        "bad-part-index", "part-index-without-its-shards", "bad-part-stats"])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda d: os.remove(d / SHARD), f"{SHARD}: missing (listed in index.json as shard 1)"),
+        (lambda d: os.truncate(d / SHARD, 100), f"{SHARD}: size 100 bytes, index.json records"),
+        (lambda d: _flip_byte(d / SHARD), f"{SHARD}: content differs from index.json (xxh3_64"),
+        (lambda d: shutil.rmtree(d / "parts" / "u00001-00000"), f"{SHARD}: missing"),
+        (lambda d: (d / "index.json").write_text('{"shards": [tru'), "index.json: not valid JSON"),
+        (lambda d: (d / "manifest.json").write_text("{"), "manifest.json: not valid JSON"),
+        # the files a re-publish reads (a resumed or extended run), checked with the hashes
+        (
+            lambda d: (d / "parts" / "u00001-00000" / "index.json").write_text('{"shards": [tru'),
+            "parts/u00001-00000/index.json: not valid JSON",
+        ),
+        (
+            lambda d: (d / "parts" / "u00001-00000" / "index.json").write_text('{"version": 2, "shards": []}'),
+            "parts/u00001-00000/index.json: lists 0 shards, index.json takes 1 from it",
+        ),
+        (
+            lambda d: (d / "parts" / "u00001-00000" / "stats.json").write_text("{"),
+            "parts/u00001-00000/stats.json: not valid JSON",
+        ),
+    ],
+    ids=[
+        "deleted-shard",
+        "truncated-shard",
+        "bit-flip",
+        "deleted-part",
+        "bad-index-json",
+        "bad-manifest-json",
+        "bad-part-index",
+        "part-index-without-its-shards",
+        "bad-part-stats",
+    ],
+)
 def test_inspect_verdict_names_the_damaged_file(dataset, tmp_path, capsys, damage, problem):
     bad = _damaged(dataset, tmp_path, damage)
     rc, report = run_inspect(capsys, bad)
@@ -176,6 +200,7 @@ def test_inspect_counts_part_folders_against_the_manifest(dataset, tmp_path, cap
         m = json.load(open(d / "manifest.json"))
         m["counts"]["units"] += 1  # a part folder the manifest counts is gone
         (d / "manifest.json").write_text(json.dumps(m))
+
     rc, report = run_inspect(capsys, _damaged(dataset, tmp_path, extra_unit))
     assert rc == 1 and report["problems"] == ["parts: 2 part folders, manifest.json counts 3 units"]
 

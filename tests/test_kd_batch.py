@@ -1,5 +1,6 @@
 """One teacher record from truncation to the loss: `schemas.KeptEntries` (padding, dense layout)
 and `trainer.teacher_batch.TeacherBatch`, which the collator and the live teacher both build."""
+
 import numpy as np
 import pytest
 import torch
@@ -36,8 +37,12 @@ def test_padding_is_defined_once_and_undone_by_head():
 
 
 def test_to_dense_lays_entries_out_in_stored_order_with_a_mask():
-    tr = KeptEntries(np.array([2, 0, 1]), np.array([7, 3, 9]), np.log(np.array([0.6, 0.4, 1.0], np.float32)),
-                     np.array([-1.0, -np.inf, -np.inf], np.float32))
+    tr = KeptEntries(
+        np.array([2, 0, 1]),
+        np.array([7, 3, 9]),
+        np.log(np.array([0.6, 0.4, 1.0], np.float32)),
+        np.array([-1.0, -np.inf, -np.inf], np.float32),
+    )
     d = tr.to_dense(3)
     assert d.ids.tolist() == [[7, 3, 0], [0, 0, 0], [9, 0, 0]]
     assert d.mask.tolist() == [[True, True, False], [False] * 3, [True, False, False]]
@@ -51,8 +56,9 @@ def _live_model(teacher):
     from trainer.config import DistillConfig
     from trainer.model import DistillationModel
 
-    live = DistillConfig(mode="live", teacher="(loaded)", support="full", tau=1.0, chunk_size=None, top_p=0.9, top_k=K,
-                         fused_head=False)  # the stand-in student has no decoder / output projection
+    live = DistillConfig(
+        mode="live", teacher="(loaded)", support="full", tau=1.0, chunk_size=None, top_p=0.9, top_k=K, fused_head=False
+    )  # the stand-in student has no decoder / output projection
     return DistillationModel(torch.nn.Linear(1, 1), live, teacher, alpha=0.5)
 
 
@@ -60,8 +66,15 @@ def _tiny_teacher():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=SEQ)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=SEQ,
+    )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(40.0)  # sharper distributions: top-p keeps a few entries, not all K
@@ -81,10 +94,20 @@ def test_collator_and_live_teacher_build_the_same_teacher_batch():
     codec, samples = ExactCodec(), []
     for i, n in enumerate(n_tokens):
         tr = truncate_tensor(logits[i, :n], 0.9, K) if n else KeptEntries.empty(0)
-        raw = build_sample(sample_id=i, tokens=tokens[i].numpy(), n_tokens=n, doc_starts=np.array([0]),
-                           truncated=tr.padded(SEQ), codec=codec, vocab_size=V, top_k=K, unit="u")
-        samples.append({"tokens": tokens[i].numpy(), "n_tokens": n, "sample_id": i,
-                        "teacher": decode_dense(raw, codec, K)})  # a DistillDataset item
+        raw = build_sample(
+            sample_id=i,
+            tokens=tokens[i].numpy(),
+            n_tokens=n,
+            doc_starts=np.array([0]),
+            truncated=tr.padded(SEQ),
+            codec=codec,
+            vocab_size=V,
+            top_k=K,
+            unit="u",
+        )
+        samples.append(
+            {"tokens": tokens[i].numpy(), "n_tokens": n, "sample_id": i, "teacher": decode_dense(raw, codec, K)}
+        )  # a DistillDataset item
     offline = TeacherBatch.from_batch(DistillCollator()(samples))
     live = _live_model(teacher).live_teacher_signal(batch)
     assert int(live.mask.sum(-1)[live.position_mask].min()) < K  # top-p cut somewhere before K
@@ -115,8 +138,9 @@ def test_teacher_batch_columns_round_trip_and_errors():
     assert distill_loss(logits, labels, None, spec, alpha=0.0).kd.item() == 0.0
 
 
-@pytest.mark.parametrize("setting,value", [("kind", "kld"), ("support", "renorm"), ("tau", float("inf")),
-                                           ("chunk_size", 0)])
+@pytest.mark.parametrize(
+    "setting,value", [("kind", "kld"), ("support", "renorm"), ("tau", float("inf")), ("chunk_size", 0)]
+)
 def test_loss_spec_names_the_bad_setting(setting, value):
     with pytest.raises(ValueError, match=f"^{setting} must be"):
         LossSpec(**{setting: value})

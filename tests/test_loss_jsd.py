@@ -1,12 +1,13 @@
 """kind jsd (the generalised Jensen-Shannon divergence, `trainer.losses.kd_loss`) against a dense
 float64 autograd reference written from its definition, position by position: values AND gradients,
 every support, tau, tail; gradcheck; its endpoints; its settings."""
+
 import math
 
 import pytest
 import torch
-
 from test_losses import FORMS, distill_case, kd_case, make_case, reference
+
 from trainer.losses import LossSpec
 
 BETAS = (0.1, 0.5, 0.9)
@@ -114,7 +115,7 @@ def test_jsd_tau_squared_and_chunks(support, tail):
         r.loss.backward()
         out.append((r.loss.detach(), lg.grad))
     plain = out[0][0]
-    assert res.loss.item() == pytest.approx(1.7 ** 2 * plain.item(), rel=1e-12)
+    assert res.loss.item() == pytest.approx(1.7**2 * plain.item(), rel=1e-12)
     for loss, g in out[1:]:
         torch.testing.assert_close(loss, plain, rtol=1e-12, atol=0)
         torch.testing.assert_close(g, out[0][1], rtol=1e-10, atol=1e-14)
@@ -127,8 +128,9 @@ def test_jsd_gradcheck(support, tail):
     lg = logits.clone().requires_grad_(True)
 
     def fn(x):
-        return kd_case(x, ids, logp, mask, lt, pm, kind="jsd", beta=0.3, tau=1.3, tail=tail, support=support,
-                       chunk_size=1).loss
+        return kd_case(
+            x, ids, logp, mask, lt, pm, kind="jsd", beta=0.3, tau=1.3, tail=tail, support=support, chunk_size=1
+        ).loss
 
     assert torch.autograd.gradcheck(fn, (lg,), eps=1e-6, atol=1e-6)  # full Jacobian: 24 inputs
 
@@ -142,8 +144,22 @@ def test_jsd_distill_paths_match_autograd_reference(tau, support, tail):
     labels = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(1))
     labels[1, 2] = -100
     lg = logits.clone().requires_grad_(True)
-    res = distill_case(lg, labels, ids, logp, mask, lt, pm, alpha=0.7, kind="jsd", beta=0.6, tau=tau, tail=tail,
-                       support=support, chunk_size=3)
+    res = distill_case(
+        lg,
+        labels,
+        ids,
+        logp,
+        mask,
+        lt,
+        pm,
+        alpha=0.7,
+        kind="jsd",
+        beta=0.6,
+        tau=tau,
+        tail=tail,
+        support=support,
+        chunk_size=3,
+    )
     res.loss.backward()
     lr = logits.clone().requires_grad_(True)
     kd_ref = jsd_reference(lr, ids, logp, mask, lt, pm, 0.6, tau, support, tail)
@@ -153,9 +169,28 @@ def test_jsd_distill_paths_match_autograd_reference(tau, support, tail):
     assert res.lm.item() == pytest.approx(lm_ref.item(), rel=1e-12)
     torch.testing.assert_close(lg.grad, lr.grad, rtol=1e-9, atol=1e-12)
     assert torch.autograd.gradcheck(
-        lambda x: distill_case(x, labels, ids, logp, mask, lt, pm, alpha=0.7, kind="jsd", beta=0.6, tau=tau,
-                               tail=tail, support=support, chunk_size=4).loss,
-        (logits.clone().requires_grad_(True),), eps=1e-6, atol=1e-6, fast_mode=True,
+        lambda x: (
+            distill_case(
+                x,
+                labels,
+                ids,
+                logp,
+                mask,
+                lt,
+                pm,
+                alpha=0.7,
+                kind="jsd",
+                beta=0.6,
+                tau=tau,
+                tail=tail,
+                support=support,
+                chunk_size=4,
+            ).loss
+        ),
+        (logits.clone().requires_grad_(True),),
+        eps=1e-6,
+        atol=1e-6,
+        fast_mode=True,
     )
 
 
@@ -213,8 +248,17 @@ def test_jsd_edge_rows(support, tail):
     assert torch.isfinite(res.loss) and torch.isfinite(grad).all()
     assert res.loss.item() == pytest.approx(ref.item(), rel=1e-9, abs=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-7, atol=1e-10)
-    f32 = kd_case(logits.float().requires_grad_(True), ids, logp.float(), mask, lt.float(), pm, kind="jsd", tail=tail,
-                  support=support)
+    f32 = kd_case(
+        logits.float().requires_grad_(True),
+        ids,
+        logp.float(),
+        mask,
+        lt.float(),
+        pm,
+        kind="jsd",
+        tail=tail,
+        support=support,
+    )
     f32.loss.backward()
     assert torch.isfinite(f32.loss) and f32.loss.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
     top1 = make_case(k=3, k1=True, seed=5, dtype=torch.float64)
@@ -243,9 +287,9 @@ def test_jsd_loss_spec():
 
 
 def test_jsd_config_reaches_the_model():
+    from make_dataset import tiny_llama_config
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from make_dataset import tiny_llama_config
     from trainer.config import ConfigError, load_config
     from trainer.model import DistillationModel
 

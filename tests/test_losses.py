@@ -1,4 +1,5 @@
 """trainer.losses against a straightforward dense reference (numpy float64, loop over positions)."""
+
 import math
 
 import numpy as np
@@ -77,8 +78,12 @@ def reference(logits, ids, logp, mask, log_tail, position_mask, kind, tau, tail,
                 s_k = s[kept]
                 qt = np.exp(s_k - s_k.max())
                 qt /= qt.sum()  # student renormalised over the kept set
-                loss = {"forward_kl": float(np.sum(f * np.log(f / qt))), "soft_ce": float(-np.sum(f * np.log(qt))),
-                        "reverse_kl": float(np.sum(qt * np.log(qt / f))), "mse": float(np.sum((qt - f) ** 2))}[kind]
+                loss = {
+                    "forward_kl": float(np.sum(f * np.log(f / qt))),
+                    "soft_ce": float(-np.sum(f * np.log(qt))),
+                    "reverse_kl": float(np.sum(qt * np.log(qt / f))),
+                    "mse": float(np.sum((qt - f) ** 2)),
+                }[kind]
             elif support == "split":
                 loss = split_reference(x[bi, ti], kept, f, math.exp(float(log_tail[bi, ti])), tau, kind)
             elif not tail:
@@ -194,7 +199,9 @@ def test_known_values_and_identities():
     for kind in ("forward_kl", "reverse_kl", "mse"):
         assert kd_case(student, ids, logp, mask, lt, pm, kind=kind, tau=1.0).loss.item() == pytest.approx(0, abs=1e-5)
     ent = -(torch.where(mask, logp.exp() * logp, torch.zeros(()))).sum(-1)[mask.any(-1) & pm].mean()
-    assert kd_case(student, ids, logp, mask, lt, pm, kind="soft_ce", tau=1.0).loss.item() == pytest.approx(ent.item(), rel=1e-5)
+    assert kd_case(student, ids, logp, mask, lt, pm, kind="soft_ce", tau=1.0).loss.item() == pytest.approx(
+        ent.item(), rel=1e-5
+    )
 
 
 def test_temperature_is_applied_to_stored_logp_not_scaled():
@@ -297,12 +304,19 @@ def test_gradcheck_lm_and_distill():
     labels = torch.randint(0, 6, (2, 3))
     labels[0, 0] = -100
     lg = logits.clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: lm_loss(x, labels, chunk_size=2), (lg,), eps=1e-6, atol=1e-6,
-                                    fast_mode=True)
     assert torch.autograd.gradcheck(
-        lambda x: distill_case(x, labels, ids, logp, mask, lt, pm, alpha=0.3, kind="forward_kl", tau=2.0,
-                               tail=True, chunk_size=4).loss,
-        (lg,), eps=1e-6, atol=1e-6, fast_mode=True,
+        lambda x: lm_loss(x, labels, chunk_size=2), (lg,), eps=1e-6, atol=1e-6, fast_mode=True
+    )
+    assert torch.autograd.gradcheck(
+        lambda x: (
+            distill_case(
+                x, labels, ids, logp, mask, lt, pm, alpha=0.3, kind="forward_kl", tau=2.0, tail=True, chunk_size=4
+            ).loss
+        ),
+        (lg,),
+        eps=1e-6,
+        atol=1e-6,
+        fast_mode=True,
     )
 
 
@@ -398,8 +412,9 @@ def test_distill_paths_match_autograd_reference(tau, kind, support, tail):
     labels = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(1))
     labels[1, 2] = -100
     lg = logits.clone().requires_grad_(True)
-    res = distill_case(lg, labels, ids, logp, mask, lt, pm, alpha=0.7, kind=kind, tau=tau, tail=tail, support=support,
-                       chunk_size=3)
+    res = distill_case(
+        lg, labels, ids, logp, mask, lt, pm, alpha=0.7, kind=kind, tau=tau, tail=tail, support=support, chunk_size=3
+    )
     res.loss.backward()
     ref, agree, _ = reference(logits, ids, logp, mask, lt, pm, kind, tau, tail, support=support)
     lm_ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), labels.reshape(-1), ignore_index=-100)
@@ -408,9 +423,27 @@ def test_distill_paths_match_autograd_reference(tau, kind, support, tail):
     assert res.agreement.item() == pytest.approx(agree)
     assert torch.isfinite(lg.grad).all()
     assert torch.autograd.gradcheck(
-        lambda x: distill_case(x, labels, ids, logp, mask, lt, pm, alpha=0.7, kind=kind, tau=tau, tail=tail,
-                               support=support, chunk_size=4).loss,
-        (logits.clone().requires_grad_(True),), eps=1e-6, atol=1e-6, fast_mode=True,
+        lambda x: (
+            distill_case(
+                x,
+                labels,
+                ids,
+                logp,
+                mask,
+                lt,
+                pm,
+                alpha=0.7,
+                kind=kind,
+                tau=tau,
+                tail=tail,
+                support=support,
+                chunk_size=4,
+            ).loss
+        ),
+        (logits.clone().requires_grad_(True),),
+        eps=1e-6,
+        atol=1e-6,
+        fast_mode=True,
     )
 
 
@@ -478,8 +511,6 @@ def test_split_at_tau_1_is_the_exact_bucket_kl_and_kept_ignores_the_tail():
     assert torch.all(c.grad[outside] == 0)
 
 
-
-
 def test_support_arguments_are_checked():
     case = make_case()
     with pytest.raises(ValueError, match="support"):
@@ -525,8 +556,9 @@ def test_leaf_logits_repeated_backward_and_zero_grad():
     distill_case(ref, labels, ids, logp, mask, lt, pm, alpha=0.9, kind="forward_kl", tau=2.0).loss.backward()
     for support in ("full", "split"):
         lg = logits.clone().requires_grad_(True)
-        loss = distill_case(lg, labels, ids, logp, mask, lt, pm, alpha=0.9, kind="forward_kl", tau=2.0,
-                            support=support).loss
+        loss = distill_case(
+            lg, labels, ids, logp, mask, lt, pm, alpha=0.9, kind="forward_kl", tau=2.0, support=support
+        ).loss
         if support == "full":
             for _ in range(3):
                 loss.backward(retain_graph=True)
@@ -576,8 +608,17 @@ def _launch_two_ranks(tmp_path, mode: str) -> dict:
     out = tmp_path / f"{mode}.pt"
     env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     composer = os.path.join(os.path.dirname(sys.executable), "composer")
-    cmd = [composer, "-n", "2", "--master_port", str(port), os.path.join(os.path.dirname(__file__), "dist_loss_worker.py"),
-           str(out), "split", mode]
+    cmd = [
+        composer,
+        "-n",
+        "2",
+        "--master_port",
+        str(port),
+        os.path.join(os.path.dirname(__file__), "dist_loss_worker.py"),
+        str(out),
+        "split",
+        mode,
+    ]
     p = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return torch.load(out)
@@ -592,7 +633,7 @@ def test_microbatches_give_the_per_token_mean_of_the_device_batch():
     loss, single = _reference_gradient(w, batch)
     model = w.make_model("split")  # the naive objective: the mean of the four sequences' own means
     for i in range(w.B):
-        one = {k: v[i:i + 1] for k, v in batch.items()}
+        one = {k: v[i : i + 1] for k, v in batch.items()}
         (model.loss(model(one), one)["total"] / w.B).backward()
     naive = {n: p.grad for n, p in model.named_parameters()}
     assert max(float((naive[n] - g).abs().max()) for n, g in single.items()) > 1e-2
@@ -612,7 +653,7 @@ def test_two_processes_give_the_global_per_token_mean(tmp_path):
     loss, single = _reference_gradient(w, batch)
     # the naive objective (mean of the two ranks' own means) is different on this batch
     model = w.make_model("split")
-    halves = [{k: v[i * 2:(i + 1) * 2] for k, v in batch.items()} for i in range(2)]
+    halves = [{k: v[i * 2 : (i + 1) * 2] for k, v in batch.items()} for i in range(2)]
     naive = sum(float(model.loss(model(h), h)["total"]) for h in halves) / 2
     assert abs(naive - loss) > 0.02
     got = _launch_two_ranks(tmp_path, "ddp")
@@ -648,6 +689,7 @@ def test_shipped_pd_best_and_distill_settings(tmp_path):
     # a sampled dataset stores log(count / n): tau != 1 is refused, naming the setting and the dataset
     sys.path.insert(0, os.path.dirname(__file__))
     from make_dataset import make_tokenizer, write_dataset
+
     from schemas.manifest import Truncation
 
     top = write_dataset(str(tmp_path / "ds"), make_tokenizer(), n_samples=2, units=1)["manifest"]

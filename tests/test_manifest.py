@@ -1,4 +1,5 @@
 """Manifest validation names the field at fault; compatibility checks refuse wrong pairings."""
+
 import json
 
 import pytest

@@ -4,6 +4,7 @@ A reader (the demo, a notebook) relies on: one object per finished step and per 
 step the numbers describe, Composer's metric names with the same values as its text log, and a
 resumed run continuing the same file.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,14 +30,31 @@ def lake(tmp_path_factory):
 
 def _raw(lake, tmp, **run) -> dict:
     return {
-        "data": {"streams": [{"uri": str(lake / "ds")}], "eval_uri": str(lake / "eval"), "batch_size": 4,
-                 "num_canonical_nodes": 1, "local_cache": str(tmp / "cache"), "shuffle": False},
+        "data": {
+            "streams": [{"uri": str(lake / "ds")}],
+            "eval_uri": str(lake / "eval"),
+            "batch_size": 4,
+            "num_canonical_nodes": 1,
+            "local_cache": str(tmp / "cache"),
+            "shuffle": False,
+        },
         "model": {"hf_config": tiny_llama_config(), "tokenizer": str(lake / "tok")},
         "distill": {"mode": "none", "alpha": None},
         "optim": {"lr": 3e-3},
-        "run": {"max_duration": "4ba", "device": "cpu", "seed": 5, "loggers": ["file"], "log_interval": "1ba",
-                "eval_interval": "2ba", "save_interval": "2ba", "save_folder": str(tmp / "ckpt"), "run_name": "m",
-                "autoresume": True, "log_dir": str(tmp / "logs"), **run},
+        "run": {
+            "max_duration": "4ba",
+            "device": "cpu",
+            "seed": 5,
+            "loggers": ["file"],
+            "log_interval": "1ba",
+            "eval_interval": "2ba",
+            "save_interval": "2ba",
+            "save_folder": str(tmp / "ckpt"),
+            "run_name": "m",
+            "autoresume": True,
+            "log_dir": str(tmp / "logs"),
+            **run,
+        },
     }
 
 
@@ -82,7 +100,7 @@ def test_metrics_jsonl_per_step_and_eval_and_resume(lake, tmp_path):
     raw["data"]["local_cache"] = str(tmp_path / "cache2")
     _train(raw)
     recs = read_metrics(str(path))
-    assert [(r["kind"], r["step"]) for r in recs[len(first):]] == [("train", 3), ("train", 4), ("eval", 4), ("fit", 4)]
+    assert [(r["kind"], r["step"]) for r in recs[len(first) :]] == [("train", 3), ("train", 4), ("eval", 4), ("fit", 4)]
     ce = series(recs, "metrics/eval/LanguageCrossEntropy")
     assert [s for s, _ in ce] == [2, 4] and all(0 < v < 20 for _, v in ce)
 
@@ -91,7 +109,9 @@ def test_read_metrics_skips_a_torn_last_line(tmp_path):
     from trainer.metrics_log import read_metrics, series
 
     p = tmp_path / "metrics.jsonl"
-    p.write_text('{"kind": "train", "step": 1, "metrics": {"loss/train/total": 5.0}}\n'
-                 '{"kind": "train", "step": 1, "metrics": {"loss/train/total": 4.0}}\n{"kind": "tra')
+    p.write_text(
+        '{"kind": "train", "step": 1, "metrics": {"loss/train/total": 5.0}}\n'
+        '{"kind": "train", "step": 1, "metrics": {"loss/train/total": 4.0}}\n{"kind": "tra'
+    )
     assert series(read_metrics(str(p)), "loss/train/total") == [(1, 4.0)]  # the last write of a step wins
     assert read_metrics(str(tmp_path / "absent.jsonl")) == []

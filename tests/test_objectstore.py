@@ -3,6 +3,7 @@
 Each test checks that the bytes really went to the emulator (read back with a client pointed at
 the emulator explicitly), not to a cached filesystem or the real cloud.
 """
+
 import json
 import os
 import urllib.parse
@@ -123,10 +124,10 @@ def test_gcs_env_reaches_child_processes(gcs_bucket, gcs_server):
 
     pytest.importorskip("gcsfs")
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})\n"
         "from schemas import storage\n"
         "storage.write_text_atomic(sys.argv[1], 'from a child')\n"
-    ) % os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    )
     uri = storage.join(gcs_bucket, "child.txt")
     subprocess.run([sys.executable, "-c", code, uri], check=True, timeout=120)
     assert storage.read_text(uri) == "from a child"

@@ -6,6 +6,7 @@ output, an output inside its own input, orphan temporary files after a kill, and
 with other settings slipping into a published dataset. Real DirectRunner, tiny random teacher,
 real S3/GCS emulators (tests/objectstore.py).
 """
+
 import hashlib
 import json
 import os
@@ -17,13 +18,19 @@ pytest.importorskip("apache_beam")
 pytest.importorskip("streaming")
 
 from fixtures_models import make_texts  # noqa: E402
+from racing import release_together  # noqa: E402
+
 from pipelines.config import PipelineConfig  # noqa: E402
 from pipelines.job import prepare, run  # noqa: E402
 from pipelines.output import (  # noqa: E402
-    ForeignOutput, OutputInsideInput, PartMismatch, SettingsMismatch, claim_output, input_base,
+    ForeignOutput,
+    OutputInsideInput,
+    PartMismatch,
+    SettingsMismatch,
+    claim_output,
+    input_base,
 )
 from schemas import storage  # noqa: E402
-from racing import release_together  # noqa: E402
 
 SETTINGS = dict(seq_len=32, top_p=0.9, top_k=16, batch_size=4, bytes_per_unit=1200, progress=False)
 
@@ -36,14 +43,18 @@ def lake(tmp_path_factory):
 
 
 def cfg(lake, out, teacher, **kw):
-    return PipelineConfig(**{"inputs": [os.path.join(lake, "*.jsonl")], "teacher": teacher, "output": str(out),
-                             **SETTINGS, **kw})
+    return PipelineConfig(
+        **{"inputs": [os.path.join(lake, "*.jsonl")], "teacher": teacher, "output": str(out), **SETTINGS, **kw}
+    )
 
 
 def digest(out):
     out = str(out)
-    return {os.path.relpath(os.path.join(r, f), out): hashlib.sha256(open(os.path.join(r, f), "rb").read()).hexdigest()
-            for r, _, fs in os.walk(out) for f in fs}
+    return {
+        os.path.relpath(os.path.join(r, f), out): hashlib.sha256(open(os.path.join(r, f), "rb").read()).hexdigest()
+        for r, _, fs in os.walk(out)
+        for f in fs
+    }
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +69,7 @@ def clean(lake, tiny_teacher, tmp_path_factory):
 
 def race_claims(output, n=6):
     """n threads, two different settings, released together: exactly one setting may win."""
+
     def one(i):  # anything but SettingsMismatch fails the assertions below, shown with its message
         return claim_output(output, f"sha256:{i % 2}", {"settings": {"top_k": [3, 8][i % 2]}})
 
@@ -70,7 +82,10 @@ def race_claims(output, n=6):
     assert all(results[i] is False for i in range(winner, n, 2)), results  # ... every run with it may go on
     assert len(refused) == n // 2 and all(r is not False for i, r in enumerate(results) if i % 2 != winner)
     assert all(f"top_k: {[3, 8][winner]!r} -> {[3, 8][1 - winner]!r}" in str(r) for r in refused)
-    assert json.loads(storage.read_text(storage.join(output, "_settings.json")))["settings_fingerprint"] == f"sha256:{winner}"
+    assert (
+        json.loads(storage.read_text(storage.join(output, "_settings.json")))["settings_fingerprint"]
+        == f"sha256:{winner}"
+    )
 
 
 def test_concurrent_claims_local(tmp_path):
@@ -94,22 +109,52 @@ def test_two_commands_with_different_settings_started_together(lake, tiny_teache
     import sys
 
     out = tmp_path / "ds"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")] if p)}
-    procs = {k: subprocess.Popen([sys.executable, "-m", "pdistill.cli", "logits", "--input", os.path.join(lake, "*.jsonl"),
-                                  "--teacher", tiny_teacher, "--output", str(out), "--seq-len", "32", "--top-k", str(k),
-                                  "--bytes-per-unit", "1200", "--no-progress"],
-                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for k in (3, 8)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            p
+            for p in [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]
+            if p
+        ),
+    }
+    procs = {
+        k: subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pdistill.cli",
+                "logits",
+                "--input",
+                os.path.join(lake, "*.jsonl"),
+                "--teacher",
+                tiny_teacher,
+                "--output",
+                str(out),
+                "--seq-len",
+                "32",
+                "--top-k",
+                str(k),
+                "--bytes-per-unit",
+                "1200",
+                "--no-progress",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in (3, 8)
+    }
     done = {k: (p.wait(timeout=300), p.stderr.read()) for k, p in procs.items()}
     winners = [k for k, (rc, _) in done.items() if rc == 0]
     assert len(winners) == 1, done
     (loser,) = set(done) - set(winners)
     rc, err = done[loser]
     assert rc == 2 and "other settings" in err and "Traceback" not in err, err
+    from streaming import StreamingDataset
+
     from pipelines.output import SETTINGS_NAME
     from schemas import Manifest, make_codec
-    from streaming import StreamingDataset
 
     m = Manifest.from_json((out / "manifest.json").read_text())
     claim = json.loads((out / SETTINGS_NAME).read_text())
@@ -154,7 +199,8 @@ def test_a_run_resumed_by_an_encoder_with_other_defaults_is_refused(clean, lake,
     as the config spells them (`codec_params: {}` both times); spelling out the old ones resumes."""
     import dataclasses
 
-    from schemas import Manifest, codec as codec_module
+    from schemas import Manifest
+    from schemas import codec as codec_module
 
     @dataclasses.dataclass(frozen=True)
     class OlderCompact4(codec_module.Compact4Codec):  # the encoder of the pdistill that started the run
@@ -164,13 +210,17 @@ def test_a_run_resumed_by_an_encoder_with_other_defaults_is_refused(clean, lake,
     out = tmp_path / "ds"
     with monkeypatch.context() as m:
         m.setitem(codec_module.CODECS, "compact4", OlderCompact4)
-        m.setenv("PDISTILL_TEST_FAULTS", json.dumps(
-            {"stage": "publish", "units": ["root"], "mode": "once", "marker_dir": str(tmp_path)}))
+        m.setenv(
+            "PDISTILL_TEST_FAULTS",
+            json.dumps({"stage": "publish", "units": ["root"], "mode": "once", "marker_dir": str(tmp_path)}),
+        )
         with pytest.raises(Exception, match="injected failure at publish"):
             run(cfg(lake, out, tiny_teacher))
     assert (out / "_settings.json").exists() and not (out / "manifest.json").exists()
 
-    with pytest.raises(SettingsMismatch, match=r"codec_params\.kl_target: 0\.00075 -> 0\.0008.*codec_params\.mass_floor: 0\.0 -> 0\.75"):
+    with pytest.raises(
+        SettingsMismatch, match=r"codec_params\.kl_target: 0\.00075 -> 0\.0008.*codec_params\.mass_floor: 0\.0 -> 0\.75"
+    ):
         run(cfg(lake, out, tiny_teacher))
     assert not (out / "manifest.json").exists()
 
@@ -179,8 +229,10 @@ def test_a_run_resumed_by_an_encoder_with_other_defaults_is_refused(clean, lake,
     assert params["kl_target"] == 7.5e-4 and params["mass_floor"] == 0.0
     # the defaults spelled out are the defaults: same fingerprint, so the clean run's output is done
     spelled = codec_module.make_codec("compact4").params()
-    assert cfg(lake, out, tiny_teacher, codec_params=spelled).settings_fingerprint() == \
-        cfg(lake, out, tiny_teacher).settings_fingerprint()
+    assert (
+        cfg(lake, out, tiny_teacher, codec_params=spelled).settings_fingerprint()
+        == cfg(lake, out, tiny_teacher).settings_fingerprint()
+    )
 
 
 # ---------------------------------------------------------------- foreign outputs
@@ -203,8 +255,17 @@ def test_foreign_local_output_is_refused(lake, tiny_teacher, tmp_path, capsys):
     before = digest(out)
     with pytest.raises(ForeignOutput, match=r"not empty.*index\.json, shard\.00000\.mds\.zstd"):
         prepare(cfg(lake, out, tiny_teacher))
-    argv = ["--input", os.path.join(lake, "*.jsonl"), "--teacher", tiny_teacher, "--output", str(out), "--seq-len", "32",
-            "--no-progress"]
+    argv = [
+        "--input",
+        os.path.join(lake, "*.jsonl"),
+        "--teacher",
+        tiny_teacher,
+        "--output",
+        str(out),
+        "--seq-len",
+        "32",
+        "--no-progress",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "not a pdistill output" in err and "index.json" in err and "Traceback" not in err
@@ -245,8 +306,22 @@ def test_unwritable_output_is_refused_before_any_work(where, lake, tiny_teacher,
             pytest.skip("no /sys here")
         except OSError:
             pass
-    assert main(["--input", os.path.join(lake, "*.jsonl"), "--teacher", tiny_teacher, "--output", out,
-                 "--seq-len", "32", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "--input",
+                os.path.join(lake, "*.jsonl"),
+                "--teacher",
+                tiny_teacher,
+                "--output",
+                out,
+                "--seq-len",
+                "32",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith(f"pdistill logits: error: output {out}: cannot write to it (") and reason in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -287,7 +362,13 @@ def test_output_inside_the_input_folder_is_refused(rel_out, tiny_teacher, tmp_pa
     lake.mkdir()
     (lake / "a.jsonl").write_text(json.dumps({"text": "one document"}) + "\n")
     out = os.path.normpath(os.path.join(lake, rel_out))
-    for pattern in (str(lake), str(lake / "*"), str(lake / "*.jsonl"), str(lake / "**" / "*.jsonl"), "file://" + str(lake)):
+    for pattern in (
+        str(lake),
+        str(lake / "*"),
+        str(lake / "*.jsonl"),
+        str(lake / "**" / "*.jsonl"),
+        "file://" + str(lake),
+    ):
         with pytest.raises(OutputInsideInput, match="inside the input folder"):
             prepare(cfg(str(lake), out, tiny_teacher, inputs=[pattern]))
     assert main(["--input", str(lake / "*"), "--teacher", tiny_teacher, "--output", out]) == 2
@@ -304,7 +385,9 @@ def test_input_inside_the_output_is_refused(tiny_teacher, tmp_path):
 
 def test_remote_output_inside_remote_input_is_refused(s3_bucket, tiny_teacher):
     with pytest.raises(OutputInsideInput, match="inside the input folder"):
-        prepare(cfg("", storage.join(s3_bucket, "lake", "ds"), tiny_teacher, inputs=[storage.join(s3_bucket, "lake", "*")]))
+        prepare(
+            cfg("", storage.join(s3_bucket, "lake", "ds"), tiny_teacher, inputs=[storage.join(s3_bucket, "lake", "*")])
+        )
     # a sibling folder, or the same path in another bucket, is fine for the check
     from pipelines.output import refuse_overlap
 
@@ -332,12 +415,19 @@ def test_resume_removes_orphan_temp_files_of_unfinished_parts_only(clean, lake, 
     monkeypatch.delenv("PDISTILL_TEST_FAULTS")
     hexes = iter(f"{i:032x}" for i in range(100))
     # what a kill inside schemas.storage.write_bytes_atomic / schemas.claim leaves behind
-    orphans = [f"parts/{victim}/shard.00000.mds.zstd.tmp-{next(hexes)}", f"parts/{victim}/index.json.tmp-{next(hexes)}",
-               f"dead_letter/{victim}.jsonl.tmp-{next(hexes)}", f"index.json.tmp-{next(hexes)}",
-               f"manifest.json.tmp-{next(hexes)}"]
+    orphans = [
+        f"parts/{victim}/shard.00000.mds.zstd.tmp-{next(hexes)}",
+        f"parts/{victim}/index.json.tmp-{next(hexes)}",
+        f"dead_letter/{victim}.jsonl.tmp-{next(hexes)}",
+        f"index.json.tmp-{next(hexes)}",
+        f"manifest.json.tmp-{next(hexes)}",
+    ]
     # not ours to delete: a temp file in a published part, and names we never write
-    kept = [f"parts/{units[0]}/shard.00000.mds.zstd.tmp-{next(hexes)}", f"parts/{victim}/notes.tmp-1",
-            f"parts/{victim}/shard.00000.mds.zstd.tmp-partial"]
+    kept = [
+        f"parts/{units[0]}/shard.00000.mds.zstd.tmp-{next(hexes)}",
+        f"parts/{victim}/notes.tmp-1",
+        f"parts/{victim}/shard.00000.mds.zstd.tmp-partial",
+    ]
     for rel in orphans + kept:
         os.makedirs(os.path.dirname(out / rel), exist_ok=True)
         (out / rel).write_bytes(b"half written")

@@ -4,6 +4,7 @@ One clean in-process run (module fixture) is the reference; every other run (oth
 retried bundles, resumed after a failure, multi-process) must produce the same files byte for
 byte, hence the same sample ids and decoded content.
 """
+
 import gzip
 import hashlib
 import json
@@ -17,6 +18,7 @@ pytest.importorskip("apache_beam")
 pytest.importorskip("streaming")
 
 from fixtures_models import make_texts  # noqa: E402
+
 from pipelines.config import PipelineConfig  # noqa: E402
 from pipelines.job import SettingsMismatch, run  # noqa: E402
 from schemas import Manifest, decode_dense, make_codec, sample_id  # noqa: E402
@@ -29,15 +31,27 @@ def lake(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("lake")
     (d / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in make_texts(30, seed=1)))
-    (d / "b.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps({"text": t}) + "\n" for t in make_texts(10, seed=2)).encode()))
+    (d / "b.jsonl.gz").write_bytes(
+        gzip.compress("".join(json.dumps({"text": t}) + "\n" for t in make_texts(10, seed=2)).encode())
+    )
     pq.write_table(pa.table({"text": make_texts(12, seed=3)}), d / "c.parquet", row_group_size=4)
     (d / "d.txt").write_text(" ".join(make_texts(6, seed=4, min_words=20)))  # one long document
     return str(d)
 
 
 def config(lake, out, **kw) -> PipelineConfig:
-    base = dict(inputs=[os.path.join(lake, "*")], teacher=kw.pop("teacher"), output=str(out), seq_len=32, top_p=0.9,
-                top_k=16, batch_size=4, bytes_per_unit=1500, rows_per_unit=8, progress=False)
+    base = dict(
+        inputs=[os.path.join(lake, "*")],
+        teacher=kw.pop("teacher"),
+        output=str(out),
+        seq_len=32,
+        top_p=0.9,
+        top_k=16,
+        batch_size=4,
+        bytes_per_unit=1500,
+        rows_per_unit=8,
+        progress=False,
+    )
     return PipelineConfig(**{**base, **kw})
 
 
@@ -46,7 +60,8 @@ def digest(out) -> dict:
     out = str(out)
     return {
         os.path.relpath(os.path.join(r, f), out): hashlib.sha256(open(os.path.join(r, f), "rb").read()).hexdigest()
-        for r, _, fs in os.walk(out) for f in fs
+        for r, _, fs in os.walk(out)
+        for f in fs
     }
 
 
@@ -61,8 +76,16 @@ def read_dataset(out) -> list[dict]:
     for i in range(len(ds)):
         s = ds[i]
         dense = decode_dense(s, codec, m.truncation.top_k)
-        rows.append({"id": int(s["sample_id"]), "unit": s["unit"], "tokens": s["tokens"], "n": int(s["n_tokens"]),
-                     "doc_starts": list(s["doc_starts"]), "dense": dense})
+        rows.append(
+            {
+                "id": int(s["sample_id"]),
+                "unit": s["unit"],
+                "tokens": s["tokens"],
+                "n": int(s["n_tokens"]),
+                "doc_starts": list(s["doc_starts"]),
+                "dense": dense,
+            }
+        )
     del ds
     return rows
 
@@ -96,7 +119,7 @@ def test_clean_run_is_complete_and_readable(clean, tiny_teacher, lake):
     # teacher signal on every real position, none on padding
     for r in rows:
         kept = r["dense"].mask.sum(1)
-        assert (kept[: r["n"]] > 0).all() and (kept[r["n"]:] == 0).all() and kept.max() <= 16
+        assert (kept[: r["n"]] > 0).all() and (kept[r["n"] :] == 0).all() and kept.max() <= 16
     assert len({int(k) for r in rows for k in r["dense"].mask.sum(1)[: r["n"]]}) > 3  # truncation varies
     # the tokens are the documents, each followed by the separator (EOS); no BOS (add_bos=False)
     from pipelines.packing import load_tokenizer
@@ -132,8 +155,14 @@ def test_retried_bundles_give_the_same_dataset(clean, tiny_teacher, lake, tmp_pa
 
     marks = tmp_path / "marks"
     marks.mkdir()
-    faults = [{"stage": s, "units": us, "marker_dir": str(marks)} for s, us in
-              (("read", ["u00000-00000"]), ("teacher", ["u00002-00001", "u00000-00002"]), ("sink", ["u00001-00000"]))]
+    faults = [
+        {"stage": s, "units": us, "marker_dir": str(marks)}
+        for s, us in (
+            ("read", ["u00000-00000"]),
+            ("teacher", ["u00002-00001", "u00000-00002"]),
+            ("sink", ["u00001-00000"]),
+        )
+    ]
     monkeypatch.setenv("PDISTILL_TEST_FAULTS", json.dumps(faults))
     out = tmp_path / "ds"
     # a half-copied part from an earlier attempt (shards, no index.json) must be overwritten
@@ -143,14 +172,19 @@ def test_retried_bundles_give_the_same_dataset(clean, tiny_teacher, lake, tmp_pa
     (out / "parts" / "u00001-00000" / "shard.00000.mds.zstd").write_bytes(b"torn write")
     # Beam's FnApiRunner (the default DirectRunner) does not retry bundles; the bundle-based
     # DirectRunner does (up to 4 attempts), like Dataflow
-    run(config(lake, out, teacher=tiny_teacher, batch_size=3), options=PipelineOptions(["--runner=BundleBasedDirectRunner"]))
+    run(
+        config(lake, out, teacher=tiny_teacher, batch_size=3),
+        options=PipelineOptions(["--runner=BundleBasedDirectRunner"]),
+    )
     assert len(os.listdir(marks)) == 4  # every injected failure happened
     assert digest(out) == clean["digest"]
 
 
 def test_resume_computes_only_missing_parts(clean, tiny_teacher, lake, tmp_path, monkeypatch):
     out = tmp_path / "ds"
-    monkeypatch.setenv("PDISTILL_TEST_FAULTS", json.dumps({"stage": "sink", "units": ["u00002-00000"], "mode": "always"}))
+    monkeypatch.setenv(
+        "PDISTILL_TEST_FAULTS", json.dumps({"stage": "sink", "units": ["u00002-00000"], "mode": "always"})
+    )
     with pytest.raises(Exception, match="injected failure"):
         run(config(lake, out, teacher=tiny_teacher))
     assert not (out / "manifest.json").exists()
@@ -181,8 +215,9 @@ def test_resume_of_a_killed_run_skips_published_parts(clean, tiny_teacher, lake,
     os.makedirs(out / "parts")
     shutil.copy(os.path.join(clean["out"], "_settings.json"), out / "_settings.json")
     for u in keep:
-        shutil.copytree(os.path.join(clean["out"], "parts", u), out / "parts" / u,
-                        ignore=shutil.ignore_patterns("*.mds"))  # raw shards a reader unpacked
+        shutil.copytree(
+            os.path.join(clean["out"], "parts", u), out / "parts" / u, ignore=shutil.ignore_patterns("*.mds")
+        )  # raw shards a reader unpacked
     log = tmp_path / "calls.jsonl"
     monkeypatch.setenv("PDISTILL_TEST_TEACHER_LOG", str(log))
     run(config(lake, out, teacher=tiny_teacher))
@@ -198,9 +233,14 @@ def test_bad_input_goes_to_dead_letter(tiny_teacher, tmp_path):
     lake = tmp_path / "lake"
     lake.mkdir()
     good = make_texts(4, seed=9)
-    lines = [json.dumps({"text": good[0]}).encode(), b'{"text": "unterminated', b'{"text": "caf\xe9"}',
-             json.dumps({"body": "no text key"}).encode(), json.dumps({"text": "  "}).encode(),
-             json.dumps({"text": good[1]}).encode()]
+    lines = [
+        json.dumps({"text": good[0]}).encode(),
+        b'{"text": "unterminated',
+        b'{"text": "caf\xe9"}',
+        json.dumps({"body": "no text key"}).encode(),
+        json.dumps({"text": "  "}).encode(),
+        json.dumps({"text": good[1]}).encode(),
+    ]
     (lake / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     (lake / "b.txt").write_bytes(b"latin-1 \xe9t\xe9")
     pq.write_table(pa.table({"text": [good[2], None, ""]}), lake / "c.parquet")
@@ -210,15 +250,25 @@ def test_bad_input_goes_to_dead_letter(tiny_teacher, tmp_path):
     out = tmp_path / "ds"
     report = run(config(str(lake), out, teacher=tiny_teacher))
     m = Manifest.from_json(open(out / "manifest.json").read())
-    dead = [json.loads(line) for f in sorted(os.listdir(out / "dead_letter"))
-            for line in open(out / "dead_letter" / f)]
+    dead = [json.loads(line) for f in sorted(os.listdir(out / "dead_letter")) for line in open(out / "dead_letter" / f)]
     # a dead letter counts for the documents it stands for (0 for a file whose rows cannot be counted)
-    assert m.counts.reconciles() and m.counts.dead_letters == sum(d["documents"] for d in dead) == report.summary["dead_letters"]
+    assert (
+        m.counts.reconciles()
+        and m.counts.dead_letters == sum(d["documents"] for d in dead) == report.summary["dead_letters"]
+    )
     by = {(os.path.basename(d["file"]), d["kind"]) for d in dead}
-    assert by == {("a.jsonl", "malformed_json"), ("a.jsonl", "not_utf8"), ("a.jsonl", "missing_text"),
-                  ("a.jsonl", "empty_text"), ("b.txt", "not_utf8"), ("c.parquet", "missing_text"),
-                  ("c.parquet", "empty_text"), ("d.parquet", "missing_text"), ("e.parquet", "unreadable_file"),
-                  ("f.jsonl.gz", "truncated_file")}
+    assert by == {
+        ("a.jsonl", "malformed_json"),
+        ("a.jsonl", "not_utf8"),
+        ("a.jsonl", "missing_text"),
+        ("a.jsonl", "empty_text"),
+        ("b.txt", "not_utf8"),
+        ("c.parquet", "missing_text"),
+        ("c.parquet", "empty_text"),
+        ("d.parquet", "missing_text"),
+        ("e.parquet", "unreadable_file"),
+        ("f.jsonl.gz", "truncated_file"),
+    }
     assert all(d["reason"] and isinstance(d["position"], dict) for d in dead)
     a = sorted((d["position"]["byte"], d["kind"]) for d in dead if d["file"].endswith("a.jsonl"))
     assert [p for p, _ in a] == [sum(len(x) + 1 for x in lines[:i]) for i in (1, 2, 3, 4)]
@@ -227,7 +277,9 @@ def test_bad_input_goes_to_dead_letter(tiny_teacher, tmp_path):
     # 0 (unreadable: its rows cannot be counted) + f.jsonl.gz 0 (the cut falls before its first line is decoded)
     assert m.counts.packed_documents == 2 + 1 and m.counts.documents == 11
     assert m.counts.incomplete_files == 2 and sorted(os.path.basename(s.uri) for s in m.sources if not s.complete) == [
-        "e.parquet", "f.jsonl.gz"]
+        "e.parquet",
+        "f.jsonl.gz",
+    ]
 
 
 def test_fail_fast_before_any_work(tiny_teacher, lake, tmp_path, capsys):
@@ -249,7 +301,11 @@ def test_fail_fast_before_any_work(tiny_teacher, lake, tmp_path, capsys):
 
 def test_sampled_selection(tiny_teacher, lake, tmp_path):
     out = tmp_path / "ds"
-    run(config(lake, out, teacher=tiny_teacher, inputs=[os.path.join(lake, "c.parquet")], selection="sample", num_draws=12))
+    run(
+        config(
+            lake, out, teacher=tiny_teacher, inputs=[os.path.join(lake, "c.parquet")], selection="sample", num_draws=12
+        )
+    )
     m = Manifest.from_json(open(out / "manifest.json").read())
     assert (m.truncation.method, m.truncation.top_k, m.truncation.top_p) == ("sample", 12, 1.0)
     first = digest(out)
@@ -257,7 +313,17 @@ def test_sampled_selection(tiny_teacher, lake, tmp_path):
         p = np.exp(np.where(r["dense"].mask, r["dense"].logp, -np.inf)).sum(1)
         np.testing.assert_allclose(p[: r["n"]], 1.0, rtol=1e-5)
     out2 = tmp_path / "ds2"
-    run(config(lake, out2, teacher=tiny_teacher, inputs=[os.path.join(lake, "c.parquet")], selection="sample", num_draws=12, batch_size=1))
+    run(
+        config(
+            lake,
+            out2,
+            teacher=tiny_teacher,
+            inputs=[os.path.join(lake, "c.parquet")],
+            selection="sample",
+            num_draws=12,
+            batch_size=1,
+        )
+    )
     assert digest(out2) == first  # the draws are seeded per sample id: batch size does not matter
 
 
@@ -267,8 +333,17 @@ def test_multi_process_run_is_identical(clean, tiny_teacher, lake, tmp_path, mon
     log = tmp_path / "calls.jsonl"
     monkeypatch.setenv("PDISTILL_TEST_TEACHER_LOG", str(log))
     # one teacher shared by both worker processes (Beam multi_process_shared), batches of 3, not 4
-    run(config(lake, out, teacher=tiny_teacher, batch_size=3, direct_running_mode="multi_processing",
-               direct_num_workers=2, share_model=True))
+    run(
+        config(
+            lake,
+            out,
+            teacher=tiny_teacher,
+            batch_size=3,
+            direct_running_mode="multi_processing",
+            direct_num_workers=2,
+            share_model=True,
+        )
+    )
     assert digest(out) == clean["digest"]  # byte-identical shards, indexes and manifest
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert len({c["model"]["pid"] for c in calls}) == 1  # every batch ran on the one shared model

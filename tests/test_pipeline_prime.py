@@ -2,6 +2,7 @@
 publishes it before any part, codes every part against it and names it in the manifest; a
 resumed run reuses it without calling the teacher for it; readers (StreamingDataset + the
 trainer's dataset, `pdistill inspect`) decode with it and refuse a dataset without it."""
+
 import json
 import os
 import shutil
@@ -12,13 +13,14 @@ import pytest
 pytest.importorskip("apache_beam")
 pytest.importorskip("streaming")
 
+from test_pipeline_e2e import config, digest, lake  # noqa: F401,E402  (the e2e lake fixture and settings)
+
 from pipelines.job import OutputError, run  # noqa: E402
 from pipelines.output import PartMismatch  # noqa: E402
 from schemas import DatasetDir, Manifest, decode_dense  # noqa: E402
 from schemas.codec_compact5 import Prime  # noqa: E402
 from schemas.dataset_dir import PRIME_NAME  # noqa: E402
 from schemas.integrity import stored_file  # noqa: E402
-from test_pipeline_e2e import config, digest, lake  # noqa: F401,E402  (the e2e lake fixture and settings)
 
 
 def _decoded(out) -> list:
@@ -50,12 +52,16 @@ def test_compact5_run_names_its_prime_and_decodes_as_compact4(primed, lake, tiny
     for unit in DatasetDir(out).finished_units():
         assert DatasetDir(out).read_stats(unit)["codec_prime_sha256"] == prime.digest
     metrics = primed["report"].metrics
-    assert 100 <= metrics["prime_teacher_tokens"] < 100 + 32  # the prime's own teacher calls (whole sequences), counted apart
+    assert (
+        100 <= metrics["prime_teacher_tokens"] < 100 + 32
+    )  # the prime's own teacher calls (whole sequences), counted apart
     assert metrics["teacher_tokens"] == m.counts.tokens and metrics["documents"] == m.counts.documents
     # the same signal as a compact4 run (compact5 decodes compact2's levels at compact4's kl_target)
     ref = tmp_path / "c4"
     run(config(lake, ref, teacher=tiny_teacher, codec="compact4"))
-    shutil.copytree(out, tmp_path / "read")  # StreamingDataset unpacks shards beside the zstd ones: not in the fixture's
+    shutil.copytree(
+        out, tmp_path / "read"
+    )  # StreamingDataset unpacks shards beside the zstd ones: not in the fixture's
     a, b = _decoded(str(tmp_path / "read")), _decoded(str(ref))
     assert [i for i, _ in a] == [i for i, _ in b]
     for (_, x), (_, y) in zip(a, b):
@@ -98,7 +104,9 @@ def test_a_part_coded_against_another_prime_is_not_published(primed, lake, tiny_
     units = sorted(DatasetDir(str(out)).finished_units())
     shutil.rmtree(out / "parts" / units[-1])
     other = Prime.from_bytes((out / PRIME_NAME).read_bytes())
-    (out / PRIME_NAME).write_bytes(Prime(other.tokens[1:], other.counts[1:], other.ids[int(other.counts[0]):]).to_bytes())
+    (out / PRIME_NAME).write_bytes(
+        Prime(other.tokens[1:], other.counts[1:], other.ids[int(other.counts[0]) :]).to_bytes()
+    )
     with pytest.raises(Exception, match="coded against codec prime") as e:
         run(config(lake, out, teacher=tiny_teacher, codec="compact5", codec_params={"prime_tokens": 100}))
     assert isinstance(e.value, PartMismatch) or "PartMismatch" in str(e.value)
@@ -114,7 +122,9 @@ def test_readers_need_the_prime(primed, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["verdict"] == "whole" and report["codec"].startswith("compact5 ")
     prime_bytes = os.path.getsize(out / PRIME_NAME)
-    assert report["stored_bytes_per_token"] * report["counts"]["tokens"] == pytest.approx(DatasetDir(str(out)).stored_bytes(), rel=1e-6)
+    assert report["stored_bytes_per_token"] * report["counts"]["tokens"] == pytest.approx(
+        DatasetDir(str(out)).stored_bytes(), rel=1e-6
+    )
     assert DatasetDir(str(out)).stored_bytes() > prime_bytes
     os.remove(out / PRIME_NAME)
     assert inspect_cli.main([str(out), "--json"]) != 0
@@ -138,8 +148,10 @@ def test_trainer_streams_each_decode_with_their_own_prime(primed, lake, tiny_tea
     for i, src in enumerate((primed["out"], str(other), str(plain))):
         shutil.copytree(src, tmp_path / f"s{i}")
         copies.append(str(tmp_path / f"s{i}"))
-    assert (Prime.from_bytes(open(os.path.join(copies[0], PRIME_NAME), "rb").read()).digest
-            != Prime.from_bytes(open(os.path.join(copies[1], PRIME_NAME), "rb").read()).digest)
+    assert (
+        Prime.from_bytes(open(os.path.join(copies[0], PRIME_NAME), "rb").read()).digest
+        != Prime.from_bytes(open(os.path.join(copies[1], PRIME_NAME), "rb").read()).digest
+    )
     ds = DistillDataset(DataConfig.of(*copies, shuffle=False), batch_size=1, cache_dir=str(tmp_path / "cache"))
     alone = {}
     for uri in copies:

@@ -10,6 +10,7 @@ s3:// is read back with the stock `streaming.StreamingDataset(remote=s3://...)`;
 fetched with `schemas.storage.fetch_dir` first, because streaming's GCS downloader insists on
 Google credentials (see tests/test_objectstore.py).
 """
+
 import json
 import os
 import urllib.parse
@@ -20,6 +21,7 @@ pytest.importorskip("apache_beam")
 pytest.importorskip("streaming")
 
 from fixtures_models import make_texts  # noqa: E402
+
 from pipelines.config import PipelineConfig  # noqa: E402
 from pipelines.job import SettingsMismatch, run  # noqa: E402
 from schemas import INDEX_NAME, MANIFEST_NAME, DatasetDir, Manifest, decode_dense, sample_id, storage  # noqa: E402
@@ -50,8 +52,19 @@ def rows_of(local_ds_dir, remote=None):
     for i in range(len(ds)):
         s = ds[i]
         d = decode_dense(s, codec, m.truncation.top_k)
-        rows.append((int(s["sample_id"]), s["unit"], s["tokens"].tolist(), int(s["n_tokens"]), list(s["doc_starts"]),
-                     d.ids.tolist(), d.logp.tolist(), d.mask.tolist(), d.log_tail.tolist()))
+        rows.append(
+            (
+                int(s["sample_id"]),
+                s["unit"],
+                s["tokens"].tolist(),
+                int(s["n_tokens"]),
+                list(s["doc_starts"]),
+                d.ids.tolist(),
+                d.logp.tolist(),
+                d.mask.tolist(),
+                d.log_tail.tolist(),
+            )
+        )
     del ds
     return m, rows
 
@@ -74,7 +87,7 @@ def upload(local_dir, uri):
 def remote_keys(uri):
     fs, path = storage.fs_and_path(uri)
     fs.invalidate_cache()
-    return sorted(p[len(path.rstrip("/")) + 1:] for p in fs.find(path))
+    return sorted(p[len(path.rstrip("/")) + 1 :] for p in fs.find(path))
 
 
 def run_remote(bucket, local_run, tiny_teacher, tmp_path, monkeypatch, **kw):
@@ -82,8 +95,12 @@ def run_remote(bucket, local_run, tiny_teacher, tmp_path, monkeypatch, **kw):
     upload(local_run["lake"], storage.join(bucket, "lake"))
     upload(tiny_teacher, storage.join(bucket, "teacher"))
     out = storage.join(bucket, "ds")
-    config = PipelineConfig(inputs=[storage.join(bucket, "lake", "*")], teacher=storage.join(bucket, "teacher"),
-                            output=out, **{**SETTINGS, **kw})
+    config = PipelineConfig(
+        inputs=[storage.join(bucket, "lake", "*")],
+        teacher=storage.join(bucket, "teacher"),
+        output=out,
+        **{**SETTINGS, **kw},
+    )
     report = run(config)
     keys = remote_keys(out)
     assert MANIFEST_NAME in keys and INDEX_NAME in keys and "_settings.json" in keys
@@ -143,7 +160,9 @@ def test_gcs_lake_to_gcs_dataset(gcs_bucket, gcs_server, local_run, tiny_teacher
     local = storage.fetch_dir(config.output, cache_root=str(tmp_path / "fetched"))
     _, rows = rows_of(local)
     check_same_as_local(m, rows, local_run)
-    with urllib.request.urlopen(f"{gcs_server.endpoint}/storage/v1/b/{urllib.parse.urlparse(gcs_bucket).netloc}/o") as r:
+    with urllib.request.urlopen(
+        f"{gcs_server.endpoint}/storage/v1/b/{urllib.parse.urlparse(gcs_bucket).netloc}/o"
+    ) as r:
         assert "data/ds/manifest.json" in {i["name"] for i in json.load(r)["items"]}
     check_rerun(config, tmp_path, monkeypatch)
 
@@ -151,7 +170,9 @@ def test_gcs_lake_to_gcs_dataset(gcs_bucket, gcs_server, local_run, tiny_teacher
 @pytest.mark.slow
 def test_s3_multi_process_resume(s3_bucket, local_run, tiny_teacher, tmp_path, monkeypatch):
     """multi_processing workers (fresh interpreters) reach the emulator; a killed run resumes on s3."""
-    monkeypatch.setenv("PDISTILL_TEST_FAULTS", json.dumps({"stage": "sink", "units": ["u00001-00000"], "mode": "always"}))
+    monkeypatch.setenv(
+        "PDISTILL_TEST_FAULTS", json.dumps({"stage": "sink", "units": ["u00001-00000"], "mode": "always"})
+    )
     with pytest.raises(Exception, match="injected failure"):
         run_remote(s3_bucket, local_run, tiny_teacher, tmp_path, monkeypatch)
     out = storage.join(s3_bucket, "ds")
@@ -161,8 +182,15 @@ def test_s3_multi_process_resume(s3_bucket, local_run, tiny_teacher, tmp_path, m
     monkeypatch.delenv("PDISTILL_TEST_FAULTS")
     log = tmp_path / "calls.jsonl"
     monkeypatch.setenv("PDISTILL_TEST_TEACHER_LOG", str(log))
-    config, m = run_remote(s3_bucket, local_run, tiny_teacher, tmp_path, monkeypatch,
-                           direct_running_mode="multi_processing", direct_num_workers=2)
+    config, m = run_remote(
+        s3_bucket,
+        local_run,
+        tiny_teacher,
+        tmp_path,
+        monkeypatch,
+        direct_running_mode="multi_processing",
+        direct_num_workers=2,
+    )
     called = {u for line in log.read_text().splitlines() for u in json.loads(line)["units"]}
     assert "u00001-00000" in called and not called & published
     assert {json.loads(line)["pid"] for line in log.read_text().splitlines()} != {os.getpid()}
@@ -171,15 +199,26 @@ def test_s3_multi_process_resume(s3_bucket, local_run, tiny_teacher, tmp_path, m
 
 
 @pytest.mark.slow
-def test_s3_compact5_publishes_and_reads_its_prime_on_the_store(s3_bucket, local_run, tiny_teacher, tmp_path, monkeypatch):
+def test_s3_compact5_publishes_and_reads_its_prime_on_the_store(
+    s3_bucket, local_run, tiny_teacher, tmp_path, monkeypatch
+):
     """compact5 with worker processes: the prime is created on s3 (create-if-absent), is a side
     input in fresh interpreters, and readers take it from the bucket; the decoded signal is the
     local compact4 run's."""
     from schemas.codec_compact5 import Prime
     from schemas.dataset_dir import PRIME_NAME
 
-    config, m = run_remote(s3_bucket, local_run, tiny_teacher, tmp_path, monkeypatch, codec="compact5",
-                           codec_params={"prime_tokens": 64}, direct_running_mode="multi_processing", direct_num_workers=2)
+    config, m = run_remote(
+        s3_bucket,
+        local_run,
+        tiny_teacher,
+        tmp_path,
+        monkeypatch,
+        codec="compact5",
+        codec_params={"prime_tokens": 64},
+        direct_running_mode="multi_processing",
+        direct_num_workers=2,
+    )
     assert PRIME_NAME in remote_keys(config.output)
     prime = Prime.from_bytes(storage.read_bytes(storage.join(config.output, PRIME_NAME)))
     assert m.codec.name == "compact5" and m.codec.params["prime_sha256"] == prime.digest

@@ -1,4 +1,5 @@
 """The pipeline's pieces without a runner: config, planning and reading, packing, the model handler."""
+
 import gzip
 import json
 import os
@@ -9,16 +10,19 @@ import pytest
 pytest.importorskip("apache_beam")
 
 from fixtures_models import make_texts  # noqa: E402
+
 from pipelines.config import ConfigError, PipelineConfig  # noqa: E402
 from pipelines.packing import Packer, load_tokenizer, resolve_bos, resolve_separator  # noqa: E402
 from pipelines.sources import Doc, InputError, expand_inputs, plan_units, read_unit, source_fingerprint  # noqa: E402
 
-
 # -- config -------------------------------------------------------------------------------------
+
 
 def test_config_yaml_and_errors(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("inputs: [a.jsonl]\nteacher: t\noutput: o\nseq_len: 128\ntop_p: 1\ncodec: compact\ncodec_params: {step: 0.125}\n")
+    p.write_text(
+        "inputs: [a.jsonl]\nteacher: t\noutput: o\nseq_len: 128\ntop_p: 1\ncodec: compact\ncodec_params: {step: 0.125}\n"
+    )
     c = PipelineConfig.from_yaml(str(p))
     assert c.seq_len == 128 and c.top_p == 1.0 and c.tokenizer_uri == "t" and c.codec_params == {"step": 0.125}
     with pytest.raises(ConfigError, match="unknown key 'seq_length'"):
@@ -42,8 +46,20 @@ def test_cli_flags_override_yaml(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("inputs: [a.jsonl]\nteacher: t\noutput: o\nseq_len: 128\nadd_bos: true\n")
     args, extra = parser().parse_known_args(
-        ["--config", str(p), "--seq-len", "64", "--no-add-bos", "--input", "b.jsonl,c.jsonl", "--separator", "0",
-         "--direct_running_mode=multi_processing", "--project=x"])
+        [
+            "--config",
+            str(p),
+            "--seq-len",
+            "64",
+            "--no-add-bos",
+            "--input",
+            "b.jsonl,c.jsonl",
+            "--separator",
+            "0",
+            "--direct_running_mode=multi_processing",
+            "--project=x",
+        ]
+    )
     c = config_from_args(args)
     assert (c.seq_len, c.add_bos, c.inputs, c.separator) == (64, False, ["b.jsonl", "c.jsonl"], "0")
     assert extra == ["--direct_running_mode=multi_processing", "--project=x"]  # passed through to Beam
@@ -52,7 +68,10 @@ def test_cli_flags_override_yaml(tmp_path):
 def test_settings_fingerprint_covers_shaping_settings_only():
     base = PipelineConfig(inputs=["a"], teacher="t", output="o")
     fp = base.settings_fingerprint({"source": "x"})
-    assert base.replace(batch_size=99, runner="DataflowRunner", output="elsewhere").settings_fingerprint({"source": "x"}) == fp
+    assert (
+        base.replace(batch_size=99, runner="DataflowRunner", output="elsewhere").settings_fingerprint({"source": "x"})
+        == fp
+    )
     for change in ({"top_k": 50}, {"seq_len": 64}, {"codec": "exact"}, {"add_bos": True}, {"separator": 3}):
         assert base.replace(**change).settings_fingerprint({"source": "x"}) != fp, change
     assert base.settings_fingerprint({"source": "y"}) != fp
@@ -71,6 +90,7 @@ def test_make_options_direct_flags():
 
 
 # -- sources ------------------------------------------------------------------------------------
+
 
 def _jsonl(path, texts):
     path.write_text("".join(json.dumps({"text": t, "i": i}) + "\n" for i, t in enumerate(texts)))
@@ -101,7 +121,14 @@ def test_formats_and_planning(tmp_path):
     files = expand_inputs([str(tmp_path)])  # a folder: every file under it
     assert [os.path.basename(f.uri) for f in files] == ["g.jsonl.gz", "p.parquet", "t.txt", "z.jsonl.zst"]
     units = plan_units(files, rows_per_unit=8, bytes_per_unit=50)
-    assert [(u.name, u.start, u.end) for u in units if u.fmt == "parquet"] == [("u00001-00000", 0, 2, ), ("u00001-00001", 2, 3)]
+    assert [(u.name, u.start, u.end) for u in units if u.fmt == "parquet"] == [
+        (
+            "u00001-00000",
+            0,
+            2,
+        ),
+        ("u00001-00001", 2, 3),
+    ]
     by_file = {}
     for u in units:
         by_file.setdefault(os.path.basename(u.uri), []).extend(read_unit(u, "text"))
@@ -127,21 +154,39 @@ def test_missing_input_fails_fast(tmp_path):
 
 
 def test_dead_letter_kinds_in_jsonl(tmp_path):
-    lines = [b'{"text": "good one"}', b'{"text": ', b'{"text": "bad \xff byte"}', b'{"other": 1}', b'{"text": ""}',
-             b'{"text": null}', b'{"text": 5}', b'[1, 2]', b"   ", b'{"text": "good two"}']
+    lines = [
+        b'{"text": "good one"}',
+        b'{"text": ',
+        b'{"text": "bad \xff byte"}',
+        b'{"other": 1}',
+        b'{"text": ""}',
+        b'{"text": null}',
+        b'{"text": 5}',
+        b"[1, 2]",
+        b"   ",
+        b'{"text": "good two"}',
+    ]
     (tmp_path / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     (u,) = plan_units(expand_inputs([str(tmp_path / "a.jsonl")]), 1, 1 << 20)
     items = list(read_unit(u, "text"))
     assert [i.text for i in items if isinstance(i, Doc)] == ["good one", "good two"]
     dead = [i for i in items if not isinstance(i, Doc)]
-    assert [d["kind"] for d in dead] == ["malformed_json", "not_utf8", "missing_text", "empty_text", "missing_text",
-                                         "wrong_type", "malformed_json"]
+    assert [d["kind"] for d in dead] == [
+        "malformed_json",
+        "not_utf8",
+        "missing_text",
+        "empty_text",
+        "missing_text",
+        "wrong_type",
+        "malformed_json",
+    ]
     offsets = np.cumsum([0] + [len(x) + 1 for x in lines])
     assert [d["position"]["byte"] for d in dead] == [int(offsets[i]) for i in (1, 2, 3, 4, 5, 6, 7)]
     assert all(d["file"] == u.uri and d["reason"] for d in dead)
 
 
 # -- packing ------------------------------------------------------------------------------------
+
 
 def test_packer_layout_and_trailing_pad():
     p = Packer(seq_len=8, sep_id=0, bos_id=None)
@@ -171,11 +216,14 @@ def test_tokenizer_bos_and_separator(tiny_teacher):
 
 # -- teacher handler ----------------------------------------------------------------------------
 
+
 def test_handler_forwards_inference_args_and_pads(tiny_teacher):
     from pipelines.packing import Packed
     from pipelines.teacher import TeacherModelHandler
 
-    handler = TeacherModelHandler(PipelineConfig(teacher=tiny_teacher, top_p=0.9, top_k=8, batch_size=2, share_model=False))
+    handler = TeacherModelHandler(
+        PipelineConfig(teacher=tiny_teacher, top_p=0.9, top_k=8, batch_size=2, share_model=False)
+    )
     runner = handler.load_model()
     seen = []
     real_forward = runner.model.forward
@@ -187,7 +235,10 @@ def test_handler_forwards_inference_args_and_pads(tiny_teacher):
     runner.model.forward = spy
     tokens = np.arange(3, 11, dtype=np.int64)
     short_tokens = np.concatenate([tokens[:5], np.zeros(3, np.int64)])  # the same text, padded after 5
-    batch = [Packed("u", 0, 0, tokens, 8, np.zeros(0, np.uint32)), Packed("u", 1, 1, short_tokens, 5, np.zeros(0, np.uint32))]
+    batch = [
+        Packed("u", 0, 0, tokens, 8, np.zeros(0, np.uint32)),
+        Packed("u", 1, 1, short_tokens, 5, np.zeros(0, np.uint32)),
+    ]
     out = handler.run_inference(batch, runner, {"use_cache": False, "output_attentions": False})
     assert seen and "output_attentions" in seen[0] and "use_cache" in seen[0]
     full, short = out[0].inference, out[1].inference
@@ -233,8 +284,11 @@ def test_a_wrong_teacher_is_refused_with_the_reason_before_any_work(tmp_path, ti
         return str(d)
 
     wider = variant("wider", hidden_size=64)  # config.json of a wider sibling, weights of the tiny one
-    with pytest.raises(TeacherError, match=r"tensor .* in model.safetensors has shape \[320, 32\] but config.json "
-                                           r"makes it \[320, 64\]: weights and config.json are from different"):
+    with pytest.raises(
+        TeacherError,
+        match=r"tensor .* in model.safetensors has shape \[320, 32\] but config.json "
+        r"makes it \[320, 64\]: weights and config.json are from different",
+    ):
         inspect_teacher(wider, 320, tiny_teacher)
     with pytest.raises(TeacherError, match="cannot read its config.json .*model type `no_such_arch`"):
         inspect_teacher(variant("alien", model_type="no_such_arch"), 320, tiny_teacher)
@@ -247,6 +301,7 @@ def test_a_wrong_teacher_is_refused_with_the_reason_before_any_work(tmp_path, ti
 
     base = variant("base")
     tensors = load_file(os.path.join(base, "model.safetensors"))
-    save_file({k.removeprefix("model."): v.contiguous() for k, v in tensors.items()},
-              os.path.join(base, "model.safetensors"))
+    save_file(
+        {k.removeprefix("model."): v.contiguous() for k, v in tensors.items()}, os.path.join(base, "model.safetensors")
+    )
     assert inspect_teacher(base, 320, tiny_teacher).vocab_size == 320

@@ -1,5 +1,6 @@
 """`pdistill plan`: deterministic stratified sampling, dead letters counted as the run counts them,
 clear errors, the throughput model, and planned vs actual through `pdistill inspect --plan`."""
+
 import gzip
 import json
 import os
@@ -10,6 +11,7 @@ import pytest
 pytest.importorskip("apache_beam")
 
 from fixtures_models import make_texts  # noqa: E402
+
 from pdistill import plan as plan_cli  # noqa: E402
 from pdistill.plan.estimate import document_lengths, throughput, time_and_cost  # noqa: E402
 from pdistill.plan.sample import choose_units, draw  # noqa: E402
@@ -59,12 +61,14 @@ def test_sample_is_the_same_in_processes_with_other_hash_seeds(lake):
     import subprocess
     import sys
 
-    code = ("import json, os, sys; from pdistill.plan.sample import draw; "
-            "from pipelines.sources import expand_inputs, plan_units; "
-            "files = expand_inputs([os.path.join(sys.argv[1], '*')]); "
-            "units = plan_units(files, rows_per_unit=8, bytes_per_unit=1200); "
-            "s = draw(files, units, 'text', seed=3, max_units=3, sample_fraction=0.1); "
-            "print(json.dumps([[u, i] for u, i, _ in s.docs]))")
+    code = (
+        "import json, os, sys; from pdistill.plan.sample import draw; "
+        "from pipelines.sources import expand_inputs, plan_units; "
+        "files = expand_inputs([os.path.join(sys.argv[1], '*')]); "
+        "units = plan_units(files, rows_per_unit=8, bytes_per_unit=1200); "
+        "s = draw(files, units, 'text', seed=3, max_units=3, sample_fraction=0.1); "
+        "print(json.dumps([[u, i] for u, i, _ in s.docs]))"
+    )
     keys = []
     for hash_seed in ("0", "1", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
@@ -82,14 +86,15 @@ def test_document_lengths_speak_for_the_lake_not_the_size_proportional_draws(tmp
     order = sorted(range(len(texts)), key=lambda i: (i * 7919) % len(texts))  # long ones spread out
     (d / "a.jsonl").write_text("".join(json.dumps({"text": texts[i]}) + "\n" for i in order))
     files = expand_inputs([str(d / "*")])
-    s = draw(files, plan_units(files, rows_per_unit=1000, bytes_per_unit=1 << 20), "text", seed=1,
-             sample_fraction=0.05)
+    s = draw(files, plan_units(files, rows_per_unit=1000, bytes_per_unit=1 << 20), "text", seed=1, sample_fraction=0.05)
     words = [len(t.split()) for _, _, t in s.docs]  # a whitespace "tokenizer"
     assert sorted(words)[len(words) // 2] == 500  # the draws themselves: mostly long documents
     per_byte = sum(w * n for w, n in zip(words, s.draws)) / sum(len(t) * n for (_, _, t), n in zip(s.docs, s.draws))
     dl = document_lengths(s.doc_bytes, per_byte, seq_len=64)
     # one tokens/byte for all (here 0.17 words/byte for the short ones, 0.2 for the long): within 20 %
-    assert dl["documents"] == 220 and dl["p50"] == pytest.approx(10, rel=0.2) and dl["p99"] == pytest.approx(500, rel=0.2)
+    assert (
+        dl["documents"] == 220 and dl["p50"] == pytest.approx(10, rel=0.2) and dl["p99"] == pytest.approx(500, rel=0.2)
+    )
     assert dl["share_longer_than_seq_len"] == pytest.approx(20 / 220)  # 9 % of documents
     assert dl["token_share_in_longer_than_seq_len"] == pytest.approx(10000 / 12000, rel=0.05)  # 83 % of tokens
     assert dl["mean"] == pytest.approx(12000 / 220, rel=0.2)
@@ -105,8 +110,10 @@ def test_throughput_model_is_stated_and_overridable():
     assert throughput(measured_tps=100.0, seq_len=1024, shape=shape, tokens_per_second=5e4)["tokens_per_s"] == 5e4
     assert throughput(measured_tps=100.0, seq_len=1024, shape=shape)["model"] == "measured"
     # wall time: spread over the workers, but a unit is one task
-    pred = {"tokens": dict.fromkeys(("estimate", "low", "high"), 3.6e6),
-            "largest_unit_tokens": dict.fromkeys(("estimate", "low", "high"), 1.8e5)}
+    pred = {
+        "tokens": dict.fromkeys(("estimate", "low", "high"), 3.6e6),
+        "largest_unit_tokens": dict.fromkeys(("estimate", "low", "high"), 1.8e5),
+    }
     tc = time_and_cost(pred, 1000.0, 4, 2.5)
     assert tc["accelerator_hours"]["estimate"] == pytest.approx(1.0) and tc["cost"]["estimate"] == pytest.approx(2.5)
     assert tc["wall_hours"]["estimate"] == pytest.approx(0.25)
@@ -135,10 +142,17 @@ def test_unreachable_lake_and_wrong_teacher_fail_clearly(tiny_teacher, lake, tmp
     blocked = tmp_path / "plain" / "plan.json"
     assert plan_cli.main(["--input", os.path.join(lake, "*"), "--teacher", tiny_teacher, "--plan", str(blocked)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"pdistill plan: error: --plan {blocked}: cannot write to it (Not a directory") and \
-        "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert plan_cli.main(["--input", os.path.join(lake, "*"), "--teacher", tiny_teacher, "--config",
-                          str(tmp_path / "none.yaml")]) == 2
+    assert (
+        err.startswith(f"pdistill plan: error: --plan {blocked}: cannot write to it (Not a directory")
+        and "Traceback" not in err
+        and len(err.strip().splitlines()) == 1
+    ), err
+    assert (
+        plan_cli.main(
+            ["--input", os.path.join(lake, "*"), "--teacher", tiny_teacher, "--config", str(tmp_path / "none.yaml")]
+        )
+        == 2
+    )
     assert f"--config {tmp_path / 'none.yaml'}: cannot read it (No such file or directory)" in capsys.readouterr().err
 
 
@@ -161,18 +175,56 @@ def test_plan_counts_dead_letters_like_the_run(tiny_teacher, tmp_path, capsys):
     pq.write_table(pa.table({"content": good[50:]}), d / "d.parquet")  # no text column
     (d / "e.parquet").write_bytes(b"not a parquet file at all")
     (d / "f.jsonl.gz").write_bytes(gzip.compress(json.dumps({"text": good[0]}).encode() + b"\n" * 50)[:-12])
-    common = ["--input", str(d / "*"), "--teacher", tiny_teacher, "--seq-len", "32", "--top-k", "16",
-              "--rows-per-unit", "4", "--bytes-per-unit", "1500"]
+    common = [
+        "--input",
+        str(d / "*"),
+        "--teacher",
+        tiny_teacher,
+        "--seq-len",
+        "32",
+        "--top-k",
+        "16",
+        "--rows-per-unit",
+        "4",
+        "--bytes-per-unit",
+        "1500",
+    ]
     plan_path = tmp_path / "plan.json"
-    assert plan_cli.main(common + ["--sample-fraction", "0.25", "--plan", str(plan_path), "--gpu", "l4",
-                                   "--price-per-hour", "0.8", "--workers", "4"]) == 0
+    assert (
+        plan_cli.main(
+            common
+            + [
+                "--sample-fraction",
+                "0.25",
+                "--plan",
+                str(plan_path),
+                "--gpu",
+                "l4",
+                "--price-per-hour",
+                "0.8",
+                "--workers",
+                "4",
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "dead letters" in table and "FLOPs model" in table and "tokens on average, median" in table
     plan = json.loads(plan_path.read_text())
     dl = plan["document_tokens"]
     assert dl["seq_len"] == 32 and dl["p10"] <= dl["p50"] <= dl["p90"] <= dl["p99"] <= dl["max"]
-    run(PipelineConfig(inputs=[str(d / "*")], teacher=tiny_teacher, output=str(tmp_path / "ds"), seq_len=32, top_k=16,
-                       rows_per_unit=4, bytes_per_unit=1500, progress=False))
+    run(
+        PipelineConfig(
+            inputs=[str(d / "*")],
+            teacher=tiny_teacher,
+            output=str(tmp_path / "ds"),
+            seq_len=32,
+            top_k=16,
+            rows_per_unit=4,
+            bytes_per_unit=1500,
+            progress=False,
+        )
+    )
     m = json.loads((tmp_path / "ds" / "manifest.json").read_text())["counts"]
     pred = plan["predicted"]
     # every unit was read: documents, dead letters and parts are what the run counts, exactly

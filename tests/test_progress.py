@@ -1,4 +1,5 @@
 """The teacher pass's progress line (`pipelines.progress`): the ETA arithmetic, and a real run's line."""
+
 from __future__ import annotations
 
 import json
@@ -36,9 +37,11 @@ def test_unit_weights_are_input_bytes(tmp_path):
     pq.write_table(pa.table({"text": [f"doc {i}" for i in range(24)]}), tmp_path / "a.parquet", row_group_size=16)
     (tmp_path / "b.jsonl").write_text("x" * 2500)
     (tmp_path / "c.jsonl.gz").write_bytes(b"y" * 700)
-    files = [SourceFile(str(tmp_path / "a.parquet"), 9000, "v", "parquet", None),
-             SourceFile(str(tmp_path / "b.jsonl"), 2500, "v", "jsonl", None),
-             SourceFile(str(tmp_path / "c.jsonl.gz"), 700, "v", "jsonl", "gz")]
+    files = [
+        SourceFile(str(tmp_path / "a.parquet"), 9000, "v", "parquet", None),
+        SourceFile(str(tmp_path / "b.jsonl"), 2500, "v", "jsonl", None),
+        SourceFile(str(tmp_path / "c.jsonl.gz"), 700, "v", "jsonl", "gz"),
+    ]
     units = plan_units(files, rows_per_unit=16, bytes_per_unit=1000)
     w = unit_weights(files, units)
     assert sorted(w.values()) == [500.0, 700.0, 1000.0, 1000.0, 3000.0, 6000.0]  # 16 + 8 rows of 24; 1000+1000+500
@@ -65,14 +68,19 @@ def test_rate_is_measured_over_the_recent_window():
 def test_line_shows_tokens_rate_eta_and_parts():
     c = Counts(sequences=48, tokens=12_288, units_read=2, read_tokens=13_000, read_weight=2)
     line = format_line(c, units_todo=8, parts=0, rate=300.0, elapsed=60.0)  # (52,000 - 12,288) / 300 = 132 s
-    assert line == ("teacher pass: 12,288 / ~52,000 tokens (48 sequences), 300 tokens/s, ETA 2m12s; "
-                    "0/8 parts published")
+    assert line == (
+        "teacher pass: 12,288 / ~52,000 tokens (48 sequences), 300 tokens/s, ETA 2m12s; 0/8 parts published"
+    )
     early = format_line(Counts(), units_todo=8, parts=0, rate=None, elapsed=20.0)
     assert "0 tokens" in early and "starting" in early and "ETA after the first unit" in early
     remote = format_line(None, units_todo=8, parts=3, rate=None, elapsed=75.0)
     assert remote == "teacher pass: 3/8 parts published (1m15s)"
-    done = format_line(Counts(sequences=200, tokens=51_000), units_todo=8, parts=8, rate=None, elapsed=200.0, final=True)
-    assert done == "teacher pass: done, 51,000 tokens (200 sequences) in 3m20s, 255 tokens/s overall; 8/8 parts published"
+    done = format_line(
+        Counts(sequences=200, tokens=51_000), units_todo=8, parts=8, rate=None, elapsed=200.0, final=True
+    )
+    assert (
+        done == "teacher pass: done, 51,000 tokens (200 sequences) in 3m20s, 255 tokens/s overall; 8/8 parts published"
+    )
 
 
 def test_a_real_run_reports_the_tokens_it_wrote(tmp_path, tiny_teacher, caplog):
@@ -80,15 +88,37 @@ def test_a_real_run_reports_the_tokens_it_wrote(tmp_path, tiny_teacher, caplog):
     launcher's progress line, whose tokens and sequences are the manifest's; --report-json holds the
     same report as data."""
     from fixtures_models import make_texts
+
     from pipelines.cli import main
 
     lake = tmp_path / "lake"
     lake.mkdir()
     (lake / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in make_texts(40, seed=1)))
     report_path = tmp_path / "report.json"
-    argv = ["--input", os.path.join(lake, "*.jsonl"), "--teacher", tiny_teacher, "--output", str(tmp_path / "ds"),
-            "--seq-len", "32", "--top-p", "0.9", "--top-k", "16", "--batch-size", "4", "--bytes-per-unit", "1500",
-            "--direct-running-mode", "multi_threading", "--direct-num-workers", "2", "--report-json", str(report_path)]
+    argv = [
+        "--input",
+        os.path.join(lake, "*.jsonl"),
+        "--teacher",
+        tiny_teacher,
+        "--output",
+        str(tmp_path / "ds"),
+        "--seq-len",
+        "32",
+        "--top-p",
+        "0.9",
+        "--top-k",
+        "16",
+        "--batch-size",
+        "4",
+        "--bytes-per-unit",
+        "1500",
+        "--direct-running-mode",
+        "multi_threading",
+        "--direct-num-workers",
+        "2",
+        "--report-json",
+        str(report_path),
+    ]
     with caplog.at_level(logging.INFO, logger="pdistill.pipeline"):
         assert main(argv) == 0
     report = json.loads(report_path.read_text())
@@ -96,5 +126,7 @@ def test_a_real_run_reports_the_tokens_it_wrote(tmp_path, tiny_teacher, caplog):
     assert report["summary"] == manifest["counts"] and report["computed_units"] == report["units"] > 1
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher pass:")]
     c = manifest["counts"]
-    assert lines and lines[-1].startswith(f"teacher pass: done, {c['tokens']:,} tokens ({c['sequences']:,} sequences) in ")
+    assert lines and lines[-1].startswith(
+        f"teacher pass: done, {c['tokens']:,} tokens ({c['sequences']:,} sequences) in "
+    )
     assert lines[-1].endswith(f"{c['units']}/{c['units']} parts published")

@@ -1,5 +1,6 @@
 """Reading units without a runner: compressed-stream integrity, what dead letters count, poison
 pills at the tokenizer, the teacher's limits on a worker, and URI redaction."""
+
 import gzip
 import json
 
@@ -9,9 +10,10 @@ import pytest
 pytest.importorskip("apache_beam")
 
 from fixtures_models import make_texts  # noqa: E402
+
 from pipelines.readers import Doc, read_unit  # noqa: E402
-from pipelines.streams import StreamError, decompressed_chunks, lines_of  # noqa: E402
 from pipelines.sources import detect_format, expand_inputs, plan_units  # noqa: E402
+from pipelines.streams import StreamError, decompressed_chunks, lines_of  # noqa: E402
 from schemas.redact import redact_text, redact_uri  # noqa: E402
 
 
@@ -60,7 +62,9 @@ def test_a_corrupted_stream_is_one_incomplete_dead_letter(tmp_path, comp):
     import zstandard
 
     body = jsonl(make_texts(300, seed=2))  # zstd detects corruption with its frame checksum (the CLI's default)
-    data = bytearray(gzip.compress(body) if comp == "gz" else zstandard.ZstdCompressor(write_checksum=True).compress(body))
+    data = bytearray(
+        gzip.compress(body) if comp == "gz" else zstandard.ZstdCompressor(write_checksum=True).compress(body)
+    )
     data[len(data) // 2] ^= 0xFF
     (tmp_path / f"flip.jsonl.{comp}").write_bytes(bytes(data))
     (d,) = read(tmp_path / f"flip.jsonl.{comp}")
@@ -78,7 +82,10 @@ def test_lines_of_keeps_offsets_across_chunks():
     assert list(lines_of(iter(chunks), 100)) == [(0, b"abc\n", 4), (4, b"def\n", 4), (8, b"\n", 1), (9, b"gh", 2)]
     # a line over the limit is skipped, not held: (offset, None, length)
     assert list(lines_of(iter([b"ok\n0123", b"456789", b"ab\nend"]), limit=6)) == [
-        (0, b"ok\n", 3), (3, None, 13), (16, b"end", 3)]
+        (0, b"ok\n", 3),
+        (3, None, 13),
+        (16, b"end", 3),
+    ]
     with pytest.raises(StreamError):
         list(decompressed_chunks(__import__("io").BytesIO(gzip.compress(b"x" * 100)[:-3]), "gz"))
 
@@ -156,10 +163,14 @@ def test_redaction_of_uris():
     assert redact_uri("http://user:pw@h:8/a/b.jsonl?token=t&x=1") == "http://user:***@h:8/a/b.jsonl?token=***&x=1"
     assert redact_uri("https://ghp_TOKEN@github.com/o/r") == "https://***@github.com/o/r"
     assert redact_uri("s3://AKIA:SECRET@bucket/k") == "s3://AKIA:***@bucket/k"
-    signed = ("https://s.example/b/o.parquet?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA%2F1&X-Amz-Signature=abc"
-              "&X-Amz-Security-Token=tt&sig=s&key=k&se=2026&api_key=q&part=2")
-    assert redact_uri(signed) == ("https://s.example/b/o.parquet?X-Amz-Algorithm=AWS4&X-Amz-Credential=***"
-                                  "&X-Amz-Signature=***&X-Amz-Security-Token=***&sig=***&key=***&se=2026&api_key=***&part=2")
+    signed = (
+        "https://s.example/b/o.parquet?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA%2F1&X-Amz-Signature=abc"
+        "&X-Amz-Security-Token=tt&sig=s&key=k&se=2026&api_key=q&part=2"
+    )
+    assert redact_uri(signed) == (
+        "https://s.example/b/o.parquet?X-Amz-Algorithm=AWS4&X-Amz-Credential=***"
+        "&X-Amz-Signature=***&X-Amz-Security-Token=***&sig=***&key=***&se=2026&api_key=***&part=2"
+    )
     for plain in ("gs://b/dir/*.jsonl", "/local/a?b.jsonl", "file:///x/y.parquet", "s3://b/k?"):
         assert redact_uri(plain) == plain
     assert redact_text("input http://u:p@h/x?sig=1: no such file") == "input http://u:***@h/x?sig=***: no such file"
@@ -171,10 +182,18 @@ def test_manifests_without_the_per_source_fields_still_load():
     from schemas import Manifest
     from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
 
-    m = Manifest(teacher=Teacher("t", "r"), tokenizer=Tokenizer("f", 0, False), vocab_size=8, seq_len=4,
-                 truncation=Truncation("top_p_k", 0.9, 2), codec=Codec("exact", {}), sources=[Source("a", "fp")],
-                 source_fingerprint="s", settings_fingerprint="x",
-                 counts=Counts(documents=3, packed_documents=2, dead_letters=1, sequences=1, tokens=4, units=1))
+    m = Manifest(
+        teacher=Teacher("t", "r"),
+        tokenizer=Tokenizer("f", 0, False),
+        vocab_size=8,
+        seq_len=4,
+        truncation=Truncation("top_p_k", 0.9, 2),
+        codec=Codec("exact", {}),
+        sources=[Source("a", "fp")],
+        source_fingerprint="s",
+        settings_fingerprint="x",
+        counts=Counts(documents=3, packed_documents=2, dead_letters=1, sequences=1, tokens=4, units=1),
+    )
     raw = json.loads(m.to_json())
     for k in ("documents", "packed_documents", "dead_letters", "complete", "problem"):
         del raw["sources"][0][k]
@@ -200,7 +219,11 @@ def test_records_too_large_to_hold_are_dead_letters(tmp_path, monkeypatch):
         items = read(tmp_path / name)
         assert [i.text for i in items if isinstance(i, Doc)] == ["small one", "small two"]
         (d,) = [i for i in items if not isinstance(i, Doc)]
-        assert d["kind"] == "record_too_large" and d["position"]["byte"] == len(lines[0]) + 1 and "1001 bytes" in d["reason"]
+        assert (
+            d["kind"] == "record_too_large"
+            and d["position"]["byte"] == len(lines[0]) + 1
+            and "1001 bytes" in d["reason"]
+        )
     (d,) = read(tmp_path / "c.txt")
     assert d["kind"] == "record_too_large" and d["documents"] == 1
     # a byte range starting inside the huge line skips it without loading it
@@ -210,10 +233,14 @@ def test_records_too_large_to_hold_are_dead_letters(tmp_path, monkeypatch):
 
 
 def test_lines_of_matches_a_plain_split_whatever_the_chunking():
-    from hypothesis import given, strategies as st
+    from hypothesis import given
+    from hypothesis import strategies as st
 
-    @given(st.binary(max_size=300).map(lambda b: b.replace(b"\x01", b"\n")), st.lists(st.integers(0, 45), max_size=12),
-           st.integers(0, 30))
+    @given(
+        st.binary(max_size=300).map(lambda b: b.replace(b"\x01", b"\n")),
+        st.lists(st.integers(0, 45), max_size=12),
+        st.integers(0, 30),
+    )
     def check(data, cuts, limit):
         bounds = sorted({min(c * 7, len(data)) for c in cuts} | {0, len(data)})
         chunks = [data[a:b] for a, b in zip(bounds, bounds[1:])]
@@ -243,10 +270,12 @@ def test_reading_parquet_starts_no_arrow_threads(tmp_path):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"text": make_texts(48, seed=7)}), tmp_path / "b.parquet", row_group_size=8)
-    code = ("import os, sys; from pipelines.sources import expand_inputs, plan_units; from pipelines.readers import "
-            "read_unit; units = plan_units(expand_inputs([sys.argv[1]]), rows_per_unit=8, bytes_per_unit=1200); "
-            "before = len(os.listdir('/proc/self/task')); n = sum(1 for u in units for _ in read_unit(u, 'text')); "
-            "print(n, len(os.listdir('/proc/self/task')) - before)")
+    code = (
+        "import os, sys; from pipelines.sources import expand_inputs, plan_units; from pipelines.readers import "
+        "read_unit; units = plan_units(expand_inputs([sys.argv[1]]), rows_per_unit=8, bytes_per_unit=1200); "
+        "before = len(os.listdir('/proc/self/task')); n = sum(1 for u in units for _ in read_unit(u, 'text')); "
+        "print(n, len(os.listdir('/proc/self/task')) - before)"
+    )
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b.parquet")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-500:]
     assert out.stdout.split() == ["48", "0"]

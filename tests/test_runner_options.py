@@ -3,6 +3,7 @@
 Dataflow and the portable Spark/Flink runners cannot be reached from CI (docs/design.md, "Runners"):
 these tests check what would be submitted, never that a job ran.
 """
+
 import json
 import os
 
@@ -127,8 +128,10 @@ def test_accelerator_dict_form_and_mps():
     )
     opts = build_options(
         "dataflow",
-        dataflow_config(worker_accelerator={"type": "nvidia-tesla-t4", "count": 1, "use_nvidia_mps": True},
-                        machine_type="n1-standard-8"),
+        dataflow_config(
+            worker_accelerator={"type": "nvidia-tesla-t4", "count": 1, "use_nvidia_mps": True},
+            machine_type="n1-standard-8",
+        ),
         [],
     )
     assert opts.view_as(GoogleCloudOptions).dataflow_service_options == [
@@ -247,8 +250,13 @@ def test_spark_uber_jar_needs_rest_url():
 def test_flink_options():
     opts = build_options(
         "FlinkRunner",
-        {"flink_master": "flink-jm:8081", "flink_version": "1.19", "parallelism": 8,
-         "environment_type": "EXTERNAL", "environment_config": "localhost:50000"},
+        {
+            "flink_master": "flink-jm:8081",
+            "flink_version": "1.19",
+            "parallelism": 8,
+            "environment_type": "EXTERNAL",
+            "environment_config": "localhost:50000",
+        },
         [],
     )
     f = opts.view_as(FlinkRunnerOptions)

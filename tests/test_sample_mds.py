@@ -1,11 +1,12 @@
 """A sample round trip through the real streaming.MDSWriter and StreamingDataset."""
+
 import numpy as np
 import pytest
 
 from schemas import Compact2Codec, CompactCodec, build_sample, decode_dense, mds_columns, sample_id, truncate
 from schemas.identity import fingerprint_tokenizer, tokenizer_fingerprint
-from schemas.sample import token_dtype
 from schemas.kept import KeptEntries
+from schemas.sample import token_dtype
 
 streaming = pytest.importorskip("streaming")
 
@@ -29,8 +30,15 @@ def make_samples(n, seq_len=16, vocab=300, k=8, codec=None):
         sid = sample_id("sha256:src", "u00000-00000", i)
         out.append(
             build_sample(
-                sample_id=sid, tokens=tokens, n_tokens=n_tok, doc_starts=np.array([0, 3]), truncated=tr_full,
-                codec=codec, vocab_size=vocab, top_k=k, unit="u00000-00000",
+                sample_id=sid,
+                tokens=tokens,
+                n_tokens=n_tok,
+                doc_starts=np.array([0, 3]),
+                truncated=tr_full,
+                codec=codec,
+                vocab_size=vocab,
+                top_k=k,
+                unit="u00000-00000",
             )
         )
         truth.append((sid, tokens, tr_full))

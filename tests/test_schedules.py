@@ -1,4 +1,5 @@
 """Alpha schedules (pure) and the WSD learning-rate scheduler against a real Composer State."""
+
 import math
 
 import pytest
@@ -154,8 +155,7 @@ def test_wsd_lr_in_tokens_and_in_a_torch_scheduler(state):
     state.max_duration = Time.from_timestring("20ba")
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
     state.optimizers = [opt]
-    sched = compile_composer_scheduler(
-        WarmupStableDecayScheduler(t_warmup="4ba", t_decay="0.5dur", alpha_f=0.1), state)
+    sched = compile_composer_scheduler(WarmupStableDecayScheduler(t_warmup="4ba", t_decay="0.5dur", alpha_f=0.1), state)
     lrs = []
     for b in range(21):
         _at(state, b)

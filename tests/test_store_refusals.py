@@ -2,6 +2,7 @@
 the command was touching, never an SDK traceback: botocore's NoCredentialsError is not an
 OSError, so the commands used to print it raw (issue 11: a user sees a message for any bad
 setting or input). Real moto server, real s3fs/botocore; only the credentials are taken away."""
+
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ pytest.importorskip("streaming")
 
 from fixtures_models import make_texts  # noqa: E402
 from objectstore import clear_fs_caches  # noqa: E402
+
 from schemas import storage  # noqa: E402
 
 
@@ -40,18 +42,29 @@ def test_logits_input_and_output_refused(refusing_bucket, tiny_teacher, tmp_path
     common = ["--teacher", tiny_teacher, "--seq-len", "32", "--no-progress"]
     remote_in = storage.join(refusing_bucket, "lake", "a.jsonl")
     assert main(["--input", remote_in, "--output", str(tmp_path / "ds"), *common]) == 2
-    _one_line(capsys.readouterr().err, "pdistill logits: error: ", f"input {remote_in}: cannot list",
-              "NoCredentialsError")
+    _one_line(
+        capsys.readouterr().err, "pdistill logits: error: ", f"input {remote_in}: cannot list", "NoCredentialsError"
+    )
     assert not (tmp_path / "ds").exists()
     remote_out = storage.join(refusing_bucket, "ds")
     assert main(["--input", str(lake), "--output", remote_out, *common]) == 2
-    _one_line(capsys.readouterr().err, "pdistill logits: error: ", f"output {remote_out}: access refused",
-              "NoCredentialsError", "check the credentials")
+    _one_line(
+        capsys.readouterr().err,
+        "pdistill logits: error: ",
+        f"output {remote_out}: access refused",
+        "NoCredentialsError",
+        "check the credentials",
+    )
     # a remote --report-json can only be tried at the end: the dataset is complete, the report is not
     report = storage.join(refusing_bucket, "report.json")
     assert main(["--input", str(lake), "--output", str(tmp_path / "ds"), "--report-json", report, *common]) == 2
-    _one_line(capsys.readouterr().err, "pdistill logits: error: ", f"--report-json {report}: cannot write to it",
-              "NoCredentialsError", "the dataset itself is complete")
+    _one_line(
+        capsys.readouterr().err,
+        "pdistill logits: error: ",
+        f"--report-json {report}: cannot write to it",
+        "NoCredentialsError",
+        "the dataset itself is complete",
+    )
     assert (tmp_path / "ds" / "manifest.json").exists()
 
 
@@ -89,21 +102,37 @@ def test_train_with_a_refused_remote_save_folder_is_a_message(refusing_bucket, t
     import sys
 
     import yaml
-
     from make_dataset import make_tokenizer, tiny_llama_config, write_dataset
 
     tok = str(tmp_path / "tok")
     write_dataset(str(tmp_path / "ds"), make_tokenizer(tok), n_samples=8, units=1)
     folder = storage.join(refusing_bucket, "ckpt")
-    raw = {"data": {"streams": [{"uri": str(tmp_path / "ds")}], "batch_size": 4, "num_canonical_nodes": 1,
-                    "local_cache": str(tmp_path / "cache")},
-           "model": {"hf_config": tiny_llama_config(), "tokenizer": tok},
-           "run": {"max_duration": "2ba", "device": "cpu", "loggers": [], "save_folder": folder,
-                   "sample_log_dir": str(tmp_path / "samples")}}
+    raw = {
+        "data": {
+            "streams": [{"uri": str(tmp_path / "ds")}],
+            "batch_size": 4,
+            "num_canonical_nodes": 1,
+            "local_cache": str(tmp_path / "cache"),
+        },
+        "model": {"hf_config": tiny_llama_config(), "tokenizer": tok},
+        "run": {
+            "max_duration": "2ba",
+            "device": "cpu",
+            "loggers": [],
+            "save_folder": folder,
+            "sample_log_dir": str(tmp_path / "samples"),
+        },
+    }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-m", "trainer", str(tmp_path / "cfg.yaml")], cwd=tmp_path, text=True,
-                          env={**os.environ, "PYTHONPATH": repo}, capture_output=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", str(tmp_path / "cfg.yaml")],
+        cwd=tmp_path,
+        text=True,
+        env={**os.environ, "PYTHONPATH": repo},
+        capture_output=True,
+        timeout=300,
+    )
     err = "\n".join(line for line in done.stderr.splitlines() if " INFO " not in line and " WARNING " not in line)
     assert done.returncode == 2, done.stderr[-3000:]
     _one_line(err, "pdistill train: refused: ", f"run.save_folder {folder}: access refused", "NoCredentialsError")
@@ -113,9 +142,12 @@ def test_train_with_a_refused_remote_save_folder_is_a_message(refusing_bucket, t
 def test_access_converts_refusals_only():
     """Refusals become StoreRefused naming the URI; a missing object and other I/O errors keep
     their own handling (callers turn FileNotFoundError into "no such dataset" and the like)."""
-    for raised, converted in ((PermissionError(13, "Permission denied"), True),
-                              (OSError("Forbidden: b/ds/index.json\nno storage.objects.get"), True),  # gcsfs 403
-                              (FileNotFoundError(2, "No such file"), False), (OSError(5, "I/O error"), False)):
+    for raised, converted in (
+        (PermissionError(13, "Permission denied"), True),
+        (OSError("Forbidden: b/ds/index.json\nno storage.objects.get"), True),  # gcsfs 403
+        (FileNotFoundError(2, "No such file"), False),
+        (OSError(5, "I/O error"), False),
+    ):
         try:
             with storage.access("dataset gs://b/ds"):
                 raise raised

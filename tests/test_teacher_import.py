@@ -1,4 +1,5 @@
 """`pdistill teacher import-gguf`: clear errors when the teacher is missing; a real import when present."""
+
 from __future__ import annotations
 
 import json

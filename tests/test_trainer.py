@@ -4,6 +4,7 @@ Datasets are written directly with streaming.MDSWriter + schemas (tests/make_dat
 Beam pipeline. Every run gets its own shard cache folder (streaming refuses two live datasets on
 one cache folder in a process).
 """
+
 from __future__ import annotations
 
 import copy
@@ -50,15 +51,34 @@ def _restore_torch_determinism():
 
 def base_cfg(lake, tmp, **sections) -> dict:
     raw = {
-        "data": {"streams": [{"uri": str(lake / "ds")}], "batch_size": 4, "num_canonical_nodes": 1,
-                 "local_cache": str(tmp / "cache"), "shuffle": True, "shuffle_seed": 3},
+        "data": {
+            "streams": [{"uri": str(lake / "ds")}],
+            "batch_size": 4,
+            "num_canonical_nodes": 1,
+            "local_cache": str(tmp / "cache"),
+            "shuffle": True,
+            "shuffle_seed": 3,
+        },
         "model": {"hf_config": tiny_llama_config(), "tokenizer": str(lake / "tok")},
-        "distill": {"mode": "offline", "kind": "forward_kl", "tau": 2.0, "chunk_size": 16,
-                    "alpha": {"name": "wsd", "peak": 0.9, "warmup": 0.25, "decay": 0.25}},
+        "distill": {
+            "mode": "offline",
+            "kind": "forward_kl",
+            "tau": 2.0,
+            "chunk_size": 16,
+            "alpha": {"name": "wsd", "peak": 0.9, "warmup": 0.25, "decay": 0.25},
+        },
         "optim": {"lr": 3e-3},
         "scheduler": {"name": "wsd", "t_warmup": "0.25dur", "t_decay": "0.25dur", "alpha_f": 0.1},
-        "run": {"max_duration": "8ba", "device": "cpu", "deterministic": True, "seed": 5, "loggers": [],
-                "eval_interval": "100ba", "save_interval": "100ba", "sample_log_dir": str(tmp / "samples")},
+        "run": {
+            "max_duration": "8ba",
+            "device": "cpu",
+            "deterministic": True,
+            "seed": 5,
+            "loggers": [],
+            "eval_interval": "100ba",
+            "save_interval": "100ba",
+            "sample_log_dir": str(tmp / "samples"),
+        },
     }
     for sec, vals in sections.items():
         raw.setdefault(sec, {}).update(vals)
@@ -96,8 +116,12 @@ def test_collator_alignment(lake, tmp_path):
     from trainer.data import DistillDataset, Expect, as_uint64, build_dataloader
 
     tok = make_tokenizer()
-    ds = DistillDataset(DataConfig.of(str(lake / "ds"), shuffle=False), batch_size=5, cache_dir=str(tmp_path / "c"),
-                        expect=Expect(vocab_size=64, tokenizer_fingerprint=fingerprint_tokenizer(tok), seq_len=16))
+    ds = DistillDataset(
+        DataConfig.of(str(lake / "ds"), shuffle=False),
+        batch_size=5,
+        cache_dir=str(tmp_path / "c"),
+        expect=Expect(vocab_size=64, tokenizer_fingerprint=fingerprint_tokenizer(tok), seq_len=16),
+    )
     assert len(ds) == N_SAMPLES and ds.top_k == 8
     b = next(iter(build_dataloader(ds, batch_size=5)))
     assert b["input_ids"].shape == (5, 16) and b["teacher_ids"].shape == (5, 16, 8)
@@ -119,16 +143,21 @@ def test_streams_mix_and_must_agree(lake, tmp_path):
     from trainer.data import DistillDataset, Expect
 
     expect = Expect(vocab_size=64, tokenizer_fingerprint=fingerprint_tokenizer(make_tokenizer()))
-    two = DataConfig(streams=[StreamConfig(uri=str(lake / "ds"), proportion=0.75),
-                              StreamConfig(uri=str(lake / "eval"), proportion=0.25)])
+    two = DataConfig(
+        streams=[
+            StreamConfig(uri=str(lake / "ds"), proportion=0.75),
+            StreamConfig(uri=str(lake / "eval"), proportion=0.25),
+        ]
+    )
     ds = DistillDataset(two, batch_size=4, cache_dir=str(tmp_path / "c"), expect=expect, epoch_size=40)
     ids = {int(ds[i]["sample_id"]) for i in range(ds.num_samples)}
     assert len(ds) == 40 and len(ids) > 8
     other = tmp_path / "long"
     write_dataset(str(other), make_tokenizer(), n_samples=4, units=1, seq_len=32)
     with pytest.raises(IncompatibleDataset, match="differ in seq_len: 16 vs 32"):
-        DistillDataset(DataConfig.of(str(lake / "ds"), str(other)), batch_size=4, cache_dir=str(tmp_path / "c2"),
-                       expect=expect)
+        DistillDataset(
+            DataConfig.of(str(lake / "ds"), str(other)), batch_size=4, cache_dir=str(tmp_path / "c2"), expect=expect
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -142,8 +171,9 @@ def test_resume_equals_uninterrupted(lake, tmp_path):
     straight = student_state(run(raw_a))
 
     b = tmp_path / "b"
-    raw_b = base_cfg(lake, b, run={"save_folder": str(b / "ckpt"), "run_name": "rb", "autoresume": True,
-                                    "stop_after": "3ba"})
+    raw_b = base_cfg(
+        lake, b, run={"save_folder": str(b / "ckpt"), "run_name": "rb", "autoresume": True, "stop_after": "3ba"}
+    )
     run(raw_b)
     assert [r["step"] for r in read_log(b / "samples")] == [0, 1, 2]
     raw_b2 = copy.deepcopy(raw_b)
@@ -194,8 +224,14 @@ def test_refuses_incomplete_dataset(lake, tmp_path, missing):
 
     tok = make_tokenizer()
     ds = tmp_path / "partial"
-    write_dataset(str(ds), tok, n_samples=8, units=1, write_manifest=missing != "manifest.json",
-                  write_root_index=missing != "index.json")
+    write_dataset(
+        str(ds),
+        tok,
+        n_samples=8,
+        units=1,
+        write_manifest=missing != "manifest.json",
+        write_root_index=missing != "index.json",
+    )
     raw = base_cfg(lake, tmp_path, data={"streams": [{"uri": str(ds)}]})
     with pytest.raises(IncompleteDataset, match=f"incomplete dataset {ds}: missing {missing}"):
         _build(raw)
@@ -245,8 +281,11 @@ def test_refuses_tau_on_a_sampled_dataset(lake, tmp_path, capsys):
     rc = _cli(tmp_path, raw)
     err = capsys.readouterr().err
     assert rc == 2, err[-2000:]
-    assert f"pdistill train: refused: distill.tau: 2.0 cannot be used with dataset {ds}: its teacher signal is " \
-           "sampled" in err and "set distill.tau=1.0" in err, err[-2000:]
+    assert (
+        f"pdistill train: refused: distill.tau: 2.0 cannot be used with dataset {ds}: its teacher signal is sampled"
+        in err
+        and "set distill.tau=1.0" in err
+    ), err[-2000:]
     assert "Traceback" not in err and not (tmp_path / "samples").exists()
     raw["distill"]["tau"] = 1.0
     raw["run"]["max_duration"] = "2ba"
@@ -263,11 +302,16 @@ def test_live_teacher_matches_offline(lake, tmp_path):
     """The live teacher's loss equals the offline loss on a dataset written from the same teacher."""
     common = {"streams": [{"uri": str(lake / "ds_exact")}], "shuffle": False}
     distill = {"alpha": {"name": "constant", "value": 0.7}, "top_p": 0.95, "top_k": 8}
-    off = run(base_cfg(lake, tmp_path / "off", data=common, distill={**distill},
-                       run={"max_duration": "3ba"}))
-    live = run(base_cfg(lake, tmp_path / "live", data=common,
-                        distill={**distill, "mode": "live", "teacher": str(lake / "teacher")},
-                        run={"max_duration": "3ba"}))
+    off = run(base_cfg(lake, tmp_path / "off", data=common, distill={**distill}, run={"max_duration": "3ba"}))
+    live = run(
+        base_cfg(
+            lake,
+            tmp_path / "live",
+            data=common,
+            distill={**distill, "mode": "live", "teacher": str(lake / "teacher")},
+            run={"max_duration": "3ba"},
+        )
+    )
     lo, ll = read_log(tmp_path / "off" / "samples"), read_log(tmp_path / "live" / "samples")
     assert [r["sample_ids"] for r in lo] == [r["sample_ids"] for r in ll]
     for a, b in zip(lo, ll):
@@ -280,9 +324,15 @@ def test_live_teacher_matches_offline(lake, tmp_path):
 
 
 def test_lm_only_with_eval(lake, tmp_path):
-    tr = run(base_cfg(lake, tmp_path, distill={"mode": "none", "alpha": None},
-                      data={"eval_uri": str(lake / "eval")},
-                      run={"max_duration": "2ba", "eval_interval": "2ba"}))
+    tr = run(
+        base_cfg(
+            lake,
+            tmp_path,
+            distill={"mode": "none", "alpha": None},
+            data={"eval_uri": str(lake / "eval")},
+            run={"max_duration": "2ba", "eval_interval": "2ba"},
+        )
+    )
     recs = read_log(tmp_path / "samples")
     assert all(r["alpha"] == 0.0 and r["kd"] == 0.0 and r["lm"] > 0 for r in recs)
     metrics = tr.state.eval_metrics["eval"]
@@ -298,9 +348,21 @@ def test_lm_only_with_eval(lake, tmp_path):
 def _launch(cfg_path, nproc: int, overrides: list[str], log_dir) -> None:
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     composer = os.path.join(os.path.dirname(sys.executable), "composer")
-    cmd = [composer, "-n", str(nproc), "--master_port", str(_free_port()),
-           "--stdout", str(log_dir / "rank{rank}.out"), "--stderr", str(log_dir / "rank{rank}.err"),
-           "-m", "trainer", str(cfg_path), *overrides]
+    cmd = [
+        composer,
+        "-n",
+        str(nproc),
+        "--master_port",
+        str(_free_port()),
+        "--stdout",
+        str(log_dir / "rank{rank}.out"),
+        "--stderr",
+        str(log_dir / "rank{rank}.err"),
+        "-m",
+        "trainer",
+        str(cfg_path),
+        *overrides,
+    ]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     if p.returncode != 0:
         logs = "".join(open(f).read()[-3000:] for f in sorted(glob.glob(str(log_dir / "rank*"))))
@@ -337,16 +399,36 @@ def test_elastic_resume_2_to_1_processes(lake, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     u = tmp_path / "u"
-    _launch(path, 2, [f"run.sample_log_dir={u / 'samples'}", f"data.local_cache={u / 'cache'}",
-                      f"run.save_folder={u / 'ckpt'}", "run.run_name=elastic", "run.save_interval=3ba"], logs)
+    _launch(
+        path,
+        2,
+        [
+            f"run.sample_log_dir={u / 'samples'}",
+            f"data.local_cache={u / 'cache'}",
+            f"run.save_folder={u / 'ckpt'}",
+            "run.run_name=elastic",
+            "run.save_interval=3ba",
+        ],
+        logs,
+    )
     assert {r["world_size"] for r in read_log(u / "samples")} == {2}
     # the state a preemption after step 3 leaves behind
     e = tmp_path / "e"
     (e / "ckpt").mkdir(parents=True)
     shutil.copy(u / "ckpt" / "ep0-ba3-rank0.pt", e / "ckpt" / "ep0-ba3-rank0.pt")
     os.symlink("ep0-ba3-rank0.pt", e / "ckpt" / "latest-rank0.pt")
-    _launch(path, 1, [f"run.save_folder={e / 'ckpt'}", "run.run_name=elastic", "run.autoresume=true",
-                      f"run.sample_log_dir={e / 'samples'}", f"data.local_cache={e / 'cache'}"], logs)
+    _launch(
+        path,
+        1,
+        [
+            f"run.save_folder={e / 'ckpt'}",
+            "run.run_name=elastic",
+            "run.autoresume=true",
+            f"run.sample_log_dir={e / 'samples'}",
+            f"data.local_cache={e / 'cache'}",
+        ],
+        logs,
+    )
 
     resumed = read_log(e / "samples")
     assert [(r["step"], r["world_size"]) for r in resumed] == [(3, 1), (4, 1), (5, 1)]
@@ -378,15 +460,30 @@ def test_s3_dataset_and_checkpoints(lake, tmp_path, s3_bucket):
     ckpt = f"{s3_bucket}/ckpt"
 
     def train_cli(max_duration):
-        raw = base_cfg(lake, tmp_path, data={"streams": [{"uri": uri}]},
-                       run={"max_duration": max_duration, "save_folder": ckpt, "run_name": "s3run",
-                            "autoresume": True, "save_interval": "2ba"})
+        raw = base_cfg(
+            lake,
+            tmp_path,
+            data={"streams": [{"uri": uri}]},
+            run={
+                "max_duration": max_duration,
+                "save_folder": ckpt,
+                "run_name": "s3run",
+                "autoresume": True,
+                "save_interval": "2ba",
+            },
+        )
         cfg = tmp_path / "cfg.yaml"
         cfg.write_text(yaml.safe_dump(raw))
         # Composer's autoresume downloads the "latest" symlink to a local path spelled like the
         # URI ("s3:/bucket/...") relative to the working directory: keep that inside tmp_path.
-        p = subprocess.run([sys.executable, "-m", "trainer", str(cfg)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO},
-                           capture_output=True, text=True, timeout=600)
+        p = subprocess.run(
+            [sys.executable, "-m", "trainer", str(cfg)],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": REPO},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
 
     train_cli("2ba")
@@ -420,7 +517,9 @@ def test_refuses_a_manifest_whose_seq_len_disagrees_with_its_samples(lake, tmp_p
     m["seq_len"] = 16
     (ds / "manifest.json").write_text(json.dumps(m))
     raw = base_cfg(lake, tmp_path, data={"streams": [{"uri": str(ds)}]})
-    with pytest.raises(CorruptDataset, match=r"sample \d+ \(unit u00000-00000\) has 32 tokens, the manifest's seq_len is 16"):
+    with pytest.raises(
+        CorruptDataset, match=r"sample \d+ \(unit u00000-00000\) has 32 tokens, the manifest's seq_len is 16"
+    ):
         _build(raw)
 
 
@@ -447,18 +546,27 @@ def test_unusable_save_folder_is_a_message(lake, tmp_path, capsys, where):
     assert "Traceback" not in err and not (tmp_path / "samples").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("run.device=gpu", "run.device: gpu asked for, but torch sees no CUDA device"),
-    ("model.hf_config.hidden_act=no_such_activation", "model.hf_config:"),
-    ("run.precision=amp_bf16", "run.precision: amp_bf16 needs a GPU"),
-    ("data.batch_size=0", "data.batch_size: must be > 0"),
-    ("run.allow_changed=[optim.nonsense_prefix_ok, bogus]", "run.allow_changed[1]: 'bogus' is not a key"),
-    ("run.max_duration=0ba", "run.max_duration: must be more than 0, got '0ba'"),  # Composer refused it in fit()
-    ("run.eval_interval=0ba", "run.eval_interval: must be more than 0"),
-    # builds, but its first forward fails (key/value heads must divide the query heads)
-    ("model.hf_config.num_attention_heads=3", "model.hf_config: the student it describes cannot run a forward pass"),
-    ("model.hf_config.hidden_size=0", "model.hf_config: 0.0 cannot be raised to a negative power"),  # ZeroDivisionError
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("run.device=gpu", "run.device: gpu asked for, but torch sees no CUDA device"),
+        ("model.hf_config.hidden_act=no_such_activation", "model.hf_config:"),
+        ("run.precision=amp_bf16", "run.precision: amp_bf16 needs a GPU"),
+        ("data.batch_size=0", "data.batch_size: must be > 0"),
+        ("run.allow_changed=[optim.nonsense_prefix_ok, bogus]", "run.allow_changed[1]: 'bogus' is not a key"),
+        ("run.max_duration=0ba", "run.max_duration: must be more than 0, got '0ba'"),  # Composer refused it in fit()
+        ("run.eval_interval=0ba", "run.eval_interval: must be more than 0"),
+        # builds, but its first forward fails (key/value heads must divide the query heads)
+        (
+            "model.hf_config.num_attention_heads=3",
+            "model.hf_config: the student it describes cannot run a forward pass",
+        ),
+        (
+            "model.hf_config.hidden_size=0",
+            "model.hf_config: 0.0 cannot be raised to a negative power",
+        ),  # ZeroDivisionError
+    ],
+)
 def test_bad_settings_are_messages(lake, tmp_path, capsys, override, message):
     import torch as _torch
 

@@ -4,6 +4,7 @@ Composer restores weights, optimizer state (and its learning rate) and the data 
 latest checkpoint whatever the config says now; pdistill stores a fingerprint of what must not
 change with every checkpoint (trainer/fingerprint.py) and compares it on load.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,8 +39,11 @@ def _train(raw, *callbacks):
 @pytest.fixture
 def stopped(lake, tmp_path):
     """A run stopped (with its checkpoint) after 3 of 8 steps, and a function giving a resume config."""
-    raw = base_cfg(lake, tmp_path, run={"save_folder": str(tmp_path / "ckpt"), "run_name": "r", "autoresume": True,
-                                        "stop_after": "3ba"})
+    raw = base_cfg(
+        lake,
+        tmp_path,
+        run={"save_folder": str(tmp_path / "ckpt"), "run_name": "r", "autoresume": True, "stop_after": "3ba"},
+    )
     run(raw)
     n = iter(range(100))
 
@@ -61,7 +65,10 @@ def test_refuses_another_dataset_loss_or_batch(lake, stopped, tmp_path):
     other = tmp_path / "other"
     write_dataset(str(other), make_tokenizer(), n_samples=48, units=3, seed=11, source="sha256:other")
     cases = [
-        (resume(data={"streams": [{"uri": str(other)}]}), r"  data\.streams\[0\]\.dataset: 'sha256:\w+' -> 'sha256:\w+'"),
+        (
+            resume(data={"streams": [{"uri": str(other)}]}),
+            r"  data\.streams\[0\]\.dataset: 'sha256:\w+' -> 'sha256:\w+'",
+        ),
         (resume(distill={"kind": "reverse_kl"}), "  distill.kind: 'forward_kl' -> 'reverse_kl'"),
         (resume(data={"batch_size": 8}), "  data.batch_size: 4 -> 8"),
         (resume(optim={"lr": 1e-3}), r"  optim\.lr: 0\.003 -> 0\.001\n.*run\.allow_changed=\[optim\.lr\]"),
@@ -76,7 +83,9 @@ def test_refuses_another_model_shape(stopped):
     from trainer.errors import ResumeMismatch
 
     _, resume = stopped
-    with pytest.raises(ResumeMismatch, match="model.shape: the checkpoint in run.save_folder holds a student of other shapes"):
+    with pytest.raises(
+        ResumeMismatch, match="model.shape: the checkpoint in run.save_folder holds a student of other shapes"
+    ):
         run(resume(model={"hf_config": tiny_llama_config(hidden=64)}))
 
 
@@ -85,8 +94,9 @@ def test_an_allowed_lr_change_takes_effect(lake, stopped, tmp_path):
     new LR at every remaining step: the same LRs as a run at 1e-3 from the start."""
     _, resume = stopped
     resumed = LRLog()
-    _train(resume(optim={"lr": 1e-3}, run={"allow_changed": ["optim.lr"], "sample_log_dir": str(tmp_path / "s2")}),
-           resumed)
+    _train(
+        resume(optim={"lr": 1e-3}, run={"allow_changed": ["optim.lr"], "sample_log_dir": str(tmp_path / "s2")}), resumed
+    )
     assert sorted(resumed.lrs) == [3, 4, 5, 6, 7]
     straight = LRLog()
     _train(base_cfg(lake, tmp_path / "straight", optim={"lr": 1e-3}), straight)

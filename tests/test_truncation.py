@@ -1,4 +1,5 @@
 """Truncation rules: top-p smallest set, top-k cap, ties by id, errors, numpy == torch."""
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings

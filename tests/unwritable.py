@@ -1,4 +1,5 @@
 """A folder no process can create, not even root's: for "cannot write there" tests."""
+
 import os
 
 import pytest

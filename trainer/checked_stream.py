@@ -4,11 +4,11 @@ and no file is written outside the stream's cache folder, whatever an index says
 
 Overrides private methods of mosaicml-streaming 0.13.0 (pinned); recheck them on an upgrade.
 """
+
 from __future__ import annotations
 
 import json
 import os
-from typing import Optional
 
 from streaming import Stream
 from streaming.base.compression import decompress
@@ -34,7 +34,7 @@ class CheckedStream(Stream):
     is checked against the cache folder where it is written (`_download_file`, decompression).
     Overrides private methods of mosaicml-streaming 0.13.0 (pinned); recheck on an upgrade."""
 
-    def __init__(self, *, index: Optional[dict] = None, **kwargs):
+    def __init__(self, *, index: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         self.index = index
 
@@ -62,16 +62,23 @@ class CheckedStream(Stream):
             os.replace(tmp, filename)
         self.index = None  # written; not carried into DataLoader workers
         shards = super().get_shards(world, allow_unsafe_types)  # builds readers; reads no shard
-        names = [{key: {"basename": info.basename} for key, info in zip(("raw_data", "zip_data"), pair) if info}
-                 for shard in shards for pair in shard.file_pairs]
+        names = [
+            {key: {"basename": info.basename} for key, info in zip(("raw_data", "zip_data"), pair) if info}
+            for shard in shards
+            for pair in shard.file_pairs
+        ]
         check_names({"shards": names}, PARTS_DIR, where=f"dataset {redact_uri(self.remote or '')}: {filename}")
         return shards
 
-    def _download_file(self, from_basename: str, to_basename: Optional[str] = None) -> str:  # type: ignore[override]
+    def _download_file(self, from_basename: str, to_basename: str | None = None) -> str:  # type: ignore[override]
         self.inside(os.path.join(self.root, to_basename or from_basename), self.root, "cache file")
         if self.remote and storage.is_local(self.remote):
-            self.inside(os.path.join(self.remote, self.split, from_basename), os.path.join(self.remote, self.split),
-                        "shard file", resolve=False)  # a dataset may link its shard files from elsewhere
+            self.inside(
+                os.path.join(self.remote, self.split, from_basename),
+                os.path.join(self.remote, self.split),
+                "shard file",
+                resolve=False,
+            )  # a dataset may link its shard files from elsewhere
         return super()._download_file(from_basename, to_basename)
 
     def _check_hash(self, info, data: bytes) -> None:
@@ -79,11 +86,15 @@ class CheckedStream(Stream):
         if not algo:
             return
         if algo not in info.hashes:
-            raise ConfigError(f"data.validate_hash: {algo!r} is not among the hashes the dataset {self.remote} "
-                              f"recorded for {info.basename} ({sorted(info.hashes)}); use one of those or null")
+            raise ConfigError(
+                f"data.validate_hash: {algo!r} is not among the hashes the dataset {self.remote} "
+                f"recorded for {info.basename} ({sorted(info.hashes)}); use one of those or null"
+            )
         if get_hash(algo, data) != info.hashes[algo]:
-            raise CorruptDataset(f"dataset {self.remote}: shard {info.basename} does not match the {algo} hash "
-                                 "in the index (hash validation is on)")
+            raise CorruptDataset(
+                f"dataset {self.remote}: shard {info.basename} does not match the {algo} hash "
+                "in the index (hash validation is on)"
+            )
 
     def _decompress_shard_part(self, zip_info, zip_filename, raw_filename, compression):  # type: ignore[override]
         """streaming's own steps (read, validate, decompress, write beside, rename, maybe drop the

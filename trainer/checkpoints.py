@@ -11,6 +11,7 @@ as a complete archive is renamed `<name>.torn` (kept for inspection, never delet
 is pointed at the newest complete checkpoint when it is missing or older. Object-store save
 folders need none of this: an upload is atomic and the symlink object is written after it.
 """
+
 from __future__ import annotations
 
 import logging

@@ -9,6 +9,7 @@ training); only a bug in our code traces.
 Under the Composer launcher each process reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
 MASTER_PORT from the environment (Composer initialises torch.distributed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ def parser() -> argparse.ArgumentParser:
     from schemas.settings import leaf_settings, type_label
     from trainer.config import TrainConfig
 
-    ap = argparse.ArgumentParser(prog="pdistill train", usage=USAGE, description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="pdistill train", usage=USAGE, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("config", help="YAML config path or shipped config name")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     ap.add_argument("--print-config", action="store_true", help="print the validated config and exit")

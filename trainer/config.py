@@ -8,12 +8,13 @@ Each section is one model below, its range checks beside its fields and its cros
 its own validator; keys left out take the defaults. `pdistill train --help` lists every setting
 from these fields. The shipped configs live in ``trainer/configs/``.
 """
+
 from __future__ import annotations
 
 import copy
 import os
 import re
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -23,9 +24,25 @@ from schemas.settings import Problem, Refused, file_problem, known_keys, raise_f
 from trainer.schedules import AlphaSchedule, ConstantAlpha, WSDAlpha
 
 __all__ = [
-    "ConfigError", "StreamConfig", "DataConfig", "ModelConfig", "DistillConfig", "OptimConfig",
-    "ConstantLR", "CosineLR", "WSDLR", "LRSchedule", "RunConfig", "TrainConfig", "load_config", "config_from_dict", "apply_overrides",
-    "shipped_config_path", "CONFIG_DIR", "check_distill_for_datasets", "TAGGED_UNIONS",
+    "ConfigError",
+    "StreamConfig",
+    "DataConfig",
+    "ModelConfig",
+    "DistillConfig",
+    "OptimConfig",
+    "ConstantLR",
+    "CosineLR",
+    "WSDLR",
+    "LRSchedule",
+    "RunConfig",
+    "TrainConfig",
+    "load_config",
+    "config_from_dict",
+    "apply_overrides",
+    "shipped_config_path",
+    "CONFIG_DIR",
+    "check_distill_for_datasets",
+    "TAGGED_UNIONS",
 ]
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -47,6 +64,7 @@ def _yaml11_float(value):
 def _time(units: tuple[str, ...], positive: bool = False):
     """A Composer time string in `units`; `positive`: zero is refused (a run of 0 batches, an
     interval of 0, which Composer rejects only when fit() starts)."""
+
     def check(value: str) -> str:
         m = _TIME_RE.match(value)
         if not m or m.group(2) not in units:
@@ -57,6 +75,7 @@ def _time(units: tuple[str, ...], positive: bool = False):
         if positive and amount <= 0:
             raise ValueError("must be more than 0")
         return value
+
     return AfterValidator(check)
 
 
@@ -66,7 +85,9 @@ Str = Annotated[str, Field(strict=True)]
 Float = Annotated[float, BeforeValidator(_yaml11_float), Field(strict=True, allow_inf_nan=False)]
 Time = Annotated[str, Field(strict=True), _time(("ep", "ba", "sp", "tok", "dur"), positive=True)]  # an interval
 Span = Annotated[str, Field(strict=True), _time(("ba", "sp", "tok", "dur"))]  # a schedule's part (0: none)
-Duration = Annotated[str, Field(strict=True), _time(("ep", "ba", "sp", "tok"), positive=True)]  # no 'dur': it is the unit
+Duration = Annotated[
+    str, Field(strict=True), _time(("ep", "ba", "sp", "tok"), positive=True)
+]  # no 'dur': it is the unit
 
 
 class Section(BaseModel):
@@ -78,13 +99,18 @@ class Section(BaseModel):
 
 
 class StreamConfig(Section):
-    uri: Str = Field(min_length=1, description="dataset root written by the pipeline (local path, file://, s3://, gs://)")
-    local: Optional[Str] = Field(None, description="local cache folder for this stream (default: under data.local_cache); "
-                                 "its shards are kept in a sub-folder named after the dataset's location and content "
-                                 "(manifest and root index), so a changed dataset never reads an old cache")
-    proportion: Optional[Float] = Field(None, ge=0, description="share of each epoch (all streams or none)")
-    repeat: Optional[Float] = Field(None, ge=0, description="or: up/down-sampling factor")
-    choose: Optional[Int] = Field(None, ge=0, description="or: exact number of samples per epoch")
+    uri: Str = Field(
+        min_length=1, description="dataset root written by the pipeline (local path, file://, s3://, gs://)"
+    )
+    local: Str | None = Field(
+        None,
+        description="local cache folder for this stream (default: under data.local_cache); "
+        "its shards are kept in a sub-folder named after the dataset's location and content "
+        "(manifest and root index), so a changed dataset never reads an old cache",
+    )
+    proportion: Float | None = Field(None, ge=0, description="share of each epoch (all streams or none)")
+    repeat: Float | None = Field(None, ge=0, description="or: up/down-sampling factor")
+    choose: Int | None = Field(None, ge=0, description="or: exact number of samples per epoch")
 
     @model_validator(mode="after")
     def _one_weight(self):
@@ -95,27 +121,33 @@ class StreamConfig(Section):
 
 
 class DataConfig(Section):
-    streams: list[StreamConfig] = Field([], min_length=1, validate_default=True,
-                                        description="one or more datasets (YAML list of {uri, ...})")
-    local_cache: Optional[Str] = Field(None, description="root of the local shard caches, kept between runs (null: "
-                                       "<system temp dir>/pdistill-cache/<run.run_name or config digest>); each dataset "
-                                       "is cached in a folder named after its location and content (manifest and root "
-                                       "index with every shard's hash), so a changed dataset is never read from an old cache")
+    streams: list[StreamConfig] = Field(
+        [], min_length=1, validate_default=True, description="one or more datasets (YAML list of {uri, ...})"
+    )
+    local_cache: Str | None = Field(
+        None,
+        description="root of the local shard caches, kept between runs (null: "
+        "<system temp dir>/pdistill-cache/<run.run_name or config digest>); each dataset "
+        "is cached in a folder named after its location and content (manifest and root "
+        "index with every shard's hash), so a changed dataset is never read from an old cache",
+    )
     batch_size: Int = Field(8, gt=0, description="GLOBAL batch (sequences per optimizer step), divided by world size")
-    microbatch_size: Optional[Int] = Field(None, gt=0, description="per-device microbatch (null: whole device batch)")
+    microbatch_size: Int | None = Field(None, gt=0, description="per-device microbatch (null: whole device batch)")
     shuffle: Bool = True
     shuffle_seed: Int = Field(9176, ge=0)
     shuffle_algo: Str = "py1e"
-    num_canonical_nodes: Optional[Int] = Field(None, gt=0, description="fix it (e.g. 1) for elastic resume across world sizes")
+    num_canonical_nodes: Int | None = Field(
+        None, gt=0, description="fix it (e.g. 1) for elastic resume across world sizes"
+    )
     partition_algo: Str = "relaxed"
-    predownload: Optional[Int] = Field(None, ge=0, description="samples to prefetch per worker (null: streaming default)")
+    predownload: Int | None = Field(None, ge=0, description="samples to prefetch per worker (null: streaming default)")
     num_workers: Int = Field(0, ge=0, description="dataloader workers per rank (must stay constant across resumes)")
-    validate_hash: Optional[Str] = Field("xxh3_64", description="shard hash checked on download (null: off)")
-    eval_uri: Optional[Str] = Field(None, description="held-out dataset for student perplexity (null: no eval)")
-    eval_batch_size: Optional[Int] = Field(None, gt=0, description="default: batch_size")
+    validate_hash: Str | None = Field("xxh3_64", description="shard hash checked on download (null: off)")
+    eval_uri: Str | None = Field(None, description="held-out dataset for student perplexity (null: no eval)")
+    eval_batch_size: Int | None = Field(None, gt=0, description="default: batch_size")
 
     @classmethod
-    def of(cls, *uris: str, **settings) -> "DataConfig":
+    def of(cls, *uris: str, **settings) -> DataConfig:
         """A data section reading `uris` with the other settings given (for tools, benches and tests)."""
         return cls(streams=[StreamConfig(uri=u) for u in uris], **settings)
 
@@ -123,14 +155,16 @@ class DataConfig(Section):
     def _proportions_all_or_none(self):
         with_prop = [st.proportion is not None for st in self.streams]
         if any(with_prop) and not all(with_prop):
-            raise Refused(f"streams[{with_prop.index(False)}].proportion", "when one stream sets a proportion, all must")
+            raise Refused(
+                f"streams[{with_prop.index(False)}].proportion", "when one stream sets a proportion, all must"
+            )
         return self
 
 
 class ModelConfig(Section):
-    hf_config: Optional[dict] = Field(None, description="a transformers config with model_type, trained from scratch")
-    checkpoint: Optional[Str] = Field(None, description="or: an HF checkpoint dir/URI")
-    tokenizer: Optional[Str] = Field(None, description="tokenizer dir/URI (fingerprint checked against the dataset)")
+    hf_config: dict | None = Field(None, description="a transformers config with model_type, trained from scratch")
+    checkpoint: Str | None = Field(None, description="or: an HF checkpoint dir/URI")
+    tokenizer: Str | None = Field(None, description="tokenizer dir/URI (fingerprint checked against the dataset)")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -151,25 +185,38 @@ def _wsd_by_default(value):
 class DistillConfig(Section):
     mode: Literal["offline", "live", "none"] = Field("offline", description="none = LM only, no teacher read")
     kind: Literal["forward_kl", "reverse_kl", "soft_ce", "mse", "jsd"] = Field(
-        "forward_kl", description="the divergence (trainer.losses.kd_loss); jsd: generalised Jensen-Shannon, "
-        "see distill.beta")
-    beta: Optional[Float] = Field(None, ge=0, le=1, description="kind jsd only, in [0, 1]: the teacher's weight in the "
-                                  "mixture M = beta teacher + (1 - beta) student (TRL GKD / Axolotl kd_beta); "
-                                  "0 = forward KL, 1 = reverse KL (null: 0.5)")
+        "forward_kl",
+        description="the divergence (trainer.losses.kd_loss); jsd: generalised Jensen-Shannon, see distill.beta",
+    )
+    beta: Float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="kind jsd only, in [0, 1]: the teacher's weight in the "
+        "mixture M = beta teacher + (1 - beta) student (TRL GKD / Axolotl kd_beta); "
+        "0 = forward KL, 1 = reverse KL (null: 0.5)",
+    )
     support: Literal["full", "kept", "split"] = Field(
-        "split", description="the student side of the KD term against the truncated teacher (trainer.losses.kd_loss): "
-        "full = full vocabulary; kept = renormalised over the kept set; split = chain-rule split")
+        "split",
+        description="the student side of the KD term against the truncated teacher (trainer.losses.kd_loss): "
+        "full = full vocabulary; kept = renormalised over the kept set; split = chain-rule split",
+    )
     tau: Float = Field(2.0, gt=0, description="temperature of the teacher (and student) distributions")
     tail: Bool = Field(False, description="support full only: dropped teacher mass as one extra bucket")
     tau_squared: Bool = Field(False, description="multiply the KD loss by tau^2")
-    chunk_size: Optional[Int] = Field(1024, gt=0, description="positions per chunk in the loss (null: all at once)")
-    fused_head: Bool = Field(True, description="compute the loss from the student's last hidden state and output "
-                             "projection, chunk_size positions at a time, never the [B, T, V] logits "
-                             "(false: the student's full logits, as its own forward returns them)")
-    alpha: Annotated[Optional[AlphaSchedule], BeforeValidator(_wsd_by_default)] = Field(
-        None, description="alpha schedule {name: constant|linear|cosine|wsd|periodic, ...} (null: PD* WSD, or "
-        "constant 0 for mode none; a section without a name is wsd)")
-    teacher: Optional[Str] = Field(None, description="live mode: teacher checkpoint dir/URI")
+    chunk_size: Int | None = Field(1024, gt=0, description="positions per chunk in the loss (null: all at once)")
+    fused_head: Bool = Field(
+        True,
+        description="compute the loss from the student's last hidden state and output "
+        "projection, chunk_size positions at a time, never the [B, T, V] logits "
+        "(false: the student's full logits, as its own forward returns them)",
+    )
+    alpha: Annotated[AlphaSchedule | None, BeforeValidator(_wsd_by_default)] = Field(
+        None,
+        description="alpha schedule {name: constant|linear|cosine|wsd|periodic, ...} (null: PD* WSD, or "
+        "constant 0 for mode none; a section without a name is wsd)",
+    )
+    teacher: Str | None = Field(None, description="live mode: teacher checkpoint dir/URI")
     top_p: Float = Field(0.95, gt=0, le=1, description="live mode truncation (offline: fixed by the dataset)")
     top_k: Int = Field(50, gt=0)
 
@@ -179,7 +226,9 @@ class DistillConfig(Section):
             raise Refused("beta", f"only applies with distill.kind: jsd (kind is {self.kind!r})")
         if self.tail and self.support != "full":
             why = "already uses the tail mass" if self.support == "split" else "ignores it"
-            raise Refused("tail", f"the tail bucket only applies with distill.support: full (support {self.support!r} {why})")
+            raise Refused(
+                "tail", f"the tail bucket only applies with distill.support: full (support {self.support!r} {why})"
+            )
         if self.mode == "none" and self.alpha is not None and self.alpha != ConstantAlpha(0.0):
             raise Refused("alpha", "must be {name: constant, value: 0.0} (or unset) when distill.mode is none")
         if self.mode == "live" and not self.teacher:
@@ -204,7 +253,7 @@ class OptimConfig(Section):
     betas: list[Beta] = Field([0.9, 0.95], min_length=2, max_length=2, description="two numbers in [0, 1)")
     eps: Float = Field(1e-8, gt=0)
     weight_decay: Float = Field(0.1, ge=0)
-    grad_clip: Optional[Float] = Field(1.0, gt=0, description="max grad norm (null: off)")
+    grad_clip: Float | None = Field(1.0, gt=0, description="max grad norm (null: off)")
 
 
 class ConstantLR(Section):
@@ -224,16 +273,16 @@ class WSDLR(CosineLR):
 
 
 # The learning-rate schedule, picked by `name`; each takes only its own keys (no t_decay for cosine).
-LRSchedule = Annotated[Union[ConstantLR, CosineLR, WSDLR], Field(discriminator="name"), BeforeValidator(_wsd_by_default)]
+LRSchedule = Annotated[ConstantLR | CosineLR | WSDLR, Field(discriminator="name"), BeforeValidator(_wsd_by_default)]
 
 
 class RunConfig(Section):
     max_duration: Duration = "100ba"
     eval_interval: Time = "50ba"
-    save_folder: Optional[Str] = Field(None, description="local path or s3:// / gs:// URI (null: no checkpoints)")
+    save_folder: Str | None = Field(None, description="local path or s3:// / gs:// URI (null: no checkpoints)")
     save_interval: Time = "50ba"
     save_num_checkpoints_to_keep: Int = -1
-    run_name: Optional[Str] = Field(None, description="required with autoresume")
+    run_name: Str | None = Field(None, description="required with autoresume")
     autoresume: Bool = False
     seed: Int = Field(17, ge=0)
     deterministic: Bool = False
@@ -241,12 +290,14 @@ class RunConfig(Section):
     precision: Literal["fp32", "amp_bf16", "amp_fp16"] = "fp32"
     loggers: list[Literal[LOGGERS]] = Field(["console"], description="any of " + ", ".join(LOGGERS))
     log_interval: Time = "1ba"
-    log_dir: Optional[Str] = Field(None, description="file/tensorboard output (null: <save_folder or cwd>/logs)")
-    stop_after: Optional[Duration] = Field(None, description="stop (with a checkpoint) at this time, e.g. 50ba; "
-                                           "schedules still follow max_duration")
-    sample_log_dir: Optional[Str] = Field(None, description="record {step, rank, sample_ids} per step as jsonl here")
-    allow_changed: list[Str] = Field([], description="autoresume: fingerprint keys that may differ from the "
-                                     "checkpoint's (e.g. [optim.lr])")
+    log_dir: Str | None = Field(None, description="file/tensorboard output (null: <save_folder or cwd>/logs)")
+    stop_after: Duration | None = Field(
+        None, description="stop (with a checkpoint) at this time, e.g. 50ba; schedules still follow max_duration"
+    )
+    sample_log_dir: Str | None = Field(None, description="record {step, rank, sample_ids} per step as jsonl here")
+    allow_changed: list[Str] = Field(
+        [], description="autoresume: fingerprint keys that may differ from the checkpoint's (e.g. [optim.lr])"
+    )
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -262,8 +313,11 @@ class TrainConfig(Section):
     model: ModelConfig = Field({}, validate_default=True)
     distill: DistillConfig = DistillConfig()
     optim: OptimConfig = OptimConfig()
-    scheduler: LRSchedule = Field({}, validate_default=True, description="the learning-rate schedule {name: "
-                                  "constant|cosine|wsd, ...} (a section without a name is wsd)")
+    scheduler: LRSchedule = Field(
+        {},
+        validate_default=True,
+        description="the learning-rate schedule {name: constant|cosine|wsd, ...} (a section without a name is wsd)",
+    )
     run: RunConfig = RunConfig()
 
     def to_dict(self) -> dict:
@@ -283,7 +337,8 @@ def check_distill_for_datasets(k: DistillConfig, manifests) -> None:
             raise ConfigError(
                 f"distill.tau: {k.tau!r} cannot be used with dataset {uri}: its teacher signal is sampled "
                 f"(truncation.method 'sample', {m.truncation.top_k} draws, stored as log(count/n)), and tempering "
-                "sampled frequencies does not estimate softmax(z / tau); set distill.tau=1.0 or use a top_p_k dataset")
+                "sampled frequencies does not estimate softmax(z / tau); set distill.tau=1.0 or use a top_p_k dataset"
+            )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,17 +33,18 @@ wherever t + 1 >= n_tokens), teacher tensors stay at t, and position_mask[t] = (
 the teacher kept at least one entry there. KD therefore also uses the last real position (the
 teacher's prediction of the token after the sequence), which the LM loss cannot use.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from streaming import StreamingDataset
 
-from schemas import DatasetDir, IncompatibleDataset, Manifest, check_compatible
-from schemas import storage
+from schemas import DatasetDir, IncompatibleDataset, Manifest, check_compatible, storage
 from schemas.errors import CodecError, CorruptDataset, IncompleteDataset  # noqa: F401  (part of this module's API)
 from schemas.identity import dataset_identity
 from schemas.redact import redact_uri
@@ -63,15 +64,15 @@ class Expect:
     """What every stream is checked against (None: not checked): the student's vocabulary and
     tokenizer, and the sequence length another dataset (e.g. the training set) already fixed."""
 
-    vocab_size: Optional[int] = None
-    tokenizer_fingerprint: Optional[str] = None
-    seq_len: Optional[int] = None
+    vocab_size: int | None = None
+    tokenizer_fingerprint: str | None = None
+    seq_len: int | None = None
 
 
 @dataclass
 class StreamInfo:
     uri: str
-    manifest: Optional[Manifest]
+    manifest: Manifest | None
     index: dict = field(repr=False)
 
 
@@ -82,15 +83,20 @@ def inspect_stream(uri: str, *, require_manifest: bool = True) -> StreamInfo:
     return StreamInfo(uri=uri, manifest=manifest, index=index)
 
 
-def check_streams(infos: Sequence[StreamInfo], expect: Expect, *, need_teacher: bool) -> Optional[Manifest]:
+def check_streams(infos: Sequence[StreamInfo], expect: Expect, *, need_teacher: bool) -> Manifest | None:
     """Check every stream against the student and against each other; return the first manifest."""
     first = None
     for info in infos:
         m = info.manifest
         if m is None:
             continue
-        check_compatible(m, vocab_size=expect.vocab_size, tokenizer_fingerprint=expect.tokenizer_fingerprint,
-                         seq_len=expect.seq_len, where=info.uri)
+        check_compatible(
+            m,
+            vocab_size=expect.vocab_size,
+            tokenizer_fingerprint=expect.tokenizer_fingerprint,
+            seq_len=expect.seq_len,
+            where=info.uri,
+        )
         if first is None:
             first = (info.uri, m)
             continue
@@ -104,7 +110,9 @@ def check_streams(infos: Sequence[StreamInfo], expect: Expect, *, need_teacher: 
                 raise IncompatibleDataset(f"streams {u0} and {info.uri} differ in {name}: {a!r} vs {b!r}")
     if need_teacher and any(i.manifest is None for i in infos):
         bad = next(i.uri for i in infos if i.manifest is None)
-        raise IncompleteDataset(f"dataset {bad}: no manifest ({DatasetDir(bad).manifest_uri}); stored teacher signal needs one")
+        raise IncompleteDataset(
+            f"dataset {bad}: no manifest ({DatasetDir(bad).manifest_uri}); stored teacher signal needs one"
+        )
     return first[1] if first else None
 
 
@@ -127,8 +135,17 @@ class DistillDataset(StreamingDataset):
     loaded its checkpoint state (a state loaded into an iterated dataset is ignored).
     """
 
-    def __init__(self, data: DataConfig, *, batch_size: int, cache_dir: str, with_teacher: bool = True,
-                 expect: Expect = Expect(), require_manifest: bool = True, epoch_size: Optional[int] = None):
+    def __init__(
+        self,
+        data: DataConfig,
+        *,
+        batch_size: int,
+        cache_dir: str,
+        with_teacher: bool = True,
+        expect: Expect = Expect(),
+        require_manifest: bool = True,
+        epoch_size: int | None = None,
+    ):
         """Read ``data.streams`` with the section's shuffle, partition, prefetch and hash settings."""
         infos = [inspect_stream(s.uri, require_manifest=require_manifest or with_teacher) for s in data.streams]
         manifest = check_streams(infos, expect, need_teacher=with_teacher)
@@ -150,15 +167,30 @@ class DistillDataset(StreamingDataset):
         else:
             self.codecs, self.top_k = [], 0
         self._vocab_limit = expect.vocab_size or (manifest.vocab_size if manifest else None)
-        self._bg_error: Optional[BaseException] = None
-        streams = [CheckedStream(**DatasetDir(s.uri).stream_args(cache_dir, s.local, identity=ident), index=info.index,
-                                 proportion=s.proportion, repeat=s.repeat, choose=s.choose)
-                   for s, info, ident in zip(data.streams, infos, self.identities)]
+        self._bg_error: BaseException | None = None
+        streams = [
+            CheckedStream(
+                **DatasetDir(s.uri).stream_args(cache_dir, s.local, identity=ident),
+                index=info.index,
+                proportion=s.proportion,
+                repeat=s.repeat,
+                choose=s.choose,
+            )
+            for s, info, ident in zip(data.streams, infos, self.identities)
+        ]
         super().__init__(
-            streams=streams, batch_size=batch_size, shuffle=data.shuffle, shuffle_seed=data.shuffle_seed,
-            shuffle_algo=data.shuffle_algo, num_canonical_nodes=data.num_canonical_nodes,
-            predownload=data.predownload, validate_hash=data.validate_hash or None,
-            partition_algo=data.partition_algo, epoch_size=epoch_size, download_retry=2, download_timeout=60,
+            streams=streams,
+            batch_size=batch_size,
+            shuffle=data.shuffle,
+            shuffle_seed=data.shuffle_seed,
+            shuffle_algo=data.shuffle_algo,
+            num_canonical_nodes=data.num_canonical_nodes,
+            predownload=data.predownload,
+            validate_hash=data.validate_hash or None,
+            partition_algo=data.partition_algo,
+            epoch_size=epoch_size,
+            download_retry=2,
+            download_timeout=60,
         )
         self.check_first_samples()
 
@@ -180,8 +212,10 @@ class DistillDataset(StreamingDataset):
         if self._vocab_limit and n and int(tokens[:n].max()) >= self._vocab_limit:
             raise CorruptDataset(f"{where} holds token id {int(tokens[:n].max())} >= vocab_size {self._vocab_limit}")
         if self.with_teacher and np.asarray(raw["teacher_counts"]).shape != tokens.shape:
-            raise CorruptDataset(f"{where}: teacher signal for {np.asarray(raw['teacher_counts']).shape[0]} positions, "
-                                 f"tokens {tokens.shape[0]}")
+            raise CorruptDataset(
+                f"{where}: teacher signal for {np.asarray(raw['teacher_counts']).shape[0]} positions, "
+                f"tokens {tokens.shape[0]}"
+            )
 
     # -- decoding -----------------------------------------------------------------------------
     def decode(self, raw: dict, stream: int = 0) -> dict[str, Any]:
@@ -205,8 +239,10 @@ class DistillDataset(StreamingDataset):
         except CorruptDataset:
             raise
         except (CodecError, ValueError, IndexError) as e:  # bytes that pass no hash check (validate_hash off)
-            raise CorruptDataset(f"dataset {self.uris[stream]}: shard {self.shard_name(idx)}: sample "
-                                 f"{int(raw.get('sample_id', -1))} does not decode ({type(e).__name__}: {e})") from None
+            raise CorruptDataset(
+                f"dataset {self.uris[stream]}: shard {self.shard_name(idx)}: sample "
+                f"{int(raw.get('sample_id', -1))} does not decode ({type(e).__name__}: {e})"
+            ) from None
 
     def shard_name(self, idx: int) -> str:
         """The stored file (relative to its dataset) of the shard sample ``idx`` lives in."""
@@ -232,7 +268,9 @@ class DistillDataset(StreamingDataset):
             if isinstance(err, CorruptDataset):
                 raise CorruptDataset(f"reading dataset {', '.join(self.uris)} failed: {err}") from err
             if isinstance(err, FileNotFoundError):
-                raise IncompleteDataset(f"reading dataset {', '.join(self.uris)} failed: {type(err).__name__}: {err}") from err
+                raise IncompleteDataset(
+                    f"reading dataset {', '.join(self.uris)} failed: {type(err).__name__}: {err}"
+                ) from err
             raise e
 
 
@@ -294,10 +332,10 @@ def build_dataloader(
     *,
     batch_size: int,
     num_workers: int = 0,
-    prefetch_factor: Optional[int] = None,
+    prefetch_factor: int | None = None,
     persistent_workers: bool = False,
     pin_memory: bool = False,
-    with_teacher: Optional[bool] = None,
+    with_teacher: bool | None = None,
 ):
     """A torch DataLoader over `dataset` with the distillation collator (per-device batch size)."""
     from torch.utils.data import DataLoader

@@ -3,10 +3,10 @@
 Only these (and the data-contract errors, `schemas.errors.SchemaError`, which cover refused,
 incomplete and corrupt datasets) become messages; anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
-from schemas.errors import SchemaError
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, SchemaError
 
 
 class SettingError(ConfigError):

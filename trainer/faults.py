@@ -7,6 +7,7 @@ PDISTILL_TEST_KILL = JSON {"point": "mid-step" | "checkpoint-write", "batch": N}
                     (Composer writes straight to the final name), then SIGKILL before `latest` moves.
 Unset (production), `kill_callbacks()` returns nothing.
 """
+
 from __future__ import annotations
 
 import json

@@ -19,10 +19,11 @@ weight decay are replaced at fit start. Keys not listed above (max_duration, int
 device, microbatch size, caches) may change freely. Model shapes that differ fail inside
 Composer's weight loading, before this check; `build_trainer` reports that as model.shape.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 from composer.core import Callback, State
 from composer.loggers import Logger
@@ -32,8 +33,15 @@ from trainer.errors import ResumeMismatch
 
 log = logging.getLogger(__name__)
 
-DATA_ORDER_KEYS = ("batch_size", "shuffle", "shuffle_seed", "shuffle_algo", "num_canonical_nodes",
-                   "partition_algo", "num_workers")
+DATA_ORDER_KEYS = (
+    "batch_size",
+    "shuffle",
+    "shuffle_seed",
+    "shuffle_algo",
+    "num_canonical_nodes",
+    "partition_algo",
+    "num_workers",
+)
 FREE_DISTILL_KEYS = ("chunk_size", "fused_head")  # numerics only: how the loss is computed, not what it is
 FINGERPRINT_SECTIONS = ("data.streams", "data", "model", "distill", "optim", "scheduler", "run.seed")
 
@@ -89,10 +97,14 @@ def check_allow_list(allow: list[str]) -> None:
     from trainer.config import ConfigError
 
     for i, a in enumerate(allow):
-        if not any(a == s or a.startswith(s + ".") or a.startswith(s + "[") or s.startswith(a + ".")
-                   for s in FINGERPRINT_SECTIONS):
-            raise ConfigError(f"run.allow_changed[{i}]: {a!r} is not a key that autoresume compares "
-                              f"(keys under: {', '.join(FINGERPRINT_SECTIONS)})")
+        if not any(
+            a == s or a.startswith(s + ".") or a.startswith(s + "[") or s.startswith(a + ".")
+            for s in FINGERPRINT_SECTIONS
+        ):
+            raise ConfigError(
+                f"run.allow_changed[{i}]: {a!r} is not a key that autoresume compares "
+                f"(keys under: {', '.join(FINGERPRINT_SECTIONS)})"
+            )
 
 
 class RunFingerprint(Callback):
@@ -102,7 +114,7 @@ class RunFingerprint(Callback):
         self.fingerprint = fingerprint
         self.allow_changed = list(allow_changed)
         self.optim_cfg = optim_cfg
-        self.resumed_from: Optional[dict] = None
+        self.resumed_from: dict | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"fingerprint": self.fingerprint}
@@ -110,8 +122,10 @@ class RunFingerprint(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         old = state.get("fingerprint")
         if not old:
-            log.warning("run.autoresume: the checkpoint holds no run fingerprint (made before pdistill stored "
-                        "one); its settings cannot be compared with this config")
+            log.warning(
+                "run.autoresume: the checkpoint holds no run fingerprint (made before pdistill stored "
+                "one); its settings cannot be compared with this config"
+            )
             return
         changed = fingerprint_diff(old, self.fingerprint)
         refused = [k for k in changed if not allowed(k, self.allow_changed)]
@@ -123,7 +137,9 @@ class RunFingerprint(Callback):
                 f"or allow the change on purpose: run.allow_changed=[{', '.join(refused)}]"
             )
         for k in changed:
-            log.warning("run.autoresume: %s changed %r -> %r (allowed by run.allow_changed)", k, old[k], self.fingerprint[k])
+            log.warning(
+                "run.autoresume: %s changed %r -> %r (allowed by run.allow_changed)", k, old[k], self.fingerprint[k]
+            )
         self.resumed_from = old
 
     def fit_start(self, state: State, logger: Logger) -> None:

@@ -21,9 +21,10 @@ a second backward through a retained graph recomputes them. Under autocast the p
 the autocast dtype (as the student's own head would); the evaluation upcasts each block, grad_W is
 accumulated in float32 (float64 for float64 inputs).
 """
+
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
@@ -31,13 +32,14 @@ from trainer.fused_loss import FusedInputs, evaluate, gradient_may_overwrite_log
 
 
 class HeadGrads(NamedTuple):
-    hidden: Optional[torch.Tensor]  # [N, H]
-    weight: Optional[torch.Tensor]  # [V, H]
-    bias: Optional[torch.Tensor]  # [V]
+    hidden: torch.Tensor | None  # [N, H]
+    weight: torch.Tensor | None  # [V, H]
+    bias: torch.Tensor | None  # [V]
 
 
 def _chunk_inputs(inputs: FusedInputs, start: int, end: int, n_rows: int) -> FusedInputs:
     """The call's inputs restricted to rows [start, end): every per-row tensor sliced, the rest kept."""
+
     def rows(x):
         if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n_rows:
             return x[start:end]
@@ -57,8 +59,14 @@ def _matmul_dtype(hidden: torch.Tensor) -> torch.dtype:
     return hidden.dtype
 
 
-def evaluate_head(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], inputs: FusedInputs,
-                  rows: int, need: tuple[bool, bool, bool] = (False, False, False)):
+def evaluate_head(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    inputs: FusedInputs,
+    rows: int,
+    need: tuple[bool, bool, bool] = (False, False, False),
+):
     """(objective, lm_sum, kd_sum, agree_count) over hidden [N, H], and the `HeadGrads` asked for by
     ``need`` (hidden, weight, bias); None when nothing is needed."""
     n, v = hidden.shape[0], weight.shape[0]
@@ -87,8 +95,12 @@ def evaluate_head(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
                 torch.mm(h[s:e], w.t(), out=x)
             else:
                 torch.addmm(b, h[s:e], w.t(), out=x)
-            outs, g = evaluate(x[None], _chunk_inputs(inputs, s, e, n), any_grad,
-                               grad_out=(x if overwrite else grad[: e - s]) if any_grad else None)
+            outs, g = evaluate(
+                x[None],
+                _chunk_inputs(inputs, s, e, n),
+                any_grad,
+                grad_out=(x if overwrite else grad[: e - s]) if any_grad else None,
+            )
             totals += torch.stack([o.to(acc) for o in outs])
             if g is None:
                 continue
@@ -104,9 +116,11 @@ def evaluate_head(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     outs = tuple(t.clone() for t in totals.unbind(0))  # own storage: autograd outputs must not be views
     if not any_grad:
         return outs, None
-    return outs, HeadGrads(g_h if g_h is None else g_h.to(hidden.dtype),
-                           g_w if g_w is None else g_w.to(weight.dtype),
-                           g_b if g_b is None else g_b.to(bias.dtype))
+    return outs, HeadGrads(
+        g_h if g_h is None else g_h.to(hidden.dtype),
+        g_w if g_w is None else g_w.to(weight.dtype),
+        g_b if g_b is None else g_b.to(bias.dtype),
+    )
 
 
 class FusedHeadLoss(torch.autograd.Function):

@@ -40,9 +40,10 @@ the block loops; padding rows are computed with weight 0. Gradients flow to ``st
 only; teacher tensors are data (live-teacher mode computes them under ``torch.no_grad``). Double
 backward is not supported.
 """
+
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
@@ -60,8 +61,8 @@ BLOCK_ELEMS = 1 << 23
 class FusedInputs(NamedTuple):
     """One call's inputs, prepared by `trainer.losses` (N flat positions)."""
 
-    labels: Optional[torch.Tensor]  # [N] int64 (-100: ignored), or None (no LM term)
-    teacher: Optional[PreparedTeacher]  # None: no KD term
+    labels: torch.Tensor | None  # [N] int64 (-100: ignored), or None (no LM term)
+    teacher: PreparedTeacher | None  # None: no KD term
     kind: str
     support: str  # full | kept | split (trainer.kd_rows)
     tau: float
@@ -77,12 +78,12 @@ class _Exps(NamedTuple):
     (t = stored / 2), if used; extra: t of a second exponential in scratch (recomputed in pass 2).
     """
 
-    stored: Optional[float]
-    squared: Optional[float]
-    extra: Optional[float]
+    stored: float | None
+    squared: float | None
+    extra: float | None
 
     @staticmethod
-    def plan(lm: bool, kd_full: bool, tau: float) -> "_Exps":
+    def plan(lm: bool, kd_full: bool, tau: float) -> _Exps:
         temps = sorted(({1.0} if lm else set()) | ({tau} if kd_full else set()))
         if not temps:
             return _Exps(None, None, None)
@@ -109,13 +110,14 @@ class _Plan(NamedTuple):
     exps: _Exps
 
     @staticmethod
-    def of(inputs: FusedInputs) -> "_Plan":
+    def of(inputs: FusedInputs) -> _Plan:
         teacher = inputs.teacher
         split = teacher is not None and inputs.support == "split"
         tail = teacher is not None and teacher.lt is not None
         # renormalised over the kept set: support `kept`, and reverse_kl / mse under `full` without a bucket
-        renorm = teacher is not None and (inputs.support == "kept" or (
-            inputs.support == "full" and not tail and inputs.kind in ("reverse_kl", "mse")))
+        renorm = teacher is not None and (
+            inputs.support == "kept" or (inputs.support == "full" and not tail and inputs.kind in ("reverse_kl", "mse"))
+        )
         kd_full = teacher is not None and not renorm
         kd_t = 1.0 if split else inputs.tau
         lm = inputs.labels is not None
@@ -125,7 +127,7 @@ class _Plan(NamedTuple):
 class _Workspace:
     """The flat logits, the gradient buffer and block-sized scratch of one evaluation."""
 
-    def __init__(self, logits: torch.Tensor, block: int, need_grad: bool, grad_out: Optional[torch.Tensor] = None):
+    def __init__(self, logits: torch.Tensor, block: int, need_grad: bool, grad_out: torch.Tensor | None = None):
         n_rows, self.v = logits.shape[0] * logits.shape[1], logits.shape[-1]
         self.n_rows = n_rows
         self.flat = logits.detach().reshape(n_rows, self.v)
@@ -168,8 +170,8 @@ class _RowStats(NamedTuple):
     row_max: torch.Tensor  # [N, 1]
     sums: dict  # t -> [N] sum_j exp((x_j - m) / t) over the full vocabulary
     out_sums: dict  # t -> [N] the same over the ids outside the kept set (tail / split only)
-    x_lab: Optional[torch.Tensor]  # [N, 1] logit at the label
-    x_kept: Optional[torch.Tensor]  # [N, K] logits at the kept ids
+    x_lab: torch.Tensor | None  # [N, 1] logit at the label
+    x_kept: torch.Tensor | None  # [N, K] logits at the kept ids
 
 
 def _row_statistics(ws: _Workspace, inputs: FusedInputs, plan: _Plan) -> _RowStats:
@@ -223,8 +225,8 @@ class _RowTerms(NamedTuple):
     kd_sum: torch.Tensor
     agree: torch.Tensor  # positions where the student's argmax is the teacher's top-1
     coefs: dict  # t -> [N] coefficient of exp((x - m) / t) / S_t in the gradient
-    scat_lab: Optional[torch.Tensor]  # [N, 1] added at the label
-    scat_kept: Optional[torch.Tensor]  # [N, K] added at the kept ids
+    scat_lab: torch.Tensor | None  # [N, 1] added at the label
+    scat_kept: torch.Tensor | None  # [N, K] added at the kept ids
 
 
 def _row_terms(inputs: FusedInputs, plan: _Plan, st: _RowStats) -> _RowTerms:
@@ -310,7 +312,7 @@ def gradient_may_overwrite_logits(inputs: FusedInputs, dtype: torch.dtype) -> bo
     return dtype == cdtype and _Plan.of(inputs).exps.extra is None
 
 
-def evaluate(logits: torch.Tensor, inputs: FusedInputs, need_grad: bool, grad_out: Optional[torch.Tensor] = None):
+def evaluate(logits: torch.Tensor, inputs: FusedInputs, need_grad: bool, grad_out: torch.Tensor | None = None):
     """(objective, lm_sum, kd_sum, agree_count) in the compute dtype, and the gradient buffer of
     the objective w.r.t. logits (flat [N, V], logits' dtype; None when not `need_grad`), written
     into ``grad_out`` when given (`trainer.fused_head` reuses one chunk-sized buffer).

@@ -23,10 +23,11 @@ so dL/dq_b = (1 - beta) log(q_b / M_b). Here only 0 < beta < 1: at the endpoints
 form tends to 0, and beta = 0 / 1 *means* forward / reverse KL (TRL and Axolotl branch the same
 way); `trainer.losses.LossSpec.row_kind` hands those to the forward_kl / reverse_kl formulas.
 """
+
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 
@@ -55,8 +56,10 @@ def _jsd_buckets(beta: float, log_p, log_q, present):
     q_live = present & (log_q > float("-inf"))
     lp = torch.where(p_live, log_p, zero)
     lq = torch.where(q_live, log_q, zero)
-    log_m = torch.logaddexp(torch.where(p_live, lp + math.log(beta), float("-inf")),
-                            torch.where(q_live, lq + math.log1p(-beta), float("-inf")))
+    log_m = torch.logaddexp(
+        torch.where(p_live, lp + math.log(beta), float("-inf")),
+        torch.where(q_live, lq + math.log1p(-beta), float("-inf")),
+    )
     log_m = torch.where(p_live | q_live, log_m, zero)
     g = torch.where(q_live, (1.0 - beta) * (lq - log_m), zero)
     h = torch.where(q_live, lq.exp(), zero) * g
@@ -78,16 +81,17 @@ class PreparedTeacher(NamedTuple):
     log_f: torch.Tensor  # [N, K] log F, F = softmax(logp / tau) over the kept set (0 where masked)
     f: torch.Tensor  # [N, K] F (0 where masked)
     # tail bucket / split only (None otherwise): P_i = (1 - t) F_i on kept entries, bucket t = exp(lt)
-    lt: Optional[torch.Tensor]  # [N] log t (-inf: nothing dropped)
-    log_keep: Optional[torch.Tensor]  # [N] log(1 - t), floored at _LOG_FLOOR
-    log_p: Optional[torch.Tensor]  # [N, K] log P (log(1 - t) floored at _LOG_FLOOR)
-    p: Optional[torch.Tensor]  # [N, K] P
-    all_kept: Optional[torch.Tensor]  # [N] bool: the kept set is the whole vocabulary
-    beta: Optional[float] = None  # kind jsd only: the teacher's weight in the mixture M, 0 < beta < 1
+    lt: torch.Tensor | None  # [N] log t (-inf: nothing dropped)
+    log_keep: torch.Tensor | None  # [N] log(1 - t), floored at _LOG_FLOOR
+    log_p: torch.Tensor | None  # [N, K] log P (log(1 - t) floored at _LOG_FLOOR)
+    p: torch.Tensor | None  # [N, K] P
+    all_kept: torch.Tensor | None  # [N] bool: the kept set is the whole vocabulary
+    beta: float | None = None  # kind jsd only: the teacher's weight in the mixture M, 0 < beta < 1
 
 
-def prepare_teacher(flat_rows, tau: float, tail: bool, vocab: int, dtype: torch.dtype,
-                    beta: Optional[float] = None) -> PreparedTeacher:
+def prepare_teacher(
+    flat_rows, tau: float, tail: bool, vocab: int, dtype: torch.dtype, beta: float | None = None
+) -> PreparedTeacher:
     """Teacher tensors for one call from `TeacherBatch.flat()`; ``tail``: also the dropped mass (tail
     bucket and split); ``beta``: the jsd mixture weight (kind jsd only)."""
     ids, logp, mask, log_tail, valid = flat_rows
@@ -122,12 +126,13 @@ class KDRows(NamedTuple):
     + scatter of kept [N, K] at the kept ids."""
 
     loss: torch.Tensor
-    coef: Optional[torch.Tensor]
+    coef: torch.Tensor | None
     kept: torch.Tensor
 
 
-def bucket_rows(kind: str, teacher: PreparedTeacher, lq: torch.Tensor, log_qo: Optional[torch.Tensor],
-                renorm: bool) -> KDRows:
+def bucket_rows(
+    kind: str, teacher: PreparedTeacher, lq: torch.Tensor, log_qo: torch.Tensor | None, renorm: bool
+) -> KDRows:
     """Per-kind formulas over the buckets (supports `full` and `kept`); lq = log q_i at the kept
     ids: the full-vocabulary student, or (``renorm``) the student renormalised over the kept set;
     log_qo = log q_o (tail bucket only, never with ``renorm``).
@@ -214,10 +219,15 @@ def bucket_rows(kind: str, teacher: PreparedTeacher, lq: torch.Tensor, log_qo: O
     return KDRows(loss, r_o - big_h, h - q * r_o[:, None])
 
 
-
-
-def split_rows(kind: str, teacher: PreparedTeacher, tau: float, lq1: torch.Tensor, log_qk: torch.Tensor,
-               log_qo: torch.Tensor, lqt: torch.Tensor) -> KDRows:
+def split_rows(
+    kind: str,
+    teacher: PreparedTeacher,
+    tau: float,
+    lq1: torch.Tensor,
+    log_qk: torch.Tensor,
+    log_qo: torch.Tensor,
+    lqt: torch.Tensor,
+) -> KDRows:
     """The chain-rule split (support `split`), in d/dx units (x: the raw logits).
 
     Inputs: lq1 = log q_i at the kept ids for the UNTEMPERED full-vocabulary student q =

@@ -14,12 +14,13 @@ EVAL_END); metric names are Composer's own. The trainer writes it with the "file
 `<log_dir>/<run_name>/metrics.jsonl` beside the text log, on global rank 0 (the values are
 already reduced over ranks). A resumed run appends; readers keep the last value per step.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Any, Optional
+from typing import Any
 
 from composer.core import State
 from composer.loggers import Logger, LoggerDestination
@@ -50,7 +51,7 @@ class MetricsLog(LoggerDestination):
         self._pending: dict[str, Any] = {}
         self._file = None
 
-    def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         del step  # the step is taken at the flushing event (see the module docstring)
         self._pending.update({k: _plain(v) for k, v in metrics.items()})
 
@@ -111,7 +112,7 @@ def series(records: list[dict], name: str) -> list[tuple[int, float]]:
     return sorted(by_step.items())
 
 
-def last_step(records: list[dict]) -> Optional[int]:
+def last_step(records: list[dict]) -> int | None:
     """The last finished training step in the log (None before the first)."""
     steps = [int(r["step"]) for r in records if r.get("kind") == "train"]
     return max(steps) if steps else None

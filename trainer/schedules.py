@@ -21,10 +21,11 @@ mirroring `composer.optim.CosineAnnealingWithWarmupScheduler`: linear warmup 0 -
 ``t_warmup``, 1.0 until ``t_max - t_decay``, then decay 1 -> ``alpha_f`` (cosine or linear) ending
 at ``t_max`` (default "1dur").
 """
+
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
@@ -32,8 +33,16 @@ from pydantic.dataclasses import dataclass
 from schemas.settings import Refused, raise_first
 
 __all__ = [
-    "ConstantAlpha", "LinearAlpha", "CosineAlpha", "WSDAlpha", "PeriodicAlpha", "AlphaSchedule",
-    "ALPHA_SCHEDULES", "make_alpha_schedule", "WarmupStableDecayScheduler", "training_progress",
+    "ConstantAlpha",
+    "LinearAlpha",
+    "CosineAlpha",
+    "WSDAlpha",
+    "PeriodicAlpha",
+    "AlphaSchedule",
+    "ALPHA_SCHEDULES",
+    "make_alpha_schedule",
+    "WarmupStableDecayScheduler",
+    "training_progress",
     "wsd_multiplier",
 ]
 
@@ -64,8 +73,15 @@ def _cos_interp(start: float, end: float, x: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * x))
 
 
-def wsd_multiplier(x: float, warmup: float, decay: float, peak: float = 1.0, floor: float = 0.0,
-                   decay_shape: str = "cosine", start: float | None = None) -> float:
+def wsd_multiplier(
+    x: float,
+    warmup: float,
+    decay: float,
+    peak: float = 1.0,
+    floor: float = 0.0,
+    decay_shape: str = "cosine",
+    start: float | None = None,
+) -> float:
     """Warmup-stable-decay value at fraction x in [0, 1] (all of warmup / decay are fractions).
 
     warmup: start (default floor) -> peak linearly for x in [0, warmup); stable peak; decay:
@@ -134,8 +150,9 @@ class WSDAlpha:
         return self
 
     def __call__(self, progress: float) -> float:
-        return wsd_multiplier(progress, float(self.warmup), float(self.decay), float(self.peak),
-                              float(self.floor), self.decay_shape)
+        return wsd_multiplier(
+            progress, float(self.warmup), float(self.decay), float(self.peak), float(self.floor), self.decay_shape
+        )
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -156,8 +173,9 @@ class PeriodicAlpha:
 
 
 # The tagged union: a config's `name` picks the schedule; its other keys are that schedule's fields.
-AlphaSchedule = Annotated[Union[ConstantAlpha, LinearAlpha, CosineAlpha, WSDAlpha, PeriodicAlpha],
-                          Field(discriminator="name")]
+AlphaSchedule = Annotated[
+    ConstantAlpha | LinearAlpha | CosineAlpha | WSDAlpha | PeriodicAlpha, Field(discriminator="name")
+]
 ALPHA_SCHEDULES: dict[str, type] = {
     "constant": ConstantAlpha,
     "linear": LinearAlpha,
@@ -208,8 +226,15 @@ class WarmupStableDecayScheduler:
     ``scale_warmup=True``; t_decay and t_max are. All three must resolve to the same unit.
     """
 
-    def __init__(self, t_warmup="0.1dur", t_decay="0.1dur", alpha_f: float = 0.0,
-                 decay_shape: str = "cosine", t_max="1dur", scale_warmup: bool = False):
+    def __init__(
+        self,
+        t_warmup="0.1dur",
+        t_decay="0.1dur",
+        alpha_f: float = 0.0,
+        decay_shape: str = "cosine",
+        t_max="1dur",
+        scale_warmup: bool = False,
+    ):
         from composer.core import Time
 
         for name, t in (("t_warmup", t_warmup), ("t_decay", t_decay), ("t_max", t_max)):
@@ -230,8 +255,10 @@ class WarmupStableDecayScheduler:
         self.scale_warmup = bool(scale_warmup)
 
     def __repr__(self) -> str:
-        return (f"WarmupStableDecayScheduler(t_warmup={self.t_warmup!r}, t_decay={self.t_decay!r}, "
-                f"alpha_f={self.alpha_f}, decay_shape={self.decay_shape!r}, t_max={self.t_max!r})")
+        return (
+            f"WarmupStableDecayScheduler(t_warmup={self.t_warmup!r}, t_decay={self.t_decay!r}, "
+            f"alpha_f={self.alpha_f}, decay_shape={self.decay_shape!r}, t_max={self.t_max!r})"
+        )
 
     def __call__(self, state, ssr: float = 1.0) -> float:
         from composer.optim.scheduler import _convert_time
@@ -241,8 +268,9 @@ class WarmupStableDecayScheduler:
         t_decay = _convert_time(self.t_decay, state, ssr=ssr)
         t_max = _convert_time(self.t_max, state, ssr=ssr)
         if not (t_warmup.unit == t_decay.unit == t_max.unit):
-            raise ValueError(f"t_warmup ({t_warmup}), t_decay ({t_decay}) and t_max ({t_max}) must resolve to "
-                             "the same time unit")
+            raise ValueError(
+                f"t_warmup ({t_warmup}), t_decay ({t_decay}) and t_max ({t_max}) must resolve to the same time unit"
+            )
         now = state.timestamp.get(t_max.unit).value
         w, d, m = t_warmup.value, t_decay.value, t_max.value
         if w > 0 and now < w:

@@ -10,10 +10,11 @@ Composer moves a batch to the device and splits it into microbatches only when i
 tensors, so in the batch the teacher travels as its columns (`columns()`: teacher_ids,
 teacher_logp, teacher_mask, teacher_log_tail, position_mask) and `from_batch` reads them back.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -36,13 +37,13 @@ class TeacherBatch:
     logp: torch.Tensor
     mask: torch.Tensor
     log_tail: torch.Tensor
-    position_mask: Optional[torch.Tensor] = None
+    position_mask: torch.Tensor | None = None
 
     COLUMNS = ("teacher_ids", "teacher_logp", "teacher_mask", "teacher_log_tail", "position_mask")
 
     # -- the two producers ---------------------------------------------------------------------
     @classmethod
-    def from_dense(cls, dense: Sequence[DenseTeacher], attention: np.ndarray) -> "TeacherBatch":
+    def from_dense(cls, dense: Sequence[DenseTeacher], attention: np.ndarray) -> TeacherBatch:
         """Stack per-sequence dense signal; attention [B, T] bool marks real tokens."""
         mask = np.stack([d.mask for d in dense])
         return cls(
@@ -54,7 +55,7 @@ class TeacherBatch:
         )
 
     @classmethod
-    def from_kept(cls, entries: Sequence[KeptEntries], seq_len: int, k: int, attention: np.ndarray) -> "TeacherBatch":
+    def from_kept(cls, entries: Sequence[KeptEntries], seq_len: int, k: int, attention: np.ndarray) -> TeacherBatch:
         """From each sequence's kept entries over its real positions (padded here to seq_len)."""
         return cls.from_dense([e.padded(seq_len).to_dense(k) for e in entries], attention)
 
@@ -67,23 +68,30 @@ class TeacherBatch:
         return cols
 
     @classmethod
-    def from_batch(cls, batch: dict) -> "TeacherBatch":
+    def from_batch(cls, batch: dict) -> TeacherBatch:
         missing = [c for c in cls.COLUMNS[:4] if c not in batch]
         if missing:
             raise ValueError(f"the batch has no teacher signal (missing columns {', '.join(missing)})")
         return cls(*(batch[c] for c in cls.COLUMNS[:4]), position_mask=batch.get("position_mask"))
 
-    def to(self, device) -> "TeacherBatch":
-        return TeacherBatch(*(None if x is None else x.to(device) for x in
-                              (self.ids, self.logp, self.mask, self.log_tail, self.position_mask)))
+    def to(self, device) -> TeacherBatch:
+        return TeacherBatch(
+            *(
+                None if x is None else x.to(device)
+                for x in (self.ids, self.logp, self.mask, self.log_tail, self.position_mask)
+            )
+        )
 
     # -- what the losses read -------------------------------------------------------------------
     def check_against(self, logits: torch.Tensor) -> None:
         """Raise ValueError naming the column whose shape does not fit logits [B, T, V]."""
         b, t, _ = logits.shape
         k = self.ids.shape[-1]
-        for name, tens, shape in zip(self.COLUMNS, (self.ids, self.logp, self.mask, self.log_tail, self.position_mask),
-                                     ((b, t, k), (b, t, k), (b, t, k), (b, t), (b, t))):
+        for name, tens, shape in zip(
+            self.COLUMNS,
+            (self.ids, self.logp, self.mask, self.log_tail, self.position_mask),
+            ((b, t, k), (b, t, k), (b, t, k), (b, t), (b, t)),
+        ):
             if tens is not None and tuple(tens.shape) != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(tens.shape)}")
 
@@ -98,5 +106,10 @@ class TeacherBatch:
         """Flat rows for the loss (N = B * T): ids [N, K] int64, logp [N, K], mask [N, K] bool,
         log_tail [N], valid [N] bool."""
         k = self.ids.shape[-1]
-        return (self.ids.to(torch.int64).reshape(-1, k), self.logp.reshape(-1, k),
-                self.mask.to(torch.bool).reshape(-1, k), self.log_tail.reshape(-1), self.valid_positions().reshape(-1))
+        return (
+            self.ids.to(torch.int64).reshape(-1, k),
+            self.logp.reshape(-1, k),
+            self.mask.to(torch.bool).reshape(-1, k),
+            self.log_tail.reshape(-1),
+            self.valid_positions().reshape(-1),
+        )

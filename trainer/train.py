@@ -9,6 +9,7 @@ Elastic resume needs a constant GLOBAL batch (data.batch_size, divided here by t
 it must be divisible by every world size used), the same data.num_canonical_nodes, and the same
 data.num_workers per rank.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +17,6 @@ import dataclasses
 import logging
 import os
 import tempfile
-from typing import Optional
 
 from schemas.identity import json_digest
 from schemas.redact import redact_uri
@@ -40,7 +40,7 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def fetch_model_dir(key: str, uri: str, cache_root: Optional[str]) -> str:
+def fetch_model_dir(key: str, uri: str, cache_root: str | None) -> str:
     """A model/tokenizer folder (downloaded when remote); a missing one is the setting's fault."""
     from schemas import storage
 
@@ -51,7 +51,7 @@ def fetch_model_dir(key: str, uri: str, cache_root: Optional[str]) -> str:
         raise SettingError(f"{key}: {e}") from None
 
 
-def check_writable_folder(key: str, uri: Optional[str]) -> None:
+def check_writable_folder(key: str, uri: str | None) -> None:
     """Refuse, before training, a local output folder that cannot be created or written (Composer
     would raise NotADirectoryError / PermissionError mid-setup): `schemas.storage.unwritable`."""
     from schemas import storage
@@ -61,7 +61,7 @@ def check_writable_folder(key: str, uri: Optional[str]) -> None:
         raise SettingError(f"{key}: cannot write to {uri} ({problem})")
 
 
-def load_tokenizer(cfg: TrainConfig, cache_root: Optional[str]):
+def load_tokenizer(cfg: TrainConfig, cache_root: str | None):
     """The student's tokenizer: model.tokenizer, else the one stored with model.checkpoint."""
     from transformers import AutoTokenizer
 
@@ -80,7 +80,7 @@ def load_tokenizer(cfg: TrainConfig, cache_root: Optional[str]):
     )
 
 
-def build_student(cfg: TrainConfig, cache_root: Optional[str]):
+def build_student(cfg: TrainConfig, cache_root: str | None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if cfg.model.hf_config is not None:
@@ -114,13 +114,15 @@ def check_student_runs(key: str, student) -> None:
         with torch.no_grad():
             student(input_ids=torch.zeros(1, 2, dtype=torch.long))
     except (RuntimeError, ValueError, TypeError, IndexError, ArithmeticError) as e:
-        raise SettingError(f"{key}: the student it describes cannot run a forward pass ({type(e).__name__}: "
-                           f"{' '.join(str(e).split())})") from None
+        raise SettingError(
+            f"{key}: the student it describes cannot run a forward pass ({type(e).__name__}: "
+            f"{' '.join(str(e).split())})"
+        ) from None
     finally:
         student.train(was_training)
 
 
-def build_teacher(cfg: TrainConfig, cache_root: Optional[str], student_fp: str):
+def build_teacher(cfg: TrainConfig, cache_root: str | None, student_fp: str):
     """Live mode: the frozen teacher, checked to share the student's tokenizer when it ships one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -173,15 +175,26 @@ def build_datasets(cfg: TrainConfig, *, vocab_size: int, tokenizer_fp: str, batc
 
     d, with_teacher = cfg.data, cfg.distill.mode == "offline"
     expect = Expect(vocab_size=vocab_size, tokenizer_fingerprint=tokenizer_fp)
-    train = DistillDataset(d, batch_size=batch_size, cache_dir=os.path.join(cache_root, "train"),
-                           with_teacher=with_teacher, expect=expect, require_manifest=with_teacher)
+    train = DistillDataset(
+        d,
+        batch_size=batch_size,
+        cache_dir=os.path.join(cache_root, "train"),
+        with_teacher=with_teacher,
+        expect=expect,
+        require_manifest=with_teacher,
+    )
     evald = None
     if d.eval_uri:
         eval_bs = per_device_batch(d.eval_batch_size or d.batch_size, _world_size(), "data.eval_batch_size")
         held_out = d.model_copy(update={"streams": [StreamConfig(uri=d.eval_uri)], "shuffle": False})
-        evald = DistillDataset(held_out, batch_size=eval_bs, cache_dir=os.path.join(cache_root, "eval"),
-                               with_teacher=False, expect=dataclasses.replace(expect, seq_len=train.seq_len),
-                               require_manifest=with_teacher)
+        evald = DistillDataset(
+            held_out,
+            batch_size=eval_bs,
+            cache_dir=os.path.join(cache_root, "eval"),
+            with_teacher=False,
+            expect=dataclasses.replace(expect, seq_len=train.seq_len),
+            require_manifest=with_teacher,
+        )
     return train, evald
 
 
@@ -200,8 +213,9 @@ def build_scheduler(cfg: TrainConfig):
     if s.name == "cosine":
         return CosineAnnealingWithWarmupScheduler(t_warmup=s.t_warmup, alpha_f=s.alpha_f)
     if s.name == "wsd":
-        return WarmupStableDecayScheduler(t_warmup=s.t_warmup, t_decay=s.t_decay, alpha_f=s.alpha_f,
-                                          decay_shape=s.decay_shape)
+        return WarmupStableDecayScheduler(
+            t_warmup=s.t_warmup, t_decay=s.t_decay, alpha_f=s.alpha_f, decay_shape=s.decay_shape
+        )
     return ConstantWithWarmupScheduler(t_warmup=s.t_warmup)
 
 
@@ -232,8 +246,14 @@ def build_loggers(cfg: TrainConfig):
             if name == "console":
                 out.append(ConsoleLogger(log_interval=r.log_interval))
             elif name == "file":
-                out.append(FileLogger(filename=os.path.join(log_dir, "{run_name}", "log-rank{rank}.txt"),
-                                      capture_stdout=False, capture_stderr=False, flush_interval=1))
+                out.append(
+                    FileLogger(
+                        filename=os.path.join(log_dir, "{run_name}", "log-rank{rank}.txt"),
+                        capture_stdout=False,
+                        capture_stderr=False,
+                        flush_interval=1,
+                    )
+                )
                 out.append(MetricsLog(os.path.join(log_dir, "{run_name}", FILENAME)))
             elif name == "tensorboard":
                 out.append(TensorboardLogger(log_dir=os.path.join(log_dir, "tensorboard")))
@@ -250,34 +270,37 @@ def build_loggers(cfg: TrainConfig):
 # the recipe
 
 
-def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
+def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None):
     """Everything from a validated TrainConfig; refusals happen here, before the first step."""
     from composer.algorithms import GradientClipping
     from composer.callbacks import LRMonitor, SpeedMonitor
     from composer.core import DataSpec, Evaluator
     from composer.utils import dist, reproducibility
 
-    from schemas import fingerprint_tokenizer
-    from trainer.data import build_dataloader, num_tokens_in_batch
-    from trainer.model import AlphaCallback, BatchCounts, DistillationModel, SampleLog, StopAfter
-
-    from schemas import storage
+    from schemas import fingerprint_tokenizer, storage
     from trainer.checkpoints import recover_checkpoints
+    from trainer.data import build_dataloader, num_tokens_in_batch
     from trainer.faults import kill_callbacks
     from trainer.fingerprint import RunFingerprint, check_allow_list, run_fingerprint
+    from trainer.model import AlphaCallback, BatchCounts, DistillationModel, SampleLog, StopAfter
 
     r, d, k = cfg.run, cfg.data, cfg.distill
     check_allow_list(r.allow_changed)
     device = resolve_device(r.device)
     if device == "cpu" and r.precision != "fp32":
-        raise SettingError(f"run.precision: {r.precision} needs a GPU (Composer trains on CPU in fp32 only); "
-                           "use run.precision=fp32")
+        raise SettingError(
+            f"run.precision: {r.precision} needs a GPU (Composer trains on CPU in fp32 only); use run.precision=fp32"
+        )
     if not dist.is_initialized() and dist.get_world_size() > 1:
         dist.initialize_dist(device)
     cache_root = cache_root_for(cfg)
     model_cache = os.path.join(cache_root, "models")
-    for key, folder in (("run.save_folder", r.save_folder), ("run.log_dir", r.log_dir),
-                        ("run.sample_log_dir", r.sample_log_dir), ("data.local_cache", cache_root)):
+    for key, folder in (
+        ("run.save_folder", r.save_folder),
+        ("run.log_dir", r.log_dir),
+        ("run.sample_log_dir", r.sample_log_dir),
+        ("data.local_cache", cache_root),
+    ):
         check_writable_folder(key, folder)
     if r.autoresume and storage.is_local(r.save_folder):
         if dist.get_global_rank() == 0:
@@ -292,8 +315,10 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
     vocab_size = int(student.config.vocab_size)
     teacher = build_teacher(cfg, model_cache, tokenizer_fp) if k.mode == "live" else None
     if teacher is not None and int(teacher.config.vocab_size) != vocab_size:
-        raise SettingError(f"distill.teacher: the teacher's vocab_size is {teacher.config.vocab_size}, the student's "
-                           f"{vocab_size}; they must be equal (the student's vocabulary is the teacher's)")
+        raise SettingError(
+            f"distill.teacher: the teacher's vocab_size is {teacher.config.vocab_size}, the student's "
+            f"{vocab_size}; they must be equal (the student's vocabulary is the teacher's)"
+        )
 
     # 2. data: preflight (manifest, index, compatibility, shard hashes), then StreamingDatasets
     if k.mode == "offline" and k.tau != 1.0:  # sampled teacher signal cannot be tempered
@@ -301,37 +326,55 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
 
         check_distill_for_datasets(k, [(s.uri, inspect_stream(s.uri).manifest) for s in d.streams])
     batch = per_device_batch(d.batch_size, dist.get_world_size())
-    train_ds, eval_ds = build_datasets(cfg, vocab_size=vocab_size, tokenizer_fp=tokenizer_fp, batch_size=batch,
-                                       cache_root=cache_root)
+    train_ds, eval_ds = build_datasets(
+        cfg, vocab_size=vocab_size, tokenizer_fp=tokenizer_fp, batch_size=batch, cache_root=cache_root
+    )
     max_pos = getattr(student.config, "max_position_embeddings", None)
     if train_ds.seq_len and max_pos and train_ds.seq_len > max_pos:
-        raise SettingError(f"model.hf_config.max_position_embeddings: {max_pos} < the dataset's seq_len {train_ds.seq_len}")
-    train_dl = DataSpec(build_dataloader(train_ds, batch_size=batch, num_workers=d.num_workers),
-                        get_num_tokens_in_batch=num_tokens_in_batch)
+        raise SettingError(
+            f"model.hf_config.max_position_embeddings: {max_pos} < the dataset's seq_len {train_ds.seq_len}"
+        )
+    train_dl = DataSpec(
+        build_dataloader(train_ds, batch_size=batch, num_workers=d.num_workers),
+        get_num_tokens_in_batch=num_tokens_in_batch,
+    )
     evaluators = []
     if eval_ds is not None:
-        eval_dl = DataSpec(build_dataloader(eval_ds, batch_size=eval_ds.batch_size, num_workers=d.num_workers),
-                           get_num_tokens_in_batch=num_tokens_in_batch)
-        evaluators.append(Evaluator(label="eval", dataloader=eval_dl,
-                                    metric_names=["LanguageCrossEntropy", "LanguagePerplexity"]))
+        eval_dl = DataSpec(
+            build_dataloader(eval_ds, batch_size=eval_ds.batch_size, num_workers=d.num_workers),
+            get_num_tokens_in_batch=num_tokens_in_batch,
+        )
+        evaluators.append(
+            Evaluator(label="eval", dataloader=eval_dl, metric_names=["LanguageCrossEntropy", "LanguagePerplexity"])
+        )
 
     # 3. model + loss
     model = DistillationModel(student, k, teacher)
     optimizer = build_optimizer(cfg, model.parameters())
 
     fingerprint = run_fingerprint(cfg, dataset_ids=train_ds.identities, student=student, tokenizer_fp=tokenizer_fp)
-    callbacks = [RunFingerprint(fingerprint, r.allow_changed, cfg.optim), AlphaCallback(k.alpha_schedule()),
-                 BatchCounts(), SpeedMonitor(window_size=10), LRMonitor()]
+    callbacks = [
+        RunFingerprint(fingerprint, r.allow_changed, cfg.optim),
+        AlphaCallback(k.alpha_schedule()),
+        BatchCounts(),
+        SpeedMonitor(window_size=10),
+        LRMonitor(),
+    ]
     if r.stop_after:
         callbacks.append(StopAfter(r.stop_after))
     if r.sample_log_dir:
         callbacks.append(SampleLog(r.sample_log_dir))
     callbacks += list(extra_callbacks or []) + kill_callbacks(r.save_folder)
-    algorithms = [GradientClipping(clipping_type="norm", clipping_threshold=cfg.optim.grad_clip)] if cfg.optim.grad_clip else []
+    algorithms = (
+        [GradientClipping(clipping_type="norm", clipping_threshold=cfg.optim.grad_clip)] if cfg.optim.grad_clip else []
+    )
 
     # Composer touches a remote save_folder while it builds the Trainer (autoresume, its upload check)
-    refusals = contextlib.nullcontext() if storage.is_local(r.save_folder or "") else \
-        storage.access(f"run.save_folder {redact_uri(r.save_folder)}")
+    refusals = (
+        contextlib.nullcontext()
+        if storage.is_local(r.save_folder or "")
+        else storage.access(f"run.save_folder {redact_uri(r.save_folder)}")
+    )
     with refusals:
         return make_trainer(
             r.autoresume,
@@ -375,12 +418,14 @@ def make_trainer(resuming: bool, **kwargs):
             from trainer.errors import ResumeMismatch
 
             detail = " ".join(str(e).split("\n")[1:3]).strip()
-            raise ResumeMismatch(f"run.autoresume: model.shape: the checkpoint in run.save_folder holds a student of "
-                                 f"other shapes ({detail}); resume with its model settings or start a new run") from None
+            raise ResumeMismatch(
+                f"run.autoresume: model.shape: the checkpoint in run.save_folder holds a student of "
+                f"other shapes ({detail}); resume with its model settings or start a new run"
+            ) from None
         raise
 
 
-def train(cfg: TrainConfig, extra_callbacks: Optional[list] = None):
+def train(cfg: TrainConfig, extra_callbacks: list | None = None):
     """Build and fit; returns the (closed) Trainer so callers can read its state."""
     trainer = build_trainer(cfg, extra_callbacks)
     try:

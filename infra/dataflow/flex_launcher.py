@@ -8,6 +8,7 @@ hold '-'), as declared in infra/dataflow/metadata.json; tests/test_infra.py keep
 
 This file does the renaming only; everything else is `pipelines.cli.main`.
 """
+
 from __future__ import annotations
 
 import argparse

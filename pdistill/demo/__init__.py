@@ -31,6 +31,7 @@ reader. One module per stage group:
   pdistill.demo.students   baseline, distilled, vanilla, seed<s>
   pdistill.demo.report     report
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,6 +45,7 @@ from pdistill.demo.report import build_report, print_table
 from pdistill.demo.scale import FULL, TINY, Scale
 from pdistill.demo.stages import Stages, run_stage, say
 from pdistill.demo.students import stage_baseline, stage_distilled, stage_seed, stage_vanilla
+
 
 def run(lake: Path, scale: Scale) -> dict:
     lake = lake.resolve()

@@ -4,6 +4,7 @@ Its held-out LM loss (computed as the students' `LanguageCrossEntropy` is), the 
 truncation rate on the pipeline's batch shape (no Beam), the codec's fidelity against the stored
 samples, and the storage figures of the train dataset.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,7 +51,9 @@ def stage_measure(lake: Path, scale: Scale) -> dict:
             toks = torch.tensor(np.stack([np.asarray(s["tokens"], dtype=np.int64) for s in group]))
             t0 = time.perf_counter()
             logits = teacher(input_ids=toks, use_cache=False).logits.float()
-            truncs = [schemas.truncate_tensor(logits[b, : int(s["n_tokens"])], top_p, top_k) for b, s in enumerate(group)]
+            truncs = [
+                schemas.truncate_tensor(logits[b, : int(s["n_tokens"])], top_p, top_k) for b, s in enumerate(group)
+            ]
             dt = time.perf_counter() - t0
             if i > 0 or len(groups) == 1:  # the first batch warms up
                 bare_tokens += int(toks.numel())
@@ -68,15 +71,22 @@ def stage_measure(lake: Path, scale: Scale) -> dict:
                     fid["codec_kl"].append(fidelity.codec_kl(tr, dec_n))
                     fid["total_kl"].append(fidelity.total_kl(logits[b, :n].numpy(), dec_n))
                     fid["kept"].append(fidelity.kept_per_token(tr.counts))
-                    same = np.array_equal(np.sort(tr.ids), np.sort(dec_n.ids)) and np.array_equal(tr.counts, dec_n.counts)
+                    same = np.array_equal(np.sort(tr.ids), np.sort(dec_n.ids)) and np.array_equal(
+                        tr.counts, dec_n.counts
+                    )
                     fid["ids_match"] += int(same)
                     fid["checked"] += 1
     teacher_loss = nll / max(count, 1)
 
     # 3. storage: dataset bytes on disk, and the teacher signal's own bytes before zstd
     n_tokens = sum(int(s["n_tokens"]) for s in train)
-    signal = sum(len(s["teacher_ids"]) + len(s["teacher_values"]) + len(s["teacher_tail"])
-                 + np.asarray(s["teacher_counts"]).nbytes for s in train)
+    signal = sum(
+        len(s["teacher_ids"])
+        + len(s["teacher_values"])
+        + len(s["teacher_tail"])
+        + np.asarray(s["teacher_counts"]).nbytes
+        for s in train
+    )
     kept_all = np.concatenate([np.asarray(s["teacher_counts"])[: int(s["n_tokens"])] for s in train])
     return {
         "teacher_heldout_loss": teacher_loss,

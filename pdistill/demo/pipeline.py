@@ -8,6 +8,7 @@
 The teacher pass's report is read as data (`--report-json`), its counts from the manifest; while
 it runs, the demo shows the pipeline's own progress lines (tokens done, rate, ETA).
 """
+
 from __future__ import annotations
 
 import json
@@ -70,17 +71,31 @@ def stage_pipeline(lake: Path, scale: Scale, split: str, out_name: str) -> dict:
     report_path.unlink(missing_ok=True)  # a report left by an earlier, interrupted run is not this run's
     cmd = pdistill_cmd() + [
         "logits",
-        "--input", corpus_mod.split_glob(lake, split),
-        "--teacher", str(lake / "teacher"),
-        "--output", str(out),
-        "--seq-len", str(scale.seq_len),
-        "--top-p", "0.95", "--top-k", "50",
-        "--separator", SEPARATOR, "--no-add-bos",
-        "--rows-per-unit", str(scale.rows_per_unit),
-        "--batch-size", str(scale.pipeline_batch),
-        "--direct-running-mode", "multi_processing",
-        "--direct-num-workers", str(scale.pipeline_workers),
-        "--report-json", str(report_path),
+        "--input",
+        corpus_mod.split_glob(lake, split),
+        "--teacher",
+        str(lake / "teacher"),
+        "--output",
+        str(out),
+        "--seq-len",
+        str(scale.seq_len),
+        "--top-p",
+        "0.95",
+        "--top-k",
+        "50",
+        "--separator",
+        SEPARATOR,
+        "--no-add-bos",
+        "--rows-per-unit",
+        str(scale.rows_per_unit),
+        "--batch-size",
+        str(scale.pipeline_batch),
+        "--direct-running-mode",
+        "multi_processing",
+        "--direct-num-workers",
+        str(scale.pipeline_workers),
+        "--report-json",
+        str(report_path),
     ]
     # One torch thread per SDK worker process: N processes x 1 thread on N cores (torch's
     # default of one thread per core in every process oversubscribes the CPU).
@@ -94,8 +109,10 @@ def stage_pipeline(lake: Path, scale: Scale, split: str, out_name: str) -> dict:
     from schemas import DatasetDir
 
     c = asdict(DatasetDir(str(out)).read_manifest().counts)
-    say(f"{out_name}: {c['sequences']} sequences, {c['tokens']:,} tokens, {c['documents']} documents "
-        f"({c['packed_documents']} packed + {c['dead_letters']} dead letters), {wall:.1f} s")
+    say(
+        f"{out_name}: {c['sequences']} sequences, {c['tokens']:,} tokens, {c['documents']} documents "
+        f"({c['packed_documents']} packed + {c['dead_letters']} dead letters), {wall:.1f} s"
+    )
     return {"output": str(out), "wall_seconds": wall, "report": report, "counts": c}
 
 

@@ -2,6 +2,7 @@
 
 Pure presentation of the numbers the demo's stages recorded; nothing here runs a model.
 """
+
 from __future__ import annotations
 
 import math
@@ -117,7 +118,9 @@ def _plot(path: Path, base, dist, van, teacher_loss, scale: Scale, resume_step) 
         ax.plot(*zip(*van), "o-", label="vanilla PD (pd_vanilla: NLL, tau 1, alpha 1)", color="tab:orange")
     ax.axhline(teacher_loss, ls="--", color="tab:green", label="teacher SmolLM2-135M")
     if resume_step:
-        ax.axvline(resume_step, ls=":", color="tab:red", label=f"distilled run interrupted + resumed (step {resume_step})")
+        ax.axvline(
+            resume_step, ls=":", color="tab:red", label=f"distilled run interrupted + resumed (step {resume_step})"
+        )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("held-out LM loss (nats/token)")
     ax.set_title(f"pdistill demo ({scale.name}): held-out loss, equal steps and data (seed {scale.seed_list[0]})")
@@ -133,29 +136,50 @@ def _table_rows(s: dict) -> list[tuple[str, str]]:
     rows = [
         ("held-out LM loss: teacher", f"{s['teacher_heldout_loss']:.3f} (ppl {s['teacher_heldout_ppl']:.1f})"),
         ("held-out LM loss: LM-only baseline", _seeds_cell(s["baseline_heldout_losses"], s["baseline_heldout_ppl"])),
-        ("held-out LM loss: distilled (PD*, pd_best as shipped)",
-         _seeds_cell(s["distilled_heldout_losses"], s["distilled_heldout_ppl"])),
-        ("held-out LM loss: vanilla PD (1 seed)", f"{s['vanilla_heldout_loss']:.3f} "
-                                                  f"({s['vanilla_minus_baseline_loss']:+.3f} vs LM-only)"),
-        ("distilled - baseline", f"{s['distilled_minus_baseline_loss']:+.3f} nats "
-                                 f"({-s['relative_improvement_pct']:+.1f} %) -> "
-                                 f"{'distilled wins' if s['distilled_beats_baseline'] else 'BASELINE WINS'}"),
+        (
+            "held-out LM loss: distilled (PD*, pd_best as shipped)",
+            _seeds_cell(s["distilled_heldout_losses"], s["distilled_heldout_ppl"]),
+        ),
+        (
+            "held-out LM loss: vanilla PD (1 seed)",
+            f"{s['vanilla_heldout_loss']:.3f} ({s['vanilla_minus_baseline_loss']:+.3f} vs LM-only)",
+        ),
+        (
+            "distilled - baseline",
+            f"{s['distilled_minus_baseline_loss']:+.3f} nats "
+            f"({-s['relative_improvement_pct']:+.1f} %) -> "
+            f"{'distilled wins' if s['distilled_beats_baseline'] else 'BASELINE WINS'}",
+        ),
         ("beyond the spread?", _beyond(s)),
-        ("students: steps / train tokens", f"{s['steps']} steps, same {s['train_sequences']} sequences ({s['train_tokens']:,} tokens)"),
+        (
+            "students: steps / train tokens",
+            f"{s['steps']} steps, same {s['train_sequences']} sequences ({s['train_tokens']:,} tokens)",
+        ),
         ("storage: this dataset (on disk, all columns)", _fmt_bytes_per_token(s["storage_on_disk_bytes_per_token"])),
         ("storage: teacher signal before zstd", _fmt_bytes_per_token(s["storage_signal_bytes_per_token"])),
-        ("storage: naive fixed-k (int32 id + fp32, k=50)", _fmt_bytes_per_token(s["storage_naive_fixed_k_bytes_per_token"])
-         + f" ({s['storage_naive_fixed_k_bytes_per_token'] / s['storage_on_disk_bytes_per_token']:.1f}x ours)"),
-        ("storage: full fp32 logits (4 x V)", _fmt_bytes_per_token(s["storage_full_fp32_bytes_per_token"])
-         + f" ({s['storage_full_fp32_bytes_per_token'] / s['storage_on_disk_bytes_per_token']:,.0f}x ours)"),
+        (
+            "storage: naive fixed-k (int32 id + fp32, k=50)",
+            _fmt_bytes_per_token(s["storage_naive_fixed_k_bytes_per_token"])
+            + f" ({s['storage_naive_fixed_k_bytes_per_token'] / s['storage_on_disk_bytes_per_token']:.1f}x ours)",
+        ),
+        (
+            "storage: full fp32 logits (4 x V)",
+            _fmt_bytes_per_token(s["storage_full_fp32_bytes_per_token"])
+            + f" ({s['storage_full_fp32_bytes_per_token'] / s['storage_on_disk_bytes_per_token']:,.0f}x ours)",
+        ),
         ("kept entries per token (top-0.95-50)", f"{s['kept_entries_per_token']:.1f}"),
         ("codec fidelity: KL(truncated || decoded)", f"{s['codec_kl_nats']:.2e} nats/token"),
         ("codec fidelity: KL(full teacher || stored + tail)", f"{s['total_kl_nats']:.3f} nats/token"),
         ("pipeline throughput (end to end, wall)", f"{s['pipeline_tokens_per_s']:.0f} tokens/s"),
-        ("bare teacher forward + truncation", f"{s['bare_forward_tokens_per_s']:.0f} tokens/s "
-                                              f"(pipeline = {s['pipeline_vs_bare']:.2f}x bare)"),
-        ("resume", f"stopped at step {s['resume_stopped_at_step']}, resumed at step {s['resume_resumed_at_step']}: "
-                   f"{'ok' if s['resumed'] else 'NOT RESUMED'}"),
+        (
+            "bare teacher forward + truncation",
+            f"{s['bare_forward_tokens_per_s']:.0f} tokens/s (pipeline = {s['pipeline_vs_bare']:.2f}x bare)",
+        ),
+        (
+            "resume",
+            f"stopped at step {s['resume_stopped_at_step']}, resumed at step {s['resume_resumed_at_step']}: "
+            f"{'ok' if s['resumed'] else 'NOT RESUMED'}",
+        ),
         ("manifest counts reconcile", "yes" if s["manifest_counts_reconcile"] else "NO"),
     ]
     rows += [(f"wall time: {k}", f"{v:.1f} s") for k, v in w.items()]
@@ -165,16 +189,20 @@ def _table_rows(s: dict) -> list[tuple[str, str]]:
 def _seeds_cell(values: list[float], ppl: float) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f} (ppl {ppl:.1f}; 1 seed)"
-    return (f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f} over {len(values)} seeds "
-            f"({', '.join(f'{v:.3f}' for v in values)})")
+    return (
+        f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f} over {len(values)} seeds "
+        f"({', '.join(f'{v:.3f}' for v in values)})"
+    )
 
 
 def _beyond(s: dict) -> str:
     if s["distilled_beats_baseline_beyond_spread"] is None:
         return "one seed: no spread measured"
     verdict = "yes" if s["distilled_beats_baseline_beyond_spread"] else "NO"
-    return (f"{verdict}: margin {-s['distilled_minus_baseline_loss']:+.3f} nats vs spread {s['spread']:.3f} "
-            "(std LM-only + std PD*)")
+    return (
+        f"{verdict}: margin {-s['distilled_minus_baseline_loss']:+.3f} nats vs spread {s['spread']:.3f} "
+        "(std LM-only + std PD*)"
+    )
 
 
 def _markdown(s: dict, rows, scale: Scale, recs: dict, png: str) -> str:
@@ -190,7 +218,7 @@ def _markdown(s: dict, rows, scale: Scale, recs: dict, png: str) -> str:
         f"{corpus['splits']['heldout']['documents']} documents (fingerprint `{corpus['fingerprint'][:23]}...`).",
         f"Students: Llama-style {scale.student}, vocab 49,152 (the teacher's tokenizer), {scale.steps} steps of "
         f"{scale.batch_size} x {scale.seq_len} tokens, lr {scale.lr} (WSD), same data order; seeds "
-        f"{scale.seed_list[:s['seeds']]} for LM-only and PD*, seed {scale.seed_list[0]} for vanilla PD. "
+        f"{scale.seed_list[: s['seeds']]} for LM-only and PD*, seed {scale.seed_list[0]} for vanilla PD. "
         "Baseline: `lm_only.yaml`. Distilled: `pd_best.yaml` as shipped (KLD with the chain-rule split, tau 2, "
         "WSD alpha peaking at 0.9, WSD LR). Vanilla PD: `pd_vanilla.yaml` (NLL, tau 1, alpha 1).",
         "",

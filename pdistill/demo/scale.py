@@ -1,4 +1,5 @@
 """What sizes the demo: the `full` run (`make demo`) and the `tiny` CI smoke run."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -50,8 +51,13 @@ FULL = Scale(
     rows_per_unit=16,
     pipeline_batch=4,
     pipeline_workers=2,
-    student={"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2},
+    student={
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
     batch_size=4,
     steps=120,
     eval_interval=20,
@@ -66,8 +72,13 @@ TINY = replace(
     train_chars=12_000,  # ~3k tokens
     heldout_chars=4_000,
     seq_len=128,
-    student={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-             "num_attention_heads": 2, "num_key_value_heads": 1},
+    student={
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    },
     steps=12,
     eval_interval=3,
     lr=0.01,

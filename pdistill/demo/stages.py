@@ -4,6 +4,7 @@
 it. A command's output goes to a log file under the lake (the console shows the demo's own lines);
 `follow(proc, stop)` runs beside it to show progress read from the files the command writes.
 """
+
 from __future__ import annotations
 
 import json
@@ -102,5 +103,6 @@ def run_logged(cmd: list[str], log_path: Path, env: dict, follow=None) -> None:
             th.join(timeout=5)
     if rc != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-25:]
-        raise SystemExit(f"pdistill demo: command failed (exit {rc}): {' '.join(cmd)}\n  log: {log_path}\n  "
-                         + "\n  ".join(tail))
+        raise SystemExit(
+            f"pdistill demo: command failed (exit {rc}): {' '.join(cmd)}\n  log: {log_path}\n  " + "\n  ".join(tail)
+        )

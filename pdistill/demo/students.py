@@ -9,6 +9,7 @@ Each run segment logs to `<lake>/runs/<name>/logs/<segment>/<name>/metrics.jsonl
 (`trainer.metrics_log`: one object per finished step and per evaluation, Composer's metric
 names); the progress bar and the curves come from there.
 """
+
 from __future__ import annotations
 
 import time
@@ -59,8 +60,9 @@ def _train_progress(metrics_file: Path, total: int, desc: str, start: int = 0):
     return follow
 
 
-def run_student(lake: Path, scale: Scale, name: str, config: str, segment: str, extra: list[str],
-                total: int, start: int) -> dict:
+def run_student(
+    lake: Path, scale: Scale, name: str, config: str, segment: str, extra: list[str], total: int, start: int
+) -> dict:
     """One `pdistill train` segment; returns where it started and stopped and its metrics file."""
     run_dir = lake / "runs" / name
     cmd = pdistill_cmd() + ["train", config] + _student_overrides(lake, scale, name, segment) + extra
@@ -68,11 +70,21 @@ def run_student(lake: Path, scale: Scale, name: str, config: str, segment: str, 
     for old in (metrics_file, metrics_file.with_name("log-rank0.txt")):
         old.unlink(missing_ok=True)  # a re-run of an unfinished segment logs afresh (the checkpoint resumes it)
     t0 = time.perf_counter()
-    run_logged(cmd, run_dir / f"{segment}.out", child_env(),
-               follow=_train_progress(metrics_file, total, f"{name} ({segment})", start))
+    run_logged(
+        cmd,
+        run_dir / f"{segment}.out",
+        child_env(),
+        follow=_train_progress(metrics_file, total, f"{name} ({segment})", start),
+    )
     steps = [s for s, _ in series(read_metrics(str(metrics_file)), "loss/train/total")]
-    return {"segment": segment, "seconds": time.perf_counter() - t0, "first_step": steps[0] if steps else None,
-            "last_step": steps[-1] if steps else None, "log": str(metrics_file), "cmd": cmd}
+    return {
+        "segment": segment,
+        "seconds": time.perf_counter() - t0,
+        "first_step": steps[0] if steps else None,
+        "last_step": steps[-1] if steps else None,
+        "log": str(metrics_file),
+        "cmd": cmd,
+    }
 
 
 def curves(*metrics_files: str) -> dict:
@@ -114,8 +126,9 @@ def stage_distilled(lake: Path, scale: Scale, stages: Stages) -> dict:
     if first is None:
         # Interrupted on purpose: stop (with a checkpoint) half-way; the schedules still follow
         # the full max_duration, so the resumed run equals an uninterrupted one.
-        seg1 = run_student(lake, scale, "distilled", "pd_best", "part1", [f"run.stop_after={scale.stop_after}ba"],
-                           scale.steps, 0)
+        seg1 = run_student(
+            lake, scale, "distilled", "pd_best", "part1", [f"run.stop_after={scale.stop_after}ba"], scale.steps, 0
+        )
         first = stages.put("distilled_part1", {"segment": seg1, "seconds": seg1["seconds"]})
         say(f"distilled: stopped at step {seg1['last_step']} (run.stop_after={scale.stop_after}ba); resuming")
     else:

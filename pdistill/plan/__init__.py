@@ -5,6 +5,7 @@ real `pdistill logits` job on the sampled documents into a temporary output, and
 with a bootstrap interval (`pdistill.plan.estimate`). It prints a table and writes plan.json;
 `pdistill inspect DATASET --plan plan.json` later prints planned against actual.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,19 @@ from schemas.redact import redact_process_output, redact_text, redact_uri, remem
 
 PLAN_VERSION = 1
 ROWS = [  # (key, label, unit)
-    ("documents", "documents", ""), ("dead_letters", "dead letters", ""),
-    ("incomplete_files", "incomplete files", ""), ("tokens", "tokens", ""),
-    ("sequences", "sequences", ""), ("dataset_bytes", "dataset bytes", "B"), ("parts", "parts", ""),
-    ("shards", "shards", ""), ("kept_per_token", "kept entries/token", ""), ("bytes_per_token", "bytes/token", "B"),
-    ("accelerator_hours", "accelerator-hours", "h"), ("wall_hours", "wall time", "h"), ("cost", "cost", ""),
+    ("documents", "documents", ""),
+    ("dead_letters", "dead letters", ""),
+    ("incomplete_files", "incomplete files", ""),
+    ("tokens", "tokens", ""),
+    ("sequences", "sequences", ""),
+    ("dataset_bytes", "dataset bytes", "B"),
+    ("parts", "parts", ""),
+    ("shards", "shards", ""),
+    ("kept_per_token", "kept entries/token", ""),
+    ("bytes_per_token", "bytes/token", "B"),
+    ("accelerator_hours", "accelerator-hours", "h"),
+    ("wall_hours", "wall time", "h"),
+    ("cost", "cost", ""),
 ]
 
 
@@ -35,15 +44,19 @@ def parser() -> argparse.ArgumentParser:
         prog="pdistill plan",
         description="Predict a teacher pass (tokens, sequences, dataset bytes, parts, shards, accelerator-hours, "
         "wall time, cost) from the real pipeline run on a sample of the lake. Takes the same settings as "
-        "`pdistill logits`; unknown --flags go to Beam for the sample's run.")
+        "`pdistill logits`; unknown --flags go to Beam for the sample's run.",
+    )
     ap.add_argument("--config", help="YAML file of pipeline settings (as for `pdistill logits`)")
     add_setting_flags(ap, skip=("output", "progress"))
     g = ap.add_argument_group("plan")
     size = g.add_mutually_exclusive_group()
     size.add_argument("--sample-docs", type=int, help="documents drawn (instead of --sample-fraction)")
-    size.add_argument("--sample-fraction", type=float, default=0.05,
-                      help="fraction of the read units' documents drawn, with probability proportional to "
-                      "their bytes (default 0.05)")
+    size.add_argument(
+        "--sample-fraction",
+        type=float,
+        default=0.05,
+        help="fraction of the read units' documents drawn, with probability proportional to their bytes (default 0.05)",
+    )
     g.add_argument("--max-units", type=int, default=64, help="work units read for the sample, spread over files")
     g.add_argument("--sample-seed", type=int, default=0, help="seed of the sample (same seed, same sample)")
     rate = g.add_mutually_exclusive_group()
@@ -73,9 +86,10 @@ def check_args(args) -> None:
     # a price, a rate or a utilisation out of range would print a cost or a time that cannot be
     # (negative, infinite, nan): refused like the other flags, before any work
     for flag, value, inside, bounds in (
-            ("--price-per-hour", args.price_per_hour, lambda v: v >= 0, ">= 0"),
-            ("--tokens-per-second", args.tokens_per_second, lambda v: v > 0, "> 0"),
-            ("--mfu", args.mfu, lambda v: 0 < v <= 1, "in (0, 1]")):
+        ("--price-per-hour", args.price_per_hour, lambda v: v >= 0, ">= 0"),
+        ("--tokens-per-second", args.tokens_per_second, lambda v: v > 0, "> 0"),
+        ("--mfu", args.mfu, lambda v: 0 < v <= 1, "in (0, 1]"),
+    ):
         if value is not None and not (math.isfinite(value) and inside(value)):
             raise ConfigError(f"{flag} must be a finite number {bounds}, got {value!r}")
 
@@ -91,18 +105,33 @@ def make_plan(config, args, extra_args: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="pdistill-plan-") as tmp:
         # the pipeline's own checks and unit planning (inputs, tokenizer, separator, teacher)
         prep = prepare(config.replace(output=f"{tmp}/checks"))
-        sample = draw(prep.files, prep.units, config.text_column, seed=args.sample_seed, max_units=args.max_units,
-                      sample_docs=args.sample_docs, sample_fraction=args.sample_fraction)
+        sample = draw(
+            prep.files,
+            prep.units,
+            config.text_column,
+            seed=args.sample_seed,
+            max_units=args.max_units,
+            sample_docs=args.sample_docs,
+            sample_fraction=args.sample_fraction,
+        )
         if not sample.docs:
             read = sum(r.documents for r in sample.read)
             dead = sum(r.dead_letters for r in sample.read)
-            raise InputError(f"the sample holds no usable document ({dead} dead letters among {read} documents "
-                             f"read from {len(sample.read)} units): nothing to measure")
+            raise InputError(
+                f"the sample holds no usable document ({dead} dead letters among {read} documents "
+                f"read from {len(sample.read)} units): nothing to measure"
+            )
         run = est.run_sample(config, sample, f"{tmp}/sample", extra_args)
         shape = est.teacher_shape(prep.teacher.local_dir)
     pred = est.extrapolate(sample, run, config.seq_len, config.add_bos, rng_seed=args.sample_seed)
-    tp = est.throughput(measured_tps=run.tokens_per_s, seq_len=config.seq_len, shape=shape,
-                        tokens_per_second=args.tokens_per_second, gpu=args.gpu, mfu=args.mfu)
+    tp = est.throughput(
+        measured_tps=run.tokens_per_s,
+        seq_len=config.seq_len,
+        shape=shape,
+        tokens_per_second=args.tokens_per_second,
+        gpu=args.gpu,
+        mfu=args.mfu,
+    )
     pred.update(est.time_and_cost(pred, tp["tokens_per_s"], args.workers, args.price_per_hour))
     dead_kinds: dict = {}
     for r in sample.read:
@@ -117,12 +146,19 @@ def make_plan(config, args, extra_args: list[str] | None = None) -> dict:
         "settings_fingerprint": prep.settings_fp,
         "lake": {**sample.listing(), "hidden_files_skipped": len(prep.hidden)},
         "sample": {
-            "seed": args.sample_seed, "documents": len(sample.docs), "text_bytes": int(run.doc_bytes.sum()),
-            "tokens": int(run.seq_tokens.sum()), "sequences": int(len(run.seq_tokens)),
-            "stored_bytes": run.stored_bytes, "dead_letters_read": sum(r.dead_letters for r in sample.read),
-            "dead_letter_kinds": dead_kinds, "documents_read": sum(r.documents for r in sample.read),
-            "teacher_tokens_per_s": run.tokens_per_s, "teacher_pass_seconds": run.seconds,
-            "draws": sum(sample.draws), "requested_draws": sample.requested,
+            "seed": args.sample_seed,
+            "documents": len(sample.docs),
+            "text_bytes": int(run.doc_bytes.sum()),
+            "tokens": int(run.seq_tokens.sum()),
+            "sequences": int(len(run.seq_tokens)),
+            "stored_bytes": run.stored_bytes,
+            "dead_letters_read": sum(r.dead_letters for r in sample.read),
+            "dead_letter_kinds": dead_kinds,
+            "documents_read": sum(r.documents for r in sample.read),
+            "teacher_tokens_per_s": run.tokens_per_s,
+            "teacher_pass_seconds": run.seconds,
+            "draws": sum(sample.draws),
+            "requested_draws": sample.requested,
             "keys": [f"{u}#{i}" for u, i, _ in sample.docs],
         },
         "document_tokens": est.document_lengths(sample.doc_bytes, pred["tokens_per_byte"]["estimate"], config.seq_len),
@@ -130,13 +166,14 @@ def make_plan(config, args, extra_args: list[str] | None = None) -> dict:
         "workers": args.workers,
         "price_per_hour": args.price_per_hour,
         "interval": "5th-95th percentile of a bootstrap over the size-proportional draws, the sample's sequences "
-                    "and (when not all units were read) the read units",
+        "and (when not all units were read) the read units",
         "predicted": pred,
         "seconds": time.time() - t0,
     }
 
 
 # -- printing -----------------------------------------------------------------------------------
+
 
 def fmt(value: float, unit: str = "") -> str:
     if value is None:
@@ -156,10 +193,12 @@ def fmt(value: float, unit: str = "") -> str:
 def doc_length_line(dl: dict) -> list[str]:
     if not dl:
         return []
-    return [f"documents ({dl['documents']:,} read): {dl['mean']:,.0f} tokens on average, median {dl['p50']:,.0f} (10-90 %: {dl['p10']:,.0f}"
-            f"-{dl['p90']:,.0f}, 99 %: {dl['p99']:,.0f}); {100 * dl['share_longer_than_seq_len']:.1f} % are longer "
-            f"than seq-len {dl['seq_len']} and hold {100 * dl['token_share_in_longer_than_seq_len']:.0f} % of the "
-            f"tokens (split over sequences)"]
+    return [
+        f"documents ({dl['documents']:,} read): {dl['mean']:,.0f} tokens on average, median {dl['p50']:,.0f} (10-90 %: {dl['p10']:,.0f}"
+        f"-{dl['p90']:,.0f}, 99 %: {dl['p99']:,.0f}); {100 * dl['share_longer_than_seq_len']:.1f} % are longer "
+        f"than seq-len {dl['seq_len']} and hold {100 * dl['token_share_in_longer_than_seq_len']:.0f} % of the "
+        f"tokens (split over sequences)"
+    ]
 
 
 def table(plan: dict) -> str:
@@ -171,10 +210,22 @@ def table(plan: dict) -> str:
         f"sample: {sm['documents']} documents of {sm['documents_read']} read (seed {sm['seed']}), {sm['tokens']:,} "
         f"tokens, {sm['sequences']} sequences, teacher pass {sm['teacher_pass_seconds']:.0f} s at "
         f"{sm['teacher_tokens_per_s']:.0f} tokens/s here",
-        *([f"sample: --sample-docs {sm['requested_draws']} is more than the {sm['draws']} usable documents read: "
-           f"{sm['draws']} drawn"] if sm.get("requested_draws", 0) > sm["draws"] else []),
-        *([f"lake: skipped {lk['hidden_files_skipped']} hidden files (a name, or a folder below the input, starting "
-           "with '.' or '_'; name them in --input to read them)"] if lk.get("hidden_files_skipped") else []),
+        *(
+            [
+                f"sample: --sample-docs {sm['requested_draws']} is more than the {sm['draws']} usable documents read: "
+                f"{sm['draws']} drawn"
+            ]
+            if sm.get("requested_draws", 0) > sm["draws"]
+            else []
+        ),
+        *(
+            [
+                f"lake: skipped {lk['hidden_files_skipped']} hidden files (a name, or a folder below the input, starting "
+                "with '.' or '_'; name them in --input to read them)"
+            ]
+            if lk.get("hidden_files_skipped")
+            else []
+        ),
         *doc_length_line(plan.get("document_tokens") or {}),
         f"throughput: {tp['tokens_per_s']:.4g} tokens/s per accelerator ({tp['how']})",
         "",
@@ -187,8 +238,10 @@ def table(plan: dict) -> str:
         v = pr[key]
         interval = f"{fmt(v['low'], unit)} - {fmt(v['high'], unit)}"
         lines.append(f"| {label:<20} | {fmt(v['estimate'], unit):>12} | {interval:>25} |")
-    lines.append(f"\nwall time for {plan['workers']} accelerator(s): the work spread evenly, never less than the "
-                 f"largest unit; interval: {plan['interval']}")
+    lines.append(
+        f"\nwall time for {plan['workers']} accelerator(s): the work spread evenly, never less than the "
+        f"largest unit; interval: {plan['interval']}"
+    )
     return "\n".join(lines)
 
 
@@ -231,6 +284,7 @@ if __name__ == "__main__":
 
 # -- planned vs actual (`pdistill inspect DATASET --plan plan.json`) ----------------------------
 
+
 def planned_vs_actual(plan_uri: str, dataset_uri: str) -> tuple[str, dict]:
     """A table of the plan's estimates against a finished dataset's manifest and index, and the
     same as a dict {quantity: {planned, low, high, actual, error}} (error = planned / actual - 1)."""
@@ -245,10 +299,17 @@ def planned_vs_actual(plan_uri: str, dataset_uri: str) -> tuple[str, dict]:
     m = Manifest.from_json(storage.read_text(storage.join(dataset_uri, MANIFEST_NAME)))
     index = json.loads(storage.read_text(storage.join(dataset_uri, INDEX_NAME)))
     stored = sum(int((s.get("zip_data") or s["raw_data"])["bytes"]) for s in index["shards"])
-    actual = {"documents": m.counts.documents, "dead_letters": m.counts.dead_letters,
-              "incomplete_files": getattr(m.counts, "incomplete_files", 0), "tokens": m.counts.tokens,
-              "sequences": m.counts.sequences, "dataset_bytes": stored, "parts": m.counts.units,
-              "shards": len(index["shards"]), "bytes_per_token": stored / max(1, m.counts.tokens)}
+    actual = {
+        "documents": m.counts.documents,
+        "dead_letters": m.counts.dead_letters,
+        "incomplete_files": getattr(m.counts, "incomplete_files", 0),
+        "tokens": m.counts.tokens,
+        "sequences": m.counts.sequences,
+        "dataset_bytes": stored,
+        "parts": m.counts.units,
+        "shards": len(index["shards"]),
+        "bytes_per_token": stored / max(1, m.counts.tokens),
+    }
     rows, out = [], {}
     for key, label, unit in ROWS:
         if key not in actual or key not in pred:
@@ -256,15 +317,25 @@ def planned_vs_actual(plan_uri: str, dataset_uri: str) -> tuple[str, dict]:
         p, a = pred[key], actual[key]
         err = p["estimate"] / a - 1 if a else (0.0 if p["estimate"] == 0 else float("inf"))
         inside = p["low"] <= a <= p["high"]
-        out[key] = {"planned": p["estimate"], "low": p["low"], "high": p["high"], "actual": a, "error": err,
-                    "inside_interval": inside}
-        rows.append(f"| {label:<16} | {fmt(p['estimate'], unit):>11} | {fmt(p['low'], unit) + ' - ' + fmt(p['high'], unit):>23} "
-                    f"| {fmt(a, unit):>11} | {err:>+7.1%} | {'yes' if inside else 'no':>6} |")
+        out[key] = {
+            "planned": p["estimate"],
+            "low": p["low"],
+            "high": p["high"],
+            "actual": a,
+            "error": err,
+            "inside_interval": inside,
+        }
+        rows.append(
+            f"| {label:<16} | {fmt(p['estimate'], unit):>11} | {fmt(p['low'], unit) + ' - ' + fmt(p['high'], unit):>23} "
+            f"| {fmt(a, unit):>11} | {err:>+7.1%} | {'yes' if inside else 'no':>6} |"
+        )
     head = [f"planned ({plan_uri}) vs actual ({dataset_uri}):"]
     if plan.get("settings_fingerprint") not in (None, m.settings_fingerprint):
         head.append("warning: the dataset was written with other settings or inputs than the plan's")
-    head += [f"| {'quantity':<16} | {'planned':>11} | {'90 % interval':>23} | {'actual':>11} | {'error':>7} | inside |",
-             f"|{'-' * 18}|{'-' * 13}|{'-' * 25}|{'-' * 13}|{'-' * 9}|{'-' * 8}|"]
+    head += [
+        f"| {'quantity':<16} | {'planned':>11} | {'90 % interval':>23} | {'actual':>11} | {'error':>7} | inside |",
+        f"|{'-' * 18}|{'-' * 13}|{'-' * 25}|{'-' * 13}|{'-' * 9}|{'-' * 8}|",
+    ]
     return "\n".join(head + rows), out
 
 

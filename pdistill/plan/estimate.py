@@ -21,6 +21,7 @@ Uncertainty: a bootstrap over the draws (tokens per byte), the sample's sequence
 (kept entries per token, which drive bytes per token) and, when some units were not read, the
 read units; the interval is the 5th-95th percentile.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,9 +71,16 @@ def run_sample(config, sample: LakeSample, workdir: str, extra_args: list[str] |
     lake = os.path.join(workdir, "sample.jsonl")
     write_sample_lake(sample.docs, lake)
     out = os.path.join(workdir, "dataset")
-    cfg = config.replace(inputs=[lake], output=out, format="jsonl", text_column="text",
-                         bytes_per_unit=os.path.getsize(lake) + 1, progress=False,
-                         runner="DirectRunner", runner_config={})  # on this machine, whatever the target runner
+    cfg = config.replace(
+        inputs=[lake],
+        output=out,
+        format="jsonl",
+        text_column="text",
+        bytes_per_unit=os.path.getsize(lake) + 1,
+        progress=False,
+        runner="DirectRunner",
+        runner_config={},
+    )  # on this machine, whatever the target runner
     report = run(cfg, extra_args)
     tok = load_tokenizer(config.tokenizer_uri)
     texts = [t for _, _, t in sample.docs]
@@ -85,8 +93,9 @@ def run_sample(config, sample: LakeSample, workdir: str, extra_args: list[str] |
     raw = sum(int(s["raw_data"]["bytes"]) for s in index["shards"])
     seq_tokens, seq_kept = _sequence_stats(out)
     rate = report.metrics.get("teacher_tokens_per_s") or report.summary["tokens"] / max(report.seconds, 1e-9)
-    return SampleRun(doc_tokens, doc_bytes, seq_tokens, seq_kept, stored, raw, dict(report.summary),
-                     float(rate), report.seconds)
+    return SampleRun(
+        doc_tokens, doc_bytes, seq_tokens, seq_kept, stored, raw, dict(report.summary), float(rate), report.seconds
+    )
 
 
 def _sequence_stats(dataset: str) -> tuple[np.ndarray, np.ndarray]:
@@ -121,6 +130,7 @@ def _sequence_stats(dataset: str) -> tuple[np.ndarray, np.ndarray]:
 
 # -- extrapolation ------------------------------------------------------------------------------
 
+
 def _unit_arrays(sample: LakeSample):
     read = {r.name: r for r in sample.read}
     names = [u.name for u in sample.units]
@@ -149,11 +159,20 @@ def extrapolate(sample: LakeSample, run: SampleRun, seq_len: int, add_bos: bool,
         seqs_u = np.ceil(tokens_u / seq_len - 1e-9)
         shards_u = np.where(seqs_u > 0, np.maximum(1, np.ceil(seqs_u * raw_per_seq / SHARD_SIZE_LIMIT)), 0)
         tokens = tokens_u.sum()
-        return {"documents": full["documents"].sum(), "dead_letters": full["dead_letters"].sum(),
-                "tokens": tokens, "sequences": seqs_u.sum(), "dataset_bytes": tokens * bpt * (kpt_b / kpt if kpt else 1),
-                "incomplete_files": sample.incomplete_files(), "parts": float(len(s)), "shards": shards_u.sum(), "kept_per_token": kpt_b,
-                "bytes_per_token": bpt * (kpt_b / kpt if kpt else 1), "tokens_per_byte": r_tok,
-                "largest_unit_tokens": tokens_u.max() if len(tokens_u) else 0.0}
+        return {
+            "documents": full["documents"].sum(),
+            "dead_letters": full["dead_letters"].sum(),
+            "tokens": tokens,
+            "sequences": seqs_u.sum(),
+            "dataset_bytes": tokens * bpt * (kpt_b / kpt if kpt else 1),
+            "incomplete_files": sample.incomplete_files(),
+            "parts": float(len(s)),
+            "shards": shards_u.sum(),
+            "kept_per_token": kpt_b,
+            "bytes_per_token": bpt * (kpt_b / kpt if kpt else 1),
+            "tokens_per_byte": r_tok,
+            "largest_unit_tokens": tokens_u.max() if len(tokens_u) else 0.0,
+        }
 
     point = estimate(float(ratio.mean()), kpt, read_idx)
     rng = np.random.default_rng(rng_seed)
@@ -189,8 +208,10 @@ def document_lengths(doc_bytes, tokens_per_byte: float, seq_len: int) -> dict:
     long = t > seq_len
     return {
         "how": "UTF-8 bytes of every usable document in the read units x the draws' tokens per byte",
-        "documents": int(len(t)), "mean": float(t.mean()),
-        **{f"p{q}": float(np.percentile(t, q)) for q in (10, 50, 90, 99)}, "max": float(t[-1]),
+        "documents": int(len(t)),
+        "mean": float(t.mean()),
+        **{f"p{q}": float(np.percentile(t, q)) for q in (10, 50, 90, 99)},
+        "max": float(t[-1]),
         "share_longer_than_seq_len": float(long.mean()),
         "token_share_in_longer_than_seq_len": float(t[long].sum() / max(1e-9, t.sum())),
         "seq_len": int(seq_len),
@@ -198,6 +219,7 @@ def document_lengths(doc_bytes, tokens_per_byte: float, seq_len: int) -> dict:
 
 
 # -- throughput ---------------------------------------------------------------------------------
+
 
 def teacher_shape(local_dir: str) -> dict:
     """Parameters (counted on the meta device: no weights are loaded), layers and width."""
@@ -208,36 +230,64 @@ def teacher_shape(local_dir: str) -> dict:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    return {"params": int(sum(p.numel() for p in model.parameters())),
-            "layers": int(text.num_hidden_layers), "width": int(text.hidden_size)}
+    return {
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "layers": int(text.num_hidden_layers),
+        "width": int(text.hidden_size),
+    }
 
 
-def throughput(*, measured_tps: float, seq_len: int, shape: dict, tokens_per_second: float | None = None,
-               gpu: str | None = None, mfu: float | None = None) -> dict:
+def throughput(
+    *,
+    measured_tps: float,
+    seq_len: int,
+    shape: dict,
+    tokens_per_second: float | None = None,
+    gpu: str | None = None,
+    mfu: float | None = None,
+) -> dict:
     """Teacher tokens/s on the target accelerator, and which model gave it."""
     flops = 2 * shape["params"] + 2 * shape["layers"] * seq_len * shape["width"]
     base = {"flops_per_token": float(flops), **shape, "measured_tokens_per_s_here": measured_tps}
     if tokens_per_second is not None:
         if tokens_per_second <= 0:
             raise ConfigError(f"--tokens-per-second must be > 0, got {tokens_per_second}")
-        return {**base, "model": "given", "tokens_per_s": float(tokens_per_second),
-                "how": f"--tokens-per-second {tokens_per_second:g} per accelerator, as given"}
+        return {
+            **base,
+            "model": "given",
+            "tokens_per_s": float(tokens_per_second),
+            "how": f"--tokens-per-second {tokens_per_second:g} per accelerator, as given",
+        }
     if gpu is not None:
         key = gpu.lower().replace("-", "").replace(" ", "").removesuffix("sxm")
         if key not in PEAK_TFLOPS:
-            raise ConfigError(f"--gpu {gpu!r}: unknown accelerator (known: {', '.join(sorted(PEAK_TFLOPS))}); "
-                             "give --tokens-per-second instead")
+            raise ConfigError(
+                f"--gpu {gpu!r}: unknown accelerator (known: {', '.join(sorted(PEAK_TFLOPS))}); "
+                "give --tokens-per-second instead"
+            )
         mfu = DEFAULT_MFU if mfu is None else mfu
         if not 0 < mfu <= 1:
             raise ConfigError(f"--mfu must be in (0, 1], got {mfu}")
         tps = PEAK_TFLOPS[key] * 1e12 * mfu / flops
-        return {**base, "model": "flops", "gpu": key, "peak_tflops": PEAK_TFLOPS[key], "mfu": mfu,
-                "tokens_per_s": tps,
-                "how": (f"FLOPs model: {PEAK_TFLOPS[key]:g} TFLOP/s peak ({key}) x MFU {mfu:g} / "
-                        f"(2 x {shape['params']:,} params + 2 x {shape['layers']} layers x {seq_len} seq_len x "
-                        f"{shape['width']} width) FLOPs/token")}
-    return {**base, "model": "measured", "tokens_per_s": measured_tps,
-            "how": f"measured on this machine's {_device()} during the sample's teacher pass"}
+        return {
+            **base,
+            "model": "flops",
+            "gpu": key,
+            "peak_tflops": PEAK_TFLOPS[key],
+            "mfu": mfu,
+            "tokens_per_s": tps,
+            "how": (
+                f"FLOPs model: {PEAK_TFLOPS[key]:g} TFLOP/s peak ({key}) x MFU {mfu:g} / "
+                f"(2 x {shape['params']:,} params + 2 x {shape['layers']} layers x {seq_len} seq_len x "
+                f"{shape['width']} width) FLOPs/token"
+            ),
+        }
+    return {
+        **base,
+        "model": "measured",
+        "tokens_per_s": measured_tps,
+        "how": f"measured on this machine's {_device()} during the sample's teacher pass",
+    }
 
 
 def _device() -> str:

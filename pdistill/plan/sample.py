@@ -22,6 +22,7 @@ timing), so the same lake and seed give the same sample on any machine:
 Units not read are represented by the read ones in proportion to their bytes on storage. The
 read units' texts are held in memory while the sample is drawn; `max_units` bounds that.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -79,9 +80,14 @@ class LakeSample:
             d = by_fmt.setdefault(key, {"files": 0, "bytes": 0})
             d["files"] += 1
             d["bytes"] += f.size
-        return {"files": len(self.files), "bytes": sum(f.size for f in self.files), "formats": by_fmt,
-                "units": len(self.units), "units_read": len(self.read),
-                "bytes_read": sum(u.storage_bytes for u in self.read)}
+        return {
+            "files": len(self.files),
+            "bytes": sum(f.size for f in self.files),
+            "formats": by_fmt,
+            "units": len(self.units),
+            "units_read": len(self.read),
+            "bytes_read": sum(u.storage_bytes for u in self.read),
+        }
 
 
 def unit_storage_bytes(files: list[SourceFile], units: list[Unit]) -> dict[str, int]:
@@ -100,7 +106,7 @@ def unit_storage_bytes(files: list[SourceFile], units: list[Unit]) -> dict[str, 
                 groups[u.uri] = parquet_row_groups(u.uri)
             g = groups[u.uri]
             total = sum(g) if g else 0
-            out[u.name] = round(size[u.uri] * sum(g[u.start:u.end]) / total) if total else size[u.uri]
+            out[u.name] = round(size[u.uri] * sum(g[u.start : u.end]) / total) if total else size[u.uri]
         elif u.end >= 0:
             out[u.name] = u.end - u.start
         else:
@@ -114,8 +120,10 @@ def choose_units(units: list[Unit], max_units: int, seed: int) -> list[Unit]:
     by_file: dict[str, list[Unit]] = {}
     for u in units:
         by_file.setdefault(u.uri, []).append(u)
-    queues = [sorted(us, key=lambda u: seeded_rank(seed, u.name)) for _, us in
-              sorted(by_file.items(), key=lambda kv: seeded_rank(seed, kv[0].rsplit("/", 1)[-1] + kv[1][0].name))]
+    queues = [
+        sorted(us, key=lambda u: seeded_rank(seed, u.name))
+        for _, us in sorted(by_file.items(), key=lambda kv: seeded_rank(seed, kv[0].rsplit("/", 1)[-1] + kv[1][0].name))
+    ]
     chosen: list[Unit] = []
     depth = 0
     while len(chosen) < max_units and any(depth < len(q) for q in queues):
@@ -164,8 +172,16 @@ def systematic_pps(sizes: list[int], n_take: int, seed: int) -> list[int]:
     return out
 
 
-def draw(files: list[SourceFile], units: list[Unit], text_column: str, *, seed: int = 0, max_units: int = 64,
-         sample_docs: int | None = None, sample_fraction: float = 0.05) -> LakeSample:
+def draw(
+    files: list[SourceFile],
+    units: list[Unit],
+    text_column: str,
+    *,
+    seed: int = 0,
+    max_units: int = 64,
+    sample_docs: int | None = None,
+    sample_fraction: float = 0.05,
+) -> LakeSample:
     """List, choose units, read them, and draw the document sample (see the module docstring)."""
     unit_bytes = unit_storage_bytes(files, units)
     read = read_units(choose_units(units, max_units, seed), unit_bytes, text_column)
@@ -180,5 +196,6 @@ def draw(files: list[SourceFile], units: list[Unit], text_column: str, *, seed: 
     order = sorted(counts)
     for r in read:
         r.texts = []
-    return LakeSample(files, units, unit_bytes, read, [pool[i] for i in order], [counts[i] for i in order], seed,
-                      sizes, requested)
+    return LakeSample(
+        files, units, unit_bytes, read, [pool[i] for i in order], [counts[i] for i in order], seed, sizes, requested
+    )

@@ -25,6 +25,7 @@ The formats are short compositions of those pieces (no format subclasses another
 `exact` (reference), `compact` (v1), `compact2`, `compact3`, `compact4` (default), `compact5`.
 docs/codecs.md has the measurements behind each idea.
 """
+
 from schemas.codecs.compact import CompactCodec
 from schemas.codecs.compact2 import Compact2Codec
 from schemas.codecs.compact3 import Compact3Codec
@@ -36,6 +37,21 @@ from schemas.codecs.protocol import Codec, PrimedCodec
 from schemas.codecs.registry import CODECS, DEFAULT_CODEC, make_codec, make_stored_codec
 from schemas.codecs.segments import lossless_decoded, renormalise, segment_logsumexp
 
-__all__ = ["CODECS", "DEFAULT_CODEC", "Codec", "Compact2Codec", "Compact3Codec", "Compact4Codec", "Compact5Codec",
-           "CompactCodec", "ExactCodec", "Prime", "PrimedCodec", "lossless_decoded", "make_codec", "make_stored_codec",
-           "renormalise", "segment_logsumexp"]
+__all__ = [
+    "CODECS",
+    "DEFAULT_CODEC",
+    "Codec",
+    "Compact2Codec",
+    "Compact3Codec",
+    "Compact4Codec",
+    "Compact5Codec",
+    "CompactCodec",
+    "ExactCodec",
+    "Prime",
+    "PrimedCodec",
+    "lossless_decoded",
+    "make_codec",
+    "make_stored_codec",
+    "renormalise",
+    "segment_logsumexp",
+]

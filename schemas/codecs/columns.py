@@ -4,6 +4,7 @@ A column is a flat little-endian array; a decoder must refuse one whose length i
 number of values, or whose value counts do not match the sample's per-position counts, with one
 clear line instead of a numpy error or a silently short signal.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,9 @@ def frombuffer(name: str, buf: bytes, dtype) -> np.ndarray:
     """`buf` as an array of `dtype`; a length that is not a whole number of values is refused."""
     dtype = np.dtype(dtype)
     if len(buf) % dtype.itemsize:
-        raise CodecError(f"{name} codec: a {len(buf)}-byte column is not a whole number of {dtype} values: corrupt sample")
+        raise CodecError(
+            f"{name} codec: a {len(buf)}-byte column is not a whole number of {dtype} values: corrupt sample"
+        )
     return np.frombuffer(buf, dtype=dtype)
 
 

@@ -7,6 +7,7 @@ values are quantised on the log scale relative to the position's top entry, one 
 shard then entropy-codes the small gaps and the skewed q values. Quantisation error in the log
 domain with step s costs about s**2 / 24 nats of KL.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -15,6 +15,7 @@ Measured, and dropped (docs/codecs.md): coding the most often kept ids by inclus
 position) saves on ids what their levels then cost unordered; contexts by the position's count,
 or class steps inside tied sets, cost more in histograms than they save.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -95,6 +96,13 @@ class Compact2Codec:
         uniq, cls = decode_plain(ids_in, n)
         ids = decode_indexed_ids(ids_in, ~tied, rb[~tied], uniq, cls, "compact2")
         pos = np.repeat(np.arange(t), counts)
-        return decoded_entries(counts, pos, ids, lvl, self.sqrt_step(counts),
-                               lambda _: tail.decode_plain(self.name, cols["teacher_tail"], t, self.tail_step),
-                               self.name, check_twice=False)
+        return decoded_entries(
+            counts,
+            pos,
+            ids,
+            lvl,
+            self.sqrt_step(counts),
+            lambda _: tail.decode_plain(self.name, cols["teacher_tail"], t, self.tail_step),
+            self.name,
+            check_twice=False,
+        )

@@ -12,6 +12,7 @@ bit per kept entry: not enough for the plumbing of a side file every decoder mus
 
 encode and decode need the sample's tokens (`needs_tokens`; `schemas.sample` passes them).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -86,12 +87,17 @@ class Compact3Codec:
         o2 = entry_order(pos_r, lv_r, x, t, uniq.shape[0])  # stable: (pos, level) order is kept
         x, srank_r = x[o2], srank_r[o2]
         fresh = groups(pos_r[o2], lv_r[o2])
-        id_streams = (_BASIS.streams(uniq, cls, _BASIS.basis(nxt)) + hint_stream(lay, hit_s)
-                      + index_streams(x, fresh, rank_bucket(srank_r[fresh]), bounds))
+        id_streams = (
+            _BASIS.streams(uniq, cls, _BASIS.basis(nxt))
+            + hint_stream(lay, hit_s)
+            + index_streams(x, fresh, rank_bucket(srank_r[fresh]), bounds)
+        )
         return {
             "teacher_ids": entropy.encode(id_streams),
             "teacher_values": entropy.encode(split_streams(bucketed_arrays(lv_s, counts))),
-            "teacher_tail": tail.predicted_block(self.name, tr.log_tail, lvl, counts, self.sqrt_step(counts), self.tail_step),
+            "teacher_tail": tail.predicted_block(
+                self.name, tr.log_tail, lvl, counts, self.sqrt_step(counts), self.tail_step
+            ),
         }
 
     def decode(self, counts: np.ndarray, cols: dict[str, bytes], tokens=None) -> KeptEntries:
@@ -111,6 +117,12 @@ class Compact3Codec:
         ids[keep] = decode_indexed_ids(ids_in, fresh, rank_bucket(lay.start_rank[keep][fresh]), uniq, cls, "compact3")
         ids[~keep] = nxt[lay.pos[~keep]]
         h = self.sqrt_step(counts)
-        return decoded_entries(counts, lay.pos, ids, lay.lvl, h,
-                               lambda lvl: tail.decode_predicted(self.name, cols["teacher_tail"], lvl, counts, h, self.tail_step),
-                               "compact3")
+        return decoded_entries(
+            counts,
+            lay.pos,
+            ids,
+            lay.lvl,
+            h,
+            lambda lvl: tail.decode_predicted(self.name, cols["teacher_tail"], lvl, counts, h, self.tail_step),
+            "compact3",
+        )

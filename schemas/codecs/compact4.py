@@ -13,6 +13,7 @@ text, 10 % under issue 13's 1e-3, guaranteed <= 4.1e-3 (`quantiser.kl_bound`). M
 (bench/codec): 1.365 / 1.264 B per kept entry at top-0.95-50 / -100 on 512-token samples,
 1.298 / 1.209 on one 2048-token sample (compact3 at 7.5e-4: 1.426 / 1.328, 1.390 / 1.303).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

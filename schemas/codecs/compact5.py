@@ -12,6 +12,7 @@ settings name only its size (`prime_tokens`), the digest joins the manifest when
 exists. Built without a prime the codec only states its parameters; encode and decode need
 `with_prime` (`needs_prime`; `schemas.DatasetDir.stored_codec` loads it).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,14 @@ class Compact5Codec:
 
     def __post_init__(self):
         quantiser.check_params(self.kl_target, self.tail_step, self.mass_floor)
-        if not isinstance(self.prime_tokens, int) or isinstance(self.prime_tokens, bool) or not 1 <= self.prime_tokens <= MAX_PRIME_TOKENS:
-            raise CodecError(f"compact5 codec prime_tokens must be an integer in [1, {MAX_PRIME_TOKENS}], got {self.prime_tokens!r}")
+        if (
+            not isinstance(self.prime_tokens, int)
+            or isinstance(self.prime_tokens, bool)
+            or not 1 <= self.prime_tokens <= MAX_PRIME_TOKENS
+        ):
+            raise CodecError(
+                f"compact5 codec prime_tokens must be an integer in [1, {MAX_PRIME_TOKENS}], got {self.prime_tokens!r}"
+            )
         if self.prime is not None and not isinstance(self.prime, Prime):
             raise CodecError(f"compact5 codec: prime must be a schemas.codecs.Prime, got {type(self.prime).__name__}")
         if self.prime_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", str(self.prime_sha256)):
@@ -61,12 +68,17 @@ class Compact5Codec:
     def with_prime(self, prime: Prime, where: str = "codec prime") -> Compact5Codec:
         """This codec holding `prime`, which must be the one its `prime_sha256` names (if it names one)."""
         if self.prime_sha256 is not None and prime.digest != self.prime_sha256:
-            raise CodecError(f"{where}: its SHA-256 {prime.digest[:16]}... is not the {self.prime_sha256[:16]}... the "
-                             "manifest names: the dataset's samples were coded against another prime")
+            raise CodecError(
+                f"{where}: its SHA-256 {prime.digest[:16]}... is not the {self.prime_sha256[:16]}... the "
+                "manifest names: the dataset's samples were coded against another prime"
+            )
         return dataclasses.replace(self, prime=prime, prime_sha256=prime.digest)
 
     def params(self) -> dict:
-        out = {**quantiser.params(self.kl_target, self.tail_step, self.mass_floor), "prime_tokens": int(self.prime_tokens)}
+        out = {
+            **quantiser.params(self.kl_target, self.tail_step, self.mass_floor),
+            "prime_tokens": int(self.prime_tokens),
+        }
         return {**out, "prime_sha256": self.prime_sha256} if self.prime_sha256 is not None else out
 
     def kl_design(self) -> float:
@@ -84,8 +96,9 @@ class Compact5Codec:
 
     def _primed(self) -> Prime:
         if self.prime is None:
-            raise CodecError("compact5 codec: no prime loaded (read the dataset's codec prime: "
-                             "schemas.DatasetDir.stored_codec)")
+            raise CodecError(
+                "compact5 codec: no prime loaded (read the dataset's codec prime: schemas.DatasetDir.stored_codec)"
+            )
         return self.prime
 
     def _sources(self, tokens, counts: np.ndarray):

@@ -6,6 +6,7 @@ header as a table and every symbol is coded under its context's row, in one code
 contexts. A context that is never used costs a zero; a rare context no longer pays a whole
 stream's overhead.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -13,6 +13,7 @@ compact2), or against ids the decoder already knows (`schemas.codecs.dictionary_
 `decoded_entries` is the decode ending every dictionary format shares: indices to ids, entries
 sorted by id, levels to log-probs.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -82,8 +83,9 @@ def index_streams(x: np.ndarray, fresh: np.ndarray, rb_fresh: np.ndarray, bounds
     return fresh_streams(x[fresh], rb_fresh, bounds) + encode_numbers(gap[~fresh])
 
 
-def decode_indexed_ids(dec: entropy.Decoder, fresh: np.ndarray, rb_fresh: np.ndarray, uniq: np.ndarray,
-                       cls: np.ndarray, name: str) -> np.ndarray:
+def decode_indexed_ids(
+    dec: entropy.Decoder, fresh: np.ndarray, rb_fresh: np.ndarray, uniq: np.ndarray, cls: np.ndarray, name: str
+) -> np.ndarray:
     """The ids `index_streams` wrote (the block's last streams: the block is finished here)."""
     by_freq, bounds = dictionary_order(uniq, cls)
     fx = decode_fresh(dec, rb_fresh, bounds)
@@ -115,8 +117,16 @@ def decode_plain(dec: entropy.Decoder, n: int) -> tuple[np.ndarray, np.ndarray]:
     return uniq, cls
 
 
-def decoded_entries(counts: np.ndarray, pos: np.ndarray, ids: np.ndarray, lvl: np.ndarray, h: float, tail,
-                    name: str, check_twice: bool = True) -> KeptEntries:
+def decoded_entries(
+    counts: np.ndarray,
+    pos: np.ndarray,
+    ids: np.ndarray,
+    lvl: np.ndarray,
+    h: float,
+    tail,
+    name: str,
+    check_twice: bool = True,
+) -> KeptEntries:
     """The decode ending: entries sorted by id within each position, (L + 1/2) h renormalised, and
     `tail(levels)`: the tail log-masses (check_twice: refuse an id kept twice at one position)."""
     n = ids.shape[0]

@@ -15,6 +15,7 @@ written as gaps. A *basis* says what is known and how the dictionary is written 
 Each basis: `basis(next_tokens)` (what both sides compute), `size(basis)` (its flag count, for the
 decoder's stream limit), `streams(uniq, cls, basis)` and `decode(dec, basis, n)`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,11 @@ class TokenBasis:
         flag = np.isin(seen, uniq)
         in_seen = np.isin(uniq, seen)
         other = uniq[~in_seen]
-        return ([(flag.astype(np.int64), None)] + encode_numbers(np.diff(other, prepend=-1) - 1)
-                + [(cls[in_seen], None), (cls[~in_seen], None)])
+        return (
+            [(flag.astype(np.int64), None)]
+            + encode_numbers(np.diff(other, prepend=-1) - 1)
+            + [(cls[in_seen], None), (cls[~in_seen], None)]
+        )
 
     def decode(self, dec: entropy.Decoder, seen: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         flag = dec.next()
@@ -52,7 +56,11 @@ class TokenBasis:
         other = np.cumsum(decode_numbers(dec).astype(np.int64) + 1) - 1
         from_seen = seen[flag == 1]
         uniq = np.union1d(from_seen, other)
-        if uniq.shape[0] != from_seen.shape[0] + other.shape[0] or uniq.shape[0] > n or (uniq.size and uniq[-1] >= 1 << 32):
+        if (
+            uniq.shape[0] != from_seen.shape[0] + other.shape[0]
+            or uniq.shape[0] > n
+            or (uniq.size and uniq[-1] >= 1 << 32)
+        ):
             raise CodecError("compact3 codec: dictionary does not match the counts: corrupt sample")
         in_seen = np.zeros(uniq.shape[0], dtype=bool)  # from_seen lies in uniq: mark where
         in_seen[np.searchsorted(uniq, from_seen)] = True
@@ -79,7 +87,11 @@ class PrimeBasis:
         toks = np.unique(nxt[:-1])
         toks = toks[toks >= 0]
         at = np.searchsorted(kept, toks)
-        new = toks[(at >= kept.shape[0]) | (kept[np.minimum(at, max(kept.shape[0] - 1, 0))] != toks)] if kept.size else toks
+        new = (
+            toks[(at >= kept.shape[0]) | (kept[np.minimum(at, max(kept.shape[0] - 1, 0))] != toks)]
+            if kept.size
+            else toks
+        )
         where = np.searchsorted(kept, new)
         cand = np.insert(kept, where, new)
         ctx = np.insert(kctx, where, 0)
@@ -96,10 +108,17 @@ class PrimeBasis:
         at = np.searchsorted(uniq, cand)
         hit = at < uniq.shape[0]
         hit[hit] = uniq[at[hit]] == cand[hit]
-        sym = np.where(hit, 1 + cls[np.minimum(at, max(uniq.shape[0] - 1, 0))], 0) if uniq.size else np.zeros(cand.shape[0], np.int64)
+        sym = (
+            np.where(hit, 1 + cls[np.minimum(at, max(uniq.shape[0] - 1, 0))], 0)
+            if uniq.size
+            else np.zeros(cand.shape[0], np.int64)
+        )
         other = ~np.isin(uniq, cand)
-        return (context_streams(sym.astype(np.int64), ctx, 2 * N_PRIME_CLS)
-                + encode_numbers(np.diff(uniq[other], prepend=-1) - 1) + [(cls[other], None)])
+        return (
+            context_streams(sym.astype(np.int64), ctx, 2 * N_PRIME_CLS)
+            + encode_numbers(np.diff(uniq[other], prepend=-1) - 1)
+            + [(cls[other], None)]
+        )
 
     def decode(self, dec: entropy.Decoder, basis, n: int) -> tuple[np.ndarray, np.ndarray]:
         cand, ctx = basis

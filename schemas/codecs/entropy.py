@@ -16,6 +16,7 @@ Layout of one coded block: uint32 header length, then the header as LEB128 varin
 per stream coded under its own histogram: alphabet size A and A counts, zero runs as (0, run);
 the ANS word count), then the ANS words as little-endian uint32.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -132,7 +133,9 @@ def encode(streams: list[tuple[np.ndarray, np.ndarray | None]]) -> bytes:
         if given is None:
             counts = np.bincount(s) if s.size else np.zeros(0, dtype=np.int64)
             if counts.shape[0] > MAX_ALPHABET:
-                raise CodecError(f"entropy block: symbol {counts.shape[0] - 1} above the largest alphabet ({MAX_ALPHABET})")
+                raise CodecError(
+                    f"entropy block: symbol {counts.shape[0] - 1} above the largest alphabet ({MAX_ALPHABET})"
+                )
             header.append(pack_histogram(counts))
         else:
             counts = np.asarray(given, dtype=np.int64)

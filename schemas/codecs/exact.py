@@ -3,6 +3,7 @@
 Nothing is modelled: 8 (or 6) bytes per kept entry plus a float32 tail per position. Every other
 format is measured against what this one decodes (`segments.lossless_decoded`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -8,6 +8,7 @@ last position), else 1 + the index of its level group (0 = the top level) among 
 groups; the level already says how probable it is, so only the group is needed. The hinted
 entry is then left out of the id coding: its id is the next token.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -16,6 +16,7 @@ those numbers are modelled:
   by rank so that the decoder knows each context when it needs it (one call per rank, a row of
   counts per drop: `schemas.codecs.contexts`).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -151,7 +152,9 @@ def decode_by_level_above(buf: bytes, counts: np.ndarray, h: float) -> np.ndarra
         top = (top << shift) | dec.next(entropy.uniform(1 << shift), top.shape[0])
     starts = np.cumsum(counts) - counts
     if top.shape[0] != int((counts > 0).sum()):
-        raise CodecError(f"compact4 codec: {top.shape[0]} top levels for {int((counts > 0).sum())} positions: corrupt sample")
+        raise CodecError(
+            f"compact4 codec: {top.shape[0]} top levels for {int((counts > 0).sum())} positions: corrupt sample"
+        )
     packed = decode_numbers(dec).astype(np.int64).tolist()  # Python ints for unpack_histogram
     hists, at = [], 0
     try:

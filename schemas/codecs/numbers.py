@@ -9,6 +9,7 @@ model would buy nothing). A small number costs its class's entropy, a large one 
 Also `count_classes`: how often something occurs, to within a factor of two, the cheap summary
 the dictionary stores instead of exact counts.
 """
+
 from __future__ import annotations
 
 import functools

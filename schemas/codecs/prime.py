@@ -13,6 +13,7 @@ so a decoder handed another prime refuses instead of decoding garbage. Its bytes
 (`Prime.to_bytes`): magic, then zstd over little-endian P, N, tokens int32[P] (-1 between
 documents), int64 here), counts uint32[P], ids uint32[N].
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,7 +50,12 @@ class Prime:
             raise CodecError(f"codec prime: {tokens.shape[0]} tokens but {counts.shape[0]} counts")
         if counts.size and counts.min() < 0 or int(counts.sum()) != ids.shape[0]:
             raise CodecError(f"codec prime: counts sum to {int(counts.sum())}, not the {ids.shape[0]} ids")
-        if ids.size and (ids.min() < 0 or ids.max() >= 1 << 32) or tokens.size and (tokens.min() < -1 or tokens.max() >= 1 << 32):
+        if (
+            ids.size
+            and (ids.min() < 0 or ids.max() >= 1 << 32)
+            or tokens.size
+            and (tokens.min() < -1 or tokens.max() >= 1 << 32)
+        ):
             raise CodecError("codec prime: an id or token outside [0, 2^32)")
         pos = np.repeat(np.arange(counts.shape[0]), counts)
         key = np.sort(pos * (1 << 32) + ids)
@@ -71,7 +77,10 @@ class Prime:
             tokens += [tk, [-1]]
             counts += [np.asarray(tr.counts, dtype=np.int64), [0]]
             ids.append(np.asarray(tr.ids, dtype=np.int64)[o])
-        cat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+        def cat(parts):
+            return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
         return cls(cat(tokens), cat(counts), cat(ids))
 
     def to_bytes(self) -> bytes:
@@ -84,9 +93,9 @@ class Prime:
         import zstandard  # late: only a dataset with a prime needs it
 
         if buf[: len(_MAGIC)] != _MAGIC:
-            raise CodecError(f"{where}: not a pdistill codec prime (magic {buf[:len(_MAGIC)]!r})")
+            raise CodecError(f"{where}: not a pdistill codec prime (magic {buf[: len(_MAGIC)]!r})")
         try:
-            raw = zstandard.ZstdDecompressor().decompress(buf[len(_MAGIC):], max_output_size=16 * _MAX_PRIME)
+            raw = zstandard.ZstdDecompressor().decompress(buf[len(_MAGIC) :], max_output_size=16 * _MAX_PRIME)
         except zstandard.ZstdError as e:
             raise CodecError(f"{where}: corrupt ({e})") from None
         if len(raw) < 16:
@@ -101,8 +110,12 @@ class Prime:
 
     @cached_property
     def _payload(self) -> bytes:
-        return (struct.pack("<QQ", self.tokens.shape[0], self.ids.shape[0]) + self.tokens.astype("<i8").tobytes()
-                + self.counts.astype("<u4").tobytes() + self.ids.astype("<u4").tobytes())
+        return (
+            struct.pack("<QQ", self.tokens.shape[0], self.ids.shape[0])
+            + self.tokens.astype("<i8").tobytes()
+            + self.counts.astype("<u4").tobytes()
+            + self.ids.astype("<u4").tobytes()
+        )
 
     @cached_property
     def digest(self) -> str:

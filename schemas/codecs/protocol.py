@@ -7,6 +7,7 @@ and decode: compact3 on), `needs_prime` (the dataset's prime must be loaded with
 before encoding or decoding: `PrimedCodec`, compact5), and `stored_defaults` (the parameters a
 manifest written before a parameter existed implies: `registry.make_stored_codec`).
 """
+
 from __future__ import annotations
 
 from typing import ClassVar, Protocol, runtime_checkable

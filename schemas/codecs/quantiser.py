@@ -10,6 +10,7 @@ else; it works from integers and an IEEE-exact sqrt, so any machine decodes the 
 The parameters (kl_target, tail_step, mass_floor) are fields of each format that uses this
 quantiser; the functions here take them as arguments.
 """
+
 from __future__ import annotations
 
 import numpy as np

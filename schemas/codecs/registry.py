@@ -5,6 +5,7 @@ a new idea is a new name. `make_codec` builds the codec a writer uses; `make_sto
 one a manifest's data was written with (its `stored_defaults` fill the parameters the manifest
 predates).
 """
+
 from __future__ import annotations
 
 from schemas.codecs.compact import CompactCodec
@@ -16,8 +17,14 @@ from schemas.codecs.exact import ExactCodec
 from schemas.codecs.protocol import Codec
 from schemas.errors import CodecError
 
-CODECS = {"exact": ExactCodec, "compact": CompactCodec, "compact2": Compact2Codec, "compact3": Compact3Codec,
-          "compact4": Compact4Codec, "compact5": Compact5Codec}
+CODECS = {
+    "exact": ExactCodec,
+    "compact": CompactCodec,
+    "compact2": Compact2Codec,
+    "compact3": Compact3Codec,
+    "compact4": Compact4Codec,
+    "compact5": Compact5Codec,
+}
 DEFAULT_CODEC = "compact4"
 
 

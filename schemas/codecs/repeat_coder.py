@@ -10,6 +10,7 @@ prime (more sources for the predictors) and a `PrimeBasis`.
 
 `codec` is the format (its `name`, `sqrt_levels`, `sqrt_step` and `tail_step` are read).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -80,8 +81,9 @@ def encode(codec, tr: KeptEntries, tokens, prime: Prime | None, basis) -> dict[s
         rg = (lay.gnum - lay.first_group[pos])[repeat]
         ok = np.argsort(rkey)
         grp[kept_t] = rg[ok][np.searchsorted(rkey[ok], t_of[kept_t] * (1 << 32) + slot_of[slot[kept_t]])]
-    repeat_streams = (context_streams(kept_t.astype(np.int64), ctx, N_CTX)
-                      + place_streams(grp[kept_t], pred[kept_t], lay.n_groups[t_of[kept_t]], pctx[kept_t]))
+    repeat_streams = context_streams(kept_t.astype(np.int64), ctx, N_CTX) + place_streams(
+        grp[kept_t], pred[kept_t], lay.n_groups[t_of[kept_t]], pctx[kept_t]
+    )
     # the remaining entries, by dictionary index
     pos_r, lv_r, srank_r = pos[rest], lv[rest], lay.start_rank[rest]
     o2 = entry_order(pos_r, lv_r, x, t, uniq.shape[0])
@@ -131,19 +133,28 @@ def decode(codec, counts: np.ndarray, cols: dict[str, bytes], tokens, prime: Pri
     rest_g = np.repeat(np.arange(n_grp), lay.gsize - taken)
     fresh = np.ones(rest_g.shape[0], dtype=bool)
     fresh[1:] = rest_g[1:] != rest_g[:-1]
-    rest_ids = decode_indexed_ids(ids_in, fresh, rank_bucket(lay.start_rank[lay.gstart[rest_g[fresh]]]), uniq, cls, "compact4")
+    rest_ids = decode_indexed_ids(
+        ids_in, fresh, rank_bucket(lay.start_rank[lay.gstart[rest_g[fresh]]]), uniq, cls, "compact4"
+    )
     # the slots: per group the hinted entry, the repeats in predictor order, the rest by index
     g_all = np.concatenate([hint_g, r_g, rest_g])
     role = np.repeat([0, 1, 2], [hint_g.shape[0], r_g.shape[0], rest_g.shape[0]])
     sub = np.concatenate([np.zeros(hint_g.shape[0], np.int64), np.arange(r_g.shape[0]), np.arange(rest_g.shape[0])])
     order = np.lexsort((sub, role, g_all))
     qs = src.known_ids.shape[0]  # slots of the known (primed) positions come first
-    val = np.concatenate([src.known_ids, np.concatenate(
-        [nxt[hp], np.full(r_g.shape[0], -1, np.int64), rest_ids])[order]])
+    val = np.concatenate(
+        [src.known_ids, np.concatenate([nxt[hp], np.full(r_g.shape[0], -1, np.int64), rest_ids])[order]]
+    )
     ptr = np.arange(qs + n)
     is_rep = role[order] == 1
     ptr[qs:][is_rep] = r_src[sub[order][is_rep]]
     ids = resolve(val, ptr)[qs:]
-    return decoded_entries(counts, lay.pos, ids, lay.lvl, h,
-                           lambda lvl: tail.decode_predicted(codec.name, cols["teacher_tail"], lvl, counts, h, codec.tail_step),
-                           "compact4")
+    return decoded_entries(
+        counts,
+        lay.pos,
+        ids,
+        lay.lvl,
+        h,
+        lambda lvl: tail.decode_predicted(codec.name, cols["teacher_tail"], lvl, counts, h, codec.tail_step),
+        "compact4",
+    )

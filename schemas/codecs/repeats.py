@@ -20,6 +20,7 @@ index (`slot_ids`). Repeats of repeats are resolved by pointer jumping (`resolve
 always lie earlier), so decoding stays vectorised; the encoder orders the slots in rounds by
 predictor depth.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,9 +81,13 @@ class Sources:
         """The sample's own positions, after `known_counts` known ones (default none)."""
         kc = np.zeros(0, dtype=np.int64) if known_counts is None else np.asarray(known_counts, dtype=np.int64)
         allc = np.concatenate([kc, counts])
-        return cls(q=kc.shape[0], counts=allc, starts=np.cumsum(allc) - allc,
-                   known_pos=np.repeat(np.arange(kc.shape[0]), kc),
-                   known_ids=np.zeros(0, dtype=np.int64) if known_ids is None else np.asarray(known_ids, dtype=np.int64))
+        return cls(
+            q=kc.shape[0],
+            counts=allc,
+            starts=np.cumsum(allc) - allc,
+            known_pos=np.repeat(np.arange(kc.shape[0]), kc),
+            known_ids=np.zeros(0, dtype=np.int64) if known_ids is None else np.asarray(known_ids, dtype=np.int64),
+        )
 
 
 def sources(tokens, counts: np.ndarray, prime: Prime | None = None) -> tuple[np.ndarray, np.ndarray, Sources]:
@@ -152,8 +157,9 @@ def decode_places(dec: entropy.Decoder, pred: np.ndarray, n_groups: np.ndarray, 
     return np.where(rules[pctx] == 0, pred + varint.unzigzag(sym), n_groups - 1 - sym)
 
 
-def slot_ids(lay: Layout, ids: np.ndarray, role: np.ndarray, sub: np.ndarray, repeat: np.ndarray,
-             s_of: np.ndarray, src: Sources) -> np.ndarray:
+def slot_ids(
+    lay: Layout, ids: np.ndarray, role: np.ndarray, sub: np.ndarray, repeat: np.ndarray, s_of: np.ndarray, src: Sources
+) -> np.ndarray:
     """[known slots + N] the ids in slot order (the encoder's side of the slots the decoder
     rebuilds): per position its level groups, within a group the hinted entry (role 0), the
     repeats (role 1) by their slot at the predictor, the rest (role 2) by dictionary index (`sub`).

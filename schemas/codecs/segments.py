@@ -6,6 +6,7 @@ a maximum, a logsumexp or a running sum restarted at each position. `lossless_de
 reference every codec is measured against: ids ascending per position, log-probs renormalised
 over the kept set.
 """
+
 from __future__ import annotations
 
 import numpy as np

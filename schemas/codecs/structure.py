@@ -7,6 +7,7 @@ context for free: the top of a distribution keeps rarer ids than its tail (model
 bucket*), entries tied at one level are a set whose order costs nothing, and the group an id
 sits in says how probable it is without coding it again.
 """
+
 from __future__ import annotations
 
 import numpy as np

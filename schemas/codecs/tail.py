@@ -7,6 +7,7 @@ mass) predicts (`predicted_*`): the kept levels already say most of it, ~2.3-2.5
 position less. The prediction works from integers and IEEE-rounded arithmetic only (no libm log
 or exp, which may differ by an ulp between machines), so every machine predicts the same.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,7 +66,9 @@ def prediction(lvl: np.ndarray, counts: np.ndarray, h: float, step: float) -> np
     return 1 + np.rint(np.clip(-ln / step, 0, 64 / step)).astype(np.int64)
 
 
-def predicted_block(name: str, log_tail: np.ndarray, lvl: np.ndarray, counts: np.ndarray, h: float, step: float) -> bytes:
+def predicted_block(
+    name: str, log_tail: np.ndarray, lvl: np.ndarray, counts: np.ndarray, h: float, step: float
+) -> bytes:
     """The tail column from compact3 on: 0 = no tail, else 1 + the zigzag of (stored level -
     predicted level), under its own histogram."""
     lv = levels(name, log_tail, step)

@@ -1,5 +1,6 @@
 """Vectorised unsigned LEB128 varints: small numbers in one byte, any uint32 in at most five;
 and the zigzag map that lets signed differences use them (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...)."""
+
 from __future__ import annotations
 
 import numpy as np
