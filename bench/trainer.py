@@ -99,12 +99,12 @@ def write_dataset(
     from streaming import MDSWriter
 
     from schemas import DEFAULT_CODEC, DatasetDir, Manifest, build_sample, make_codec, mds_columns, sample_id
-    from schemas.codec_compact5 import Prime
+    from schemas.codecs import Prime
     from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
 
     codec = make_codec(codec_name or DEFAULT_CODEC, {})  # default: what the pipeline writes today
     dataset = DatasetDir(out)
-    if getattr(codec, "needs_prime", False):
+    if codec.needs_prime:
         codec = codec.with_prime(
             Prime.from_bytes(dataset.publish_prime(Prime.from_signal(list(prime_bank)).to_bytes()))
         )
@@ -406,11 +406,7 @@ def _run(args, teacher, work: str, t_start: float) -> int:
     from schemas import DEFAULT_CODEC, make_codec
 
     codec = args.codec or DEFAULT_CODEC
-    n_prime = (
-        -(-make_codec(codec, {}).prime_tokens // args.seq_len)
-        if getattr(make_codec(codec, {}), "needs_prime", False)
-        else 0
-    )
+    n_prime = -(-make_codec(codec, {}).prime_tokens // args.seq_len) if make_codec(codec, {}).needs_prime else 0
     bank, tok = _teacher_bank(teacher, args.bank + n_prime, args.seq_len)
     bank, prime_bank = bank[: args.bank], bank[args.bank :]  # the prime: the text after the bank's
     if tok is not None:

@@ -9,6 +9,8 @@ import importlib
 import sys
 import warnings
 
+from pdistill import __version__
+
 COMMANDS = {
     "logits": ("pipelines.cli", "run the Beam teacher pass: corpus -> distillation dataset (MDS + manifest)"),
     "train": ("trainer.cli", "pre-train a student with Composer on a distillation dataset"),
@@ -32,8 +34,6 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     if argv[0] == "--version":
-        from pdistill import __version__
-
         print(__version__)
         return 0
     # google-cloud client libraries warn about grpcio at every import; that is not the user's concern
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"pdistill: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    from schemas.redact import redact_process_output, redact_text
+    from schemas.redact import redact_process_output, redact_text  # noqa: PLC0415 (late: start-up cost)
 
     redact_process_output(argv[1:])  # every command: no secret of its URIs in what it prints or logs
     module = importlib.import_module(COMMANDS[name][0])

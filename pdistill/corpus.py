@@ -29,6 +29,7 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+from pydoc_data import topics
 
 from schemas.identity import fingerprint_json, hasher, int_key, tagged
 
@@ -75,8 +76,6 @@ def _sections(topic: str, text: str) -> list[Document]:
 
 
 def pydoc_documents() -> list[Document]:
-    from pydoc_data import topics
-
     out: list[Document] = []
     for topic in sorted(topics.topics):
         out.extend(_sections(topic, topics.topics[topic]))
@@ -145,8 +144,8 @@ def fingerprint(docs: list[Document]) -> str:
 
 
 def _write_split(docs: list[Document], out_dir: Path, num_files: int, row_group_docs: int) -> list[dict]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # noqa: PLC0415 (late: optional dependency)
+    import pyarrow.parquet as pq  # noqa: PLC0415 (late: optional dependency)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     n_files = max(1, min(num_files, len(docs)))

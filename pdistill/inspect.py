@@ -28,7 +28,8 @@ import tempfile
 
 import numpy as np
 
-from schemas import CodecError, DatasetDir, Manifest, fidelity, storage, strict_json
+from pdistill.plan import inspect_hook
+from schemas import CodecError, DatasetDir, Manifest, fidelity, storage, strict_json, truncate_tensor
 from schemas.errors import SchemaError, zstd_errors
 from schemas.integrity import Problem, Verification
 from schemas.redact import redact_process_output, redact_text, redact_uri
@@ -40,8 +41,8 @@ WHOLE, NOT_WHOLE = "whole", "NOT WHOLE"
 def read_samples(uri: str, cache: str, n: int) -> tuple[list[dict], int]:
     """The first `n` stored samples (undecoded) and the number of samples the index holds, read
     through the trainer's dataset (`trainer.data.DistillDataset`) with `cache` as its cache folder."""
-    from trainer.config import DataConfig
-    from trainer.data import DistillDataset
+    from trainer.config import DataConfig  # noqa: PLC0415 (late: inspect runs without torch)
+    from trainer.data import DistillDataset  # noqa: PLC0415 (late: inspect runs without torch)
 
     ds = DistillDataset(DataConfig.of(uri, shuffle=False, validate_hash=None), batch_size=1, cache_dir=cache)
     return [ds.raw(i) for i in range(min(n, len(ds)))], len(ds)
@@ -49,10 +50,8 @@ def read_samples(uri: str, cache: str, n: int) -> tuple[list[dict], int]:
 
 def teacher_fidelity(teacher_uri: str, samples: list[dict], manifest: Manifest, codec) -> tuple[float, float]:
     """Mean (codec KL, total KL) over the samples' real positions, from a fresh teacher pass."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from schemas import truncate_tensor
+    import torch  # noqa: PLC0415 (late: inspect runs without torch)
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 (late: inspect runs without torch)
 
     try:
         model = AutoModelForCausalLM.from_pretrained(storage.fetch_dir(teacher_uri), torch_dtype=torch.float32).eval()
@@ -192,8 +191,6 @@ def _main(argv: list[str] | None) -> int:
         ap.error(f"--samples must be >= 0, got {args.samples}")
     report = build_report(args)
     if args.plan and report["verdict"] == WHOLE:  # planned vs actual (pdistill.plan)
-        from pdistill.plan import inspect_hook
-
         report["planned_vs_actual"] = inspect_hook(args.plan, args.dataset, args.json)
     print_report(report, args.json)
     if report["verdict"] != WHOLE:

@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 from schemas.identity import fingerprint_files
@@ -46,8 +47,6 @@ def _install_hint(spec: str) -> str:
 
 def locate_gguf(package: str = DEFAULT_PACKAGE, filename: str = DEFAULT_GGUF_NAME) -> Path:
     """Path of `filename` inside the installed distribution `package` ("name==version")."""
-    from importlib import metadata
-
     name, version = _parse_spec(package)
     try:
         dist = metadata.distribution(name)
@@ -147,8 +146,8 @@ def import_gguf(
             f"{output} exists but is not a finished teacher import (no {MARKER}); remove it or pass --force"
         )
     _check_gguf_support()
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # noqa: PLC0415 (late: torch is heavy)
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 (late: torch is heavy)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale_temps(output)

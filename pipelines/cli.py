@@ -11,13 +11,14 @@ import argparse
 import json
 import logging
 import sys
+import typing
 
 from pipelines.config import PipelineConfig
 from pipelines.errors import quiet_user_errors_in_beam_logs, user_errors, without_step
-from schemas import strict_json
+from schemas import storage, strict_json
 from schemas.errors import ConfigError
 from schemas.redact import redact_process_output, redact_text, redact_uri, remember_secrets
-from schemas.settings import file_problem
+from schemas.settings import file_problem, type_label
 
 # Flags whose name is not the setting's (`--<key with - for _>`), or that are not settings.
 FLAG_NAMES = {"inputs": "--input"}
@@ -27,8 +28,6 @@ NOT_FLAGS = ("runner_config",)  # given as --runner-config FILE (a YAML/JSON fil
 def _flag_kwargs(tp) -> dict:
     """argparse keywords for a setting of type `tp`: numbers parsed, booleans as --x/--no-x,
     mappings as JSON, lists repeatable; a value pydantic then checks as for YAML."""
-    import typing
-
     args = [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a for a in typing.get_args(tp)]
     if tp is bool:
         return dict(action=argparse.BooleanOptionalAction)
@@ -45,8 +44,6 @@ def _flag_kwargs(tp) -> dict:
 
 def add_setting_flags(ap: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per `PipelineConfig` field, its help from the field (also used by `pdistill plan`)."""
-    from schemas.settings import type_label
-
     group = ap.add_argument_group("settings (as in a --config file; a flag wins over the file)")
     for key, info in PipelineConfig.model_fields.items():
         if key in NOT_FLAGS or key in skip:
@@ -92,8 +89,6 @@ def read_file_setting(flag: str, uri: str, load):
 
 def check_writable_file(flag: str, uri: str | None) -> None:
     """Refuse, before any work, a file named by `flag` that cannot be written (`storage.unwritable`)."""
-    from schemas import storage
-
     problem = storage.unwritable(uri, "file")
     if problem:
         raise ConfigError(f"{flag} {redact_uri(uri)}: cannot write to it ({problem})")
@@ -110,7 +105,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         base = read_file_setting("--config", args.config, PipelineConfig.from_yaml).model_dump(exclude_unset=True)
     given = {k: v for k, v in vars(args).items() if v is not None and k in PipelineConfig.model_fields}
     if getattr(args, "runner_config_file", None):
-        from pipelines.runner_options import load_runner_config
+        from pipelines.runner_options import load_runner_config  # noqa: PLC0415 (late: Beam is heavy; --help skips it)
 
         given["runner_config"] = read_file_setting("--runner-config", args.runner_config_file, load_runner_config)
     return PipelineConfig.from_dict({**base, **given}, where="command line")
@@ -152,7 +147,7 @@ def print_report(report, stream=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.job import run
+    from pipelines.job import run  # noqa: PLC0415 (late: Beam is heavy; tests patch job.run)
 
     redact_process_output(sys.argv[1:] if argv is None else argv)
     args, extra = parser().parse_known_args(argv)
@@ -172,8 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(redact_text(strict_json.dumps(report.as_dict(), sort_keys=True, default=str)))
     if args.report_json:
-        from schemas import storage
-
         try:
             storage.write_text_atomic(
                 args.report_json,

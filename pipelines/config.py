@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipelines.runner_keys import normalize_runner
+from schemas import make_codec, storage
 from schemas.errors import CodecError, ConfigError
 from schemas.identity import fingerprint_json
 from schemas.redact import redact_uri
@@ -118,15 +121,11 @@ class PipelineConfig(BaseModel):
     @field_validator("runner")
     @classmethod
     def _runner(cls, value: str) -> str:
-        from pipelines.runner_keys import normalize_runner
-
         normalize_runner(value)  # refuses an unknown or refused runner (ConfigError) before any work
         return value
 
     @model_validator(mode="after")
     def _codec(self):
-        from schemas import make_codec
-
         try:
             make_codec(self.codec, self.codec_params)
         except CodecError as e:
@@ -147,10 +146,6 @@ class PipelineConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str) -> PipelineConfig:
-        import yaml
-
-        from schemas import storage
-
         try:
             raw = yaml.safe_load(storage.read_text(path)) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -183,8 +178,6 @@ class PipelineConfig(BaseModel):
         its encoder resolves them, defaults included: a pdistill whose encoder defaults changed
         (compact4's kl_target, the KL guarantee's mass_floor) must not resume a run another one
         started, since decoders derive the value step from the manifest's parameters."""
-        from schemas import make_codec
-
         d = self.model_dump(exclude=set(self.EXECUTION_ONLY) | {"inputs", "teacher", "tokenizer"})
         d["codec_params"] = make_codec(self.codec, self.codec_params).params()
         if self.selection == "sample":

@@ -1,18 +1,20 @@
 """What a user of `pdistill logits` / `pdistill plan` can get wrong, as exception types.
 
 The CLIs print these as one line with exit status 2; anything else is a bug in our code and keeps
-its traceback. Imported lazily (the types live beside the code that raises them, some of which
-imports Beam and torch)."""
+its traceback. The types live beside the code that raises them (none of it imports Beam or torch)."""
 
 from __future__ import annotations
 
+import logging
+import re
+
+from pipelines.output import OutputError
+from pipelines.sources import InputError
+from pipelines.teacher_checkpoint import TeacherError
+from schemas.errors import ConfigError, SchemaError
+
 
 def user_errors() -> tuple[type[Exception], ...]:
-    from pipelines.output import OutputError
-    from pipelines.sources import InputError
-    from pipelines.teacher import TeacherError
-    from schemas.errors import ConfigError, SchemaError
-
     return (ConfigError, SchemaError, InputError, TeacherError, OutputError)
 
 
@@ -29,8 +31,6 @@ class _QuietUserErrors:
 
 def quiet_user_errors_in_beam_logs() -> None:
     """Install `_QuietUserErrors` on the logger Beam uses for a failed element (in this process)."""
-    import logging
-
     logger = logging.getLogger("apache_beam.runners.common")
     if not any(isinstance(f, _QuietUserErrors) for f in logger.filters):
         logger.addFilter(_QuietUserErrors())
@@ -38,6 +38,5 @@ def quiet_user_errors_in_beam_logs() -> None:
 
 def without_step(message: str) -> str:
     """A user error's message without the " [while running 'Step']" Beam appends when it re-raises it."""
-    import re
 
     return re.sub(r" \[while running '[^']*'\]$", "", message)

@@ -41,9 +41,12 @@ from pipelines.prime import needs_prime, prime_input
 from pipelines.progress import Progress, RecordProgress
 from pipelines.sink import EncodeSample, WritePart, finalize
 from pipelines.sources import SourceFile, Unit, list_inputs, plan_units, source_fingerprint, source_versions
-from pipelines.teacher import TeacherInfo, TeacherModelHandler, check_tokenizer_fits, inspect_teacher, prefetch_revision
+from pipelines.teacher import TeacherModelHandler
+from pipelines.teacher_checkpoint import TeacherInfo, check_tokenizer_fits, inspect_teacher, prefetch_revision
 from pipelines.teacher_limits import check_fits
 from schemas import DatasetDir, Manifest, fingerprint_tokenizer, make_codec, storage
+from schemas.codecs import Prime
+from schemas.errors import CodecError
 from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
 from schemas.redact import redact_uri
 from schemas.truncation import validate_params
@@ -132,9 +135,6 @@ def stored_prime(output: str, done: set[str]) -> bytes | None:
             "restore that file, or delete the output and run again"
         )
     if data is not None:
-        from schemas.codecs import Prime
-        from schemas.errors import CodecError
-
         try:
             Prime.from_bytes(data, where=redact_uri(out.prime_uri))
         except CodecError as e:
@@ -217,7 +217,7 @@ def make_options(config: PipelineConfig, extra_args: list[str]) -> PipelineOptio
         runner_config.setdefault("direct_running_mode", config.direct_running_mode)
         runner_config.setdefault("direct_num_workers", config.direct_num_workers)
     try:
-        from pipelines.runner_options import build_options
+        from pipelines.runner_options import build_options  # noqa: PLC0415 (late: optional, flags without it)
     except ImportError:
         flags = [f"--runner={config.runner}"] + [f"--{k}={v}" for k, v in runner_config.items()]
         return PipelineOptions(flags + list(extra_args))

@@ -48,7 +48,7 @@ class Packed:
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(uri: str):
     """A Hugging Face tokenizer from a local folder or an object-store URI (cached per process)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # noqa: PLC0415 (late: transformers is heavy)
 
     try:
         tok = AutoTokenizer.from_pretrained(storage.fetch_dir(uri))

@@ -262,7 +262,7 @@ def _read_text_file(unit) -> Iterator[Doc | dict]:
 
 
 def _read_parquet(unit, column: str) -> Iterator[Doc | dict]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # noqa: PLC0415 (late: pyarrow is heavy; only Parquet inputs need it)
 
     with open_unit(unit) as f:
         pf = pq.ParquetFile(f)

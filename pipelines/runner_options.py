@@ -34,6 +34,7 @@ import os
 import re
 from typing import Any
 
+import yaml
 from apache_beam.options.pipeline_options import (
     DirectOptions,
     FlinkRunnerOptions,
@@ -55,6 +56,8 @@ from pipelines.runner_keys import (  # noqa: F401
     RunnerConfigError,
     normalize_runner,
 )
+from schemas import storage
+from schemas.settings import file_problem
 
 REPO_SETUP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
 
@@ -258,15 +261,9 @@ def build_options(
 
 def load_runner_config(uri: str) -> dict:
     """A runner config from a JSON or YAML file (local path or object-store URI)."""
-    import yaml
-
-    from schemas import storage
-
     try:
         data = yaml.safe_load(storage.read_text(uri)) or {}  # YAML reads JSON too
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        from schemas.settings import file_problem
-
         raise RunnerConfigError(f"{uri}: a runner config must be YAML or JSON ({file_problem(e)})") from None
     if not isinstance(data, dict):
         raise RunnerConfigError(f"{uri}: a runner config is a mapping of option names to values")

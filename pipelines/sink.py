@@ -27,6 +27,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipelines import faults
+from pipelines.accounting import account_sources
 from pipelines.output import PartMismatch
 from pipelines.teacher import Unscored
 from schemas import DatasetDir, build_sample, make_codec, mds_columns
@@ -183,7 +184,7 @@ def unscored_letter(unit: str, meta: dict, index: int, u: dict) -> dict:
 
 
 def write_mds(local_dir: str, samples: list[dict], vocab_size: int, kept_k: int) -> None:
-    from streaming import MDSWriter
+    from streaming import MDSWriter  # noqa: PLC0415 (late: streaming imports torch)
 
     with MDSWriter(
         out=local_dir, columns=mds_columns(vocab_size, kept_k), compression="zstd", hashes=["xxh3_64"], max_workers=1
@@ -237,8 +238,6 @@ def finalize(_computed, output: str, units: list[str], manifest: Manifest, prime
     """Root index.json, then manifest.json (last). Runs once, after every part is published.
     `manifest` is the plan's, whose sources and counts are filled in here from the parts' stats;
     with a codec prime, its SHA-256 joins the codec's parameters and every part must carry it."""
-    from pipelines.accounting import account_sources
-
     index, totals, per_unit = build_root_index(output, units, manifest.settings_fingerprint)
     _, problems = check_dead_letters(DatasetDir(output), dict(zip(sorted(units), per_unit)))
     if problems:  # the records the counts stand for are gone or damaged: never publish counts without them

@@ -323,7 +323,7 @@ def source_versions(files: list[SourceFile]) -> dict[str, str]:
 
 
 def parquet_row_groups(uri: str) -> list[int] | None:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # noqa: PLC0415 (late: pyarrow is heavy; only Parquet inputs need it)
 
     fs, path = storage.fs_and_path(uri)
     try:

@@ -18,6 +18,8 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 
+import zstandard
+
 from schemas import storage
 
 CHUNK_BYTES = 1 << 20  # compressed bytes per read while decompressing
@@ -78,8 +80,6 @@ def local_copy(unit) -> Iterator[str]:
 def _new_decoder(compression: str):
     if compression == "gz":
         return zlib.decompressobj(wbits=31), zlib.error, "gzip member"
-    import zstandard
-
     return zstandard.ZstdDecompressor().decompressobj(), zstandard.ZstdError, "zstd frame"
 
 
@@ -165,7 +165,7 @@ def readline_capped(f, limit: int) -> tuple[bytes | None, int]:
     """One line of a file object (None when longer than `limit`: skipped, never held) and its length.
     fsspec's remote files take no size in `readline` (and would load a line of any length): they
     are read block by block from their cache, as fsspec's own `readuntil` does."""
-    from fsspec.spec import AbstractBufferedFile
+    from fsspec.spec import AbstractBufferedFile  # noqa: PLC0415 (late: start-up cost, ~0.1 s)
 
     if not isinstance(f, AbstractBufferedFile):
         raw = f.readline(limit + 1)

@@ -116,7 +116,7 @@ def available_memory(device: str = "cpu") -> tuple[int | None, str]:
     """(bytes free for a new allocation, where): the accelerator's free memory, or for the CPU the
     kernel's MemAvailable capped by the cgroup limit (containers); None when unknown."""
     if device.startswith("cuda"):
-        import torch
+        import torch  # noqa: PLC0415 (late: torch is heavy)
 
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int(free), f"{device} (free accelerator memory)"
@@ -176,7 +176,7 @@ def local_dtype_bytes(device: str, dtype: str) -> int:
 def local_device(device: str) -> str:
     if device != "auto":
         return device
-    import torch
+    import torch  # noqa: PLC0415 (late: torch is heavy)
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -193,7 +193,7 @@ def check_device(device: str) -> None:
     otherwise torch fails in the first allocation with a driver traceback."""
     if not device.startswith("cuda"):
         return
-    import torch
+    import torch  # noqa: PLC0415 (late: torch is heavy)
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:

@@ -37,7 +37,7 @@ def zstd_errors() -> tuple[type[Exception], ...]:
     """The `zstd` binding's error type (streaming decompresses shards with it), where installed:
     what a damaged compressed shard raises when it is read."""
     try:
-        import zstd
+        import zstd  # noqa: PLC0415 (late: optional dependency)
     except ImportError:
         return ()
     return (zstd.Error,)

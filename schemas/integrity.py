@@ -65,7 +65,7 @@ class Verification:
 
 def hash_bytes(algo: str, data: bytes) -> str:
     """Hex digest as streaming's MDSWriter records it (`streaming.base.hashing.get_hash`)."""
-    import xxhash  # late: streaming's dependency, not schemas' (numpy + stdlib); only hashing needs it
+    import xxhash  # noqa: PLC0415 (late: streaming's dependency)
 
     if algo in xxhash.algorithms_available:
         return getattr(xxhash, algo)(data).hexdigest()

@@ -8,6 +8,7 @@ AWS_ENDPOINT_URL / S3_ENDPOINT_URL for s3fs and streaming), never from code.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import shutil
@@ -35,19 +36,19 @@ def refusals() -> tuple[type[BaseException], ...]:
     (`except storage.refusals()`)."""
     errors: list[type[BaseException]] = [PermissionError]
     try:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415 (late: optional dependency)
 
         errors += [BotoCoreError, ClientError]
     except ImportError:
         pass
     try:
-        from google.auth.exceptions import GoogleAuthError
+        from google.auth.exceptions import GoogleAuthError  # noqa: PLC0415 (late: optional dependency)
 
         errors.append(GoogleAuthError)
     except ImportError:
         pass
     try:
-        from gcsfs.retry import HttpError  # gcsfs: 401 and other API refusals
+        from gcsfs.retry import HttpError  # noqa: PLC0415 (late: optional dependency)
 
         errors.append(HttpError)
     except ImportError:
@@ -90,7 +91,7 @@ def join(uri: str, *parts: str) -> str:
 
 
 def fs_and_path(uri: str):
-    import fsspec
+    import fsspec  # noqa: PLC0415 (late: start-up cost, ~0.1 s)
 
     if is_local(uri):
         return fsspec.filesystem("file"), os.path.abspath(local_path(uri))
@@ -120,8 +121,6 @@ def unwritable(uri: str | None, kind: str = "folder") -> str | None:
     `NotADirectoryError` / `PermissionError` traceback after the work (the trainer's save_folder,
     `pdistill logits --report-json`). Leaves nothing behind: a probe folder is made in the nearest
     existing ancestor and removed. Remote URIs are checked by their first write (None here)."""
-    import errno
-
     if not uri or not is_local(uri):
         return None
     path = os.path.abspath(local_path(uri))

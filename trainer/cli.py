@@ -16,14 +16,18 @@ import argparse
 import logging
 import sys
 
+import yaml
+
+from schemas.redact import redact_process_output, redact_text, remember_secrets
+from schemas.settings import leaf_settings, type_label
+from trainer.config import ConfigError, TrainConfig, load_config
+from trainer.errors import USER_ERRORS
+
 USAGE = "pdistill train CONFIG.yaml [key=value ...] [--key VALUE ...]"
 
 
 def parser() -> argparse.ArgumentParser:
     """The command line: CONFIG, dotted overrides, and one `--<dotted key>` flag per setting."""
-    from schemas.settings import leaf_settings, type_label
-    from trainer.config import TrainConfig
-
     ap = argparse.ArgumentParser(
         prog="pdistill train", usage=USAGE, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -41,8 +45,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _yaml(value) -> str:
-    import yaml
-
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
@@ -54,13 +56,8 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from schemas.redact import redact_process_output, redact_text, remember_secrets
-
     redact_process_output(argv)
     args = parser().parse_intermixed_args(argv)
-
-    from trainer.config import ConfigError, load_config
-    from trainer.errors import USER_ERRORS
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("composer", "streaming", "urllib3", "botocore", "s3fs", "fsspec"):
@@ -72,12 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     remember_secrets(cfg.to_dict())  # URIs of the config file too
     if args.print_config:
-        import yaml
-
         print(redact_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
         return 0
 
-    from trainer.train import build_trainer
+    from trainer.train import build_trainer  # noqa: PLC0415 (late: torch, Composer: after config)
 
     try:
         trainer = build_trainer(cfg)

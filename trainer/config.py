@@ -2,7 +2,7 @@
 
 `load_config(path, overrides)` reads a YAML file (or a shipped config name such as "pd_best"),
 applies overrides like ``"distill.tau=1.0"`` (the value parsed with ``yaml.safe_load``; list items
-by index, ``data.streams.0.uri=...``) and validates: unknown keys, wrong types and out-of-range
+by index, ``data.streams.0.uri=...``; `trainer.overrides`) and validates: unknown keys, wrong types and out-of-range
 values raise `ConfigError` naming the full dotted key (``distill.alpha.peak``, ``data.streams[0].uri``).
 Each section is one model below, its range checks beside its fields and its cross-field checks in
 its own validator; keys left out take the defaults. `pdistill train --help` lists every setting
@@ -11,16 +11,16 @@ from these fields. The shipped configs live in ``trainer/configs/``.
 
 from __future__ import annotations
 
-import copy
 import os
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.errors import ConfigError
 from schemas.settings import Problem, Refused, file_problem, known_keys, raise_first
+from trainer.overrides import apply_overrides
 from trainer.schedules import AlphaSchedule, ConstantAlpha, WSDAlpha
 
 __all__ = [
@@ -349,59 +349,6 @@ def shipped_config_path(name: str) -> str:
     """Path of a config shipped in trainer/configs ("pd_best" or "pd_best.yaml")."""
     base = name if name.endswith((".yaml", ".yml")) else name + ".yaml"
     return os.path.join(CONFIG_DIR, base)
-
-
-def _parse_key(path: str) -> list:
-    parts = []
-    for p in path.split("."):
-        # "streams[0]" and "streams.0" both address list items
-        m = re.fullmatch(r"([^\[\]]+)((\[\d+\])*)", p)
-        if not m or not p:
-            raise ConfigError(f"{path}: malformed override key")
-        parts.append(m.group(1))
-        parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", m.group(2)))
-    return [int(p) if isinstance(p, str) and p.isdigit() else p for p in parts]
-
-
-def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
-    """Return a copy of ``raw`` with ``"a.b=value"`` overrides applied (value: yaml.safe_load)."""
-    out = copy.deepcopy(raw) if raw else {}
-    for ov in overrides or []:
-        if not isinstance(ov, str) or "=" not in ov:
-            raise ConfigError(f"{ov}: an override must look like key.path=value")
-        key, text = ov.split("=", 1)
-        key = key.strip()
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{key}: cannot parse override value {text!r} ({file_problem(e)})") from None
-        path = _parse_key(key)
-        node: Any = out
-        for i, part in enumerate(path[:-1]):
-            where = ".".join(str(p) for p in path[: i + 1])
-            if isinstance(part, int):
-                if not isinstance(node, list) or part >= len(node):
-                    raise ConfigError(f"{where}: no such list item to override")
-                node = node[part]
-            else:
-                if not isinstance(node, dict):
-                    raise ConfigError(f"{where}: cannot override inside a non-mapping")
-                if node.get(part) is None:
-                    node[part] = [] if isinstance(path[i + 1], int) else {}
-                node = node[part]
-        last = path[-1]
-        if isinstance(last, int):
-            if not isinstance(node, list) or last > len(node):
-                raise ConfigError(f"{key}: no such list item to override")
-            if last == len(node):
-                node.append(value)
-            else:
-                node[last] = value
-        else:
-            if not isinstance(node, dict):
-                raise ConfigError(f"{key}: cannot override inside a non-mapping")
-            node[last] = value
-    return out
 
 
 def config_from_dict(raw: dict | None) -> TrainConfig:

@@ -42,7 +42,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from streaming import StreamingDataset
+from torch.utils.data import DataLoader
 
 from schemas import DatasetDir, IncompatibleDataset, Manifest, check_compatible, storage
 from schemas.errors import CodecError, CorruptDataset, IncompleteDataset  # noqa: F401  (part of this module's API)
@@ -293,8 +295,6 @@ class DistillCollator:
         self.with_teacher = with_teacher
 
     def __call__(self, samples: list[dict]) -> dict:
-        import torch
-
         tokens = np.stack([s["tokens"] for s in samples]).astype(np.int64)
         b, t = tokens.shape
         n = np.asarray([s["n_tokens"] for s in samples], dtype=np.int64)
@@ -338,8 +338,6 @@ def build_dataloader(
     with_teacher: bool | None = None,
 ):
     """A torch DataLoader over `dataset` with the distillation collator (per-device batch size)."""
-    from torch.utils.data import DataLoader
-
     kwargs = {}
     if num_workers > 0:
         kwargs["persistent_workers"] = persistent_workers

@@ -29,6 +29,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 
 from schemas.identity import fingerprint_json
+from trainer.config import ConfigError
 from trainer.errors import ResumeMismatch
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,6 @@ def _norm(v):
 
 def check_allow_list(allow: list[str]) -> None:
     """run.allow_changed entries must name fingerprint keys or their prefixes."""
-    from trainer.config import ConfigError
-
     for i, a in enumerate(allow):
         if not any(
             a == s or a.startswith(s + ".") or a.startswith(s + "[") or s.startswith(a + ".")

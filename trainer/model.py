@@ -39,18 +39,21 @@ Modes:
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import torch
-from composer.core import Callback, Event, State
+from composer.core import Callback, Event, State, Time
 from composer.loggers import Logger
 from composer.models import ComposerModel
 from composer.utils import dist
 
-from schemas.codec import lossless_decoded
+from schemas.codecs import lossless_decoded
 from schemas.kept import KeptEntries
 from schemas.truncation import truncate_tensor
 from trainer.config import DistillConfig
+from trainer.data import as_uint64
 from trainer.errors import SettingError
 from trainer.losses import LossSpec, count_positions, distill_loss, distill_loss_from_hidden
 from trainer.schedules import training_progress
@@ -291,8 +294,6 @@ class StopAfter(Callback):
     """
 
     def __init__(self, time: str):
-        from composer.core import Time
-
         self.time = Time.from_timestring(time)
 
     def batch_end(self, state: State, logger: Logger) -> None:
@@ -311,15 +312,10 @@ class SampleLog(Callback):
         self._step = 0
 
     def after_dataloader(self, state: State, logger: Logger) -> None:
-        from trainer.data import as_uint64
-
         self._ids = as_uint64(state.batch["sample_id"])
         self._step = int(state.timestamp.batch)
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        import json
-        import os
-
         os.makedirs(self.folder, exist_ok=True)
         losses = getattr(state, "total_loss_dict", {}) or {}
         rec = {

@@ -235,7 +235,7 @@ class WarmupStableDecayScheduler:
         t_max="1dur",
         scale_warmup: bool = False,
     ):
-        from composer.core import Time
+        from composer.core import Time  # noqa: PLC0415 (late: no Composer for trainer.config)
 
         for name, t in (("t_warmup", t_warmup), ("t_decay", t_decay), ("t_max", t_max)):
             if isinstance(t, str):
@@ -261,7 +261,7 @@ class WarmupStableDecayScheduler:
         )
 
     def __call__(self, state, ssr: float = 1.0) -> float:
-        from composer.optim.scheduler import _convert_time
+        from composer.optim.scheduler import _convert_time  # noqa: PLC0415 (late: no Composer for trainer.config)
 
         assert state.max_duration is not None, "max_duration should be set whenever schedulers are invoked"
         t_warmup = _convert_time(self.t_warmup, state, ssr=ssr if self.scale_warmup else 1.0)

@@ -57,7 +57,7 @@ def student_decoder(student: torch.nn.Module) -> torch.nn.Module | None:
 
 def is_sharded(weight: torch.Tensor) -> bool:
     try:
-        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor import DTensor  # noqa: PLC0415 (late: optional dependency)
     except ImportError:  # pragma: no cover - torch without distributed
         DTensor = ()
     return isinstance(weight, DTensor) or weight.dim() != 2 or weight.numel() == 0

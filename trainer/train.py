@@ -18,10 +18,29 @@ import logging
 import os
 import tempfile
 
+import torch
+from composer import Trainer
+from composer.algorithms import GradientClipping
+from composer.callbacks import LRMonitor, SpeedMonitor
+from composer.core import DataSpec, Evaluator
+from composer.loggers import ConsoleLogger, FileLogger, MLFlowLogger, TensorboardLogger, WandBLogger
+from composer.optim import ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler, DecoupledAdamW
+from composer.utils import MissingConditionalImportError, dist, reproducibility
+
+from schemas import fingerprint_tokenizer, storage
 from schemas.identity import json_digest
 from schemas.redact import redact_uri
+from trainer.checkpoints import recover_checkpoints
 from trainer.config import StreamConfig, TrainConfig, check_distill_for_datasets
-from trainer.errors import SettingError
+from trainer.data import DistillDataset, Expect, build_dataloader, inspect_stream, num_tokens_in_batch
+from trainer.errors import ResumeMismatch, SettingError
+from trainer.faults import kill_callbacks
+from trainer.fingerprint import RunFingerprint, check_allow_list, run_fingerprint
+from trainer.loading import build_student, build_teacher, load_tokenizer
+from trainer.loading import fetch_model_dir as fetch_model_dir  # re-exported: tests load models through it
+from trainer.metrics_log import FILENAME, MetricsLog
+from trainer.model import AlphaCallback, BatchCounts, DistillationModel, SampleLog, StopAfter
+from trainer.schedules import WarmupStableDecayScheduler
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +50,6 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> str:
-    import torch
-
     if name == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
     if name == "gpu" and not torch.cuda.is_available():
@@ -40,110 +57,12 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def fetch_model_dir(key: str, uri: str, cache_root: str | None) -> str:
-    """A model/tokenizer folder (downloaded when remote); a missing one is the setting's fault."""
-    from schemas import storage
-
-    try:
-        with storage.access(f"{key} {uri}"):
-            return storage.fetch_dir(uri, cache_root)
-    except FileNotFoundError as e:
-        raise SettingError(f"{key}: {e}") from None
-
-
 def check_writable_folder(key: str, uri: str | None) -> None:
     """Refuse, before training, a local output folder that cannot be created or written (Composer
     would raise NotADirectoryError / PermissionError mid-setup): `schemas.storage.unwritable`."""
-    from schemas import storage
-
     problem = storage.unwritable(uri, "folder")
     if problem:
         raise SettingError(f"{key}: cannot write to {uri} ({problem})")
-
-
-def load_tokenizer(cfg: TrainConfig, cache_root: str | None):
-    """The student's tokenizer: model.tokenizer, else the one stored with model.checkpoint."""
-    from transformers import AutoTokenizer
-
-    for key, uri in (("model.tokenizer", cfg.model.tokenizer), ("model.checkpoint", cfg.model.checkpoint)):
-        if not uri:
-            continue
-        path = fetch_model_dir(key, uri, cache_root)
-        try:
-            return AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as e:
-            if key == "model.tokenizer":
-                raise SettingError(f"model.tokenizer: cannot load a tokenizer from {uri} ({e})") from None
-    raise SettingError(
-        "model.tokenizer: required (the teacher's tokenizer dir/URI) so that the dataset's tokenizer "
-        "fingerprint can be checked; model.checkpoint holds no tokenizer"
-    )
-
-
-def build_student(cfg: TrainConfig, cache_root: str | None):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if cfg.model.hf_config is not None:
-        raw = dict(cfg.model.hf_config)
-        model_type = raw.pop("model_type")
-        try:
-            hf_cfg = AutoConfig.for_model(model_type, **raw)
-            student = AutoModelForCausalLM.from_config(hf_cfg)
-        except (ValueError, TypeError, KeyError, ArithmeticError) as e:  # e.g. hidden_size 0: ZeroDivisionError
-            raise SettingError(f"model.hf_config: {e}") from None
-        check_student_runs("model.hf_config", student)
-        return student
-    path = fetch_model_dir("model.checkpoint", cfg.model.checkpoint, cache_root)
-    try:
-        student = AutoModelForCausalLM.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise SettingError(f"model.checkpoint: cannot load a causal LM from {cfg.model.checkpoint} ({e})") from None
-    check_student_runs("model.checkpoint", student)
-    return student
-
-
-def check_student_runs(key: str, student) -> None:
-    """One forward of two tokens, in eval mode (no dropout: the RNG is not touched) and without
-    gradients, before any data is read: a config that builds but cannot run (e.g. attention heads
-    that key/value heads do not divide) is the setting's fault, not a traceback at step 1."""
-    import torch
-
-    was_training = student.training
-    student.eval()
-    try:
-        with torch.no_grad():
-            student(input_ids=torch.zeros(1, 2, dtype=torch.long))
-    except (RuntimeError, ValueError, TypeError, IndexError, ArithmeticError) as e:
-        raise SettingError(
-            f"{key}: the student it describes cannot run a forward pass ({type(e).__name__}: "
-            f"{' '.join(str(e).split())})"
-        ) from None
-    finally:
-        student.train(was_training)
-
-
-def build_teacher(cfg: TrainConfig, cache_root: str | None, student_fp: str):
-    """Live mode: the frozen teacher, checked to share the student's tokenizer when it ships one."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from schemas import fingerprint_tokenizer
-    from schemas.errors import IncompatibleDataset
-
-    path = fetch_model_dir("distill.teacher", cfg.distill.teacher, cache_root)
-    try:
-        teacher = AutoModelForCausalLM.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise SettingError(f"distill.teacher: cannot load a causal LM from {cfg.distill.teacher} ({e})") from None
-    try:
-        ttok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError):
-        ttok = None
-    if ttok is not None and fingerprint_tokenizer(ttok) != student_fp:
-        raise IncompatibleDataset(
-            f"distill.teacher: the teacher's tokenizer at {cfg.distill.teacher} differs from the student's "
-            f"({fingerprint_tokenizer(ttok)} vs {student_fp})"
-        )
-    return teacher
 
 
 def cache_root_for(cfg: TrainConfig) -> str:
@@ -171,8 +90,6 @@ def per_device_batch(global_batch: int, world_size: int, key: str = "data.batch_
 
 
 def build_datasets(cfg: TrainConfig, *, vocab_size: int, tokenizer_fp: str, batch_size: int, cache_root: str):
-    from trainer.data import DistillDataset, Expect
-
     d, with_teacher = cfg.data, cfg.distill.mode == "offline"
     expect = Expect(vocab_size=vocab_size, tokenizer_fingerprint=tokenizer_fp)
     train = DistillDataset(
@@ -199,16 +116,10 @@ def build_datasets(cfg: TrainConfig, *, vocab_size: int, tokenizer_fp: str, batc
 
 
 def _world_size() -> int:
-    from composer.utils import dist
-
     return dist.get_world_size()
 
 
 def build_scheduler(cfg: TrainConfig):
-    from composer.optim import ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler
-
-    from trainer.schedules import WarmupStableDecayScheduler
-
     s = cfg.scheduler
     if s.name == "cosine":
         return CosineAnnealingWithWarmupScheduler(t_warmup=s.t_warmup, alpha_f=s.alpha_f)
@@ -220,9 +131,6 @@ def build_scheduler(cfg: TrainConfig):
 
 
 def build_optimizer(cfg: TrainConfig, params):
-    import torch
-    from composer.optim import DecoupledAdamW
-
     o = cfg.optim
     cls = DecoupledAdamW if o.name == "decoupled_adamw" else torch.optim.AdamW
     return cls(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
@@ -231,11 +139,6 @@ def build_optimizer(cfg: TrainConfig, params):
 def build_loggers(cfg: TrainConfig):
     """Console and file always available; TensorBoard / MLflow / W&B only when their packages import.
     "file" writes the text log and, beside it, the same metrics as JSON lines (`trainer.metrics_log`)."""
-    from composer.loggers import ConsoleLogger, FileLogger, MLFlowLogger, TensorboardLogger, WandBLogger
-    from composer.utils import MissingConditionalImportError
-
-    from trainer.metrics_log import FILENAME, MetricsLog
-
     r = cfg.run
     log_dir = r.log_dir or os.path.join(
         r.save_folder if (r.save_folder and "://" not in r.save_folder) else os.getcwd(), "logs"
@@ -272,18 +175,6 @@ def build_loggers(cfg: TrainConfig):
 
 def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None):
     """Everything from a validated TrainConfig; refusals happen here, before the first step."""
-    from composer.algorithms import GradientClipping
-    from composer.callbacks import LRMonitor, SpeedMonitor
-    from composer.core import DataSpec, Evaluator
-    from composer.utils import dist, reproducibility
-
-    from schemas import fingerprint_tokenizer, storage
-    from trainer.checkpoints import recover_checkpoints
-    from trainer.data import build_dataloader, num_tokens_in_batch
-    from trainer.faults import kill_callbacks
-    from trainer.fingerprint import RunFingerprint, check_allow_list, run_fingerprint
-    from trainer.model import AlphaCallback, BatchCounts, DistillationModel, SampleLog, StopAfter
-
     r, d, k = cfg.run, cfg.data, cfg.distill
     check_allow_list(r.allow_changed)
     device = resolve_device(r.device)
@@ -322,8 +213,6 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None):
 
     # 2. data: preflight (manifest, index, compatibility, shard hashes), then StreamingDatasets
     if k.mode == "offline" and k.tau != 1.0:  # sampled teacher signal cannot be tempered
-        from trainer.data import inspect_stream
-
         check_distill_for_datasets(k, [(s.uri, inspect_stream(s.uri).manifest) for s in d.streams])
     batch = per_device_batch(d.batch_size, dist.get_world_size())
     train_ds, eval_ds = build_datasets(
@@ -409,14 +298,10 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None):
 
 def make_trainer(resuming: bool, **kwargs):
     """composer.Trainer(**kwargs); a checkpoint whose weights do not fit the student is refused by name."""
-    from composer import Trainer
-
     try:
         return Trainer(**kwargs)
     except RuntimeError as e:
         if resuming and "Error(s) in loading state_dict" in str(e):
-            from trainer.errors import ResumeMismatch
-
             detail = " ".join(str(e).split("\n")[1:3]).strip()
             raise ResumeMismatch(
                 f"run.autoresume: model.shape: the checkpoint in run.save_folder holds a student of "

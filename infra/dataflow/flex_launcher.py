@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipelines import cli
+
 # CLI options that make no sense inside a launcher VM (and so are not template parameters).
 LOCAL_ONLY = ("runner", "direct_running_mode", "direct_num_workers", "progress", "json", "report_json")
 
@@ -73,8 +75,6 @@ def translate(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines import cli
-
     argv = list(sys.argv[1:] if argv is None else argv)
     return cli.main(translate(argv, cli.parser()))
 

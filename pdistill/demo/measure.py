@@ -12,8 +12,15 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM
+
+import schemas
 from pdistill.demo.pipeline import dataset_bytes, read_samples
 from pdistill.demo.scale import Scale
+from schemas import fidelity
 
 
 def _batches(samples: list[dict], batch: int):
@@ -22,14 +29,6 @@ def _batches(samples: list[dict], batch: int):
 
 
 def stage_measure(lake: Path, scale: Scale) -> dict:
-    import numpy as np
-    import torch
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM
-
-    import schemas
-    from schemas import fidelity
-
     torch.set_num_threads(os.cpu_count() or 2)
     teacher = AutoModelForCausalLM.from_pretrained(str(lake / "teacher"), torch_dtype=torch.float32).eval()
     man = schemas.DatasetDir(str(lake / "heldout")).read_manifest()

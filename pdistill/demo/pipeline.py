@@ -14,13 +14,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from pdistill import corpus as corpus_mod
+from pdistill import teacher
 from pdistill.demo.scale import SEPARATOR, Scale
 from pdistill.demo.stages import child_env, pdistill_cmd, run_logged, say
+from pdistill.inspect import read_samples as read_stored
+from schemas import DatasetDir
 
 PROGRESS_MARK = "teacher pass: "  # what starts a progress line of `pdistill logits` (pipelines.progress)
 
@@ -33,8 +37,6 @@ def stage_corpus(lake: Path, scale: Scale) -> dict:
 
 
 def stage_teacher(lake: Path) -> dict:
-    from pdistill import teacher
-
     try:
         rec = teacher.import_gguf(lake / "teacher", log=say)
     except teacher.TeacherImportError as e:
@@ -106,8 +108,6 @@ def stage_pipeline(lake: Path, scale: Scale, split: str, out_name: str) -> dict:
     if not report_path.exists():
         raise SystemExit(f"pdistill demo: `pdistill logits` wrote no report to {report_path} (log: {log_path})")
     report = json.loads(report_path.read_text())
-    from schemas import DatasetDir
-
     c = asdict(DatasetDir(str(out)).read_manifest().counts)
     say(
         f"{out_name}: {c['sequences']} sequences, {c['tokens']:,} tokens, {c['documents']} documents "
@@ -119,15 +119,9 @@ def stage_pipeline(lake: Path, scale: Scale, split: str, out_name: str) -> dict:
 def read_samples(dataset: Path) -> list[dict]:
     """All stored samples of a finished dataset, in the root index's order, read as inspect reads
     them (through the trainer's `DistillDataset`, a temporary cache; the dataset is left untouched)."""
-    import tempfile
-
-    from pdistill.inspect import read_samples as read_stored
-
     with tempfile.TemporaryDirectory(prefix="pdistill-read-") as tmp:
         return read_stored(str(dataset), tmp, sys.maxsize)[0]
 
 
 def dataset_bytes(dataset: Path) -> int:
-    from schemas import DatasetDir
-
     return DatasetDir(str(dataset)).stored_bytes()

@@ -10,6 +10,8 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import matplotlib
+
 from schemas import strict_json
 
 if TYPE_CHECKING:
@@ -104,10 +106,8 @@ def build_report(lake: Path, scale: Scale, recs: dict, wall: dict) -> dict:
 
 
 def _plot(path: Path, base, dist, van, teacher_loss, scale: Scale, resume_step) -> None:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (late: after matplotlib.use)
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     if base:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from pdistill.demo.scale import Scale
 from pdistill.demo.stages import Stages, child_env, pdistill_cmd, run_logged, say
 from trainer.metrics_log import FILENAME, last_step, read_metrics, series
@@ -48,8 +50,6 @@ def _student_overrides(lake: Path, scale: Scale, name: str, segment: str) -> lis
 
 def _train_progress(metrics_file: Path, total: int, desc: str, start: int = 0):
     def follow(proc, stop):
-        from tqdm import tqdm
-
         bar = tqdm(total=total, initial=start, desc=desc, unit="step")
         while not stop.wait(1.0):
             step = last_step(read_metrics(str(metrics_file)))

@@ -16,7 +16,11 @@ import sys
 import tempfile
 import time
 
-from schemas import storage, strict_json
+from pdistill.plan import estimate as est
+from pdistill.plan.sample import draw
+from pipelines.sources import InputError
+from schemas import INDEX_NAME, MANIFEST_NAME, Manifest, storage, strict_json
+from schemas.errors import ConfigError, SchemaError
 from schemas.redact import redact_process_output, redact_text, redact_uri, remember_secrets
 
 PLAN_VERSION = 1
@@ -38,7 +42,7 @@ ROWS = [  # (key, label, unit)
 
 
 def parser() -> argparse.ArgumentParser:
-    from pipelines.cli import add_setting_flags
+    from pipelines.cli import add_setting_flags  # noqa: PLC0415 (late: inspect --plan: no pipeline deps)
 
     ap = argparse.ArgumentParser(
         prog="pdistill plan",
@@ -71,8 +75,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    from schemas.errors import ConfigError
-
     if args.sample_docs is not None and args.sample_docs < 1:
         raise ConfigError(f"--sample-docs must be >= 1, got {args.sample_docs}")
     if not 0 < args.sample_fraction <= 1:
@@ -96,10 +98,7 @@ def check_args(args) -> None:
 
 def make_plan(config, args, extra_args: list[str] | None = None) -> dict:
     """List, sample, run the sample, extrapolate: the plan as a JSON-able dict."""
-    from pdistill.plan import estimate as est
-    from pdistill.plan.sample import draw
-    from pipelines.job import prepare
-    from pipelines.sources import InputError
+    from pipelines.job import prepare  # noqa: PLC0415 (late: inspect --plan: no pipeline deps)
 
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="pdistill-plan-") as tmp:
@@ -246,9 +245,9 @@ def table(plan: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import check_writable_file, config_from_args
-    from pipelines.config import ConfigError, PipelineConfig
-    from pipelines.errors import user_errors
+    from pipelines import cli  # noqa: PLC0415 (late: inspect --plan: no pipeline deps)
+    from pipelines.config import PipelineConfig  # noqa: PLC0415 (late: inspect --plan: no pipeline deps)
+    from pipelines.errors import user_errors  # noqa: PLC0415 (late: inspect --plan: no pipeline deps)
 
     redact_process_output(sys.argv[1:] if argv is None else argv)
     args, extra = parser().parse_known_args(argv)
@@ -258,12 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         keep = set(PipelineConfig.model_fields) | {"config", "runner_config_file"}
         ns = argparse.Namespace(**{k: v for k, v in vars(args).items() if k in keep})
         ns.json, ns.output, ns.progress = False, None, None
-        config = config_from_args(ns)
+        config = cli.config_from_args(ns)
         remember_secrets(config.model_dump())  # URIs of a --config file too
         for key in ("inputs", "teacher"):
             if not getattr(config, key):
                 raise ConfigError(f"setting '{key}' is required (--{key.rstrip('s')} on the command line)")
-        check_writable_file("--plan", args.plan)  # before the sample's teacher pass, not after it
+        cli.check_writable_file("--plan", args.plan)  # before the sample's teacher pass, not after it
         plan = make_plan(config, args, extra)
         text = redact_text(strict_json.dumps(plan, indent=2, sort_keys=True))  # inputs and teacher URIs
         storage.write_text_atomic(args.plan, text)
@@ -288,9 +287,6 @@ if __name__ == "__main__":
 def planned_vs_actual(plan_uri: str, dataset_uri: str) -> tuple[str, dict]:
     """A table of the plan's estimates against a finished dataset's manifest and index, and the
     same as a dict {quantity: {planned, low, high, actual, error}} (error = planned / actual - 1)."""
-    from schemas import INDEX_NAME, MANIFEST_NAME, Manifest, storage
-    from schemas.errors import ConfigError
-
     try:
         plan = json.loads(storage.read_text(plan_uri))
         pred = plan["predicted"]
@@ -341,8 +337,6 @@ def planned_vs_actual(plan_uri: str, dataset_uri: str) -> tuple[str, dict]:
 
 def inspect_hook(plan_uri: str, dataset_uri: str, as_json: bool):
     """`pdistill inspect --plan`: the comparison as a dict (JSON output) or as a table (text)."""
-    from schemas.errors import ConfigError, SchemaError
-
     try:
         text, rows = planned_vs_actual(plan_uri, dataset_uri)
     except (OSError, ConfigError, SchemaError) as e:

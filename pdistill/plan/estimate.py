@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
+import zstandard
 
 from pdistill.plan.sample import LakeSample
 from schemas import INDEX_NAME, storage
@@ -64,8 +67,8 @@ def write_sample_lake(docs: list[tuple[str, int, str]], path: str) -> None:
 
 def run_sample(config, sample: LakeSample, workdir: str, extra_args: list[str] | None = None) -> SampleRun:
     """The real teacher pass over the sampled documents into `workdir` (one work unit)."""
-    from pipelines.job import run
-    from pipelines.packing import encode_texts, load_tokenizer
+    from pipelines.job import run  # noqa: PLC0415 (late: Beam is heavy)
+    from pipelines.packing import encode_texts, load_tokenizer  # noqa: PLC0415 (late: Beam is heavy)
 
     os.makedirs(workdir, exist_ok=True)
     lake = os.path.join(workdir, "sample.jsonl")
@@ -101,11 +104,7 @@ def run_sample(config, sample: LakeSample, workdir: str, extra_args: list[str] |
 def _sequence_stats(dataset: str) -> tuple[np.ndarray, np.ndarray]:
     """Per sequence: real tokens and kept entries. Read with streaming's `LocalDataset` from a
     decompressed copy: no shared memory, which a StreamingDataset on a busy machine can find taken."""
-    import shutil
-    import tempfile
-
-    import zstandard
-    from streaming.base.local import LocalDataset
+    from streaming.base.local import LocalDataset  # noqa: PLC0415 (late: streaming imports torch)
 
     index = json.loads(storage.read_text(os.path.join(dataset, INDEX_NAME)))
     n, k = [], []
@@ -223,8 +222,8 @@ def document_lengths(doc_bytes, tokens_per_byte: float, seq_len: int) -> dict:
 
 def teacher_shape(local_dir: str) -> dict:
     """Parameters (counted on the meta device: no weights are loaded), layers and width."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    import torch  # noqa: PLC0415 (late: torch is heavy)
+    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415 (late: torch is heavy)
 
     cfg = AutoConfig.from_pretrained(local_dir)
     with torch.device("meta"):
@@ -292,7 +291,7 @@ def throughput(
 
 def _device() -> str:
     try:
-        import torch
+        import torch  # noqa: PLC0415 (late: optional dependency)
 
         if torch.cuda.is_available():
             return torch.cuda.get_device_name(0)

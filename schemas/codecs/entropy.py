@@ -19,6 +19,7 @@ the ANS word count), then the ANS words as little-endian uint32.
 
 from __future__ import annotations
 
+import constriction
 import numpy as np
 
 from schemas.codecs import varint
@@ -28,8 +29,6 @@ MAX_ALPHABET = 1 << 20  # the largest histogram a block may carry (a corrupt hea
 
 
 def _model(counts: np.ndarray):
-    import constriction
-
     if counts.sum() == 0:  # an unused model: any valid table will do
         counts = np.ones_like(counts)
     return constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
@@ -100,8 +99,6 @@ TABLE = "table"  # (TABLE, counts) among a block's streams: a histogram in the h
 def _family():
     global _FAMILY
     if _FAMILY is None:
-        import constriction
-
         _FAMILY = constriction.stream.model.Categorical(perfect=False)
     return _FAMILY
 
@@ -117,8 +114,6 @@ def encode(streams: list[tuple[np.ndarray, np.ndarray | None]]) -> bytes:
     only as it goes, e.g. from the symbol before, or many small contexts in one call). An entry
     (TABLE, counts) writes a histogram into the header for the decoder to read back
     (`Decoder.table`) and codes nothing: the histograms of such contexts."""
-    import constriction
-
     header: list[np.ndarray] = [np.asarray([len(streams)], dtype=np.uint64)]
     coder = constriction.stream.stack.AnsCoder()
     models = []
@@ -179,8 +174,6 @@ class Decoder:
     def __init__(self, buf: bytes, max_size: int):
         """max_size: the most symbols any stream of this block may have; with MAX_ALPHABET, a
         corrupt header cannot make the decoder allocate more."""
-        import constriction
-
         self._max_size = int(max_size)
         if len(buf) < 4:
             raise CodecError("entropy block: shorter than its header: corrupt sample")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import zstandard
 
 from schemas.codecs.numbers import count_classes
 from schemas.errors import CodecError
@@ -84,14 +85,10 @@ class Prime:
         return cls(cat(tokens), cat(counts), cat(ids))
 
     def to_bytes(self) -> bytes:
-        import zstandard  # late: only a dataset with a prime needs it
-
         return _MAGIC + zstandard.ZstdCompressor(level=19).compress(self._payload)
 
     @classmethod
     def from_bytes(cls, buf: bytes, where: str = "codec prime") -> Prime:
-        import zstandard  # late: only a dataset with a prime needs it
-
         if buf[: len(_MAGIC)] != _MAGIC:
             raise CodecError(f"{where}: not a pdistill codec prime (magic {buf[: len(_MAGIC)]!r})")
         try:
