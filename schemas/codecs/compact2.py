@@ -40,7 +40,7 @@ WORST_ENTRY_KL = quantiser.WORST_ENTRY_KL
 
 
 @dataclass(frozen=True)
-class Compact2Codec:
+class Compact2Codec(quantiser.SqrtQuantised):
     kl_target: float = 7.5e-4
     tail_step: float = 1.0 / 16.0
     # the least kept mass a position's levels stand for (`quantiser.sqrt_levels`); encoder-only:
@@ -51,27 +51,6 @@ class Compact2Codec:
     needs_tokens: ClassVar[bool] = False
     needs_prime: ClassVar[bool] = False
     stored_defaults: ClassVar[dict] = {"mass_floor": 0.0}
-
-    def __post_init__(self):
-        quantiser.check_params(self.kl_target, self.tail_step, self.mass_floor)
-
-    def params(self) -> dict:
-        return quantiser.params(self.kl_target, self.tail_step, self.mass_floor)
-
-    def kl_design(self) -> float:
-        """Design codec KL, nats/token: the target the step is set for (bench/codec measures
-        ~1.1x of it on a real teacher at top-0.95)."""
-        return float(self.kl_target)
-
-    def kl_bound(self, max_kept: int | None = None) -> float:
-        """Guaranteed codec KL, nats/token, whatever the counts: `quantiser.kl_bound`."""
-        return quantiser.kl_bound(self.kl_target, self.mass_floor)
-
-    def sqrt_step(self, counts: np.ndarray) -> float:
-        return quantiser.sqrt_step(self.kl_target, counts)
-
-    def sqrt_levels(self, logp: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        return quantiser.sqrt_levels(logp, counts, self.sqrt_step(counts), self.mass_floor)
 
     def encode(self, tr: KeptEntries, tokens=None) -> dict[str, bytes]:
         counts, ids, pos = checked_entries(self.name, tr)

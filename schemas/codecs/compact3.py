@@ -43,7 +43,7 @@ _BASIS = TokenBasis()
 
 
 @dataclass(frozen=True)
-class Compact3Codec:
+class Compact3Codec(quantiser.SqrtQuantised):
     kl_target: float = 7.5e-4
     tail_step: float = 1.0 / 16.0
     mass_floor: float = 0.75  # as compact2's
@@ -51,25 +51,6 @@ class Compact3Codec:
     needs_tokens: ClassVar[bool] = True
     needs_prime: ClassVar[bool] = False
     stored_defaults: ClassVar[dict] = {"mass_floor": 0.0}
-
-    def __post_init__(self):
-        quantiser.check_params(self.kl_target, self.tail_step, self.mass_floor)
-
-    def params(self) -> dict:
-        return quantiser.params(self.kl_target, self.tail_step, self.mass_floor)
-
-    def kl_design(self) -> float:
-        return float(self.kl_target)
-
-    def kl_bound(self, max_kept: int | None = None) -> float:
-        """Guaranteed codec KL, nats/token, whatever the counts: `quantiser.kl_bound`."""
-        return quantiser.kl_bound(self.kl_target, self.mass_floor)
-
-    def sqrt_step(self, counts: np.ndarray) -> float:
-        return quantiser.sqrt_step(self.kl_target, counts)
-
-    def sqrt_levels(self, logp: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        return quantiser.sqrt_levels(logp, counts, self.sqrt_step(counts), self.mass_floor)
 
     def encode(self, tr: KeptEntries, tokens=None) -> dict[str, bytes]:
         counts, ids, pos = checked_entries(self.name, tr)

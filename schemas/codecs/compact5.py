@@ -31,7 +31,7 @@ from schemas.kept import KeptEntries
 
 
 @dataclass(frozen=True)
-class Compact5Codec:
+class Compact5Codec(quantiser.SqrtQuantised):
     """compact4 with a prime. Built without one it only states its parameters (a writer's
     settings, before the prime exists); encode and decode need `with_prime`."""
 
@@ -80,19 +80,6 @@ class Compact5Codec:
             "prime_tokens": int(self.prime_tokens),
         }
         return {**out, "prime_sha256": self.prime_sha256} if self.prime_sha256 is not None else out
-
-    def kl_design(self) -> float:
-        return float(self.kl_target)
-
-    def kl_bound(self, max_kept: int | None = None) -> float:
-        """Guaranteed codec KL, nats/token, whatever the counts: `quantiser.kl_bound`."""
-        return quantiser.kl_bound(self.kl_target, self.mass_floor)
-
-    def sqrt_step(self, counts: np.ndarray) -> float:
-        return quantiser.sqrt_step(self.kl_target, counts)
-
-    def sqrt_levels(self, logp: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        return quantiser.sqrt_levels(logp, counts, self.sqrt_step(counts), self.mass_floor)
 
     def _primed(self) -> Prime:
         if self.prime is None:

@@ -98,3 +98,34 @@ def decoded_logp(lvl: np.ndarray, counts: np.ndarray, h: float) -> np.ndarray:
     """The log-probs levels decode to: (L + 1/2) h squared, renormalised over the kept set."""
     logq = (2.0 * np.log((lvl + 0.5) * h)).astype(np.float32)
     return renormalise(logq, counts)
+
+
+class SqrtQuantised:
+    """What a format using this quantiser answers about its values, from its fields `kl_target`,
+    `tail_step` and `mass_floor` (declared by the format, with its own defaults): a mixin of this
+    piece, not a base format."""
+
+    kl_target: float
+    tail_step: float
+    mass_floor: float
+
+    def __post_init__(self):
+        check_params(self.kl_target, self.tail_step, self.mass_floor)
+
+    def params(self) -> dict:
+        return params(self.kl_target, self.tail_step, self.mass_floor)
+
+    def kl_design(self) -> float:
+        """Design codec KL, nats/token: the target the step is set for (bench/codec measures
+        ~1.1x of it on a real teacher at top-0.95)."""
+        return float(self.kl_target)
+
+    def kl_bound(self, max_kept: int | None = None) -> float:
+        """Guaranteed codec KL, nats/token, whatever the counts: `kl_bound`."""
+        return kl_bound(self.kl_target, self.mass_floor)
+
+    def sqrt_step(self, counts: np.ndarray) -> float:
+        return sqrt_step(self.kl_target, counts)
+
+    def sqrt_levels(self, logp: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return sqrt_levels(logp, counts, self.sqrt_step(counts), self.mass_floor)
