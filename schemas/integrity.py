@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from schemas import storage
-from schemas.codecs import Prime
+from schemas.codecs import CODECS, Prime
 from schemas.dead_letters import Tally, against_manifest, against_stats, tally
 from schemas.errors import CodecError, CorruptDataset, IncompleteDataset, ManifestError
 from schemas.layout import (
@@ -230,9 +230,10 @@ def verify(dataset: DatasetDir, hashes: bool = True) -> Verification:
 
 
 def _check_prime(dataset: DatasetDir, manifest: Manifest, listing: dict[str, int]) -> list[Problem]:
-    """A codec with a prime (compact5): the prime is there, well-formed, and the one the
+    """A codec with a prime (`needs_prime`: compact5): the prime is there, well-formed, and the one the
     manifest names (samples coded against another prime decode to garbage)."""
-    if manifest.codec.name != "compact5":
+    fmt = CODECS.get(manifest.codec.name)
+    if fmt is None or not fmt.needs_prime:  # no prime to check
         return []
     expected = manifest.codec.params.get("prime_sha256")
     if PRIME_NAME not in listing:
