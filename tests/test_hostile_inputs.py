@@ -39,6 +39,12 @@ def config(inputs, out, teacher, **kw) -> PipelineConfig:
     return PipelineConfig(**{**base, **kw})
 
 
+def small_run_argv(inputs, teacher, out, *extra) -> list[str]:
+    """`pdistill logits` arguments for a small run of the tiny teacher (seq_len 32, top-8), then `extra`."""
+    return ["--input", str(inputs), "--teacher", str(teacher), "--output", str(out), "--seq-len", "32",
+            "--top-k", "8", "--no-progress", *extra]  # fmt: skip
+
+
 def jsonl(texts) -> bytes:
     return "".join(json.dumps({"text": t}) + "\n" for t in texts).encode()
 
@@ -197,26 +203,7 @@ def test_credentials_in_input_uris_are_never_persisted(tiny_teacher, tmp_path, h
     (root / "a.jsonl").write_bytes(jsonl(make_texts(4, seed=6)) + b'{"text": 7}\n')
     uri = f"http://reader:s3cr3t-pw@{host}/a.jsonl?X-Amz-Signature=SIGSECRET&token=TOKSECRET&v=2"
     out = tmp_path / "ds"
-    assert (
-        main(
-            [
-                "--input",
-                uri,
-                "--teacher",
-                tiny_teacher,
-                "--output",
-                str(out),
-                "--format",
-                "jsonl",
-                "--seq-len",
-                "32",
-                "--top-k",
-                "8",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(small_run_argv(uri, tiny_teacher, str(out), "--format", "jsonl")) == 0
     printed = "".join(capsys.readouterr()) + caplog.text
     written = {
         os.path.relpath(os.path.join(r, f), out): open(os.path.join(r, f), "rb").read()
@@ -233,26 +220,7 @@ def test_credentials_in_input_uris_are_never_persisted(tiny_teacher, tmp_path, h
     assert list(settings["source_versions"]) == [redacted]
     # a rotated signature or token is the same input: the re-run finds the dataset complete
     rotated = uri.replace("SIGSECRET", "SIG2").replace("TOKSECRET", "TOK2")
-    assert (
-        main(
-            [
-                "--input",
-                rotated,
-                "--teacher",
-                tiny_teacher,
-                "--output",
-                str(out),
-                "--format",
-                "jsonl",
-                "--seq-len",
-                "32",
-                "--top-k",
-                "8",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(small_run_argv(rotated, tiny_teacher, str(out), "--format", "jsonl")) == 0
     assert "already complete" in capsys.readouterr().out
     # a missing input's error names it without the secret
     assert (

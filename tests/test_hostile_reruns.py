@@ -24,7 +24,7 @@ pytest.importorskip("apache_beam")
 pytest.importorskip("streaming")
 
 from fixtures_models import make_texts  # noqa: E402
-from test_hostile_inputs import assert_reconciles  # noqa: E402
+from test_hostile_inputs import assert_reconciles, small_run_argv  # noqa: E402
 from test_hostile_inputs import config as hostile_config
 from test_pipeline_e2e import digest, lake  # noqa: F401,E402  (the e2e lake fixture)
 from test_pipeline_prime import primed  # noqa: F401,E402  (a finished compact5 run over the e2e lake)
@@ -278,25 +278,9 @@ def test_a_republish_without_dead_letters_refuses_instead_of_inventing_counts(le
     with pytest.raises(OutputError, match=r"dead_letter/.*\.jsonl.*missing"):
         run(hostile_config([lettered["lake"]], out, tiny_teacher))
     assert not (out / "manifest.json").exists()
-    argv = [
-        "--input",
-        lettered["lake"],
-        "--teacher",
-        tiny_teacher,
-        "--output",
-        str(out),
-        "--seq-len",
-        "32",
-        "--top-p",
-        "0.9",
-        "--top-k",
-        "8",
-        "--batch-size",
-        "4",
-        "--rows-per-unit",
-        "4",
-        "--no-progress",
-    ]
+    argv = small_run_argv(
+        lettered["lake"], tiny_teacher, str(out), "--top-p", "0.9", "--batch-size", "4", "--rows-per-unit", "4"
+    )
     assert main(argv) == 2
     one_line(capsys.readouterr().err, "dead_letter/", "missing")
     assert not (out / "manifest.json").exists()
@@ -310,25 +294,9 @@ def test_a_republish_with_a_part_without_its_stats_is_one_line(lettered, tiny_te
     os.remove(out / "manifest.json")
     unit = _letter_units(out)[0]
     os.remove(out / "parts" / unit / "stats.json")
-    argv = [
-        "--input",
-        lettered["lake"],
-        "--teacher",
-        tiny_teacher,
-        "--output",
-        str(out),
-        "--seq-len",
-        "32",
-        "--top-p",
-        "0.9",
-        "--top-k",
-        "8",
-        "--batch-size",
-        "4",
-        "--rows-per-unit",
-        "4",
-        "--no-progress",
-    ]
+    argv = small_run_argv(
+        lettered["lake"], tiny_teacher, str(out), "--top-p", "0.9", "--batch-size", "4", "--rows-per-unit", "4"
+    )
     assert main(argv) == 2
     one_line(capsys.readouterr().err, f"parts/{unit}", "stats.json", "missing", "delete that part folder")
     assert not (out / "manifest.json").exists()
@@ -389,19 +357,7 @@ def test_a_damaged_settings_record_is_one_line(lettered, tiny_teacher, tmp_path,
     out = tmp_path / "ds"
     out.mkdir()
     (out / SETTINGS_NAME).write_bytes(body)
-    argv = [
-        "--input",
-        lettered["lake"],
-        "--teacher",
-        tiny_teacher,
-        "--output",
-        str(out),
-        "--seq-len",
-        "32",
-        "--top-k",
-        "8",
-        "--no-progress",
-    ]
+    argv = small_run_argv(lettered["lake"], tiny_teacher, str(out))
     assert main(argv) == 2
     one_line(capsys.readouterr().err, f"output {out}", SETTINGS_NAME, "choose a new (empty) output")
     assert os.listdir(out) == [SETTINGS_NAME] and (out / SETTINGS_NAME).read_bytes() == body

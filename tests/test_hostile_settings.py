@@ -13,7 +13,6 @@ given reaches what we print or log, whoever wrote the text (issue 26, items 5, 7
   naming the setting and what is wrong.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -25,32 +24,10 @@ pytest.importorskip("apache_beam")
 pytest.importorskip("streaming")
 
 from fixtures_models import make_texts  # noqa: E402
+from test_hostile_inputs import jsonl, small_run_argv  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "TOPSECRET"  # in every credential-bearing URI below
-
-
-def jsonl(texts) -> bytes:
-    return "".join(json.dumps({"text": t}) + "\n" for t in texts).encode()
-
-
-def logits_args(lake, teacher, out, *extra) -> list[str]:
-    return [
-        "--input",
-        str(lake),
-        "--teacher",
-        str(teacher),
-        "--output",
-        str(out),
-        "--format",
-        "jsonl",
-        "--seq-len",
-        "32",
-        "--top-k",
-        "8",
-        "--no-progress",
-        *extra,
-    ]
 
 
 def one_line(err: str) -> str:
@@ -71,7 +48,10 @@ def test_a_tokenizer_other_than_the_teachers_is_refused(tiny_teacher, tmp_path, 
     lake.write_bytes(jsonl(make_texts(4, seed=1)))
     make_tokenizer(str(tmp_path / "small_tok"))  # 64 ids: fits the teacher's 320 logits, means other tokens
     out = tmp_path / "ds"
-    assert main(logits_args(lake, tiny_teacher, out, "--tokenizer", str(tmp_path / "small_tok"))) == 2
+    assert (
+        main(small_run_argv(lake, tiny_teacher, out, "--format", "jsonl", "--tokenizer", str(tmp_path / "small_tok")))
+        == 2
+    )
     err = one_line(capsys.readouterr().err)
     assert "small_tok is not the tokenizer of teacher" in err and "id 1 is '<unk>'" in err
     assert not out.exists()  # refused before the output was claimed
@@ -81,7 +61,9 @@ def test_a_tokenizer_other_than_the_teachers_is_refused(tiny_teacher, tmp_path, 
     for name in os.listdir(tiny_teacher):
         if name.startswith(("tokenizer", "special_tokens")):
             shutil.copy(os.path.join(tiny_teacher, name), copy / name)
-    assert main(logits_args(lake, tiny_teacher, out, "--tokenizer", str(copy))) == 0, capsys.readouterr().err
+    assert main(small_run_argv(lake, tiny_teacher, out, "--format", "jsonl", "--tokenizer", str(copy))) == 0, (
+        capsys.readouterr().err
+    )
 
 
 def test_special_token_strings_in_a_document_are_text(tiny_teacher, tmp_path):
@@ -100,7 +82,7 @@ def test_special_token_strings_in_a_document_are_text(tiny_teacher, tmp_path):
     lake = tmp_path / "a.jsonl"
     lake.write_bytes(jsonl(texts))
     out = tmp_path / "ds"
-    assert main(logits_args(lake, tiny_teacher, out, "--add-bos")) == 0
+    assert main(small_run_argv(lake, tiny_teacher, out, "--format", "jsonl", "--add-bos")) == 0
     samples, _ = read_samples(str(out), str(tmp_path / "cache"), 100)
     stream = [int(t) for s in samples for t in s["tokens"][: int(s["n_tokens"])]]
     # the only control ids are the pipeline's own: one BOS before and one separator after each document

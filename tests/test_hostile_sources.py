@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("apache_beam")
 
 from fixtures_models import make_texts  # noqa: E402
-from test_hostile_inputs import assert_reconciles, dead_letters, jsonl  # noqa: E402
+from test_hostile_inputs import assert_reconciles, dead_letters, jsonl, small_run_argv  # noqa: E402
 
 from pdistill import plan as plan_cli  # noqa: E402
 from pipelines import cli as logits_cli  # noqa: E402
@@ -119,24 +119,7 @@ def test_an_unreadable_sub_folder_is_a_flagged_source_for_folders_and_globs(tiny
         # a glob that cannot reach the folder does not flag it
         assert not [f for f in list_inputs([str(lake / "open" / "*.jsonl")]).files if f.problem]
         out = tmp_path / "ds"
-        assert (
-            logits_cli.main(
-                [
-                    "--input",
-                    str(lake),
-                    "--teacher",
-                    tiny_teacher,
-                    "--output",
-                    str(out),
-                    "--seq-len",
-                    "32",
-                    "--top-k",
-                    "8",
-                    "--no-progress",
-                ]
-            )
-            == 0
-        )
+        assert logits_cli.main(small_run_argv(str(lake), tiny_teacher, str(out))) == 0
     printed = capsys.readouterr()
     m, dead = assert_reconciles(out)
     assert m.counts.incomplete_files == 1 and m.counts.packed_documents == 7
@@ -183,25 +166,7 @@ def test_hidden_names_are_the_same_rule_for_a_folder_and_a_glob_and_are_reported
     assert names(list_inputs([str(lake / "_*.jsonl")])) == ["_c.jsonl"]
     assert names(list_inputs([str(lake / "_c.jsonl")])) == ["_c.jsonl"]
     out = tmp_path / "ds"
-    assert (
-        logits_cli.main(
-            [
-                "--input",
-                str(lake),
-                "--teacher",
-                tiny_teacher,
-                "--output",
-                str(out),
-                "--seq-len",
-                "32",
-                "--top-k",
-                "8",
-                "--no-progress",
-                "--json",
-            ]
-        )
-        == 0
-    )
+    assert logits_cli.main(small_run_argv(str(lake), tiny_teacher, str(out), "--json")) == 0
     printed = capsys.readouterr().out
     assert "skipped 4 hidden files" in printed
     report = json.loads(printed.strip().splitlines()[-1])
@@ -220,21 +185,7 @@ def test_a_fifo_in_the_lake_is_a_flagged_source_for_logits_and_plan(tiny_teacher
     os.mkfifo(fifo)
     out = tmp_path / "ds"
     rc, _ = within_deadline(
-        lambda: logits_cli.main(
-            [
-                "--input",
-                str(lake),
-                "--teacher",
-                tiny_teacher,
-                "--output",
-                str(out),
-                "--seq-len",
-                "32",
-                "--top-k",
-                "8",
-                "--no-progress",
-            ]
-        ),
+        lambda: logits_cli.main(small_run_argv(str(lake), tiny_teacher, str(out))),
         fifo,
     )
     assert rc == 0
@@ -277,24 +228,7 @@ def test_a_symlink_loop_and_a_dangling_symlink_are_flagged_sources_naming_the_pa
     assert set(problems) == {"loop.jsonl", "dangling.jsonl"}
     assert "symlink" in problems["dangling.jsonl"] and "symlink" in problems["loop.jsonl"]
     out = tmp_path / "ds"
-    assert (
-        logits_cli.main(
-            [
-                "--input",
-                str(lake / "*.jsonl"),
-                "--teacher",
-                tiny_teacher,
-                "--output",
-                str(out),
-                "--seq-len",
-                "32",
-                "--top-k",
-                "8",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert logits_cli.main(small_run_argv(str(lake / "*.jsonl"), tiny_teacher, str(out))) == 0
     printed = capsys.readouterr()
     m, dead = assert_reconciles(out)
     assert m.counts.incomplete_files == 2 and m.counts.packed_documents == 5
