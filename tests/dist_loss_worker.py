@@ -153,5 +153,24 @@ def main(out_path: str, support: str, mode: str = "ddp", head: str = "fused") ->
         )
 
 
+def launch_two_ranks(tmp_path, *args: str) -> dict:
+    """`composer -n 2 tests/dist_loss_worker.py OUT split ARGS...` (gloo); rank 0's saved result."""
+    import os
+    import socket
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / f"{'-'.join(args)}.pt"
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    composer = os.path.join(os.path.dirname(sys.executable), "composer")
+    cmd = [composer, "-n", "2", "--master_port", str(port), os.path.abspath(__file__), str(out), "split", *args]
+    p = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return torch.load(out)
+
+
 if __name__ == "__main__":
     main(*sys.argv[1:])

@@ -322,35 +322,6 @@ def test_refuses_heads_that_are_not_a_plain_projection():
     DistillationModel(student, DistillConfig(mode="none", fused_head=False))  # the way out
 
 
-def _launch_two_ranks(tmp_path, head: str) -> dict:
-    """`composer -n 2 tests/dist_loss_worker.py OUT split ddp HEAD` (gloo); rank 0's saved result."""
-    import socket
-    import subprocess
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / f"{head}.pt"
-    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    composer = os.path.join(os.path.dirname(sys.executable), "composer")
-    cmd = [
-        composer,
-        "-n",
-        "2",
-        "--master_port",
-        str(port),
-        os.path.join(os.path.dirname(__file__), "dist_loss_worker.py"),
-        str(out),
-        "split",
-        "ddp",
-        head,
-    ]
-    p = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return torch.load(out)
-
-
 @pytest.mark.slow
 def test_two_processes_tied_head(tmp_path):
     """DDP on 2 processes (composer -n 2, gloo) with the output projection tied to the embedding:
@@ -361,7 +332,7 @@ def test_two_processes_tied_head(tmp_path):
     model = w.make_model("split", fused_head=False, tied=True)
     model.loss(model(batch), batch)["total"].backward()
     single = {n: p.grad.clone() for n, p in model.named_parameters()}
-    got = _launch_two_ranks(tmp_path, "fused-tied")
+    got = w.launch_two_ranks(tmp_path, "ddp", "fused-tied")
     assert (
         "student.decoder.emb.weight" in got["grads"] and "student.out.weight" not in got["grads"]
     )  # one tied parameter

@@ -594,36 +594,6 @@ def _reference_gradient(w, batch):
     return float(loss), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def _launch_two_ranks(tmp_path, mode: str) -> dict:
-    """`composer -n 2 tests/dist_loss_worker.py OUT split MODE` (gloo, DDP); rank 0's saved result."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / f"{mode}.pt"
-    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    composer = os.path.join(os.path.dirname(sys.executable), "composer")
-    cmd = [
-        composer,
-        "-n",
-        "2",
-        "--master_port",
-        str(port),
-        os.path.join(os.path.dirname(__file__), "dist_loss_worker.py"),
-        str(out),
-        "split",
-        mode,
-    ]
-    p = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return torch.load(out)
-
-
 def test_microbatches_give_the_per_token_mean_of_the_device_batch():
     """One process, a real composer.Trainer splitting the batch (sequence lengths 1, 2, 6, 6) into
     microbatches of one sequence: the update is the gradient of the per-token mean over the whole
@@ -656,12 +626,12 @@ def test_two_processes_give_the_global_per_token_mean(tmp_path):
     halves = [{k: v[i * 2 : (i + 1) * 2] for k, v in batch.items()} for i in range(2)]
     naive = sum(float(model.loss(model(h), h)["total"]) for h in halves) / 2
     assert abs(naive - loss) > 0.02
-    got = _launch_two_ranks(tmp_path, "ddp")
+    got = _worker().launch_two_ranks(tmp_path, "ddp")
     assert got["loss"] == pytest.approx(loss, rel=1e-6)
     assert got["rank_losses"][0] != pytest.approx(got["rank_losses"][1])
     for n, g in single.items():
         torch.testing.assert_close(got["grads"][n], g, rtol=1e-5, atol=1e-7)
-    got = _launch_two_ranks(tmp_path, "trainer")
+    got = _worker().launch_two_ranks(tmp_path, "trainer")
     for n, g in single.items():
         torch.testing.assert_close(got["grads"][n], g, rtol=1e-5, atol=1e-7)
 
