@@ -1,7 +1,7 @@
 """What `pdistill plan` reads of the lake: a listing, then a deterministic, stratified document sample.
 
-Listing uses the pipeline's own `expand_inputs` and `plan_units` (file sizes, formats, Parquet
-footers): nothing but metadata and the fingerprint's first/last bytes is read.
+Listing is the pipeline's own (`pipelines.job.prepare`: `list_inputs` and `plan_units`; file
+sizes, formats, Parquet footers): nothing but metadata and the fingerprint's first/last bytes is read.
 
 Sampling, in two stages, both keyed by a seed and by names only (never by listing order or
 timing), so the same lake and seed give the same sample on any machine:
