@@ -9,8 +9,9 @@ from, not of its layout; the losses renormalise over the kept set either way.
 
 Padding has one definition, here: a padding position keeps no entry and has no tail
 (count 0, log_tail -inf). `padded` extends a record of the n real positions to seq_len,
-`head` cuts it back to its first n positions, and `to_dense` lays it out as [T, K] arrays with a
-validity mask (what the trainer's collator and live teacher stack into a batch).
+`head` cuts it back to its first n positions, and `slots` places each entry in a [T, K] layout
+(the one the trainer's batch uses, `trainer.teacher_batch.TeacherBatch.from_kept`; `to_dense` is the
+same for one sequence).
 """
 
 from __future__ import annotations
@@ -91,14 +92,20 @@ class KeptEntries:
         end = int(self.offsets()[n])
         return KeptEntries(self.counts[:n], self.ids[:end], self.logp[:end], self.log_tail[:n])
 
-    def to_dense(self, k: int) -> DenseTeacher:
-        """[T, K] ids / logp / mask (entries in stored order, slots past a position's count masked)."""
+    def slots(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(position, slot) of each flat entry in a [T, K] layout: entries in stored order, slots past
+        a position's count unused. Raises SchemaError when a position keeps more than K entries."""
         counts = self.counts
-        t = counts.shape[0]
         if counts.size and counts.max() > k:
             raise SchemaError(f"a position keeps {int(counts.max())} entries, more than K={k}")
         col = np.arange(self.ids.shape[0]) - np.repeat(np.cumsum(counts) - counts, counts)
-        row = np.repeat(np.arange(t), counts)
+        return np.repeat(np.arange(counts.shape[0]), counts), col
+
+    def to_dense(self, k: int) -> DenseTeacher:
+        """[T, K] ids / logp / mask (the `slots` layout) for one sequence (inspection and tests; the
+        trainer writes a whole batch at once, `trainer.teacher_batch.TeacherBatch.from_kept`)."""
+        t = self.counts.shape[0]
+        row, col = self.slots(k)
         ids = np.zeros((t, k), dtype=np.int64)
         logp = np.full((t, k), -np.inf, dtype=np.float32)
         mask = np.zeros((t, k), dtype=bool)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from schemas import ExactCodec, KeptEntries, SchemaError, build_sample, decode_dense, truncate, truncate_tensor
+from schemas import ExactCodec, KeptEntries, SchemaError, build_sample, decode_sample, truncate, truncate_tensor
 from schemas.codec import lossless_decoded
 from trainer.data import DistillCollator
 from trainer.losses import LossSpec, distill_loss
@@ -106,9 +106,9 @@ def test_collator_and_live_teacher_build_the_same_teacher_batch():
             unit="u",
         )
         samples.append(
-            {"tokens": tokens[i].numpy(), "n_tokens": n, "sample_id": i, "teacher": decode_dense(raw, codec, K)}
+            {"tokens": tokens[i].numpy(), "n_tokens": n, "sample_id": i, "teacher": decode_sample(raw, codec)}
         )  # a DistillDataset item
-    offline = TeacherBatch.from_batch(DistillCollator()(samples))
+    offline = TeacherBatch.from_batch(DistillCollator(top_k=K)(samples))
     live = _live_model(teacher).live_teacher_signal(batch)
     assert int(live.mask.sum(-1)[live.position_mask].min()) < K  # top-p cut somewhere before K
     for name in ("ids", "mask", "position_mask"):
@@ -146,3 +146,42 @@ def test_loss_spec_names_the_bad_setting(setting, value):
         LossSpec(**{setting: value})
     with pytest.raises(ValueError, match="tail=True .* only applies to support 'full'"):
         LossSpec(support="split", tail=True)
+
+
+def test_an_offline_step_builds_the_batchs_teacher_once(monkeypatch):
+    """Issue 22: the teacher goes codec -> KeptEntries -> TeacherBatch (collator) -> columns, and the
+    step reads the columns back into a TeacherBatch once (counting KD positions reads them directly)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trainer.config import DistillConfig
+    from trainer.model import DistillationModel
+
+    torch.manual_seed(0)
+    student = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=V,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=SEQ,
+        )
+    )
+    kept = [lossless_decoded(truncate(logits_for(n, i), 0.9, K)) for i, n in enumerate((SEQ, 5))]
+    samples = [
+        {"tokens": np.arange(SEQ, dtype=np.int64) % V, "n_tokens": n, "sample_id": i, "teacher": e}
+        for i, (n, e) in enumerate(zip((SEQ, 5), kept))
+    ]
+    batch = DistillCollator(top_k=K)(samples)
+    built = []
+    real = TeacherBatch.from_batch.__func__
+    monkeypatch.setattr(TeacherBatch, "from_batch", classmethod(lambda cls, b: built.append(1) or real(cls, b)))
+    model = DistillationModel(student, DistillConfig(mode="offline", support="split", tau=2.0), alpha=0.5)
+    model.record_batch_counts(batch)
+    out = model.loss(model(batch), batch)
+    out["total"].backward()
+    assert len(built) == 1
+    assert float(model._batch_counts[1]) == SEQ + 5  # every real position keeps >= 1 entry
+    with pytest.raises(ValueError, match="top_k >= 1"):
+        DistillCollator(top_k=0)

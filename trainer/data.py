@@ -50,7 +50,7 @@ from schemas import DatasetDir, IncompatibleDataset, Manifest, check_compatible,
 from schemas.errors import CodecError, CorruptDataset, IncompleteDataset  # noqa: F401  (part of this module's API)
 from schemas.identity import dataset_identity
 from schemas.redact import redact_uri
-from schemas.sample import decode_dense
+from schemas.sample import decode_sample
 from trainer.checked_stream import CheckedStream
 from trainer.config import DataConfig
 from trainer.teacher_batch import TeacherBatch
@@ -128,9 +128,9 @@ class DistillDataset(StreamingDataset):
     """A StreamingDataset over distillation datasets that yields decoded numpy samples.
 
     Each item: ``tokens`` int64 [T], ``n_tokens`` int, ``sample_id`` int (uint64 value) and, when
-    ``with_teacher``, ``teacher``: the dense teacher signal, a `schemas.DenseTeacher`
-    (`schemas.decode_dense`, K = manifest top_k, the largest over the streams): ids int64 [T, K],
-    logp float32 [T, K] (-inf where masked), mask bool [T, K], log_tail float32 [T].
+    ``with_teacher``, ``teacher``: the stored teacher signal as the codec decodes it, a
+    `schemas.KeptEntries` over the T positions (the collator lays the batch out densely, K =
+    ``top_k``, the manifests' largest).
 
     ``batch_size`` is the PER-DEVICE batch size (streaming needs it for deterministic resumption).
     Build the dataset *after* any state load decision and never iterate it before Composer has
@@ -227,7 +227,13 @@ class DistillDataset(StreamingDataset):
         self.check_sample(raw, tokens, n)
         out = {"tokens": tokens, "n_tokens": n, "sample_id": int(raw.get("sample_id", -1))}
         if self.with_teacher:
-            out["teacher"] = decode_dense(raw, self.codecs[stream], self.top_k)
+            kept = decode_sample(raw, self.codecs[stream])
+            if kept.counts.size and int(kept.counts.max()) > self.top_k:  # the collator's K slots
+                raise CorruptDataset(
+                    f"dataset {self.uris[stream]}: sample {int(raw.get('sample_id', -1))} keeps "
+                    f"{int(kept.counts.max())} entries at a position, more than the manifest's top_k {self.top_k}"
+                )
+            out["teacher"] = kept
         return out
 
     def raw(self, idx: int) -> dict:
@@ -291,8 +297,11 @@ class DistillCollator:
       same way as the live teacher's.
     """
 
-    def __init__(self, with_teacher: bool = True):
-        self.with_teacher = with_teacher
+    def __init__(self, with_teacher: bool = True, top_k: int = 0):
+        """``top_k``: K, the kept-entry slots per position (the dataset's `top_k`)."""
+        if with_teacher and top_k < 1:
+            raise ValueError(f"a collator with teacher signal needs top_k >= 1, got {top_k}")
+        self.with_teacher, self.top_k = with_teacher, int(top_k)
 
     def __call__(self, samples: list[dict]) -> dict:
         tokens = np.stack([s["tokens"] for s in samples]).astype(np.int64)
@@ -310,7 +319,7 @@ class DistillCollator:
             "sample_id": torch.from_numpy(sid.copy()),
         }
         if self.with_teacher:
-            out.update(TeacherBatch.from_dense([s["teacher"] for s in samples], attn).columns())
+            out.update(TeacherBatch.from_kept([s["teacher"] for s in samples], t, self.top_k, attn).columns())
         else:
             out["position_mask"] = torch.from_numpy(attn)
         return out
@@ -346,7 +355,7 @@ def build_dataloader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        collate_fn=DistillCollator(dataset.with_teacher if with_teacher is None else with_teacher),
+        collate_fn=DistillCollator(dataset.with_teacher if with_teacher is None else with_teacher, dataset.top_k),
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=False,

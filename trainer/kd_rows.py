@@ -90,11 +90,17 @@ class PreparedTeacher(NamedTuple):
 
 
 def prepare_teacher(
-    flat_rows, tau: float, tail: bool, vocab: int, dtype: torch.dtype, beta: float | None = None
+    teacher, tau: float, tail: bool, vocab: int, dtype: torch.dtype, beta: float | None = None
 ) -> PreparedTeacher:
-    """Teacher tensors for one call from `TeacherBatch.flat()`; ``tail``: also the dropped mass (tail
-    bucket and split); ``beta``: the jsd mixture weight (kind jsd only)."""
-    ids, logp, mask, log_tail, valid = flat_rows
+    """Teacher tensors for one call over the B * T rows of ``teacher`` (a
+    `trainer.teacher_batch.TeacherBatch`, read in place: reshapes are views); ``tail``: also the
+    dropped mass (tail bucket and split); ``beta``: the jsd mixture weight (kind jsd only)."""
+    k = teacher.ids.shape[-1]
+    ids = teacher.ids.to(torch.int64).reshape(-1, k)
+    logp = teacher.logp.reshape(-1, k)
+    mask = teacher.mask.to(torch.bool).reshape(-1, k)
+    log_tail = teacher.log_tail.reshape(-1)
+    valid = teacher.valid_positions().reshape(-1)
     # Rows that do not contribute get a harmless stand-in teacher (one entry in slot 0, finite
     # values) so every intermediate stays finite; their weight is 0 (zero gradient).
     stand_in = torch.zeros_like(mask)

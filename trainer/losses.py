@@ -163,9 +163,7 @@ def _prepare(
     prepared = None
     n_kd = torch.zeros((), dtype=torch.int64, device=dev)
     if teacher is not None:
-        prepared = prepare_teacher(
-            teacher.flat(), spec.tau, spec.tail or spec.support == "split", v, cdtype, beta=spec.beta
-        )
+        prepared = prepare_teacher(teacher, spec.tau, spec.tail or spec.support == "split", v, cdtype, beta=spec.beta)
         n_kd = prepared.valid.sum()
     scale = spec.tau * spec.tau if spec.tau_squared else 1.0
     d_lm = _denominator(lm_denominator, n_lm, cdtype)

@@ -174,9 +174,11 @@ class DistillationModel(ComposerModel):
             self._batch_counts = None
             return
         labels = batch["labels"]
-        stored = TeacherBatch.from_batch(batch) if self.mode == "offline" and "teacher_ids" in batch else None
-        n_lm, n_kd = count_positions(labels, stored)
-        if self.mode == "live":
+        n_lm, n_kd = count_positions(labels, None)
+        if self.mode == "offline" and "teacher_ids" in batch:
+            # `TeacherBatch.valid_positions` read off the columns: the batch's TeacherBatch is built once, in `loss`
+            n_kd = (batch["position_mask"].to(torch.bool) & batch["teacher_mask"].to(torch.bool).any(-1)).sum()
+        elif self.mode == "live":
             n_kd = batch["attention_mask"].to(torch.bool).sum()
         # the batch is still on the host here (Composer moves each microbatch); the all-reduce runs
         # where the model is (NCCL takes device tensors only)

@@ -1,10 +1,11 @@
 """`TeacherBatch`: the truncated teacher for one batch, dense and aligned with the student's logits.
 
-Both sources of teacher signal build it, the same way: the collator from the dataset's decoded
-samples (`trainer.data.DistillCollator`), the live teacher from fresh truncations
-(`trainer.model.DistillationModel.live_teacher_signal`); the losses take it as one argument
-(`trainer.losses.distill_loss(logits, labels, teacher, spec)`). Per sequence the dense layout is
-`schemas.KeptEntries.to_dense`, so offline and live tensors cannot drift apart.
+The teacher signal takes three shapes between the codec and the loss kernel, each built once per
+batch: `schemas.KeptEntries` per sequence (what a codec decodes, in the loader's workers, and what
+the live teacher's truncation gives), this `TeacherBatch` (`from_kept`: both sources, the collator
+`trainer.data.DistillCollator` and `trainer.model.DistillationModel.live_teacher_signal`, so
+offline and live tensors cannot drift apart), and the loss's `trainer.kd_rows.PreparedTeacher` (the
+teacher-side values, tempered and renormalised, computed once per loss call from this record).
 
 Composer moves a batch to the device and splits it into microbatches only when it is a dict of
 tensors, so in the batch the teacher travels as its columns (`columns()`: teacher_ids,
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from schemas.kept import DenseTeacher, KeptEntries
+from schemas.errors import SchemaError
+from schemas.kept import PAD_LOG_TAIL, KeptEntries
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,23 +43,33 @@ class TeacherBatch:
 
     COLUMNS = ("teacher_ids", "teacher_logp", "teacher_mask", "teacher_log_tail", "position_mask")
 
-    # -- the two producers ---------------------------------------------------------------------
-    @classmethod
-    def from_dense(cls, dense: Sequence[DenseTeacher], attention: np.ndarray) -> TeacherBatch:
-        """Stack per-sequence dense signal; attention [B, T] bool marks real tokens."""
-        mask = np.stack([d.mask for d in dense])
-        return cls(
-            ids=torch.from_numpy(np.stack([d.ids for d in dense])),
-            logp=torch.from_numpy(np.stack([d.logp for d in dense])),
-            mask=torch.from_numpy(mask),
-            log_tail=torch.from_numpy(np.stack([d.log_tail for d in dense])),
-            position_mask=torch.from_numpy(np.asarray(attention, dtype=bool) & mask.any(-1)),
-        )
-
+    # -- the one producer: kept entries, from the codec (collator) or from the live teacher ----
     @classmethod
     def from_kept(cls, entries: Sequence[KeptEntries], seq_len: int, k: int, attention: np.ndarray) -> TeacherBatch:
-        """From each sequence's kept entries over its real positions (padded here to seq_len)."""
-        return cls.from_dense([e.padded(seq_len).to_dense(k) for e in entries], attention)
+        """The batch's teacher from each sequence's kept entries (``seq_len`` positions, or fewer: the
+        rest is padding), written straight into [B, T, K] arrays (`KeptEntries.slots`); attention
+        [B, T] bool marks real tokens."""
+        b = len(entries)
+        ids = np.zeros((b, seq_len, k), dtype=np.int64)
+        logp = np.full((b, seq_len, k), -np.inf, dtype=np.float32)
+        mask = np.zeros((b, seq_len, k), dtype=bool)
+        log_tail = np.full((b, seq_len), PAD_LOG_TAIL, dtype=np.float32)
+        for i, e in enumerate(entries):
+            n = e.num_positions
+            if n > seq_len:
+                raise SchemaError(f"teacher signal for {n} positions does not fit a sequence of {seq_len}")
+            row, col = e.slots(k)
+            ids[i, row, col] = e.ids
+            logp[i, row, col] = e.logp
+            mask[i, row, col] = True
+            log_tail[i, :n] = e.log_tail
+        return cls(
+            ids=torch.from_numpy(ids),
+            logp=torch.from_numpy(logp),
+            mask=torch.from_numpy(mask),
+            log_tail=torch.from_numpy(log_tail),
+            position_mask=torch.from_numpy(np.asarray(attention, dtype=bool) & mask.any(-1)),
+        )
 
     # -- through Composer's batch dict ---------------------------------------------------------
     def columns(self) -> dict[str, torch.Tensor]:
@@ -101,15 +113,3 @@ class TeacherBatch:
         if self.position_mask is not None:
             valid = valid & self.position_mask.to(torch.bool)
         return valid
-
-    def flat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Flat rows for the loss (N = B * T): ids [N, K] int64, logp [N, K], mask [N, K] bool,
-        log_tail [N], valid [N] bool."""
-        k = self.ids.shape[-1]
-        return (
-            self.ids.to(torch.int64).reshape(-1, k),
-            self.logp.reshape(-1, k),
-            self.mask.to(torch.bool).reshape(-1, k),
-            self.log_tail.reshape(-1),
-            self.valid_positions().reshape(-1),
-        )
