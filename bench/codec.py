@@ -248,6 +248,25 @@ def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return out
 
 
+def next_logp_line(logits, token_ids: np.ndarray, n_samples: int, seq_len: int, beside: dict | None) -> str:
+    """The `teacher_next_logp` column (schemas.next_logp) per token, as the pipeline computes and
+    stores it, beside the kept entries' figure: what a cross-tokenizer dataset costs on top."""
+    import torch
+
+    from pipelines.teacher import next_token_logp
+    from schemas import next_logp
+
+    total = 0
+    for s in range(0, n_samples * seq_len, seq_len):
+        ids = torch.as_tensor(token_ids[s + 1 : s + seq_len], dtype=torch.int64)
+        total += len(next_logp.encode(next_token_logp(logits[s : s + seq_len], ids, seq_len)))
+    kept = f" (compact4 top-0.95-50: {beside['b4']:.2f} B/token)" if beside else ""
+    return (
+        f"next-token log-prob column ({next_logp.NAME}, step {next_logp.STEP:g} nat, |error| <= {next_logp.bound():g}): "
+        f"{total / (n_samples * seq_len):.3f} B/token{kept}"
+    )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default="demo-lake/teacher")
@@ -428,6 +447,7 @@ def main(argv=None) -> int:
                 f"{r['kl4']:.2e} (<= 1e-3; {r['kl4'] / c4.kl_design():.2f}x the design {c4.kl_design():.1e}, guaranteed "
                 f"<= {c4.kl_bound():.2e}): {'PASS' if ok else 'MISS'}"
             )
+    print(next_logp_line(logits, token_ids, n_samples, seq_len, results.get(("top_p_k", 0.95, 50))))
     worst = max(r["frac"] for r in results.values() if "frac" in r)
     print(
         f"compact4 encode+decode, worst row: {worst:.1%} of the teacher forward (target <= 5%): "

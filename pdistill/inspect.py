@@ -7,7 +7,8 @@ and against the records stored: each part's stats.json and dead-letter file, and
 against the manifest (`schemas/dead_letters.py`; `--skip-hash`: only what the listing shows).
 Any problem is printed with the file it concerns, and the exit status is 1.
 Then statistics from the first samples: kept entries/token, stored teacher bytes/token (shard
-bytes on storage), mean dropped tail mass, the codec KL the codec guarantees (`codec_kl_bound`)
+bytes on storage), the next-token column's bytes/token (`teacher_next_logp`, uncompressed column
+bytes; "none" for a dataset written before it), mean dropped tail mass, the codec KL the codec guarantees (`codec_kl_bound`)
 and, where it differs, the one it is designed for (`codec_kl_design`). With `--teacher URI`: re-runs
 the teacher on those samples and measures the codec KL (fresh truncation vs what decodes from
 storage) and the total KL (full teacher vs stored + tail).
@@ -33,7 +34,7 @@ from schemas import CodecError, DatasetDir, Manifest, fidelity, storage, strict_
 from schemas.errors import SchemaError, zstd_errors
 from schemas.integrity import Problem, Verification
 from schemas.redact import redact_process_output, redact_text, redact_uri
-from schemas.sample import decode_sample
+from schemas.sample import NEXT_LOGP_COLUMN, decode_next_logp, decode_sample
 
 WHOLE, NOT_WHOLE = "whole", "NOT WHOLE"
 
@@ -101,10 +102,21 @@ def sample_fields(uri: str, samples: list[dict], m: Manifest, codec, index: dict
     out = {
         "kept_per_token": fidelity.kept_per_token(kept),
         "stored_bytes_per_token": fidelity.bytes_per_token(DatasetDir(uri).stored_bytes(index), m.counts.tokens),
+        "next_logp_bytes_per_token": next_logp_bytes_per_token(samples, m),
         "mean_tail_mass": float(np.concatenate(tails).mean()) if tails else float("nan"),
     }
     out.update(fidelity.storage_report(codec, out["stored_bytes_per_token"], out["kept_per_token"], m.truncation.top_k))
     return out
+
+
+def next_logp_bytes_per_token(samples: list[dict], m: Manifest) -> float | str:
+    """Bytes of the `teacher_next_logp` column per real token over the samples (each decoded, so a
+    damaged one is a problem of the verdict); "none" when the dataset has no such column."""
+    if m.next_logp is None or not samples:
+        return "none" if m.next_logp is None else float("nan")
+    for s in samples:
+        decode_next_logp(s)
+    return sum(len(s[NEXT_LOGP_COLUMN]) for s in samples) / max(1, sum(int(s["n_tokens"]) for s in samples))
 
 
 # what reading a shard can raise when --skip-hash let a damaged file through

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.runner_keys import normalize_runner
 from schemas import make_codec, storage
+from schemas import next_logp as next_logp_codec
 from schemas.errors import CodecError, ConfigError
 from schemas.identity import fingerprint_json
 from schemas.redact import redact_uri
@@ -177,9 +178,13 @@ class PipelineConfig(BaseModel):
         corpus or of the checkpoint at another URI is the same input). The codec's parameters as
         its encoder resolves them, defaults included: a pdistill whose encoder defaults changed
         (compact4's kl_target, the KL guarantee's mass_floor) must not resume a run another one
-        started, since decoders derive the value step from the manifest's parameters."""
+        started, since decoders derive the value step from the manifest's parameters. The dataset's
+        stored extras too (the next-token column's format, the tokenizer files): an output that a
+        pdistill without them started is refused as other settings, never finished mixed."""
         d = self.model_dump(exclude=set(self.EXECUTION_ONLY) | {"inputs", "teacher", "tokenizer"})
         d["codec_params"] = make_codec(self.codec, self.codec_params).params()
+        d["next_logp"] = next_logp_codec.manifest_entry()
+        d["tokenizer_files"] = True
         if self.selection == "sample":
             d["top_p"], d["top_k"] = 1.0, self.num_draws
         else:

@@ -44,10 +44,12 @@ from pipelines.sources import SourceFile, Unit, list_inputs, plan_units, source_
 from pipelines.teacher import TeacherModelHandler
 from pipelines.teacher_checkpoint import TeacherInfo, check_tokenizer_fits, inspect_teacher, prefetch_revision
 from pipelines.teacher_limits import check_fits
+from pipelines.tokenizer_files import tokenizer_files
 from schemas import DatasetDir, Manifest, fingerprint_tokenizer, make_codec, storage
+from schemas import next_logp as next_logp_codec
 from schemas.codecs import Prime
 from schemas.errors import CodecError
-from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
+from schemas.manifest import Codec, Counts, NextLogp, Source, Teacher, Tokenizer, Truncation
 from schemas.redact import redact_uri
 from schemas.truncation import validate_params
 
@@ -111,6 +113,7 @@ def prepare(config: PipelineConfig) -> Plan:
         config, files, units, [], src_fp, sep_id, bos_id, len(tok), teacher, settings, fp, hidden=listing.hidden
     )
     plan.manifest = _manifest(plan)
+    stored_tokenizer = tokenizer_files(config.tokenizer_uri, tok)
     with storage.access(f"output {redact_uri(config.output)}"):
         plan.complete = claim_output(config.output, fp, settings, source_versions(files))
         if plan.complete:
@@ -119,6 +122,10 @@ def prepare(config: PipelineConfig) -> Plan:
             done = DatasetDir(config.output).finished_units()
             plan.todo = [u for u in units if u.name not in done]
             clean_orphans(config.output, {u.name for u in plan.todo})
+            digests = DatasetDir(config.output).publish_tokenizer_files(stored_tokenizer)
+            plan.manifest = dataclasses.replace(
+                plan.manifest, tokenizer=dataclasses.replace(plan.manifest.tokenizer, files=digests)
+            )
             if needs_prime(make_codec(config.codec, config.codec_params)):
                 plan.prime = stored_prime(config.output, done)
     return plan
@@ -154,6 +161,7 @@ def _manifest(plan: Plan) -> Manifest:
         seq_len=c.seq_len,
         truncation=Truncation(method=c.selection, top_p=1.0 if sample else c.top_p, top_k=c.kept_k, temperature=1.0),
         codec=Codec(name=c.codec, params=make_codec(c.codec, c.codec_params).params()),
+        next_logp=NextLogp(**next_logp_codec.manifest_entry()),
         sources=[Source(uri=redact_uri(f.uri), fingerprint=f.fingerprint) for f in plan.files],
         source_fingerprint=plan.source_fp,
         settings_fingerprint=plan.settings_fp,

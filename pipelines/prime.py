@@ -50,7 +50,7 @@ def build_prime(results: list, unit_order: dict[str, int], prime_tokens: int) ->
         if left <= 0 or isinstance(r.inference, Unscored):
             continue
         n = min(int(r.example.n_tokens), left)
-        parts.append((r.example.tokens[:n], r.inference.head(n)))
+        parts.append((r.example.tokens[:n], r.inference.kept.head(n)))
         left -= n
     return Prime.from_signal(parts)
 

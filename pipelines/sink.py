@@ -49,7 +49,7 @@ COUNT_KEYS = (
 
 
 class EncodeSample(beam.DoFn):
-    """PredictionResult(Packed, KeptEntries) -> (unit, (index, MDS sample dict))."""
+    """PredictionResult(Packed, Scored | Unscored) -> (unit, (index, MDS sample dict))."""
 
     def __init__(self, codec: str, codec_params: dict, vocab_size: int, kept_k: int):
         self.codec_name, self.codec_params = codec, codec_params
@@ -87,11 +87,12 @@ class EncodeSample(beam.DoFn):
             tokens=p.tokens,
             n_tokens=p.n_tokens,
             doc_starts=p.doc_starts,
-            truncated=tr,
+            truncated=tr.kept,
             codec=self.codec,
             vocab_size=self.vocab_size,
             top_k=self.kept_k,
             unit=p.unit,
+            next_logp=tr.next_logp,
         )
         yield p.unit, ("s", p.index, sample)
 
@@ -187,7 +188,11 @@ def write_mds(local_dir: str, samples: list[dict], vocab_size: int, kept_k: int)
     from streaming import MDSWriter  # noqa: PLC0415 (late: streaming imports torch)
 
     with MDSWriter(
-        out=local_dir, columns=mds_columns(vocab_size, kept_k), compression="zstd", hashes=["xxh3_64"], max_workers=1
+        out=local_dir,
+        columns=mds_columns(vocab_size, kept_k, next_logp=True),
+        compression="zstd",
+        hashes=["xxh3_64"],
+        max_workers=1,
     ) as w:
         for s in samples:
             w.write(s)

@@ -2,9 +2,10 @@
 
 `TeacherRunner` owns the model: forward pass on a batch of packed sequences, then top-p-k
 (`schemas.truncate_tensor`, on the device, only [T, k] candidates leave it) or sampled selection
-(`schemas.sample_select`). Its `predict` returns small `schemas.KeptEntries` records, so when the model is
-shared across processes (`share_model_across_processes`, one copy per accelerator) only those
-cross the process boundary, never logits.
+(`schemas.sample_select`), plus the log-probability of each actual next token (`next_token_logp`,
+gathered on the device). Its `predict` returns small `Scored` records (`schemas.KeptEntries` and
+that [T] column), so when the model is shared across processes (`share_model_across_processes`,
+one copy per accelerator) only those cross the process boundary, never logits.
 
 `TeacherModelHandler` is what `RunInference` drives: it batches `Packed` sequences, forwards
 `inference_args` to the model call, and records Beam metrics (teacher tokens and seconds).
@@ -41,6 +42,33 @@ class Unscored:
     instead of failing the job on every re-run."""
 
     reason: str
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What the teacher gives one sequence, padded to seq_len: the kept entries and, per position,
+    log p(tokens[t + 1] | tokens[: t + 1]) as float32 (NaN from the last real token on)."""
+
+    kept: KeptEntries
+    next_logp: np.ndarray
+
+
+def next_token_logp(z, next_ids, seq_len: int, row_chunk: int = 256) -> np.ndarray:
+    """float32 [seq_len]: log_softmax(z[t])[next_ids[t]] for the n - 1 rows of z [n, V] that have a
+    next token (a tensor on its device; next_ids [n - 1] on the same device), NaN after. Per chunk
+    of rows: a float64 logsumexp (as `schemas.truncate_tensor` computes the normaliser, so a kept
+    next token's value equals its kept log-probability) minus the gathered logit; only [T] floats
+    leave the device."""
+    out = np.full(seq_len, np.nan, dtype=np.float32)
+    m = int(next_ids.shape[0])
+    parts = []
+    for s in range(0, m, row_chunk):
+        zc = z[s : min(s + row_chunk, m)].float()
+        picked = zc.gather(1, next_ids[s : s + row_chunk, None])[:, 0].double()
+        parts.append((picked - zc.double().logsumexp(-1)).clamp(max=0.0).cpu().numpy())
+    if parts:
+        out[:m] = np.concatenate(parts).astype(np.float32)
+    return out
 
 
 def resolve_device_dtype(device: str = "auto", dtype: str = "auto"):
@@ -104,7 +132,7 @@ class TeacherRunner:
 
     def predict(
         self, tokens: np.ndarray, n_tokens: Sequence[int], seeds: Sequence[int], inference_args: dict | None = None
-    ) -> list[KeptEntries | Unscored]:
+    ) -> list[Scored | Unscored]:
         import torch  # noqa: PLC0415 (late: torch is heavy)
 
         self.check_limits(*np.shape(tokens))
@@ -128,12 +156,14 @@ class TeacherRunner:
                     tr = sample_select(z.float().cpu().numpy(), self.num_draws, int(seeds[b]))
                 else:
                     tr = truncate_tensor(z, self.top_p, self.top_k)
-                out.append(tr.padded(int(tokens.shape[1])))  # padding: no teacher signal
+                seq_len = int(tokens.shape[1])
+                nl = next_token_logp(z, ids[b, 1 : int(n)], seq_len)
+                out.append(Scored(tr.padded(seq_len), nl))  # padding: no teacher signal
         return out
 
 
 class TeacherModelHandler(ModelHandler[Packed, PredictionResult, TeacherRunner]):
-    """RunInference handler: Packed sequences in, PredictionResult(Packed, KeptEntries) out."""
+    """RunInference handler: Packed sequences in, PredictionResult(Packed, Scored | Unscored) out."""
 
     def __init__(self, config: PipelineConfig, *, min_vocab: int = 0, metric_prefix: str = ""):
         """The teacher, selection, batch, device and sharing settings come from the job's config;

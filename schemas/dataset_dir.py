@@ -9,6 +9,8 @@ A dataset is a folder (local path, file://, s3://, gs://, anything fsspec knows)
     dead_letter/<unit>.jsonl    the unit's rejected documents, with reasons
     codec_prime.bin             the codec's prime, when the codec has one (compact5): written once,
                                 before any part, by whichever run creates it first
+    tokenizer/<file>            the teacher's tokenizer files (tokenizer.json, ...), created if absent
+                                by the launcher; the manifest's tokenizer.files holds their SHA-256s
     index.json                  root MDS index over every part (basenames `parts/<unit>/...`)
     manifest.json               written last: the dataset's commit marker and identity card
 
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from schemas import integrity, storage
 from schemas.claim import ClaimError, create_if_absent
 from schemas.codecs import Prime, make_stored_codec
-from schemas.errors import CodecError, CorruptDataset, IncompleteDataset
+from schemas.errors import CodecError, CorruptDataset, IncompatibleDataset, IncompleteDataset
 from schemas.identity import hex_digest
 from schemas.integrity import Verification, stored_file
 from schemas.layout import (  # importable from here and from `schemas` too
@@ -48,12 +50,15 @@ from schemas.layout import (  # importable from here and from `schemas` too
     PRIME_NAME,
     SETTINGS_NAME,
     STATS_NAME,
+    TOKENIZER_DIR,
+    TOKENIZER_FILES,
 )
 from schemas.manifest import Manifest
 from schemas.redact import redact_uri
 from schemas.shard_names import check_names
 
-OUR_NAMES = (SETTINGS_NAME, MANIFEST_NAME, INDEX_NAME, PARTS_DIR, DEAD_LETTER_DIR, PRIME_NAME)  # the top level we write
+# the top level we write
+OUR_NAMES = (SETTINGS_NAME, MANIFEST_NAME, INDEX_NAME, PARTS_DIR, DEAD_LETTER_DIR, PRIME_NAME, TOKENIZER_DIR)
 TMP_RE = re.compile(r"\.tmp-[0-9a-f]{32}$")  # schemas.storage.write_bytes_atomic / schemas.claim temp names
 
 
@@ -98,6 +103,10 @@ class DatasetDir:
 
     def part_uri(self, unit: str) -> str:
         return self._at(PARTS_DIR, unit)
+
+    def tokenizer_uri(self, name: str) -> str:
+        """A stored tokenizer file (`schemas.layout.TOKENIZER_FILES`)."""
+        return self._at(TOKENIZER_DIR, name)
 
     def dead_letter_uri(self, unit: str) -> str:
         return self._at(DEAD_LETTER_DIR, f"{unit}.jsonl")
@@ -171,6 +180,7 @@ class DatasetDir:
                 (len(parts) == 1 and final in OUR_NAMES)
                 or (len(parts) == 3 and parts[0] == PARTS_DIR and parts[1] in unfinished)
                 or (len(parts) == 2 and parts[0] == DEAD_LETTER_DIR and final[: -len(".jsonl")] in unfinished)
+                or (len(parts) == 2 and parts[0] == TOKENIZER_DIR and final in TOKENIZER_FILES)
             )
             if ours:
                 try:
@@ -261,7 +271,41 @@ class DatasetDir:
         self._fs()[0].invalidate_cache()
         return storage.read_bytes(self.prime_uri)
 
+    def publish_tokenizer_files(self, files: dict[str, bytes]) -> dict[str, str]:
+        """Create each tokenizer file only if absent (of racing runs one writes it; a killed run's
+        missing ones are written by the next), then the SHA-256 of each one stored, by name."""
+        digests = {}
+        for name in sorted(set(files) & set(TOKENIZER_FILES)):  # known names only: they become paths
+            create_if_absent(self.tokenizer_uri(name), files[name])
+            self._fs()[0].invalidate_cache()
+            digests[name] = hex_digest(storage.read_bytes(self.tokenizer_uri(name)), 64)
+        return digests
+
     # -- reading -------------------------------------------------------------------------------
+    def tokenizer_json(self, manifest: Manifest) -> str:
+        """The teacher's tokenizer.json as stored with this dataset, checked against the SHA-256
+        the manifest records; IncompatibleDataset (no files recorded) or CorruptDataset naming
+        the dataset and the file otherwise."""
+        files = manifest.tokenizer.files
+        where = f"dataset {redact_uri(self.uri)}"
+        if not files:
+            raise IncompatibleDataset(
+                f"{where} was written before pdistill stored tokenizer files (its manifest has no "
+                "tokenizer.files); re-run the pipeline with this pdistill to train a student with another tokenizer"
+            )
+        name = "tokenizer.json"
+        uri = self.tokenizer_uri(name)
+        self._fs()[0].invalidate_cache()
+        if not storage.exists(uri):
+            raise CorruptDataset(f"{where}: {TOKENIZER_DIR}/{name}, listed in its manifest, is missing")
+        data = storage.read_bytes(uri)
+        digest = hex_digest(data, 64)
+        if digest != files[name]:
+            raise CorruptDataset(
+                f"{where}: {TOKENIZER_DIR}/{name} has SHA-256 {digest}, its manifest records {files[name]}"
+            )
+        return data.decode("utf-8")  # the bytes the pipeline stored, from a tokenizer that loaded
+
     def read_prime(self) -> bytes | None:
         """The codec prime's bytes, None when there is none."""
         self._fs()[0].invalidate_cache()

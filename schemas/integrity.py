@@ -2,8 +2,8 @@
 
 `verify(dataset)` is the dataset-level verdict (`pdistill inspect`, a finished run's re-run):
 manifest and root index parse and agree, every part folder keeps its index.json, the codec prime
-is the one the manifest names, the counts reconcile with the parts' stats.json and the dead-letter
-records. Underneath, an MDS index lists every shard with the file it is stored as (`zip_data` when
+and the stored tokenizer files are the ones the manifest names, the counts reconcile with the
+parts' stats.json and the dead-letter records. Underneath, an MDS index lists every shard with the file it is stored as (`zip_data` when
 compressed, else `raw_data`), that file's size in bytes and its hashes (our writer records xxh3_64);
 `check_shards` checks that every listed shard file exists, has the recorded size and (unless
 `hashes=False`, for huge datasets) the recorded hash. `part_stats` and `check_dead_letters` are the
@@ -37,6 +37,7 @@ from schemas.layout import (
     STATS_NAME,
     dead_letter_path,
     stats_path,
+    tokenizer_path,
 )
 from schemas.manifest import Manifest
 from schemas.problem import Problem
@@ -225,6 +226,7 @@ def verify(dataset: DatasetDir, hashes: bool = True) -> Verification:
                     Problem(INDEX_NAME, f"lists {in_index} sequences, {MANIFEST_NAME} counts {c.sequences}")
                 )
         v.problems += _check_prime(dataset, v.manifest, listing)
+        v.problems += _check_tokenizer_files(dataset, v.manifest, listing, deep=hashes)
     v.problems += _check_records(dataset, listing, v.manifest, deep=hashes)
     return v
 
@@ -245,6 +247,19 @@ def _check_prime(dataset: DatasetDir, manifest: Manifest, listing: dict[str, int
     if prime.digest != expected:
         return [Problem(PRIME_NAME, f"SHA-256 {prime.digest} is not the {expected} {MANIFEST_NAME} names")]
     return []
+
+
+def _check_tokenizer_files(dataset: DatasetDir, manifest: Manifest, listing: dict, deep: bool) -> list[Problem]:
+    """The tokenizer files the manifest lists are stored (`deep`: with their SHA-256s)."""
+    problems = []
+    for name, expected in sorted((manifest.tokenizer.files or {}).items()):
+        if (rel := tokenizer_path(name)) not in listing:
+            problems.append(Problem(rel, f"missing: {MANIFEST_NAME} lists it (tokenizer.files)"))
+        elif (
+            deep and (got := hashlib.sha256(storage.read_bytes(storage.join(dataset.uri, rel))).hexdigest()) != expected
+        ):
+            problems.append(Problem(rel, f"SHA-256 {got} is not the {expected} {MANIFEST_NAME} names"))
+    return problems
 
 
 def _shards_per_part(index: dict) -> dict[str, int]:

@@ -15,11 +15,18 @@ PARTS_DIR = "parts"
 DEAD_LETTER_DIR = "dead_letter"
 STATS_NAME = "stats.json"
 PRIME_NAME = "codec_prime.bin"
+TOKENIZER_DIR = "tokenizer"  # the teacher's tokenizer files, as the manifest's tokenizer.files lists them
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")  # the names stored
 
 
 def stats_path(unit: str) -> str:
     """A unit's stats.json, relative to the dataset root."""
     return f"{PARTS_DIR}/{unit}/{STATS_NAME}"
+
+
+def tokenizer_path(name: str) -> str:
+    """A stored tokenizer file, relative to the dataset root."""
+    return f"{TOKENIZER_DIR}/{name}"
 
 
 def dead_letter_path(unit: str) -> str:

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from schemas.errors import IncompatibleDataset, ManifestError
+from schemas.layout import TOKENIZER_FILES
 
 SCHEMA_VERSION = 1
 
@@ -26,6 +27,8 @@ class Tokenizer:
     fingerprint: str
     separator_id: int  # token placed between documents
     add_bos: bool  # whether each document starts with the tokenizer's BOS
+    # SHA-256 of each tokenizer file stored under <dataset>/tokenizer/ (None: written before pdistill stored them)
+    files: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,14 @@ class Truncation:
 class Codec:
     name: str
     params: dict
+
+
+@dataclass(frozen=True)
+class NextLogp:
+    """The `teacher_next_logp` column's format (`schemas.next_logp`)."""
+
+    codec: str  # "nl1"
+    step: float  # quantisation step in nats (the round-trip error is at most step / 2)
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     created_by: str = "pdistill"
     extra: dict = field(default_factory=dict)
+    next_logp: NextLogp | None = None  # None: the samples have no teacher_next_logp column (older datasets)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -110,7 +122,7 @@ _SPEC = {
     "schema_version": int,
     "created_by": str,
     "teacher": {"id": str, "revision": str},
-    "tokenizer": {"fingerprint": str, "separator_id": int, "add_bos": bool},
+    "tokenizer": {"fingerprint": str, "separator_id": int, "add_bos": bool, "files": Opt((dict, type(None)))},
     "vocab_size": int,
     "seq_len": int,
     "truncation": {"method": str, "top_p": float, "top_k": int, "temperature": float},
@@ -135,19 +147,26 @@ _SPEC = {
         "unscored_tokens": Opt(int),
     },
     "extra": dict,
+    "next_logp": Opt(({"codec": str, "step": float}, type(None))),
 }
+NEXT_LOGP_CODECS = ("nl1",)
 
 
 def _check(value, spec, path: str, where: str):
     if isinstance(spec, Opt):
         spec = spec.spec
-    if isinstance(spec, tuple):  # one of several types (e.g. int or None)
+    if isinstance(spec, tuple):  # one of several types (e.g. int or None; an object or None)
+        objects = [one for one in spec if isinstance(one, dict)]
+        if objects and isinstance(value, dict):  # its own field errors, not "must be object or null"
+            return _check(value, objects[0], path, where)
         for one in spec:
             try:
                 return _check(value, one, path, where)
             except ManifestError:
                 pass
-        names = " or ".join("null" if t is type(None) else t.__name__ for t in spec)
+        names = " or ".join(
+            "null" if t is type(None) else "object" if isinstance(t, dict) else t.__name__ for t in spec
+        )
         raise ManifestError(f"{where}: field '{path}' must be {names}, got {type(value).__name__} ({value!r})")
     if isinstance(spec, dict):
         if not isinstance(value, dict):
@@ -195,6 +214,15 @@ def parse_manifest(raw: dict, where: str = "manifest.json") -> Manifest:
     for name in ("vocab_size", "seq_len"):
         if raw[name] < 1:
             raise ManifestError(f"{where}: field '{name}' must be positive, got {raw[name]}")
+    files = raw["tokenizer"].get("files")
+    if files is not None:
+        _check_tokenizer_files(files, where)
+    nl = raw.get("next_logp")
+    if nl is not None and (nl["codec"] not in NEXT_LOGP_CODECS or not 0.0 < nl["step"] <= 1.0):
+        raise ManifestError(
+            f"{where}: field 'next_logp' must name codec {' or '.join(NEXT_LOGP_CODECS)} with a step in (0, 1], "
+            f"got {nl!r} (a newer pdistill's dataset?)"
+        )
     return Manifest(
         teacher=Teacher(**raw["teacher"]),
         tokenizer=Tokenizer(**raw["tokenizer"]),
@@ -209,7 +237,19 @@ def parse_manifest(raw: dict, where: str = "manifest.json") -> Manifest:
         schema_version=version,
         created_by=raw["created_by"],
         extra=raw["extra"],
+        next_logp=None if nl is None else NextLogp(codec=nl["codec"], step=float(nl["step"])),
     )
+
+
+def _check_tokenizer_files(files: dict, where: str) -> None:
+    """Known file names only (they become paths under the dataset), each with a SHA-256 in hex."""
+    if "tokenizer.json" not in files:
+        raise ManifestError(f"{where}: field 'tokenizer.files' must list tokenizer.json")
+    for name, digest in files.items():
+        if name not in TOKENIZER_FILES:
+            raise ManifestError(f"{where}: field 'tokenizer.files' names {name!r}; known: {', '.join(TOKENIZER_FILES)}")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise ManifestError(f"{where}: field 'tokenizer.files.{name}' must be a SHA-256 in hex, got {digest!r}")
 
 
 def check_compatible(

@@ -11,16 +11,21 @@ Columns (MDS encodings; the token and count dtypes follow the vocab size and top
   teacher_values  bytes           codec payload
   teacher_tail    bytes           codec payload
   unit            str             the work unit that produced the sample (provenance)
+  teacher_next_logp bytes         the teacher's log-probability of each actual next token
+                                  (`schemas.next_logp`, format nl1); absent in datasets written
+                                  before it existed (`decode_next_logp` gives None for them)
 
 Position t carries the teacher's distribution of the token at t + 1 given tokens[: t + 1].
 Decoding to dense arrays is `decode_dense` (`KeptEntries.to_dense`): numpy only, used by the trainer's dataset.
+The next-token column follows the same convention: next_logp[t] = log p(tokens[t + 1] | tokens[: t + 1]).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from schemas.errors import SchemaError
+from schemas import next_logp as next_logp_codec
+from schemas.errors import CodecError, SchemaError
 from schemas.kept import DenseTeacher, KeptEntries
 
 
@@ -36,8 +41,13 @@ def count_dtype(top_k: int) -> np.dtype:
     return np.dtype(np.uint8) if top_k <= 255 else np.dtype(np.uint16) if top_k <= 65535 else np.dtype(np.uint32)
 
 
-def mds_columns(vocab_size: int, top_k: int) -> dict[str, str]:
-    """The MDS `columns` mapping for a dataset with this vocabulary and top_k."""
+NEXT_LOGP_COLUMN = "teacher_next_logp"
+
+
+def mds_columns(vocab_size: int, top_k: int, *, next_logp: bool = False) -> dict[str, str]:
+    """The MDS `columns` mapping for a dataset with this vocabulary and top_k; `next_logp`: with
+    the `teacher_next_logp` column (the pipeline writes it; every sample must then carry it)."""
+    extra = {NEXT_LOGP_COLUMN: "bytes"} if next_logp else {}
     return {
         "sample_id": "uint64",
         "tokens": f"ndarray:{token_dtype(vocab_size).name}",
@@ -48,6 +58,7 @@ def mds_columns(vocab_size: int, top_k: int) -> dict[str, str]:
         "teacher_values": "bytes",
         "teacher_tail": "bytes",
         "unit": "str",
+        **extra,
     }
 
 
@@ -62,8 +73,11 @@ def build_sample(
     vocab_size: int,
     top_k: int,
     unit: str,
+    next_logp: np.ndarray | None = None,
 ) -> dict:
-    """Assemble one MDS sample dict; positions past n_tokens carry no teacher signal."""
+    """Assemble one MDS sample dict; positions past n_tokens carry no teacher signal.
+    `next_logp`: float32 [seq_len] (NaN from n_tokens - 1 on), stored as `teacher_next_logp`
+    (write it with `mds_columns(..., next_logp=True)`); None: the sample has no such column."""
     seq_len = int(tokens.shape[0])
     if truncated.num_positions != seq_len:
         raise SchemaError(
@@ -79,7 +93,33 @@ def build_sample(
         "teacher_counts": np.asarray(truncated.counts, dtype=count_dtype(top_k)),
         **(codec.encode(truncated, tokens=tokens) if codec.needs_tokens else codec.encode(truncated)),
         "unit": unit,
+        **({} if next_logp is None else {NEXT_LOGP_COLUMN: _encode_next_logp(sample_id, next_logp, n_tokens, seq_len)}),
     }
+
+
+def _encode_next_logp(sample_id: int, values: np.ndarray, n_tokens: int, seq_len: int) -> bytes:
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    if values.shape[0] != seq_len:
+        raise SchemaError(f"sample {sample_id}: next_logp has {values.shape[0]} positions, tokens {seq_len}")
+    if not np.isnan(values[max(int(n_tokens) - 1, 0) :]).all():
+        raise SchemaError(f"sample {sample_id}: next_logp has a value past the last real token's position")
+    try:
+        return next_logp_codec.encode(values)
+    except CodecError as e:
+        raise SchemaError(f"sample {sample_id}: {e}") from None
+
+
+def decode_next_logp(sample: dict) -> np.ndarray | None:
+    """float32 [seq_len] teacher log-probabilities of the actual next tokens (NaN where none),
+    within `schemas.next_logp.bound()` nats; None for a sample written before the column existed."""
+    data = sample.get(NEXT_LOGP_COLUMN)
+    if data is None:
+        return None
+    seq_len = int(np.asarray(sample["tokens"]).shape[0])
+    where = (
+        f"sample {int(sample['sample_id'])}: column {NEXT_LOGP_COLUMN}" if "sample_id" in sample else NEXT_LOGP_COLUMN
+    )
+    return next_logp_codec.decode(data, seq_len, where=where)
 
 
 def decode_sample(sample: dict, codec) -> KeptEntries:

@@ -241,11 +241,16 @@ def test_handler_forwards_inference_args_and_pads(tiny_teacher):
     ]
     out = handler.run_inference(batch, runner, {"use_cache": False, "output_attentions": False})
     assert seen and "output_attentions" in seen[0] and "use_cache" in seen[0]
-    full, short = out[0].inference, out[1].inference
+    full, short = out[0].inference.kept, out[1].inference.kept
     assert full.num_positions == short.num_positions == 8
     assert short.counts[5:].tolist() == [0, 0, 0] and (short.counts[:5] > 0).all()
     # right padding does not change a real position (causal attention)
     np.testing.assert_array_equal(short.counts[:5], full.counts[:5])
+    # the next-token column: a value where a next token exists, NaN from the last real token on
+    nl_full, nl_short = out[0].inference.next_logp, out[1].inference.next_logp
+    assert nl_full.shape == nl_short.shape == (8,) and nl_full.dtype == np.float32
+    assert np.isfinite(nl_full[:7]).all() and np.isnan(nl_full[7]) and np.isnan(nl_short[4:]).all()
+    np.testing.assert_allclose(nl_short[:4], nl_full[:4], atol=1e-5)
 
 
 def test_vocab_check_fails_fast(tmp_path, tiny_teacher):
