@@ -17,6 +17,7 @@ COMMANDS = {
     "plan": ("pdistill.plan", "predict a teacher pass's tokens, bytes, accelerator-hours and cost from a sample"),
     "inspect": ("pdistill.inspect", "is a dataset whole? (every shard vs its index), its manifest, counts, fidelity"),
     "teacher": ("pdistill.teacher", "teacher utilities (import-gguf: GGUF file -> Hugging Face checkpoint)"),
+    "tokenizer": ("pdistill.tokenizer_train", "train a byte-level BPE student tokenizer on the lake (tokenizer train)"),
     "demo": ("pdistill.demo", "the end-to-end demo on the embedded default (see README)"),
 }
 

@@ -27,7 +27,8 @@ from schemas.errors import (
 from schemas.identity import fingerprint_of, fingerprint_tokenizer, sample_id, tokenizer_fingerprint
 from schemas.kept import DenseTeacher, KeptEntries
 from schemas.manifest import SCHEMA_VERSION, Manifest, check_compatible
-from schemas.sample import build_sample, decode_dense, decode_sample, mds_columns
+from schemas.sample import build_sample, decode_dense, decode_next_logp, decode_sample, mds_columns
+from schemas.token_bytes import TokenBytes, UnfitTokenizer, check_byte_coverage, token_bytes
 from schemas.truncation import sample_select, truncate, truncate_tensor
 
 __all__ = [
@@ -57,6 +58,11 @@ __all__ = [
     "check_compatible",
     "decode_dense",
     "decode_sample",
+    "decode_next_logp",
+    "TokenBytes",
+    "UnfitTokenizer",
+    "check_byte_coverage",
+    "token_bytes",
     "fingerprint_of",
     "fingerprint_tokenizer",
     "make_codec",
