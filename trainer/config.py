@@ -12,14 +12,14 @@ from these fields. The shipped configs live in ``trainer/configs/``.
 from __future__ import annotations
 
 import os
-import re
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from schemas.errors import ConfigError
 from schemas.settings import Problem, Refused, file_problem, known_keys, raise_first
+from trainer.config_types import Bool, Duration, Float, Int, Section, Span, Str, Time
 from trainer.overrides import apply_overrides
 from trainer.schedules import AlphaSchedule, ConstantAlpha, WSDAlpha
 
@@ -29,6 +29,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "DistillConfig",
+    "CrossTokenizerConfig",
     "OptimConfig",
     "ConstantLR",
     "CosineLR",
@@ -48,50 +49,6 @@ __all__ = [
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 LOGGERS = ("console", "file", "tensorboard", "mlflow", "wandb")
 TAGGED_UNIONS = ("distill.alpha", "scheduler")  # keys holding a schedule picked by its `name`
-_TIME_RE = re.compile(r"^\d+(\.\d+)?(ep|ba|sp|tok|dur)$")
-_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-# ----------------------------------------------------------------------------------------------
-# field types: YAML's types as given (no "1" for 1, no 1 for true); ints are taken where floats are
-
-
-def _yaml11_float(value):
-    """YAML 1.1 reads "2e-3" (no dot) as a string; a float setting takes it as the number meant."""
-    return float(value) if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()) else value
-
-
-def _time(units: tuple[str, ...], positive: bool = False):
-    """A Composer time string in `units`; `positive`: zero is refused (a run of 0 batches, an
-    interval of 0, which Composer rejects only when fit() starts)."""
-
-    def check(value: str) -> str:
-        m = _TIME_RE.match(value)
-        if not m or m.group(2) not in units:
-            raise ValueError(f"expected a Composer time string like '100ba' or '0.1dur' (units {', '.join(units)})")
-        amount = float(value[: -len(m.group(2))])
-        if m.group(2) == "dur" and amount > 1.0:
-            raise ValueError("a 'dur' fraction must be <= 1")
-        if positive and amount <= 0:
-            raise ValueError("must be more than 0")
-        return value
-
-    return AfterValidator(check)
-
-
-Int = Annotated[int, Field(strict=True)]
-Bool = Annotated[bool, Field(strict=True)]
-Str = Annotated[str, Field(strict=True)]
-Float = Annotated[float, BeforeValidator(_yaml11_float), Field(strict=True, allow_inf_nan=False)]
-Time = Annotated[str, Field(strict=True), _time(("ep", "ba", "sp", "tok", "dur"), positive=True)]  # an interval
-Span = Annotated[str, Field(strict=True), _time(("ba", "sp", "tok", "dur"))]  # a schedule's part (0: none)
-Duration = Annotated[
-    str, Field(strict=True), _time(("ep", "ba", "sp", "tok"), positive=True)
-]  # no 'dur': it is the unit
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,6 +139,31 @@ def _wsd_by_default(value):
     return {**value, "name": "wsd"} if isinstance(value, dict) and "name" not in value else value
 
 
+class CrossTokenizerConfig(Section):
+    """A student whose tokenizer is not the teacher's (`trainer.cross_tokenizer`): the loader decodes each
+    teacher sequence to bytes, re-tokenises it with model.tokenizer and aligns the two at shared byte
+    boundaries; the KD term becomes `method`. With distill.mode none it is the LM-only baseline on the
+    same text."""
+
+    method: Literal["alm", "gold", "next_byte"] = Field(
+        "alm",
+        description="alm: approximate likelihood matching of aligned chunks (needs the teacher_next_logp "
+        "column); gold: exact-match KL + ULD sorted-probability term at aligned positions; next_byte: KL of "
+        "the first byte of what follows an aligned boundary",
+    )
+    student_seq_len: Int | None = Field(
+        None, gt=0, description="student tokens per sequence (null: 1.25 x the dataset's seq_len, rounded up to 8)"
+    )
+    tau: Float | None = Field(
+        None,
+        gt=0,
+        description="temperature of the cross-tokenizer term (null: alm 100, as tokenkit; gold, next_byte 1)",
+    )
+    separator: Str | None = Field(
+        None, description="the student's document separator token (null: its EOS, else <|endoftext|>)"
+    )
+
+
 class DistillConfig(Section):
     mode: Literal["offline", "live", "none"] = Field("offline", description="none = LM only, no teacher read")
     kind: Literal["forward_kl", "reverse_kl", "soft_ce", "mse", "jsd"] = Field(
@@ -216,6 +198,9 @@ class DistillConfig(Section):
         description="alpha schedule {name: constant|linear|cosine|wsd|periodic, ...} (null: PD* WSD, or "
         "constant 0 for mode none; a section without a name is wsd)",
     )
+    cross_tokenizer: CrossTokenizerConfig | None = Field(
+        None, description="a student with its own tokenizer (model.tokenizer): re-tokenise and align (null: off)"
+    )
     teacher: Str | None = Field(None, description="live mode: teacher checkpoint dir/URI")
     top_p: Float = Field(0.95, gt=0, le=1, description="live mode truncation (offline: fixed by the dataset)")
     top_k: Int = Field(50, gt=0)
@@ -231,6 +216,8 @@ class DistillConfig(Section):
             )
         if self.mode == "none" and self.alpha is not None and self.alpha != ConstantAlpha(0.0):
             raise Refused("alpha", "must be {name: constant, value: 0.0} (or unset) when distill.mode is none")
+        if self.cross_tokenizer is not None and self.mode == "live":
+            raise Refused("cross_tokenizer", "reads the stored teacher pass: use distill.mode offline (or none)")
         if self.mode == "live" and not self.teacher:
             raise Refused("teacher", "required when distill.mode is live")
         if self.mode != "live" and self.teacher is not None:

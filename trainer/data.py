@@ -50,9 +50,10 @@ from schemas import DatasetDir, IncompatibleDataset, Manifest, check_compatible,
 from schemas.errors import CodecError, CorruptDataset, IncompleteDataset  # noqa: F401  (part of this module's API)
 from schemas.identity import dataset_identity
 from schemas.redact import redact_uri
-from schemas.sample import decode_sample
+from schemas.sample import decode_next_logp, decode_sample
 from trainer.checked_stream import CheckedStream
 from trainer.config import DataConfig
+from trainer.student_text import StudentText, collate_cross, label_bytes
 from trainer.teacher_batch import TeacherBatch
 
 log = logging.getLogger(__name__)
@@ -147,10 +148,16 @@ class DistillDataset(StreamingDataset):
         expect: Expect = Expect(),
         require_manifest: bool = True,
         epoch_size: int | None = None,
+        student_text=None,
     ):
-        """Read ``data.streams`` with the section's shuffle, partition, prefetch and hash settings."""
+        """Read ``data.streams`` with the section's shuffle, partition, prefetch and hash settings;
+        ``student_text``: a `trainer.student_text.StudentText`, or a function of (first stream's uri,
+        its manifest) returning one (what the student reads, and its labels' bytes)."""
         infos = [inspect_stream(s.uri, require_manifest=require_manifest or with_teacher) for s in data.streams]
         manifest = check_streams(infos, expect, need_teacher=with_teacher)
+        if callable(student_text):
+            student_text = student_text(infos[0].uri, manifest)
+        self.student_text: StudentText = student_text or StudentText()
         if data.validate_hash:
             for info in infos:
                 if storage.is_local(info.uri):
@@ -226,6 +233,12 @@ class DistillDataset(StreamingDataset):
         n = int(raw["n_tokens"]) if "n_tokens" in raw else int(tokens.shape[0])
         self.check_sample(raw, tokens, n)
         out = {"tokens": tokens, "n_tokens": n, "sample_id": int(raw.get("sample_id", -1))}
+        rt = self.student_text.retokenizer
+        if rt is not None:
+            where = f"dataset {self.uris[stream]}: sample {out['sample_id']}"
+            out["student"] = rt(tokens, n, raw.get("doc_starts") or (), where=where)
+            if self.with_teacher:
+                out["next_logp"] = decode_next_logp(raw)
         if self.with_teacher:
             kept = decode_sample(raw, self.codecs[stream])
             if kept.counts.size and int(kept.counts.max()) > self.top_k:  # the collator's K slots
@@ -297,13 +310,19 @@ class DistillCollator:
       same way as the live teacher's.
     """
 
-    def __init__(self, with_teacher: bool = True, top_k: int = 0):
-        """``top_k``: K, the kept-entry slots per position (the dataset's `top_k`)."""
+    def __init__(self, with_teacher: bool = True, top_k: int = 0, byte_lengths: np.ndarray | None = None):
+        """``top_k``: K, the kept-entry slots per position (the dataset's `top_k`); ``byte_lengths``
+        [V]: bytes per student id, for the ``label_bytes`` column (bits per byte)."""
         if with_teacher and top_k < 1:
             raise ValueError(f"a collator with teacher signal needs top_k >= 1, got {top_k}")
-        self.with_teacher, self.top_k = with_teacher, int(top_k)
+        self.with_teacher, self.top_k, self.byte_lengths = with_teacher, int(top_k), byte_lengths
 
     def __call__(self, samples: list[dict]) -> dict:
+        if samples and "student" in samples[0]:  # a student with its own tokenizer (`trainer.student_text`)
+            return collate_cross(samples, self.top_k, self.with_teacher)
+        return self.collate(samples)
+
+    def collate(self, samples: list[dict]) -> dict:
         tokens = np.stack([s["tokens"] for s in samples]).astype(np.int64)
         b, t = tokens.shape
         n = np.asarray([s["n_tokens"] for s in samples], dtype=np.int64)
@@ -318,6 +337,9 @@ class DistillCollator:
             "labels": torch.from_numpy(labels),
             "sample_id": torch.from_numpy(sid.copy()),
         }
+        nbytes = label_bytes(labels, self.byte_lengths)
+        if nbytes is not None:
+            out["label_bytes"] = torch.from_numpy(nbytes)
         if self.with_teacher:
             out.update(TeacherBatch.from_kept([s["teacher"] for s in samples], t, self.top_k, attn).columns())
         else:
@@ -355,7 +377,11 @@ def build_dataloader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        collate_fn=DistillCollator(dataset.with_teacher if with_teacher is None else with_teacher, dataset.top_k),
+        collate_fn=DistillCollator(
+            dataset.with_teacher if with_teacher is None else with_teacher,
+            dataset.top_k,
+            dataset.student_text.byte_lengths,
+        ),
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=False,

@@ -52,6 +52,7 @@ from composer.utils import dist
 from schemas.codecs import lossless_decoded
 from schemas.kept import KeptEntries
 from schemas.truncation import truncate_tensor
+from trainer.bits_per_byte import BitsPerByte
 from trainer.config import DistillConfig
 from trainer.data import as_uint64
 from trainer.errors import SettingError
@@ -79,13 +80,16 @@ class DistillationModel(ComposerModel):
         distill: DistillConfig,
         teacher: torch.nn.Module | None = None,
         alpha: float = 0.0,
+        cross=None,
     ):
         """``distill``: the config's distill section (mode, loss, live truncation); ``teacher``: the
-        loaded live teacher (mode live only)."""
+        loaded live teacher (mode live only); ``cross``: the `trainer.cross_term.CrossTokenizerTerm`
+        of a student with its own tokenizer (its batches are `trainer.student_text.collate_cross`'s)."""
         super().__init__()
         if distill.mode == "live" and teacher is None:
             raise ValueError("distill.mode is live but no teacher model was given")
         self.student = student
+        self.cross = cross
         self.mode = distill.mode
         self.fused_head = bool(distill.fused_head)
         if self.fused_head:
@@ -106,7 +110,11 @@ class DistillationModel(ComposerModel):
         self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []
         self._stats = torch.zeros(3, dtype=torch.float64)  # agreement sum (weighted), positions, batches
         self._batch_counts: torch.Tensor | None = None  # global (LM tokens, KD positions, samples), `BatchCounts`
-        self.eval_metrics = {"LanguageCrossEntropy": HeldOutCrossEntropy(), "LanguagePerplexity": HeldOutPerplexity()}
+        self.eval_metrics = {
+            "LanguageCrossEntropy": HeldOutCrossEntropy(),
+            "LanguagePerplexity": HeldOutPerplexity(),
+            "BitsPerByte": BitsPerByte(),
+        }
 
     # -- Composer API ------------------------------------------------------------------------
     def forward(self, batch: dict) -> torch.Tensor:
@@ -135,10 +143,12 @@ class DistillationModel(ComposerModel):
 
     @property
     def tau(self) -> float:
-        return self.spec.tau
+        return self.cross.tau if self.cross is not None else self.spec.tau
 
     def loss(self, outputs: torch.Tensor, batch: dict, *args, **kwargs) -> dict[str, torch.Tensor]:
         alpha = 0.0 if self.mode == "none" else self.alpha
+        if self.cross is not None:
+            return self._cross_loss(outputs, batch, alpha)
         teacher = self.teacher_batch(batch) if alpha > 0 else None
         d_lm, d_kd = self._global_denominators(batch, teacher)
         res = self._distill_loss(
@@ -148,6 +158,23 @@ class DistillationModel(ComposerModel):
             n = float(res.num_positions)
             self._stats += torch.tensor([float(res.agreement) * n, n, 0.0], dtype=torch.float64)
         return {"total": res.loss, "lm": res.lm.detach(), "kd": res.kd.detach()}
+
+    def _cross_loss(self, hidden: torch.Tensor, batch: dict, alpha: float) -> dict[str, torch.Tensor]:
+        """(1 - alpha) LM on the student's own tokens + alpha x the cross-tokenizer term (its sum over
+        the global batch / the global count of aligned pairs, `trainer.cross_term`)."""
+        d_lm, d_ct = self._global_denominators(batch, None)
+        weight, bias = self._head()
+        lm = distill_loss_from_hidden(
+            hidden, weight, bias, batch["labels"], None, self.spec, alpha=0.0, lm_denominator=d_lm
+        )
+        total = lm.loss
+        ct = torch.zeros((), dtype=lm.lm.dtype, device=hidden.device)
+        if alpha > 0:
+            res = self.cross.loss_sum(hidden, weight, bias, batch)
+            count = self.cross.count(batch).to(res.sum.dtype)
+            ct = res.sum / (d_ct if d_ct is not None else count.clamp_min(1))
+            total = (1.0 - alpha) * lm.loss + alpha * ct
+        return {"total": total, "lm": lm.lm.detach(), "kd": ct.detach()}
 
     def _global_denominators(self, batch: dict, teacher: TeacherBatch | None):
         """(LM, KD) denominators: C * b / S from the device batch's global counts (`BatchCounts`); without
@@ -161,6 +188,8 @@ class DistillationModel(ComposerModel):
         if world == 1:
             return None, None
         n_lm, n_kd = count_positions(batch["labels"], teacher)
+        if self.cross is not None:
+            n_kd = self.cross.count(batch)
         counts = torch.stack([n_lm.to(batch["labels"].device), n_kd.to(batch["labels"].device)]).to(torch.float64)
         dist.all_reduce(counts)
         counts = counts / world
@@ -175,7 +204,9 @@ class DistillationModel(ComposerModel):
             return
         labels = batch["labels"]
         n_lm, n_kd = count_positions(labels, None)
-        if self.mode == "offline" and "teacher_ids" in batch:
+        if self.cross is not None:
+            n_kd = self.cross.count(batch)
+        elif self.mode == "offline" and "teacher_ids" in batch:
             # `TeacherBatch.valid_positions` read off the columns: the batch's TeacherBatch is built once, in `loss`
             n_kd = (batch["position_mask"].to(torch.bool) & batch["teacher_mask"].to(torch.bool).any(-1)).sum()
         elif self.mode == "live":
@@ -202,7 +233,10 @@ class DistillationModel(ComposerModel):
         return {} if is_train else self.eval_metrics
 
     def update_metric(self, batch: Any, outputs: Any, metric) -> None:
-        metric.update(outputs, batch["labels"])
+        if isinstance(metric, BitsPerByte):
+            metric.update(outputs, batch["labels"], batch["label_bytes"])
+        else:
+            metric.update(outputs, batch["labels"])
 
     # -- teacher signal ----------------------------------------------------------------------
     def teacher_batch(self, batch: dict) -> TeacherBatch | None:

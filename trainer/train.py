@@ -32,6 +32,7 @@ from schemas.identity import json_digest
 from schemas.redact import redact_uri
 from trainer.checkpoints import recover_checkpoints
 from trainer.config import StreamConfig, TrainConfig, check_distill_for_datasets
+from trainer.cross_term import cross_term_for
 from trainer.data import DistillDataset, Expect, build_dataloader, inspect_stream, num_tokens_in_batch
 from trainer.errors import ResumeMismatch, SettingError
 from trainer.faults import kill_callbacks
@@ -41,6 +42,13 @@ from trainer.loading import fetch_model_dir as fetch_model_dir  # re-exported: t
 from trainer.metrics_log import FILENAME, MetricsLog
 from trainer.model import AlphaCallback, BatchCounts, DistillationModel, SampleLog, StopAfter
 from trainer.schedules import WarmupStableDecayScheduler
+from trainer.student_text import (
+    StudentText,
+    byte_lengths_of,
+    cross_tokenizer_text,
+    stored_tokenizer_json,
+    tokens_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +97,42 @@ def per_device_batch(global_batch: int, world_size: int, key: str = "data.batch_
     return global_batch // world_size
 
 
-def build_datasets(cfg: TrainConfig, *, vocab_size: int, tokenizer_fp: str, batch_size: int, cache_root: str):
+def student_text_for(cfg: TrainConfig, tokenizer):
+    """What the student reads (`trainer.student_text`), as a function of the first stream's URI and
+    manifest: the stored tokens and their bytes, or (distill.cross_tokenizer) a re-tokenisation."""
+    ct, student_json = cfg.distill.cross_tokenizer, tokens_json(tokenizer)
+    if ct is None:
+        return lambda uri, manifest: StudentText(
+            byte_lengths_of(student_json or stored_tokenizer_json(uri, manifest), "model.tokenizer")
+        )
+    if student_json is None:
+        raise SettingError(
+            f"distill.cross_tokenizer: model.tokenizer ({cfg.model.tokenizer}) is not a fast tokenizer "
+            "with a tokenizer.json; re-tokenising needs one"
+        )
+    return lambda uri, manifest: cross_tokenizer_text(
+        uri, manifest, student_json, student_len=ct.student_seq_len, separator=ct.separator
+    )
+
+
+def build_datasets(
+    cfg: TrainConfig, *, vocab_size: int, tokenizer_fp: str, batch_size: int, cache_root: str, tokenizer=None
+):
     d, with_teacher = cfg.data, cfg.distill.mode == "offline"
-    expect = Expect(vocab_size=vocab_size, tokenizer_fingerprint=tokenizer_fp)
+    cross = cfg.distill.cross_tokenizer is not None
+    # a foreign student is checked against the dataset by its tokenizer files and byte coverage instead
+    expect = Expect() if cross else Expect(vocab_size=vocab_size, tokenizer_fingerprint=tokenizer_fp)
     train = DistillDataset(
         d,
         batch_size=batch_size,
         cache_dir=os.path.join(cache_root, "train"),
         with_teacher=with_teacher,
         expect=expect,
-        require_manifest=with_teacher,
+        require_manifest=with_teacher or cross,
+        student_text=student_text_for(cfg, tokenizer),
     )
+    if cross:  # held-out text re-tokenised the same way; its teacher tokenizer must be the train set's
+        expect = Expect(tokenizer_fingerprint=train.manifest.tokenizer.fingerprint)
     evald = None
     if d.eval_uri:
         eval_bs = per_device_batch(d.eval_batch_size or d.batch_size, _world_size(), "data.eval_batch_size")
@@ -110,7 +143,8 @@ def build_datasets(cfg: TrainConfig, *, vocab_size: int, tokenizer_fp: str, batc
             cache_dir=os.path.join(cache_root, "eval"),
             with_teacher=False,
             expect=dataclasses.replace(expect, seq_len=train.seq_len),
-            require_manifest=with_teacher,
+            require_manifest=with_teacher or cross,
+            student_text=train.student_text if cross else student_text_for(cfg, tokenizer),
         )
     return train, evald
 
@@ -216,13 +250,21 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None):
         check_distill_for_datasets(k, [(s.uri, inspect_stream(s.uri).manifest) for s in d.streams])
     batch = per_device_batch(d.batch_size, dist.get_world_size())
     train_ds, eval_ds = build_datasets(
-        cfg, vocab_size=vocab_size, tokenizer_fp=tokenizer_fp, batch_size=batch, cache_root=cache_root
+        cfg,
+        vocab_size=vocab_size,
+        tokenizer_fp=tokenizer_fp,
+        batch_size=batch,
+        cache_root=cache_root,
+        tokenizer=tokenizer,
     )
+    rt = train_ds.student_text.retokenizer
+    student_len = rt.s_len if rt is not None else train_ds.seq_len
     max_pos = getattr(student.config, "max_position_embeddings", None)
-    if train_ds.seq_len and max_pos and train_ds.seq_len > max_pos:
-        raise SettingError(
-            f"model.hf_config.max_position_embeddings: {max_pos} < the dataset's seq_len {train_ds.seq_len}"
-        )
+    if student_len and max_pos and student_len > max_pos:
+        what = "distill.cross_tokenizer.student_seq_len" if rt is not None else "the dataset's seq_len"
+        raise SettingError(f"model.hf_config.max_position_embeddings: {max_pos} < {what} {student_len}")
+    if rt is not None and len(rt.student.table) > vocab_size:
+        raise SettingError(f"model.hf_config.vocab_size: {vocab_size} < model.tokenizer's {len(rt.student.table)} ids")
     train_dl = DataSpec(
         build_dataloader(train_ds, batch_size=batch, num_workers=d.num_workers),
         get_num_tokens_in_batch=num_tokens_in_batch,
@@ -233,12 +275,15 @@ def build_trainer(cfg: TrainConfig, extra_callbacks: list | None = None):
             build_dataloader(eval_ds, batch_size=eval_ds.batch_size, num_workers=d.num_workers),
             get_num_tokens_in_batch=num_tokens_in_batch,
         )
-        evaluators.append(
-            Evaluator(label="eval", dataloader=eval_dl, metric_names=["LanguageCrossEntropy", "LanguagePerplexity"])
-        )
+        names = ["LanguageCrossEntropy", "LanguagePerplexity"]
+        if eval_ds.student_text.byte_lengths is not None:
+            names.append("BitsPerByte")
+        else:
+            log.warning("held-out bits per byte: not reported (the tokenizer's ids do not map to bytes)")
+        evaluators.append(Evaluator(label="eval", dataloader=eval_dl, metric_names=names))
 
     # 3. model + loss
-    model = DistillationModel(student, k, teacher)
+    model = DistillationModel(student, k, teacher, cross=cross_term_for(k, train_ds))
     optimizer = build_optimizer(cfg, model.parameters())
 
     fingerprint = run_fingerprint(cfg, dataset_ids=train_ds.identities, student=student, tokenizer_fp=tokenizer_fp)
