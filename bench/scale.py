@@ -107,8 +107,9 @@ def stub_samples(unit: str) -> list[dict]:
                 vocab_size=VOCAB,
                 top_k=TOP_K,
                 unit=unit,
+                next_logp=np.concatenate([-rng.exponential(2.0, SEQ_LEN - 1), [np.nan]]).astype(np.float32),
             )
-        )
+        )  # the pipeline's sink writes every sample with the teacher_next_logp column
     return out
 
 

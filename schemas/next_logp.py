@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import zstandard
 
+from schemas.codecs import varint
 from schemas.errors import CodecError
 
 NAME = "nl1"
@@ -46,24 +47,14 @@ def bound() -> float:
     return STEP / 2
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _read_varint(buf: bytes, pos: int, where: str) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 35:
-            raise CodecError(f"{where}: truncated or corrupt length")
-        b = buf[pos]
-        value, pos, shift = value | ((b & 0x7F) << shift), pos + 1, shift + 7
-        if not b & 0x80:
-            return value, pos
+def _read_count(buf: bytes, pos: int, where: str) -> tuple[int, int]:
+    """The header's LEB128 count at ``pos`` (`schemas.codecs.varint`) and the offset after it."""
+    head = np.frombuffer(buf[pos : pos + 6], dtype=np.uint8)
+    ends = np.flatnonzero(head < 0x80)
+    if not len(ends) or ends[0] > 4:
+        raise CodecError(f"{where}: truncated or corrupt length")
+    end = pos + int(ends[0]) + 1
+    return int(varint.decode(buf[pos:end], 1)[0]), end
 
 
 def encode(values: np.ndarray) -> bytes:
@@ -78,7 +69,7 @@ def encode(values: np.ndarray) -> bytes:
     q = np.where(nan, NAN_CODE, q).astype("<u2")
     shuffled = q.view(np.uint8).reshape(-1, 2).T.tobytes()  # low bytes, then high bytes
     frame = zstandard.ZstdCompressor(level=19, write_checksum=True).compress(shuffled)
-    return _MAGIC + bytes([STEP_EXPONENT]) + _varint(m) + frame
+    return _MAGIC + bytes([STEP_EXPONENT]) + varint.encode(np.asarray([m])) + frame
 
 
 def decode(data: bytes, seq_len: int, where: str = "teacher_next_logp") -> np.ndarray:
@@ -89,7 +80,7 @@ def decode(data: bytes, seq_len: int, where: str = "teacher_next_logp") -> np.nd
         raise CodecError(f"{where}: not an {NAME} column (starts {buf[:3]!r})")
     if len(buf) < 4 or buf[3] != STEP_EXPONENT:
         raise CodecError(f"{where}: unknown grid exponent {buf[3] if len(buf) > 3 else None}")
-    m, pos = _read_varint(buf, 4, where)
+    m, pos = _read_count(buf, 4, where)
     if m > seq_len or m > _MAX_LEN:
         raise CodecError(f"{where}: holds {m} positions, the sequence has {seq_len}")
     try:
