@@ -6,6 +6,7 @@ trained on the lake's training split (`pdistill tokenizer train`, 8,192 ids). Th
 architecture with that vocabulary is then trained for the same steps on the same text (each teacher
 sequence re-tokenised and aligned, `distill.cross_tokenizer`) under each method:
   LM-only      distill.mode none (no teacher), the baseline
+  first-token  the teacher's kept ids moved onto the student's vocabulary (pd_best's KD term at aligned positions)
   ALM          approximate likelihood matching of aligned chunks (Minixhofer et al. 2025)
   GOLD         exact-match KL + ULD sorted-probability term (TRL's GOLD hybrid)
   next-byte    KL of the distribution of the next byte at aligned boundaries
@@ -16,7 +17,7 @@ metric that does not depend on the tokenizer, beside the teacher's own held-out 
 computed from its stored pass (`trainer.bits_per_byte.teacher_bits_per_byte`).
 
 Finished runs are recorded in `<lake>/cross/runs.jsonl` and reused (an interrupted bench continues);
-results in `<lake>/cross/results.json`. `--quick` is the CI smoke: tiny scale, one seed, LM-only and ALM.
+results in `<lake>/cross/results.json`. `--quick` is the CI smoke: tiny scale, one seed, LM-only and first-token.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ STUDENT_VOCAB = 8192
 
 FOREIGN = [
     dict(name="foreign LM-only", config="lm_only", extra=["distill.cross_tokenizer={}"]),
+    dict(name="foreign first-token", config="pd_best", extra=["distill.cross_tokenizer.method=first_token"]),
     dict(name="foreign ALM", config="pd_best", extra=["distill.cross_tokenizer.method=alm"]),
     dict(name="foreign GOLD", config="pd_best", extra=["distill.cross_tokenizer.method=gold"]),
     dict(name="foreign next-byte", config="pd_best", extra=["distill.cross_tokenizer.method=next_byte"]),
@@ -145,7 +147,7 @@ def table(rows: list[dict], teacher_bpb: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.cross_tokenizer", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="CI smoke test: tiny scale, 1 seed, LM-only and ALM")
+    ap.add_argument("--quick", action="store_true", help="CI smoke test: tiny scale, 1 seed, LM-only and first-token")
     ap.add_argument("--lake", default=None, help="demo lake to (re)use (default ./recipes-lake or -quick)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per foreign method (default 3; quick 1)")
     ap.add_argument("--report-only", action="store_true", help="summarise the runs finished so far; train nothing")

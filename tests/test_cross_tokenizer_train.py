@@ -121,7 +121,7 @@ def samples_log(tmp) -> list[dict]:
     return sorted(recs, key=lambda r: r["step"])
 
 
-@pytest.mark.parametrize("method", ["alm", "gold", "next_byte", None])
+@pytest.mark.parametrize("method", ["first_token", "alm", "gold", "next_byte", None])
 def test_a_foreign_student_trains_and_reports_bits_per_byte(lake, tmp_path, method):
     run(cfg(lake, tmp_path, method))
     recs = metrics(tmp_path)
@@ -274,3 +274,38 @@ def test_same_tokenizer_runs_report_bits_per_byte_too(lake, tmp_path, tiny_teach
         nbytes += int(lengths[nxt].sum())
     want = ev["metrics/eval/LanguageCrossEntropy"] * tokens / nbytes / math.log(2)
     assert ev["metrics/eval/BitsPerByte"] == pytest.approx(want, rel=1e-5)
+
+
+def test_first_token_with_the_teachers_own_tokenizer_is_same_tokenizer_kd(lake, tmp_path):
+    """The identity reduction end to end: re-tokenised with the teacher's own tokenizer, every
+    position but the last real one is a pair, and the projected teacher equals the stored one there
+    (the last position has no next token on the student's side to align with)."""
+    from schemas import DatasetDir
+    from trainer.config import DataConfig
+    from trainer.data import DistillDataset, build_dataloader
+    from trainer.student_text import cross_tokenizer_text
+
+    uri = str(lake / "logits")
+    d = DatasetDir(uri)
+    teacher_json = d.tokenizer_json(d.read_manifest())
+    common = dict(batch_size=8, cache_dir=str(tmp_path / "c"))
+    same = DistillDataset(DataConfig.of(uri, shuffle=False), **common)
+    same_b = next(iter(build_dataloader(same, batch_size=8)))
+    del same
+    cross = DistillDataset(
+        DataConfig.of(uri, shuffle=False),
+        student_text=lambda u, m: cross_tokenizer_text(
+            u, m, teacher_json, student_len=32, separator=None, method="first_token"
+        ),
+        **common,
+    )
+    b = next(iter(build_dataloader(cross, batch_size=8)))
+    assert torch.equal(b["input_ids"], same_b["input_ids"]) and torch.equal(b["labels"], same_b["labels"])
+    n = same_b["attention_mask"].sum(1)
+    for i in range(8):
+        m = int(n[i]) - 1  # positions 0 .. n - 2
+        for col in ("teacher_ids", "teacher_mask", "teacher_log_tail"):
+            assert torch.equal(b[col][i, :m], same_b[col][i, :m]), col
+        torch.testing.assert_close(b["teacher_logp"][i, :m], same_b["teacher_logp"][i, :m], rtol=1e-6, atol=1e-6)
+        assert torch.equal(b["position_mask"][i, :m], same_b["position_mask"][i, :m])
+        assert not b["position_mask"][i, m:].any()

@@ -145,11 +145,13 @@ class CrossTokenizerConfig(Section):
     boundaries; the KD term becomes `method`. With distill.mode none it is the LM-only baseline on the
     same text."""
 
-    method: Literal["alm", "gold", "next_byte"] = Field(
-        "alm",
-        description="alm: approximate likelihood matching of aligned chunks (needs the teacher_next_logp "
-        "column); gold: exact-match KL + ULD sorted-probability term at aligned positions; next_byte: KL of "
-        "the first byte of what follows an aligned boundary",
+    method: Literal["first_token", "alm", "gold", "next_byte"] = Field(
+        "first_token",
+        description="first_token: the teacher's kept ids moved onto the student's vocabulary by the student "
+        "token each one's bytes begin with, then the same-tokenizer KD term (distill.kind, support, tau) at "
+        "aligned positions; alm: approximate likelihood matching of aligned chunks (needs the "
+        "teacher_next_logp column); gold: exact-match KL + ULD sorted-probability term at aligned positions; "
+        "next_byte: KL of the first byte of what follows an aligned boundary",
     )
     student_seq_len: Int | None = Field(
         None, gt=0, description="student tokens per sequence (null: 1.25 x the dataset's seq_len, rounded up to 8)"
@@ -157,7 +159,8 @@ class CrossTokenizerConfig(Section):
     tau: Float | None = Field(
         None,
         gt=0,
-        description="temperature of the cross-tokenizer term (null: alm 100, as tokenkit; gold, next_byte 1)",
+        description="temperature of the alm / gold / next_byte term (null: alm 100, as tokenkit; gold, "
+        "next_byte 1); first_token uses distill.tau",
     )
     separator: Str | None = Field(
         None, description="the student's document separator token (null: its EOS, else <|endoftext|>)"
@@ -216,6 +219,9 @@ class DistillConfig(Section):
             )
         if self.mode == "none" and self.alpha is not None and self.alpha != ConstantAlpha(0.0):
             raise Refused("alpha", "must be {name: constant, value: 0.0} (or unset) when distill.mode is none")
+        ct = self.cross_tokenizer
+        if ct is not None and ct.method == "first_token" and ct.tau is not None:
+            raise Refused("cross_tokenizer.tau", "method first_token uses distill.tau (its KD term is the usual one)")
         if self.cross_tokenizer is not None and self.mode == "live":
             raise Refused("cross_tokenizer", "reads the stored teacher pass: use distill.mode offline (or none)")
         if self.mode == "live" and not self.teacher:

@@ -27,7 +27,7 @@ from trainer.errors import SettingError
 from trainer.teacher_batch import TeacherBatch
 
 # ALM's temperature on chunk log-likelihoods: tokenkit's default binarization_temp (`alm_loss`)
-DEFAULT_TAU = {"alm": 100.0, "gold": 1.0, "next_byte": 1.0}
+DEFAULT_TAU = {"alm": 100.0, "gold": 1.0, "next_byte": 1.0}  # first_token: distill.tau
 METHODS_NEEDING_NEXT_LOGP = ("alm",)
 
 
@@ -117,8 +117,8 @@ def cross_term_for(distill, dataset) -> CrossTokenizerTerm | None:
     refuses, before step 1, a method the dataset cannot feed."""
     ct = distill.cross_tokenizer
     rt = dataset.student_text.retokenizer
-    if ct is None or rt is None or distill.mode != "offline":
-        return None
+    if ct is None or rt is None or distill.mode != "offline" or ct.method == "first_token":
+        return None  # first_token: the teacher comes projected onto the student's positions, usual KD
     if ct.method in METHODS_NEEDING_NEXT_LOGP and dataset.manifest.next_logp is None:
         raise SettingError(
             f"distill.cross_tokenizer.method: {ct.method} needs the teacher's log-probability of each next "

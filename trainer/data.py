@@ -55,6 +55,7 @@ from trainer.checked_stream import CheckedStream
 from trainer.config import DataConfig
 from trainer.student_text import StudentText, collate_cross, label_bytes
 from trainer.teacher_batch import TeacherBatch
+from trainer.vocab_projection import project_kept
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,11 @@ class DistillDataset(StreamingDataset):
                     f"{int(kept.counts.max())} entries at a position, more than the manifest's top_k {self.top_k}"
                 )
             out["teacher"] = kept
+            first = self.student_text.first_token
+            if first is not None and "student" in out:  # method first_token (`trainer.vocab_projection`)
+                r = out["student"]
+                out["teacher"] = project_kept(kept, first, r.teacher_pos, r.student_pos, len(r.ids))
+                out["projected"] = True
         return out
 
     def raw(self, idx: int) -> dict:

@@ -29,6 +29,7 @@ from schemas.token_bytes import TokenBytes, token_bytes
 from trainer.errors import SettingError
 from trainer.retokenize import IGNORE_INDEX, Retokenized, Retokenizer, stack_pairs
 from trainer.teacher_batch import TeacherBatch
+from trainer.vocab_projection import first_token_map
 
 
 @dataclass
@@ -38,6 +39,7 @@ class StudentText:
 
     byte_lengths: np.ndarray | None = None
     retokenizer: Retokenizer | None = None
+    first_token: np.ndarray | None = None  # [V_t] method first_token: `trainer.vocab_projection`
 
 
 def stored_tokenizer_json(uri: str, manifest: Manifest | None) -> str | None:
@@ -68,7 +70,13 @@ def byte_lengths_of(tokenizer_json: str | None, where: str) -> np.ndarray | None
 
 
 def cross_tokenizer_text(
-    uri: str, manifest: Manifest, student_json: str, *, student_len: int | None, separator: str | None
+    uri: str,
+    manifest: Manifest,
+    student_json: str,
+    *,
+    student_len: int | None,
+    separator: str | None,
+    method: str | None = None,
 ) -> StudentText:
     """The re-tokenising `StudentText` for a dataset whose manifest is ``manifest``; refuses, in one
     line, a dataset without stored tokenizer files or a tokenizer pair that cannot be aligned."""
@@ -97,7 +105,27 @@ def cross_tokenizer_text(
         )
     except ValueError as e:  # UnfitTokenizer and bad ids: one line, naming the side
         raise SettingError(f"distill.cross_tokenizer: {e}") from None
-    return StudentText(byte_lengths=rt.student.lengths, retokenizer=rt)
+    first = None
+    if method == "first_token":  # the teacher's kept ids moved onto the student's vocabulary, per sample
+        first = first_token_map(rt.teacher, rt.student, rt.tok, _control_pairs(rt, teacher_json))
+    return StudentText(byte_lengths=rt.student.lengths, retokenizer=rt, first_token=first)
+
+
+def _control_pairs(rt: Retokenizer, teacher_json: str) -> dict[int, int]:
+    """Teacher ids without bytes -> the student's: separator and BOS as the re-tokenisation maps them,
+    and every other special token the student has under the same string (none: its mass is dropped)."""
+    from tokenizers import Tokenizer  # noqa: PLC0415 (late: only for method first_token)
+
+    teacher = Tokenizer.from_str(teacher_json)
+    pairs = {}
+    for t in sorted(rt.teacher.special):
+        s = rt.tok.token_to_id(teacher.id_to_token(t) or "")
+        if s is not None and s in rt.student.special:
+            pairs[t] = s
+    pairs[rt.t_sep] = rt.s_sep
+    if rt.t_bos is not None and rt.s_bos is not None:
+        pairs[int(rt.t_bos)] = int(rt.s_bos)
+    return pairs
 
 
 def _teacher_bos(teacher_json: str) -> int | None:
@@ -126,7 +154,9 @@ def collate_cross(samples: list[dict], top_k: int, with_teacher: bool) -> dict:
     """The batch of re-tokenised samples (B sequences, S student and T teacher positions, C pairs):
 
     input_ids / attention_mask / labels / label_bytes [B, S] (the student's, as `DistillCollator`
-    lays them out), position_mask [B, S] (its real tokens); with a teacher: the TeacherBatch columns
+    lays them out), position_mask [B, S] (its real tokens); with a teacher projected onto the student's
+    positions (method first_token, `trainer.vocab_projection`): the usual TeacherBatch columns over
+    [B, S] (position_mask: real tokens with kept entries), nothing else; otherwise the TeacherBatch columns
     at the teacher's positions ([B, T, K] and [B, T], position_mask named teacher_position_mask),
     teacher_next_logp [B, T] float32 (NaN where none or not stored), pair_teacher / pair_student
     [B, C] int64 (-1 past each sample's pairs), teacher_chunk [B, T] and student_chunk [B, S] int64.
@@ -145,6 +175,10 @@ def collate_cross(samples: list[dict], top_k: int, with_teacher: bool) -> dict:
         "sample_id": torch.from_numpy(sid.copy()),
     }
     if not with_teacher:
+        return out
+    if samples[0].get("projected"):  # method first_token: the teacher is already on the student's positions
+        teacher = TeacherBatch.from_kept([s["teacher"] for s in samples], s_len, top_k, attn)
+        out.update(teacher.columns())
         return out
     tokens = np.stack([s["tokens"] for s in samples])
     t_len = tokens.shape[1]

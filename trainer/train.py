@@ -110,8 +110,9 @@ def student_text_for(cfg: TrainConfig, tokenizer):
             f"distill.cross_tokenizer: model.tokenizer ({cfg.model.tokenizer}) is not a fast tokenizer "
             "with a tokenizer.json; re-tokenising needs one"
         )
+    method = ct.method if cfg.distill.mode == "offline" else None
     return lambda uri, manifest: cross_tokenizer_text(
-        uri, manifest, student_json, student_len=ct.student_seq_len, separator=ct.separator
+        uri, manifest, student_json, student_len=ct.student_seq_len, separator=ct.separator, method=method
     )
 
 
