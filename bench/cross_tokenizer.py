@@ -14,7 +14,7 @@ each with ``--seeds`` seeds (the student's initialisation; data order fixed), al
 alpha schedule (WSD, peak 0.9). The same-tokenizer LM-only and PD* students (SmolLM2's own 49,152
 ids) run once for reference. Compared in held-out bits per byte (`metrics/eval/BitsPerByte`), the one
 metric that does not depend on the tokenizer, beside the teacher's own held-out bits per byte
-computed from its stored pass (`trainer.bits_per_byte.teacher_bits_per_byte`).
+computed from its stored pass (`pdistill.demo.measure.teacher_heldout_bpb`).
 
 Finished runs are recorded in `<lake>/cross/runs.jsonl` and reused (an interrupted bench continues);
 results in `<lake>/cross/results.json`. `--quick` is the CI smoke: tiny scale, one seed, LM-only and first-token.
@@ -27,12 +27,11 @@ import json
 import math
 import platform
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 from pdistill import corpus as corpus_mod
+from pdistill.demo.measure import teacher_heldout_bpb
 from pdistill.demo.pipeline import stage_corpus, stage_pipeline, stage_teacher
 from pdistill.demo.scale import FULL, TINY, Scale
 from pdistill.demo.stages import Stages, child_env, pdistill_cmd, run_logged, run_stage, say
@@ -49,6 +48,11 @@ FOREIGN = [
     dict(name="foreign ALM", config="pd_best", extra=["distill.cross_tokenizer.method=alm"]),
     dict(name="foreign GOLD", config="pd_best", extra=["distill.cross_tokenizer.method=gold"]),
     dict(name="foreign next-byte", config="pd_best", extra=["distill.cross_tokenizer.method=next_byte"]),
+    dict(
+        name="foreign ALM tau 1",
+        config="pd_best",
+        extra=["distill.cross_tokenizer.method=alm", "distill.cross_tokenizer.tau=1.0"],
+    ),
 ]
 SAME = [
     dict(name="same-tokenizer LM-only", config="lm_only", extra=[]),
@@ -62,24 +66,6 @@ def stage_student_tokenizer(lake: Path, vocab: int) -> dict:
     cmd += ["--output", str(out), "--vocab-size", str(vocab)]
     run_logged(cmd, lake / "logs" / "student-tokenizer.log", child_env())
     return {"output": str(out), "vocab": vocab}
-
-
-def teacher_reference(heldout: Path) -> float:
-    """The teacher's own held-out bits per byte, from its stored next-token log-probabilities."""
-    import numpy as np  # noqa: PLC0415 (late: keeps --help light)
-
-    from pdistill.inspect import read_samples  # noqa: PLC0415 (late: imports the trainer)
-    from schemas import DatasetDir  # noqa: PLC0415
-    from schemas.sample import decode_next_logp  # noqa: PLC0415
-    from schemas.token_bytes import token_bytes  # noqa: PLC0415
-    from trainer.bits_per_byte import teacher_bits_per_byte  # noqa: PLC0415
-
-    d = DatasetDir(str(heldout))
-    lengths = token_bytes(d.tokenizer_json(d.read_manifest())).lengths
-    with tempfile.TemporaryDirectory(prefix="pdistill-bpb-") as tmp:
-        raws, _ = read_samples(str(heldout), tmp, sys.maxsize)
-    rows = [(np.asarray(r["tokens"]), int(r["n_tokens"]), decode_next_logp(r)) for r in raws]
-    return teacher_bits_per_byte(rows, lengths)
 
 
 def runs(seeds: int, quick: bool) -> list[dict]:
@@ -163,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     run_stage(stages, "heldout", lambda: stage_pipeline(lake, scale, "heldout", "heldout"))
     vocab = 512 if args.quick else STUDENT_VOCAB
     run_stage(stages, "student-tokenizer", lambda: stage_student_tokenizer(lake, vocab))
-    teacher_bpb = teacher_reference(lake / "heldout")
+    teacher_bpb = teacher_heldout_bpb(lake / "heldout")
     say(f"teacher: held-out {teacher_bpb:.4f} bits per byte (its stored pass)")
     out = lake / "cross"
     out.mkdir(exist_ok=True)

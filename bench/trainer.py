@@ -17,11 +17,17 @@
   (b) loader samples/s (`DistillDataset` + `build_dataloader`, the real StreamingDataset and
       collator, num_workers 0 as pd_best) against training consumption (batch / KD step time).
                                                              target: >= 10x
+  (b'') the same WITH re-tokenisation (`bench.trainer_cross`, real teacher only): a foreign student
+      tokenizer (byte-level BPE, 8,192 ids, `pdistill.tokenizer_train` on `pdistill.corpus`), each
+      teacher sample re-tokenised and aligned in the loader as `pdistill train` does, against the
+      consumption of that student's cross-tokenizer KD step (method alm, pd_best otherwise).
+                                                             target: >= 10x
   (c) time to the first batch of a fresh dataset/loader after `load_state_dict` at 90 % of an
       epoch against at 0 % (cold local cache each time).     target: <= 2x
 
 The dataset is written as the pipeline writes it (parts/<unit>/ MDS shards, zstd + xxh3_64,
-root index, manifest) with top-0.95-50 truncation. Teacher signal: the real SmolLM2-135M teacher
+root index, manifest, the teacher_next_logp column and, with a real teacher, its tokenizer files)
+with top-0.95-50 truncation. Teacher signal: the real SmolLM2-135M teacher
 (`--teacher`, default: demo-lake/teacher or /tmp/smol when present) run on English prose, or
 random logits (`--teacher none`); a bank of `--bank` teacher sequences is cycled over the samples.
 
@@ -56,7 +62,8 @@ KD_ALPHA = 0.9  # pd_best: WSD on alpha, peak 0.9 (the stable phase)
 
 
 def _teacher_bank(teacher: str | None, n_seq: int, seq_len: int, seed: int = 0):
-    """[(tokens int64 [seq_len], KeptEntries)] from the real teacher on prose, or random logits."""
+    """[(tokens int64 [seq_len], KeptEntries, next_logp float32 [seq_len])] from the real teacher on
+    prose, or random logits; next_logp[t] = log p(tokens[t + 1] | tokens[: t + 1]), NaN at the end."""
     import torch
 
     from schemas import truncate_tensor
@@ -78,7 +85,11 @@ def _teacher_bank(teacher: str | None, n_seq: int, seq_len: int, seed: int = 0):
         ids = torch.randint(4, VOCAB, (n_seq, seq_len), generator=g)
         logits = torch.randn(n_seq, seq_len, VOCAB, generator=g) * 3
         fp_tok = None
-    bank = [(ids[i].numpy().astype(np.int64), truncate_tensor(logits[i], TOP_P, TOP_K)) for i in range(n_seq)]
+    bank = []
+    for i in range(n_seq):
+        nl = torch.full((seq_len,), float("nan"))
+        nl[:-1] = torch.log_softmax(logits[i, :-1].float(), -1).gather(-1, ids[i, 1:, None])[:, 0]
+        bank.append((ids[i].numpy().astype(np.int64), truncate_tensor(logits[i], TOP_P, TOP_K), nl.numpy()))
     return bank, fp_tok
 
 
@@ -93,29 +104,33 @@ def write_dataset(
     size_limit: int = 1 << 18,
     codec_name: str | None = None,
     prime_bank=(),
+    tokenizer_files: dict[str, bytes] | None = None,
 ) -> None:
-    """The pipeline's layout: parts/<unit>/ MDS sub-datasets, root index, manifest written last;
-    with a codec that has a prime (compact5), the prime from `prime_bank`, written first."""
+    """The pipeline's layout: parts/<unit>/ MDS sub-datasets with the teacher_next_logp column, root
+    index, manifest written last; with a codec that has a prime (compact5), the prime from
+    `prime_bank`, written first; `tokenizer_files` (`pipelines.tokenizer_files`): the teacher's
+    tokenizer stored with the dataset, as the pipeline stores it (what a foreign student reads)."""
     from streaming import MDSWriter
 
     from schemas import DEFAULT_CODEC, DatasetDir, Manifest, build_sample, make_codec, mds_columns, sample_id
+    from schemas import next_logp as next_logp_codec
     from schemas.codecs import Prime
-    from schemas.manifest import Codec, Counts, Source, Teacher, Tokenizer, Truncation
+    from schemas.manifest import Codec, Counts, NextLogp, Source, Teacher, Tokenizer, Truncation
 
     codec = make_codec(codec_name or DEFAULT_CODEC, {})  # default: what the pipeline writes today
     dataset = DatasetDir(out)
     if codec.needs_prime:
-        codec = codec.with_prime(
-            Prime.from_bytes(dataset.publish_prime(Prime.from_signal(list(prime_bank)).to_bytes()))
-        )
-    columns = mds_columns(VOCAB, TOP_K)
+        signal = [(tokens, tr) for tokens, tr, _ in prime_bank]
+        codec = codec.with_prime(Prime.from_bytes(dataset.publish_prime(Prime.from_signal(signal).to_bytes())))
+    digests = dataset.publish_tokenizer_files(tokenizer_files) if tokenizer_files else None
+    columns = mds_columns(VOCAB, TOP_K, next_logp=True)
     source = "sha256:bench-trainer"
     names, gi = [f"u{u:05d}-00000" for u in range(units)], 0
     for unit in names:
         part = dataset.part_uri(unit)
         with MDSWriter(out=part, columns=columns, compression="zstd", hashes=["xxh3_64"], size_limit=size_limit) as w:
             for i in range(n_samples // units):
-                tokens, tr = bank[gi % len(bank)]
+                tokens, tr, next_logp = bank[gi % len(bank)]
                 w.write(
                     build_sample(
                         sample_id=sample_id(source, unit, i),
@@ -127,13 +142,14 @@ def write_dataset(
                         vocab_size=VOCAB,
                         top_k=TOP_K,
                         unit=unit,
+                        next_logp=next_logp,
                     )
                 )
                 gi += 1
     dataset.publish_index(dataset.root_index(names))
     manifest = Manifest(
         teacher=Teacher(id="bench", revision="sha256:0"),
-        tokenizer=Tokenizer(fingerprint=tokenizer_fp, separator_id=0, add_bos=False),
+        tokenizer=Tokenizer(fingerprint=tokenizer_fp, separator_id=0, add_bos=False, files=digests),
         vocab_size=VOCAB,
         seq_len=seq_len,
         truncation=Truncation(method="top_p_k", top_p=TOP_P, top_k=TOP_K),
@@ -144,19 +160,25 @@ def write_dataset(
         counts=Counts(
             documents=gi, packed_documents=gi, dead_letters=0, sequences=gi, tokens=gi * seq_len, units=units
         ),
+        next_logp=NextLogp(**next_logp_codec.manifest_entry()),
     )
     dataset.publish_manifest(manifest)
 
 
-def make_loader(data: str, cache: str, batch: int, state: dict | None = None, workers: int | None = None):
-    """pd_best's loader over `data`; `workers`: its data.num_workers instead of pd_best's (0)."""
+def make_loader(
+    data: str, cache: str, batch: int, state: dict | None = None, workers: int | None = None, student_text=None
+):
+    """pd_best's loader over `data`; `workers`: its data.num_workers instead of pd_best's (0);
+    `student_text`: a foreign student's re-tokenisation (`trainer.train.student_text_for`), checked
+    against the dataset as `pdistill train` checks it (by the tokenizer files, not the vocabulary)."""
     from trainer.config import StreamConfig, load_config
     from trainer.data import DistillDataset, Expect, build_dataloader
 
     d = load_config("pd_best").data.model_copy(update={"streams": [StreamConfig(uri=data)]})
     if workers is not None:
         d = d.model_copy(update={"num_workers": workers})
-    ds = DistillDataset(d, batch_size=batch, cache_dir=cache, expect=Expect(vocab_size=VOCAB))
+    expect = Expect(vocab_size=VOCAB) if student_text is None else Expect()
+    ds = DistillDataset(d, batch_size=batch, cache_dir=cache, expect=expect, student_text=student_text)
     if state is not None:
         ds.load_state_dict(state)
     return ds, build_dataloader(ds, batch_size=batch, num_workers=d.num_workers)
@@ -250,10 +272,10 @@ def train_step(model, opt, cfg, batch) -> None:
     del out, loss
 
 
-def loader_rate(data: str, cache: str, batch: int, workers: int | None = None) -> tuple[float, int]:
+def loader_rate(data: str, cache: str, batch: int, workers: int | None = None, student_text=None) -> tuple[float, int]:
     """(samples/s, samples) of one epoch after the first batch: start-up (workers, shard fetch)
     is (c)'s subject; this is the steady state."""
-    ds, dl = make_loader(data, cache, batch, workers=workers)
+    ds, dl = make_loader(data, cache, batch, workers=workers, student_text=student_text)
     it = iter(dl)
     next(it)
     t0 = time.perf_counter()
@@ -409,14 +431,25 @@ def _run(args, teacher, work: str, t_start: float) -> int:
     n_prime = -(-make_codec(codec, {}).prime_tokens // args.seq_len) if make_codec(codec, {}).needs_prime else 0
     bank, tok = _teacher_bank(teacher, args.bank + n_prime, args.seq_len)
     bank, prime_bank = bank[: args.bank], bank[args.bank :]  # the prime: the text after the bank's
+    files = None
     if tok is not None:
+        from pipelines.tokenizer_files import tokenizer_files
         from schemas import fingerprint_tokenizer
 
-        fp = fingerprint_tokenizer(tok)
+        fp, files = fingerprint_tokenizer(tok), tokenizer_files(teacher, tok)
     else:
         fp = "sha256:random-teacher"
-    write_dataset(data, bank, fp, n_samples=args.samples, seq_len=args.seq_len, codec_name=codec, prime_bank=prime_bank)
-    kept = float(np.mean([tr.counts.mean() for _, tr in bank]))
+    write_dataset(
+        data,
+        bank,
+        fp,
+        n_samples=args.samples,
+        seq_len=args.seq_len,
+        codec_name=codec,
+        prime_bank=prime_bank,
+        tokenizer_files=files,
+    )
+    kept = float(np.mean([tr.counts.mean() for _, tr, _ in bank]))
 
     print(
         f"dataset: {args.samples} samples x {args.seq_len} tokens, vocab {VOCAB}, top-{TOP_P}-{TOP_K}, {codec} "
@@ -483,6 +516,12 @@ def _run(args, teacher, work: str, t_start: float) -> int:
             f"    with {args.workers} DataLoader workers: loader {sps:.0f} samples/s ({n} samples), "
             f"{sps / train_sps:.1f}x training (info: on {os.cpu_count()} cores, where training would share them)"
         )
+    if tok is not None:
+        from bench import trainer_cross
+
+        trainer_cross.run(args, data, work)
+    else:
+        print("(b'') loader with re-tokenisation: skipped (random logits have no teacher tokenizer to spell them)")
 
     # (c) time to first batch after resume, cold cache, fresh dataset/loader each time
     n_samples = args.samples

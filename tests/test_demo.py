@@ -19,6 +19,10 @@ REPORT_FIELDS = [
     "held-out LM loss: vanilla PD",
     "distilled - baseline",
     "beyond the spread?",
+    "held-out bits per byte: teacher (its stored pass)",
+    "held-out bits per byte: LM-only baseline",
+    "held-out bits per byte: distilled (PD*, pd_best as shipped)",
+    "held-out bits per byte: vanilla PD",
     "storage: this dataset",
     "storage: naive fixed-k",
     "storage: full fp32 logits",
@@ -79,6 +83,22 @@ def test_demo_tiny_end_to_end(tmp_path, real_teacher):
     assert s["seeds"] == 2 and len(s["baseline_heldout_losses"]) == len(s["distilled_heldout_losses"]) == 2
     assert s["baseline_heldout_loss"] == pytest.approx(sum(s["baseline_heldout_losses"]) / 2)
     assert s["spread"] >= 0 and isinstance(s["distilled_beats_baseline_beyond_spread"], bool)
+    # held-out bits per byte: every student's (per seed) and the teacher's from its stored pass, finite;
+    # the same positions and bytes under the same tokenizer, so bits per byte / nats per token is one
+    # constant (tokens / (ln 2 x bytes)) for every student and, up to its stored 1/256-nat grid, the teacher
+    for key in ("teacher_heldout_bpb", "baseline_heldout_bpb", "distilled_heldout_bpb", "vanilla_heldout_bpb"):
+        assert math.isfinite(s[key]) and s[key] > 0, key
+    assert len(s["baseline_heldout_bpbs"]) == len(s["distilled_heldout_bpbs"]) == 2
+    assert all(math.isfinite(v) and v > 0 for v in s["baseline_heldout_bpbs"] + s["distilled_heldout_bpbs"])
+    assert s["distilled_heldout_bpb"] == pytest.approx(sum(s["distilled_heldout_bpbs"]) / 2)
+    assert s["baseline_heldout_bpb_std"] >= 0 and s["distilled_heldout_bpb_std"] >= 0
+    ratios = [b / c for b, c in zip(s["baseline_heldout_bpbs"], s["baseline_heldout_losses"])]
+    ratios += [b / c for b, c in zip(s["distilled_heldout_bpbs"], s["distilled_heldout_losses"])]
+    ratios.append(s["vanilla_heldout_bpb"] / s["vanilla_heldout_loss"])
+    assert max(ratios) == pytest.approx(min(ratios), rel=1e-3), ratios
+    assert s["teacher_heldout_bpb"] / s["teacher_heldout_loss"] == pytest.approx(ratios[0], rel=2e-2)
+    assert s["teacher_heldout_bpb"] < min(s["baseline_heldout_bpbs"])  # the pre-trained teacher, far ahead
+    assert f"{s['teacher_heldout_bpb']:.4f}" in report and f"{s['distilled_heldout_bpb']:.4f}" in report
     cmd = json.loads((lake / "stages" / "distilled.json").read_text())["segments"][1]["cmd"]
     assert "pd_best" in cmd and not any(a.startswith("distill.") for a in cmd)
     assert s["teacher_heldout_loss"] < 6.0  # a real pre-trained teacher
@@ -93,6 +113,7 @@ def test_demo_tiny_end_to_end(tmp_path, real_teacher):
     # an eval every eval_interval (3) steps, alpha following pd_best's WSD schedule up to 0.9
     assert [s for s, _ in stages["train_total"]] == list(range(1, 13))
     assert [s for s, _ in stages["eval_loss"]] == [3, 6, 9, 12]
+    assert [s for s, _ in stages["eval_bpb"]] == [3, 6, 9, 12]
     assert stages["alpha"][0] == [1, 0.0] and max(a for _, a in stages["alpha"]) == pytest.approx(0.9)
 
     # a re-run reuses every finished stage

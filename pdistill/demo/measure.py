@@ -1,8 +1,10 @@
 """The demo's `measure` stage: the teacher checkpoint itself, on the held-out sequences.
 
-Its held-out LM loss (computed as the students' `LanguageCrossEntropy` is), the bare forward +
-truncation rate on the pipeline's batch shape (no Beam), the codec's fidelity against the stored
-samples, and the storage figures of the train dataset.
+Its held-out LM loss (computed as the students' `LanguageCrossEntropy` is), its held-out bits per
+byte from its stored pass (`teacher_heldout_bpb`: the reference for every student's
+`metrics/eval/BitsPerByte`, whatever its tokenizer), the bare forward + truncation rate on the
+pipeline's batch shape (no Beam), the codec's fidelity against the stored samples, and the storage
+figures of the train dataset.
 """
 
 from __future__ import annotations
@@ -21,11 +23,34 @@ import schemas
 from pdistill.demo.pipeline import dataset_bytes, read_samples
 from pdistill.demo.scale import Scale
 from schemas import fidelity
+from schemas.errors import IncompatibleDataset
+from schemas.redact import redact_uri
+from schemas.sample import decode_next_logp
+from schemas.token_bytes import token_bytes
+from trainer.bits_per_byte import teacher_bits_per_byte
 
 
 def _batches(samples: list[dict], batch: int):
     for i in range(0, len(samples), batch):
         yield samples[i : i + batch]
+
+
+def teacher_heldout_bpb(heldout: Path, samples: list[dict] | None = None) -> float:
+    """The teacher's own held-out bits per byte, from its stored pass: the teacher_next_logp column
+    and the teacher's tokenizer files stored with the dataset (`samples`: its stored samples when
+    already read). IncompatibleDataset, naming the dataset, when it was written without them."""
+    d = schemas.DatasetDir(str(heldout))
+    lengths = token_bytes(d.tokenizer_json(d.read_manifest())).lengths
+    rows = []
+    for r in read_samples(heldout) if samples is None else samples:
+        next_logp = decode_next_logp(r)
+        if next_logp is None:
+            raise IncompatibleDataset(
+                f"dataset {redact_uri(str(heldout))}: no teacher_next_logp column (written before pdistill "
+                "stored it); re-run the pipeline for the teacher's bits per byte"
+            )
+        rows.append((np.asarray(r["tokens"]), int(r["n_tokens"]), next_logp))
+    return teacher_bits_per_byte(rows, lengths)
 
 
 def stage_measure(lake: Path, scale: Scale) -> dict:
@@ -89,6 +114,7 @@ def stage_measure(lake: Path, scale: Scale) -> dict:
     kept_all = np.concatenate([np.asarray(s["teacher_counts"])[: int(s["n_tokens"])] for s in train])
     return {
         "teacher_heldout_loss": teacher_loss,
+        "teacher_heldout_bpb": teacher_heldout_bpb(lake / "heldout", held),
         "teacher_heldout_ppl": math.exp(teacher_loss),
         "teacher_heldout_tokens": count,
         "bare_forward_tokens_per_s": bare_tokens / bare_secs if bare_secs else float("nan"),

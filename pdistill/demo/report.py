@@ -22,11 +22,11 @@ def _fmt_bytes_per_token(x: float) -> str:
     return f"{x:,.1f} B/token"
 
 
-def _seed_losses(recs: dict, scale: Scale, name: str) -> list[float]:
-    """Held-out loss of `name` ("baseline" / "distilled") for every seed, first seed first."""
-    out = [recs[name]["final_eval_loss"]]
-    out += [recs[f"seed{s}"][name]["final_eval_loss"] for s in scale.seed_list[1:] if f"seed{s}" in recs]
-    return out
+def _seed_values(recs: dict, scale: Scale, name: str, key: str = "final_eval_loss") -> list[float]:
+    """`key` of `name` ("baseline" / "distilled") for every seed, first seed first: the held-out loss,
+    or "final_eval_bpb" its bits per byte (NaN in a stage recorded before the demo read it)."""
+    runs = [recs[name]] + [recs[f"seed{s}"][name] for s in scale.seed_list[1:] if f"seed{s}" in recs]
+    return [r.get(key, float("nan")) for r in runs]
 
 
 def _spread(values: list[float]) -> float:
@@ -35,7 +35,9 @@ def _spread(values: list[float]) -> float:
 
 def build_report(lake: Path, scale: Scale, recs: dict, wall: dict) -> dict:
     m, base, dist = recs["measure"], recs["baseline"], recs["distilled"]
-    base_all, dist_all = _seed_losses(recs, scale, "baseline"), _seed_losses(recs, scale, "distilled")
+    base_all, dist_all = _seed_values(recs, scale, "baseline"), _seed_values(recs, scale, "distilled")
+    base_bpb = _seed_values(recs, scale, "baseline", "final_eval_bpb")
+    dist_bpb = _seed_values(recs, scale, "distilled", "final_eval_bpb")
     van = recs.get("vanilla", {}).get("final_eval_loss", float("nan"))
     spread = _spread(base_all) + _spread(dist_all)  # NaN with one seed: no claim beyond the spread
     pipe, held = recs["logits"], recs["heldout"]
@@ -71,6 +73,14 @@ def build_report(lake: Path, scale: Scale, recs: dict, wall: dict) -> dict:
         "spread": spread,
         "distilled_beats_baseline_beyond_spread": None if math.isnan(spread) else bool(margin > spread),
         "vanilla_heldout_loss": van,
+        "teacher_heldout_bpb": m.get("teacher_heldout_bpb", float("nan")),
+        "baseline_heldout_bpb": statistics.fmean(base_bpb),
+        "distilled_heldout_bpb": statistics.fmean(dist_bpb),
+        "baseline_heldout_bpbs": base_bpb,
+        "distilled_heldout_bpbs": dist_bpb,
+        "baseline_heldout_bpb_std": _spread(base_bpb),
+        "distilled_heldout_bpb_std": _spread(dist_bpb),
+        "vanilla_heldout_bpb": recs.get("vanilla", {}).get("final_eval_bpb", float("nan")),
         "vanilla_minus_baseline_loss": van - b_loss,
         "relative_improvement_pct": 100.0 * margin / b_loss if b_loss else float("nan"),
         "steps": scale.steps,
@@ -151,6 +161,13 @@ def _table_rows(s: dict) -> list[tuple[str, str]]:
             f"{'distilled wins' if s['distilled_beats_baseline'] else 'BASELINE WINS'}",
         ),
         ("beyond the spread?", _beyond(s)),
+        ("held-out bits per byte: teacher (its stored pass)", f"{s['teacher_heldout_bpb']:.4f}"),
+        ("held-out bits per byte: LM-only baseline", _seeds_cell(s["baseline_heldout_bpbs"], digits=4)),
+        (
+            "held-out bits per byte: distilled (PD*, pd_best as shipped)",
+            _seeds_cell(s["distilled_heldout_bpbs"], digits=4),
+        ),
+        ("held-out bits per byte: vanilla PD (1 seed)", f"{s['vanilla_heldout_bpb']:.4f}"),
         (
             "students: steps / train tokens",
             f"{s['steps']} steps, same {s['train_sequences']} sequences ({s['train_tokens']:,} tokens)",
@@ -186,12 +203,12 @@ def _table_rows(s: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _seeds_cell(values: list[float], ppl: float) -> str:
+def _seeds_cell(values: list[float], ppl: float | None = None, digits: int = 3) -> str:
     if len(values) == 1:
-        return f"{values[0]:.3f} (ppl {ppl:.1f}; 1 seed)"
+        return f"{values[0]:.{digits}f} ({'' if ppl is None else f'ppl {ppl:.1f}; '}1 seed)"
     return (
-        f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f} over {len(values)} seeds "
-        f"({', '.join(f'{v:.3f}' for v in values)})"
+        f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} over {len(values)} seeds "
+        f"({', '.join(f'{v:.{digits}f}' for v in values)})"
     )
 
 
@@ -226,7 +243,9 @@ def _markdown(s: dict, rows, scale: Scale, recs: dict, png: str) -> str:
         f"{s['baseline_heldout_loss']:.3f} for the LM-only baseline (means over {s['seeds']} seed(s); "
         f"{s['distilled_minus_baseline_loss']:+.3f} nats/token, {-s['relative_improvement_pct']:+.1f} %) "
         f"at equal steps and data; beyond the seeds' spread: {_beyond(s)}. Vanilla PD: "
-        f"{s['vanilla_heldout_loss']:.3f}. The teacher's is {s['teacher_heldout_loss']:.3f}.**",
+        f"{s['vanilla_heldout_loss']:.3f}. The teacher's is {s['teacher_heldout_loss']:.3f}. In held-out bits "
+        f"per byte: distilled {s['distilled_heldout_bpb']:.4f}, LM-only {s['baseline_heldout_bpb']:.4f}, vanilla PD "
+        f"{s['vanilla_heldout_bpb']:.4f}, teacher {s['teacher_heldout_bpb']:.4f}.**",
         "",
         f"![held-out loss]({png})",
         "",
@@ -239,6 +258,9 @@ def _markdown(s: dict, rows, scale: Scale, recs: dict, png: str) -> str:
         "Notes:",
         "- Held-out loss is the mean next-token cross-entropy over every real token of the held-out dataset "
         "(the students' `LanguageCrossEntropy` evaluator; the teacher computed the same way on the same sequences).",
+        "- Bits per byte: the same next-token losses in bits, over the UTF-8 bytes of the predicted tokens (the "
+        "students' `BitsPerByte` evaluator); the teacher's from its stored pass (the teacher_next_logp column, "
+        "1/256-nat steps) over the same positions. Unlike nats/token it does not depend on the tokenizer.",
         "- Storage: 'on disk' is every shard byte (tokens, counts, ids, values, tail; zstd) divided by real tokens; "
         "naive fixed-k stores k = 50 slots of int32 id + fp32 value; full logits are 4 bytes x vocab.",
         "- Pipeline throughput is real tokens over the wall time of `pdistill logits` (start-up and model load "

@@ -22,6 +22,7 @@ from pdistill.demo.stages import Stages, child_env, pdistill_cmd, run_logged, sa
 from trainer.metrics_log import FILENAME, last_step, read_metrics, series
 
 EVAL_LOSS = "metrics/eval/LanguageCrossEntropy"
+EVAL_BPB = "metrics/eval/BitsPerByte"  # the held-out loss in bits per byte of text (any tokenizer)
 
 
 def _student_overrides(lake: Path, scale: Scale, name: str, segment: str) -> list[str]:
@@ -90,15 +91,17 @@ def run_student(
 def curves(*metrics_files: str) -> dict:
     """The series the report plots, over one run's segments (a later segment's step wins)."""
     records = [r for path in metrics_files for r in read_metrics(path)]
-    ev = series(records, EVAL_LOSS)
+    ev, bpb = series(records, EVAL_LOSS), series(records, EVAL_BPB)
     return {
         "eval_loss": ev,
+        "eval_bpb": bpb,
         "train_total": series(records, "loss/train/total"),
         "train_lm": series(records, "loss/train/lm"),
         "train_kd": series(records, "loss/train/kd"),
         "alpha": series(records, "distill/alpha"),
         "final_eval_loss": ev[-1][1] if ev else float("nan"),
         "final_eval_step": ev[-1][0] if ev else None,
+        "final_eval_bpb": bpb[-1][1] if bpb else float("nan"),
     }
 
 
