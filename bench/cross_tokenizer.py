@@ -30,6 +30,7 @@ import statistics
 import time
 from pathlib import Path
 
+from bench.runs_log import run_all
 from pdistill import corpus as corpus_mod
 from pdistill.demo.measure import teacher_heldout_bpb
 from pdistill.demo.pipeline import stage_corpus, stage_pipeline, stage_teacher
@@ -153,29 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     say(f"teacher: held-out {teacher_bpb:.4f} bits per byte (its stored pass)")
     out = lake / "cross"
     out.mkdir(exist_ok=True)
-    done_path = out / "runs.jsonl"
-    done = {}
-    if done_path.exists():
-        for line in done_path.read_text().splitlines():
-            rec = json.loads(line)
-            done[rec["id"]] = rec
     todo = runs(seeds, args.quick)
-    results = []
-    for i, r in enumerate(todo, 1):
-        rec = done.get(_run_id(r))
-        if rec is None and args.report_only:
-            continue
-        if rec is None:
-            print(f"[cross] {i}/{len(todo)} {r['name']} seed {r['seed']}: training", flush=True)
-            rec = run_one(lake, scale, r)
-            with open(done_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-        print(
-            f"[cross] {i}/{len(todo)} {r['name']} seed {r['seed']}: held-out {rec['bpb']:.4f} bits/byte "
-            f"(CE {rec['ce']:.4f} nats/token) at step {rec['step']} ({rec['seconds']:.0f} s)",
-            flush=True,
-        )
-        results.append(rec)
+    results = run_all(
+        todo,
+        out / "runs.jsonl",
+        _run_id,
+        lambda r: run_one(lake, scale, r),
+        lambda rec: (
+            f"held-out {rec['bpb']:.4f} bits/byte (CE {rec['ce']:.4f} nats/token) at step {rec['step']} "
+            f"({rec['seconds']:.0f} s)"
+        ),
+        tag="cross",
+        report_only=args.report_only,
+    )
     rows = summarise(results)
     head = (
         f"bench.cross_tokenizer ({scale.name}): {scale.steps} steps x {scale.batch_size} sequences of "

@@ -24,6 +24,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from bench.runs_log import run_all
 from pdistill.demo.pipeline import stage_corpus, stage_pipeline, stage_teacher
 from pdistill.demo.scale import FULL, TINY, Scale
 from pdistill.demo.stages import Stages, run_stage
@@ -159,30 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     run_stage(stages, "heldout", lambda: stage_pipeline(lake, scale, "heldout", "heldout"))
     out = lake / "recipes"
     out.mkdir(exist_ok=True)
-    done_path = out / "runs.jsonl"
-    done = {}
-    if done_path.exists():
-        for line in done_path.read_text().splitlines():
-            rec = json.loads(line)
-            done[rec["id"]] = rec
     todo = recipes(seeds, args.quick)
-    results = []
-    for i, r in enumerate(todo, 1):
-        rec = done.get(_run_id(r))
-        if rec is None and args.report_only:
-            print(f"[recipes] {i}/{len(todo)} {r['name']} seed {r['seed']}: not run", flush=True)
-            continue
-        if rec is None:
-            print(f"[recipes] {i}/{len(todo)} {r['name']} seed {r['seed']}: training", flush=True)
-            rec = run_one(lake, scale, r)
-            with open(done_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-        print(
-            f"[recipes] {i}/{len(todo)} {r['name']} seed {r['seed']}: held-out {rec['heldout']:.4f} "
-            f"at step {rec['step']} ({rec['seconds']:.0f} s)",
-            flush=True,
-        )
-        results.append(rec)
+    results = run_all(
+        todo,
+        out / "runs.jsonl",
+        _run_id,
+        lambda r: run_one(lake, scale, r),
+        lambda rec: f"held-out {rec['heldout']:.4f} at step {rec['step']} ({rec['seconds']:.0f} s)",
+        tag="recipes",
+        report_only=args.report_only,
+    )
     rows = summarise(results)
     tokens = scale.steps * scale.batch_size * scale.seq_len
     head = (

@@ -6,6 +6,7 @@ distill.fused_head): losses, gradients, eval metrics, live teacher, refusals, DD
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -272,9 +273,11 @@ def test_model_fused_equals_unfused(mode, tied, kind, support):
 
 
 def test_eval_metrics_without_logits():
-    """Held-out cross-entropy and perplexity through eval_forward / update_metric equal the unfused
-    metrics (Composer's LanguageCrossEntropy / LanguagePerplexity on the full logits)."""
+    """Held-out cross-entropy, perplexity and bits per byte through eval_forward / update_metric equal
+    the unfused metrics (Composer's LanguageCrossEntropy / LanguagePerplexity on the full logits)."""
     batches = [_batch(seed=s) for s in (3, 4)]
+    for b in batches:  # bytes of each label token (1..4, a UTF-8 character's range), 0 where ignored
+        b["label_bytes"] = torch.where(b["labels"] == -100, 0, b["labels"] % 4 + 1)
     values = []
     for fused in (True, False):
         model = _model(fused, True)
@@ -288,7 +291,12 @@ def test_eval_metrics_without_logits():
                 for m in metrics.values():
                     model.update_metric(b, out, m)
         values.append({k: float(m.compute()) for k, m in metrics.items()})
+    assert set(values[0]) == {"LanguageCrossEntropy", "LanguagePerplexity", "BitsPerByte"}
     assert values[0] == pytest.approx(values[1], rel=1e-5)
+    ce, bpb = values[0]["LanguageCrossEntropy"], values[0]["BitsPerByte"]
+    labels = torch.cat([b["labels"].flatten() for b in batches])
+    nbytes = torch.cat([b["label_bytes"].flatten() for b in batches])
+    assert bpb == pytest.approx(ce * int((labels != -100).sum()) / int(nbytes.sum()) / math.log(2), rel=1e-6)
 
 
 def test_refuses_heads_that_are_not_a_plain_projection():

@@ -151,23 +151,11 @@ def test_loss_spec_names_the_bad_setting(setting, value):
 def test_an_offline_step_builds_the_batchs_teacher_once(monkeypatch):
     """Issue 22: the teacher goes codec -> KeptEntries -> TeacherBatch (collator) -> columns, and the
     step reads the columns back into a TeacherBatch once (counting KD positions reads them directly)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from trainer.config import DistillConfig
     from trainer.model import DistillationModel
 
-    torch.manual_seed(0)
-    student = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=V,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=SEQ,
-        )
-    )
+    student = _tiny_teacher()  # any small Llama with a plain head will do as the student
     kept = [lossless_decoded(truncate(logits_for(n, i), 0.9, K)) for i, n in enumerate((SEQ, 5))]
     samples = [
         {"tokens": np.arange(SEQ, dtype=np.int64) % V, "n_tokens": n, "sample_id": i, "teacher": e}
