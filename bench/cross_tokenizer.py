@@ -6,18 +6,19 @@ trained on the lake's training split (`pdistill tokenizer train`, 8,192 ids). Th
 architecture with that vocabulary is then trained for the same steps on the same text (each teacher
 sequence re-tokenised and aligned, `distill.cross_tokenizer`) under each method:
   LM-only      distill.mode none (no teacher), the baseline
-  first-token  the teacher's kept ids moved onto the student's vocabulary (pd_best's KD term at aligned positions)
+  PD*          pd_cross as shipped: first-token with the full-vocabulary support at tau 1
+  first-token  the teacher's kept ids moved onto the student's vocabulary, with pd_best's KD term (split, tau 2)
   ALM          approximate likelihood matching of aligned chunks (Minixhofer et al. 2025)
   GOLD         exact-match KL + ULD sorted-probability term (TRL's GOLD hybrid)
   next-byte    KL of the distribution of the next byte at aligned boundaries
 each with ``--seeds`` seeds (the student's initialisation; data order fixed), all with pd_best's
-alpha schedule (WSD, peak 0.9). The same-tokenizer LM-only and PD* students (SmolLM2's own 49,152
+alpha schedule (WSD, peak 0.9) and learning rate. The same-tokenizer LM-only and PD* students (SmolLM2's own 49,152
 ids) run once for reference. Compared in held-out bits per byte (`metrics/eval/BitsPerByte`), the one
 metric that does not depend on the tokenizer, beside the teacher's own held-out bits per byte
 computed from its stored pass (`pdistill.demo.measure.teacher_heldout_bpb`).
 
 Finished runs are recorded in `<lake>/cross/runs.jsonl` and reused (an interrupted bench continues);
-results in `<lake>/cross/results.json`. `--quick` is the CI smoke: tiny scale, one seed, LM-only and first-token.
+results in `<lake>/cross/results.json`. `--quick` is the CI smoke: tiny scale, one seed, LM-only and PD* (pd_cross).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ STUDENT_VOCAB = 8192
 
 FOREIGN = [
     dict(name="foreign LM-only", config="lm_only", extra=["distill.cross_tokenizer={}"]),
+    dict(name="foreign PD* (pd_cross)", config="pd_cross", extra=[]),
     dict(name="foreign first-token", config="pd_best", extra=["distill.cross_tokenizer.method=first_token"]),
     dict(name="foreign ALM", config="pd_best", extra=["distill.cross_tokenizer.method=alm"]),
     dict(name="foreign GOLD", config="pd_best", extra=["distill.cross_tokenizer.method=gold"]),
@@ -134,7 +136,9 @@ def table(rows: list[dict], teacher_bpb: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.cross_tokenizer", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="CI smoke test: tiny scale, 1 seed, LM-only and first-token")
+    ap.add_argument(
+        "--quick", action="store_true", help="CI smoke test: tiny scale, 1 seed, LM-only and PD* (pd_cross)"
+    )
     ap.add_argument("--lake", default=None, help="demo lake to (re)use (default ./recipes-lake or -quick)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per foreign method (default 3; quick 1)")
     ap.add_argument("--report-only", action="store_true", help="summarise the runs finished so far; train nothing")

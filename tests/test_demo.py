@@ -139,12 +139,12 @@ def test_demo_tiny_end_to_end(tmp_path, real_teacher):
     assert all(math.isfinite(r["mean"]) for r in res["rows"]) and "| LM-only | 1 |" in proc3.stdout
     assert (lake / "recipes" / "recipes.png").stat().st_size > 1000
 
-    # bench.cross_tokenizer --quick on the same lake: a student tokenizer from the lake, LM-only and first-token
+    # bench.cross_tokenizer --quick on the same lake: a student tokenizer from the lake, LM-only and pd_cross
     proc4 = subprocess.run(
         [sys.executable, "-m", "bench.cross_tokenizer", "--quick", "--lake", str(lake)], capture_output=True, text=True
     )
     assert proc4.returncode == 0, proc4.stdout[-4000:] + proc4.stderr[-4000:]
     cross = json.loads((lake / "cross" / "results.json").read_text())
-    assert sorted(r["name"] for r in cross["rows"]) == ["foreign LM-only", "foreign first-token"]
+    assert sorted(r["name"] for r in cross["rows"]) == ["foreign LM-only", "foreign PD* (pd_cross)"]
     assert all(0 < r["mean"] < 20 for r in cross["rows"]) and 0 < cross["teacher_bpb"] < 5
     assert cross["teacher_bpb"] < min(r["mean"] for r in cross["rows"])  # the teacher is the reference

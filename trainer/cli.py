@@ -1,6 +1,6 @@
 """`pdistill train CONFIG.yaml [key=value ...] [--key VALUE ...]` (and `python -m trainer`, `composer -n N -m trainer`).
 
-CONFIG is a YAML path or the name of a shipped config (pd_best, pd_vanilla, lm_only); overrides
+CONFIG is a YAML path or the name of a shipped config (pd_best, pd_vanilla, lm_only, pd_cross); overrides
 are dotted keys (`data.streams.0.uri=s3://bucket/ds run.max_duration=1000ba`), or the same as
 flags (`--run.max_duration 1000ba`): one flag per setting, generated from `trainer.config`'s
 fields with their help. Configuration and dataset problems are reported as one line naming the
