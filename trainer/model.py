@@ -23,6 +23,12 @@ logits never exist. A student whose logits are anything else (soft-capped, scale
 not a plain linear layer) is refused when the model is built (`check_plain_head`), naming what
 differs; distill.fused_head: false falls back to the student's own logits.
 
+A student with its own tokenizer (`distill.cross_tokenizer`): its batches are the re-tokenised text
+(`trainer.student_text.collate_cross`). Method first_token brings the teacher already moved onto the
+student's positions and vocabulary, so the loss above applies unchanged; the other methods add their
+term from the hidden state (`trainer.cross_term.CrossTokenizerTerm`: (1 - alpha) LM + alpha x its sum
+over the global batch / the global count of aligned pairs, counted off the batch like the KD positions).
+
 Alignment: the collator (`trainer.data.DistillCollator`) already aligned labels and teacher
 tensors with the logits (position t predicts token t + 1); the student gets no `labels` (HF would
 shift them itself and materialise a full log-softmax), and logits are used unshifted.
