@@ -31,12 +31,12 @@ import statistics
 import time
 from pathlib import Path
 
+from bench.lake import prepared_lake
 from bench.runs_log import run_all
 from pdistill import corpus as corpus_mod
 from pdistill.demo.measure import teacher_heldout_bpb
-from pdistill.demo.pipeline import stage_corpus, stage_pipeline, stage_teacher
-from pdistill.demo.scale import FULL, TINY, Scale
-from pdistill.demo.stages import Stages, child_env, pdistill_cmd, run_logged, run_stage, say
+from pdistill.demo.scale import Scale
+from pdistill.demo.stages import child_env, pdistill_cmd, run_logged, run_stage, say
 from pdistill.demo.students import run_student
 from trainer.metrics_log import read_metrics, series
 
@@ -143,15 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=None, help="seeds per foreign method (default 3; quick 1)")
     ap.add_argument("--report-only", action="store_true", help="summarise the runs finished so far; train nothing")
     args = ap.parse_args(argv)
-    scale = TINY if args.quick else FULL
     seeds = args.seeds or (1 if args.quick else 3)
-    lake = Path(args.lake or ("recipes-lake-quick" if args.quick else "recipes-lake")).resolve()
-    lake.mkdir(parents=True, exist_ok=True)
-    stages = Stages(lake, scale)
-    run_stage(stages, "corpus", lambda: stage_corpus(lake, scale))
-    run_stage(stages, "teacher", lambda: stage_teacher(lake))
-    run_stage(stages, "logits", lambda: stage_pipeline(lake, scale, "train", "logits"))
-    run_stage(stages, "heldout", lambda: stage_pipeline(lake, scale, "heldout", "heldout"))
+    lake, scale, stages = prepared_lake(args.lake, args.quick)
     vocab = 512 if args.quick else STUDENT_VOCAB
     run_stage(stages, "student-tokenizer", lambda: stage_student_tokenizer(lake, vocab))
     teacher_bpb = teacher_heldout_bpb(lake / "heldout")

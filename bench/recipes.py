@@ -24,10 +24,9 @@ import textwrap
 import time
 from pathlib import Path
 
+from bench.lake import prepared_lake
 from bench.runs_log import run_all
-from pdistill.demo.pipeline import stage_corpus, stage_pipeline, stage_teacher
-from pdistill.demo.scale import FULL, TINY, Scale
-from pdistill.demo.stages import Stages, run_stage
+from pdistill.demo.scale import Scale
 from pdistill.demo.students import curves, run_student
 
 TAUS = (0.5, 1.0, 2.0)
@@ -149,15 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=None, help="seeds for LM-only, vanilla, pd_best (default 3; quick 1)")
     ap.add_argument("--report-only", action="store_true", help="summarise the runs finished so far; train nothing")
     args = ap.parse_args(argv)
-    scale = TINY if args.quick else FULL
     seeds = args.seeds or (1 if args.quick else 3)
-    lake = Path(args.lake or ("recipes-lake-quick" if args.quick else "recipes-lake")).resolve()
-    lake.mkdir(parents=True, exist_ok=True)
-    stages = Stages(lake, scale)
-    run_stage(stages, "corpus", lambda: stage_corpus(lake, scale))
-    run_stage(stages, "teacher", lambda: stage_teacher(lake))
-    run_stage(stages, "logits", lambda: stage_pipeline(lake, scale, "train", "logits"))
-    run_stage(stages, "heldout", lambda: stage_pipeline(lake, scale, "heldout", "heldout"))
+    lake, scale, stages = prepared_lake(args.lake, args.quick)
     out = lake / "recipes"
     out.mkdir(exist_ok=True)
     todo = recipes(seeds, args.quick)

@@ -20,7 +20,8 @@ def run_all(
     report_only: bool = False,
 ) -> list[dict]:
     """Each run of ``todo`` in order: reused from ``done_path`` when recorded there, else trained with
-    ``run_one`` and recorded (nothing is trained with ``report_only``); one progress line per run."""
+    ``run_one`` and recorded (nothing is trained with ``report_only``, which refuses when no run is
+    finished); one progress line per run."""
     done = {}
     if done_path.exists():
         for line in done_path.read_text().splitlines():
@@ -40,4 +41,6 @@ def run_all(
                 f.write(json.dumps(rec) + "\n")
         print(f"{head}: {describe(rec)}", flush=True)
         results.append(rec)
+    if report_only and not results:  # never overwrite an earlier report with an empty one
+        raise SystemExit(f"[{tag}] no finished runs in {done_path}: nothing to report (run without --report-only)")
     return results
