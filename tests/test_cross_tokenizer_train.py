@@ -223,6 +223,14 @@ def test_a_student_tokenizer_without_byte_coverage_is_refused(lake, tmp_path, ca
     assert "distill.cross_tokenizer" in err and "WordLevel" in err, err
 
 
+def test_a_foreign_student_without_a_tokenizer_is_told_which_one(lake, tmp_path, capsys):
+    raw = cfg(lake, tmp_path)
+    raw["model"]["tokenizer"] = None
+    err = _refusal(raw, capsys)
+    assert "model.tokenizer: required with distill.cross_tokenizer: the student's own tokenizer" in err, err
+    assert "teacher's tokenizer" not in err, err
+
+
 def test_a_dataset_without_tokenizer_files_is_refused(lake, tmp_path, capsys):
     tok = make_tokenizer(str(tmp_path / "tok"))
     write_dataset(str(tmp_path / "old"), tok, n_samples=8, units=1)  # written as before issue 23

@@ -33,6 +33,11 @@ def load_tokenizer(cfg: TrainConfig, cache_root: str | None):
         except (OSError, ValueError) as e:
             if key == "model.tokenizer":
                 raise SettingError(f"model.tokenizer: cannot load a tokenizer from {uri} ({e})") from None
+    if cfg.distill.cross_tokenizer is not None:
+        raise SettingError(
+            "model.tokenizer: required with distill.cross_tokenizer: the student's own tokenizer dir/URI "
+            "(`pdistill tokenizer train` makes one from the lake); model.checkpoint holds no tokenizer"
+        )
     raise SettingError(
         "model.tokenizer: required (the teacher's tokenizer dir/URI) so that the dataset's tokenizer "
         "fingerprint can be checked; model.checkpoint holds no tokenizer"
