@@ -18,6 +18,7 @@ COMMANDS = {
     "inspect": ("pdistill.inspect", "is a dataset whole? (every shard vs its index), its manifest, counts, fidelity"),
     "teacher": ("pdistill.teacher", "teacher utilities (import-gguf: GGUF file -> Hugging Face checkpoint)"),
     "tokenizer": ("pdistill.tokenizer_train", "train a byte-level BPE student tokenizer on the lake (tokenizer train)"),
+    "cache": ("pdistill.cache", "list the trainer's local dataset caches; prune copies of replaced datasets"),
     "demo": ("pdistill.demo", "the end-to-end demo on the embedded default (see README)"),
 }
 

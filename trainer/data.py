@@ -47,6 +47,7 @@ from streaming import StreamingDataset
 from torch.utils.data import DataLoader
 
 from schemas import DatasetDir, IncompatibleDataset, Manifest, check_compatible, storage
+from schemas.cache_folders import mark as mark_cache_folder
 from schemas.errors import CodecError, CorruptDataset, IncompleteDataset  # noqa: F401  (part of this module's API)
 from schemas.identity import dataset_identity
 from schemas.redact import redact_uri
@@ -202,6 +203,8 @@ class DistillDataset(StreamingDataset):
             download_retry=2,
             download_timeout=60,
         )
+        for stream, uri, ident in zip(streams, self.uris, self.identities):
+            mark_cache_folder(stream.local, uri, ident)  # found again by `pdistill cache`
         self.check_first_samples()
 
     # -- the samples must be what the manifest says ------------------------------------------
