@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from largest_tensor import LargestTensor
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_losses import make_case  # noqa: E402
@@ -434,21 +434,6 @@ def test_next_byte_with_identical_tokenizers_buckets_the_same_distribution():
 # memory, inputs
 
 
-class _LargestTensor(TorchDispatchMode):
-    """The largest number of elements of any tensor an op returns (every allocation included)."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_no_tensor_of_the_logits_size_exists():
     """Forward and backward of every loss: no tensor of (rows x V) elements, only [chunk, V] ones
     (rows = B * S student positions, or the B * C aligned pairs); a dense head would make one."""
@@ -470,7 +455,7 @@ def test_no_tensor_of_the_logits_size_exists():
     }
     for name, fn in runs.items():
         h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
-        with _LargestTensor() as seen:
+        with LargestTensor() as seen:
             fn(h, w).backward()
         if name == "dense":
             assert seen.largest >= b_ * t_ * v

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from largest_tensor import LargestTensor
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_losses import FORMS, make_case  # noqa: E402
@@ -153,21 +153,6 @@ def test_bfloat16_autocast_matches_the_unfused_head():
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * float(b.abs().max()))
 
 
-class _LargestTensor(TorchDispatchMode):
-    """The largest number of elements of any tensor an op returns (every allocation included)."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 @pytest.mark.parametrize("support,tail", [("split", False), ("full", True)])
 def test_no_tensor_of_the_logits_size_exists(support, tail):
     """Forward and backward of the fused head never create a tensor of B * T * V elements (the
@@ -177,7 +162,7 @@ def test_no_tensor_of_the_logits_size_exists(support, tail):
     spec = LossSpec(kind="forward_kl", support=support, tail=tail, tau=2.0, chunk_size=chunk)
     for fused in (True, False):
         h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
-        with _LargestTensor() as seen:
+        with LargestTensor() as seen:
             if fused:
                 res = distill_loss_from_hidden(h, w, bias, labels, teacher, spec, alpha=0.9)
             else:
