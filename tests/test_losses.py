@@ -1,6 +1,7 @@
 """trainer.losses against a straightforward dense reference (numpy float64, loop over positions)."""
 
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -155,7 +156,7 @@ CASES = [(kind, tau, form) for kind in KD_KINDS for tau in (1.0, 0.5, 2.0) for f
 @pytest.mark.parametrize("kind,tau,form", CASES)
 def test_kd_matches_dense_reference(kind, tau, form):
     support, tail = form
-    case = make_case(seed=hash((kind, tau, tail, support)) % 1000)
+    case = make_case(seed=zlib.crc32(repr((kind, tau, tail, support)).encode()) % 1000)
     res = kd_case(*case, kind=kind, tau=tau, tail=tail, support=support)
     ref, agree, n = reference(*case, kind, tau, tail, support=support)
     assert res.loss.item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
