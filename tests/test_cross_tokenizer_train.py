@@ -9,7 +9,6 @@ Training is the real Composer trainer (`trainer.train`), through the loader's re
 
 from __future__ import annotations
 
-import copy
 import glob
 import json
 import math
@@ -24,6 +23,7 @@ pytest.importorskip("composer")
 
 from fixtures_models import make_texts  # noqa: E402
 from make_dataset import make_tokenizer, tiny_llama_config, write_dataset  # noqa: E402
+from train_raw import train_raw  # noqa: E402
 
 TEXTS = make_texts(40, seed=5) + ["Café naïve déjà vu, 中文 and 😀 in one line."] * 4
 STUDENT_VOCAB = 300
@@ -104,13 +104,6 @@ def cfg(lake, tmp, method: str | None = "alm", **sections) -> dict:
     return raw
 
 
-def run(raw: dict):
-    from trainer.config import config_from_dict
-    from trainer.train import train
-
-    return train(config_from_dict(copy.deepcopy(raw)))
-
-
 def metrics(tmp) -> list[dict]:
     (path,) = glob.glob(str(tmp / "logs" / "*" / "metrics.jsonl"))
     return [json.loads(line) for line in open(path)]
@@ -123,7 +116,7 @@ def samples_log(tmp) -> list[dict]:
 
 @pytest.mark.parametrize("method", ["first_token", "alm", "gold", "next_byte", None])
 def test_a_foreign_student_trains_and_reports_bits_per_byte(lake, tmp_path, method):
-    run(cfg(lake, tmp_path, method))
+    train_raw(cfg(lake, tmp_path, method))
     recs = metrics(tmp_path)
     train = [r["metrics"] for r in recs if r["kind"] == "train"]
     evals = [r["metrics"] for r in recs if r["kind"] == "eval"]
@@ -184,14 +177,14 @@ def test_the_batch_is_the_student_side_of_each_sample(lake, tmp_path):
 
 def test_resume_mid_epoch_is_bit_identical_with_a_foreign_tokenizer(lake, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    straight = run(cfg(lake, a, run={"save_folder": str(a / "ckpt"), "run_name": "ra", "autoresume": True}))
+    straight = train_raw(cfg(lake, a, run={"save_folder": str(a / "ckpt"), "run_name": "ra", "autoresume": True}))
     raw_b = cfg(
         lake, b, run={"save_folder": str(b / "ckpt"), "run_name": "rb", "autoresume": True, "stop_after": "3ba"}
     )
-    run(raw_b)
+    train_raw(raw_b)
     raw_b["run"]["stop_after"] = None
     raw_b["data"]["local_cache"] = str(b / "cache2")
-    resumed = run(raw_b)
+    resumed = train_raw(raw_b)
     la, lb = samples_log(a), samples_log(b)
     assert [r["step"] for r in lb] == list(range(6))
     assert [r["sample_ids"] for r in la] == [r["sample_ids"] for r in lb]
@@ -251,7 +244,7 @@ def test_alm_on_a_dataset_without_the_next_token_column_is_refused(lake, tmp_pat
     raw["data"]["streams"] = [{"uri": str(old)}]
     err = _refusal(raw, capsys)
     assert "teacher_next_logp" in err and "gold or next_byte" in err, err
-    run(cfg(lake, tmp_path / "gold", "gold", data={"streams": [{"uri": str(old)}]}))  # needs no such column
+    train_raw(cfg(lake, tmp_path / "gold", "gold", data={"streams": [{"uri": str(old)}]}))  # needs no such column
 
 
 def test_same_tokenizer_runs_report_bits_per_byte_too(lake, tmp_path, tiny_teacher):
@@ -259,7 +252,7 @@ def test_same_tokenizer_runs_report_bits_per_byte_too(lake, tmp_path, tiny_teach
     raw = cfg(lake, tmp_path)
     raw["model"] = {"hf_config": tiny_llama_config(vocab_size=320), "tokenizer": tiny_teacher}
     raw["distill"] = {"mode": "offline", "chunk_size": 16, "alpha": {"name": "constant", "value": 0.5}}
-    run(raw)
+    train_raw(raw)
     ev = [r["metrics"] for r in metrics(tmp_path) if r["kind"] == "eval"][-1]
     from schemas import DatasetDir
     from schemas.token_bytes import token_bytes

@@ -7,7 +7,6 @@ resumed run continuing the same file.
 
 from __future__ import annotations
 
-import copy
 import re
 
 import pytest
@@ -17,6 +16,7 @@ pytest.importorskip("composer")
 pytest.importorskip("streaming")
 
 from make_dataset import make_tokenizer, tiny_llama_config, write_dataset  # noqa: E402
+from train_raw import train_raw  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +58,6 @@ def _raw(lake, tmp, **run) -> dict:
     }
 
 
-def _train(raw):
-    from trainer.config import config_from_dict
-    from trainer.train import train
-
-    return train(config_from_dict(copy.deepcopy(raw)))
-
-
 def _text_log(path) -> dict[str, dict[int, float]]:
     """Composer's FileLogger lines: {metric: {batch: value}}."""
     out: dict[str, dict[int, float]] = {}
@@ -77,7 +70,7 @@ def test_metrics_jsonl_per_step_and_eval_and_resume(lake, tmp_path):
     from trainer.metrics_log import last_step, read_metrics, series
 
     raw = _raw(lake, tmp_path, stop_after="2ba")
-    _train(raw)
+    train_raw(raw)
     path = tmp_path / "logs" / "m" / "metrics.jsonl"
     first = read_metrics(str(path))
     # the last record holds what Composer logs once training stops (its time/* counters)
@@ -98,7 +91,7 @@ def test_metrics_jsonl_per_step_and_eval_and_resume(lake, tmp_path):
     # resumed from the step-2 checkpoint: the same file continues at step 3
     raw["run"]["stop_after"] = None
     raw["data"]["local_cache"] = str(tmp_path / "cache2")
-    _train(raw)
+    train_raw(raw)
     recs = read_metrics(str(path))
     assert [(r["kind"], r["step"]) for r in recs[len(first) :]] == [("train", 3), ("train", 4), ("eval", 4), ("fit", 4)]
     ce = series(recs, "metrics/eval/LanguageCrossEntropy")

@@ -22,6 +22,7 @@ pytest.importorskip("composer")
 pytest.importorskip("streaming")
 
 from make_dataset import make_teacher, make_tokenizer, tiny_llama_config, write_dataset  # noqa: E402
+from train_raw import train_raw  # noqa: E402
 from unwritable import sysfs_folder  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,13 +84,6 @@ def base_cfg(lake, tmp, **sections) -> dict:
     for sec, vals in sections.items():
         raw.setdefault(sec, {}).update(vals)
     return raw
-
-
-def run(raw: dict):
-    from trainer.config import config_from_dict
-    from trainer.train import train
-
-    return train(config_from_dict(copy.deepcopy(raw)))
 
 
 def read_log(folder) -> list[dict]:
@@ -168,18 +162,18 @@ def test_resume_equals_uninterrupted(lake, tmp_path):
     """N steps straight vs stop at M and autoresume: same final weights, same losses after M."""
     a = tmp_path / "a"
     raw_a = base_cfg(lake, a, run={"save_folder": str(a / "ckpt"), "run_name": "ra", "autoresume": True})
-    straight = student_state(run(raw_a))
+    straight = student_state(train_raw(raw_a))
 
     b = tmp_path / "b"
     raw_b = base_cfg(
         lake, b, run={"save_folder": str(b / "ckpt"), "run_name": "rb", "autoresume": True, "stop_after": "3ba"}
     )
-    run(raw_b)
+    train_raw(raw_b)
     assert [r["step"] for r in read_log(b / "samples")] == [0, 1, 2]
     raw_b2 = copy.deepcopy(raw_b)
     raw_b2["run"]["stop_after"] = None
     raw_b2["data"]["local_cache"] = str(b / "cache2")  # a fresh process would reuse it; here a new folder
-    resumed = student_state(run(raw_b2))
+    resumed = student_state(train_raw(raw_b2))
 
     la, lb = read_log(a / "samples"), read_log(b / "samples")
     assert [r["step"] for r in lb] == list(range(8))
@@ -289,7 +283,7 @@ def test_refuses_tau_on_a_sampled_dataset(lake, tmp_path, capsys):
     assert "Traceback" not in err and not (tmp_path / "samples").exists()
     raw["distill"]["tau"] = 1.0
     raw["run"]["max_duration"] = "2ba"
-    trainer = run(raw)
+    trainer = train_raw(raw)
     assert int(trainer.state.timestamp.batch) == 2
     assert [r["step"] for r in read_log(tmp_path / "samples")] == [0, 1]
 
@@ -302,8 +296,8 @@ def test_live_teacher_matches_offline(lake, tmp_path):
     """The live teacher's loss equals the offline loss on a dataset written from the same teacher."""
     common = {"streams": [{"uri": str(lake / "ds_exact")}], "shuffle": False}
     distill = {"alpha": {"name": "constant", "value": 0.7}, "top_p": 0.95, "top_k": 8}
-    off = run(base_cfg(lake, tmp_path / "off", data=common, distill={**distill}, run={"max_duration": "3ba"}))
-    live = run(
+    off = train_raw(base_cfg(lake, tmp_path / "off", data=common, distill={**distill}, run={"max_duration": "3ba"}))
+    live = train_raw(
         base_cfg(
             lake,
             tmp_path / "live",
@@ -324,7 +318,7 @@ def test_live_teacher_matches_offline(lake, tmp_path):
 
 
 def test_lm_only_with_eval(lake, tmp_path):
-    tr = run(
+    tr = train_raw(
         base_cfg(
             lake,
             tmp_path,

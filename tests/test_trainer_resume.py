@@ -16,7 +16,8 @@ pytest.importorskip("composer")
 
 from composer.core import Callback  # noqa: E402
 from make_dataset import make_tokenizer, tiny_llama_config, write_dataset  # noqa: E402
-from test_trainer import base_cfg, lake, read_log, run  # noqa: E402,F401  (lake: fixture)
+from test_trainer import base_cfg, lake, read_log  # noqa: E402,F401  (lake: fixture)
+from train_raw import train_raw  # noqa: E402
 
 
 class LRLog(Callback):
@@ -29,13 +30,6 @@ class LRLog(Callback):
         self.lrs[int(state.timestamp.batch)] = state.optimizers[0].param_groups[0]["lr"]
 
 
-def _train(raw, *callbacks):
-    from trainer.config import config_from_dict
-    from trainer.train import train
-
-    return train(config_from_dict(copy.deepcopy(raw)), extra_callbacks=list(callbacks))
-
-
 @pytest.fixture
 def stopped(lake, tmp_path):
     """A run stopped (with its checkpoint) after 3 of 8 steps, and a function giving a resume config."""
@@ -44,7 +38,7 @@ def stopped(lake, tmp_path):
         tmp_path,
         run={"save_folder": str(tmp_path / "ckpt"), "run_name": "r", "autoresume": True, "stop_after": "3ba"},
     )
-    run(raw)
+    train_raw(raw)
     n = iter(range(100))
 
     def resume(**sections):
@@ -75,7 +69,7 @@ def test_refuses_another_dataset_loss_or_batch(lake, stopped, tmp_path):
     ]
     for raw, diff in cases:
         with pytest.raises(ResumeMismatch, match=diff) as e:
-            run(raw)
+            train_raw(raw)
         assert "was made with other settings" in str(e.value)
 
 
@@ -86,7 +80,7 @@ def test_refuses_another_model_shape(stopped):
     with pytest.raises(
         ResumeMismatch, match="model.shape: the checkpoint in run.save_folder holds a student of other shapes"
     ):
-        run(resume(model={"hf_config": tiny_llama_config(hidden=64)}))
+        train_raw(resume(model={"hf_config": tiny_llama_config(hidden=64)}))
 
 
 def test_an_allowed_lr_change_takes_effect(lake, stopped, tmp_path):
@@ -94,12 +88,12 @@ def test_an_allowed_lr_change_takes_effect(lake, stopped, tmp_path):
     new LR at every remaining step: the same LRs as a run at 1e-3 from the start."""
     _, resume = stopped
     resumed = LRLog()
-    _train(
+    train_raw(
         resume(optim={"lr": 1e-3}, run={"allow_changed": ["optim.lr"], "sample_log_dir": str(tmp_path / "s2")}), resumed
     )
     assert sorted(resumed.lrs) == [3, 4, 5, 6, 7]
     straight = LRLog()
-    _train(base_cfg(lake, tmp_path / "straight", optim={"lr": 1e-3}), straight)
+    train_raw(base_cfg(lake, tmp_path / "straight", optim={"lr": 1e-3}), straight)
     for step in range(3, 8):
         assert resumed.lrs[step] == pytest.approx(straight.lrs[step], rel=1e-12), step
     assert resumed.lrs[4] < 2e-3  # not the checkpoint's 3e-3 schedule
@@ -107,7 +101,9 @@ def test_an_allowed_lr_change_takes_effect(lake, stopped, tmp_path):
 
 def test_resume_without_changes_is_accepted_and_saves_the_fingerprint(stopped, tmp_path):
     _, resume = stopped
-    tr = run(resume(run={"max_duration": "8ba", "sample_log_dir": str(tmp_path / "s3")}))  # max_duration may change
+    tr = train_raw(
+        resume(run={"max_duration": "8ba", "sample_log_dir": str(tmp_path / "s3")})
+    )  # max_duration may change
     assert [r["step"] for r in read_log(tmp_path / "s3")] == [3, 4, 5, 6, 7]
     ckpt = torch.load(str(tmp_path / "ckpt" / "latest-rank0.pt"), map_location="cpu", weights_only=False)
     fp = ckpt["state"]["callbacks"]["RunFingerprint"]["fingerprint"]
@@ -135,4 +131,4 @@ def test_allow_changed_names_fingerprint_keys(lake, tmp_path):
 
     raw = base_cfg(lake, tmp_path, run={"allow_changed": ["optim.lr", "nonsense.key"]})
     with pytest.raises(ConfigError, match=r"run.allow_changed\[1\]: 'nonsense.key' is not a key"):
-        run(raw)
+        train_raw(raw)
