@@ -22,6 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
+from schemas import storage
 from schemas.redact import redact_uri
 
 MARKER = ".pdistill-cache.json"
@@ -40,13 +41,10 @@ class CacheFolder:
 
 def mark(local: str, remote: str, identity: str, now: float | None = None) -> None:
     """Record in a stream's cache folder which dataset it holds and that a run uses it now
-    (written whole: a temporary file renamed into place, so a reader never sees half of it)."""
+    (written whole, `storage.write_text_atomic`: a reader never sees half of it)."""
     os.makedirs(local, exist_ok=True)
     body = {"remote": redact_uri(remote), "identity": identity, "used": time.time() if now is None else now}
-    tmp = os.path.join(local, f"{MARKER}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(body, f)
-    os.replace(tmp, os.path.join(local, MARKER))
+    storage.write_text_atomic(os.path.join(local, MARKER), json.dumps(body))
 
 
 def _size(path: str) -> int:
