@@ -19,6 +19,14 @@ NEG_INF = float("-inf")
 # random teacher signal shaped like schemas.decode_dense output, batched
 
 
+def case_seed(params: tuple, modulo: int = 1000) -> int:
+    """One fixed case per parameter set, the same in every process: crc32 of its repr, not hash(),
+    which Python salts per process (the case changed every run). Measured over 997 seeds of
+    reverse_kl/full/tail/tau 0.5 in float32: 2 cases exceed 1e-5 by up to 1.47x (round-off of
+    both paths), so random cases failed CI now and then."""
+    return zlib.crc32(repr(params).encode()) % modulo
+
+
 def make_case(b=2, t=6, v=13, k=4, seed=0, dtype=torch.float32, k1=False, scale=2.0):
     g = torch.Generator().manual_seed(seed)
     logits = (torch.randn(b, t, v, generator=g) * scale).to(dtype)
@@ -156,7 +164,7 @@ CASES = [(kind, tau, form) for kind in KD_KINDS for tau in (1.0, 0.5, 2.0) for f
 @pytest.mark.parametrize("kind,tau,form", CASES)
 def test_kd_matches_dense_reference(kind, tau, form):
     support, tail = form
-    case = make_case(seed=zlib.crc32(repr((kind, tau, tail, support)).encode()) % 1000)
+    case = make_case(seed=case_seed((kind, tau, tail, support)))
     res = kd_case(*case, kind=kind, tau=tau, tail=tail, support=support)
     ref, agree, n = reference(*case, kind, tau, tail, support=support)
     assert res.loss.item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
