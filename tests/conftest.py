@@ -7,9 +7,9 @@ from fixtures_models import tiny_teacher  # noqa: F401,E402  (fixture: tiny Llam
 from hypothesis import settings  # noqa: E402
 from objectstore import gcs_bucket, gcs_server, s3_bucket, s3_server  # noqa: F401  (fixtures)
 
-# Property tests: .ci/run selects the derandomised "ci" profile (also the default under CI=true), so
-# a failure reproduces on every run and a lucky draw never blocks a merge; locally the "dev"
-# profile explores new random examples on each run (failures print a blob to replay them).
+# Property tests: `make test` (what CI runs) selects the derandomised "ci" profile (so does CI=true),
+# so a failure reproduces on every run and a lucky draw never blocks a merge; a plain `pytest` uses
+# the "dev" profile, new random examples on each run (failures print a blob to replay them).
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("dev", print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
